@@ -1,0 +1,430 @@
+//! The call record and its state machine.
+//!
+//! ```text
+//!             accept (receiver)              end (either party)
+//!   ringing ───────────────────► active ─────────────────────────► ended   (duration measured here)
+//!     │ reject (receiver), or end by the receiver ──────────────────► rejected
+//!     │ end (caller) ───────────────────────────────────────────────► cancelled
+//!     │ expire (server, after the ring timeout) ────────────────────► missed
+//! ```
+//!
+//! Each transition is a pure function of the call, the acting user and `now`. It returns an
+//! [`Outcome`]: either a [`Transition`] (the changed call, the status it was computed from, and
+//! the event it causes) or `AlreadyDone` for the repeats clients make on purpose (ending a call
+//! that is already over, rejecting one already rejected), which change nothing and emit nothing.
+//! A forbidden move is a [`TransitionError`] value, never a panic.
+//!
+//! Time only moves forward inside a call: a `now` earlier than the call's last change (clock
+//! skew between two server instances) is taken as that last change.
+
+use std::time::Duration;
+
+use crate::values::{Action, CallId, CallStatus, CallType, ConversationId, EndReason, Timestamp, UserId};
+
+/// A call that has been decided on but not stored yet (it has no id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewCall {
+    caller: UserId,
+    receiver: UserId,
+    call_type: CallType,
+    conversation: Option<ConversationId>,
+    started_at: Timestamp,
+}
+
+impl NewCall {
+    /// Starts ringing `receiver` on behalf of `caller`.
+    ///
+    /// # Errors
+    /// [`TransitionError::SelfCall`] when both are the same user.
+    pub fn ring(
+        caller: UserId,
+        receiver: UserId,
+        call_type: CallType,
+        conversation: Option<ConversationId>,
+        now: Timestamp,
+    ) -> Result<Self, TransitionError> {
+        if caller == receiver {
+            return Err(TransitionError::SelfCall);
+        }
+        Ok(Self { caller, receiver, call_type, conversation, started_at: now })
+    }
+
+    /// The stored call, once the repository has given it an id. Its creation is the `Rang` event.
+    pub fn into_call(self, id: CallId) -> Call {
+        Call {
+            id,
+            conversation: self.conversation,
+            caller: self.caller,
+            receiver: self.receiver,
+            call_type: self.call_type,
+            status: CallStatus::Ringing,
+            started_at: self.started_at,
+            answered_at: None,
+            ended_at: None,
+            duration_seconds: None,
+            end_reason: None,
+            created_at: self.started_at,
+            updated_at: self.started_at,
+        }
+    }
+
+    pub fn caller(&self) -> &UserId {
+        &self.caller
+    }
+    pub fn receiver(&self) -> &UserId {
+        &self.receiver
+    }
+    pub fn call_type(&self) -> CallType {
+        self.call_type
+    }
+    pub fn conversation(&self) -> Option<ConversationId> {
+        self.conversation
+    }
+    pub fn started_at(&self) -> Timestamp {
+        self.started_at
+    }
+}
+
+/// A one-to-one call. Fields are private so that every `Call` in the program satisfies the
+/// invariants checked by [`Call::restore`]; read them through the accessors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    id: CallId,
+    conversation: Option<ConversationId>,
+    caller: UserId,
+    receiver: UserId,
+    call_type: CallType,
+    status: CallStatus,
+    started_at: Timestamp,
+    answered_at: Option<Timestamp>,
+    ended_at: Option<Timestamp>,
+    duration_seconds: Option<u32>,
+    end_reason: Option<EndReason>,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+}
+
+/// Every field of a call, as a storage layer holds it. [`Call::restore`] checks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallParts {
+    pub id: CallId,
+    pub conversation: Option<ConversationId>,
+    pub caller: UserId,
+    pub receiver: UserId,
+    pub call_type: CallType,
+    pub status: CallStatus,
+    pub started_at: Timestamp,
+    pub answered_at: Option<Timestamp>,
+    pub ended_at: Option<Timestamp>,
+    pub duration_seconds: Option<u32>,
+    pub end_reason: Option<EndReason>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// A stored record that no sequence of transitions could have produced.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("call {id} is inconsistent: {rule}")]
+pub struct InvalidCall {
+    pub id: CallId,
+    pub rule: &'static str,
+}
+
+/// What a transition causes, for the signaling layer to tell the parties.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallEvent {
+    Accepted { by: UserId },
+    Rejected { by: UserId },
+    Cancelled { by: UserId },
+    Ended { by: UserId, duration_seconds: u32 },
+    Missed,
+}
+
+/// A change to apply: the new call, the status it was computed from (the repository writes it
+/// only if the stored status is still that one), and the event it causes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub call: Call,
+    pub from: CallStatus,
+    pub event: CallEvent,
+}
+
+/// The result of a permitted action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Changed(Transition),
+    /// A deliberate repeat (end after end, reject after reject): nothing changes, nothing is sent.
+    AlreadyDone(Call),
+}
+
+impl Outcome {
+    pub fn call(&self) -> &Call {
+        match self {
+            Self::Changed(transition) => &transition.call,
+            Self::AlreadyDone(call) => call,
+        }
+    }
+}
+
+/// Why an action is not allowed. Each maps to one stable error code at the API edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    #[error("you cannot call yourself")]
+    SelfCall,
+    #[error("only the two parties of a call may act on it")]
+    NotAParty,
+    #[error("only the receiver may {} a call", .0.as_str())]
+    ReceiverOnly(Action),
+    #[error("call is already {}", .status.as_str())]
+    InvalidState { action: Action, status: CallStatus },
+    #[error("the call has not rung for the whole ring timeout yet")]
+    NotYetDue,
+}
+
+impl Call {
+    /// Rebuilds a call from storage, checking the invariants the state machine keeps.
+    ///
+    /// # Errors
+    /// [`InvalidCall`] naming the first broken rule.
+    pub fn restore(parts: CallParts) -> Result<Self, InvalidCall> {
+        let broken = |rule| Err(InvalidCall { id: parts.id, rule });
+        if parts.caller == parts.receiver {
+            return broken("caller and receiver are the same user");
+        }
+        let answered = parts.answered_at.is_some();
+        let ended = parts.ended_at.is_some();
+        let shape_ok = match parts.status {
+            CallStatus::Initiating | CallStatus::Ringing => !answered && !ended && parts.end_reason.is_none(),
+            CallStatus::Active => answered && !ended && parts.end_reason.is_none(),
+            CallStatus::Ended => answered && ended && parts.end_reason.is_some(),
+            CallStatus::Missed | CallStatus::Rejected | CallStatus::Cancelled => {
+                !answered && ended && parts.end_reason.is_some()
+            }
+        };
+        if !shape_ok {
+            return broken("answered_at, ended_at and end_reason do not match the status");
+        }
+        if parts.duration_seconds.is_some() != (parts.status == CallStatus::Ended) {
+            return broken("a duration exists exactly for answered calls that ended");
+        }
+        let mut previous = parts.started_at;
+        for moment in [parts.answered_at, parts.ended_at].into_iter().flatten() {
+            if moment < previous {
+                return broken("timestamps go backwards");
+            }
+            previous = moment;
+        }
+        if parts.updated_at < previous || parts.created_at > parts.updated_at {
+            return broken("updated_at is earlier than another timestamp");
+        }
+        Ok(Self {
+            id: parts.id,
+            conversation: parts.conversation,
+            caller: parts.caller,
+            receiver: parts.receiver,
+            call_type: parts.call_type,
+            status: parts.status,
+            started_at: parts.started_at,
+            answered_at: parts.answered_at,
+            ended_at: parts.ended_at,
+            duration_seconds: parts.duration_seconds,
+            end_reason: parts.end_reason,
+            created_at: parts.created_at,
+            updated_at: parts.updated_at,
+        })
+    }
+
+    /// All fields, for a storage layer to write.
+    pub fn to_parts(&self) -> CallParts {
+        CallParts {
+            id: self.id,
+            conversation: self.conversation,
+            caller: self.caller.clone(),
+            receiver: self.receiver.clone(),
+            call_type: self.call_type,
+            status: self.status,
+            started_at: self.started_at,
+            answered_at: self.answered_at,
+            ended_at: self.ended_at,
+            duration_seconds: self.duration_seconds,
+            end_reason: self.end_reason,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+
+    pub fn id(&self) -> CallId {
+        self.id
+    }
+    pub fn conversation(&self) -> Option<ConversationId> {
+        self.conversation
+    }
+    pub fn caller(&self) -> &UserId {
+        &self.caller
+    }
+    pub fn receiver(&self) -> &UserId {
+        &self.receiver
+    }
+    pub fn call_type(&self) -> CallType {
+        self.call_type
+    }
+    pub fn status(&self) -> CallStatus {
+        self.status
+    }
+    pub fn started_at(&self) -> Timestamp {
+        self.started_at
+    }
+    pub fn answered_at(&self) -> Option<Timestamp> {
+        self.answered_at
+    }
+    pub fn ended_at(&self) -> Option<Timestamp> {
+        self.ended_at
+    }
+    /// Whole seconds from answer to end, measured by the server; `None` unless the call was
+    /// answered and has ended.
+    pub fn duration_seconds(&self) -> Option<u32> {
+        self.duration_seconds
+    }
+    pub fn end_reason(&self) -> Option<EndReason> {
+        self.end_reason
+    }
+    pub fn created_at(&self) -> Timestamp {
+        self.created_at
+    }
+    pub fn updated_at(&self) -> Timestamp {
+        self.updated_at
+    }
+
+    /// True when `user` is the caller or the receiver.
+    pub fn is_party(&self, user: &UserId) -> bool {
+        &self.caller == user || &self.receiver == user
+    }
+
+    /// The party that is not `user`, if `user` is a party.
+    pub fn other_party(&self, user: &UserId) -> Option<&UserId> {
+        if &self.caller == user {
+            Some(&self.receiver)
+        } else if &self.receiver == user {
+            Some(&self.caller)
+        } else {
+            None
+        }
+    }
+
+    /// The receiver answers a ringing call.
+    ///
+    /// # Errors
+    /// `NotAParty`, `ReceiverOnly(Accept)` for the caller, `InvalidState` unless ringing.
+    pub fn accept(&self, actor: &UserId, now: Timestamp) -> Result<Outcome, TransitionError> {
+        self.require_receiver(actor, Action::Accept)?;
+        if self.status != CallStatus::Ringing {
+            return Err(TransitionError::InvalidState { action: Action::Accept, status: self.status });
+        }
+        let now = self.not_before_last_change(now);
+        let mut next = self.clone();
+        next.status = CallStatus::Active;
+        next.answered_at = Some(now);
+        next.updated_at = now;
+        Ok(self.changed(next, CallEvent::Accepted { by: actor.clone() }))
+    }
+
+    /// The receiver declines a ringing call. Declining a call already declined succeeds and
+    /// changes nothing (the mobile client declines over the socket, then over REST).
+    ///
+    /// # Errors
+    /// `NotAParty`, `ReceiverOnly(Reject)` for the caller, `InvalidState` from any other status.
+    pub fn reject(&self, actor: &UserId, now: Timestamp) -> Result<Outcome, TransitionError> {
+        self.require_receiver(actor, Action::Reject)?;
+        match self.status {
+            CallStatus::Rejected => Ok(Outcome::AlreadyDone(self.clone())),
+            status if status.is_unanswered() => Ok(self.finish_unanswered(
+                CallStatus::Rejected,
+                EndReason::Declined,
+                now,
+                CallEvent::Rejected { by: actor.clone() },
+            )),
+            status => Err(TransitionError::InvalidState { action: Action::Reject, status }),
+        }
+    }
+
+    /// Either party hangs up. An answered call ends with its duration measured here; a ringing
+    /// call ended by the caller is cancelled and by the receiver is declined; a call that is
+    /// already over is left as it is (clients retry their hang-up).
+    ///
+    /// # Errors
+    /// `NotAParty` for anyone but the two parties.
+    pub fn end(&self, actor: &UserId, now: Timestamp) -> Result<Outcome, TransitionError> {
+        if !self.is_party(actor) {
+            return Err(TransitionError::NotAParty);
+        }
+        match self.status {
+            CallStatus::Active => {
+                let now = self.not_before_last_change(now);
+                let answered_at = self.answered_at.unwrap_or(self.started_at);
+                let duration = now.whole_seconds_since(answered_at);
+                let mut next = self.clone();
+                next.status = CallStatus::Ended;
+                next.ended_at = Some(now);
+                next.duration_seconds = Some(duration);
+                next.end_reason = Some(EndReason::UserHangup);
+                next.updated_at = now;
+                Ok(self.changed(next, CallEvent::Ended { by: actor.clone(), duration_seconds: duration }))
+            }
+            status if status.is_unanswered() && actor == &self.caller => Ok(self.finish_unanswered(
+                CallStatus::Cancelled,
+                EndReason::CallerCancelled,
+                now,
+                CallEvent::Cancelled { by: actor.clone() },
+            )),
+            status if status.is_unanswered() => Ok(self.finish_unanswered(
+                CallStatus::Rejected,
+                EndReason::Declined,
+                now,
+                CallEvent::Rejected { by: actor.clone() },
+            )),
+            _ => Ok(Outcome::AlreadyDone(self.clone())),
+        }
+    }
+
+    /// The server gives up on a call nobody answered within `ring_timeout` of its start.
+    ///
+    /// # Errors
+    /// `InvalidState` unless the call is still unanswered; `NotYetDue` before the timeout.
+    pub fn expire(&self, now: Timestamp, ring_timeout: Duration) -> Result<Outcome, TransitionError> {
+        if !self.status.is_unanswered() {
+            return Err(TransitionError::InvalidState { action: Action::Expire, status: self.status });
+        }
+        if now < self.started_at.plus(ring_timeout) {
+            return Err(TransitionError::NotYetDue);
+        }
+        Ok(self.finish_unanswered(CallStatus::Missed, EndReason::InviteTimeout, now, CallEvent::Missed))
+    }
+
+    fn require_receiver(&self, actor: &UserId, action: Action) -> Result<(), TransitionError> {
+        if actor == &self.receiver {
+            Ok(())
+        } else if actor == &self.caller {
+            Err(TransitionError::ReceiverOnly(action))
+        } else {
+            Err(TransitionError::NotAParty)
+        }
+    }
+
+    fn finish_unanswered(&self, status: CallStatus, reason: EndReason, now: Timestamp, event: CallEvent) -> Outcome {
+        let now = self.not_before_last_change(now);
+        let mut next = self.clone();
+        next.status = status;
+        next.ended_at = Some(now);
+        next.end_reason = Some(reason);
+        next.updated_at = now;
+        self.changed(next, event)
+    }
+
+    fn not_before_last_change(&self, now: Timestamp) -> Timestamp {
+        now.max(self.updated_at)
+    }
+
+    fn changed(&self, next: Call, event: CallEvent) -> Outcome {
+        Outcome::Changed(Transition { call: next, from: self.status, event })
+    }
+}

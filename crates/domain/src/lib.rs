@@ -1,0 +1,34 @@
+//! Ringline's domain: what a one-to-one call is and how it may change, with no I/O.
+//!
+//! Layout:
+//! - [`values`]: identifiers and small value types, parsed once at the boundary so that an
+//!   invalid user id or call type cannot exist past it;
+//! - [`call`]: the [`Call`] record and its state machine. Every transition is a pure function
+//!   of the call, the acting user and `now`, returning the changed call plus the event it
+//!   causes, or a [`TransitionError`] value;
+//! - [`rules`]: who may start a call right now (self-calls, busy lines, glare);
+//! - [`ports`]: the traits that the outer crates implement (call repository, notification
+//!   repository, directory of users and conversations, signal router, clock);
+//! - [`service`]: [`CallService`], the use cases (initiate, accept, reject, end, expire, read)
+//!   written once over the ports for every entry point (REST, WebSocket, timer).
+//!
+//! This crate depends on no runtime, database, HTTP or Redis crate; CI checks that with
+//! `cargo tree`.
+
+pub mod call;
+pub mod ports;
+pub mod rules;
+pub mod service;
+pub mod values;
+
+pub use call::{Call, CallEvent, CallParts, InvalidCall, NewCall, Outcome, Transition, TransitionError};
+pub use ports::{
+    Audience, CallListFilter, CallRepository, Clock, Directory, DirectoryError, NewNotification, Notification,
+    NotificationRepository, Page, PageRequest, RepositoryError, Signal, SignalRouter, SystemClock, UserProfile,
+};
+pub use rules::{InitiateDecision, InitiateRefusal, decide_initiate};
+pub use service::{CallAction, CallService, CallServiceError, InitiateCommand, Initiated};
+pub use values::{
+    Action, CallId, CallStatus, CallType, ConversationId, DeviceId, EndReason, InvalidValue, NotificationVerb,
+    Timestamp, UserId,
+};

@@ -1,0 +1,247 @@
+//! The traits the outer crates implement. Each says what it promises in an `# Errors` section;
+//! the domain never learns which database, directory or clock sits behind them.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::call::{Call, NewCall, Transition};
+use crate::values::{CallId, CallStatus, ConversationId, DeviceId, NotificationVerb, Timestamp, UserId};
+
+/// A failure of the call repository that its callers can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum RepositoryError {
+    /// No call has that id.
+    #[error("call not found")]
+    NotFound,
+    /// The stored status is no longer the one the transition was computed from: another
+    /// request, device or server instance changed the call first. Re-read and decide again.
+    #[error("call changed concurrently; it is now {current}")]
+    Conflict { current: CallStatus },
+    /// `user` is already in another open call, so a new call cannot take their line.
+    #[error("a party is already in another call")]
+    LineBusy { user: UserId },
+    /// The store failed or returned data the domain rejects. Logged at the edge, never shown.
+    #[error("call storage failed: {0}")]
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Which of a user's calls to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallListFilter {
+    /// Only calls whose other party is this user (the original app's `?user_id=`).
+    pub with_user: Option<UserId>,
+}
+
+/// A 1-based page of `per_page` items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest {
+    pub page: u32,
+    pub per_page: u32,
+}
+
+impl PageRequest {
+    /// Items skipped before this page.
+    pub fn offset(self) -> u64 {
+        u64::from(self.page.saturating_sub(1)) * u64::from(self.per_page)
+    }
+}
+
+/// One page of results and how many there are in all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub total: u64,
+}
+
+/// Where calls live.
+///
+/// Implementations must make [`CallRepository::create`] and [`CallRepository::apply`] atomic
+/// with respect to each other across every process that shares the store: that is what makes
+/// "exactly one wins" hold when two devices, two requests or two server instances race.
+#[async_trait]
+pub trait CallRepository: Send + Sync + std::fmt::Debug {
+    /// Stores a new ringing call and claims both parties' lines in the same atomic step.
+    ///
+    /// # Errors
+    /// `LineBusy` naming a party already in another open call (nothing is stored);
+    /// `Storage` when the store fails.
+    async fn create(&self, call: NewCall) -> Result<Call, RepositoryError>;
+
+    /// The call with this id, if any.
+    ///
+    /// # Errors
+    /// `Storage` when the store fails or holds an inconsistent record.
+    async fn get(&self, id: CallId) -> Result<Option<Call>, RepositoryError>;
+
+    /// The calls `user` placed or received, newest first (by `started_at`, then id).
+    ///
+    /// # Errors
+    /// `Storage` when the store fails.
+    async fn list_for_user(
+        &self,
+        user: &UserId,
+        filter: &CallListFilter,
+        page: PageRequest,
+    ) -> Result<Page<Call>, RepositoryError>;
+
+    /// The open (ringing or active) calls in which `user` is a party.
+    ///
+    /// # Errors
+    /// `Storage` when the store fails.
+    async fn open_calls_of(&self, user: &UserId) -> Result<Vec<Call>, RepositoryError>;
+
+    /// Up to `limit` calls still unanswered that started before `cutoff`, oldest first: the
+    /// ones the ring timeout is due to expire.
+    ///
+    /// # Errors
+    /// `Storage` when the store fails.
+    async fn unanswered_started_before(&self, cutoff: Timestamp, limit: u32) -> Result<Vec<Call>, RepositoryError>;
+
+    /// Writes `transition.call` only if the stored status is still `transition.from`, and
+    /// frees both parties' lines when the call finishes, in one atomic step.
+    ///
+    /// # Errors
+    /// `Conflict` with the current status when another change won; `NotFound` when the call
+    /// does not exist; `Storage` when the store fails.
+    async fn apply(&self, transition: &Transition) -> Result<(), RepositoryError>;
+}
+
+/// What the API shows of a user. Deliberately no email or phone number: the other party of a
+/// call must not learn them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserProfile {
+    pub id: UserId,
+    pub username: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub profile_image_url: Option<String>,
+}
+
+/// A failure of the directory.
+#[derive(Debug, thiserror::Error)]
+#[error("directory lookup failed: {0}")]
+pub struct DirectoryError(#[source] pub Box<dyn std::error::Error + Send + Sync>);
+
+/// Who exists and who belongs to which conversation. The standalone server keeps this in its
+/// own database; an application that embeds Ringline answers from its own user tables.
+#[async_trait]
+pub trait Directory: Send + Sync + std::fmt::Debug {
+    /// The user with this id, if known.
+    ///
+    /// # Errors
+    /// `DirectoryError` when the lookup fails (not when the user is unknown).
+    async fn user(&self, id: &UserId) -> Result<Option<UserProfile>, DirectoryError>;
+
+    /// The known users among `ids`, in no particular order; unknown ids are left out.
+    ///
+    /// # Errors
+    /// `DirectoryError` when the lookup fails.
+    async fn users(&self, ids: &[UserId]) -> Result<Vec<UserProfile>, DirectoryError>;
+
+    /// The participants of a conversation, or `None` if there is no such conversation.
+    ///
+    /// # Errors
+    /// `DirectoryError` when the lookup fails.
+    async fn conversation_participants(&self, id: ConversationId) -> Result<Option<Vec<UserId>>, DirectoryError>;
+}
+
+/// The current time. Passed in so that tests and the state machine never read a global clock.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    fn now(&self) -> Timestamp;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::from(chrono::Utc::now())
+    }
+}
+
+/// Who receives a signal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Audience {
+    /// Every live session of the user: all their notification sockets, and their chat sockets
+    /// showing [`Signal::conversation`].
+    User(UserId),
+    /// Every chat socket open on the conversation.
+    Conversation(ConversationId),
+}
+
+/// An encoded server event on its way to live sessions. The payload is opaque here: the wire
+/// protocol belongs to the signaling crate.
+#[derive(Debug, Clone)]
+pub struct Signal {
+    pub audience: Audience,
+    /// For a user audience: the conversation the event belongs to, if any. Chat sockets get
+    /// the event only when they show this conversation; notification sockets always do.
+    pub conversation: Option<ConversationId>,
+    /// The device that caused the event and must not get it back.
+    pub except_device: Option<DeviceId>,
+    /// For a conversation audience: a user whose sessions must not get it (the sender).
+    pub except_user: Option<UserId>,
+    /// The encoded event, shared by every recipient.
+    pub payload: Arc<str>,
+}
+
+/// Delivers signals to live sessions, in this process or (for a shared implementation such as
+/// Redis pub/sub) in every process.
+///
+/// `route` never blocks and never waits for slow recipients: each implementation decides, in
+/// its own documentation, what happens to a recipient that cannot keep up.
+pub trait SignalRouter: Send + Sync + std::fmt::Debug {
+    fn route(&self, signal: Signal);
+}
+
+/// A notification about to be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewNotification {
+    pub recipient: UserId,
+    pub actor: Option<UserId>,
+    pub verb: NotificationVerb,
+    pub call: CallId,
+    pub conversation: Option<ConversationId>,
+    pub created_at: Timestamp,
+}
+
+/// A stored notification about a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    pub id: i64,
+    pub recipient: UserId,
+    pub actor: Option<UserId>,
+    pub verb: NotificationVerb,
+    pub call: CallId,
+    pub conversation: Option<ConversationId>,
+    pub unread: bool,
+    pub created_at: Timestamp,
+}
+
+/// Where notifications live.
+#[async_trait]
+pub trait NotificationRepository: Send + Sync + std::fmt::Debug {
+    /// # Errors
+    /// `Storage` when the store fails.
+    async fn create(&self, notification: NewNotification) -> Result<Notification, RepositoryError>;
+
+    /// `recipient`'s notifications, newest first.
+    ///
+    /// # Errors
+    /// `Storage` when the store fails.
+    async fn list(&self, recipient: &UserId, page: PageRequest) -> Result<Page<Notification>, RepositoryError>;
+
+    /// Marks one of `recipient`'s notifications read; `false` if they have none with that id.
+    ///
+    /// # Errors
+    /// `Storage` when the store fails.
+    async fn mark_read(&self, recipient: &UserId, id: i64) -> Result<bool, RepositoryError>;
+
+    /// Marks all of `recipient`'s notifications read and returns how many were unread.
+    ///
+    /// # Errors
+    /// `Storage` when the store fails.
+    async fn mark_all_read(&self, recipient: &UserId) -> Result<u64, RepositoryError>;
+}

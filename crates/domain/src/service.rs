@@ -1,0 +1,288 @@
+//! [`CallService`]: the use cases, written once over the ports so that a REST request, a
+//! WebSocket frame and the ring timer all drive calls the same way.
+//!
+//! The service adds what a single transition cannot know: who exists (the [`Directory`]), what
+//! is stored (the [`CallRepository`]), and the time ([`Clock`]). It retries a step when another
+//! writer won a race, re-reading the call so that the answer reflects what actually happened
+//! (for example "Call is already ended." for an accept that lost to a hang-up).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::call::{Call, NewCall, Outcome, Transition, TransitionError};
+use crate::ports::{
+    CallListFilter, CallRepository, Clock, Directory, DirectoryError, Page, PageRequest, RepositoryError,
+};
+use crate::rules::{InitiateDecision, InitiateRefusal, decide_initiate};
+use crate::values::{CallId, CallType, ConversationId, Timestamp, UserId};
+
+/// How many times a step is re-read and retried after losing a race. A call changes status at
+/// most twice (ringing → active → ended), so three attempts always see a settled state.
+const ATTEMPTS: usize = 3;
+
+/// A request to call someone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitiateCommand {
+    pub receiver: UserId,
+    pub call_type: CallType,
+    pub conversation: Option<ConversationId>,
+}
+
+/// What an allowed call attempt did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Initiated {
+    /// A new call is ringing the receiver.
+    Ringing(Call),
+    /// Glare: the receiver was already ringing the caller, so that call was answered instead.
+    AnsweredCrossingCall(Transition),
+}
+
+impl Initiated {
+    pub fn call(&self) -> &Call {
+        match self {
+            Self::Ringing(call) => call,
+            Self::AnsweredCrossingCall(transition) => &transition.call,
+        }
+    }
+}
+
+/// What a party does to an existing call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallAction {
+    Accept,
+    Reject,
+    End,
+}
+
+/// Why a use case failed. The API maps each variant to one status and one stable code.
+#[derive(Debug, thiserror::Error)]
+pub enum CallServiceError {
+    #[error("receiver not found")]
+    ReceiverNotFound,
+    #[error("conversation not found")]
+    ConversationNotFound,
+    #[error("you are not a participant in this conversation")]
+    NotInConversation,
+    #[error("the receiver is not a participant in this conversation")]
+    ReceiverNotInConversation,
+    #[error(transparent)]
+    Refused(#[from] InitiateRefusal),
+    /// No such call, or the actor is not one of its parties (the two are indistinguishable on
+    /// purpose: nobody learns that a call they are not in exists).
+    #[error("call not found")]
+    CallNotFound,
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    #[error("the call kept changing while it was being updated")]
+    StillRacing,
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
+}
+
+/// The call use cases over injected ports.
+#[derive(Debug, Clone)]
+pub struct CallService {
+    calls: Arc<dyn CallRepository>,
+    directory: Arc<dyn Directory>,
+    clock: Arc<dyn Clock>,
+    ring_timeout: Duration,
+}
+
+impl CallService {
+    pub fn new(
+        calls: Arc<dyn CallRepository>,
+        directory: Arc<dyn Directory>,
+        clock: Arc<dyn Clock>,
+        ring_timeout: Duration,
+    ) -> Self {
+        Self { calls, directory, clock, ring_timeout }
+    }
+
+    pub fn directory(&self) -> &Arc<dyn Directory> {
+        &self.directory
+    }
+
+    pub fn ring_timeout(&self) -> Duration {
+        self.ring_timeout
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// `caller` calls `command.receiver`, following the rules of [`crate::rules`].
+    ///
+    /// # Errors
+    /// `Refused(SelfCall)` first, then `ReceiverNotFound`, `ConversationNotFound`,
+    /// `NotInConversation` (the caller), `ReceiverNotInConversation`, `Refused(CallerBusy |
+    /// ReceiverBusy)`; `Repository`/`Directory` when a port fails.
+    pub async fn initiate(&self, caller: &UserId, command: InitiateCommand) -> Result<Initiated, CallServiceError> {
+        if caller == &command.receiver {
+            return Err(InitiateRefusal::SelfCall.into());
+        }
+        if self.directory.user(&command.receiver).await?.is_none() {
+            return Err(CallServiceError::ReceiverNotFound);
+        }
+        if let Some(conversation) = command.conversation {
+            let participants = self
+                .directory
+                .conversation_participants(conversation)
+                .await?
+                .ok_or(CallServiceError::ConversationNotFound)?;
+            if !participants.contains(caller) {
+                return Err(CallServiceError::NotInConversation);
+            }
+            if !participants.contains(&command.receiver) {
+                return Err(CallServiceError::ReceiverNotInConversation);
+            }
+        }
+
+        let mut last_busy = InitiateRefusal::ReceiverBusy;
+        for _ in 0..ATTEMPTS {
+            let caller_open = self.calls.open_calls_of(caller).await?;
+            let receiver_open = self.calls.open_calls_of(&command.receiver).await?;
+            match decide_initiate(caller, &command.receiver, &caller_open, &receiver_open)? {
+                InitiateDecision::Ring => {
+                    let new_call = NewCall::ring(
+                        caller.clone(),
+                        command.receiver.clone(),
+                        command.call_type,
+                        command.conversation,
+                        self.clock.now(),
+                    )?;
+                    match self.calls.create(new_call).await {
+                        Ok(call) => return Ok(Initiated::Ringing(call)),
+                        // Someone took a line between our read and our insert: decide again
+                        // on fresh data (it may now be glare).
+                        Err(RepositoryError::LineBusy { user }) => {
+                            last_busy = if &user == caller {
+                                InitiateRefusal::CallerBusy
+                            } else {
+                                InitiateRefusal::ReceiverBusy
+                            };
+                        }
+                        Err(error) => return Err(error.into()),
+                    }
+                }
+                InitiateDecision::AnswerCrossingCall(id) => {
+                    let Some(crossing) = caller_open.into_iter().chain(receiver_open).find(|call| call.id() == id)
+                    else {
+                        continue;
+                    };
+                    if let Outcome::Changed(transition) = crossing.accept(caller, self.clock.now())? {
+                        match self.calls.apply(&transition).await {
+                            Ok(()) => return Ok(Initiated::AnsweredCrossingCall(transition)),
+                            Err(RepositoryError::Conflict { .. }) => {}
+                            Err(error) => return Err(error.into()),
+                        }
+                    }
+                }
+            }
+        }
+        Err(last_busy.into())
+    }
+
+    /// The call `id`, if `viewer` is one of its parties.
+    ///
+    /// # Errors
+    /// `CallNotFound` for a missing call or a non-party; `Repository` when storage fails.
+    pub async fn get(&self, viewer: &UserId, id: CallId) -> Result<Call, CallServiceError> {
+        self.calls.get(id).await?.filter(|call| call.is_party(viewer)).ok_or(CallServiceError::CallNotFound)
+    }
+
+    /// The call `id`, whoever asks: for internal use (routing signals), never for answering a
+    /// user directly.
+    ///
+    /// # Errors
+    /// `Repository` when storage fails.
+    pub async fn find(&self, id: CallId) -> Result<Option<Call>, CallServiceError> {
+        Ok(self.calls.get(id).await?)
+    }
+
+    /// `viewer`'s calls, newest first.
+    ///
+    /// # Errors
+    /// `Repository` when storage fails.
+    pub async fn list(
+        &self,
+        viewer: &UserId,
+        filter: &CallListFilter,
+        page: PageRequest,
+    ) -> Result<Page<Call>, CallServiceError> {
+        Ok(self.calls.list_for_user(viewer, filter, page).await?)
+    }
+
+    /// `actor` accepts, rejects or ends call `id`. Returns `AlreadyDone` for deliberate
+    /// repeats, which change nothing and must notify nobody.
+    ///
+    /// # Errors
+    /// `CallNotFound` (missing, or `actor` is not a party), `Transition` for a forbidden move
+    /// (decided on the call as it is after any race), `Repository` when storage fails.
+    pub async fn act(&self, actor: &UserId, id: CallId, action: CallAction) -> Result<Outcome, CallServiceError> {
+        self.settle(id, |call, now| {
+            if !call.is_party(actor) {
+                return Err(CallServiceError::CallNotFound);
+            }
+            Ok(match action {
+                CallAction::Accept => call.accept(actor, now)?,
+                CallAction::Reject => call.reject(actor, now)?,
+                CallAction::End => call.end(actor, now)?,
+            })
+        })
+        .await
+    }
+
+    /// Expires call `id` if it is still unanswered after the ring timeout.
+    ///
+    /// # Errors
+    /// `Transition(NotYetDue | InvalidState)` when it is not due or already settled;
+    /// `CallNotFound`; `Repository` when storage fails.
+    pub async fn expire(&self, id: CallId) -> Result<Outcome, CallServiceError> {
+        let timeout = self.ring_timeout;
+        self.settle(id, |call, now| Ok(call.expire(now, timeout)?)).await
+    }
+
+    /// Expires up to `limit` calls whose ring timeout has passed, oldest first, and returns the
+    /// transitions that were applied (calls that settled some other way meanwhile are skipped).
+    ///
+    /// # Errors
+    /// `Repository` when storage fails.
+    pub async fn expire_due(&self, limit: u32) -> Result<Vec<Transition>, CallServiceError> {
+        let cutoff = self.clock.now().minus(self.ring_timeout);
+        let due = self.calls.unanswered_started_before(cutoff, limit).await?;
+        let mut expired = Vec::with_capacity(due.len());
+        for call in due {
+            match self.expire(call.id()).await {
+                Ok(Outcome::Changed(transition)) => expired.push(transition),
+                Ok(Outcome::AlreadyDone(_)) | Err(CallServiceError::Transition(_) | CallServiceError::CallNotFound) => {
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(expired)
+    }
+
+    /// Loads call `id`, computes a transition with `decide`, and applies it; on a lost race,
+    /// re-reads and decides again.
+    async fn settle(
+        &self,
+        id: CallId,
+        decide: impl Fn(&Call, Timestamp) -> Result<Outcome, CallServiceError>,
+    ) -> Result<Outcome, CallServiceError> {
+        for _ in 0..ATTEMPTS {
+            let call = self.calls.get(id).await?.ok_or(CallServiceError::CallNotFound)?;
+            match decide(&call, self.clock.now())? {
+                Outcome::AlreadyDone(call) => return Ok(Outcome::AlreadyDone(call)),
+                Outcome::Changed(transition) => match self.calls.apply(&transition).await {
+                    Ok(()) => return Ok(Outcome::Changed(transition)),
+                    Err(RepositoryError::Conflict { .. }) => {}
+                    Err(RepositoryError::NotFound) => return Err(CallServiceError::CallNotFound),
+                    Err(error) => return Err(error.into()),
+                },
+            }
+        }
+        Err(CallServiceError::StillRacing)
+    }
+}

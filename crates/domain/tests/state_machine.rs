@@ -1,0 +1,233 @@
+//! One test per transition and per forbidden transition, then property tests over random
+//! sequences of actions.
+
+use std::time::Duration;
+
+use proptest::prelude::*;
+use ringline_domain::{
+    Action, Call, CallEvent, CallId, CallStatus, CallType, ConversationId, EndReason, NewCall, Outcome, Timestamp,
+    TransitionError, UserId,
+};
+
+const RING_TIMEOUT: Duration = Duration::from_secs(45);
+
+fn user(name: &str) -> UserId {
+    UserId::parse(name).expect("test ids are valid")
+}
+
+fn at(seconds: i64) -> Timestamp {
+    Timestamp::from_unix_micros(1_700_000_000_000_000 + seconds * 1_000_000).expect("in range")
+}
+
+fn ringing() -> Call {
+    NewCall::ring(user("alice"), user("bob"), CallType::Video, ConversationId::new(7).ok(), at(0))
+        .expect("not a self-call")
+        .into_call(CallId::new(1).expect("positive"))
+}
+
+fn changed(outcome: Result<Outcome, TransitionError>) -> (Call, CallEvent) {
+    match outcome {
+        Ok(Outcome::Changed(transition)) => (transition.call, transition.event),
+        other => panic!("expected a change, got {other:?}"),
+    }
+}
+
+fn active() -> Call {
+    changed(ringing().accept(&user("bob"), at(3))).0
+}
+
+#[test]
+fn initiate_rings_the_receiver() {
+    let call = ringing();
+    assert_eq!(call.status(), CallStatus::Ringing);
+    assert_eq!(call.started_at(), at(0));
+    assert_eq!(call.answered_at(), None);
+    assert_eq!(call.duration_seconds(), None);
+    assert_eq!(call.conversation(), ConversationId::new(7).ok());
+}
+
+#[test]
+fn nobody_can_call_themselves() {
+    let attempt = NewCall::ring(user("alice"), user("alice"), CallType::Voice, None, at(0));
+    assert_eq!(attempt, Err(TransitionError::SelfCall));
+}
+
+#[test]
+fn the_receiver_accepts_a_ringing_call() {
+    let (call, event) = changed(ringing().accept(&user("bob"), at(3)));
+    assert_eq!(call.status(), CallStatus::Active);
+    assert_eq!(call.answered_at(), Some(at(3)));
+    assert_eq!(call.updated_at(), at(3));
+    assert_eq!(event, CallEvent::Accepted { by: user("bob") });
+}
+
+#[test]
+fn the_caller_cannot_accept_and_strangers_cannot_touch_a_call() {
+    assert_eq!(ringing().accept(&user("alice"), at(1)), Err(TransitionError::ReceiverOnly(Action::Accept)));
+    assert_eq!(ringing().accept(&user("eve"), at(1)), Err(TransitionError::NotAParty));
+    assert_eq!(ringing().reject(&user("alice"), at(1)), Err(TransitionError::ReceiverOnly(Action::Reject)));
+    assert_eq!(ringing().reject(&user("eve"), at(1)), Err(TransitionError::NotAParty));
+    assert_eq!(active().end(&user("eve"), at(9)), Err(TransitionError::NotAParty));
+}
+
+#[test]
+fn only_a_ringing_call_can_be_accepted() {
+    let error = active().accept(&user("bob"), at(4)).unwrap_err();
+    assert_eq!(error, TransitionError::InvalidState { action: Action::Accept, status: CallStatus::Active });
+    assert_eq!(error.to_string(), "call is already active");
+    let missed = changed(ringing().expire(at(45), RING_TIMEOUT)).0;
+    assert!(matches!(missed.accept(&user("bob"), at(46)), Err(TransitionError::InvalidState { .. })));
+}
+
+#[test]
+fn the_receiver_declines_a_ringing_call_and_may_repeat_it() {
+    let (call, event) = changed(ringing().reject(&user("bob"), at(2)));
+    assert_eq!(call.status(), CallStatus::Rejected);
+    assert_eq!(call.end_reason(), Some(EndReason::Declined));
+    assert_eq!(call.ended_at(), Some(at(2)));
+    assert_eq!(event, CallEvent::Rejected { by: user("bob") });
+    assert_eq!(call.reject(&user("bob"), at(5)), Ok(Outcome::AlreadyDone(call.clone())));
+}
+
+#[test]
+fn an_answered_call_cannot_be_rejected() {
+    assert_eq!(
+        active().reject(&user("bob"), at(4)),
+        Err(TransitionError::InvalidState { action: Action::Reject, status: CallStatus::Active })
+    );
+}
+
+#[test]
+fn ending_an_active_call_measures_its_duration_on_the_server() {
+    let (call, event) = changed(active().end(&user("alice"), at(63)));
+    assert_eq!(call.status(), CallStatus::Ended);
+    assert_eq!(call.duration_seconds(), Some(60));
+    assert_eq!(call.end_reason(), Some(EndReason::UserHangup));
+    assert_eq!(event, CallEvent::Ended { by: user("alice"), duration_seconds: 60 });
+}
+
+#[test]
+fn the_caller_ending_a_ringing_call_cancels_it() {
+    let (call, event) = changed(ringing().end(&user("alice"), at(5)));
+    assert_eq!(call.status(), CallStatus::Cancelled);
+    assert_eq!(call.end_reason(), Some(EndReason::CallerCancelled));
+    assert_eq!(call.duration_seconds(), None);
+    assert_eq!(event, CallEvent::Cancelled { by: user("alice") });
+}
+
+#[test]
+fn the_receiver_ending_a_ringing_call_declines_it() {
+    let (call, event) = changed(ringing().end(&user("bob"), at(5)));
+    assert_eq!(call.status(), CallStatus::Rejected);
+    assert_eq!(event, CallEvent::Rejected { by: user("bob") });
+}
+
+#[test]
+fn ending_a_finished_call_succeeds_and_changes_nothing() {
+    let ended = changed(active().end(&user("bob"), at(10))).0;
+    for actor in ["alice", "bob"] {
+        assert_eq!(ended.end(&user(actor), at(99)), Ok(Outcome::AlreadyDone(ended.clone())));
+    }
+}
+
+#[test]
+fn an_unanswered_call_expires_after_the_ring_timeout() {
+    assert_eq!(ringing().expire(at(44), RING_TIMEOUT), Err(TransitionError::NotYetDue));
+    let (call, event) = changed(ringing().expire(at(45), RING_TIMEOUT));
+    assert_eq!(call.status(), CallStatus::Missed);
+    assert_eq!(call.end_reason(), Some(EndReason::InviteTimeout));
+    assert_eq!(event, CallEvent::Missed);
+}
+
+#[test]
+fn an_answered_call_never_expires() {
+    assert_eq!(
+        active().expire(at(500), RING_TIMEOUT),
+        Err(TransitionError::InvalidState { action: Action::Expire, status: CallStatus::Active })
+    );
+}
+
+#[test]
+fn a_clock_running_backwards_cannot_make_time_run_backwards_in_a_call() {
+    let (call, _) = changed(active().end(&user("alice"), at(1)));
+    assert_eq!(call.ended_at(), Some(at(3)));
+    assert_eq!(call.duration_seconds(), Some(0));
+}
+
+#[test]
+fn restore_rejects_records_no_transition_could_produce() {
+    let mut parts = active().to_parts();
+    parts.duration_seconds = Some(5);
+    assert!(Call::restore(parts).is_err());
+    let mut parts = ringing().to_parts();
+    parts.answered_at = Some(at(1));
+    assert!(Call::restore(parts).is_err());
+    let mut parts = active().to_parts();
+    parts.answered_at = Some(at(-1));
+    assert!(Call::restore(parts).is_err());
+    assert_eq!(Call::restore(active().to_parts()), Ok(active()));
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Accept(usize),
+    Reject(usize),
+    End(usize),
+    Expire,
+}
+
+fn step() -> impl Strategy<Value = (Step, i64)> {
+    let actor = 0usize..3;
+    let step = prop_oneof![
+        actor.clone().prop_map(Step::Accept),
+        actor.clone().prop_map(Step::Reject),
+        actor.prop_map(Step::End),
+        Just(Step::Expire),
+    ];
+    // Clock readings may go backwards (two instances with skewed clocks).
+    (step, -30i64..120)
+}
+
+proptest! {
+    #[test]
+    fn random_action_sequences_keep_every_invariant(steps in proptest::collection::vec(step(), 0..12)) {
+        let actors = [user("alice"), user("bob"), user("eve")];
+        let mut call = ringing();
+        let mut clock = 0i64;
+        for (step, delta) in steps {
+            clock += delta;
+            let now = at(clock);
+            let before = call.clone();
+            let outcome = match &step {
+                Step::Accept(who) => call.accept(&actors[*who], now),
+                Step::Reject(who) => call.reject(&actors[*who], now),
+                Step::End(who) => call.end(&actors[*who], now),
+                Step::Expire => call.expire(now, RING_TIMEOUT),
+            };
+            match outcome {
+                Ok(Outcome::Changed(transition)) => {
+                    prop_assert!(before.status().is_open(), "a finished call changed: {before:?}");
+                    prop_assert_eq!(transition.from, before.status());
+                    call = transition.call;
+                }
+                Ok(Outcome::AlreadyDone(same)) => prop_assert_eq!(&same, &before),
+                Err(_) => {}
+            }
+            // Every reachable call passes the storage invariants (timestamps never go
+            // backwards; a duration exists exactly for answered calls that ended).
+            prop_assert_eq!(Call::restore(call.to_parts()), Ok(call.clone()));
+            prop_assert!(call.updated_at() >= before.updated_at());
+            prop_assert_eq!(call.duration_seconds().is_some(), call.answered_at().is_some() && call.ended_at().is_some());
+            if before.status().is_finished() {
+                prop_assert_eq!(&call, &before);
+            }
+        }
+    }
+
+    #[test]
+    fn the_measured_duration_is_the_time_between_answer_and_end(answer in 0i64..50, talk in 0i64..10_000) {
+        let active = changed(ringing().accept(&user("bob"), at(answer))).0;
+        let ended = changed(active.end(&user("alice"), at(answer + talk))).0;
+        prop_assert_eq!(ended.duration_seconds(), Some(u32::try_from(talk).expect("small")));
+    }
+}
