@@ -1,0 +1,233 @@
+//! [`SqlCallRepository`]: calls in SQL, with atomic compare-and-set transitions.
+//!
+//! Two rules keep concurrent writers honest, on SQLite and PostgreSQL alike:
+//! - a transition is one `UPDATE … WHERE id = ? AND status = <status it was computed from>`;
+//!   the loser of a race updates no row and gets `Conflict`;
+//! - a new call claims a `busy_lines` row per party (primary key: the user) in the same
+//!   transaction as its insert; a user already on a line makes the insert fail and nothing is
+//!   stored. Lines are claimed in user-id order so that two crossing calls (A→B, B→A) wait on
+//!   each other instead of deadlocking.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use ringline_domain::{
+    Call, CallId, CallListFilter, CallParts, CallRepository, CallStatus, NewCall, Page, PageRequest, RepositoryError,
+    Timestamp, Transition, UserId,
+};
+use sea_orm::sea_query::{Expr, IntoCondition};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set, SqlErr, TransactionTrait,
+};
+
+use crate::entity::{busy_line, call};
+use crate::storage_failure;
+
+/// The call repository over a sea-orm connection.
+#[derive(Debug, Clone)]
+pub struct SqlCallRepository {
+    db: DatabaseConnection,
+}
+
+/// A stored row that the domain refuses (hand-edited, or written by a newer schema).
+#[derive(Debug, thiserror::Error)]
+#[error("stored call {id} is unreadable: {reason}")]
+struct CorruptRow {
+    id: i64,
+    reason: String,
+}
+
+impl SqlCallRepository {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    /// After an update matched no row: was the call gone, or did another change win?
+    async fn explain_missed_update(&self, id: CallId) -> RepositoryError {
+        match self.get(id).await {
+            Ok(Some(current)) => RepositoryError::Conflict { current: current.status() },
+            Ok(None) => RepositoryError::NotFound,
+            Err(error) => error,
+        }
+    }
+}
+
+fn party_of(user: &UserId) -> Condition {
+    Condition::any().add(call::Column::CallerId.eq(user.as_str())).add(call::Column::ReceiverId.eq(user.as_str()))
+}
+
+fn statuses(filter: impl Fn(CallStatus) -> bool) -> Vec<&'static str> {
+    CallStatus::ALL.iter().copied().filter(|status| filter(*status)).map(CallStatus::as_str).collect()
+}
+
+fn to_call(row: call::Model) -> Result<Call, RepositoryError> {
+    let id = row.id;
+    let corrupt = |reason: String| storage_failure(CorruptRow { id, reason });
+    let parts = CallParts {
+        id: CallId::new(row.id).map_err(|e| corrupt(e.to_string()))?,
+        conversation: row
+            .conversation_id
+            .map(ringline_domain::ConversationId::new)
+            .transpose()
+            .map_err(|e| corrupt(e.to_string()))?,
+        caller: UserId::parse(row.caller_id).map_err(|e| corrupt(e.to_string()))?,
+        receiver: UserId::parse(row.receiver_id).map_err(|e| corrupt(e.to_string()))?,
+        call_type: row.call_type.parse().map_err(|e: ringline_domain::InvalidValue| corrupt(e.to_string()))?,
+        status: row.status.parse().map_err(|e: ringline_domain::InvalidValue| corrupt(e.to_string()))?,
+        started_at: row.started_at.into(),
+        answered_at: row.answered_at.map(Timestamp::from),
+        ended_at: row.ended_at.map(Timestamp::from),
+        duration_seconds: row
+            .duration_seconds
+            .map(u32::try_from)
+            .transpose()
+            .map_err(|_| corrupt("negative duration".to_owned()))?,
+        end_reason: row
+            .end_reason
+            .map(|reason| reason.parse())
+            .transpose()
+            .map_err(|e: ringline_domain::InvalidValue| corrupt(e.to_string()))?,
+        created_at: row.created_at.into(),
+        updated_at: row.updated_at.into(),
+    };
+    Call::restore(parts).map_err(storage_failure)
+}
+
+fn to_rows(rows: Vec<call::Model>) -> Result<Vec<Call>, RepositoryError> {
+    rows.into_iter().map(to_call).collect()
+}
+
+fn datetime(timestamp: Timestamp) -> DateTime<Utc> {
+    timestamp.as_datetime()
+}
+
+fn duration_column(seconds: Option<u32>) -> Option<i32> {
+    // Durations over i32::MAX seconds (68 years) cannot happen; saturate rather than fail.
+    seconds.map(|s| i32::try_from(s).unwrap_or(i32::MAX))
+}
+
+#[async_trait]
+impl CallRepository for SqlCallRepository {
+    async fn create(&self, new_call: NewCall) -> Result<Call, RepositoryError> {
+        let txn = self.db.begin().await.map_err(storage_failure)?;
+        let started_at = datetime(new_call.started_at());
+        let row = call::ActiveModel {
+            conversation_id: Set(new_call.conversation().map(i64::from)),
+            caller_id: Set(new_call.caller().as_str().to_owned()),
+            receiver_id: Set(new_call.receiver().as_str().to_owned()),
+            call_type: Set(new_call.call_type().as_str().to_owned()),
+            status: Set(CallStatus::Ringing.as_str().to_owned()),
+            started_at: Set(started_at),
+            answered_at: Set(None),
+            ended_at: Set(None),
+            duration_seconds: Set(None),
+            end_reason: Set(None),
+            created_at: Set(started_at),
+            updated_at: Set(started_at),
+            ..Default::default()
+        }
+        .insert(&txn)
+        .await
+        .map_err(storage_failure)?;
+
+        let mut parties = [new_call.caller(), new_call.receiver()];
+        parties.sort();
+        for user in parties {
+            let line = busy_line::ActiveModel { user_id: Set(user.as_str().to_owned()), call_id: Set(row.id) };
+            if let Err(error) = line.insert(&txn).await {
+                // Dropping `txn` rolls the whole attempt back, call row included.
+                return Err(match error.sql_err() {
+                    Some(SqlErr::UniqueConstraintViolation(_)) => RepositoryError::LineBusy { user: user.clone() },
+                    _ => storage_failure(error),
+                });
+            }
+        }
+        txn.commit().await.map_err(storage_failure)?;
+        let id = CallId::new(row.id).map_err(storage_failure)?;
+        Ok(new_call.into_call(id))
+    }
+
+    async fn get(&self, id: CallId) -> Result<Option<Call>, RepositoryError> {
+        let row = call::Entity::find_by_id(id.get()).one(&self.db).await.map_err(storage_failure)?;
+        row.map(to_call).transpose()
+    }
+
+    async fn list_for_user(
+        &self,
+        user: &UserId,
+        filter: &CallListFilter,
+        page: PageRequest,
+    ) -> Result<Page<Call>, RepositoryError> {
+        let mut condition = party_of(user);
+        if let Some(other) = &filter.with_user {
+            condition = Condition::all().add(condition).add(party_of(other));
+        }
+        let query = call::Entity::find().filter(condition);
+        let total = query.clone().count(&self.db).await.map_err(storage_failure)?;
+        let rows = query
+            .order_by_desc(call::Column::StartedAt)
+            .order_by_desc(call::Column::Id)
+            .offset(page.offset())
+            .limit(u64::from(page.per_page))
+            .all(&self.db)
+            .await
+            .map_err(storage_failure)?;
+        Ok(Page { items: to_rows(rows)?, total })
+    }
+
+    async fn open_calls_of(&self, user: &UserId) -> Result<Vec<Call>, RepositoryError> {
+        let rows = call::Entity::find()
+            .filter(party_of(user))
+            .filter(call::Column::Status.is_in(statuses(CallStatus::is_open)))
+            .order_by_asc(call::Column::StartedAt)
+            .all(&self.db)
+            .await
+            .map_err(storage_failure)?;
+        to_rows(rows)
+    }
+
+    async fn unanswered_started_before(&self, cutoff: Timestamp, limit: u32) -> Result<Vec<Call>, RepositoryError> {
+        let rows = call::Entity::find()
+            .filter(call::Column::Status.is_in(statuses(CallStatus::is_unanswered)))
+            .filter(call::Column::StartedAt.lt(datetime(cutoff)))
+            .order_by_asc(call::Column::StartedAt)
+            .limit(u64::from(limit))
+            .all(&self.db)
+            .await
+            .map_err(storage_failure)?;
+        to_rows(rows)
+    }
+
+    async fn apply(&self, transition: &Transition) -> Result<(), RepositoryError> {
+        let next = &transition.call;
+        let id = next.id();
+        let txn = self.db.begin().await.map_err(storage_failure)?;
+        let compare_and_set = Condition::all()
+            .add(call::Column::Id.eq(id.get()))
+            .add(call::Column::Status.eq(transition.from.as_str()))
+            .into_condition();
+        let updated = call::Entity::update_many()
+            .col_expr(call::Column::Status, Expr::value(next.status().as_str()))
+            .col_expr(call::Column::AnsweredAt, Expr::value(next.answered_at().map(datetime)))
+            .col_expr(call::Column::EndedAt, Expr::value(next.ended_at().map(datetime)))
+            .col_expr(call::Column::DurationSeconds, Expr::value(duration_column(next.duration_seconds())))
+            .col_expr(call::Column::EndReason, Expr::value(next.end_reason().map(|r| r.as_str())))
+            .col_expr(call::Column::UpdatedAt, Expr::value(datetime(next.updated_at())))
+            .filter(compare_and_set)
+            .exec(&txn)
+            .await
+            .map_err(storage_failure)?;
+        if updated.rows_affected == 0 {
+            drop(txn);
+            return Err(self.explain_missed_update(id).await);
+        }
+        if next.status().is_finished() {
+            busy_line::Entity::delete_many()
+                .filter(busy_line::Column::CallId.eq(id.get()))
+                .exec(&txn)
+                .await
+                .map_err(storage_failure)?;
+        }
+        txn.commit().await.map_err(storage_failure)
+    }
+}

@@ -1,0 +1,240 @@
+//! [`SqlDirectory`]: the standalone server's users and conversations.
+
+use async_trait::async_trait;
+use ringline_domain::{ConversationId, Directory, DirectoryError, Timestamp, UserId, UserProfile};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, Set, TransactionTrait};
+
+use crate::entity::{conversation, participant, user};
+
+/// Users and conversations kept in Ringline's own database.
+#[derive(Debug, Clone)]
+pub struct SqlDirectory {
+    db: DatabaseConnection,
+}
+
+fn lookup_failed(error: impl std::error::Error + Send + Sync + 'static) -> DirectoryError {
+    DirectoryError(Box::new(error))
+}
+
+fn to_profile(row: user::Model) -> Result<UserProfile, DirectoryError> {
+    Ok(UserProfile {
+        id: UserId::parse(row.id).map_err(lookup_failed)?,
+        username: row.username,
+        first_name: row.first_name,
+        last_name: row.last_name,
+        profile_image_url: row.profile_image_url,
+    })
+}
+
+impl SqlDirectory {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    /// Creates the user, or updates every profile field of an existing one.
+    ///
+    /// # Errors
+    /// `DirectoryError` when the write fails.
+    pub async fn upsert_user(&self, profile: &UserProfile, now: Timestamp) -> Result<(), DirectoryError> {
+        let row = user::ActiveModel {
+            id: Set(profile.id.as_str().to_owned()),
+            username: Set(profile.username.clone()),
+            first_name: Set(profile.first_name.clone()),
+            last_name: Set(profile.last_name.clone()),
+            profile_image_url: Set(profile.profile_image_url.clone()),
+            created_at: Set(now.as_datetime()),
+            updated_at: Set(now.as_datetime()),
+        };
+        user::Entity::insert(row)
+            .on_conflict(
+                OnConflict::column(user::Column::Id)
+                    .update_columns([
+                        user::Column::Username,
+                        user::Column::FirstName,
+                        user::Column::LastName,
+                        user::Column::ProfileImageUrl,
+                        user::Column::UpdatedAt,
+                    ])
+                    .to_owned(),
+            )
+            .exec(&self.db)
+            .await
+            .map_err(lookup_failed)?;
+        Ok(())
+    }
+
+    /// Up to `limit` users, ordered by username (for the development sign-in page).
+    ///
+    /// # Errors
+    /// `DirectoryError` when the lookup fails.
+    pub async fn list_users(&self, limit: u64) -> Result<Vec<UserProfile>, DirectoryError> {
+        use sea_orm::{QueryOrder, QuerySelect};
+        let rows = user::Entity::find()
+            .order_by_asc(user::Column::Username)
+            .limit(limit)
+            .all(&self.db)
+            .await
+            .map_err(lookup_failed)?;
+        rows.into_iter().map(to_profile).collect()
+    }
+
+    /// Removes a user and their conversation memberships. Their call history stays.
+    ///
+    /// # Errors
+    /// `DirectoryWriteError::Storage` when the write fails. Returns whether the user existed.
+    pub async fn delete_user(&self, id: &UserId) -> Result<bool, DirectoryWriteError> {
+        let deleted = user::Entity::delete_by_id(id.as_str()).exec(&self.db).await.map_err(write_failed)?;
+        Ok(deleted.rows_affected > 0)
+    }
+
+    /// Creates conversation `id` if needed and makes `participants` exactly its members.
+    ///
+    /// # Errors
+    /// `UnknownUser` when a participant is not a known user (nothing is changed);
+    /// `Storage` when the write fails.
+    pub async fn set_conversation(
+        &self,
+        id: ConversationId,
+        participants: &[UserId],
+        now: Timestamp,
+    ) -> Result<(), DirectoryWriteError> {
+        let txn = self.db.begin().await.map_err(write_failed)?;
+        require_known_users(&txn, participants).await?;
+        conversation::Entity::insert(conversation::ActiveModel {
+            id: Set(id.get()),
+            created_at: Set(now.as_datetime()),
+        })
+        .on_conflict(OnConflict::column(conversation::Column::Id).do_nothing().to_owned())
+        .exec_without_returning(&txn)
+        .await
+        .map_err(write_failed)?;
+        participant::Entity::delete_many()
+            .filter(participant::Column::ConversationId.eq(id.get()))
+            .filter(participant::Column::UserId.is_not_in(participants.iter().map(UserId::as_str)))
+            .exec(&txn)
+            .await
+            .map_err(write_failed)?;
+        insert_participants(&txn, id, participants).await?;
+        txn.commit().await.map_err(write_failed)
+    }
+
+    /// Adds `participants` to an existing conversation (members already in it are kept).
+    ///
+    /// # Errors
+    /// `UnknownConversation`, `UnknownUser`, or `Storage`.
+    pub async fn add_participants(
+        &self,
+        id: ConversationId,
+        participants: &[UserId],
+    ) -> Result<(), DirectoryWriteError> {
+        let txn = self.db.begin().await.map_err(write_failed)?;
+        if conversation::Entity::find_by_id(id.get()).one(&txn).await.map_err(write_failed)?.is_none() {
+            return Err(DirectoryWriteError::UnknownConversation);
+        }
+        require_known_users(&txn, participants).await?;
+        insert_participants(&txn, id, participants).await?;
+        txn.commit().await.map_err(write_failed)
+    }
+
+    /// Removes one participant. Returns whether they were a member.
+    ///
+    /// # Errors
+    /// `Storage` when the write fails.
+    pub async fn remove_participant(&self, id: ConversationId, user_id: &UserId) -> Result<bool, DirectoryWriteError> {
+        let deleted = participant::Entity::delete_many()
+            .filter(participant::Column::ConversationId.eq(id.get()))
+            .filter(participant::Column::UserId.eq(user_id.as_str()))
+            .exec(&self.db)
+            .await
+            .map_err(write_failed)?;
+        Ok(deleted.rows_affected > 0)
+    }
+}
+
+/// A directory write that was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryWriteError {
+    #[error("unknown user {0}")]
+    UnknownUser(UserId),
+    #[error("unknown conversation")]
+    UnknownConversation,
+    #[error("directory write failed: {0}")]
+    Storage(#[source] sea_orm::DbErr),
+}
+
+fn write_failed(error: sea_orm::DbErr) -> DirectoryWriteError {
+    DirectoryWriteError::Storage(error)
+}
+
+async fn require_known_users(txn: &DatabaseTransaction, users: &[UserId]) -> Result<(), DirectoryWriteError> {
+    let known: Vec<String> = user::Entity::find()
+        .filter(user::Column::Id.is_in(users.iter().map(UserId::as_str)))
+        .all(txn)
+        .await
+        .map_err(write_failed)?
+        .into_iter()
+        .map(|row| row.id)
+        .collect();
+    match users.iter().find(|user| !known.iter().any(|id| id == user.as_str())) {
+        Some(unknown) => Err(DirectoryWriteError::UnknownUser(unknown.clone())),
+        None => Ok(()),
+    }
+}
+
+async fn insert_participants(
+    txn: &DatabaseTransaction,
+    id: ConversationId,
+    participants: &[UserId],
+) -> Result<(), DirectoryWriteError> {
+    for user_id in participants {
+        let row =
+            participant::ActiveModel { conversation_id: Set(id.get()), user_id: Set(user_id.as_str().to_owned()) };
+        participant::Entity::insert(row)
+            .on_conflict(
+                OnConflict::columns([participant::Column::ConversationId, participant::Column::UserId])
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(txn)
+            .await
+            .map_err(write_failed)?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Directory for SqlDirectory {
+    async fn user(&self, id: &UserId) -> Result<Option<UserProfile>, DirectoryError> {
+        let row = user::Entity::find_by_id(id.as_str()).one(&self.db).await.map_err(lookup_failed)?;
+        row.map(to_profile).transpose()
+    }
+
+    async fn users(&self, ids: &[UserId]) -> Result<Vec<UserProfile>, DirectoryError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = user::Entity::find()
+            .filter(user::Column::Id.is_in(ids.iter().map(UserId::as_str)))
+            .all(&self.db)
+            .await
+            .map_err(lookup_failed)?;
+        rows.into_iter().map(to_profile).collect()
+    }
+
+    async fn conversation_participants(&self, id: ConversationId) -> Result<Option<Vec<UserId>>, DirectoryError> {
+        let exists = conversation::Entity::find_by_id(id.get()).one(&self.db).await.map_err(lookup_failed)?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let rows = participant::Entity::find()
+            .filter(participant::Column::ConversationId.eq(id.get()))
+            .all(&self.db)
+            .await
+            .map_err(lookup_failed)?;
+        rows.into_iter()
+            .map(|row| UserId::parse(row.user_id).map_err(lookup_failed))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+}

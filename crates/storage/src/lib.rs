@@ -1,0 +1,131 @@
+//! Ringline's storage: the sea-orm implementation of the domain's [`CallRepository`] and
+//! [`Directory`] ports, and the schema migrations.
+//!
+//! - [`Storage`] opens a database from a URL (`sqlite://…` is the embedded default, in WAL
+//!   mode; `postgres://…` is for production) and runs the migrations;
+//! - [`SqlCallRepository`] stores calls. Its writes are atomic compare-and-set steps, so when
+//!   two devices or two server instances race on one call exactly one wins;
+//! - [`SqlDirectory`] holds users and conversations for the standalone server;
+//! - [`SqlNotifications`] stores notifications about calls (incoming, missed).
+//!
+//! Entities are private (module `entity`); database errors are mapped into domain errors here
+//! and nowhere else.
+//!
+//! [`CallRepository`]: ringline_domain::CallRepository
+//! [`Directory`]: ringline_domain::Directory
+
+mod calls;
+mod directory;
+mod entity;
+pub mod migration;
+mod notifications;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::time::Duration;
+
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
+use sea_orm_migration::MigratorTrait;
+
+pub use calls::SqlCallRepository;
+pub use directory::{DirectoryWriteError, SqlDirectory};
+pub use notifications::SqlNotifications;
+
+/// The URL used when none is configured: a SQLite file in the working directory, created on
+/// first start.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://ringline.db?mode=rwc";
+
+/// Opening, migrating or checking the database failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("unsupported database URL: only sqlite:// and postgres:// are supported")]
+    UnsupportedUrl,
+    #[error("database error: {0}")]
+    Database(#[from] DbErr),
+}
+
+/// An open database with Ringline's schema.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    db: DatabaseConnection,
+}
+
+impl Storage {
+    /// Connects to `url`. For SQLite, switches the file to WAL mode so that readers never wait
+    /// for the writer.
+    ///
+    /// # Errors
+    /// `UnsupportedUrl` for other schemes, `Database` when the connection fails.
+    pub async fn connect(url: &str) -> Result<Self, StorageError> {
+        let is_sqlite = url.starts_with("sqlite:");
+        if !is_sqlite && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+            return Err(StorageError::UnsupportedUrl);
+        }
+        let mut options = ConnectOptions::new(url.to_owned());
+        options
+            .max_connections(if is_sqlite { 8 } else { 16 })
+            .min_connections(1)
+            .connect_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(10))
+            // Statements are logged only at debug level: they can carry user ids.
+            .sqlx_logging_level(tracing::log::LevelFilter::Debug);
+        let db = Database::connect(options).await?;
+        if db.get_database_backend() == DbBackend::Sqlite {
+            db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
+        }
+        Ok(Self { db })
+    }
+
+    /// Applies every pending migration.
+    ///
+    /// # Errors
+    /// `Database` when a migration fails; nothing after it is applied.
+    pub async fn migrate(&self) -> Result<(), StorageError> {
+        migration::Migrator::up(&self.db, None).await?;
+        Ok(())
+    }
+
+    /// Checks that the database answers (for readiness probes).
+    ///
+    /// # Errors
+    /// `Database` when it does not.
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        self.db.ping().await?;
+        Ok(())
+    }
+
+    /// Names the backend, for logs: `sqlite` or `postgres`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.db.get_database_backend() {
+            DbBackend::Sqlite => "sqlite",
+            DbBackend::Postgres => "postgres",
+            DbBackend::MySql => "mysql",
+        }
+    }
+
+    pub fn calls(&self) -> SqlCallRepository {
+        SqlCallRepository::new(self.db.clone())
+    }
+
+    pub fn directory(&self) -> SqlDirectory {
+        SqlDirectory::new(self.db.clone())
+    }
+
+    pub fn notifications(&self) -> SqlNotifications {
+        SqlNotifications::new(self.db.clone())
+    }
+
+    /// Closes every pooled connection.
+    ///
+    /// # Errors
+    /// `Database` when closing fails.
+    pub async fn close(self) -> Result<(), StorageError> {
+        self.db.close().await?;
+        Ok(())
+    }
+}
+
+/// Wraps a database failure as the domain's opaque storage error.
+fn storage_failure(error: impl std::error::Error + Send + Sync + 'static) -> ringline_domain::RepositoryError {
+    ringline_domain::RepositoryError::Storage(Box::new(error))
+}

@@ -1,0 +1,26 @@
+//! Schema migrations, in sea-orm-migration's shape: one file per migration, named
+//! `mYYYYMMDD_HHMMSS_what.rs` because the file name becomes the recorded migration name.
+//!
+//! They run on every server start and through `ringline migrate`; each is written to work on
+//! both SQLite and PostgreSQL.
+
+use sea_orm_migration::prelude::*;
+
+mod m20261122_000001_create_directory;
+mod m20261122_000002_create_calls;
+mod m20261122_000003_create_notifications;
+
+/// Every migration of the Ringline schema, oldest first.
+#[derive(Debug)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261122_000001_create_directory::Migration),
+            Box::new(m20261122_000002_create_calls::Migration),
+            Box::new(m20261122_000003_create_notifications::Migration),
+        ]
+    }
+}

@@ -1,0 +1,264 @@
+//! The repository and directory contract, run on SQLite and on PostgreSQL.
+
+mod common;
+
+use common::{RING_TIMEOUT, at, call_id, new_call, ring, transition, user};
+use ringline_domain::{
+    Call, CallListFilter, CallRepository, CallStatus, ConversationId, Directory, EndReason, NewNotification,
+    NotificationRepository, NotificationVerb, Page, PageRequest, RepositoryError, UserProfile,
+};
+use ringline_storage::{DirectoryWriteError, Storage};
+use sea_orm::prelude::*;
+
+on_both_databases!(
+    migrations_are_idempotent,
+    a_created_call_reads_back_exactly,
+    transitions_round_trip_every_field,
+    a_busy_receiver_cannot_be_rung_and_nothing_is_stored,
+    a_crossing_call_finds_both_lines_taken,
+    finishing_a_call_frees_both_lines,
+    a_stale_transition_is_a_conflict,
+    a_transition_on_a_missing_call_is_not_found,
+    listing_is_newest_first_paginated_and_private,
+    listing_can_narrow_to_calls_with_one_user,
+    open_calls_are_the_ringing_and_active_ones,
+    the_ring_timeout_finds_old_unanswered_calls_oldest_first,
+    the_directory_knows_users_and_conversations,
+    notifications_are_private_newest_first_and_can_be_read,
+);
+
+async fn migrations_are_idempotent(storage: Storage) {
+    storage.migrate().await.expect("running the migrations again is a no-op");
+    storage.ping().await.expect("the database answers");
+}
+
+async fn a_created_call_reads_back_exactly(storage: Storage) {
+    let repo = storage.calls();
+    let call = ring(&repo, "alice", "bob", 0).await;
+    assert_eq!(call.status(), CallStatus::Ringing);
+    assert_eq!(repo.get(call.id()).await.expect("read"), Some(call.clone()));
+    assert_eq!(repo.get(call_id(call.id().get() + 1000)).await.expect("read"), None);
+}
+
+async fn transitions_round_trip_every_field(storage: Storage) {
+    let repo = storage.calls();
+    let ringing = ring(&repo, "alice", "bob", 0).await;
+    let accepted = transition(ringing.accept(&user("bob"), at(2)).expect("receiver accepts"));
+    repo.apply(&accepted).await.expect("first change wins");
+    assert_eq!(repo.get(ringing.id()).await.expect("read"), Some(accepted.call.clone()));
+
+    let ended = transition(accepted.call.end(&user("alice"), at(92)).expect("caller hangs up"));
+    repo.apply(&ended).await.expect("apply end");
+    let stored = repo.get(ringing.id()).await.expect("read").expect("exists");
+    assert_eq!(stored, ended.call);
+    assert_eq!(stored.duration_seconds(), Some(90));
+    assert_eq!(stored.end_reason(), Some(EndReason::UserHangup));
+}
+
+async fn a_busy_receiver_cannot_be_rung_and_nothing_is_stored(storage: Storage) {
+    let repo = storage.calls();
+    ring(&repo, "alice", "bob", 0).await;
+    let attempt = repo.create(new_call("carol", "bob", 1)).await;
+    assert!(matches!(attempt, Err(RepositoryError::LineBusy { ref user }) if user.as_str() == "bob"), "{attempt:?}");
+    assert_eq!(list(&storage, "carol", 1).await.total, 0, "the refused call left no row behind");
+    // Carol's line was not left claimed by the failed attempt.
+    ring(&repo, "carol", "dave", 2).await;
+}
+
+async fn a_crossing_call_finds_both_lines_taken(storage: Storage) {
+    let repo = storage.calls();
+    ring(&repo, "alice", "bob", 0).await;
+    let crossing = repo.create(new_call("bob", "alice", 1)).await;
+    assert!(matches!(crossing, Err(RepositoryError::LineBusy { .. })), "{crossing:?}");
+}
+
+async fn finishing_a_call_frees_both_lines(storage: Storage) {
+    let repo = storage.calls();
+    let first = ring(&repo, "alice", "bob", 0).await;
+    let accepted = transition(first.accept(&user("bob"), at(1)).expect("accept"));
+    repo.apply(&accepted).await.expect("accept");
+    assert!(matches!(repo.create(new_call("carol", "alice", 2)).await, Err(RepositoryError::LineBusy { .. })));
+
+    let ended = transition(accepted.call.end(&user("bob"), at(5)).expect("end"));
+    repo.apply(&ended).await.expect("end");
+    ring(&repo, "carol", "alice", 6).await;
+    ring(&repo, "bob", "dave", 7).await;
+}
+
+async fn a_stale_transition_is_a_conflict(storage: Storage) {
+    let repo = storage.calls();
+    let ringing = ring(&repo, "alice", "bob", 0).await;
+    let accept = transition(ringing.accept(&user("bob"), at(1)).expect("accept"));
+    let cancel = transition(ringing.end(&user("alice"), at(1)).expect("cancel"));
+    repo.apply(&cancel).await.expect("the cancel lands first");
+    let late = repo.apply(&accept).await;
+    assert!(matches!(late, Err(RepositoryError::Conflict { current: CallStatus::Cancelled })), "{late:?}");
+    assert_eq!(repo.get(ringing.id()).await.expect("read"), Some(cancel.call));
+}
+
+async fn a_transition_on_a_missing_call_is_not_found(storage: Storage) {
+    let repo = storage.calls();
+    let never_stored = new_call("alice", "bob", 0).into_call(call_id(4242));
+    let expire = transition(never_stored.expire(at(60), RING_TIMEOUT).expect("due"));
+    assert!(matches!(repo.apply(&expire).await, Err(RepositoryError::NotFound)));
+}
+
+/// Rings and immediately cancels a call, so the same users can be called again.
+async fn short_call(storage: &Storage, caller: &str, receiver: &str, started: i64) -> Call {
+    let repo = storage.calls();
+    let call = ring(&repo, caller, receiver, started).await;
+    let cancelled = transition(call.end(&user(caller), at(started)).expect("cancel"));
+    repo.apply(&cancelled).await.expect("cancel");
+    cancelled.call
+}
+
+/// Page `page` (10 a page) of everything `who` took part in.
+async fn list(storage: &Storage, who: &str, page: u32) -> Page<Call> {
+    let page = PageRequest { page, per_page: 10 };
+    storage.calls().list_for_user(&user(who), &CallListFilter::default(), page).await.expect("list")
+}
+
+async fn listing_is_newest_first_paginated_and_private(storage: Storage) {
+    let mut expected = Vec::new();
+    for i in 0..12 {
+        let (caller, receiver) = if i % 2 == 0 { ("alice", "bob") } else { ("bob", "alice") };
+        expected.push(short_call(&storage, caller, receiver, i).await);
+    }
+    short_call(&storage, "carol", "dave", 100).await;
+    expected.reverse();
+
+    let first = list(&storage, "alice", 1).await;
+    assert_eq!(first.total, 12);
+    assert_eq!(first.items, expected[..10]);
+    assert_eq!(list(&storage, "alice", 2).await.items, expected[10..]);
+    assert!(list(&storage, "alice", 3).await.items.is_empty());
+    assert_eq!(list(&storage, "dave", 1).await.total, 1, "nobody sees calls they are not in");
+}
+
+async fn listing_can_narrow_to_calls_with_one_user(storage: Storage) {
+    let repo = storage.calls();
+    let with_bob = short_call(&storage, "alice", "bob", 0).await;
+    short_call(&storage, "carol", "alice", 1).await;
+    let filter = CallListFilter { with_user: Some(user("bob")) };
+    let page = repo.list_for_user(&user("alice"), &filter, PageRequest { page: 1, per_page: 10 }).await;
+    assert_eq!(page.expect("list").items, vec![with_bob]);
+}
+
+async fn open_calls_are_the_ringing_and_active_ones(storage: Storage) {
+    let repo = storage.calls();
+    short_call(&storage, "alice", "bob", 0).await;
+    let ringing = ring(&repo, "alice", "bob", 1).await;
+    assert_eq!(repo.open_calls_of(&user("bob")).await.expect("open"), vec![ringing.clone()]);
+    let accepted = transition(ringing.accept(&user("bob"), at(2)).expect("accept"));
+    repo.apply(&accepted).await.expect("accept");
+    assert_eq!(repo.open_calls_of(&user("alice")).await.expect("open"), vec![accepted.call]);
+    assert!(repo.open_calls_of(&user("carol")).await.expect("open").is_empty());
+}
+
+async fn the_ring_timeout_finds_old_unanswered_calls_oldest_first(storage: Storage) {
+    let repo = storage.calls();
+    let oldest = ring(&repo, "a1", "b1", 0).await;
+    let older = ring(&repo, "a2", "b2", 10).await;
+    let answered = ring(&repo, "a3", "b3", 5).await;
+    repo.apply(&transition(answered.accept(&user("b3"), at(6)).expect("accept"))).await.expect("accept");
+    ring(&repo, "a4", "b4", 50).await;
+
+    let due = repo.unanswered_started_before(at(50), 10).await.expect("query");
+    assert_eq!(due, vec![oldest.clone(), older]);
+    assert_eq!(repo.unanswered_started_before(at(50), 1).await.expect("query"), vec![oldest]);
+}
+
+async fn the_directory_knows_users_and_conversations(storage: Storage) {
+    let directory = storage.directory();
+    let alice = UserProfile {
+        id: user("alice"),
+        username: "alice".into(),
+        first_name: "Alice".into(),
+        last_name: "Liddell".into(),
+        profile_image_url: None,
+    };
+    directory.upsert_user(&alice, at(0)).await.expect("insert");
+    let renamed =
+        UserProfile { username: "alice_l".into(), profile_image_url: Some("https://x/a.png".into()), ..alice };
+    directory.upsert_user(&renamed, at(1)).await.expect("update");
+    let bob = UserProfile { id: user("bob"), username: "bob".into(), ..renamed.clone() };
+    directory.upsert_user(&bob, at(1)).await.expect("insert");
+
+    assert_eq!(directory.user(&user("alice")).await.expect("lookup"), Some(renamed.clone()));
+    assert_eq!(directory.user(&user("nobody")).await.expect("lookup"), None);
+    let mut known = directory.users(&[user("alice"), user("bob"), user("nobody")]).await.expect("lookup");
+    known.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(known, vec![renamed, bob]);
+
+    let conversation = ConversationId::new(7).expect("positive");
+    assert_eq!(directory.conversation_participants(conversation).await.expect("lookup"), None);
+    directory.set_conversation(conversation, &[user("alice"), user("bob")], at(2)).await.expect("create");
+    let mut participants = directory.conversation_participants(conversation).await.expect("lookup").expect("exists");
+    participants.sort();
+    assert_eq!(participants, vec![user("alice"), user("bob")]);
+
+    directory.set_conversation(conversation, &[user("bob")], at(3)).await.expect("replace the members");
+    assert_eq!(directory.conversation_participants(conversation).await.expect("lookup"), Some(vec![user("bob")]));
+    directory.add_participants(conversation, &[user("alice"), user("bob")]).await.expect("add, idempotently");
+    assert!(directory.remove_participant(conversation, &user("bob")).await.expect("remove"));
+    assert!(!directory.remove_participant(conversation, &user("bob")).await.expect("remove again"));
+    assert_eq!(directory.conversation_participants(conversation).await.expect("lookup"), Some(vec![user("alice")]));
+
+    let unknown_member = directory.set_conversation(conversation, &[user("alice"), user("nobody")], at(4)).await;
+    assert!(matches!(unknown_member, Err(DirectoryWriteError::UnknownUser(ref who)) if who.as_str() == "nobody"));
+    assert_eq!(directory.conversation_participants(conversation).await.expect("lookup"), Some(vec![user("alice")]));
+    let missing = ConversationId::new(8).expect("positive");
+    assert!(matches!(
+        directory.add_participants(missing, &[user("alice")]).await,
+        Err(DirectoryWriteError::UnknownConversation)
+    ));
+
+    // Removing a user removes their memberships, not the conversation.
+    assert!(directory.delete_user(&user("alice")).await.expect("delete"));
+    assert!(!directory.delete_user(&user("alice")).await.expect("delete again"));
+    assert_eq!(directory.conversation_participants(conversation).await.expect("lookup"), Some(vec![]));
+}
+
+#[tokio::test]
+async fn sqlite_files_are_switched_to_wal_mode() {
+    let database = ringline_storage::testing::TestDatabase::new(ringline_storage::testing::Backend::Sqlite).await;
+    let connection = sea_orm::Database::connect(database.url()).await.expect("connect");
+    let row = connection
+        .query_one(sea_orm::Statement::from_string(sea_orm::DbBackend::Sqlite, "PRAGMA journal_mode"))
+        .await
+        .expect("pragma")
+        .expect("one row");
+    assert_eq!(row.try_get_by_index::<String>(0).expect("text"), "wal");
+    connection.close().await.expect("close");
+    database.cleanup().await;
+}
+
+async fn notifications_are_private_newest_first_and_can_be_read(storage: Storage) {
+    let repo = storage.notifications();
+    let note = |recipient: &str, verb: NotificationVerb, call: i64, at_second: i64| NewNotification {
+        recipient: user(recipient),
+        actor: Some(user("alice")),
+        verb,
+        call: call_id(call),
+        conversation: if call % 2 == 0 { ConversationId::new(7).ok() } else { None },
+        created_at: at(at_second),
+    };
+    let first = repo.create(note("bob", NotificationVerb::IncomingVideoCall, 2, 0)).await.expect("create");
+    assert!(first.unread);
+    assert_eq!(first.conversation, ConversationId::new(7).ok());
+    let second = repo.create(note("bob", NotificationVerb::MissedVoiceCall, 3, 1)).await.expect("create");
+    repo.create(note("carol", NotificationVerb::IncomingVoiceCall, 5, 2)).await.expect("create");
+
+    let page = repo.list(&user("bob"), PageRequest { page: 1, per_page: 10 }).await.expect("list");
+    assert_eq!(page.total, 2);
+    assert_eq!(page.items, vec![second.clone(), first.clone()]);
+
+    assert!(!repo.mark_read(&user("carol"), first.id).await.expect("mark"), "not carol's");
+    assert!(repo.mark_read(&user("bob"), first.id).await.expect("mark"));
+    assert_eq!(repo.mark_all_read(&user("bob")).await.expect("mark all"), 1);
+    assert_eq!(repo.mark_all_read(&user("bob")).await.expect("mark all"), 0);
+    let page = repo.list(&user("bob"), PageRequest { page: 1, per_page: 10 }).await.expect("list");
+    assert!(page.items.iter().all(|n| !n.unread));
+    let carols = repo.list(&user("carol"), PageRequest { page: 1, per_page: 10 }).await.expect("list");
+    assert!(carols.items[0].unread);
+}
