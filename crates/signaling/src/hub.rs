@@ -1,0 +1,479 @@
+//! [`Signaling`]: the calls facade every entry point uses, and the relay for client frames.
+//!
+//! - REST handlers, socket frames and the ring timer change calls through [`Signaling`] (never
+//!   through `CallService` directly), so every change is told to both parties' devices the same
+//!   way, exactly once.
+//! - Relayed frames (offer, answer, ICE candidates) are checked against an in-memory route of
+//!   the call (its parties, conversation and status), kept in step with every change made here
+//!   and read from the database at most once per call on a miss. The relay path touches no
+//!   database.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use ringline_domain::{
+    Audience, Call, CallAction, CallEvent, CallId, CallService, CallServiceError, ConversationId, DeviceId,
+    InitiateCommand, Initiated, NewNotification, NotificationRepository, NotificationVerb, Outcome, Signal,
+    SignalRouter, UserId,
+};
+use serde_json::value::RawValue;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::events::{self, NotificationPayload};
+use crate::protocol::{ClientFrame, EventIds, FrameError, allowed_in};
+use crate::router::{LocalRouter, SessionKind};
+
+/// Routes kept for finished calls (late ICE candidates and retried hang-ups are answered from
+/// memory); beyond this many cached routes, finished ones are forgotten.
+const MAX_CACHED_ROUTES: usize = 50_000;
+
+/// The live session a frame came from.
+#[derive(Debug, Clone)]
+pub struct SessionContext {
+    pub device: DeviceId,
+    pub user: UserId,
+    pub username: String,
+    pub kind: SessionKind,
+}
+
+/// What the relay needs to know about a call. Shared, so a lookup clones a pointer only.
+type Route = Arc<Call>;
+
+#[derive(Debug, Default)]
+struct Routes {
+    map: RwLock<HashMap<CallId, Route>>,
+}
+
+impl Routes {
+    fn get(&self, id: CallId) -> Option<Route> {
+        self.map.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&id).cloned()
+    }
+
+    fn remember(&self, call: &Call) -> Route {
+        let route = Arc::new(call.clone());
+        let mut map = self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= MAX_CACHED_ROUTES {
+            map.retain(|_, cached| cached.status().is_open());
+        }
+        map.insert(call.id(), Arc::clone(&route));
+        route
+    }
+}
+
+/// The signaling hub: the calls facade, the relay, and the registry of live sessions.
+#[derive(Debug)]
+pub struct Signaling {
+    service: CallService,
+    notifications: Arc<dyn NotificationRepository>,
+    router: Arc<dyn SignalRouter>,
+    local: Arc<LocalRouter>,
+    routes: Routes,
+    ids: EventIds,
+    pub(crate) sessions: TaskTracker,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl Signaling {
+    /// `router` publishes events (to this process only, or to every process); `local` holds
+    /// this process's sessions. With a single process both are the same [`LocalRouter`].
+    pub fn new(
+        service: CallService,
+        notifications: Arc<dyn NotificationRepository>,
+        router: Arc<dyn SignalRouter>,
+        local: Arc<LocalRouter>,
+    ) -> Self {
+        Self {
+            service,
+            notifications,
+            router,
+            local,
+            routes: Routes::default(),
+            ids: EventIds::default(),
+            sessions: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// A hub with the in-process router.
+    pub fn local(service: CallService, notifications: Arc<dyn NotificationRepository>) -> Self {
+        let local = Arc::new(LocalRouter::new());
+        Self::new(service, notifications, local.clone(), local)
+    }
+
+    pub fn service(&self) -> &CallService {
+        &self.service
+    }
+
+    pub fn notifications(&self) -> &Arc<dyn NotificationRepository> {
+        &self.notifications
+    }
+
+    pub fn sessions(&self) -> &LocalRouter {
+        &self.local
+    }
+
+    pub(crate) fn local_router(&self) -> &Arc<LocalRouter> {
+        &self.local
+    }
+
+    pub(crate) fn next_event_id(&self) -> String {
+        self.ids.next()
+    }
+
+    /// Asks every session to close (code 1001) and refuses new ones.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+        self.sessions.close();
+    }
+
+    /// Waits up to `grace` for the sessions to finish closing; returns whether they all did.
+    pub async fn drain(&self, grace: std::time::Duration) -> bool {
+        self.begin_shutdown();
+        tokio::time::timeout(grace, self.sessions.wait()).await.is_ok()
+    }
+
+    /// Starts a call (REST `initiate/`) and rings the receiver's devices.
+    ///
+    /// # Errors
+    /// As [`CallService::initiate`].
+    pub async fn initiate(&self, caller: &UserId, command: InitiateCommand) -> Result<Initiated, CallServiceError> {
+        let initiated = self.service.initiate(caller, command).await?;
+        match &initiated {
+            Initiated::Ringing(call) => {
+                self.routes.remember(call);
+                self.ring(call).await;
+            }
+            Initiated::AnsweredCrossingCall(transition) => {
+                self.routes.remember(&transition.call);
+                self.announce(&transition.call, &transition.event, None, None).await;
+            }
+        }
+        Ok(initiated)
+    }
+
+    /// `actor` accepts, rejects or ends a call, from `origin` (a socket) or REST (`None`).
+    ///
+    /// # Errors
+    /// As [`CallService::act`].
+    pub async fn act(
+        &self,
+        actor: &UserId,
+        id: CallId,
+        action: CallAction,
+        origin: Option<DeviceId>,
+    ) -> Result<Outcome, CallServiceError> {
+        self.act_with_answer(actor, id, action, origin, None).await
+    }
+
+    async fn act_with_answer(
+        &self,
+        actor: &UserId,
+        id: CallId,
+        action: CallAction,
+        origin: Option<DeviceId>,
+        answer: Option<&RawValue>,
+    ) -> Result<Outcome, CallServiceError> {
+        let outcome = self.service.act(actor, id, action).await?;
+        self.routes.remember(outcome.call());
+        if let Outcome::Changed(transition) = &outcome {
+            self.announce(&transition.call, &transition.event, origin, answer).await;
+        }
+        Ok(outcome)
+    }
+
+    /// Expires calls past the ring timeout and tells both parties. Returns how many.
+    ///
+    /// # Errors
+    /// As [`CallService::expire_due`].
+    pub async fn expire_due(&self, limit: u32) -> Result<usize, CallServiceError> {
+        let expired = self.service.expire_due(limit).await?;
+        for transition in &expired {
+            self.routes.remember(&transition.call);
+            self.announce(&transition.call, &transition.event, None, None).await;
+        }
+        Ok(expired.len())
+    }
+
+    fn send(&self, audience: Audience, call: &Call, except_device: Option<DeviceId>, payload: String) {
+        self.router.route(Signal {
+            audience,
+            conversation: call.conversation(),
+            except_device,
+            except_user: None,
+            payload: payload.into(),
+        });
+    }
+
+    fn to_user(&self, user: &UserId, call: &Call, except_device: Option<DeviceId>, payload: String) {
+        self.send(Audience::User(user.clone()), call, except_device, payload);
+    }
+
+    async fn username(&self, user: &UserId) -> String {
+        match self.service.directory().user(user).await {
+            Ok(Some(profile)) => profile.username,
+            Ok(None) => String::new(),
+            Err(error) => {
+                tracing::warn!(%error, "cannot look up a username for an event");
+                String::new()
+            }
+        }
+    }
+
+    /// Stores a notification for `call`'s receiver and pushes it as `notification.created`.
+    /// A storage failure is logged; the live event has already been sent.
+    async fn notify_receiver(&self, call: &Call, verb: NotificationVerb) {
+        let new = NewNotification {
+            recipient: call.receiver().clone(),
+            actor: Some(call.caller().clone()),
+            verb,
+            call: call.id(),
+            conversation: call.conversation(),
+            created_at: self.service.now(),
+        };
+        let stored = match self.notifications.create(new).await {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::error!(%error, call = %call.id(), "cannot store a call notification");
+                return;
+            }
+        };
+        let actor = self.service.directory().user(call.caller()).await.ok().flatten();
+        let payload = NotificationPayload::new(&stored, actor.as_ref());
+        self.to_user(call.receiver(), call, None, events::notification_created(&self.ids.next(), &payload));
+    }
+
+    async fn ring(&self, call: &Call) {
+        let caller_username = self.username(call.caller()).await;
+        self.to_user(call.receiver(), call, None, events::incoming(&self.ids.next(), call, &caller_username));
+        self.notify_receiver(call, NotificationVerb::incoming(call.call_type())).await;
+    }
+
+    /// Tells the parties' devices what `event` did to `call`. `origin` (the device that caused
+    /// it) is skipped; `answer` is the SDP when a socket `call.answer` accepted the call.
+    async fn announce(&self, call: &Call, event: &CallEvent, origin: Option<DeviceId>, answer: Option<&RawValue>) {
+        let (caller, receiver) = (call.caller(), call.receiver());
+        match event {
+            CallEvent::Accepted { by } => {
+                self.to_user(caller, call, None, events::answer(&self.ids.next(), call, by, answer));
+                self.to_user(
+                    caller,
+                    call,
+                    None,
+                    events::party_event("call.accepted", &self.ids.next(), call, "receiver_id", by),
+                );
+                // The callee's other devices stop ringing.
+                self.to_user(
+                    receiver,
+                    call,
+                    origin,
+                    events::party_event("call.accepted", &self.ids.next(), call, "receiver_id", by),
+                );
+            }
+            CallEvent::Rejected { by } => {
+                let username = self.username(by).await;
+                self.to_user(caller, call, None, events::rejected(&self.ids.next(), call, by, &username));
+                // Clients that only know `call.end` stop too.
+                self.to_user(caller, call, None, events::end(&self.ids.next(), call, Some(by)));
+                self.to_user(receiver, call, origin, events::rejected(&self.ids.next(), call, by, &username));
+            }
+            CallEvent::Cancelled { by } => {
+                self.to_user(receiver, call, None, events::end(&self.ids.next(), call, Some(by)));
+                self.to_user(
+                    receiver,
+                    call,
+                    None,
+                    events::party_event("call.cancelled", &self.ids.next(), call, "user_id", by),
+                );
+                self.to_user(
+                    caller,
+                    call,
+                    origin,
+                    events::party_event("call.cancelled", &self.ids.next(), call, "user_id", by),
+                );
+            }
+            CallEvent::Ended { by, .. } => {
+                let payload: Arc<str> = events::end(&self.ids.next(), call, Some(by)).into();
+                for party in [caller, receiver] {
+                    self.router.route(Signal {
+                        audience: Audience::User(party.clone()),
+                        conversation: call.conversation(),
+                        except_device: origin,
+                        except_user: None,
+                        payload: Arc::clone(&payload),
+                    });
+                }
+            }
+            CallEvent::Missed => {
+                for party in [caller, receiver] {
+                    self.to_user(party, call, None, events::missed(&self.ids.next(), call));
+                    self.to_user(party, call, None, events::end(&self.ids.next(), call, None));
+                }
+                self.notify_receiver(call, NotificationVerb::missed(call.call_type())).await;
+            }
+        }
+    }
+
+    /// The route of call `id` from memory, or read once from the database.
+    async fn route(&self, id: CallId) -> Result<Option<Route>, FrameError> {
+        if let Some(route) = self.routes.get(id) {
+            return Ok(Some(route));
+        }
+        match self.service.find(id).await {
+            Ok(Some(call)) => Ok(Some(self.routes.remember(&call))),
+            Ok(None) => Ok(None),
+            Err(error) => {
+                tracing::error!(%error, "cannot load a call for signaling");
+                Err(FrameError::new("internal_error", "The server could not load the call; try again."))
+            }
+        }
+    }
+
+    /// Handles one text frame from `session`. Returns the reply for that session alone
+    /// (`pong`, or an error), if any.
+    pub async fn handle_text(&self, session: &SessionContext, text: &str) -> Option<String> {
+        let frame = match ClientFrame::parse(text) {
+            Ok(frame) => frame,
+            Err(error) => return Some(crate::protocol::error_event(&self.ids.next(), &error, None)),
+        };
+        let call_id = match frame {
+            ClientFrame::Offer { call, .. }
+            | ClientFrame::Answer { call, .. }
+            | ClientFrame::IceCandidate { call, .. }
+            | ClientFrame::End { call } => Some(call),
+            _ => None,
+        };
+        match self.handle_frame(session, frame).await {
+            Ok(reply) => reply,
+            Err(error) => {
+                tracing::debug!(user = %session.user, kind = frame.kind(), code = error.code, "frame refused");
+                Some(crate::protocol::error_event(&self.ids.next(), &error, call_id))
+            }
+        }
+    }
+
+    async fn handle_frame(
+        &self,
+        session: &SessionContext,
+        frame: ClientFrame<'_>,
+    ) -> Result<Option<String>, FrameError> {
+        match frame {
+            ClientFrame::Ping => Ok(Some(events::pong(&self.ids.next()))),
+            ClientFrame::TypingStart | ClientFrame::TypingStop => self.typing(session, frame),
+            ClientFrame::End { call } => {
+                self.act(&session.user, call, CallAction::End, Some(session.device)).await.map_err(refusal)?;
+                Ok(None)
+            }
+            ClientFrame::Offer { call, offer } => {
+                let route = self.party_route(session, call, &frame).await?;
+                let payload = events::offer(&self.ids.next(), &route, &session.user, &session.username, offer);
+                self.to_other_party(&route, &session.user, payload);
+                Ok(None)
+            }
+            ClientFrame::IceCandidate { call, candidate } => {
+                let route = self.party_route(session, call, &frame).await?;
+                self.to_other_party(
+                    &route,
+                    &session.user,
+                    events::ice_candidate(&self.ids.next(), &route, &session.user, candidate),
+                );
+                Ok(None)
+            }
+            ClientFrame::Answer { call, answer } => {
+                let route = self.party_route(session, call, &frame).await?;
+                if route.status().is_unanswered() {
+                    // The web client never calls accept/: the receiver's answer accepts the call,
+                    // and the caller gets this answer in the acceptance's `call.answer`.
+                    self.act_with_answer(&session.user, call, CallAction::Accept, Some(session.device), Some(answer))
+                        .await
+                        .map_err(refusal)?;
+                } else {
+                    self.to_other_party(
+                        &route,
+                        &session.user,
+                        events::answer(&self.ids.next(), &route, &session.user, Some(answer)),
+                    );
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// The call's route, if `session`'s user is a party and the frame fits the call's state.
+    async fn party_route(
+        &self,
+        session: &SessionContext,
+        id: CallId,
+        frame: &ClientFrame<'_>,
+    ) -> Result<Route, FrameError> {
+        let not_found = || FrameError::new("call_not_found", "No such call, or not one of yours.");
+        let route = self.route(id).await?.ok_or_else(not_found)?;
+        if !route.is_party(&session.user) {
+            return Err(not_found());
+        }
+        if !allowed_in(route.status(), frame, route.caller() == &session.user) {
+            return Err(FrameError::new(
+                "invalid_call_state",
+                format!("{} is not allowed while the call is {}.", frame.kind(), route.status()),
+            ));
+        }
+        Ok(route)
+    }
+
+    fn to_other_party(&self, call: &Call, sender: &UserId, payload: String) {
+        if let Some(other) = call.other_party(sender) {
+            self.to_user(other, call, None, payload);
+        }
+    }
+
+    fn typing(&self, session: &SessionContext, frame: ClientFrame<'_>) -> Result<Option<String>, FrameError> {
+        let SessionKind::Chat(conversation) = session.kind else {
+            return Err(FrameError::new("wrong_socket", "Typing indicators belong on a chat socket."));
+        };
+        let kind = if matches!(frame, ClientFrame::TypingStart) { "typing.started" } else { "typing.stopped" };
+        let payload =
+            events::typing(kind, &self.ids.next(), &session.user, &session.username, &conversation.to_string());
+        self.router.route(Signal {
+            audience: Audience::Conversation(conversation),
+            conversation: Some(conversation),
+            except_device: None,
+            except_user: Some(session.user.clone()),
+            payload: payload.into(),
+        });
+        Ok(None)
+    }
+
+    /// Whether `user` may open a chat socket on `conversation`.
+    ///
+    /// # Errors
+    /// When the directory cannot answer.
+    pub async fn may_join(
+        &self,
+        user: &UserId,
+        conversation: ConversationId,
+    ) -> Result<bool, ringline_domain::DirectoryError> {
+        let participants = self.service.directory().conversation_participants(conversation).await?;
+        Ok(participants.is_some_and(|participants| participants.contains(user)))
+    }
+}
+
+/// A refused socket action, as an error frame. Same codes as the REST API.
+fn refusal(error: CallServiceError) -> FrameError {
+    use ringline_domain::TransitionError;
+    match error {
+        CallServiceError::CallNotFound | CallServiceError::Transition(TransitionError::NotAParty) => {
+            FrameError::new("call_not_found", "No such call, or not one of yours.")
+        }
+        CallServiceError::Transition(TransitionError::InvalidState { status, .. }) => {
+            FrameError::new("invalid_call_state", format!("Call is already {status}."))
+        }
+        CallServiceError::Transition(TransitionError::ReceiverOnly(_)) => {
+            FrameError::new("receiver_only", "Only the receiver may do that.")
+        }
+        CallServiceError::StillRacing => FrameError::new("call_conflict", "The call changed meanwhile; try again."),
+        other => {
+            tracing::error!(error = %other, "a socket action failed");
+            FrameError::new("internal_error", "The server could not do that; try again.")
+        }
+    }
+}

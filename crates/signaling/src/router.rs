@@ -1,0 +1,256 @@
+//! [`LocalRouter`]: delivers signals to the sessions connected to this process.
+//!
+//! Sessions register a [`SessionSlot`] under their user and, for chat sockets, their
+//! conversation. Routing takes a read lock on the registry, never awaits, and hands each
+//! recipient the same `Arc<str>` through its bounded queue.
+//!
+//! **When a queue is full** the recipient is not keeping up (a stalled phone, a frozen tab):
+//! the event is dropped for that recipient *and* the session is kicked — closed with code 4409
+//! `slow_consumer` — so its client reconnects and resynchronises (the REST API has the call's
+//! state). Nobody else waits, and memory stays bounded at [`QUEUE_CAPACITY`] events per session.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use ringline_domain::{Audience, ConversationId, DeviceId, Signal, SignalRouter, UserId};
+use tokio::sync::{Notify, mpsc};
+
+/// Events queued per session before it counts as a slow consumer. A call produces a few dozen
+/// events at most (offer, answer, candidates), so 256 only fills when the peer stopped reading.
+pub const QUEUE_CAPACITY: usize = 256;
+
+/// Which socket a session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionKind {
+    /// `ws/notifications/`: gets every event for its user.
+    Notifications,
+    /// `ws/chat/<id>/`: gets its user's events for this conversation, and the conversation's
+    /// typing indicators.
+    Chat(ConversationId),
+}
+
+/// The router's handle on one session.
+#[derive(Debug)]
+pub struct SessionSlot {
+    pub device: DeviceId,
+    pub user: UserId,
+    pub kind: SessionKind,
+    queue: mpsc::Sender<Arc<str>>,
+    kicked: Notify,
+}
+
+impl SessionSlot {
+    /// Delivers `payload`, or kicks the session if its queue is full.
+    fn deliver(&self, payload: &Arc<str>) {
+        match self.queue.try_send(Arc::clone(payload)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(device = self.device.0, user = %self.user, "session is not reading its events: closing it");
+                self.kicked.notify_one();
+            }
+            // The session is ending; it unregisters itself.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Resolves when the router gave up on this session.
+    pub async fn kicked(&self) {
+        self.kicked.notified().await;
+    }
+
+    /// Re-arms the kick after a waiter consumed it without acting on it fully, so the next
+    /// [`SessionSlot::kicked`] resolves at once.
+    pub fn kick_again(&self) {
+        self.kicked.notify_one();
+    }
+
+    fn wants(&self, signal: &Signal) -> bool {
+        if signal.except_device == Some(self.device) {
+            return false;
+        }
+        match (&signal.audience, self.kind) {
+            (Audience::User(_), SessionKind::Notifications) => true,
+            (Audience::User(_), SessionKind::Chat(shown)) => signal.conversation == Some(shown),
+            (Audience::Conversation(_), SessionKind::Chat(_)) => signal.except_user.as_ref() != Some(&self.user),
+            (Audience::Conversation(_), SessionKind::Notifications) => false,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    by_user: HashMap<UserId, Vec<Arc<SessionSlot>>>,
+    by_conversation: HashMap<ConversationId, Vec<Arc<SessionSlot>>>,
+}
+
+/// The in-process router.
+#[derive(Debug, Default)]
+pub struct LocalRouter {
+    registry: RwLock<Registry>,
+    next_device: AtomicU64,
+}
+
+impl LocalRouter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a new session and returns its slot and the receiving end of its queue.
+    pub fn register(&self, user: UserId, kind: SessionKind) -> (Arc<SessionSlot>, mpsc::Receiver<Arc<str>>) {
+        let (queue, events) = mpsc::channel(QUEUE_CAPACITY);
+        let device = DeviceId(self.next_device.fetch_add(1, Ordering::Relaxed) + 1);
+        let slot = Arc::new(SessionSlot { device, user: user.clone(), kind, queue, kicked: Notify::new() });
+        let mut registry = self.write();
+        registry.by_user.entry(user).or_default().push(Arc::clone(&slot));
+        if let SessionKind::Chat(conversation) = kind {
+            registry.by_conversation.entry(conversation).or_default().push(Arc::clone(&slot));
+        }
+        (slot, events)
+    }
+
+    /// Removes a session; its user's and conversation's lists shrink, and empty ones go.
+    pub fn unregister(&self, slot: &SessionSlot) {
+        let mut registry = self.write();
+        remove(&mut registry.by_user, &slot.user, slot.device);
+        if let SessionKind::Chat(conversation) = slot.kind {
+            remove(&mut registry.by_conversation, &conversation, slot.device);
+        }
+    }
+
+    /// How many sessions `user` has open (all kinds).
+    pub fn sessions_of(&self, user: &UserId) -> usize {
+        self.read().by_user.get(user).map_or(0, Vec::len)
+    }
+
+    /// How many sessions are open in all.
+    pub fn session_count(&self) -> usize {
+        self.read().by_user.values().map(Vec::len).sum()
+    }
+
+    // A poisoned lock means a panic while holding it; the registry is still a valid map (every
+    // mutation is a single push or retain), so keep serving rather than fail every call.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
+        self.registry.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Registry> {
+        self.registry.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn remove<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<Arc<SessionSlot>>>, key: &K, device: DeviceId) {
+    if let Some(slots) = map.get_mut(key) {
+        slots.retain(|slot| slot.device != device);
+        if slots.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+impl SignalRouter for LocalRouter {
+    fn route(&self, signal: Signal) {
+        let registry = self.read();
+        let slots = match &signal.audience {
+            Audience::User(user) => registry.by_user.get(user),
+            Audience::Conversation(conversation) => registry.by_conversation.get(conversation),
+        };
+        for slot in slots.into_iter().flatten() {
+            if slot.wants(&signal) {
+                slot.deliver(&signal.payload);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(id: &str) -> UserId {
+        UserId::parse(id).expect("valid")
+    }
+
+    fn signal(audience: Audience, conversation: Option<i64>, payload: &str) -> Signal {
+        Signal {
+            audience,
+            conversation: conversation.and_then(|id| ConversationId::new(id).ok()),
+            except_device: None,
+            except_user: None,
+            payload: Arc::from(payload),
+        }
+    }
+
+    #[test]
+    fn user_events_reach_notification_sockets_and_the_matching_chat_socket_only() {
+        let router = LocalRouter::new();
+        let seven = ConversationId::new(7).expect("id");
+        let eight = ConversationId::new(8).expect("id");
+        let (_n, mut notifications) = router.register(user("bob"), SessionKind::Notifications);
+        let (_c7, mut chat_seven) = router.register(user("bob"), SessionKind::Chat(seven));
+        let (_c8, mut chat_eight) = router.register(user("bob"), SessionKind::Chat(eight));
+        let (_a, mut alice) = router.register(user("alice"), SessionKind::Chat(seven));
+
+        router.route(signal(Audience::User(user("bob")), Some(7), "e1"));
+        assert_eq!(notifications.try_recv().as_deref().ok(), Some("e1"));
+        assert_eq!(chat_seven.try_recv().as_deref().ok(), Some("e1"));
+        assert!(chat_eight.try_recv().is_err());
+        assert!(alice.try_recv().is_err(), "other users get nothing");
+
+        router.route(signal(Audience::User(user("bob")), None, "e2"));
+        assert_eq!(notifications.try_recv().as_deref().ok(), Some("e2"));
+        assert!(chat_seven.try_recv().is_err(), "a call outside the conversation skips its chat socket");
+    }
+
+    #[test]
+    fn conversation_events_skip_the_sender_and_notification_sockets() {
+        let router = LocalRouter::new();
+        let seven = ConversationId::new(7).expect("id");
+        let (_a, mut alice) = router.register(user("alice"), SessionKind::Chat(seven));
+        let (_b, mut bob) = router.register(user("bob"), SessionKind::Chat(seven));
+        let (_n, mut bob_notifications) = router.register(user("bob"), SessionKind::Notifications);
+        let mut typing = signal(Audience::Conversation(seven), None, "typing");
+        typing.except_user = Some(user("alice"));
+        router.route(typing);
+        assert!(alice.try_recv().is_err());
+        assert_eq!(bob.try_recv().as_deref().ok(), Some("typing"));
+        assert!(bob_notifications.try_recv().is_err());
+    }
+
+    #[test]
+    fn the_originating_device_is_skipped() {
+        let router = LocalRouter::new();
+        let (phone, mut phone_events) = router.register(user("bob"), SessionKind::Notifications);
+        let (_laptop, mut laptop_events) = router.register(user("bob"), SessionKind::Notifications);
+        let mut accepted = signal(Audience::User(user("bob")), None, "accepted");
+        accepted.except_device = Some(phone.device);
+        router.route(accepted);
+        assert!(phone_events.try_recv().is_err());
+        assert_eq!(laptop_events.try_recv().as_deref().ok(), Some("accepted"));
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_kicks_the_session_and_spares_the_others() {
+        let router = LocalRouter::new();
+        let (slow, _never_read) = router.register(user("bob"), SessionKind::Notifications);
+        let (_fast, mut fast_events) = router.register(user("bob"), SessionKind::Notifications);
+        for i in 0..=QUEUE_CAPACITY {
+            router.route(signal(Audience::User(user("bob")), None, &format!("e{i}")));
+            assert!(fast_events.try_recv().is_ok(), "the reading session gets event {i}");
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(1), slow.kicked())
+            .await
+            .expect("the slow session is kicked");
+    }
+
+    #[test]
+    fn unregistering_forgets_the_session() {
+        let router = LocalRouter::new();
+        let seven = ConversationId::new(7).expect("id");
+        let (slot, _events) = router.register(user("bob"), SessionKind::Chat(seven));
+        assert_eq!(router.sessions_of(&user("bob")), 1);
+        router.unregister(&slot);
+        assert_eq!(router.session_count(), 0);
+        assert!(router.read().by_conversation.is_empty());
+    }
+}

@@ -1,0 +1,216 @@
+//! One WebSocket connection, from `connection.ack` to close.
+//!
+//! A single task selects over everything that can happen to the connection — a frame from the
+//! peer, an event from its queue, a kick from the router, the keepalive tick, server shutdown —
+//! so no lock is held across an await and the connection's state lives in one place. The
+//! transport is abstracted as a stream of [`Inbound`] and a sink of [`Outbound`], which the api
+//! crate adapts from poem's WebSocket.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use ringline_domain::UserId;
+
+use crate::events;
+use crate::hub::{SessionContext, Signaling};
+use crate::protocol::{FrameError, MAX_FRAME_BYTES, close, error_event};
+use crate::router::{SessionKind, SessionSlot};
+
+/// How often the server pings a quiet peer.
+pub const PING_INTERVAL: Duration = Duration::from_secs(20);
+/// A peer silent for this long (no frame, no pong) is disconnected with 4408.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A write that takes longer than this means the peer stopped reading; the session ends.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Sustained frames per second a session may send, and the burst above it (a trickle of ICE
+/// candidates arrives in bursts of a few dozen).
+pub const RATE_PER_SECOND: f64 = 50.0;
+pub const RATE_BURST: f64 = 200.0;
+
+/// What the peer sent.
+#[derive(Debug)]
+pub enum Inbound {
+    Text(String),
+    Binary,
+    Ping,
+    Pong,
+    Close,
+}
+
+/// What to send to the peer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outbound {
+    Text(String),
+    Ping,
+    Close(u16, &'static str),
+}
+
+/// Who the connection belongs to, established before the upgrade.
+#[derive(Debug, Clone)]
+pub struct SessionIdentity {
+    pub user: UserId,
+    pub username: String,
+    pub kind: SessionKind,
+}
+
+/// A token bucket: `RATE_PER_SECOND` sustained, `RATE_BURST` at once.
+#[derive(Debug)]
+struct RateLimit {
+    tokens: f64,
+    refilled: Instant,
+    last_warning: Option<Instant>,
+}
+
+impl RateLimit {
+    fn new() -> Self {
+        Self { tokens: RATE_BURST, refilled: Instant::now(), last_warning: None }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * RATE_PER_SECOND).min(RATE_BURST);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// One `rate_limited` error a second is enough: answering every dropped frame would turn a
+    /// flood from the peer into a flood to the peer.
+    fn should_warn(&mut self) -> bool {
+        let now = Instant::now();
+        let warn = self.last_warning.is_none_or(|last| now.duration_since(last) >= Duration::from_secs(1));
+        if warn {
+            self.last_warning = Some(now);
+        }
+        warn
+    }
+}
+
+/// Runs a session until the peer leaves, the server shuts down, or the session is dropped
+/// for idleness or slowness. Never panics on anything the peer sends.
+pub async fn run<S, K>(signaling: Arc<Signaling>, identity: SessionIdentity, mut inbound: S, mut outbound: K)
+where
+    S: Stream<Item = Inbound> + Unpin + Send,
+    K: Sink<Outbound> + Unpin + Send,
+{
+    let Some(_tracked) = (!signaling.sessions.is_closed()).then(|| signaling.sessions.token()) else {
+        let _ = outbound.send(Outbound::Close(close::GOING_AWAY, "server shutting down")).await;
+        return;
+    };
+    let (slot, mut events) = signaling.local_router().register(identity.user.clone(), identity.kind);
+    let context = SessionContext {
+        device: slot.device,
+        user: identity.user.clone(),
+        username: identity.username,
+        kind: identity.kind,
+    };
+    tracing::info!(user = %context.user, device = slot.device.0, kind = ?context.kind, "session opened");
+
+    let conversation = match context.kind {
+        SessionKind::Chat(conversation) => Some(conversation.to_string()),
+        SessionKind::Notifications => None,
+    };
+    let ack = events::connection_ack(&signaling.next_event_id(), &context.user, conversation.as_deref());
+    let mut open = write(&mut outbound, &slot, Outbound::Text(ack)).await;
+
+    let mut keepalive = tokio::time::interval(PING_INTERVAL);
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    keepalive.tick().await; // the first tick is immediate
+    let mut last_heard = Instant::now();
+    let mut rate = RateLimit::new();
+    let shutdown = signaling.shutdown.clone();
+
+    while open {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => {
+                say_goodbye(&mut outbound, close::GOING_AWAY, "server shutting down").await;
+                break;
+            }
+            () = slot.kicked() => {
+                say_goodbye(&mut outbound, close::SLOW_CONSUMER, "slow consumer: events were not read").await;
+                break;
+            }
+            event = events.recv() => match event {
+                Some(event) => open = write(&mut outbound, &slot, Outbound::Text(event.to_string())).await,
+                None => break,
+            },
+            frame = inbound.next() => {
+                last_heard = Instant::now();
+                match frame {
+                    None | Some(Inbound::Close) => break,
+                    Some(Inbound::Ping | Inbound::Pong) => {}
+                    Some(Inbound::Binary) => {
+                        let error = FrameError::new("unsupported_frame", "Send JSON text frames.");
+                        open = write(&mut outbound, &slot, Outbound::Text(error_event(&signaling.next_event_id(), &error, None))).await;
+                    }
+                    Some(Inbound::Text(text)) => {
+                        if let Some(reply) = receive(&signaling, &context, &mut rate, &text).await {
+                            open = write(&mut outbound, &slot, Outbound::Text(reply)).await;
+                        }
+                    }
+                }
+            }
+            _ = keepalive.tick() => {
+                if last_heard.elapsed() >= IDLE_TIMEOUT {
+                    say_goodbye(&mut outbound, close::IDLE_TIMEOUT, "idle timeout").await;
+                    break;
+                }
+                open = write(&mut outbound, &slot, Outbound::Ping).await;
+            }
+        }
+    }
+
+    signaling.local_router().unregister(&slot);
+    tracing::info!(user = %context.user, device = slot.device.0, "session closed");
+}
+
+/// Applies the limits to one text frame, then hands it to the hub.
+async fn receive(signaling: &Signaling, context: &SessionContext, rate: &mut RateLimit, text: &str) -> Option<String> {
+    if !rate.allow() {
+        let error = FrameError::new("rate_limited", "Too many frames; some were dropped. Slow down.");
+        return rate.should_warn().then(|| error_event(&signaling.next_event_id(), &error, None));
+    }
+    if text.len() > MAX_FRAME_BYTES {
+        let error = FrameError::new("frame_too_large", format!("Frames are limited to {MAX_FRAME_BYTES} bytes."));
+        return Some(error_event(&signaling.next_event_id(), &error, None));
+    }
+    signaling.handle_text(context, text).await
+}
+
+/// Sends a close frame, giving a peer that stopped reading one second, not [`WRITE_TIMEOUT`].
+async fn say_goodbye<K: Sink<Outbound> + Unpin>(outbound: &mut K, code: u16, reason: &'static str) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), outbound.send(Outbound::Close(code, reason))).await;
+}
+
+/// Sends one message; `false` when the connection is gone, the peer stopped reading (the
+/// write stalls past [`WRITE_TIMEOUT`]), or the router kicked the session meanwhile.
+async fn write<K: Sink<Outbound> + Unpin>(outbound: &mut K, slot: &SessionSlot, message: Outbound) -> bool {
+    tokio::select! {
+        sent = tokio::time::timeout(WRITE_TIMEOUT, outbound.send(message)) => matches!(sent, Ok(Ok(()))),
+        () = slot.kicked() => {
+            slot.kick_again();
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_allows_a_burst_then_the_sustained_rate() {
+        let mut rate = RateLimit::new();
+        let allowed = (0..1000).filter(|_| rate.allow()).count();
+        // The burst, plus whatever refilled while counting (a few at most).
+        assert!((200..210).contains(&allowed), "{allowed}");
+        assert!(rate.should_warn());
+        assert!(!rate.should_warn(), "one warning a second");
+    }
+}
