@@ -1,0 +1,236 @@
+//! `/api/admin/…`: how the standalone server learns its users and conversations.
+//!
+//! Guarded by a separate operator token (`RINGLINE_ADMIN_TOKEN`); with none configured the
+//! admin API answers 403 `admin_disabled`. An application embedding Ringline with its own
+//! directory does not mount this at all.
+
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use ringline_domain::{Clock, ConversationId, Directory, UserId, UserProfile};
+use ringline_storage::{DirectoryWriteError, SqlDirectory};
+use secrecy::{ExposeSecret, SecretString};
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+use crate::ApiTags;
+use crate::error::ApiError;
+use crate::models::{FlexibleId, UserJson};
+use crate::security::AdminToken;
+
+/// Longest username accepted, as Django's `AbstractUser`.
+const MAX_USERNAME: usize = 150;
+
+/// Body of `PUT /api/admin/users/{id}/`.
+#[derive(Debug, Object)]
+pub struct AdminUserBody {
+    pub username: String,
+    #[oai(default)]
+    pub first_name: String,
+    #[oai(default)]
+    pub last_name: String,
+    pub profile_image_url: Option<String>,
+}
+
+/// Body of `PUT /api/admin/conversations/{id}/`.
+#[derive(Debug, Object)]
+pub struct ConversationBody {
+    /// Exactly the users who belong to the conversation (all must be known users).
+    pub participants: Vec<FlexibleId>,
+}
+
+/// Body of `POST /api/admin/conversations/{id}/participants/`.
+#[derive(Debug, Object)]
+pub struct ParticipantsBody {
+    /// Users to add (kept if already members).
+    pub user_ids: Vec<FlexibleId>,
+}
+
+#[derive(Debug, Object)]
+pub struct ConversationJson {
+    pub id: i64,
+    pub participants: Vec<String>,
+}
+
+#[derive(Debug, ApiResponse)]
+pub enum Deleted {
+    /// Removed.
+    #[oai(status = 204)]
+    Done,
+}
+
+#[derive(Debug)]
+pub struct AdminApi {
+    directory: SqlDirectory,
+    token: Option<SecretString>,
+    clock: Arc<dyn Clock>,
+}
+
+impl AdminApi {
+    pub fn new(directory: SqlDirectory, token: Option<SecretString>, clock: Arc<dyn Clock>) -> Self {
+        Self { directory, token, clock }
+    }
+
+    fn check(&self, presented: &AdminToken) -> Result<(), ApiError> {
+        let Some(expected) = &self.token else {
+            return Err(ApiError::forbidden(
+                "The admin API is disabled: set RINGLINE_ADMIN_TOKEN to enable it.",
+                "admin_disabled",
+            ));
+        };
+        let matches: bool = presented.0.token.as_bytes().ct_eq(expected.expose_secret().as_bytes()).into();
+        if matches { Ok(()) } else { Err(ApiError::unauthorized("Invalid admin token.", "admin_token_invalid")) }
+    }
+
+    async fn conversation_json(&self, id: ConversationId) -> Result<Json<ConversationJson>, ApiError> {
+        let participants = self
+            .directory
+            .conversation_participants(id)
+            .await
+            .map_err(|error| ApiError::internal(&error))?
+            .ok_or_else(|| ApiError::not_found("Conversation not found.", "conversation_not_found"))?;
+        let mut participants: Vec<String> = participants.into_iter().map(String::from).collect();
+        participants.sort();
+        Ok(Json(ConversationJson { id: id.get(), participants }))
+    }
+}
+
+fn user_id(raw: &str) -> Result<UserId, ApiError> {
+    UserId::parse(raw)
+        .map_err(|error| ApiError::bad_request(format!("Invalid user id: {}.", error.rule), "invalid_user_id"))
+}
+
+fn user_ids(raw: Vec<FlexibleId>) -> Result<Vec<UserId>, ApiError> {
+    raw.into_iter().map(|id| user_id(&id.0)).collect()
+}
+
+fn conversation_id(raw: &str) -> Result<ConversationId, ApiError> {
+    raw.parse().map_err(|_| ApiError::not_found("Conversation not found.", "conversation_not_found"))
+}
+
+fn write_error(error: DirectoryWriteError) -> ApiError {
+    match error {
+        DirectoryWriteError::UnknownUser(user) => {
+            ApiError::bad_request(format!("Unknown user {user}: create it first."), "unknown_user")
+        }
+        DirectoryWriteError::UnknownConversation => {
+            ApiError::not_found("Conversation not found.", "conversation_not_found")
+        }
+        DirectoryWriteError::Storage(error) => ApiError::internal(&error),
+    }
+}
+
+#[OpenApi(tag = "ApiTags::Admin")]
+impl AdminApi {
+    /// Create or update a user
+    #[oai(path = "/api/admin/users/:id/", method = "put", operation_id = "admin_put_user")]
+    async fn put_user(
+        &self,
+        auth: AdminToken,
+        id: Path<String>,
+        body: Json<AdminUserBody>,
+    ) -> Result<Json<UserJson>, ApiError> {
+        self.check(&auth)?;
+        let body = body.0;
+        let username = body.username.trim();
+        if username.is_empty() || username.chars().count() > MAX_USERNAME {
+            return Err(ApiError::bad_request("username must be 1 to 150 characters.", "invalid_username"));
+        }
+        let profile = UserProfile {
+            id: user_id(&id.0)?,
+            username: username.to_owned(),
+            first_name: body.first_name,
+            last_name: body.last_name,
+            profile_image_url: body.profile_image_url.filter(|url| !url.is_empty()),
+        };
+        self.directory.upsert_user(&profile, self.clock.now()).await.map_err(|error| ApiError::internal(&error))?;
+        Ok(Json(UserJson::from_profile(&profile)))
+    }
+
+    /// Read a user
+    #[oai(path = "/api/admin/users/:id/", method = "get", operation_id = "admin_get_user")]
+    async fn get_user(&self, auth: AdminToken, id: Path<String>) -> Result<Json<UserJson>, ApiError> {
+        self.check(&auth)?;
+        let profile = self.directory.user(&user_id(&id.0)?).await.map_err(|error| ApiError::internal(&error))?;
+        profile
+            .map(|p| Json(UserJson::from_profile(&p)))
+            .ok_or_else(|| ApiError::not_found("User not found.", "user_not_found"))
+    }
+
+    /// Delete a user
+    ///
+    /// Removes the user and their conversation memberships; their call history stays.
+    #[oai(path = "/api/admin/users/:id/", method = "delete", operation_id = "admin_delete_user")]
+    async fn delete_user(&self, auth: AdminToken, id: Path<String>) -> Result<Deleted, ApiError> {
+        self.check(&auth)?;
+        match self.directory.delete_user(&user_id(&id.0)?).await.map_err(write_error)? {
+            true => Ok(Deleted::Done),
+            false => Err(ApiError::not_found("User not found.", "user_not_found")),
+        }
+    }
+
+    /// Create a conversation or set its participants
+    #[oai(path = "/api/admin/conversations/:id/", method = "put", operation_id = "admin_put_conversation")]
+    async fn put_conversation(
+        &self,
+        auth: AdminToken,
+        id: Path<String>,
+        body: Json<ConversationBody>,
+    ) -> Result<Json<ConversationJson>, ApiError> {
+        self.check(&auth)?;
+        let id = conversation_id(&id.0)?;
+        let participants = user_ids(body.0.participants)?;
+        self.directory.set_conversation(id, &participants, self.clock.now()).await.map_err(write_error)?;
+        self.conversation_json(id).await
+    }
+
+    /// Read a conversation
+    #[oai(path = "/api/admin/conversations/:id/", method = "get", operation_id = "admin_get_conversation")]
+    async fn get_conversation(&self, auth: AdminToken, id: Path<String>) -> Result<Json<ConversationJson>, ApiError> {
+        self.check(&auth)?;
+        self.conversation_json(conversation_id(&id.0)?).await
+    }
+
+    /// Add participants
+    #[oai(
+        path = "/api/admin/conversations/:id/participants/",
+        method = "post",
+        operation_id = "admin_add_participants"
+    )]
+    async fn add_participants(
+        &self,
+        auth: AdminToken,
+        id: Path<String>,
+        body: Json<ParticipantsBody>,
+    ) -> Result<Json<ConversationJson>, ApiError> {
+        self.check(&auth)?;
+        let id = conversation_id(&id.0)?;
+        self.directory.add_participants(id, &user_ids(body.0.user_ids)?).await.map_err(write_error)?;
+        self.conversation_json(id).await
+    }
+
+    /// Remove a participant
+    #[oai(
+        path = "/api/admin/conversations/:id/participants/:user_id/",
+        method = "delete",
+        operation_id = "admin_remove_participant"
+    )]
+    async fn remove_participant(
+        &self,
+        auth: AdminToken,
+        id: Path<String>,
+        user_id: Path<String>,
+    ) -> Result<Deleted, ApiError> {
+        self.check(&auth)?;
+        let removed = self
+            .directory
+            .remove_participant(conversation_id(&id.0)?, &self::user_id(&user_id.0)?)
+            .await
+            .map_err(write_error)?;
+        if removed {
+            Ok(Deleted::Done)
+        } else {
+            Err(ApiError::not_found("Not a participant.", "participant_not_found"))
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! `/api/calls/…`: the call lifecycle over REST, as the original app's clients use it.
+
+use std::sync::Arc;
+
+use poem::Request;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, OpenApi};
+use ringline_domain::{
+    CallAction, CallId, CallListFilter, CallType, ConversationId, InitiateCommand, Initiated, UserId,
+};
+use ringline_signaling::Signaling;
+
+use crate::ApiTags;
+use crate::auth::Authenticator;
+use crate::error::ApiError;
+use crate::models::{CallJson, CallPage, InitiateBody};
+use crate::pagination;
+use crate::security::{BearerAuth, authenticate};
+
+/// The call endpoints. Dependencies are fields, so a missing one is a compile error.
+#[derive(Debug)]
+pub struct CallsApi {
+    signaling: Arc<Signaling>,
+    auth: Arc<dyn Authenticator>,
+}
+
+impl CallsApi {
+    pub fn new(signaling: Arc<Signaling>, auth: Arc<dyn Authenticator>) -> Self {
+        Self { signaling, auth }
+    }
+
+    async fn to_json(&self, call: &ringline_domain::Call) -> Result<CallJson, ApiError> {
+        let parties = [call.caller().clone(), call.receiver().clone()];
+        let profiles =
+            self.signaling.service().directory().users(&parties).await.map_err(|error| ApiError::internal(&error))?;
+        Ok(CallJson::new(call, &profiles))
+    }
+
+    async fn act(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        id: &str,
+        action: CallAction,
+    ) -> Result<Json<CallJson>, ApiError> {
+        let user = authenticate(self.auth.as_ref(), req, &auth).await?;
+        let id = parse_call_id(id)?;
+        let outcome = self.signaling.act(&user, id, action, None).await?;
+        Ok(Json(self.to_json(outcome.call()).await?))
+    }
+}
+
+fn parse_call_id(raw: &str) -> Result<CallId, ApiError> {
+    raw.parse().map_err(|_| ApiError::not_found("Not found.", "call_not_found"))
+}
+
+#[derive(Debug, ApiResponse)]
+pub enum InitiateResponse {
+    /// A new call is ringing the receiver.
+    #[oai(status = 201)]
+    Created(Json<CallJson>),
+    /// Glare: the receiver was already calling you, so that call was answered instead; it is
+    /// returned with status `active` (you are its receiver).
+    #[oai(status = 200)]
+    AnsweredCrossingCall(Json<CallJson>),
+}
+
+#[OpenApi(tag = "ApiTags::Calls")]
+impl CallsApi {
+    /// Start a call
+    ///
+    /// Rings `receiver_id`. Refused when calling yourself (400 `self_call`), when you are
+    /// already on a call (409 `caller_busy`), or when the receiver is (409 `user_busy`). If the
+    /// receiver is already calling you, their call is answered instead (200).
+    #[oai(path = "/api/calls/initiate/", method = "post", operation_id = "calls_initiate")]
+    async fn initiate(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        body: Json<InitiateBody>,
+    ) -> Result<InitiateResponse, ApiError> {
+        let caller = authenticate(self.auth.as_ref(), req, &auth).await?;
+        let body = body.0;
+        let receiver = match body.receiver_id {
+            Some(id) if !id.0.is_empty() => id.0,
+            _ => return Err(ApiError::bad_request("receiver_id is required.", "receiver_id_required")),
+        };
+        let call_type = match body.call_type.as_deref() {
+            None => CallType::default(),
+            Some(raw) => raw
+                .parse()
+                .map_err(|_| ApiError::bad_request("call_type must be 'voice' or 'video'.", "invalid_call_type"))?,
+        };
+        let conversation = match body.conversation_id {
+            Some(id) if !id.0.is_empty() => Some(id.0.parse::<ConversationId>().map_err(|_| {
+                ApiError::bad_request("conversation_id must be a positive integer.", "invalid_conversation_id")
+            })?),
+            _ => None,
+        };
+        // An id that cannot exist is, to the caller, a receiver that does not exist.
+        let receiver =
+            UserId::parse(receiver).map_err(|_| ApiError::not_found("Receiver not found.", "receiver_not_found"))?;
+        let initiated = self.signaling.initiate(&caller, InitiateCommand { receiver, call_type, conversation }).await?;
+        let json = Json(self.to_json(initiated.call()).await?);
+        Ok(match initiated {
+            Initiated::Ringing(_) => InitiateResponse::Created(json),
+            Initiated::AnsweredCrossingCall(_) => InitiateResponse::AnsweredCrossingCall(json),
+        })
+    }
+
+    /// Accept a ringing call
+    ///
+    /// Only the receiver may accept, and only while the call rings.
+    #[oai(path = "/api/calls/:id/accept/", method = "post", operation_id = "calls_accept")]
+    async fn accept(&self, req: &Request, auth: BearerAuth, id: Path<String>) -> Result<Json<CallJson>, ApiError> {
+        self.act(req, auth, &id.0, CallAction::Accept).await
+    }
+
+    /// Decline a ringing call
+    ///
+    /// Only the receiver may decline, and only while the call rings. Declining a call that is
+    /// already declined succeeds and changes nothing.
+    #[oai(path = "/api/calls/:id/reject/", method = "post", operation_id = "calls_reject")]
+    async fn reject(&self, req: &Request, auth: BearerAuth, id: Path<String>) -> Result<Json<CallJson>, ApiError> {
+        self.act(req, auth, &id.0, CallAction::Reject).await
+    }
+
+    /// Hang up
+    ///
+    /// Either party. An answered call ends and its duration is measured by the server (a
+    /// `duration_seconds` in the body is ignored); a ringing call ended by the caller is
+    /// cancelled, by the receiver declined. Ending a call that is already over succeeds and
+    /// changes nothing, so clients may retry.
+    #[oai(path = "/api/calls/:id/end/", method = "post", operation_id = "calls_end")]
+    async fn end(&self, req: &Request, auth: BearerAuth, id: Path<String>) -> Result<Json<CallJson>, ApiError> {
+        self.act(req, auth, &id.0, CallAction::End).await
+    }
+
+    /// List your calls
+    ///
+    /// The calls you placed or received, newest first, ten a page. `user_id` keeps only the
+    /// calls with that user.
+    #[oai(path = "/api/calls/", method = "get", operation_id = "calls_list")]
+    async fn list(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        /// 1-based page number.
+        page: Query<Option<String>>,
+        /// Only calls with this user.
+        user_id: Query<Option<String>>,
+    ) -> Result<Json<CallPage>, ApiError> {
+        let viewer = authenticate(self.auth.as_ref(), req, &auth).await?;
+        let page = pagination::requested(page.0.as_deref())?;
+        let with_user = match user_id.0.as_deref() {
+            None | Some("") => None,
+            Some(raw) => Some(
+                UserId::parse(raw)
+                    .map_err(|_| ApiError::bad_request("user_id is not a valid user id.", "invalid_user_id"))?,
+            ),
+        };
+        let filter = CallListFilter { with_user: with_user.clone() };
+        let found = self.signaling.service().list(&viewer, &filter, page).await?;
+        let (next, previous) = pagination::links(req, page, found.total, with_user.as_ref())?;
+        let mut ids: Vec<UserId> =
+            found.items.iter().flat_map(|call| [call.caller().clone(), call.receiver().clone()]).collect();
+        ids.sort();
+        ids.dedup();
+        let profiles =
+            self.signaling.service().directory().users(&ids).await.map_err(|error| ApiError::internal(&error))?;
+        Ok(Json(CallPage {
+            count: found.total,
+            next,
+            previous,
+            results: found.items.iter().map(|call| CallJson::new(call, &profiles)).collect(),
+        }))
+    }
+
+    /// One call
+    ///
+    /// 404 unless you are its caller or receiver: nobody learns that other calls exist.
+    #[oai(path = "/api/calls/:id/", method = "get", operation_id = "calls_get")]
+    async fn get(&self, req: &Request, auth: BearerAuth, id: Path<String>) -> Result<Json<CallJson>, ApiError> {
+        let viewer = authenticate(self.auth.as_ref(), req, &auth).await?;
+        let call = self.signaling.service().get(&viewer, parse_call_id(&id.0)?).await?;
+        Ok(Json(self.to_json(&call).await?))
+    }
+}

@@ -1,0 +1,60 @@
+//! Liveness and readiness probes, outside `/api/` as load balancers and Kubernetes expect.
+
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use ringline_storage::Storage;
+
+use crate::ApiTags;
+use crate::error::ErrorBody;
+
+#[derive(Debug, Object)]
+pub struct HealthStatus {
+    /// `ok` (alive) or `ready` (can take traffic).
+    pub status: String,
+}
+
+#[derive(Debug, ApiResponse)]
+pub enum ReadyResponse {
+    /// The database answers.
+    #[oai(status = 200)]
+    Ready(Json<HealthStatus>),
+    /// The database does not answer; do not route traffic here.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+#[derive(Debug)]
+pub struct HealthApi {
+    storage: Storage,
+}
+
+impl HealthApi {
+    pub fn new(storage: Storage) -> Self {
+        Self { storage }
+    }
+}
+
+#[OpenApi(tag = "ApiTags::Health")]
+impl HealthApi {
+    /// Liveness: the process is up
+    #[oai(path = "/healthz", method = "get", operation_id = "healthz")]
+    async fn healthz(&self) -> Json<HealthStatus> {
+        Json(HealthStatus { status: "ok".into() })
+    }
+
+    /// Readiness: the database answers
+    #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
+    async fn readyz(&self) -> ReadyResponse {
+        match self.storage.ping().await {
+            Ok(()) => ReadyResponse::Ready(Json(HealthStatus { status: "ready".into() })),
+            Err(error) => {
+                // The cause goes to the log only: a probe response is readable by anyone.
+                tracing::warn!(%error, "readiness check failed: the database does not answer");
+                ReadyResponse::Unavailable(Json(ErrorBody {
+                    detail: "The database is not reachable.".into(),
+                    code: "database_unavailable".into(),
+                }))
+            }
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! Ringline's HTTP surface, built on poem and poem-openapi.
+//!
+//! - [`CallsApi`] (`/api/calls/…`) and [`TurnApi`] (`/api/turn/ice-servers/`): the call
+//!   lifecycle and ICE configuration, wire-compatible with the original app's clients;
+//! - [`AdminApi`] (`/api/admin/…`): the standalone server's users and conversations;
+//! - [`NotificationsApi`] (`/api/notifications/…`): notifications about calls;
+//! - [`HealthApi`] (`/healthz`, `/readyz`);
+//! - [`websocket_routes`] (`/ws/notifications/`, `/ws/chat/<id>/`): signaling sessions.
+//!
+//! [`server_routes`] assembles all of them for the `ringline` binary; [`call_routes`] mounts
+//! just the call API inside another poem application that brings its own [`Authenticator`] and
+//! directory. Both answer every error, including unknown routes, wrong methods, oversized and
+//! malformed bodies, with one envelope: `{"detail", "code"}` ([`error`]). This is the only
+//! crate that knows HTTP status codes.
+
+mod admin;
+pub mod auth;
+mod calls;
+mod demo;
+pub mod error;
+mod health;
+pub mod models;
+mod notifications;
+mod pagination;
+mod security;
+mod turn;
+mod web;
+mod ws;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use poem::http::{StatusCode, Uri};
+use poem::web::Html;
+use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
+use poem_openapi::{OpenApiService, Tags};
+use ringline_domain::Clock;
+use ringline_signaling::Signaling;
+use ringline_storage::Storage;
+use secrecy::SecretString;
+
+pub use admin::AdminApi;
+pub use auth::{AuthError, Authenticator, JwtAuthenticator, bearer_token};
+pub use calls::CallsApi;
+pub use demo::DemoApi;
+pub use health::HealthApi;
+pub use notifications::NotificationsApi;
+pub use pagination::PAGE_SIZE;
+pub use security::RequestUser;
+pub use turn::{IceSettings, TurnApi, turn_credential};
+pub use ws::websocket_routes;
+
+/// Largest request body accepted, in bytes. Call requests are a few hundred bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Tags)]
+pub enum ApiTags {
+    /// Calls between two users.
+    Calls,
+    /// Notifications about calls.
+    Notifications,
+    /// Users and conversations of the standalone server (operator token).
+    Admin,
+    /// Probes for load balancers and orchestrators.
+    Health,
+    /// Sign-in for trying Ringline locally; only with the development JWT secret.
+    Demo,
+}
+
+/// What the call API needs, whoever hosts it.
+#[derive(Debug, Clone)]
+pub struct CallApiParts {
+    pub signaling: Arc<Signaling>,
+    pub authenticator: Arc<dyn Authenticator>,
+    pub ice: IceSettings,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// What the standalone server adds: its own database and the operator's admin token.
+#[derive(Debug, Clone)]
+pub struct ServerParts {
+    pub calls: CallApiParts,
+    pub storage: Storage,
+    pub admin_token: Option<SecretString>,
+    /// Set to enable demo sign-in (only with the development JWT secret).
+    pub demo_login: Option<Arc<JwtAuthenticator>>,
+}
+
+type ServerApis = (CallsApi, NotificationsApi, TurnApi, AdminApi, HealthApi, DemoApi);
+
+fn describe<T>(service: OpenApiService<T, ()>) -> OpenApiService<T, ()>
+where
+    T: poem_openapi::OpenApi,
+{
+    service
+        .description(
+            "Ringline: one-to-one voice and video calls. Errors are JSON `{\"detail\": text, \"code\": stable_code}`. \
+             WebRTC signaling runs over WebSockets; see docs/protocol.md.",
+        )
+        .license("MIT OR Apache-2.0")
+}
+
+/// The OpenAPI service of the standalone server.
+pub fn server_api(parts: ServerParts) -> OpenApiService<ServerApis, ()> {
+    let CallApiParts { signaling, authenticator, ice, clock } = parts.calls;
+    let apis = (
+        CallsApi::new(signaling.clone(), authenticator.clone()),
+        NotificationsApi::new(signaling, authenticator.clone()),
+        TurnApi::new(ice, authenticator, clock.clone()),
+        AdminApi::new(parts.storage.directory(), parts.admin_token, clock),
+        HealthApi::new(parts.storage.clone()),
+        DemoApi::new(parts.demo_login.map(|authenticator| (parts.storage.directory(), authenticator))),
+    );
+    describe(OpenApiService::new(apis, "Ringline", env!("CARGO_PKG_VERSION")))
+}
+
+/// The standalone server's whole HTTP surface: the web client at `/`, the APIs,
+/// `/api/openapi.json`, the interactive docs at `/api/docs`, the WebSocket endpoints, the error
+/// envelope, the body limit and the request log.
+pub fn server_routes(parts: ServerParts) -> impl Endpoint + use<> {
+    let sockets = websocket_routes(parts.calls.signaling.clone(), parts.calls.authenticator.clone());
+    let api = server_api(parts);
+    let generated = api.spec();
+    let spec = published_spec(&generated);
+    // The Swagger page embeds the document verbatim; give it the contract's paths too.
+    let docs_html = api.swagger_ui_html().replace(&generated, &spec);
+    let spec_endpoint =
+        poem::endpoint::make_sync(move |_| Response::builder().content_type("application/json").body(spec.clone()));
+    let docs_endpoint = poem::endpoint::make_sync(move |_| Html(docs_html.clone()));
+    http_conventions(
+        Route::new()
+            .at("/api/openapi.json", spec_endpoint)
+            .at("/api/docs", docs_endpoint)
+            .nest("/ws", sockets)
+            .at("/app.js", web::script())
+            .at("/style.css", web::style())
+            .nest("/", api)
+            // The API nested at "/" owns the root path in poem's router; the page is served
+            // for exactly "/" before routing.
+            .around(|routes, req| async move {
+                if req.uri().path() == "/" && req.method() == poem::http::Method::GET {
+                    return Ok(web::index().call(req).await?.into_response());
+                }
+                routes.call(req).await.map(IntoResponse::into_response)
+            }),
+    )
+}
+
+/// The call API alone (`/api/calls/…`, `/api/notifications/…`, `/api/turn/ice-servers/` and the
+/// WebSocket endpoints under `/ws/`), for a host application to nest in its own poem `Route`
+/// with its own authenticator and directory.
+pub fn call_routes(parts: CallApiParts) -> impl Endpoint + use<> {
+    let CallApiParts { signaling, authenticator, ice, clock } = parts;
+    let sockets = websocket_routes(signaling.clone(), authenticator.clone());
+    let apis = (
+        CallsApi::new(signaling.clone(), authenticator.clone()),
+        NotificationsApi::new(signaling, authenticator.clone()),
+        TurnApi::new(ice, authenticator, clock),
+    );
+    let api = describe(OpenApiService::new(apis, "Ringline calls", env!("CARGO_PKG_VERSION")));
+    http_conventions(Route::new().nest("/ws", sockets).nest("/", api))
+}
+
+/// The OpenAPI document of the standalone server, as JSON, with the contract's paths.
+pub fn openapi_json(parts: ServerParts) -> String {
+    published_spec(&server_api(parts).spec())
+}
+
+/// The document as published: poem-openapi's output with two corrections.
+///
+/// - poem-openapi drops the trailing slash of every operation path, but the wire contract (the
+///   original Django app's URLs) has one on every `/api/` path. Requests work either way (see
+///   [`strip_trailing_slash`]); the document shows the contract's form.
+/// - A documented or nullable field whose type is a named schema comes out as
+///   `allOf: [{$ref}, {description, nullable}]`, which mainstream generators cannot read;
+///   it is folded into the equivalent `{allOf: [{$ref}], description, nullable}`.
+fn published_spec(spec: &str) -> String {
+    let Ok(mut document) = serde_json::from_str::<serde_json::Value>(spec) else {
+        return spec.to_owned();
+    };
+    if let Some(paths) = document.get_mut("paths").and_then(serde_json::Value::as_object_mut) {
+        let renamed: serde_json::Map<String, serde_json::Value> = std::mem::take(paths)
+            .into_iter()
+            .map(|(path, item)| if path.starts_with("/api/") { (format!("{path}/"), item) } else { (path, item) })
+            .collect();
+        *paths = renamed;
+    }
+    fold_all_of_patches(&mut document);
+    serde_json::to_string_pretty(&document).unwrap_or_else(|_| spec.to_owned())
+}
+
+fn fold_all_of_patches(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(object) => {
+            let patch = match object.get_mut("allOf").and_then(serde_json::Value::as_array_mut) {
+                Some(parts) if parts.len() == 2 && parts[0].get("$ref").is_some() && parts[1].get("$ref").is_none() => {
+                    parts.pop()
+                }
+                _ => None,
+            };
+            if let Some(serde_json::Value::Object(patch)) = patch {
+                for (key, field) in patch {
+                    object.entry(key).or_insert(field);
+                }
+            }
+            object.values_mut().for_each(fold_all_of_patches);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(fold_all_of_patches),
+        _ => {}
+    }
+}
+
+/// Wraps `endpoint` in what every Ringline route shares: a body limit, the JSON error
+/// envelope for errors raised outside handlers, and one log line per request.
+pub fn http_conventions(endpoint: impl Endpoint + 'static) -> impl Endpoint + 'static {
+    endpoint
+        .around(|endpoint, mut req| async move {
+            limit_body(&mut req).await?;
+            strip_trailing_slash(&mut req);
+            endpoint.call(req).await
+        })
+        .catch_all_error(error_response)
+        .around(|endpoint, mut req| async move {
+            let started = Instant::now();
+            let method = req.method().clone();
+            // The path only: query strings can carry tokens (`?token=` on WebSockets).
+            let path = req.uri().path().to_owned();
+            let user = RequestUser::default();
+            req.extensions_mut().insert(user.clone());
+            let response = endpoint.call(req).await?;
+            let status = response.status().as_u16();
+            let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let user = user.get().map_or("-", |user| user.as_str());
+            tracing::info!(target: "ringline::http", %method, %path, status, latency_ms, %user, "request");
+            Ok(response)
+        })
+}
+
+/// Refuses bodies over [`MAX_BODY_BYTES`] with 413, whether announced by `Content-Length` or
+/// sent chunked (then read up to the limit, and no further).
+async fn limit_body(req: &mut Request) -> poem::Result<()> {
+    let too_large = || poem::Error::from_status(StatusCode::PAYLOAD_TOO_LARGE);
+    let announced = req.headers().get("content-length").and_then(|value| value.to_str().ok()?.parse::<usize>().ok());
+    match announced {
+        Some(length) if length > MAX_BODY_BYTES => Err(too_large()),
+        Some(_) => Ok(()),
+        None if req.headers().contains_key("transfer-encoding") => {
+            let body = req.take_body().into_bytes_limit(MAX_BODY_BYTES).await.map_err(|_| too_large())?;
+            req.set_body(body);
+            Ok(())
+        }
+        None => Ok(()),
+    }
+}
+
+/// `/api/calls/` and `/api/calls` are the same resource: routes are registered without the
+/// trailing slash (poem-openapi's form), while the original clients always send one.
+fn strip_trailing_slash(req: &mut Request) {
+    let path = req.uri().path();
+    if path.len() <= 1 || !path.ends_with('/') {
+        return;
+    }
+    let trimmed = path.trim_end_matches('/');
+    let trimmed = if trimmed.is_empty() { "/" } else { trimmed };
+    let path_and_query = match req.uri().query() {
+        Some(query) => format!("{trimmed}?{query}"),
+        None => trimmed.to_owned(),
+    };
+    let mut parts = req.uri().clone().into_parts();
+    if let Ok(path_and_query) = path_and_query.parse() {
+        parts.path_and_query = Some(path_and_query);
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+}
+
+/// Turns an error poem raised (no route, wrong method, body too large, unparsable request)
+/// into the JSON envelope. Errors that already carry a JSON body (our handlers' [`ApiError`]s,
+/// which poem-openapi passes on as errors) keep it.
+async fn error_response(error: poem::Error) -> Response {
+    let status = error.status();
+    let text = error.to_string();
+    let response = error.into_response();
+    let is_json = response
+        .headers()
+        .get("content-type")
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if is_json {
+        return response;
+    }
+    if status.is_server_error() {
+        tracing::error!(error = %text, "request failed outside a handler");
+    }
+    let (detail, code) = error::envelope_for(status, &text);
+    let body = serde_json::json!({ "detail": detail, "code": code });
+    let mut response = (status, poem::web::Json(body)).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert("www-authenticate", poem::http::HeaderValue::from_static("Bearer realm=\"api\""));
+    }
+    response
+}

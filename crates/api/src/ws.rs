@@ -1,0 +1,138 @@
+//! The WebSocket endpoints: `ws/notifications/` (one per signed-in tab or device, open on every
+//! page) and `ws/chat/<conversation_id>/` (open while a conversation is on screen).
+//!
+//! Authentication happens before the upgrade, from `?token=` or `Authorization: Bearer`. A
+//! refused connection is still upgraded and then closed with the contract's code (4401 bad
+//! token, 4400 bad conversation id, 4403 not a participant), because browsers only show a
+//! WebSocket's close code, never an HTTP status. The session itself runs in
+//! `ringline_signaling::session`.
+
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use poem::web::websocket::{Message, WebSocket, WebSocketConfig};
+use poem::{FromRequest, IntoResponse, Request, Response, Route};
+use ringline_domain::{ConversationId, UserId};
+use ringline_signaling::protocol::{MAX_CONNECTION_FRAME_BYTES, close};
+use ringline_signaling::session::{self, Inbound, Outbound, SessionIdentity};
+use ringline_signaling::{SessionKind, Signaling};
+
+use crate::auth::{Authenticator, bearer_token};
+
+/// Which socket was asked for.
+#[derive(Debug, Clone, Copy)]
+enum Socket {
+    Notifications,
+    Chat,
+}
+
+/// `/notifications` and `/chat/:conversation_id`, to be nested under `/ws` (trailing slashes
+/// optional).
+pub fn websocket_routes(signaling: Arc<Signaling>, auth: Arc<dyn Authenticator>) -> Route {
+    let endpoint = |socket: Socket| {
+        let (signaling, auth) = (Arc::clone(&signaling), Arc::clone(&auth));
+        poem::endpoint::make(move |req: Request| {
+            let (signaling, auth) = (Arc::clone(&signaling), Arc::clone(&auth));
+            async move { upgrade(req, signaling, auth, socket).await }
+        })
+    };
+    Route::new()
+        .at("/notifications", endpoint(Socket::Notifications))
+        .at("/chat/:conversation_id", endpoint(Socket::Chat))
+}
+
+fn token(req: &Request) -> Option<String> {
+    let from_query = req.uri().query().and_then(|query| {
+        form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == "token").map(|(_, value)| value.into_owned())
+    });
+    from_query.filter(|token| !token.is_empty()).or_else(|| {
+        let header = req.headers().get("authorization").and_then(|value| value.to_str().ok());
+        bearer_token(header).map(str::to_owned)
+    })
+}
+
+/// Who the connection is for, or the close code and reason to refuse it with.
+async fn admit(
+    req: &Request,
+    signaling: &Signaling,
+    auth: &dyn Authenticator,
+    socket: Socket,
+) -> Result<SessionIdentity, (u16, &'static str)> {
+    let kind = match socket {
+        Socket::Notifications => SessionKind::Notifications,
+        Socket::Chat => {
+            let raw = req.raw_path_param("conversation_id").unwrap_or_default();
+            let id = raw.parse::<ConversationId>().map_err(|_| (close::BAD_CONVERSATION, "bad conversation id"))?;
+            SessionKind::Chat(id)
+        }
+    };
+    let token = token(req).ok_or((close::NOT_AUTHENTICATED, "authentication required"))?;
+    let user: UserId =
+        auth.authenticate(&token).await.map_err(|_| (close::NOT_AUTHENTICATED, "invalid or expired token"))?;
+    if let SessionKind::Chat(conversation) = kind {
+        match signaling.may_join(&user, conversation).await {
+            Ok(true) => {}
+            Ok(false) => return Err((close::NOT_A_PARTICIPANT, "not a participant of this conversation")),
+            Err(error) => {
+                tracing::error!(%error, "cannot check a chat socket's conversation");
+                return Err((1011, "server error"));
+            }
+        }
+    }
+    let username = match signaling.service().directory().user(&user).await {
+        Ok(profile) => profile.map(|profile| profile.username).unwrap_or_default(),
+        Err(error) => {
+            tracing::warn!(%error, "cannot look up a connecting user's name");
+            String::new()
+        }
+    };
+    Ok(SessionIdentity { user, username, kind })
+}
+
+async fn upgrade(
+    req: Request,
+    signaling: Arc<Signaling>,
+    auth: Arc<dyn Authenticator>,
+    socket: Socket,
+) -> poem::Result<Response> {
+    let websocket = WebSocket::from_request_without_body(&req).await?;
+    let admitted = admit(&req, &signaling, auth.as_ref(), socket).await;
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_CONNECTION_FRAME_BYTES))
+        .max_frame_size(Some(MAX_CONNECTION_FRAME_BYTES));
+    let upgraded = websocket.config(config).on_upgrade(move |stream| async move {
+        let (sink, stream) = stream.split();
+        let mut sink = sink.with(|out: Outbound| futures_util::future::ready(Ok::<_, std::io::Error>(to_message(out))));
+        match admitted {
+            Err((code, reason)) => {
+                let _ = sink.send(Outbound::Close(code, reason)).await;
+            }
+            Ok(identity) => {
+                // A transport error ends the stream: the session then closes.
+                let inbound = stream
+                    .take_while(|message| futures_util::future::ready(message.is_ok()))
+                    .filter_map(|message| futures_util::future::ready(message.ok().map(from_message)));
+                session::run(signaling, identity, Box::pin(inbound), sink).await;
+            }
+        }
+    });
+    Ok(upgraded.into_response())
+}
+
+fn from_message(message: Message) -> Inbound {
+    match message {
+        Message::Text(text) => Inbound::Text(text),
+        Message::Binary(_) => Inbound::Binary,
+        Message::Ping(_) => Inbound::Ping,
+        Message::Pong(_) => Inbound::Pong,
+        Message::Close(_) => Inbound::Close,
+    }
+}
+
+fn to_message(out: Outbound) -> Message {
+    match out {
+        Outbound::Text(text) => Message::Text(text),
+        Outbound::Ping => Message::Ping(Vec::new()),
+        Outbound::Close(code, reason) => Message::close_with(code, reason),
+    }
+}

@@ -1,0 +1,207 @@
+//! The `ringline` server, as a library so that tests and other binaries start exactly what
+//! the binary starts.
+//!
+//! [`Application::build`] opens and migrates the database, wires the ports into the call
+//! service, binds the listener and assembles the routes; [`Application::run_until`] serves
+//! until the given shutdown future resolves, then finishes in-flight requests and stops the
+//! background tasks.
+//!
+//! Modules: [`settings`] (layered configuration), [`telemetry`] (logs, shutdown signal).
+
+pub mod settings;
+pub mod telemetry;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+use poem::middleware::Cors;
+use poem::{EndpointExt, Server};
+use ringline_api::{CallApiParts, JwtAuthenticator, ServerParts};
+use ringline_domain::{CallService, Clock, SystemClock};
+use ringline_signaling::{CancellationToken, Signaling};
+use ringline_storage::Storage;
+
+pub use settings::Settings;
+
+/// How long in-flight requests may run after a shutdown signal before the server stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long WebSocket sessions get to close after the shutdown signal.
+const SESSION_DRAIN: Duration = Duration::from_secs(5);
+
+/// A built, bound, not yet serving server.
+pub struct Application {
+    settings: Settings,
+    storage: Storage,
+    signaling: Arc<Signaling>,
+    authenticator: Arc<JwtAuthenticator>,
+    /// The server runs on the built-in development secret: demo sign-in is on.
+    development_secret: bool,
+    acceptor: TcpAcceptor,
+    local_addr: SocketAddr,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application").field("local_addr", &self.local_addr).finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Opens and migrates the database and binds `settings.bind`.
+    ///
+    /// # Errors
+    /// When the database cannot be opened or migrated, or the address cannot be bound.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let storage = open_storage(&settings.database_url).await?;
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let service = CallService::new(
+            Arc::new(storage.calls()),
+            Arc::new(storage.directory()),
+            clock.clone(),
+            settings.ring_timeout(),
+        );
+        let signaling = Arc::new(Signaling::local(service, Arc::new(storage.notifications())));
+        let (secret, is_default) = settings.jwt_secret_or_default();
+        if is_default {
+            tracing::warn!(
+                "RINGLINE_JWT_SECRET is not set: using the built-in development secret. Anyone can mint tokens \
+                 for this server. Set RINGLINE_JWT_SECRET (the same secret as your Django SIMPLE_JWT signing key)."
+            );
+        }
+        let authenticator = Arc::new(
+            JwtAuthenticator::new(&secret, settings.jwt_user_claim.clone(), clock)
+                .provisioning_into(storage.directory()),
+        );
+        if !settings.turn_urls.is_empty() && settings.turn_secret.is_none() {
+            tracing::warn!(
+                "RINGLINE_TURN_URLS is set but RINGLINE_TURN_SECRET is not: TURN servers are not handed out"
+            );
+        }
+        let acceptor = TcpListener::bind(settings.bind)
+            .into_acceptor()
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.bind))?;
+        let local_addr = acceptor
+            .local_addr()
+            .first()
+            .and_then(|addr| addr.as_socket_addr().copied())
+            .context("the listener has no socket address")?;
+        Ok(Self { settings, storage, signaling, authenticator, acceptor, local_addr, development_secret: is_default })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn authenticator(&self) -> Arc<JwtAuthenticator> {
+        self.authenticator.clone()
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    pub fn signaling(&self) -> Arc<Signaling> {
+        self.signaling.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then closes WebSocket sessions (code 1001, up to 5 s),
+    /// drains in-flight requests (up to 10 s), stops the ring timer and closes the database.
+    ///
+    /// # Errors
+    /// When the server fails to run.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Self { settings, storage, signaling, authenticator, acceptor, local_addr, development_secret } = self;
+        let demo_login = development_secret.then(|| authenticator.clone());
+        let parts = ServerParts {
+            calls: CallApiParts {
+                signaling: signaling.clone(),
+                authenticator,
+                ice: settings.ice(),
+                clock: Arc::new(SystemClock),
+            },
+            storage: storage.clone(),
+            admin_token: settings.admin_token.clone(),
+            demo_login,
+        };
+        let app = ringline_api::server_routes(parts);
+        let app = app.with_if(!settings.cors_allowed_origins.is_empty(), cors(&settings.cors_allowed_origins));
+
+        let stop_timer = CancellationToken::new();
+        let timer = tokio::spawn(ringline_signaling::ring_timer::run(signaling.clone(), stop_timer.clone()));
+        tracing::info!(address = %local_addr, backend = storage.backend_name(), "ringline is serving");
+        // poem detaches upgraded connections, so the sessions are closed here, as soon as the
+        // signal arrives: clients reconnect (to another instance) at once.
+        let sessions = signaling.clone();
+        let shutdown = async move {
+            shutdown.await;
+            sessions.begin_shutdown();
+        };
+        let served =
+            Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(app, shutdown, Some(SHUTDOWN_GRACE)).await;
+        if !signaling.drain(SESSION_DRAIN).await {
+            tracing::warn!("some WebSocket sessions did not close in time");
+        }
+        stop_timer.cancel();
+        if let Err(error) = timer.await {
+            tracing::error!(%error, "the ring timer task failed");
+        }
+        served.context("server failed")?;
+        storage.close().await.context("closing the database")?;
+        tracing::info!("ringline stopped");
+        Ok(())
+    }
+}
+
+/// Opens the database at `url` and applies pending migrations.
+///
+/// # Errors
+/// When the database cannot be opened or migrated.
+pub async fn open_storage(url: &str) -> anyhow::Result<Storage> {
+    let storage = Storage::connect(url).await.context("cannot open the database")?;
+    storage.migrate().await.context("cannot migrate the database")?;
+    Ok(storage)
+}
+
+/// Browsers may call the API from these origins only (the original web client is served from
+/// another origin than its API).
+fn cors(origins: &[String]) -> Cors {
+    Cors::new()
+        .allow_origins(origins.iter().map(String::as_str))
+        .allow_credentials(true)
+        .allow_methods(["GET", "POST", "PUT", "DELETE", "OPTIONS"])
+        .allow_headers(["authorization", "content-type"])
+        .max_age(600)
+}
+
+/// The OpenAPI document of the standalone server. It depends on the code only, so it is built
+/// over an in-memory database and default settings.
+///
+/// # Errors
+/// Only if the in-memory database cannot be opened.
+pub async fn openapi_document() -> anyhow::Result<String> {
+    let storage = Storage::connect("sqlite::memory:").await?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let service = CallService::new(
+        Arc::new(storage.calls()),
+        Arc::new(storage.directory()),
+        clock.clone(),
+        Duration::from_secs(45),
+    );
+    let signaling = Arc::new(Signaling::local(service, Arc::new(storage.notifications())));
+    let authenticator = Arc::new(JwtAuthenticator::new(&"unused".to_owned().into(), "user_id", clock.clone()));
+    let parts = ServerParts {
+        calls: CallApiParts { signaling, authenticator, ice: ringline_api::IceSettings::default(), clock },
+        storage: storage.clone(),
+        admin_token: None,
+        demo_login: None,
+    };
+    let document = ringline_api::openapi_json(parts);
+    storage.close().await?;
+    Ok(document)
+}

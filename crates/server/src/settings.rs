@@ -1,0 +1,258 @@
+//! Typed settings, layered: built-in defaults, then a TOML file (`--config`), then
+//! `RINGLINE_*` environment variables, then command-line flags. Every key is documented in
+//! `docs/configuration.md`. Secrets are `SecretString`: they never appear in logs or `Debug`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use ringline_api::IceSettings;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The JWT secret used when none is configured. Refused in production.
+pub const DEVELOPMENT_JWT_SECRET: &str = "ringline-development-secret-not-for-production";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    #[default]
+    Development,
+    Production,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Everything `ringline` can be configured with.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    #[serde(default = "defaults::bind")]
+    pub bind: SocketAddr,
+    #[serde(default = "defaults::database_url")]
+    pub database_url: String,
+    #[serde(default)]
+    pub env: Environment,
+    pub jwt_secret: Option<SecretString>,
+    #[serde(default = "defaults::jwt_user_claim")]
+    pub jwt_user_claim: String,
+    #[serde(default = "defaults::ring_timeout_secs")]
+    pub ring_timeout_secs: u64,
+    pub admin_token: Option<SecretString>,
+    #[serde(default, deserialize_with = "comma_list")]
+    pub stun_urls: Vec<String>,
+    #[serde(default, deserialize_with = "comma_list")]
+    pub turn_urls: Vec<String>,
+    pub turn_secret: Option<SecretString>,
+    #[serde(default = "defaults::turn_ttl_secs")]
+    pub turn_ttl_secs: u64,
+    #[serde(default, deserialize_with = "comma_list")]
+    pub cors_allowed_origins: Vec<String>,
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+mod defaults {
+    use std::net::SocketAddr;
+
+    pub fn bind() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 8000))
+    }
+    pub fn database_url() -> String {
+        ringline_storage::DEFAULT_DATABASE_URL.to_owned()
+    }
+    pub fn jwt_user_claim() -> String {
+        "user_id".to_owned()
+    }
+    pub fn ring_timeout_secs() -> u64 {
+        45
+    }
+    pub fn turn_ttl_secs() -> u64 {
+        24 * 60 * 60
+    }
+}
+
+/// Accepts `"a, b"` (an environment variable) as well as `["a", "b"]` (TOML).
+fn comma_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        Text(String),
+        Items(Vec<String>),
+    }
+    let items = match List::deserialize(deserializer)? {
+        List::Text(text) => text.split(',').map(str::to_owned).collect(),
+        List::Items(items) => items,
+    };
+    Ok(items.into_iter().map(|item| item.trim().to_owned()).filter(|item| !item.is_empty()).collect())
+}
+
+/// Flags that override the file and the environment.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+}
+
+/// A setting that makes no sense, found before anything starts.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("invalid configuration: {0}")]
+    Parse(#[from] Box<figment::Error>),
+    #[error("RINGLINE_JWT_SECRET must be set (and not the development default) when RINGLINE_ENV=production")]
+    MissingProductionSecret,
+    #[error("RINGLINE_RING_TIMEOUT_SECS must be between 1 and 3600")]
+    RingTimeout,
+    #[error("RINGLINE_TURN_TTL_SECS must be between 60 and 604800 (a week)")]
+    TurnTtl,
+    #[error("RINGLINE_JWT_USER_CLAIM must not be empty")]
+    UserClaim,
+    #[error("{0} is set but empty; unset it or give it a value")]
+    EmptySecret(&'static str),
+}
+
+impl Settings {
+    /// Reads defaults, then `file` (if given), then the environment, then `overrides`.
+    ///
+    /// # Errors
+    /// [`SettingsError`] naming the first bad setting.
+    pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Self, SettingsError> {
+        let mut figment = Figment::new();
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let figment = figment.merge(Env::prefixed("RINGLINE_")).merge(Serialized::defaults(overrides));
+        let settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        for (name, secret) in [
+            ("RINGLINE_JWT_SECRET", &self.jwt_secret),
+            ("RINGLINE_ADMIN_TOKEN", &self.admin_token),
+            ("RINGLINE_TURN_SECRET", &self.turn_secret),
+        ] {
+            if secret.as_ref().is_some_and(|secret| secret.expose_secret().trim().is_empty()) {
+                return Err(SettingsError::EmptySecret(name));
+            }
+        }
+        if self.env == Environment::Production
+            && self.jwt_secret.as_ref().is_none_or(|secret| secret.expose_secret() == DEVELOPMENT_JWT_SECRET)
+        {
+            return Err(SettingsError::MissingProductionSecret);
+        }
+        if !(1..=3600).contains(&self.ring_timeout_secs) {
+            return Err(SettingsError::RingTimeout);
+        }
+        if !(60..=7 * 24 * 3600).contains(&self.turn_ttl_secs) {
+            return Err(SettingsError::TurnTtl);
+        }
+        if self.jwt_user_claim.trim().is_empty() {
+            return Err(SettingsError::UserClaim);
+        }
+        Ok(())
+    }
+
+    /// The configured JWT secret, or the development default (the caller warns about it).
+    pub fn jwt_secret_or_default(&self) -> (SecretString, bool) {
+        match &self.jwt_secret {
+            Some(secret) => (secret.clone(), false),
+            None => (SecretString::from(DEVELOPMENT_JWT_SECRET), true),
+        }
+    }
+
+    pub fn ring_timeout(&self) -> Duration {
+        Duration::from_secs(self.ring_timeout_secs)
+    }
+
+    pub fn ice(&self) -> IceSettings {
+        IceSettings {
+            stun_urls: self.stun_urls.clone(),
+            turn_urls: self.turn_urls.clone(),
+            turn_secret: self.turn_secret.clone(),
+            turn_ttl: Duration::from_secs(self.turn_ttl_secs),
+        }
+    }
+
+    /// Settings for tests and embedding: defaults, with the given database and a random port.
+    pub fn for_tests(database_url: &str, jwt_secret: &str) -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database_url: database_url.to_owned(),
+            env: Environment::Development,
+            jwt_secret: Some(SecretString::from(jwt_secret)),
+            jwt_user_claim: defaults::jwt_user_claim(),
+            ring_timeout_secs: defaults::ring_timeout_secs(),
+            admin_token: None,
+            stun_urls: Vec::new(),
+            turn_urls: Vec::new(),
+            turn_secret: None,
+            turn_ttl_secs: defaults::turn_ttl_secs(),
+            cors_allowed_origins: Vec::new(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_come_from_comma_separated_text_or_toml_arrays() {
+        let from_text: Settings = Figment::new()
+            .merge(Serialized::defaults(serde_json::json!({"stun_urls": "stun:a:3478, stun:b:3478,"})))
+            .extract()
+            .expect("parse");
+        assert_eq!(from_text.stun_urls, vec!["stun:a:3478", "stun:b:3478"]);
+        let from_toml: Settings =
+            Figment::new().merge(Toml::string("turn_urls = [\"turn:t:3478\"]")).extract().expect("parse");
+        assert_eq!(from_toml.turn_urls, vec!["turn:t:3478"]);
+    }
+
+    #[test]
+    fn production_refuses_a_missing_or_default_secret() {
+        let mut settings = Settings::for_tests("sqlite::memory:", DEVELOPMENT_JWT_SECRET);
+        settings.env = Environment::Production;
+        assert!(matches!(settings.validate(), Err(SettingsError::MissingProductionSecret)));
+        settings.jwt_secret = None;
+        assert!(matches!(settings.validate(), Err(SettingsError::MissingProductionSecret)));
+        settings.jwt_secret = Some(SecretString::from("a real secret"));
+        assert!(settings.validate().is_ok());
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let mut settings = Settings::for_tests("sqlite::memory:", "s3cr3t-jwt");
+        settings.admin_token = Some(SecretString::from("s3cr3t-admin"));
+        settings.turn_secret = Some(SecretString::from("s3cr3t-turn"));
+        let debug = format!("{settings:?}");
+        assert!(!debug.contains("s3cr3t"), "{debug}");
+    }
+
+    #[test]
+    fn empty_secrets_are_refused_rather_than_used() {
+        let settings = Settings::for_tests("sqlite::memory:", " ");
+        assert!(matches!(settings.validate(), Err(SettingsError::EmptySecret("RINGLINE_JWT_SECRET"))));
+        let mut settings = Settings::for_tests("sqlite::memory:", "x");
+        settings.admin_token = Some(SecretString::from(""));
+        assert!(matches!(settings.validate(), Err(SettingsError::EmptySecret("RINGLINE_ADMIN_TOKEN"))));
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_refused() {
+        let mut settings = Settings::for_tests("sqlite::memory:", "x");
+        settings.ring_timeout_secs = 0;
+        assert!(matches!(settings.validate(), Err(SettingsError::RingTimeout)));
+    }
+}

@@ -1,0 +1,282 @@
+//! The `ringline` binary as a newcomer runs it: no configuration but a database URL and an
+//! address, so that the test does not touch the working directory or a fixed port.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Running {
+    child: Child,
+    base: String,
+    database: std::path::PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Best effort if a test failed before stopping the server itself.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        ringline_storage::testing::remove_sqlite_files(&self.database);
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("address").port()
+}
+
+/// Runs a `ringline` subcommand on `database_url` with `secret` and returns its stdout.
+fn cli(database_url: &str, secret: &str, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_ringline"))
+        .args(args)
+        .env("RINGLINE_DATABASE_URL", database_url)
+        .env("RINGLINE_JWT_SECRET", secret)
+        .output()
+        .expect("run ringline");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// Starts `ringline serve` with its log on a pipe, and waits until it answers.
+async fn start_logging(database_url: &str, secret: &str, rust_log: &str) -> (std::process::Child, String) {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_ringline"))
+        .env("RINGLINE_DATABASE_URL", database_url)
+        .env("RINGLINE_BIND", format!("127.0.0.1:{port}"))
+        .env("RINGLINE_JWT_SECRET", secret)
+        .env("RUST_LOG", rust_log)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start ringline");
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reqwest::get(format!("{base}/healthz")).await.is_err() {
+        assert!(Instant::now() < deadline, "ringline did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (child, base)
+}
+
+/// Stops a server started by [`start_logging`] and returns everything it logged.
+fn stop_and_read_log(child: std::process::Child) -> String {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let output = child.wait_with_output().expect("wait");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+async fn start(args: &[&str]) -> Running {
+    let database = std::env::temp_dir().join(format!("ringline_bin_{}.db", uuid::Uuid::new_v4().simple()));
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_ringline"))
+        .args(args)
+        .env("RINGLINE_DATABASE_URL", format!("sqlite://{}?mode=rwc", database.display()))
+        .env("RINGLINE_BIND", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start ringline");
+    let running = Running { child, base: format!("http://127.0.0.1:{port}"), database };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if reqwest::get(format!("{}/healthz", running.base)).await.is_ok() {
+            return running;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("ringline did not start serving within 20 s");
+}
+
+#[tokio::test]
+async fn serves_health_probes_on_a_fresh_sqlite_file_and_stops_cleanly_on_sigterm() {
+    let mut server = start(&[]).await;
+    let health: serde_json::Value =
+        reqwest::get(format!("{}/healthz", server.base)).await.expect("healthz").json().await.expect("json");
+    assert_eq!(health["status"], "ok");
+    let ready = reqwest::get(format!("{}/readyz", server.base)).await.expect("readyz");
+    assert_eq!(ready.status(), 200);
+    assert!(server.database.exists(), "the SQLite file was created");
+
+    let killed = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().expect("kill");
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = server.child.try_wait().expect("wait") {
+            assert!(status.success(), "exit status after SIGTERM: {status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "ringline did not stop within 15 s of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn migrate_applies_the_schema_and_exits() {
+    let database = std::env::temp_dir().join(format!("ringline_migrate_{}.db", uuid::Uuid::new_v4().simple()));
+    let status = Command::new(env!("CARGO_BIN_EXE_ringline"))
+        .arg("migrate")
+        .env("RINGLINE_DATABASE_URL", format!("sqlite://{}?mode=rwc", database.display()))
+        .env("RUST_LOG", "warn")
+        .status()
+        .expect("run ringline migrate");
+    assert!(status.success());
+    let storage = ringline_storage::Storage::connect(&format!("sqlite://{}", database.display())).await.expect("open");
+    // The schema is there: a repository query runs against it.
+    use ringline_domain::CallRepository;
+    let cutoff = ringline_domain::Timestamp::from_unix_micros(0).expect("epoch");
+    assert!(storage.calls().unanswered_started_before(cutoff, 1).await.expect("query").is_empty());
+    storage.close().await.expect("close");
+    ringline_storage::testing::remove_sqlite_files(&database);
+}
+
+#[tokio::test]
+async fn refuses_an_unsupported_database_url_with_a_clear_error() {
+    let output = Command::new(env!("CARGO_BIN_EXE_ringline"))
+        .arg("migrate")
+        .env("RINGLINE_DATABASE_URL", "mysql://root@127.0.0.1/ringline")
+        .output()
+        .expect("run ringline");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("only sqlite:// and postgres://"), "{stderr}");
+}
+
+#[tokio::test]
+async fn logs_one_line_per_request_with_the_user_and_never_the_token() {
+    let database = std::env::temp_dir().join(format!("ringline_bin_{}.db", uuid::Uuid::new_v4().simple()));
+    let url = format!("sqlite://{}?mode=rwc", database.display());
+    cli(&url, "log-test-secret", &["users", "add", "alice", "--username", "alice"]);
+    let token = cli(&url, "log-test-secret", &["token", "--user", "alice"]);
+    assert_eq!(token.split('.').count(), 3, "a JWT");
+
+    let (child, base) = start_logging(&url, "log-test-secret", "info").await;
+    let client = reqwest::Client::new();
+    let listed = client.get(format!("{base}/api/calls/")).bearer_auth(&token).send().await.expect("list");
+    assert_eq!(listed.status(), 200);
+    let in_query = client.get(format!("{base}/api/calls/?token={token}")).send().await.expect("list");
+    assert_eq!(in_query.status(), 401);
+    let log = stop_and_read_log(child);
+    assert!(!log.contains(&token), "the token leaked into the log:\n{log}");
+    let lines: Vec<&str> = log.lines().filter(|line| line.contains("ringline::http")).collect();
+    assert_eq!(lines.len(), 3, "one line per request:\n{log}");
+    assert!(lines[1].contains("/api/calls/") && lines[1].contains("200") && lines[1].contains("alice"), "{}", lines[1]);
+    assert!(lines.iter().all(|line| line.contains("latency_ms")));
+    ringline_storage::testing::remove_sqlite_files(&database);
+}
+
+#[test]
+fn cli_prints_the_published_openapi_document() {
+    let output = Command::new(env!("CARGO_BIN_EXE_ringline")).arg("openapi").output().expect("run ringline openapi");
+    assert!(output.status.success());
+    let printed: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
+    let snapshot =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json")).expect("snapshot");
+    let snapshot: serde_json::Value = serde_json::from_str(&snapshot).expect("JSON");
+    assert_eq!(printed, snapshot);
+}
+
+#[tokio::test]
+async fn cli_provisions_users_and_conversations() {
+    let database = std::env::temp_dir().join(format!("ringline_bin_{}.db", uuid::Uuid::new_v4().simple()));
+    let url = format!("sqlite://{}?mode=rwc", database.display());
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ringline"))
+            .args(args)
+            .env("RINGLINE_DATABASE_URL", &url)
+            .output()
+            .expect("run")
+    };
+    assert!(run(&["users", "add", "u1", "--username", "one", "--first-name", "Uno"]).status.success());
+    assert!(run(&["users", "add", "u2", "--username", "two"]).status.success());
+    assert!(run(&["conversations", "add", "5", "--participants", "u1"]).status.success());
+    assert!(run(&["conversations", "add", "5", "--participants", "u2"]).status.success(), "adds to an existing one");
+    let unknown = run(&["conversations", "add", "6", "--participants", "u1,ghost"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("ghost"));
+
+    use ringline_domain::Directory;
+    let storage = ringline_storage::Storage::connect(&url).await.expect("open");
+    let directory = storage.directory();
+    let one =
+        directory.user(&ringline_domain::UserId::parse("u1").expect("id")).await.expect("lookup").expect("exists");
+    assert_eq!((one.username.as_str(), one.first_name.as_str()), ("one", "Uno"));
+    let mut members = directory
+        .conversation_participants(ringline_domain::ConversationId::new(5).expect("id"))
+        .await
+        .expect("lookup")
+        .expect("exists");
+    members.sort();
+    assert_eq!(members.iter().map(|m| m.as_str()).collect::<Vec<_>>(), ["u1", "u2"]);
+    storage.close().await.expect("close");
+    ringline_storage::testing::remove_sqlite_files(&database);
+}
+
+#[tokio::test]
+async fn sdp_candidates_and_tokens_never_reach_the_logs_even_at_debug_level() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let database = std::env::temp_dir().join(format!("ringline_bin_{}.db", uuid::Uuid::new_v4().simple()));
+    let url = format!("sqlite://{}?mode=rwc", database.display());
+    let secret = "log-test-secret";
+    cli(&url, secret, &["users", "add", "alice", "--username", "alice"]);
+    cli(&url, secret, &["users", "add", "bob", "--username", "bob"]);
+    let (alice, bob) =
+        (cli(&url, secret, &["token", "--user", "alice"]), cli(&url, secret, &["token", "--user", "bob"]));
+    let (child, base) = start_logging(&url, secret, "debug").await;
+    let port = base.rsplit(':').next().expect("a port").to_owned();
+    let client = reqwest::Client::new();
+    let socket = |token: &str| {
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws/notifications/?token={token}"))
+    };
+    let (mut alice_socket, _) = socket(&alice).await.expect("connect");
+    let (mut bob_socket, _) = socket(&bob).await.expect("connect");
+    let call: serde_json::Value = client
+        .post(format!("{base}/api/calls/initiate/"))
+        .bearer_auth(&alice)
+        .json(&serde_json::json!({"receiver_id": "bob"}))
+        .send()
+        .await
+        .expect("initiate")
+        .json()
+        .await
+        .expect("json");
+    let id = call["id"].to_string();
+    let frames = [
+        serde_json::json!({"type": "call.offer", "call_id": id, "offer": {"type": "offer", "sdp": "v=0 SDP-OFFER-MARKER"}}),
+        serde_json::json!({"type": "call.ice-candidate", "call_id": id, "candidate": {"candidate": "CANDIDATE-MARKER 10.1.2.3"}}),
+        serde_json::json!({"type": "call.offer", "call_id": "999", "offer": {"sdp": "REFUSED-SDP-MARKER"}}),
+        serde_json::json!({"type": "call.bogus", "offer": "UNKNOWN-FRAME-MARKER"}),
+    ];
+    for frame in frames {
+        alice_socket.send(Message::text(frame.to_string())).await.expect("send");
+    }
+    alice_socket.send(Message::text("{broken SDP-BROKEN-MARKER".to_owned())).await.expect("send");
+    // Bob really received the offer, so the server did handle the SDP.
+    let mut saw_offer = false;
+    while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(2), bob_socket.next()).await {
+        if message.to_text().is_ok_and(|text| text.contains("SDP-OFFER-MARKER")) {
+            saw_offer = true;
+            break;
+        }
+    }
+    assert!(saw_offer);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let log = stop_and_read_log(child);
+    for secret in [
+        "SDP-OFFER-MARKER",
+        "CANDIDATE-MARKER",
+        "10.1.2.3",
+        "REFUSED-SDP-MARKER",
+        "UNKNOWN-FRAME-MARKER",
+        "SDP-BROKEN-MARKER",
+        &alice,
+        &bob,
+    ] {
+        assert!(!log.contains(secret), "{secret} leaked into the debug log");
+    }
+    assert!(log.contains("session opened"), "the sessions were logged (without payloads)");
+    ringline_storage::testing::remove_sqlite_files(&database);
+}
