@@ -1,0 +1,710 @@
+// Ringline's web client: sign in, a contact list, calls with real WebRTC.
+//
+// Written against docs/protocol.md and the REST API (docs/api.md) only. One ES module, no
+// framework and no build step: the server embeds this file. State lives in `state`; each
+// screen is a plain element shown or hidden by `render()`.
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  token: sessionStorage.getItem("ringline.token"), // per tab: two windows, two people
+  me: JSON.parse(sessionStorage.getItem("ringline.me") || "null"),
+  socket: null,
+  reconnectDelay: 1000,
+  seenEvents: new Set(),
+  contacts: new Map(), // id -> {id, name}
+  // The one call this tab is part of:
+  // {id, role: "caller"|"callee", peerId, peerName, type, status, answeredAt}
+  call: null,
+  pc: null,
+  localStream: null,
+  pendingCandidates: [],
+  pendingOffer: null,
+  offerWaiters: [],
+  timer: null,
+  ringer: null,
+};
+
+// ---------------------------------------------------------------- REST
+
+class ApiError extends Error {
+  constructor(status, detail, code) {
+    super(detail);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function api(path, { method = "GET", body, auth = true } = {}) {
+  const headers = { "content-type": "application/json" };
+  if (auth) headers.authorization = `Bearer ${state.token}`;
+  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const data = await response.json().catch(() => null);
+  if (!response.ok) throw new ApiError(response.status, data?.detail || response.statusText, data?.code);
+  return { status: response.status, data };
+}
+
+// ---------------------------------------------------------------- notices
+
+function notify(text, { error = false } = {}) {
+  const notice = $("notice");
+  notice.textContent = text;
+  notice.classList.toggle("error", error);
+  notice.hidden = !text;
+}
+
+const initials = (name) => (name || "?").trim().slice(0, 1);
+const nameOf = (user) => [user.first_name, user.last_name].filter(Boolean).join(" ") || user.username || user.id;
+
+// ---------------------------------------------------------------- sign-in
+
+async function showSignIn() {
+  render();
+  try {
+    const { data } = await api("/api/demo/users/", { auth: false });
+    const list = $("demo-users");
+    list.replaceChildren(
+      ...data.users.map((user) => {
+        const item = document.createElement("li");
+        const button = document.createElement("button");
+        button.type = "button";
+        button.textContent = `Sign in as ${nameOf(user)}`;
+        button.dataset.user = user.id;
+        button.addEventListener("click", () => demoSignIn(user.id));
+        item.append(button);
+        return item;
+      }),
+    );
+    $("demo").hidden = data.users.length === 0;
+  } catch {
+    $("demo").hidden = true; // demo sign-in is off: paste a token
+  }
+}
+
+async function demoSignIn(userId) {
+  try {
+    const { data } = await api("/api/demo/token/", { method: "POST", body: { user_id: userId }, auth: false });
+    await signIn(data.token, { id: data.user.id, name: nameOf(data.user) });
+  } catch (error) {
+    notify(`Could not sign in: ${error.message}`, { error: true });
+  }
+}
+
+function userFromToken(token) {
+  try {
+    const claims = JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
+    const id = String(claims.user_id ?? claims.sub ?? "");
+    return { id, name: claims.username || id };
+  } catch {
+    return null;
+  }
+}
+
+async function signIn(token, me) {
+  state.token = token;
+  try {
+    await api("/api/calls/"); // checks the token
+  } catch (error) {
+    state.token = null;
+    notify(error.status === 401 ? "That token is not valid." : `Could not sign in: ${error.message}`, { error: true });
+    return;
+  }
+  state.me = me || userFromToken(token);
+  sessionStorage.setItem("ringline.token", token);
+  sessionStorage.setItem("ringline.me", JSON.stringify(state.me));
+  notify("");
+  start();
+}
+
+function signOut() {
+  hangUpLocally();
+  state.token = null;
+  state.me = null;
+  sessionStorage.removeItem("ringline.token");
+  sessionStorage.removeItem("ringline.me");
+  state.socket?.close(1000);
+  state.socket = null;
+  showSignIn();
+}
+
+async function start() {
+  render();
+  connect();
+  await loadContacts();
+  await loadHistory();
+}
+
+// ---------------------------------------------------------------- contacts and history
+
+async function loadContacts() {
+  try {
+    const { data } = await api("/api/demo/users/", { auth: false });
+    for (const user of data.users) state.contacts.set(user.id, { id: user.id, name: nameOf(user) });
+  } catch {
+    // Without demo sign-in, contacts come from the call history only.
+  }
+  renderContacts();
+}
+
+function renderContacts() {
+  const list = $("contacts");
+  const people = [...state.contacts.values()].filter((person) => person.id !== state.me?.id);
+  list.replaceChildren(
+    ...people.map((person) => {
+      const item = document.createElement("li");
+      item.dataset.user = person.id;
+      const who = document.createElement("span");
+      who.className = "who";
+      const avatar = document.createElement("span");
+      avatar.className = "avatar";
+      avatar.setAttribute("aria-hidden", "true");
+      avatar.textContent = initials(person.name);
+      const name = document.createElement("span");
+      name.textContent = person.name;
+      who.append(avatar, name);
+      const buttons = document.createElement("span");
+      buttons.className = "buttons";
+      for (const type of ["voice", "video"]) {
+        const button = document.createElement("button");
+        button.type = "button";
+        button.className = `call-${type}`;
+        button.textContent = type === "voice" ? "Voice" : "Video";
+        button.setAttribute("aria-label", `${type === "voice" ? "Voice" : "Video"} call ${person.name}`);
+        button.addEventListener("click", () => startCall(person.id, type));
+        buttons.append(button);
+      }
+      item.append(who, buttons);
+      return item;
+    }),
+  );
+}
+
+function describeCall(call) {
+  const outgoing = call.caller.id === state.me.id;
+  const other = outgoing ? call.receiver : call.caller;
+  const type = call.call_type === "video" ? "video" : "voice";
+  const duration = call.duration_seconds;
+  let what;
+  let missed = false;
+  switch (call.status) {
+    case "ended":
+      what = `${outgoing ? "Outgoing" : "Incoming"} ${type} call · ${formatDuration(duration ?? 0)}`;
+      break;
+    case "missed":
+      missed = !outgoing;
+      what = outgoing ? `No answer (${type})` : `Missed ${type} call`;
+      break;
+    case "rejected":
+      what = outgoing ? `Declined (${type})` : `You declined (${type})`;
+      break;
+    case "cancelled":
+      missed = !outgoing;
+      what = outgoing ? `Cancelled (${type})` : `Missed ${type} call`;
+      break;
+    default:
+      what = `${call.status} (${type})`;
+  }
+  return { other, what, missed };
+}
+
+async function loadHistory() {
+  try {
+    const { data } = await api("/api/calls/");
+    const list = $("history");
+    list.replaceChildren(
+      ...data.results.map((call) => {
+        const { other, what, missed } = describeCall(call);
+        state.contacts.set(other.id, state.contacts.get(other.id) || { id: other.id, name: nameOf(other) });
+        const item = document.createElement("li");
+        item.dataset.call = call.id;
+        item.dataset.status = call.status;
+        item.classList.toggle("missed", missed);
+        const text = document.createElement("span");
+        const name = document.createElement("strong");
+        name.textContent = nameOf(other);
+        const detail = document.createElement("span");
+        detail.className = "what";
+        detail.textContent = ` ${what}`;
+        text.append(name, detail);
+        const when = document.createElement("time");
+        when.className = "when";
+        when.dateTime = call.started_at;
+        when.textContent = new Date(call.started_at).toLocaleString([], { dateStyle: "short", timeStyle: "short" });
+        item.append(text, when);
+        return item;
+      }),
+    );
+    if (data.results.length === 0) {
+      const empty = document.createElement("li");
+      empty.textContent = "No calls yet.";
+      list.replaceChildren(empty);
+    }
+    renderContacts();
+  } catch (error) {
+    if (error.status === 401) signOut();
+  }
+}
+
+function formatDuration(seconds) {
+  const m = Math.floor(seconds / 60);
+  const s = Math.floor(seconds % 60);
+  return `${String(m).padStart(2, "0")}:${String(s).padStart(2, "0")}`;
+}
+
+// ---------------------------------------------------------------- the socket
+
+function connect() {
+  if (!state.token || state.socket) return;
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const socket = new WebSocket(`${scheme}://${location.host}/ws/notifications/?token=${encodeURIComponent(state.token)}`);
+  state.socket = socket;
+  socket.addEventListener("open", () => {
+    state.reconnectDelay = 1000;
+    setConnection(true);
+  });
+  socket.addEventListener("message", (message) => {
+    try {
+      handleEvent(JSON.parse(message.data));
+    } catch (error) {
+      console.error("[ringline] bad event", error);
+    }
+  });
+  socket.addEventListener("close", (event) => {
+    if (state.socket === socket) state.socket = null;
+    setConnection(false);
+    if (event.code === 4401) {
+      notify("Your session has expired. Sign in again.", { error: true });
+      signOut();
+    } else if (state.token && event.code !== 1000) {
+      setTimeout(connect, state.reconnectDelay);
+      state.reconnectDelay = Math.min(state.reconnectDelay * 2, 10000);
+    }
+  });
+}
+
+function setConnection(online) {
+  const pill = $("connection");
+  pill.textContent = online ? "online" : "offline";
+  pill.classList.toggle("online", online);
+}
+
+function send(frame) {
+  if (state.socket?.readyState === WebSocket.OPEN) state.socket.send(JSON.stringify(frame));
+}
+
+setInterval(() => send({ type: "ping" }), 25000);
+
+const isCurrent = (event) => state.call && String(event.call_id) === String(state.call.id);
+
+function handleEvent(event) {
+  if (event.event_id) {
+    if (state.seenEvents.has(event.event_id)) return; // the same event on another socket
+    state.seenEvents.add(event.event_id);
+  }
+  switch (event.type) {
+    case "call.incoming":
+      if (state.call) return; // the server refuses a second call anyway
+      state.call = {
+        id: event.call_id,
+        role: "callee",
+        peerId: event.caller_id,
+        peerName: state.contacts.get(event.caller_id)?.name || event.caller_username || event.caller_id,
+        type: event.call_type,
+        status: "ringing",
+      };
+      state.pendingOffer = null;
+      state.pendingCandidates = [];
+      startRinging();
+      render();
+      $("accept").focus();
+      break;
+    case "call.offer":
+      if (!isCurrent(event)) return;
+      if (state.pc && state.pc.signalingState !== "closed" && state.call.status !== "ringing") {
+        renegotiate(event.offer);
+      } else {
+        state.pendingOffer = event.offer;
+        for (const resolve of state.offerWaiters.splice(0)) resolve(event.offer);
+      }
+      break;
+    case "call.answer":
+      if (!isCurrent(event) || state.call.role !== "caller") return;
+      state.call.status = "connecting";
+      render();
+      if (event.answer && state.pc && !state.pc.currentRemoteDescription) {
+        state.pc
+          .setRemoteDescription(event.answer)
+          .then(flushCandidates)
+          .catch((error) => failCall(`Could not use the answer: ${error.message}`));
+      }
+      break;
+    case "call.accepted":
+      if (!isCurrent(event)) return;
+      if (state.call.role === "callee" && state.call.status === "ringing") {
+        stopRinging();
+        hangUpLocally();
+        notify("Answered on another device.");
+      }
+      break;
+    case "call.rejected":
+      if (!isCurrent(event)) return;
+      if (state.call.role === "caller") {
+        $("outgoing-state").textContent = `${state.call.peerName} declined.`;
+        endLocally(`${state.call.peerName} declined the call.`, 1500);
+      } else {
+        stopRinging();
+        hangUpLocally();
+        notify("Declined on another device.");
+      }
+      break;
+    case "call.cancelled":
+      if (!isCurrent(event)) return;
+      stopRinging();
+      endLocally(state.call.role === "callee" ? `Missed call from ${state.call.peerName}.` : "Call cancelled.");
+      break;
+    case "call.missed":
+      if (!isCurrent(event)) return;
+      stopRinging();
+      endLocally(state.call.role === "caller" ? `${state.call.peerName} did not answer.` : `Missed call from ${state.call.peerName}.`);
+      break;
+    case "call.end":
+      if (!isCurrent(event)) return;
+      stopRinging();
+      if (event.status === "ended") {
+        endLocally(`Call ended · ${formatDuration(event.duration_seconds ?? 0)}`);
+      } else if (state.call?.status !== "ended") {
+        endLocally(event.status === "missed" ? "No answer." : "Call ended.");
+      }
+      break;
+    case "call.ice-candidate":
+      if (!isCurrent(event) || !event.candidate) return;
+      if (state.pc?.remoteDescription) {
+        state.pc.addIceCandidate(event.candidate).catch((error) => console.warn("[ringline] candidate", error));
+      } else {
+        state.pendingCandidates.push(event.candidate); // until the remote description is set
+      }
+      break;
+    case "notification.created":
+      if (event.payload?.verb?.startsWith("missed_")) loadHistory();
+      break;
+    case "error":
+      notify(event.detail || "The server refused that.", { error: true });
+      break;
+    default:
+      break; // connection.ack, pong, typing: nothing to show
+  }
+}
+
+// ---------------------------------------------------------------- media and WebRTC
+
+async function getMedia(type) {
+  try {
+    return await navigator.mediaDevices.getUserMedia({ audio: true, video: type === "video" });
+  } catch (error) {
+    const denied = error.name === "NotAllowedError" || error.name === "SecurityError";
+    throw new Error(
+      denied
+        ? "Camera or microphone access was denied. Allow it in your browser to make calls."
+        : `No ${type === "video" ? "camera or microphone" : "microphone"} available (${error.name}).`,
+    );
+  }
+}
+
+async function createPeer() {
+  let iceServers = [];
+  try {
+    iceServers = (await api("/api/turn/ice-servers/")).data.ice_servers;
+  } catch {
+    // Without ICE servers, host candidates still connect on a local network.
+  }
+  const pc = new RTCPeerConnection({ iceServers });
+  state.pc = pc;
+  for (const track of state.localStream.getTracks()) pc.addTrack(track, state.localStream);
+  pc.addEventListener("icecandidate", (event) => {
+    if (event.candidate && state.call) send({ type: "call.ice-candidate", call_id: state.call.id, candidate: event.candidate.toJSON() });
+  });
+  pc.addEventListener("track", (event) => {
+    const [stream] = event.streams;
+    $("remote-video").srcObject = stream;
+    $("remote-audio").srcObject = stream;
+  });
+  pc.addEventListener("connectionstatechange", () => {
+    if (!state.call || state.pc !== pc) return;
+    if (pc.connectionState === "connected") {
+      state.call.status = "connected";
+      startTimer();
+      render();
+    } else if (pc.connectionState === "failed") {
+      failCall("The connection failed: the two of you could not reach each other (a TURN server may be needed).");
+    }
+  });
+  return pc;
+}
+
+async function flushCandidates() {
+  const queued = state.pendingCandidates.splice(0);
+  for (const candidate of queued) {
+    await state.pc.addIceCandidate(candidate).catch((error) => console.warn("[ringline] candidate", error));
+  }
+}
+
+async function renegotiate(offer) {
+  await state.pc.setRemoteDescription(offer);
+  const answer = await state.pc.createAnswer();
+  await state.pc.setLocalDescription(answer);
+  send({ type: "call.answer", call_id: state.call.id, answer: { type: answer.type, sdp: answer.sdp } });
+}
+
+function showLocal() {
+  $("local-video").srcObject = state.localStream;
+}
+
+async function startCall(peerId, type) {
+  if (state.call) return notify("You are already in a call.", { error: true });
+  const peerName = state.contacts.get(peerId)?.name || peerId;
+  notify("");
+  try {
+    state.localStream = await getMedia(type);
+  } catch (error) {
+    return notify(error.message, { error: true });
+  }
+  let response;
+  try {
+    response = await api("/api/calls/initiate/", { method: "POST", body: { receiver_id: peerId, call_type: type } });
+  } catch (error) {
+    stopMedia();
+    const messages = {
+      user_busy: `${peerName} is on another call.`,
+      caller_busy: "You are already in a call.",
+      receiver_not_found: `There is no user "${peerId}".`,
+      self_call: "You cannot call yourself.",
+    };
+    return notify(messages[error.code] || error.message, { error: true });
+  }
+  const call = response.data;
+  if (response.status === 200) {
+    // Glare: they were calling us at that moment; our attempt answered their call. Answering
+    // their offer now is relayed to them as on any answered call.
+    state.call = { id: String(call.id), role: "callee", peerId, peerName, type: call.call_type, status: "ringing" };
+    stopRinging();
+    return answerCall();
+  }
+  state.call = { id: String(call.id), role: "caller", peerId, peerName, type, status: "ringing" };
+  state.pendingCandidates = [];
+  render();
+  showLocal();
+  try {
+    const pc = await createPeer();
+    const offer = await pc.createOffer();
+    await pc.setLocalDescription(offer);
+    send({ type: "call.offer", call_id: state.call.id, call_type: type, offer: { type: offer.type, sdp: offer.sdp } });
+  } catch (error) {
+    failCall(`Could not start the call: ${error.message}`);
+  }
+}
+
+function waitForOffer() {
+  if (state.pendingOffer) return Promise.resolve(state.pendingOffer);
+  return new Promise((resolve, reject) => {
+    state.offerWaiters.push(resolve);
+    setTimeout(() => reject(new Error("the caller's offer did not arrive")), 15000);
+  });
+}
+
+async function answerCall() {
+  const call = state.call;
+  if (!call) return;
+  stopRinging();
+  call.status = "connecting";
+  render();
+  try {
+    state.localStream = await getMedia(call.type);
+  } catch (error) {
+    notify(error.message, { error: true });
+    return declineCall();
+  }
+  showLocal();
+  try {
+    const pc = await createPeer();
+    await pc.setRemoteDescription(await waitForOffer());
+    await flushCandidates();
+    const answer = await pc.createAnswer();
+    await pc.setLocalDescription(answer);
+    // The answer accepts a ringing call (or, after glare, just answers the offer).
+    send({ type: "call.answer", call_id: call.id, answer: { type: answer.type, sdp: answer.sdp } });
+  } catch (error) {
+    failCall(`Could not answer: ${error.message}`);
+  }
+}
+
+async function declineCall() {
+  const call = state.call;
+  if (!call) return;
+  stopRinging();
+  hangUpLocally();
+  await api(`/api/calls/${call.id}/reject/`, { method: "POST", body: {} }).catch(() => {});
+  loadHistory();
+}
+
+/// Hang up or cancel: tell the other side at once over the socket, then make sure over REST.
+async function hangUp() {
+  const call = state.call;
+  if (!call) return;
+  send({ type: "call.end", call_id: call.id });
+  const seconds = state.call?.answeredAt ? (Date.now() - state.call.answeredAt) / 1000 : 0;
+  endLocally(call.status === "ringing" ? "Call cancelled." : `Call ended · ${formatDuration(seconds)}`);
+  await api(`/api/calls/${call.id}/end/`, { method: "POST", body: {} }).catch(() => {});
+  loadHistory();
+}
+
+function failCall(message) {
+  const call = state.call;
+  if (call) {
+    send({ type: "call.end", call_id: call.id });
+    api(`/api/calls/${call.id}/end/`, { method: "POST", body: {} }).catch(() => {});
+  }
+  endLocally(message, 0, { error: true });
+}
+
+function endLocally(message, delay = 0, { error = false } = {}) {
+  if (state.call) state.call.status = "ended";
+  notify(message, { error });
+  setTimeout(() => {
+    hangUpLocally();
+    loadHistory();
+  }, delay);
+}
+
+function stopMedia() {
+  state.localStream?.getTracks().forEach((track) => track.stop());
+  state.localStream = null;
+}
+
+function hangUpLocally() {
+  stopRinging();
+  clearInterval(state.timer);
+  state.timer = null;
+  state.pc?.close();
+  state.pc = null;
+  stopMedia();
+  state.call = null;
+  state.pendingOffer = null;
+  state.pendingCandidates = [];
+  for (const video of [$("remote-video"), $("local-video"), $("remote-audio")]) video.srcObject = null;
+  $("mute").setAttribute("aria-pressed", "false");
+  $("camera").setAttribute("aria-pressed", "false");
+  render();
+}
+
+function startTimer() {
+  if (state.timer) return;
+  state.call.answeredAt = Date.now();
+  const tick = () => {
+    if (state.call?.answeredAt) $("call-timer").textContent = formatDuration((Date.now() - state.call.answeredAt) / 1000);
+  };
+  tick();
+  state.timer = setInterval(tick, 500);
+}
+
+function toggleTracks(kind, button, labels) {
+  const pressed = button.getAttribute("aria-pressed") !== "true";
+  state.localStream?.getTracks().filter((track) => track.kind === kind).forEach((track) => (track.enabled = !pressed));
+  button.setAttribute("aria-pressed", String(pressed));
+  button.textContent = pressed ? labels[1] : labels[0];
+}
+
+// ---------------------------------------------------------------- ringing
+
+function startRinging() {
+  stopRinging();
+  try {
+    const audio = new AudioContext();
+    const gain = audio.createGain();
+    gain.gain.value = 0;
+    gain.connect(audio.destination);
+    const tone = audio.createOscillator();
+    tone.frequency.value = 440;
+    tone.connect(gain);
+    tone.start();
+    // Two short rings, then a pause, like a phone.
+    const pattern = () => {
+      const t = audio.currentTime;
+      for (const offset of [0, 0.5]) {
+        gain.gain.setValueAtTime(0.15, t + offset);
+        gain.gain.setValueAtTime(0, t + offset + 0.35);
+      }
+    };
+    pattern();
+    const interval = setInterval(pattern, 2500);
+    state.ringer = { audio, interval };
+  } catch {
+    state.ringer = null; // no audio: the dialog still shows
+  }
+}
+
+function stopRinging() {
+  if (!state.ringer) return;
+  clearInterval(state.ringer.interval);
+  state.ringer.audio.close().catch(() => {});
+  state.ringer = null;
+}
+
+// ---------------------------------------------------------------- rendering
+
+function render() {
+  const signedIn = Boolean(state.token && state.me);
+  $("sign-in").hidden = signedIn;
+  $("home").hidden = !signedIn;
+  $("me").hidden = !signedIn;
+  if (signedIn) $("me-name").textContent = state.me.name;
+
+  const call = state.call;
+  const ringingIn = call?.role === "callee" && call.status === "ringing";
+  const ringingOut = call?.role === "caller" && call.status === "ringing";
+  const inCall = call && !ringingIn && !ringingOut && call.status !== "ended";
+  $("incoming").hidden = !ringingIn;
+  $("outgoing").hidden = !ringingOut;
+  $("in-call").hidden = !inCall;
+  if (!call) return;
+  const kind = call.type === "video" ? "video" : "voice";
+  document.title = ringingIn ? `Incoming call from ${call.peerName}` : "Ringline";
+  $("incoming-title").textContent = `Incoming ${kind} call`;
+  $("incoming-from").textContent = `${call.peerName} is calling you`;
+  $("incoming-avatar").textContent = initials(call.peerName);
+  $("outgoing-title").textContent = `Calling ${call.peerName}…`;
+  $("outgoing-avatar").textContent = initials(call.peerName);
+  $("call-peer").textContent = call.peerName;
+  $("call-avatar").textContent = initials(call.peerName);
+  $("in-call").classList.toggle("voice", kind === "voice");
+  $("camera").hidden = kind === "voice";
+  $("call-state").textContent = call.status === "connected" ? "Connected" : "Connecting…";
+  if (call.status !== "connected") $("call-timer").textContent = "00:00";
+}
+
+// ---------------------------------------------------------------- wiring
+
+$("token-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const token = $("token-input").value.trim();
+  if (token) signIn(token);
+});
+$("sign-out").addEventListener("click", signOut);
+$("dial").addEventListener("submit", (event) => {
+  event.preventDefault();
+  startCall($("dial-id").value.trim(), event.submitter?.value === "voice" ? "voice" : "video");
+});
+$("accept").addEventListener("click", () => answerCall());
+$("decline").addEventListener("click", declineCall);
+$("cancel").addEventListener("click", hangUp);
+$("hang-up").addEventListener("click", hangUp);
+$("mute").addEventListener("click", (event) => toggleTracks("audio", event.currentTarget, ["Mute", "Unmute"]));
+$("camera").addEventListener("click", (event) => toggleTracks("video", event.currentTarget, ["Camera off", "Camera on"]));
+document.addEventListener("keydown", (event) => {
+  if (event.key === "Escape" && state.call?.role === "callee" && state.call.status === "ringing") declineCall();
+});
+
+// For tests and the curious: the live state and peer connection.
+window.ringline = { state };
+
+if (state.token && state.me) start();
+else showSignIn();
