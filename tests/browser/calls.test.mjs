@@ -1,0 +1,276 @@
+// Two people calling each other through Ringline in a real browser: headless Debian Chromium
+// with fake camera and microphone, driven by playwright-core, against the real `ringline demo`
+// binary on 127.0.0.1. Run by .ci/run after `cargo test` (which builds the binary).
+//
+// Environment: RINGLINE_BIN (default ../../target/debug/ringline), CHROMIUM (default
+// /usr/bin/chromium), RINGLINE_SCREENSHOTS_DIR (where screenshots go; default a temp dir).
+
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { chromium } from "playwright-core";
+
+const repo = resolve(import.meta.dirname, "../..");
+const binary = process.env.RINGLINE_BIN || join(repo, "target/debug/ringline");
+const screenshots = process.env.RINGLINE_SCREENSHOTS_DIR || mkdtempSync(join(tmpdir(), "ringline-shots-"));
+const RING_TIMEOUT_SECS = 4;
+
+let server;
+let base;
+let browser;
+let workdir;
+
+function freePort() {
+  return new Promise((done, fail) => {
+    const probe = createServer();
+    probe.once("error", fail);
+    probe.listen(0, "127.0.0.1", () => {
+      const { port } = probe.address();
+      probe.close(() => done(port));
+    });
+  });
+}
+
+async function waitForServer(url) {
+  const deadline = Date.now() + 30_000;
+  while (Date.now() < deadline) {
+    try {
+      if ((await fetch(`${url}/healthz`)).ok) return;
+    } catch {
+      // not up yet
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error("ringline did not start");
+}
+
+before(async () => {
+  mkdirSync(screenshots, { recursive: true });
+  workdir = mkdtempSync(join(tmpdir(), "ringline-browser-"));
+  const port = await freePort();
+  base = `http://127.0.0.1:${port}`;
+  const env = {
+    ...process.env,
+    RINGLINE_DATABASE_URL: `sqlite://${join(workdir, "ringline.db")}?mode=rwc`,
+    RINGLINE_BIND: `127.0.0.1:${port}`,
+    RINGLINE_RING_TIMEOUT_SECS: String(RING_TIMEOUT_SECS),
+    RUST_LOG: "warn",
+  };
+  // Demo sign-in exists only on the development secret.
+  delete env.RINGLINE_JWT_SECRET;
+  delete env.RINGLINE_ENV;
+  server = spawn(binary, ["demo"], { cwd: workdir, env, stdio: ["ignore", "inherit", "inherit"] });
+  await waitForServer(base);
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    args: [
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      "--use-fake-device-for-media-stream",
+      "--use-fake-ui-for-media-stream",
+      "--autoplay-policy=no-user-gesture-required",
+      // Local candidates as plain IPs, so two tabs on one machine reach each other.
+      "--disable-features=WebRtcHideLocalIpsWithMdns",
+    ],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  server?.kill("SIGTERM");
+  rmSync(workdir, { recursive: true, force: true });
+  console.log(`screenshots in ${screenshots}`);
+});
+
+/** A signed-in tab for `user` (a fresh browser context is a fresh person). */
+async function personTab(user, context) {
+  const ctx = context || (await browser.newContext({ viewport: { width: 1000, height: 700 } }));
+  const page = await ctx.newPage();
+  page.on("pageerror", (error) => console.error(`[${user}] page error:`, error));
+  await page.goto(base);
+  await page.locator(`#demo-users button[data-user="${user}"]`).click();
+  await page.locator("#home").waitFor();
+  await page.waitForFunction(() => document.getElementById("connection").textContent === "online");
+  return page;
+}
+
+const shot = (page, name) => page.screenshot({ path: join(screenshots, `${name}.png`) });
+
+async function inboundBytes(page) {
+  return page.evaluate(async () => {
+    const stats = await window.ringline.state.pc.getStats();
+    let bytes = 0;
+    stats.forEach((report) => {
+      if (report.type === "inbound-rtp") bytes += report.bytesReceived || 0;
+    });
+    return bytes;
+  });
+}
+
+async function waitConnected(page) {
+  await page.waitForFunction(() => window.ringline.state.pc?.connectionState === "connected", null, { timeout: 20_000 });
+}
+
+async function notice(page, pattern) {
+  await page.waitForFunction(
+    (source) => new RegExp(source).test(document.getElementById("notice").textContent),
+    pattern.source,
+    { timeout: 15_000 },
+  );
+}
+
+test("a video call: ring, accept, media both ways, hang up, history", async () => {
+  const signInPage = await browser.newPage({ viewport: { width: 1000, height: 700 } });
+  await signInPage.goto(base);
+  await signInPage.locator("#demo-users button").first().waitFor();
+  await shot(signInPage, "sign-in");
+  await signInPage.close();
+
+  const ada = await personTab("ada");
+  const grace = await personTab("grace");
+  await shot(ada, "contacts");
+
+  await ada.locator('#contacts li[data-user="grace"] .call-video').click();
+  await ada.locator("#outgoing").waitFor();
+  await grace.locator("#incoming").waitFor();
+  assert.match(await grace.locator("#incoming-title").textContent(), /Incoming video call/);
+  assert.match(await grace.locator("#incoming-from").textContent(), /Ada Lovelace is calling/);
+  await shot(ada, "outgoing");
+  await shot(grace, "incoming");
+
+  await grace.locator("#accept").click();
+  await Promise.all([waitConnected(ada), waitConnected(grace)]);
+  await ada.locator("#in-call").waitFor();
+  await grace.locator("#in-call").waitFor();
+
+  // Media really flows both ways: inbound RTP bytes grow on each side.
+  const before = [await inboundBytes(ada), await inboundBytes(grace)];
+  await ada.waitForTimeout(1500);
+  const later = [await inboundBytes(ada), await inboundBytes(grace)];
+  assert.ok(later[0] > before[0], `Ada receives media (${before[0]} → ${later[0]} bytes)`);
+  assert.ok(later[1] > before[1], `Grace receives media (${before[1]} → ${later[1]} bytes)`);
+  assert.match(await ada.locator("#call-state").textContent(), /Connected/);
+  await grace.waitForFunction(() => document.getElementById("call-timer").textContent !== "00:00");
+  await shot(grace, "in-call");
+
+  // Mute and camera off flip the local tracks.
+  await ada.locator("#mute").click();
+  assert.equal(await ada.locator("#mute").getAttribute("aria-pressed"), "true");
+  assert.equal(await ada.evaluate(() => window.ringline.state.localStream.getAudioTracks()[0].enabled), false);
+  await ada.locator("#camera").click();
+  assert.equal(await ada.evaluate(() => window.ringline.state.localStream.getVideoTracks()[0].enabled), false);
+
+  await ada.locator("#hang-up").click();
+  await notice(grace, /Call ended/);
+  await grace.locator("#in-call").waitFor({ state: "hidden" });
+  await ada.locator("#in-call").waitFor({ state: "hidden" });
+  const entry = grace.locator('#history li[data-status="ended"]').first();
+  await entry.waitFor();
+  assert.match(await entry.textContent(), /Incoming video call · \d\d:\d\d/);
+  await ada.locator('#history li[data-status="ended"]').first().waitFor();
+  await shot(grace, "history");
+  await ada.context().close();
+  await grace.context().close();
+});
+
+test("the callee declines and the caller is told", async () => {
+  const alan = await personTab("alan");
+  const katherine = await personTab("katherine");
+  await alan.locator('#contacts li[data-user="katherine"] .call-voice').click();
+  await katherine.locator("#incoming").waitFor();
+  assert.match(await katherine.locator("#incoming-title").textContent(), /Incoming voice call/);
+  await katherine.locator("#decline").click();
+  await notice(alan, /declined/);
+  await alan.locator("#outgoing").waitFor({ state: "hidden" });
+  await katherine.locator("#incoming").waitFor({ state: "hidden" });
+  await alan.locator('#history li[data-status="rejected"]').first().waitFor();
+  await alan.context().close();
+  await katherine.context().close();
+});
+
+test("nobody answers: both see a missed call after the ring timeout", async () => {
+  const ada = await personTab("ada");
+  const alan = await personTab("alan");
+  await ada.locator('#contacts li[data-user="alan"] .call-video').click();
+  await alan.locator("#incoming").waitFor();
+  await notice(ada, /did not answer/);
+  await notice(alan, /Missed call from Ada/);
+  await alan.locator("#incoming").waitFor({ state: "hidden" });
+  const missed = alan.locator('#history li[data-status="missed"].missed').first();
+  await missed.waitFor();
+  assert.match(await missed.textContent(), /Missed video call/);
+  await shot(alan, "missed");
+  await ada.context().close();
+  await alan.context().close();
+});
+
+test("open in two tabs: both ring, answering in one stops the other", async () => {
+  const grace = await personTab("grace");
+  const katherineContext = await browser.newContext({ viewport: { width: 1000, height: 700 } });
+  const firstTab = await personTab("katherine", katherineContext);
+  const secondTab = await personTab("katherine", katherineContext);
+
+  await grace.locator('#contacts li[data-user="katherine"] .call-video').click();
+  await firstTab.locator("#incoming").waitFor();
+  await secondTab.locator("#incoming").waitFor();
+  await secondTab.locator("#accept").click();
+  await notice(firstTab, /Answered on another device/);
+  await firstTab.locator("#incoming").waitFor({ state: "hidden" });
+  assert.equal(await firstTab.evaluate(() => window.ringline.state.ringer), null, "the first tab stopped ringing");
+  await Promise.all([waitConnected(grace), waitConnected(secondTab)]);
+  await secondTab.locator("#hang-up").click();
+  await notice(grace, /Call ended/);
+  await grace.context().close();
+  await katherineContext.close();
+});
+
+test("a phone-sized screen keeps every control reachable", async () => {
+  const context = await browser.newContext({ viewport: { width: 375, height: 700 }, isMobile: true, hasTouch: true });
+  const ada = await personTab("ada", context);
+  const grace = await personTab("grace");
+  await grace.locator('#contacts li[data-user="ada"] .call-video').click();
+  await ada.locator("#incoming").waitFor();
+  for (const id of ["accept", "decline"]) {
+    const box = await ada.locator(`#${id}`).boundingBox();
+    assert.ok(box && box.x >= 0 && box.x + box.width <= 375 && box.height >= 44, `#${id} fits and is tappable`);
+  }
+  await shot(ada, "incoming-phone");
+  await ada.locator("#decline").click();
+  await notice(grace, /declined/);
+  await context.close();
+  await grace.context().close();
+});
+
+test("denied camera and microphone: a clear message, and no call is placed", async () => {
+  // A browser whose permission prompts nobody accepts (no --use-fake-ui-for-media-stream).
+  const strict = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    args: ["--no-sandbox", "--disable-gpu", "--use-fake-device-for-media-stream", "--disable-background-networking"],
+  });
+  try {
+    const context = await strict.newContext({ viewport: { width: 1000, height: 700 } });
+    const ada = await personTab("ada", context);
+    await ada.locator('#contacts li[data-user="katherine"] .call-video').click();
+    await notice(ada, /denied/);
+    assert.equal(await ada.locator("#outgoing").isHidden(), true);
+    assert.match(await ada.locator("#notice").getAttribute("class"), /error/);
+    const ringing = await ada.evaluate(async () => {
+      const response = await fetch("/api/calls/?user_id=katherine", {
+        headers: { authorization: `Bearer ${window.ringline.state.token}` },
+      });
+      return (await response.json()).results.filter((call) => call.status === "ringing").length;
+    });
+    assert.equal(ringing, 0, "nothing rang: media is checked before the call is placed");
+  } finally {
+    await strict.close();
+  }
+});

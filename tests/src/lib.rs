@@ -1,0 +1,333 @@
+//! Helpers for Ringline's black-box tests: start the real server on 127.0.0.1:0 over a fresh
+//! database, provision users, mint their tokens, and speak HTTP to it.
+
+use std::time::Duration;
+
+use poem::listener::{Acceptor, Listener, TcpListener};
+use poem::{Endpoint, Server};
+use reqwest::{Method, StatusCode};
+use ringline_domain::{Clock, SystemClock, Timestamp, UserId, UserProfile};
+use ringline_server::{Application, Settings};
+use ringline_storage::testing::{Backend, TestDatabase};
+use serde_json::Value;
+
+pub use ringline_storage::testing::Backend as DatabaseBackend;
+
+/// The JWT secret every test server is configured with.
+pub const TEST_JWT_SECRET: &str = "test-secret-for-ringline-black-box-tests";
+
+/// Serves `app` on a fresh 127.0.0.1 port in the background and returns its base URL.
+///
+/// # Panics
+/// When no port can be bound: test set-up, nothing to recover.
+pub async fn spawn_http(app: impl Endpoint + 'static) -> String {
+    let acceptor = TcpListener::bind("127.0.0.1:0").into_acceptor().await.expect("bind 127.0.0.1:0");
+    let address = acceptor
+        .local_addr()
+        .first()
+        .and_then(|addr| addr.as_socket_addr().copied())
+        .expect("a TCP listener has a socket address");
+    tokio::spawn(Server::new_with_acceptor(acceptor).run(app));
+    format!("http://{address}")
+}
+
+/// A running `ringline` server on its own database.
+#[derive(Debug)]
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    database: TestDatabase,
+    signaling: std::sync::Arc<ringline_signaling::Signaling>,
+    authenticator: std::sync::Arc<ringline_api::JwtAuthenticator>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A response: status and JSON body (`Value::Null` when the body is not JSON).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Reply {
+    /// Asserts the status and returns the body, with the body in the failure message.
+    #[track_caller]
+    pub fn expect(self, status: u16) -> Value {
+        assert_eq!(self.status.as_u16(), status, "unexpected status; body: {}", self.body);
+        self.body
+    }
+
+    /// Asserts an error status and its stable code, and that `detail` is present.
+    #[track_caller]
+    pub fn expect_error(self, status: u16, code: &str) -> Value {
+        let body = self.expect(status);
+        assert_eq!(body["code"], code, "body: {body}");
+        assert!(body["detail"].as_str().is_some_and(|detail| !detail.is_empty()), "no detail: {body}");
+        body
+    }
+}
+
+impl TestApp {
+    /// Starts a server with default test settings on `backend`.
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    /// Starts a server after letting `configure` adjust the settings.
+    pub async fn spawn_with(backend: Backend, configure: impl FnOnce(&mut Settings)) -> Self {
+        Self::spawn_on(TestDatabase::new(backend).await, configure).await
+    }
+
+    /// Starts a server on an existing test database (for restarts).
+    pub async fn spawn_on(database: TestDatabase, configure: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = Settings::for_tests(database.url(), TEST_JWT_SECRET);
+        configure(&mut settings);
+        let application = Application::build(settings).await.expect("build the application");
+        let base = format!("http://{}", application.local_addr());
+        let authenticator = application.authenticator();
+        let signaling = application.signaling();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            application
+                .run_until(async {
+                    // A dropped sender also stops the server.
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("the server runs");
+        });
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+        Self { base, http, database, signaling, authenticator, stop: Some(stop), task: Some(task) }
+    }
+
+    /// Stops the server gracefully and removes its database.
+    pub async fn stop(self) {
+        self.stop_keeping_database().await.cleanup().await;
+    }
+
+    /// Stops the server gracefully and hands back its database, e.g. to start another on it.
+    pub async fn stop_keeping_database(mut self) -> TestDatabase {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("the server task ends cleanly");
+        }
+        self.database
+    }
+
+    /// The server's signaling hub, to observe its sessions.
+    pub fn signaling(&self) -> &ringline_signaling::Signaling {
+        &self.signaling
+    }
+
+    /// The WebSocket URL of `path` (e.g. `/ws/notifications/?token=…`).
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("{}{path}", self.base.replacen("http://", "ws://", 1))
+    }
+
+    /// Opens `ws/notifications/` for `token` and reads its `connection.ack`.
+    pub async fn notifications_socket(&self, token: &str) -> WsClient {
+        let mut client = WsClient::connect(&self.ws_url(&format!("/ws/notifications/?token={token}"))).await;
+        client.expect("connection.ack").await;
+        client
+    }
+
+    /// Opens `ws/chat/<conversation>/` for `token` and reads its `connection.ack`.
+    pub async fn chat_socket(&self, token: &str, conversation: i64) -> WsClient {
+        let mut client = WsClient::connect(&self.ws_url(&format!("/ws/chat/{conversation}/?token={token}"))).await;
+        let ack = client.expect("connection.ack").await;
+        assert_eq!(ack["conversation"], conversation.to_string());
+        client
+    }
+
+    /// The test database, e.g. to take it away under the running server.
+    pub fn database(&self) -> &TestDatabase {
+        &self.database
+    }
+
+    pub fn storage(&self) -> &ringline_storage::Storage {
+        self.database.storage()
+    }
+
+    /// Registers `id` (username = id) in the directory and returns an access token for them.
+    pub async fn user(&self, id: &str) -> String {
+        let profile = UserProfile {
+            id: UserId::parse(id).expect("valid id"),
+            username: id.to_owned(),
+            first_name: format!("{id} first"),
+            last_name: format!("{id} last"),
+            profile_image_url: Some(format!("https://img.example/{id}.png")),
+        };
+        let now = SystemClock.now();
+        self.storage().directory().upsert_user(&profile, now).await.expect("register the user");
+        self.token(id)
+    }
+
+    /// An access token for `id`, signed with the server's secret.
+    pub fn token(&self, id: &str) -> String {
+        self.authenticator.mint(&UserId::parse(id).expect("valid id"), Duration::from_secs(3600)).expect("sign")
+    }
+
+    /// Creates conversation `id` with `participants` directly in the directory.
+    pub async fn conversation(&self, id: i64, participants: &[&str]) {
+        let participants: Vec<UserId> = participants.iter().map(|p| UserId::parse(*p).expect("valid")).collect();
+        let now = Timestamp::from_unix_micros(0).expect("epoch");
+        self.storage()
+            .directory()
+            .set_conversation(ringline_domain::ConversationId::new(id).expect("positive"), &participants, now)
+            .await
+            .expect("create the conversation");
+    }
+
+    /// Sends a request; `token` becomes a bearer token, `body` a JSON body.
+    pub async fn send(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("the server answers");
+        let status = response.status();
+        let text = response.text().await.expect("a body");
+        Reply { status, body: serde_json::from_str(&text).unwrap_or(Value::Null) }
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Reply {
+        self.send(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.send(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    /// `caller` rings `receiver`; returns the new call's id.
+    pub async fn ring(&self, caller_token: &str, receiver: &str) -> i64 {
+        let body = serde_json::json!({"receiver_id": receiver, "call_type": "video"});
+        let call = self.post("/api/calls/initiate/", caller_token, body).await.expect(201);
+        call["id"].as_i64().expect("a numeric id")
+    }
+}
+
+/// Declares each listed `async fn name(Backend)` as two tests, `sqlite::name` and
+/// `postgres::name`.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::DatabaseBackend::Sqlite).await;
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::DatabaseBackend::Postgres).await;
+                }
+            )+
+        }
+    };
+}
+
+/// How long a test waits for an event before failing, and how long "nothing arrives" lasts.
+pub const EVENT_WAIT: Duration = Duration::from_secs(5);
+pub const SILENCE: Duration = Duration::from_millis(300);
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A real WebSocket client.
+#[derive(Debug)]
+pub struct WsClient {
+    socket: Socket,
+}
+
+impl WsClient {
+    /// Connects (the server may still refuse with a close code: see [`WsClient::closed_with`]).
+    pub async fn connect(url: &str) -> Self {
+        let (socket, _) = tokio_tungstenite::connect_async(url).await.expect("the WebSocket handshake succeeds");
+        Self { socket }
+    }
+
+    pub async fn send_json(&mut self, value: Value) {
+        self.send_text(value.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: String) {
+        use futures_util::SinkExt;
+        self.socket.send(tokio_tungstenite::tungstenite::Message::text(text)).await.expect("send a frame");
+    }
+
+    /// Sends a frame the server may refuse by closing the connection mid-send.
+    pub async fn try_send_text(&mut self, text: String) -> bool {
+        use futures_util::SinkExt;
+        self.socket.send(tokio_tungstenite::tungstenite::Message::text(text)).await.is_ok()
+    }
+
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) {
+        use futures_util::SinkExt;
+        self.socket.send(tokio_tungstenite::tungstenite::Message::binary(bytes)).await.expect("send a frame");
+    }
+
+    /// The next JSON event, skipping WebSocket control frames; `None` if the socket closed.
+    pub async fn next_event_within(&mut self, wait: Duration) -> Option<Value> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let message = tokio::time::timeout_at(deadline, self.socket.next()).await.ok()??.ok()?;
+            match message {
+                Message::Text(text) => return Some(serde_json::from_str(text.as_str()).expect("events are JSON")),
+                Message::Close(_) => return None,
+                _ => {}
+            }
+        }
+    }
+
+    /// The next event, which must be of type `kind`; returns it.
+    #[track_caller]
+    pub fn expect<'a>(&'a mut self, kind: &'a str) -> impl std::future::Future<Output = Value> + 'a {
+        let caller = std::panic::Location::caller();
+        async move {
+            let event =
+                self.next_event_within(EVENT_WAIT).await.unwrap_or_else(|| panic!("no {kind} event ({caller})"));
+            assert_eq!(event["type"], kind, "expected {kind} at {caller}, got {event}");
+            assert!(
+                event["event_id"].as_str().is_some_and(|id| !id.is_empty()),
+                "every event has an event_id: {event}"
+            );
+            event
+        }
+    }
+
+    /// Asserts that no event arrives for a short while.
+    #[track_caller]
+    pub fn expect_silence(&mut self) -> impl std::future::Future<Output = ()> + '_ {
+        let caller = std::panic::Location::caller();
+        async move {
+            if let Some(event) = self.next_event_within(SILENCE).await {
+                panic!("expected no event at {caller}, got {event}");
+            }
+        }
+    }
+
+    /// Waits for the server to close the connection and returns the close code.
+    pub async fn closed_with(&mut self) -> Option<u16> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let deadline = tokio::time::Instant::now() + EVENT_WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.socket.next()).await {
+                Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|frame| u16::from(frame.code)),
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(_)) | None) | Err(_) => return None,
+            }
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! The rest of the HTTP surface: ICE servers and TURN credentials, the admin API, token
+//! handling, CORS, errors raised outside handlers, and crossing call attempts racing.
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use reqwest::Method;
+use ringline_tests::{DatabaseBackend, TEST_JWT_SECRET, TestApp, on_both_databases};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+on_both_databases!(
+    ice_servers_carry_turn_credentials_in_coturns_scheme,
+    the_admin_api_provisions_users_and_conversations,
+    a_token_with_a_username_makes_its_user_known,
+    the_user_claim_is_configurable,
+    crossing_call_attempts_at_once_leave_one_answered_call,
+);
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default()
+}
+
+async fn ice_servers_carry_turn_credentials_in_coturns_scheme(backend: DatabaseBackend) {
+    let app = TestApp::spawn_with(backend, |settings| {
+        settings.stun_urls = vec!["stun:stun.example.test:3478".into()];
+        settings.turn_urls =
+            vec!["turn:turn.example.test:3478?transport=udp".into(), "turns:turn.example.test:5349".into()];
+        settings.turn_secret = Some(SecretString::from("coturn-static-auth-secret"));
+        settings.turn_ttl_secs = 600;
+    })
+    .await;
+    let alice = app.user("alice").await;
+    let body = app.get("/api/turn/ice-servers/", &alice).await.expect(200);
+    let servers = body["ice_servers"].as_array().expect("a list");
+    assert_eq!(servers.len(), 2);
+    assert_eq!(servers[0], json!({"urls": ["stun:stun.example.test:3478"]}));
+    let turn = &servers[1];
+    assert_eq!(turn["urls"], json!(["turn:turn.example.test:3478?transport=udp", "turns:turn.example.test:5349"]));
+
+    // username = "<expiry>:<user>", credential = base64(HMAC-SHA1(secret, username)).
+    let username = turn["username"].as_str().expect("username");
+    let (expiry, user) = username.split_once(':').expect("expiry:user");
+    assert_eq!(user, "alice");
+    let expiry: i64 = expiry.parse().expect("unix seconds");
+    assert!((expiry - (unix_now() + 600)).abs() <= 5, "expiry {expiry} is about now + ttl");
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(b"coturn-static-auth-secret").expect("any key length");
+    mac.update(username.as_bytes());
+    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    assert_eq!(turn["credential"], expected);
+    app.stop().await;
+
+    // Without a secret, no TURN entry is handed out; without STUN, none either.
+    let bare = TestApp::spawn_with(backend, |settings| settings.turn_urls = vec!["turn:t:3478".into()]).await;
+    let token = bare.user("alice").await;
+    assert_eq!(bare.get("/api/turn/ice-servers/", &token).await.expect(200), json!({"ice_servers": []}));
+    bare.stop().await;
+}
+
+async fn the_admin_api_provisions_users_and_conversations(backend: DatabaseBackend) {
+    let disabled = TestApp::spawn(backend).await;
+    let reply =
+        disabled.send(Method::PUT, "/api/admin/users/x/", Some("anything"), Some(json!({"username": "x"}))).await;
+    reply.expect_error(403, "admin_disabled");
+    disabled.stop().await;
+
+    let app =
+        TestApp::spawn_with(backend, |settings| settings.admin_token = Some(SecretString::from("operator-token")))
+            .await;
+    app.send(Method::GET, "/api/admin/users/alice/", Some("wrong"), None)
+        .await
+        .expect_error(401, "admin_token_invalid");
+    app.send(Method::GET, "/api/admin/users/alice/", None, None).await.expect_error(401, "not_authenticated");
+
+    let alice =
+        admin(&app, Method::PUT, "/api/admin/users/alice/", Some(json!({"username": "alice", "first_name": "Alice"})))
+            .await;
+    assert_eq!(alice.expect(200)["first_name"], "Alice");
+    admin(&app, Method::PUT, "/api/admin/users/bob/", Some(json!({"username": "bob"}))).await.expect(200);
+    admin(&app, Method::PUT, "/api/admin/users/carol/", Some(json!({"username": "carol"}))).await.expect(200);
+    admin(&app, Method::PUT, "/api/admin/users/bad id/", Some(json!({"username": "x"})))
+        .await
+        .expect_error(400, "invalid_user_id");
+    admin(&app, Method::PUT, "/api/admin/users/x/", Some(json!({"username": "  "})))
+        .await
+        .expect_error(400, "invalid_username");
+    let renamed =
+        admin(&app, Method::PUT, "/api/admin/users/alice/", Some(json!({"username": "alice2"}))).await.expect(200);
+    assert_eq!(renamed["username"], "alice2");
+    assert_eq!(admin(&app, Method::GET, "/api/admin/users/alice/", None).await.expect(200)["username"], "alice2");
+
+    let conversation =
+        admin(&app, Method::PUT, "/api/admin/conversations/7/", Some(json!({"participants": ["alice", "bob"]})))
+            .await
+            .expect(200);
+    assert_eq!(conversation, json!({"id": 7, "participants": ["alice", "bob"]}));
+    let unknown =
+        admin(&app, Method::PUT, "/api/admin/conversations/7/", Some(json!({"participants": ["nobody"]}))).await;
+    unknown.expect_error(400, "unknown_user");
+    let added =
+        admin(&app, Method::POST, "/api/admin/conversations/7/participants/", Some(json!({"user_ids": ["carol"]})))
+            .await
+            .expect(200);
+    assert_eq!(added["participants"], json!(["alice", "bob", "carol"]));
+    admin(&app, Method::DELETE, "/api/admin/conversations/7/participants/carol/", None).await.expect(204);
+    admin(&app, Method::DELETE, "/api/admin/conversations/7/participants/carol/", None)
+        .await
+        .expect_error(404, "participant_not_found");
+    admin(&app, Method::GET, "/api/admin/conversations/8/", None).await.expect_error(404, "conversation_not_found");
+
+    // What the admin API set up is what the call API checks against.
+    let carol = app.token("carol");
+    let outsider = app.post("/api/calls/initiate/", &carol, json!({"receiver_id": "bob", "conversation_id": 7})).await;
+    outsider.expect_error(403, "not_conversation_participant");
+    let alice_token = app.token("alice");
+    app.post("/api/calls/initiate/", &alice_token, json!({"receiver_id": "bob", "conversation_id": 7}))
+        .await
+        .expect(201);
+
+    admin(&app, Method::DELETE, "/api/admin/users/carol/", None).await.expect(204);
+    admin(&app, Method::DELETE, "/api/admin/users/carol/", None).await.expect_error(404, "user_not_found");
+    let gone = app.post("/api/calls/initiate/", &app.token("bob"), json!({"receiver_id": "carol"})).await;
+    gone.expect_error(404, "receiver_not_found");
+    app.stop().await;
+}
+
+async fn admin(app: &TestApp, method: Method, path: &str, body: Option<Value>) -> ringline_tests::Reply {
+    app.send(method, path, Some("operator-token"), body).await
+}
+
+fn token_with(claims: Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("sign")
+}
+
+async fn a_token_with_a_username_makes_its_user_known(backend: DatabaseBackend) {
+    let app = TestApp::spawn(backend).await;
+    let alice = app.user("alice").await;
+    // Unknown until their token is first used.
+    app.post("/api/calls/initiate/", &alice, json!({"receiver_id": "5001"}))
+        .await
+        .expect_error(404, "receiver_not_found");
+    // A simplejwt token for a numeric user id, carrying the username as Django apps often add.
+    let newcomer = token_with(
+        json!({"user_id": 5001, "username": "newcomer", "first_name": "New", "token_type": "access", "jti": "j", "exp": unix_now() + 60}),
+        TEST_JWT_SECRET,
+    );
+    assert_eq!(app.get("/api/calls/", &newcomer).await.expect(200)["count"], 0);
+    let call = app.post("/api/calls/initiate/", &alice, json!({"receiver_id": 5001})).await.expect(201);
+    assert_eq!(call["receiver"]["username"], "newcomer");
+    assert_eq!(call["receiver"]["first_name"], "New");
+    app.stop().await;
+}
+
+async fn the_user_claim_is_configurable(backend: DatabaseBackend) {
+    let app = TestApp::spawn_with(backend, |settings| settings.jwt_user_claim = "sub".into()).await;
+    app.user("alice").await;
+    let by_sub = token_with(json!({"sub": "alice", "exp": unix_now() + 60}), TEST_JWT_SECRET);
+    app.get("/api/calls/", &by_sub).await.expect(200);
+    let by_user_id = token_with(json!({"user_id": "alice", "exp": unix_now() + 60}), TEST_JWT_SECRET);
+    app.get("/api/calls/", &by_user_id).await.expect_error(401, "token_not_valid");
+    app.stop().await;
+}
+
+async fn crossing_call_attempts_at_once_leave_one_answered_call(backend: DatabaseBackend) {
+    let app = TestApp::spawn(backend).await;
+    for round in 0..5 {
+        let (a, b) = (format!("a{round}"), format!("b{round}"));
+        let (token_a, token_b) = (app.user(&a).await, app.user(&b).await);
+        let forward = app.post("/api/calls/initiate/", &token_a, json!({"receiver_id": b}));
+        let backward = app.post("/api/calls/initiate/", &token_b, json!({"receiver_id": a}));
+        let (forward, backward) = tokio::join!(forward, backward);
+        let mut statuses = [forward.status.as_u16(), backward.status.as_u16()];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [200, 201], "one rings, the other answers it: {:?} {:?}", forward.body, backward.body);
+        assert_eq!(forward.body["id"], backward.body["id"], "one call");
+        let history = app.get("/api/calls/", &token_a).await.expect(200);
+        assert_eq!(history["count"], 1);
+        assert_eq!(history["results"][0]["status"], "active");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn errors_outside_handlers_use_the_same_envelope() {
+    let app = TestApp::spawn(DatabaseBackend::Sqlite).await;
+    let alice = app.user("alice").await;
+    app.send(Method::GET, "/no/such/route", None, None).await.expect_error(404, "not_found");
+    app.send(Method::DELETE, "/api/calls/", Some(&alice), None).await.expect_error(405, "method_not_allowed");
+    let huge = json!({"receiver_id": "x".repeat(70 * 1024)});
+    app.post("/api/calls/initiate/", &alice, huge).await.expect_error(413, "payload_too_large");
+    let plain = app
+        .http
+        .post(format!("{}/api/calls/initiate/", app.base))
+        .bearer_auth(&alice)
+        .header("content-type", "text/plain")
+        .body("receiver_id=bob")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(plain.status(), 415);
+    assert_eq!(plain.json::<Value>().await.expect("json")["code"], "unsupported_media_type");
+    // Paths without the trailing slash reach the same operations.
+    app.get("/api/calls", &alice).await.expect(200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn browsers_may_call_from_configured_origins_only() {
+    let app = TestApp::spawn_with(DatabaseBackend::Sqlite, |settings| {
+        settings.cors_allowed_origins = vec!["https://app.example.test".into()];
+    })
+    .await;
+    let preflight = |origin: &'static str| {
+        app.http
+            .request(Method::OPTIONS, format!("{}/api/calls/initiate/", app.base))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization,content-type")
+            .send()
+    };
+    let allowed = preflight("https://app.example.test").await.expect("answer");
+    assert_eq!(
+        allowed.headers().get("access-control-allow-origin").and_then(|v| v.to_str().ok()),
+        Some("https://app.example.test")
+    );
+    let denied = preflight("https://evil.example.test").await.expect("answer");
+    assert!(denied.headers().get("access-control-allow-origin").is_none());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_docs_and_the_document_are_served() {
+    let app = TestApp::spawn(DatabaseBackend::Sqlite).await;
+    let docs = app.http.get(format!("{}/api/docs", app.base)).send().await.expect("docs");
+    assert_eq!(docs.status(), 200);
+    let html = docs.text().await.expect("html");
+    assert!(
+        html.contains("swagger") && html.contains("/api/calls/initiate/"),
+        "the Swagger page shows the contract's paths"
+    );
+    let served = app.send(Method::GET, "/api/openapi.json", None, None).await.expect(200);
+    let generated: Value =
+        serde_json::from_str(&ringline_server::openapi_document().await.expect("document")).expect("json");
+    assert_eq!(served, generated);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_database_gives_a_500_that_reveals_nothing() {
+    let app = TestApp::spawn(DatabaseBackend::Postgres).await;
+    let alice = app.user("alice").await;
+    app.get("/api/calls/", &alice).await.expect(200);
+    app.database().drop_while_in_use().await;
+    let failed = app.get("/api/calls/", &alice).await;
+    let body = failed.expect_error(500, "internal_error");
+    assert_eq!(body["detail"], "A server error occurred.");
+    assert_eq!(body.as_object().map(|o| o.len()), Some(2), "nothing but detail and code: {body}");
+    app.send(Method::GET, "/readyz", None, None).await.expect_error(503, "database_unavailable");
+    app.stop().await;
+}

@@ -1,0 +1,90 @@
+//! The relay path must not read the database per frame: which users may signal for which call
+//! is known in memory, and a call is read at most once per server instance.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ringline_domain::{
+    Call, CallId, CallListFilter, CallRepository, CallService, CallType, Clock, NewCall, Page, PageRequest,
+    RepositoryError, SystemClock, Timestamp, Transition, UserId,
+};
+use ringline_signaling::{SessionContext, SessionKind, Signaling};
+use ringline_storage::testing::{Backend, TestDatabase};
+
+/// The real SQL repository, counting the reads of single calls.
+#[derive(Debug)]
+struct CountingReads {
+    inner: ringline_storage::SqlCallRepository,
+    gets: AtomicUsize,
+}
+
+#[async_trait]
+impl CallRepository for CountingReads {
+    async fn create(&self, call: NewCall) -> Result<Call, RepositoryError> {
+        self.inner.create(call).await
+    }
+    async fn get(&self, id: CallId) -> Result<Option<Call>, RepositoryError> {
+        self.gets.fetch_add(1, Ordering::Relaxed);
+        self.inner.get(id).await
+    }
+    async fn list_for_user(
+        &self,
+        user: &UserId,
+        filter: &CallListFilter,
+        page: PageRequest,
+    ) -> Result<Page<Call>, RepositoryError> {
+        self.inner.list_for_user(user, filter, page).await
+    }
+    async fn open_calls_of(&self, user: &UserId) -> Result<Vec<Call>, RepositoryError> {
+        self.inner.open_calls_of(user).await
+    }
+    async fn unanswered_started_before(&self, cutoff: Timestamp, limit: u32) -> Result<Vec<Call>, RepositoryError> {
+        self.inner.unanswered_started_before(cutoff, limit).await
+    }
+    async fn apply(&self, transition: &Transition) -> Result<(), RepositoryError> {
+        self.inner.apply(transition).await
+    }
+}
+
+#[tokio::test]
+async fn a_thousand_relayed_frames_read_the_call_at_most_once() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let storage = database.storage();
+    let counting = Arc::new(CountingReads { inner: storage.calls(), gets: AtomicUsize::new(0) });
+    // The call is created by "another instance", so this hub has never seen it.
+    let alice = UserId::parse("alice").expect("id");
+    let bob = UserId::parse("bob").expect("id");
+    let call = storage
+        .calls()
+        .create(NewCall::ring(alice.clone(), bob.clone(), CallType::Video, None, SystemClock.now()).expect("distinct"))
+        .await
+        .expect("create");
+
+    let service = CallService::new(
+        counting.clone(),
+        Arc::new(storage.directory()),
+        Arc::new(SystemClock),
+        Duration::from_secs(45),
+    );
+    let hub = Signaling::local(service, Arc::new(storage.notifications()));
+    let (slot, mut bob_events) = hub.sessions().register(bob.clone(), SessionKind::Notifications);
+    let sender = SessionContext {
+        device: ringline_domain::DeviceId(9_999),
+        user: alice,
+        username: "alice".into(),
+        kind: SessionKind::Notifications,
+    };
+    for n in 0..1000 {
+        let frame = format!(
+            r#"{{"type":"call.ice-candidate","call_id":"{}","candidate":{{"candidate":"candidate:{n} 1 udp 1 127.0.0.1 5000 typ host"}}}}"#,
+            call.id()
+        );
+        assert_eq!(hub.handle_text(&sender, &frame).await, None, "relayed without a reply");
+        assert!(bob_events.try_recv().is_ok(), "frame {n} reached Bob");
+    }
+    assert_eq!(counting.gets.load(Ordering::Relaxed), 1, "one read on the first frame, none after");
+    hub.sessions().unregister(&slot);
+    database.cleanup().await;
+}
