@@ -121,11 +121,16 @@ async function waitConnected(page) {
 }
 
 async function notice(page, pattern) {
-  await page.waitForFunction(
-    (source) => new RegExp(source).test(document.getElementById("notice").textContent),
-    pattern.source,
-    { timeout: 15_000 },
-  );
+  try {
+    await page.waitForFunction(
+      (source) => new RegExp(source).test(document.getElementById("notice").textContent),
+      pattern.source,
+      { timeout: 15_000 },
+    );
+  } catch (error) {
+    const shown = await page.locator("#notice").textContent().catch(() => "(page gone)");
+    throw new Error(`the notice never matched ${pattern}; it says ${JSON.stringify(shown)}`, { cause: error });
+  }
 }
 
 test("a video call: ring, accept, media both ways, hang up, history", async () => {
@@ -193,6 +198,34 @@ test("the callee declines and the caller is told", async () => {
   await alan.locator("#outgoing").waitFor({ state: "hidden" });
   await katherine.locator("#incoming").waitFor({ state: "hidden" });
   await alan.locator('#history li[data-status="rejected"]').first().waitFor();
+  // Candidates still trickling when the decline lands are not sent, so no refusal shows.
+  assert.equal(await alan.locator("#notice.error").count(), 0, await alan.locator("#notice").textContent());
+  await alan.context().close();
+  await katherine.context().close();
+});
+
+test("a decline that overtakes the caller's own initiate response still reaches the caller", async () => {
+  // Events and REST responses travel on different connections: hold Alan's initiate response
+  // back until Katherine has declined, so the rejection reaches his socket first.
+  const alan = await personTab("alan");
+  const katherine = await personTab("katherine");
+  let releaseResponse;
+  const declined = new Promise((resolve) => (releaseResponse = resolve));
+  await alan.route("**/api/calls/initiate/", async (route) => {
+    const response = await route.fetch();
+    await declined;
+    await route.fulfill({ response });
+  });
+  await alan.locator('#contacts li[data-user="katherine"] .call-voice').click();
+  await katherine.locator("#incoming").waitFor();
+  await katherine.locator("#decline").click();
+  await katherine.locator("#incoming").waitFor({ state: "hidden" });
+  await katherine.locator('#history li[data-status="rejected"]').first().waitFor();
+  releaseResponse();
+  await notice(alan, /Katherine Johnson declined/);
+  await alan.locator("#outgoing").waitFor({ state: "hidden" });
+  const errors = await alan.locator("#notice.error").count();
+  assert.equal(errors, 0, "no stale error about the offer");
   await alan.context().close();
   await katherine.context().close();
 });

@@ -21,6 +21,10 @@ const state = {
   pendingCandidates: [],
   pendingOffer: null,
   offerWaiters: [],
+  // While our own POST /api/calls/initiate/ is in flight, events about calls we don't know yet
+  // wait here: the callee can decline (and the event reach us) before that response does.
+  initiating: false,
+  earlyEvents: [],
   timer: null,
   ringer: null,
 };
@@ -301,6 +305,21 @@ function handleEvent(event) {
     if (state.seenEvents.has(event.event_id)) return; // the same event on another socket
     state.seenEvents.add(event.event_id);
   }
+  if (state.initiating && !state.call && event.call_id && event.type !== "call.incoming") {
+    state.earlyEvents.push(event);
+    return;
+  }
+  dispatch(event);
+}
+
+/// Replays the events that overtook our initiate response, now that we know our call's id.
+function replayEarlyEvents() {
+  for (const event of state.earlyEvents.splice(0)) {
+    if (isCurrent(event)) dispatch(event);
+  }
+}
+
+function dispatch(event) {
   switch (event.type) {
     case "call.incoming":
       if (state.call) return; // the server refuses a second call anyway
@@ -388,6 +407,12 @@ function handleEvent(event) {
       if (event.payload?.verb?.startsWith("missed_")) loadHistory();
       break;
     case "error":
+      // A refusal about a call this tab has already left or is leaving (say, a candidate that
+      // crossed the callee's decline) is stale; only errors about a live call or none are news.
+      if (event.call_id && (!isCurrent(event) || state.call.status === "ended")) {
+        console.warn("[ringline] stale error", event.code);
+        return;
+      }
       notify(event.detail || "The server refused that.", { error: true });
       break;
     default:
@@ -417,11 +442,15 @@ async function createPeer() {
   } catch {
     // Without ICE servers, host candidates still connect on a local network.
   }
+  // The call may have ended while we fetched the ICE servers; its media is gone with it.
+  if (!state.localStream) throw new Error("the call has ended");
   const pc = new RTCPeerConnection({ iceServers });
   state.pc = pc;
   for (const track of state.localStream.getTracks()) pc.addTrack(track, state.localStream);
   pc.addEventListener("icecandidate", (event) => {
-    if (event.candidate && state.call) send({ type: "call.ice-candidate", call_id: state.call.id, candidate: event.candidate.toJSON() });
+    // Candidates keep trickling after a decline or hang-up; the server would refuse them.
+    const live = state.call && state.pc === pc && state.call.status !== "ended";
+    if (event.candidate && live) send({ type: "call.ice-candidate", call_id: state.call.id, candidate: event.candidate.toJSON() });
   });
   pc.addEventListener("track", (event) => {
     const [stream] = event.streams;
@@ -469,9 +498,13 @@ async function startCall(peerId, type) {
     return notify(error.message, { error: true });
   }
   let response;
+  state.initiating = true;
+  state.earlyEvents = [];
   try {
     response = await api("/api/calls/initiate/", { method: "POST", body: { receiver_id: peerId, call_type: type } });
   } catch (error) {
+    state.initiating = false;
+    state.earlyEvents = [];
     stopMedia();
     const messages = {
       user_busy: `${peerName} is on another call.`,
@@ -486,20 +519,35 @@ async function startCall(peerId, type) {
     // Glare: they were calling us at that moment; our attempt answered their call. Answering
     // their offer now is relayed to them as on any answered call.
     state.call = { id: String(call.id), role: "callee", peerId, peerName, type: call.call_type, status: "ringing" };
+    state.initiating = false;
     stopRinging();
+    replayEarlyEvents();
     return answerCall();
   }
-  state.call = { id: String(call.id), role: "caller", peerId, peerName, type, status: "ringing" };
+  const ours = { id: String(call.id), role: "caller", peerId, peerName, type, status: "ringing" };
+  state.call = ours;
+  state.initiating = false;
   state.pendingCandidates = [];
   render();
   showLocal();
+  replayEarlyEvents();
+  // Setting up the peer takes a while; the callee may decline before or during it.
+  const abandoned = () => state.call !== ours || ours.status === "ended";
+  if (abandoned()) return;
   try {
     const pc = await createPeer();
     const offer = await pc.createOffer();
     await pc.setLocalDescription(offer);
-    send({ type: "call.offer", call_id: state.call.id, call_type: type, offer: { type: offer.type, sdp: offer.sdp } });
+    if (abandoned()) {
+      if (state.call !== ours && state.pc === pc) {
+        pc.close(); // hangUpLocally ran before this peer existed
+        state.pc = null;
+      }
+      return;
+    }
+    send({ type: "call.offer", call_id: ours.id, call_type: type, offer: { type: offer.type, sdp: offer.sdp } });
   } catch (error) {
-    failCall(`Could not start the call: ${error.message}`);
+    if (state.call === ours) failCall(`Could not start the call: ${error.message}`);
   }
 }
 
