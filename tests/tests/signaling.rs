@@ -609,6 +609,26 @@ async fn a_peer_that_stops_reading_is_dropped_without_delaying_anyone_else() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_is_closed_for_idleness_and_one_that_answers_pings_is_not() {
+    let app = TestApp::spawn_with(DatabaseBackend::Sqlite, |settings| {
+        settings.ws_ping_interval_secs = 1;
+        settings.ws_idle_timeout_secs = 2;
+    })
+    .await;
+    let (alice, bob) = two_users(&app).await;
+    // Neither sends a frame. Bob's client keeps reading, so it answers the server's pings;
+    // Alice's reads nothing, so her pings go unanswered.
+    let mut silent = app.notifications_socket(&alice).await;
+    let mut answering = app.notifications_socket(&bob).await;
+    assert!(answering.next_event_within(Duration::from_secs(4)).await.is_none(), "no events meanwhile");
+    still_up(&mut answering).await;
+    assert_eq!(silent.closed_with().await, Some(4408), "the silent peer was closed as idle");
+    let alice_id = ringline_domain::UserId::parse("alice").expect("id");
+    assert_eq!(app.signaling().sessions().sessions_of(&alice_id), 0, "and unregistered");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_sessions_with_going_away() {
     let app = TestApp::spawn(DatabaseBackend::Sqlite).await;
     let (alice, _bob) = two_users(&app).await;

@@ -64,7 +64,8 @@ impl Application {
             clock.clone(),
             settings.ring_timeout(),
         );
-        let signaling = Arc::new(Signaling::local(service, Arc::new(storage.notifications())));
+        let signaling =
+            Arc::new(Signaling::local(service, Arc::new(storage.notifications())).with_keepalive(settings.keepalive()));
         let (secret, is_default) = settings.jwt_secret_or_default();
         if is_default {
             tracing::warn!(

@@ -9,6 +9,7 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use ringline_api::IceSettings;
+use ringline_signaling::Keepalive;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -53,6 +54,10 @@ pub struct Settings {
     pub turn_secret: Option<SecretString>,
     #[serde(default = "defaults::turn_ttl_secs")]
     pub turn_ttl_secs: u64,
+    #[serde(default = "defaults::ws_ping_interval_secs")]
+    pub ws_ping_interval_secs: u64,
+    #[serde(default = "defaults::ws_idle_timeout_secs")]
+    pub ws_idle_timeout_secs: u64,
     #[serde(default, deserialize_with = "comma_list")]
     pub cors_allowed_origins: Vec<String>,
     #[serde(default)]
@@ -76,6 +81,12 @@ mod defaults {
     }
     pub fn turn_ttl_secs() -> u64 {
         24 * 60 * 60
+    }
+    pub fn ws_ping_interval_secs() -> u64 {
+        20
+    }
+    pub fn ws_idle_timeout_secs() -> u64 {
+        60
     }
 }
 
@@ -114,6 +125,11 @@ pub enum SettingsError {
     RingTimeout,
     #[error("RINGLINE_TURN_TTL_SECS must be between 60 and 604800 (a week)")]
     TurnTtl,
+    #[error(
+        "RINGLINE_WS_PING_INTERVAL_SECS must be between 1 and 300, and RINGLINE_WS_IDLE_TIMEOUT_SECS longer than it \
+         and at most 3600"
+    )]
+    Keepalive,
     #[error("RINGLINE_JWT_USER_CLAIM must not be empty")]
     UserClaim,
     #[error("{0} is set but empty; unset it or give it a value")]
@@ -157,6 +173,11 @@ impl Settings {
         if !(60..=7 * 24 * 3600).contains(&self.turn_ttl_secs) {
             return Err(SettingsError::TurnTtl);
         }
+        if !(1..=300).contains(&self.ws_ping_interval_secs)
+            || !(self.ws_ping_interval_secs + 1..=3600).contains(&self.ws_idle_timeout_secs)
+        {
+            return Err(SettingsError::Keepalive);
+        }
         if self.jwt_user_claim.trim().is_empty() {
             return Err(SettingsError::UserClaim);
         }
@@ -173,6 +194,13 @@ impl Settings {
 
     pub fn ring_timeout(&self) -> Duration {
         Duration::from_secs(self.ring_timeout_secs)
+    }
+
+    pub fn keepalive(&self) -> Keepalive {
+        Keepalive {
+            ping_interval: Duration::from_secs(self.ws_ping_interval_secs),
+            idle_timeout: Duration::from_secs(self.ws_idle_timeout_secs),
+        }
     }
 
     pub fn ice(&self) -> IceSettings {
@@ -198,6 +226,8 @@ impl Settings {
             turn_urls: Vec::new(),
             turn_secret: None,
             turn_ttl_secs: defaults::turn_ttl_secs(),
+            ws_ping_interval_secs: defaults::ws_ping_interval_secs(),
+            ws_idle_timeout_secs: defaults::ws_idle_timeout_secs(),
             cors_allowed_origins: Vec::new(),
             log_format: LogFormat::Text,
         }
@@ -254,5 +284,15 @@ mod tests {
         let mut settings = Settings::for_tests("sqlite::memory:", "x");
         settings.ring_timeout_secs = 0;
         assert!(matches!(settings.validate(), Err(SettingsError::RingTimeout)));
+
+        let mut settings = Settings::for_tests("sqlite::memory:", "x");
+        settings.ws_idle_timeout_secs = settings.ws_ping_interval_secs;
+        assert!(matches!(settings.validate(), Err(SettingsError::Keepalive)), "idle must outlast a ping interval");
+        settings.ws_ping_interval_secs = 0;
+        assert!(matches!(settings.validate(), Err(SettingsError::Keepalive)));
+        let mut settings = Settings::for_tests("sqlite::memory:", "x");
+        settings.ws_ping_interval_secs = 5;
+        settings.ws_idle_timeout_secs = 6;
+        assert!(settings.validate().is_ok());
     }
 }

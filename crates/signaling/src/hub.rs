@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::events::{self, NotificationPayload};
 use crate::protocol::{ClientFrame, EventIds, FrameError, allowed_in};
 use crate::router::{LocalRouter, SessionKind};
+use crate::session::Keepalive;
 
 /// Routes kept for finished calls (late ICE candidates and retried hang-ups are answered from
 /// memory); beyond this many cached routes, finished ones are forgotten.
@@ -70,6 +71,7 @@ pub struct Signaling {
     local: Arc<LocalRouter>,
     routes: Routes,
     ids: EventIds,
+    keepalive: Keepalive,
     pub(crate) sessions: TaskTracker,
     pub(crate) shutdown: CancellationToken,
 }
@@ -90,6 +92,7 @@ impl Signaling {
             local,
             routes: Routes::default(),
             ids: EventIds::default(),
+            keepalive: Keepalive::default(),
             sessions: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         }
@@ -99,6 +102,18 @@ impl Signaling {
     pub fn local(service: CallService, notifications: Arc<dyn NotificationRepository>) -> Self {
         let local = Arc::new(LocalRouter::new());
         Self::new(service, notifications, local.clone(), local)
+    }
+
+    /// Replaces the default keepalive (ping every 20 s, close after 60 s of silence) for the
+    /// sessions opened from now on.
+    #[must_use]
+    pub fn with_keepalive(mut self, keepalive: Keepalive) -> Self {
+        self.keepalive = keepalive;
+        self
+    }
+
+    pub fn keepalive(&self) -> Keepalive {
+        self.keepalive
     }
 
     pub fn service(&self) -> &CallService {

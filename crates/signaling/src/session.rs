@@ -9,6 +9,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::time::Instant as TimerInstant;
+
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use ringline_domain::UserId;
 
@@ -17,10 +19,25 @@ use crate::hub::{SessionContext, Signaling};
 use crate::protocol::{FrameError, MAX_FRAME_BYTES, close, error_event};
 use crate::router::{SessionKind, SessionSlot};
 
-/// How often the server pings a quiet peer.
-pub const PING_INTERVAL: Duration = Duration::from_secs(20);
-/// A peer silent for this long (no frame, no pong) is disconnected with 4408.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How a session keeps a quiet connection alive, and when it gives up on a silent peer.
+///
+/// Proxies and load balancers drop idle connections on their own timers (often 60 s), so the
+/// ping interval must stay below theirs; the idle timeout frees sessions whose peer vanished
+/// without closing (a phone that lost its network). The idle check runs on each ping tick, so
+/// a silent peer is closed between `idle_timeout` and `idle_timeout + ping_interval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// How often the server pings the peer.
+    pub ping_interval: Duration,
+    /// A peer silent for this long (no frame, no pong) is disconnected with 4408.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Self { ping_interval: Duration::from_secs(20), idle_timeout: Duration::from_secs(60) }
+    }
+}
 /// A write that takes longer than this means the peer stopped reading; the session ends.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Sustained frames per second a session may send, and the burst above it (a trickle of ICE
@@ -118,10 +135,12 @@ where
     let ack = events::connection_ack(&signaling.next_event_id(), &context.user, conversation.as_deref());
     let mut open = write(&mut outbound, &slot, Outbound::Text(ack)).await;
 
-    let mut keepalive = tokio::time::interval(PING_INTERVAL);
+    let Keepalive { ping_interval, idle_timeout } = signaling.keepalive();
+    let mut keepalive = tokio::time::interval(ping_interval);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     keepalive.tick().await; // the first tick is immediate
-    let mut last_heard = Instant::now();
+    // tokio's clock, so tests can drive the timers with paused time.
+    let mut last_heard = TimerInstant::now();
     let mut rate = RateLimit::new();
     let shutdown = signaling.shutdown.clone();
 
@@ -141,7 +160,7 @@ where
                 None => break,
             },
             frame = inbound.next() => {
-                last_heard = Instant::now();
+                last_heard = TimerInstant::now();
                 match frame {
                     None | Some(Inbound::Close) => break,
                     Some(Inbound::Ping | Inbound::Pong) => {}
@@ -157,7 +176,7 @@ where
                 }
             }
             _ = keepalive.tick() => {
-                if last_heard.elapsed() >= IDLE_TIMEOUT {
+                if last_heard.elapsed() >= idle_timeout {
                     say_goodbye(&mut outbound, close::IDLE_TIMEOUT, "idle timeout").await;
                     break;
                 }
