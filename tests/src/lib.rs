@@ -331,3 +331,90 @@ impl WsClient {
         }
     }
 }
+
+/// A WebSocket peer that reads but never answers: no pongs, no close reply, like a phone that
+/// lost its network. Raw TCP, because tungstenite always answers pings.
+#[derive(Debug)]
+pub struct UnresponsivePeer {
+    stream: tokio::net::TcpStream,
+    received: Vec<u8>,
+}
+
+/// What an [`UnresponsivePeer`] saw before the connection ended.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Dropped {
+    /// The code of the server's close frame, if one came before EOF or the wait ran out.
+    pub close_code: Option<u16>,
+    /// Pings the server sent first.
+    pub pings: usize,
+}
+
+impl UnresponsivePeer {
+    /// Performs the opening handshake on `ws://host:port/path` and expects `101`.
+    pub async fn connect(url: &str) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let rest = url.strip_prefix("ws://").expect("a ws:// URL");
+        let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let mut stream = tokio::net::TcpStream::connect(host).await.expect("connect");
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.expect("send the handshake");
+        let mut received = Vec::new();
+        let head_end = loop {
+            if let Some(end) = received.windows(4).position(|window| window == b"\r\n\r\n") {
+                break end + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            let read = stream.read(&mut chunk).await.expect("read the handshake");
+            assert!(read > 0, "the server closed during the handshake");
+            received.extend_from_slice(&chunk[..read]);
+        };
+        let head = String::from_utf8_lossy(&received[..head_end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "not upgraded: {head}");
+        received.drain(..head_end);
+        Self { stream, received }
+    }
+
+    /// Reads frames, answering none, until the server's close frame, EOF, or `wait`.
+    pub async fn read_until_dropped(&mut self, wait: Duration) -> Dropped {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut pings = 0;
+        loop {
+            while let Some((opcode, payload)) = self.next_frame() {
+                match opcode {
+                    0x9 => pings += 1,
+                    0x8 => {
+                        let close_code = payload.get(..2).map(|code| u16::from_be_bytes([code[0], code[1]]));
+                        return Dropped { close_code, pings };
+                    }
+                    _ => {}
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Ok(Ok(read)) if read > 0 => self.received.extend_from_slice(&chunk[..read]),
+                _ => return Dropped { close_code: None, pings },
+            }
+        }
+    }
+
+    /// Takes one complete frame (server frames are unmasked) off the front of the buffer.
+    fn next_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        let bytes = &self.received;
+        let (&first, &second) = (bytes.first()?, bytes.get(1)?);
+        let (length, header) = match second & 0x7f {
+            126 => (usize::from(u16::from_be_bytes([*bytes.get(2)?, *bytes.get(3)?])), 4),
+            127 => {
+                let length: [u8; 8] = bytes.get(2..10)?.try_into().ok()?;
+                (usize::try_from(u64::from_be_bytes(length)).ok()?, 10)
+            }
+            short => (usize::from(short), 2),
+        };
+        let payload = bytes.get(header..header + length)?.to_vec();
+        self.received.drain(..header + length);
+        Some((first & 0x0f, payload))
+    }
+}

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use reqwest::Method;
-use ringline_tests::{DatabaseBackend, TestApp, WsClient};
+use ringline_tests::{DatabaseBackend, TestApp, UnresponsivePeer, WsClient};
 use serde_json::{Value, json};
 
 fn offer_sdp() -> Value {
@@ -616,15 +616,20 @@ async fn a_silent_peer_is_closed_for_idleness_and_one_that_answers_pings_is_not(
     })
     .await;
     let (alice, bob) = two_users(&app).await;
-    // Neither sends a frame. Bob's client keeps reading, so it answers the server's pings;
-    // Alice's reads nothing, so her pings go unanswered.
-    let mut silent = app.notifications_socket(&alice).await;
+    // Neither sends a frame. Bob's client answers the server's pings as any WebSocket library
+    // does; Alice's peer reads but never answers, like a phone that lost its network.
+    let mut silent = UnresponsivePeer::connect(&app.ws_url(&format!("/ws/notifications/?token={alice}"))).await;
     let mut answering = app.notifications_socket(&bob).await;
-    assert!(answering.next_event_within(Duration::from_secs(4)).await.is_none(), "no events meanwhile");
+    let (dropped, meanwhile) = tokio::join!(
+        silent.read_until_dropped(Duration::from_secs(10)),
+        answering.next_event_within(Duration::from_secs(4)),
+    );
+    assert_eq!(dropped.close_code, Some(4408), "the silent peer was closed as idle: {dropped:?}");
+    assert!(dropped.pings >= 1, "after being pinged: {dropped:?}");
+    assert_eq!(meanwhile, None, "nothing was sent to the answering peer meanwhile");
     still_up(&mut answering).await;
-    assert_eq!(silent.closed_with().await, Some(4408), "the silent peer was closed as idle");
     let alice_id = ringline_domain::UserId::parse("alice").expect("id");
-    assert_eq!(app.signaling().sessions().sessions_of(&alice_id), 0, "and unregistered");
+    assert_eq!(app.signaling().sessions().sessions_of(&alice_id), 0, "the idle session is unregistered");
     app.stop().await;
 }
 
