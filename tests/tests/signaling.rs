@@ -483,6 +483,30 @@ async fn a_flood_is_rate_limited_without_dropping_the_session() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_frame_rate_is_configurable() {
+    let app = TestApp::spawn_with(DatabaseBackend::Sqlite, |settings| {
+        settings.ws_frames_per_sec = 1;
+        settings.ws_frame_burst = 10;
+    })
+    .await;
+    let (alice, _bob) = two_users(&app).await;
+    let mut socket = app.notifications_socket(&alice).await;
+    for _ in 0..30 {
+        socket.send_json(json!({"type": "ping"})).await;
+    }
+    let mut pongs = 0;
+    while let Some(event) = socket.next_event_within(Duration::from_millis(500)).await {
+        if event["type"] == "pong" {
+            pongs += 1;
+        } else {
+            assert_eq!(event["code"], "rate_limited", "{event}");
+        }
+    }
+    assert!((10..=11).contains(&pongs), "the configured burst, not the default 200: {pongs}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_reaches_the_other_chat_participants_only() {
     let app = TestApp::spawn(DatabaseBackend::Sqlite).await;
     let (alice, bob) = two_users(&app).await;

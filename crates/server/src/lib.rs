@@ -64,8 +64,11 @@ impl Application {
             clock.clone(),
             settings.ring_timeout(),
         );
-        let signaling =
-            Arc::new(Signaling::local(service, Arc::new(storage.notifications())).with_keepalive(settings.keepalive()));
+        let signaling = Arc::new(
+            Signaling::local(service, Arc::new(storage.notifications()))
+                .with_keepalive(settings.keepalive())
+                .with_frame_rate(settings.frame_rate()),
+        );
         let (secret, is_default) = settings.jwt_secret_or_default();
         if is_default {
             tracing::warn!(

@@ -9,7 +9,7 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use ringline_api::IceSettings;
-use ringline_signaling::Keepalive;
+use ringline_signaling::{FrameRate, Keepalive};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -58,6 +58,10 @@ pub struct Settings {
     pub ws_ping_interval_secs: u64,
     #[serde(default = "defaults::ws_idle_timeout_secs")]
     pub ws_idle_timeout_secs: u64,
+    #[serde(default = "defaults::ws_frames_per_sec")]
+    pub ws_frames_per_sec: u32,
+    #[serde(default = "defaults::ws_frame_burst")]
+    pub ws_frame_burst: u32,
     #[serde(default, deserialize_with = "comma_list")]
     pub cors_allowed_origins: Vec<String>,
     #[serde(default)]
@@ -87,6 +91,12 @@ mod defaults {
     }
     pub fn ws_idle_timeout_secs() -> u64 {
         60
+    }
+    pub fn ws_frames_per_sec() -> u32 {
+        50
+    }
+    pub fn ws_frame_burst() -> u32 {
+        200
     }
 }
 
@@ -130,6 +140,11 @@ pub enum SettingsError {
          and at most 3600"
     )]
     Keepalive,
+    #[error(
+        "RINGLINE_WS_FRAMES_PER_SEC must be between 1 and 1000000, and RINGLINE_WS_FRAME_BURST at least that \
+         and at most 10000000"
+    )]
+    FrameRate,
     #[error("RINGLINE_JWT_USER_CLAIM must not be empty")]
     UserClaim,
     #[error("{0} is set but empty; unset it or give it a value")]
@@ -178,6 +193,11 @@ impl Settings {
         {
             return Err(SettingsError::Keepalive);
         }
+        if !(1..=1_000_000).contains(&self.ws_frames_per_sec)
+            || !(self.ws_frames_per_sec..=10_000_000).contains(&self.ws_frame_burst)
+        {
+            return Err(SettingsError::FrameRate);
+        }
         if self.jwt_user_claim.trim().is_empty() {
             return Err(SettingsError::UserClaim);
         }
@@ -201,6 +221,10 @@ impl Settings {
             ping_interval: Duration::from_secs(self.ws_ping_interval_secs),
             idle_timeout: Duration::from_secs(self.ws_idle_timeout_secs),
         }
+    }
+
+    pub fn frame_rate(&self) -> FrameRate {
+        FrameRate { per_second: f64::from(self.ws_frames_per_sec), burst: f64::from(self.ws_frame_burst) }
     }
 
     pub fn ice(&self) -> IceSettings {
@@ -228,6 +252,8 @@ impl Settings {
             turn_ttl_secs: defaults::turn_ttl_secs(),
             ws_ping_interval_secs: defaults::ws_ping_interval_secs(),
             ws_idle_timeout_secs: defaults::ws_idle_timeout_secs(),
+            ws_frames_per_sec: defaults::ws_frames_per_sec(),
+            ws_frame_burst: defaults::ws_frame_burst(),
             cors_allowed_origins: Vec::new(),
             log_format: LogFormat::Text,
         }
@@ -294,5 +320,11 @@ mod tests {
         settings.ws_ping_interval_secs = 5;
         settings.ws_idle_timeout_secs = 6;
         assert!(settings.validate().is_ok());
+
+        let mut settings = Settings::for_tests("sqlite::memory:", "x");
+        settings.ws_frame_burst = settings.ws_frames_per_sec - 1;
+        assert!(matches!(settings.validate(), Err(SettingsError::FrameRate)), "a burst below the rate");
+        settings.ws_frames_per_sec = 0;
+        assert!(matches!(settings.validate(), Err(SettingsError::FrameRate)));
     }
 }

@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::events::{self, NotificationPayload};
 use crate::protocol::{ClientFrame, EventIds, FrameError, allowed_in};
 use crate::router::{LocalRouter, SessionKind};
-use crate::session::Keepalive;
+use crate::session::{FrameRate, Keepalive};
 
 /// Routes kept for finished calls (late ICE candidates and retried hang-ups are answered from
 /// memory); beyond this many cached routes, finished ones are forgotten.
@@ -72,6 +72,7 @@ pub struct Signaling {
     routes: Routes,
     ids: EventIds,
     keepalive: Keepalive,
+    frame_rate: FrameRate,
     pub(crate) sessions: TaskTracker,
     pub(crate) shutdown: CancellationToken,
 }
@@ -93,6 +94,7 @@ impl Signaling {
             routes: Routes::default(),
             ids: EventIds::default(),
             keepalive: Keepalive::default(),
+            frame_rate: FrameRate::default(),
             sessions: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         }
@@ -114,6 +116,18 @@ impl Signaling {
 
     pub fn keepalive(&self) -> Keepalive {
         self.keepalive
+    }
+
+    /// Replaces the default per-session frame rate (50 a second, bursts of 200) for the
+    /// sessions opened from now on.
+    #[must_use]
+    pub fn with_frame_rate(mut self, frame_rate: FrameRate) -> Self {
+        self.frame_rate = frame_rate;
+        self
+    }
+
+    pub fn frame_rate(&self) -> FrameRate {
+        self.frame_rate
     }
 
     pub fn service(&self) -> &CallService {

@@ -22,5 +22,5 @@ pub mod session;
 
 pub use hub::{SessionContext, Signaling};
 pub use router::{LocalRouter, SessionKind};
-pub use session::{Inbound, Keepalive, Outbound, SessionIdentity};
+pub use session::{FrameRate, Inbound, Keepalive, Outbound, SessionIdentity};
 pub use tokio_util::sync::CancellationToken;

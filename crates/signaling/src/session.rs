@@ -40,10 +40,20 @@ impl Default for Keepalive {
 }
 /// A write that takes longer than this means the peer stopped reading; the session ends.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Sustained frames per second a session may send, and the burst above it (a trickle of ICE
-/// candidates arrives in bursts of a few dozen).
-pub const RATE_PER_SECOND: f64 = 50.0;
-pub const RATE_BURST: f64 = 200.0;
+/// How many frames a session may send: `per_second` sustained, `burst` at once (a trickle of
+/// ICE candidates arrives in bursts of a few dozen). Frames over it are dropped with a
+/// `rate_limited` error frame.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FrameRate {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+impl Default for FrameRate {
+    fn default() -> Self {
+        Self { per_second: 50.0, burst: 200.0 }
+    }
+}
 
 /// What the peer sent.
 #[derive(Debug)]
@@ -71,22 +81,24 @@ pub struct SessionIdentity {
     pub kind: SessionKind,
 }
 
-/// A token bucket: `RATE_PER_SECOND` sustained, `RATE_BURST` at once.
+/// A token bucket over a [`FrameRate`].
 #[derive(Debug)]
 struct RateLimit {
+    rate: FrameRate,
     tokens: f64,
     refilled: Instant,
     last_warning: Option<Instant>,
 }
 
 impl RateLimit {
-    fn new() -> Self {
-        Self { tokens: RATE_BURST, refilled: Instant::now(), last_warning: None }
+    fn new(rate: FrameRate) -> Self {
+        Self { rate, tokens: rate.burst, refilled: Instant::now(), last_warning: None }
     }
 
     fn allow(&mut self) -> bool {
         let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * RATE_PER_SECOND).min(RATE_BURST);
+        let refill = now.duration_since(self.refilled).as_secs_f64() * self.rate.per_second;
+        self.tokens = (self.tokens + refill).min(self.rate.burst);
         self.refilled = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -141,7 +153,7 @@ where
     keepalive.tick().await; // the first tick is immediate
     // tokio's clock, so tests can drive the timers with paused time.
     let mut last_heard = TimerInstant::now();
-    let mut rate = RateLimit::new();
+    let mut rate = RateLimit::new(signaling.frame_rate());
     let shutdown = signaling.shutdown.clone();
 
     while open {
