@@ -237,7 +237,7 @@ mod tests {
 
     #[test]
     fn the_bucket_allows_a_burst_then_the_sustained_rate() {
-        let mut rate = RateLimit::new();
+        let mut rate = RateLimit::new(FrameRate::default());
         let allowed = (0..1000).filter(|_| rate.allow()).count();
         // The burst, plus whatever refilled while counting (a few at most).
         assert!((200..210).contains(&allowed), "{allowed}");
