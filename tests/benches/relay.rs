@@ -58,10 +58,9 @@ fn options() -> Options {
     options
 }
 
-/// One direction of one call: what the sender sent, what the receiver got.
+/// One direction of one call: what the receiver got, which paces a saturating sender.
 #[derive(Debug, Default)]
 struct Direction {
-    sent: AtomicU64,
     delivered: AtomicU64,
     delivered_notify: Notify,
 }
@@ -186,47 +185,31 @@ async fn send(
             r#"{{"type":"call.ice-candidate","call_id":{call},"candidate":{{"candidate":"candidate:842163049 1 udp 1677729535 203.0.113.7 54321 typ srflx raddr 192.168.1.20 rport 54321 generation 0","sdpMid":"0","sdpMLineIndex":0,"usernameFragment":"{micros}"}}}}"#
         ))
     };
-    if rate > 0.0 {
-        // Paced: every 5 ms, the frames due by then.
-        let mut ticker = tokio::time::interval(BATCH_EVERY);
-        let begun = Instant::now();
-        let mut sent = 0u64;
-        loop {
+    let begun = Instant::now();
+    let mut ticker = tokio::time::interval(BATCH_EVERY);
+    let mut sent = 0u64;
+    loop {
+        // How many frames may have been sent by now.
+        let allowed = if rate > 0.0 {
+            // Paced: every 5 ms, the frames due by then.
             ticker.tick().await;
-            let due = (begun.elapsed().as_secs_f64() * rate) as u64;
-            while sent < due {
-                if sink.feed(frame(shared.started.elapsed().as_micros())).await.is_err() {
-                    return;
-                }
-                sent += 1;
+            (begun.elapsed().as_secs_f64() * rate) as u64
+        } else {
+            // Saturating: keep WINDOW frames in flight.
+            let notified = direction.delivered_notify.notified();
+            if sent - direction.delivered.load(Ordering::Acquire) >= WINDOW {
+                notified.await;
             }
-            if sink.flush().await.is_err() {
+            direction.delivered.load(Ordering::Acquire) + WINDOW
+        };
+        while sent < allowed {
+            if sink.feed(frame(shared.started.elapsed().as_micros())).await.is_err() {
                 return;
             }
-            direction.sent.store(sent, Ordering::Relaxed);
+            sent += 1;
         }
-    } else {
-        // Saturating: keep WINDOW frames in flight.
-        let mut sent = 0u64;
-        loop {
-            let delivered = direction.delivered.load(Ordering::Acquire);
-            if sent - delivered >= WINDOW {
-                let notified = direction.delivered_notify.notified();
-                if sent - direction.delivered.load(Ordering::Acquire) >= WINDOW {
-                    notified.await;
-                }
-                continue;
-            }
-            while sent - direction.delivered.load(Ordering::Relaxed) < WINDOW {
-                if sink.feed(frame(shared.started.elapsed().as_micros())).await.is_err() {
-                    return;
-                }
-                sent += 1;
-            }
-            if sink.flush().await.is_err() {
-                return;
-            }
-            direction.sent.store(sent, Ordering::Relaxed);
+        if sink.flush().await.is_err() {
+            return;
         }
     }
 }
