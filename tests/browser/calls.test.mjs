@@ -20,6 +20,7 @@ const screenshots = process.env.RINGLINE_SCREENSHOTS_DIR || mkdtempSync(join(tmp
 const RING_TIMEOUT_SECS = 4;
 
 let server;
+let port;
 let base;
 let browser;
 let workdir;
@@ -48,11 +49,8 @@ async function waitForServer(url) {
   throw new Error("ringline did not start");
 }
 
-before(async () => {
-  mkdirSync(screenshots, { recursive: true });
-  workdir = mkdtempSync(join(tmpdir(), "ringline-browser-"));
-  const port = await freePort();
-  base = `http://127.0.0.1:${port}`;
+/** Starts `ringline demo` on `port` over the run's database; it keeps its data across restarts. */
+async function startServer() {
   const env = {
     ...process.env,
     RINGLINE_DATABASE_URL: `sqlite://${join(workdir, "ringline.db")}?mode=rwc`,
@@ -63,8 +61,24 @@ before(async () => {
   // Demo sign-in exists only on the development secret.
   delete env.RINGLINE_JWT_SECRET;
   delete env.RINGLINE_ENV;
-  server = spawn(binary, ["demo"], { cwd: workdir, env, stdio: ["ignore", "inherit", "inherit"] });
+  const started = spawn(binary, ["demo"], { cwd: workdir, env, stdio: ["ignore", "inherit", "inherit"] });
   await waitForServer(base);
+  return started;
+}
+
+/** Stops the server the way a deploy does (SIGTERM) and waits for it to exit. */
+async function stopServer() {
+  const exited = new Promise((resolve) => server.once("exit", resolve));
+  server.kill("SIGTERM");
+  await exited;
+}
+
+before(async () => {
+  mkdirSync(screenshots, { recursive: true });
+  workdir = mkdtempSync(join(tmpdir(), "ringline-browser-"));
+  port = await freePort();
+  base = `http://127.0.0.1:${port}`;
+  server = await startServer();
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
     args: [
@@ -264,6 +278,26 @@ test("open in two tabs: both ring, answering in one stops the other", async () =
   await notice(grace, /Call ended/);
   await grace.context().close();
   await katherineContext.close();
+});
+
+test("after a server restart the tabs reconnect by themselves and calls ring again", async () => {
+  const ada = await personTab("ada");
+  const grace = await personTab("grace");
+  await stopServer();
+  await ada.waitForFunction(() => document.getElementById("connection").textContent === "offline");
+  server = await startServer();
+  // The client retries with backoff (1 s, 2 s, 4 s, …): no reload, no new sign-in.
+  for (const page of [ada, grace]) {
+    await page.waitForFunction(() => document.getElementById("connection").textContent === "online", null, {
+      timeout: 30_000,
+    });
+  }
+  await ada.locator('#contacts li[data-user="grace"] .call-voice').click();
+  await grace.locator("#incoming").waitFor();
+  await grace.locator("#decline").click();
+  await notice(ada, /declined/);
+  await ada.context().close();
+  await grace.context().close();
 });
 
 test("a phone-sized screen keeps every control reachable", async () => {
