@@ -9,10 +9,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::time::Instant as TimerInstant;
-
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use ringline_domain::UserId;
+use tokio::time::Instant as TimerInstant;
 
 use crate::events;
 use crate::hub::{SessionContext, Signaling};
@@ -38,8 +37,10 @@ impl Default for Keepalive {
         Self { ping_interval: Duration::from_secs(20), idle_timeout: Duration::from_secs(60) }
     }
 }
+
 /// A write that takes longer than this means the peer stopped reading; the session ends.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How many frames a session may send: `per_second` sustained, `burst` at once (a trickle of
 /// ICE candidates arrives in bursts of a few dozen). Frames over it are dropped with a
 /// `rate_limited` error frame.
