@@ -244,6 +244,24 @@ test("a decline that overtakes the caller's own initiate response still reaches 
   await katherine.context().close();
 });
 
+test("a double click on a call button places one call and keeps its media", async () => {
+  const ada = await personTab("ada");
+  const grace = await personTab("grace");
+  await ada.locator('#contacts li[data-user="grace"] .call-video').dblclick();
+  await ada.locator("#outgoing").waitFor();
+  await grace.locator("#incoming").waitFor();
+  await ada.waitForTimeout(500); // time for a second initiate request to come back, were there one
+  assert.equal(await ada.locator("#notice.error").count(), 0, await ada.locator("#notice").textContent());
+  const live = await ada.evaluate(() => window.ringline.state.localStream?.getTracks().every((t) => t.readyState === "live"));
+  assert.equal(live, true, "the camera and microphone are still on");
+  await grace.locator("#accept").click();
+  await Promise.all([waitConnected(ada), waitConnected(grace)]);
+  await ada.locator("#hang-up").click();
+  await notice(grace, /Call ended/);
+  await ada.context().close();
+  await grace.context().close();
+});
+
 test("nobody answers: both see a missed call after the ring timeout", async () => {
   const ada = await personTab("ada");
   const alan = await personTab("alan");

@@ -489,30 +489,36 @@ function showLocal() {
 }
 
 async function startCall(peerId, type) {
+  // A second click while the first is still starting (a double click) is ignored: it would
+  // place a second call, which the server refuses, and undoing that would stop our media.
+  if (state.initiating) return;
   if (state.call) return notify("You are already in a call.", { error: true });
   const peerName = state.contacts.get(peerId)?.name || peerId;
   notify("");
-  try {
-    state.localStream = await getMedia(type);
-  } catch (error) {
-    return notify(error.message, { error: true });
-  }
-  let response;
   state.initiating = true;
   state.earlyEvents = [];
-  try {
-    response = await api("/api/calls/initiate/", { method: "POST", body: { receiver_id: peerId, call_type: type } });
-  } catch (error) {
+  const giveUp = (message) => {
     state.initiating = false;
     state.earlyEvents = [];
     stopMedia();
+    notify(message, { error: true });
+  };
+  try {
+    state.localStream = await getMedia(type);
+  } catch (error) {
+    return giveUp(error.message);
+  }
+  let response;
+  try {
+    response = await api("/api/calls/initiate/", { method: "POST", body: { receiver_id: peerId, call_type: type } });
+  } catch (error) {
     const messages = {
       user_busy: `${peerName} is on another call.`,
       caller_busy: "You are already in a call.",
       receiver_not_found: `There is no user "${peerId}".`,
       self_call: "You cannot call yourself.",
     };
-    return notify(messages[error.code] || error.message, { error: true });
+    return giveUp(messages[error.code] || error.message);
   }
   const call = response.data;
   if (response.status === 200) {
