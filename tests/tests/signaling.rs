@@ -79,7 +79,8 @@ enum Page {
     Elsewhere,
 }
 
-/// A user's open sockets on a page; the first is the one they send from.
+/// A user's open sockets on a page; the first is the one they send from, the last is the
+/// notification socket.
 async fn sockets_on(app: &TestApp, token: &str, page: Page) -> Vec<WsClient> {
     let mut sockets = Vec::new();
     if page == Page::Chat {
@@ -103,6 +104,21 @@ async fn all_get(sockets: &mut [WsClient], kind: &str) -> Vec<Value> {
     events
 }
 
+/// One copy per tab: the tab's notification socket (the last) gets `kind`. Whether a chat
+/// socket beside it stayed silent is checked once, at the end, by [`chat_heard_nothing`].
+async fn tab_gets(sockets: &mut [WsClient], kind: &str) -> Value {
+    sockets.last_mut().expect("a notification socket").expect(kind).await
+}
+
+/// A chat socket beside a notification socket got none of the user's call events.
+async fn chat_heard_nothing(sockets: &mut [WsClient]) {
+    if let Some((_notifications, chats)) = sockets.split_last_mut() {
+        for chat in chats {
+            chat.expect_silence().await;
+        }
+    }
+}
+
 /// The first socket caused something: every other socket gets `kind`, the first hears nothing.
 async fn others_get(sockets: &mut [WsClient], kind: &str) {
     let (origin, others) = sockets.split_at_mut(1);
@@ -117,6 +133,8 @@ async fn all_silent(sockets: &mut [WsClient]) {
 }
 
 /// The web client's sequence, with ICE candidates both ways as the mobile client trickles them.
+/// On the chat page a party sends from its chat socket (the original accepts call frames on
+/// both); every event reaches each tab once, on its notification socket.
 async fn web_call(backend: DatabaseBackend, caller_page: Page, callee_page: Page, call_type: &str) {
     let app = TestApp::spawn(backend).await;
     let (alice, bob) = two_users(&app).await;
@@ -133,72 +151,78 @@ async fn web_call(backend: DatabaseBackend, caller_page: Page, callee_page: Page
         .expect(201);
     let id = call["id"].as_i64().expect("id").to_string();
 
-    for incoming in all_get(&mut bob_sockets, "call.incoming").await {
-        assert_eq!(incoming["call_id"], id);
-        assert_eq!(incoming["caller_id"], "alice");
-        assert_eq!(incoming["caller_username"], "alice");
-        assert_eq!(incoming["call_type"], call_type);
-        assert_eq!(incoming["conversation_id"], "7");
-    }
-    for created in all_get(&mut bob_sockets, "notification.created").await {
-        let payload = &created["payload"];
-        assert_eq!(payload["verb"], format!("incoming_{call_type}_call"));
-        assert_eq!(payload["object_id"].to_string(), id);
-        assert_eq!(payload["actor"]["id"], "alice");
-        assert_eq!(payload["data"]["conversation_id"], "7");
-        assert!(payload["actor"].get("email").is_none());
-    }
+    let incoming = tab_gets(&mut bob_sockets, "call.incoming").await;
+    assert_eq!(incoming["call_id"], id);
+    assert_eq!(incoming["caller_id"], "alice");
+    assert_eq!(incoming["caller_username"], "alice");
+    assert_eq!(incoming["call_type"], call_type);
+    assert_eq!(incoming["conversation_id"], "7");
+    let created = tab_gets(&mut bob_sockets, "notification.created").await;
+    let payload = &created["payload"];
+    assert_eq!(payload["verb"], format!("incoming_{call_type}_call"));
+    assert_eq!(payload["object_id"].to_string(), id);
+    assert_eq!(payload["actor"]["id"], "alice");
+    assert_eq!(payload["data"]["conversation_id"], "7");
+    assert!(payload["actor"].get("email").is_none());
     all_silent(&mut alice_sockets).await;
 
     // The offer, with a sender the client tried to choose itself: the server stamps the truth.
     alice_sockets[0]
         .send_json(json!({"type": "call.offer", "call_id": id, "call_type": call_type, "caller_id": "mallory", "offer": offer_sdp(), "conversation_id": "7"}))
         .await;
-    for offer in all_get(&mut bob_sockets, "call.offer").await {
-        assert_eq!(offer["offer"], offer_sdp(), "the SDP arrives untouched");
-        assert_eq!(offer["caller_id"], "alice");
-        assert_eq!(offer["sender_id"], "alice");
-        assert_eq!(offer["call_type"], call_type);
-    }
+    let offer = tab_gets(&mut bob_sockets, "call.offer").await;
+    assert_eq!(offer["offer"], offer_sdp(), "the SDP arrives untouched");
+    assert_eq!(offer["caller_id"], "alice");
+    assert_eq!(offer["sender_id"], "alice");
+    assert_eq!(offer["call_type"], call_type);
     all_silent(&mut alice_sockets).await;
 
     // The callee answers over the socket: that accepts the call.
     bob_sockets[0].send_json(json!({"type": "call.answer", "call_id": id, "answer": answer_sdp()})).await;
-    for answer in all_get(&mut alice_sockets, "call.answer").await {
-        assert_eq!(answer["answer"], answer_sdp());
-        assert_eq!(answer["receiver_id"], "bob");
+    let answer = tab_gets(&mut alice_sockets, "call.answer").await;
+    assert_eq!(answer["answer"], answer_sdp());
+    assert_eq!(answer["receiver_id"], "bob");
+    tab_gets(&mut alice_sockets, "call.accepted").await;
+    if callee_page == Page::Chat {
+        // Answered on the chat socket: Bob's notification socket is "another device" to the
+        // server. It is told the call was answered, and that this is no hang-up.
+        tab_gets(&mut bob_sockets, "call.accepted").await;
+        let elsewhere = tab_gets(&mut bob_sockets, "call.end").await;
+        assert_eq!(elsewhere["end_reason"], "answered_elsewhere");
+        assert_eq!(elsewhere["status"], "active");
     }
-    all_get(&mut alice_sockets, "call.accepted").await;
-    // Bob's other socket (if any) learns the call was answered; the answering one hears nothing.
-    others_get(&mut bob_sockets, "call.accepted").await;
+    all_silent(&mut bob_sockets).await;
     assert_eq!(app.get(&format!("/api/calls/{id}/"), &bob).await.expect(200)["status"], "active");
 
     // Trickled candidates both ways, stamped with their sender.
     alice_sockets[0].send_json(json!({"type": "call.ice-candidate", "call_id": id, "candidate": candidate(1)})).await;
-    for ice in all_get(&mut bob_sockets, "call.ice-candidate").await {
-        assert_eq!(ice["candidate"], candidate(1));
-        assert_eq!(ice["user_id"], "alice");
-    }
+    let ice = tab_gets(&mut bob_sockets, "call.ice-candidate").await;
+    assert_eq!(ice["candidate"], candidate(1));
+    assert_eq!(ice["user_id"], "alice");
     bob_sockets[0]
         .send_json(
             json!({"type": "call.ice-candidate", "call_id": id.parse::<i64>().expect("n"), "candidate": candidate(2)}),
         )
         .await;
-    for ice in all_get(&mut alice_sockets, "call.ice-candidate").await {
-        assert_eq!(ice["candidate"], candidate(2));
-        assert_eq!(ice["user_id"], "bob");
-    }
+    let ice = tab_gets(&mut alice_sockets, "call.ice-candidate").await;
+    assert_eq!(ice["candidate"], candidate(2));
+    assert_eq!(ice["user_id"], "bob");
 
     // Hang-up: a socket call.end, then POST end/ (idempotent).
     alice_sockets[0].send_json(json!({"type": "call.end", "call_id": id})).await;
-    for end in all_get(&mut bob_sockets, "call.end").await {
-        assert_eq!(end["user_id"], "alice");
-        assert_eq!(end["status"], "ended");
+    let end = tab_gets(&mut bob_sockets, "call.end").await;
+    assert_eq!(end["user_id"], "alice");
+    assert_eq!(end["status"], "ended");
+    if caller_page == Page::Chat {
+        // Sent from the chat socket, so the notification socket is another session of Alice's.
+        tab_gets(&mut alice_sockets, "call.end").await;
     }
-    others_get(&mut alice_sockets, "call.end").await;
     let ended = app.post(&format!("/api/calls/{id}/end/"), &alice, json!({"duration_seconds": 1})).await.expect(200);
     assert_eq!(ended["status"], "ended");
     assert!(ended["duration_seconds"].is_u64());
+    assert!(ended["ended_at"].as_str().is_some_and(|at| at.ends_with('Z')), "DRF's Z form: {ended}");
+    chat_heard_nothing(&mut alice_sockets).await;
+    chat_heard_nothing(&mut bob_sockets).await;
     all_silent(&mut bob_sockets).await;
     app.stop().await;
 }
@@ -251,10 +275,12 @@ async fn the_mobile_clients_sequence_works_step_by_step() {
     assert_eq!(accepted["answer"], Value::Null);
     caller.expect("call.accepted").await;
     callee.expect("call.accepted").await;
-    // Then sends its SDP answer, relayed as is.
+    // Then sends its SDP answer, relayed as is; the answering device gets no call.end (the
+    // mobile client would hang up on one).
     callee.send_json(json!({"type": "call.answer", "call_id": id, "answer": answer_sdp()})).await;
     let answer = caller.expect("call.answer").await;
     assert_eq!(answer["answer"], answer_sdp());
+    callee.expect_silence().await;
     callee.send_json(json!({"type": "call.ice-candidate", "call_id": id, "candidate": candidate(2)})).await;
     caller.expect("call.ice-candidate").await;
 
@@ -275,7 +301,8 @@ async fn the_mobile_clients_sequence_works_step_by_step() {
     let rejected = caller.expect("call.rejected").await;
     assert_eq!(rejected["rejected_by"], "bob");
     assert_eq!(rejected["rejected_by_username"], "bob");
-    caller.expect("call.end").await;
+    // No call.end after it: the web client's "Call Declined" screen would not survive one.
+    caller.expect_silence().await;
     let after = app.post(&format!("/api/calls/{second}/reject/"), &bob, json!({})).await.expect(200);
     assert_eq!(after["status"], "rejected");
     caller.expect_silence().await;
@@ -317,6 +344,11 @@ async fn a_callee_with_three_devices_rings_on_all_and_stops_on_the_others() {
             device.expect_silence().await;
         } else {
             assert_eq!(device.expect("call.accepted").await["receiver_id"], "bob");
+            // The original web client stops ringing only on call.end; its end_reason says the
+            // call goes on elsewhere.
+            let elsewhere = device.expect("call.end").await;
+            assert_eq!(elsewhere["end_reason"], "answered_elsewhere");
+            assert_eq!(elsewhere["user_id"], "bob");
         }
     }
     // A hang-up over REST comes from no known device: every device of both parties is told.
@@ -330,12 +362,14 @@ async fn a_callee_with_three_devices_rings_on_all_and_stops_on_the_others() {
     all_get(&mut devices, "notification.created").await;
     devices[2].send_json(json!({"type": "call.end", "call_id": id})).await;
     caller.expect("call.rejected").await;
-    caller.expect("call.end").await;
+    caller.expect_silence().await;
     for (index, device) in devices.iter_mut().enumerate() {
         if index == 2 {
             device.expect_silence().await;
         } else {
             assert_eq!(device.expect("call.rejected").await["rejected_by"], "bob");
+            // The original web client stops ringing only on call.end.
+            assert_eq!(device.expect("call.end").await["status"], "rejected");
         }
     }
 
@@ -345,6 +379,7 @@ async fn a_callee_with_three_devices_rings_on_all_and_stops_on_the_others() {
     all_get(&mut devices, "notification.created").await;
     app.post(&format!("/api/calls/{id}/reject/"), &bob, json!({})).await.expect(200);
     all_get(&mut devices, "call.rejected").await;
+    all_get(&mut devices, "call.end").await;
     app.stop().await;
 }
 

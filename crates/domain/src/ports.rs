@@ -164,10 +164,16 @@ impl Clock for SystemClock {
 /// Who receives a signal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Audience {
-    /// Every live session of the user: all their notification sockets, and their chat sockets
-    /// showing [`Signal::conversation`].
+    /// One copy per live session of the user, on exactly one kind of socket: every
+    /// notification socket of theirs, or, only while they have none open, every chat socket of
+    /// theirs instead.
+    ///
+    /// Why one kind: the original app's clients feed both sockets into one handler and apply
+    /// every copy they get, so a second copy of an SDP answer breaks the peer connection. Every
+    /// page of theirs holds a notification socket; the chat socket is the fallback that still
+    /// reaches a user whose notification socket is down (`docs/protocol.md`, "Routing").
     User(UserId),
-    /// Every chat socket open on the conversation.
+    /// Every chat socket open on the conversation (typing indicators).
     Conversation(ConversationId),
 }
 
@@ -176,10 +182,7 @@ pub enum Audience {
 #[derive(Debug, Clone)]
 pub struct Signal {
     pub audience: Audience,
-    /// For a user audience: the conversation the event belongs to, if any. Chat sockets get
-    /// the event only when they show this conversation; notification sockets always do.
-    pub conversation: Option<ConversationId>,
-    /// The device that caused the event and must not get it back.
+    /// The session that caused the event and must not get it back.
     pub except_device: Option<DeviceId>,
     /// For a conversation audience: a user whose sessions must not get it (the sender).
     pub except_user: Option<UserId>,

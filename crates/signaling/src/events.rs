@@ -105,6 +105,17 @@ pub fn ice_candidate(event_id: &str, call: &Call, sender: &UserId, candidate: &R
 
 /// `call.end`; `by` is `None` when the server ended the call (ring timeout).
 pub fn end(event_id: &str, call: &Call, by: Option<&UserId>) -> String {
+    end_event(event_id, call, by, call.end_reason().map(|reason| reason.as_str()))
+}
+
+/// The `call.end` that stops the callee's other devices ringing once `by` answered on one of
+/// them. The call itself goes on (`status` stays `active`): the original web client stops
+/// ringing only on `call.end`, and `end_reason` tells newer clients why they got one.
+pub fn answered_elsewhere(event_id: &str, call: &Call, by: &UserId) -> String {
+    end_event(event_id, call, Some(by), Some("answered_elsewhere"))
+}
+
+fn end_event(event_id: &str, call: &Call, by: Option<&UserId>, end_reason: Option<&'static str>) -> String {
     #[derive(Serialize)]
     struct End<'a> {
         #[serde(flatten)]
@@ -118,7 +129,7 @@ pub fn end(event_id: &str, call: &Call, by: Option<&UserId>) -> String {
         head: head("call.end", event_id, call),
         user_id: by.map(UserId::as_str),
         status: call.status().as_str(),
-        end_reason: call.end_reason().map(|reason| reason.as_str()),
+        end_reason,
         duration_seconds: call.duration_seconds(),
     })
 }

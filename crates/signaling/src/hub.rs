@@ -224,18 +224,14 @@ impl Signaling {
         Ok(expired.len())
     }
 
-    fn send(&self, audience: Audience, call: &Call, except_device: Option<DeviceId>, payload: String) {
-        self.router.route(Signal {
-            audience,
-            conversation: call.conversation(),
-            except_device,
-            except_user: None,
-            payload: payload.into(),
-        });
+    fn send(&self, audience: Audience, except_device: Option<DeviceId>, payload: String) {
+        self.router.route(Signal { audience, except_device, except_user: None, payload: payload.into() });
     }
 
-    fn to_user(&self, user: &UserId, call: &Call, except_device: Option<DeviceId>, payload: String) {
-        self.send(Audience::User(user.clone()), call, except_device, payload);
+    /// One copy of `payload` for each of `user`'s sessions but `except_device` (which sockets:
+    /// [`Audience::User`]).
+    fn to_user(&self, user: &UserId, except_device: Option<DeviceId>, payload: String) {
+        self.send(Audience::User(user.clone()), except_device, payload);
     }
 
     async fn username(&self, user: &UserId) -> String {
@@ -269,12 +265,12 @@ impl Signaling {
         };
         let actor = self.service.directory().user(call.caller()).await.ok().flatten();
         let payload = NotificationPayload::new(&stored, actor.as_ref());
-        self.to_user(call.receiver(), call, None, events::notification_created(&self.ids.next(), &payload));
+        self.to_user(call.receiver(), None, events::notification_created(&self.ids.next(), &payload));
     }
 
     async fn ring(&self, call: &Call) {
         let caller_username = self.username(call.caller()).await;
-        self.to_user(call.receiver(), call, None, events::incoming(&self.ids.next(), call, &caller_username));
+        self.to_user(call.receiver(), None, events::incoming(&self.ids.next(), call, &caller_username));
         self.notify_receiver(call, NotificationVerb::incoming(call.call_type())).await;
     }
 
@@ -284,39 +280,38 @@ impl Signaling {
         let (caller, receiver) = (call.caller(), call.receiver());
         match event {
             CallEvent::Accepted { by } => {
-                self.to_user(caller, call, None, events::answer(&self.ids.next(), call, by, answer));
+                self.to_user(caller, None, events::answer(&self.ids.next(), call, by, answer));
                 self.to_user(
                     caller,
-                    call,
                     None,
                     events::party_event("call.accepted", &self.ids.next(), call, "receiver_id", by),
                 );
                 // The callee's other devices stop ringing.
                 self.to_user(
                     receiver,
-                    call,
                     origin,
                     events::party_event("call.accepted", &self.ids.next(), call, "receiver_id", by),
                 );
             }
             CallEvent::Rejected { by } => {
                 let username = self.username(by).await;
-                self.to_user(caller, call, None, events::rejected(&self.ids.next(), call, by, &username));
-                // Clients that only know `call.end` stop too.
-                self.to_user(caller, call, None, events::end(&self.ids.next(), call, Some(by)));
-                self.to_user(receiver, call, origin, events::rejected(&self.ids.next(), call, by, &username));
+                // No `call.end` for the caller: both original clients handle `call.rejected`, and
+                // the web client's "Call Declined" screen would not survive one.
+                self.to_user(caller, None, events::rejected(&self.ids.next(), call, by, &username));
+                // The callee's other devices stop ringing; the original web client does only on
+                // `call.end`.
+                self.to_user(receiver, origin, events::rejected(&self.ids.next(), call, by, &username));
+                self.to_user(receiver, origin, events::end(&self.ids.next(), call, Some(by)));
             }
             CallEvent::Cancelled { by } => {
-                self.to_user(receiver, call, None, events::end(&self.ids.next(), call, Some(by)));
+                self.to_user(receiver, None, events::end(&self.ids.next(), call, Some(by)));
                 self.to_user(
                     receiver,
-                    call,
                     None,
                     events::party_event("call.cancelled", &self.ids.next(), call, "user_id", by),
                 );
                 self.to_user(
                     caller,
-                    call,
                     origin,
                     events::party_event("call.cancelled", &self.ids.next(), call, "user_id", by),
                 );
@@ -326,7 +321,6 @@ impl Signaling {
                 for party in [caller, receiver] {
                     self.router.route(Signal {
                         audience: Audience::User(party.clone()),
-                        conversation: call.conversation(),
                         except_device: origin,
                         except_user: None,
                         payload: Arc::clone(&payload),
@@ -335,8 +329,8 @@ impl Signaling {
             }
             CallEvent::Missed => {
                 for party in [caller, receiver] {
-                    self.to_user(party, call, None, events::missed(&self.ids.next(), call));
-                    self.to_user(party, call, None, events::end(&self.ids.next(), call, None));
+                    self.to_user(party, None, events::missed(&self.ids.next(), call));
+                    self.to_user(party, None, events::end(&self.ids.next(), call, None));
                 }
                 self.notify_receiver(call, NotificationVerb::missed(call.call_type())).await;
             }
@@ -410,22 +404,45 @@ impl Signaling {
             }
             ClientFrame::Answer { call, answer } => {
                 let route = self.party_route(session, call, &frame).await?;
-                if route.status().is_unanswered() {
+                let route = if route.status().is_unanswered() {
                     // The web client never calls accept/: the receiver's answer accepts the call,
                     // and the caller gets this answer in the acceptance's `call.answer`.
-                    self.act_with_answer(&session.user, call, CallAction::Accept, Some(session.device), Some(answer))
+                    let outcome = self
+                        .act_with_answer(&session.user, call, CallAction::Accept, Some(session.device), Some(answer))
                         .await
                         .map_err(refusal)?;
+                    match outcome {
+                        Outcome::Changed(transition) => Arc::new(transition.call),
+                        // Not accepted by this answer: its device is not the one in the call.
+                        Outcome::AlreadyDone(_) => return Ok(None),
+                    }
                 } else {
                     self.to_other_party(
                         &route,
                         &session.user,
                         events::answer(&self.ids.next(), &route, &session.user, Some(answer)),
                     );
+                    route
+                };
+                if route.receiver() == &session.user {
+                    self.answered_elsewhere(&route, session);
                 }
                 Ok(None)
             }
         }
+    }
+
+    /// Stops the ringing on the callee's other devices with a `call.end` once the callee's SDP
+    /// answer came from `session`. Only here is the answering device known: the mobile client
+    /// accepts over REST (no device) and then sends this answer, and a `call.end` to the device
+    /// that answered would hang it up. Sent on every answer from the callee (a renegotiation
+    /// repeats it), which is harmless: a device that is not in the call has nothing to end.
+    fn answered_elsewhere(&self, call: &Call, session: &SessionContext) {
+        self.to_user(
+            call.receiver(),
+            Some(session.device),
+            events::answered_elsewhere(&self.ids.next(), call, &session.user),
+        );
     }
 
     /// The call's route, if `session`'s user is a party and the frame fits the call's state.
@@ -451,7 +468,7 @@ impl Signaling {
 
     fn to_other_party(&self, call: &Call, sender: &UserId, payload: String) {
         if let Some(other) = call.other_party(sender) {
-            self.to_user(other, call, None, payload);
+            self.to_user(other, None, payload);
         }
     }
 
@@ -464,7 +481,6 @@ impl Signaling {
             events::typing(kind, &self.ids.next(), &session.user, &session.username, &conversation.to_string());
         self.router.route(Signal {
             audience: Audience::Conversation(conversation),
-            conversation: Some(conversation),
             except_device: None,
             except_user: Some(session.user.clone()),
             payload: payload.into(),

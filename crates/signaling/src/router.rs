@@ -25,8 +25,8 @@ pub const QUEUE_CAPACITY: usize = 256;
 pub enum SessionKind {
     /// `ws/notifications/`: gets every event for its user.
     Notifications,
-    /// `ws/chat/<id>/`: gets its user's events for this conversation, and the conversation's
-    /// typing indicators.
+    /// `ws/chat/<id>/`: gets the conversation's typing indicators, and its user's events only
+    /// while that user has no notification socket open.
     Chat(ConversationId),
 }
 
@@ -65,13 +65,15 @@ impl SessionSlot {
         self.kicked.notify_one();
     }
 
-    fn wants(&self, signal: &Signal) -> bool {
+    /// Whether this session gets `signal`. `chat_fallback`: the signal's user has no
+    /// notification socket open, so their chat sockets stand in (see [`Audience::User`]).
+    fn wants(&self, signal: &Signal, chat_fallback: bool) -> bool {
         if signal.except_device == Some(self.device) {
             return false;
         }
         match (&signal.audience, self.kind) {
             (Audience::User(_), SessionKind::Notifications) => true,
-            (Audience::User(_), SessionKind::Chat(shown)) => signal.conversation == Some(shown),
+            (Audience::User(_), SessionKind::Chat(_)) => chat_fallback,
             (Audience::Conversation(_), SessionKind::Chat(_)) => signal.except_user.as_ref() != Some(&self.user),
             (Audience::Conversation(_), SessionKind::Notifications) => false,
         }
@@ -155,8 +157,12 @@ impl SignalRouter for LocalRouter {
             Audience::User(user) => registry.by_user.get(user),
             Audience::Conversation(conversation) => registry.by_conversation.get(conversation),
         };
-        for slot in slots.into_iter().flatten() {
-            if slot.wants(&signal) {
+        let slots = slots.map_or(&[][..], Vec::as_slice);
+        // Counted before `except_device` applies: a user answering on their notification socket
+        // has one, so the chat socket of that same tab must not get the event instead.
+        let chat_fallback = !slots.iter().any(|slot| slot.kind == SessionKind::Notifications);
+        for slot in slots {
+            if slot.wants(&signal, chat_fallback) {
                 slot.deliver(&signal.payload);
             }
         }
@@ -171,35 +177,41 @@ mod tests {
         UserId::parse(id).expect("valid")
     }
 
-    fn signal(audience: Audience, conversation: Option<i64>, payload: &str) -> Signal {
-        Signal {
-            audience,
-            conversation: conversation.and_then(|id| ConversationId::new(id).ok()),
-            except_device: None,
-            except_user: None,
-            payload: Arc::from(payload),
-        }
+    fn signal(audience: Audience, payload: &str) -> Signal {
+        Signal { audience, except_device: None, except_user: None, payload: Arc::from(payload) }
     }
 
     #[test]
-    fn user_events_reach_notification_sockets_and_the_matching_chat_socket_only() {
+    fn user_events_take_the_notification_sockets_and_never_the_chat_sockets_beside_them() {
+        let router = LocalRouter::new();
+        let seven = ConversationId::new(7).expect("id");
+        let (_n, mut notifications) = router.register(user("bob"), SessionKind::Notifications);
+        let (_c7, mut chat_seven) = router.register(user("bob"), SessionKind::Chat(seven));
+        let (_a, mut alice) = router.register(user("alice"), SessionKind::Chat(seven));
+
+        router.route(signal(Audience::User(user("bob")), "e1"));
+        assert_eq!(notifications.try_recv().as_deref().ok(), Some("e1"));
+        assert!(chat_seven.try_recv().is_err(), "one copy per tab: the chat socket beside it gets none");
+        assert!(alice.try_recv().is_err(), "other users get nothing");
+    }
+
+    #[test]
+    fn chat_sockets_stand_in_while_the_user_has_no_notification_socket() {
         let router = LocalRouter::new();
         let seven = ConversationId::new(7).expect("id");
         let eight = ConversationId::new(8).expect("id");
-        let (_n, mut notifications) = router.register(user("bob"), SessionKind::Notifications);
         let (_c7, mut chat_seven) = router.register(user("bob"), SessionKind::Chat(seven));
         let (_c8, mut chat_eight) = router.register(user("bob"), SessionKind::Chat(eight));
-        let (_a, mut alice) = router.register(user("alice"), SessionKind::Chat(seven));
-
-        router.route(signal(Audience::User(user("bob")), Some(7), "e1"));
-        assert_eq!(notifications.try_recv().as_deref().ok(), Some("e1"));
+        router.route(signal(Audience::User(user("bob")), "e1"));
         assert_eq!(chat_seven.try_recv().as_deref().ok(), Some("e1"));
-        assert!(chat_eight.try_recv().is_err());
-        assert!(alice.try_recv().is_err(), "other users get nothing");
+        assert_eq!(chat_eight.try_recv().as_deref().ok(), Some("e1"));
 
-        router.route(signal(Audience::User(user("bob")), None, "e2"));
-        assert_eq!(notifications.try_recv().as_deref().ok(), Some("e2"));
-        assert!(chat_seven.try_recv().is_err(), "a call outside the conversation skips its chat socket");
+        let (notification, mut notifications) = router.register(user("bob"), SessionKind::Notifications);
+        let mut except_origin = signal(Audience::User(user("bob")), "e2");
+        except_origin.except_device = Some(notification.device);
+        router.route(except_origin);
+        assert!(notifications.try_recv().is_err(), "the origin is skipped");
+        assert!(chat_seven.try_recv().is_err(), "an open notification socket, even the origin, ends the fallback");
     }
 
     #[test]
@@ -209,7 +221,7 @@ mod tests {
         let (_a, mut alice) = router.register(user("alice"), SessionKind::Chat(seven));
         let (_b, mut bob) = router.register(user("bob"), SessionKind::Chat(seven));
         let (_n, mut bob_notifications) = router.register(user("bob"), SessionKind::Notifications);
-        let mut typing = signal(Audience::Conversation(seven), None, "typing");
+        let mut typing = signal(Audience::Conversation(seven), "typing");
         typing.except_user = Some(user("alice"));
         router.route(typing);
         assert!(alice.try_recv().is_err());
@@ -222,7 +234,7 @@ mod tests {
         let router = LocalRouter::new();
         let (phone, mut phone_events) = router.register(user("bob"), SessionKind::Notifications);
         let (_laptop, mut laptop_events) = router.register(user("bob"), SessionKind::Notifications);
-        let mut accepted = signal(Audience::User(user("bob")), None, "accepted");
+        let mut accepted = signal(Audience::User(user("bob")), "accepted");
         accepted.except_device = Some(phone.device);
         router.route(accepted);
         assert!(phone_events.try_recv().is_err());
@@ -235,7 +247,7 @@ mod tests {
         let (slow, _never_read) = router.register(user("bob"), SessionKind::Notifications);
         let (_fast, mut fast_events) = router.register(user("bob"), SessionKind::Notifications);
         for i in 0..=QUEUE_CAPACITY {
-            router.route(signal(Audience::User(user("bob")), None, &format!("e{i}")));
+            router.route(signal(Audience::User(user("bob")), &format!("e{i}")));
             assert!(fast_events.try_recv().is_ok(), "the reading session gets event {i}");
         }
         tokio::time::timeout(std::time::Duration::from_secs(1), slow.kicked())
