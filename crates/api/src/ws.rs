@@ -103,17 +103,15 @@ async fn upgrade(
     let upgraded = websocket.config(config).on_upgrade(move |stream| async move {
         let (sink, stream) = stream.split();
         let mut sink = sink.with(|out: Outbound| futures_util::future::ready(Ok::<_, std::io::Error>(to_message(out))));
+        // A transport error ends the stream: the session then closes.
+        let mut inbound = Box::pin(
+            stream
+                .take_while(|message| futures_util::future::ready(message.is_ok()))
+                .filter_map(|message| futures_util::future::ready(message.ok().map(from_message))),
+        );
         match admitted {
-            Err((code, reason)) => {
-                let _ = sink.send(Outbound::Close(code, reason)).await;
-            }
-            Ok(identity) => {
-                // A transport error ends the stream: the session then closes.
-                let inbound = stream
-                    .take_while(|message| futures_util::future::ready(message.is_ok()))
-                    .filter_map(|message| futures_util::future::ready(message.ok().map(from_message)));
-                session::run(signaling, identity, Box::pin(inbound), sink).await;
-            }
+            Err((code, reason)) => session::close_and_wait(&mut inbound, &mut sink, code, reason).await,
+            Ok(identity) => session::run(signaling, identity, inbound, sink).await,
         }
     });
     Ok(upgraded.into_response())
@@ -125,7 +123,7 @@ fn from_message(message: Message) -> Inbound {
         Message::Binary(_) => Inbound::Binary,
         Message::Ping(_) => Inbound::Ping,
         Message::Pong(_) => Inbound::Pong,
-        Message::Close(_) => Inbound::Close,
+        Message::Close(frame) => Inbound::Close(frame.map(|(code, _reason)| u16::from(code))),
     }
 }
 

@@ -63,7 +63,8 @@ pub enum Inbound {
     Binary,
     Ping,
     Pong,
-    Close,
+    /// The peer's Close frame, with its code if it gave one.
+    Close(Option<u16>),
 }
 
 /// What to send to the peer.
@@ -71,8 +72,13 @@ pub enum Inbound {
 pub enum Outbound {
     Text(String),
     Ping,
+    /// A Close frame: ours, or the answer to the peer's (RFC 6455 §5.5.1), echoing its code.
     Close(u16, &'static str),
 }
+
+/// How long a closing side waits for the peer to answer its Close frame before dropping the
+/// connection. A browser answers at once; this bounds a peer that never does.
+pub const CLOSE_REPLY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Who the connection belongs to, established before the upgrade.
 #[derive(Debug, Clone)]
@@ -129,7 +135,7 @@ where
     K: Sink<Outbound> + Unpin + Send,
 {
     let Some(_tracked) = (!signaling.sessions.is_closed()).then(|| signaling.sessions.token()) else {
-        let _ = outbound.send(Outbound::Close(close::GOING_AWAY, "server shutting down")).await;
+        close_and_wait(&mut inbound, &mut outbound, close::GOING_AWAY, "server shutting down").await;
         return;
     };
     let (slot, mut events) = signaling.local_router().register(identity.user.clone(), identity.kind);
@@ -161,11 +167,11 @@ where
         tokio::select! {
             biased;
             () = shutdown.cancelled() => {
-                say_goodbye(&mut outbound, close::GOING_AWAY, "server shutting down").await;
+                close_and_wait(&mut inbound, &mut outbound, close::GOING_AWAY, "server shutting down").await;
                 break;
             }
             () = slot.kicked() => {
-                say_goodbye(&mut outbound, close::SLOW_CONSUMER, "slow consumer: events were not read").await;
+                close_and_wait(&mut inbound, &mut outbound, close::SLOW_CONSUMER, "slow consumer: events were not read").await;
                 break;
             }
             event = events.recv() => match event {
@@ -175,7 +181,15 @@ where
             frame = inbound.next() => {
                 last_heard = TimerInstant::now();
                 match frame {
-                    None | Some(Inbound::Close) => break,
+                    None => break,
+                    Some(Inbound::Close(code)) => {
+                        // Answer it, so the peer sees a clean close with its own code: the
+                        // original clients reconnect on any code but 1000, and a dropped TCP
+                        // connection reads as 1006.
+                        let echo = code.unwrap_or(close::NORMAL);
+                        let _ = tokio::time::timeout(CLOSE_REPLY_TIMEOUT, outbound.send(Outbound::Close(echo, ""))).await;
+                        break;
+                    }
                     Some(Inbound::Ping | Inbound::Pong) => {}
                     Some(Inbound::Binary) => {
                         let error = FrameError::new("unsupported_frame", "Send JSON text frames.");
@@ -190,7 +204,7 @@ where
             }
             _ = keepalive.tick() => {
                 if last_heard.elapsed() >= idle_timeout {
-                    say_goodbye(&mut outbound, close::IDLE_TIMEOUT, "idle timeout").await;
+                    close_and_wait(&mut inbound, &mut outbound, close::IDLE_TIMEOUT, "idle timeout").await;
                     break;
                 }
                 open = write(&mut outbound, &slot, Outbound::Ping).await;
@@ -215,9 +229,27 @@ async fn receive(signaling: &Signaling, context: &SessionContext, rate: &mut Rat
     signaling.handle_text(context, text).await
 }
 
-/// Sends a close frame, giving a peer that stopped reading one second, not [`WRITE_TIMEOUT`].
-async fn say_goodbye<K: Sink<Outbound> + Unpin>(outbound: &mut K, code: u16, reason: &'static str) {
-    let _ = tokio::time::timeout(Duration::from_secs(1), outbound.send(Outbound::Close(code, reason))).await;
+/// Closes from our side (RFC 6455 §7.1.2): sends a Close frame, then reads until the peer's
+/// answering Close or the end of the stream, so the peer learns `code` and the connection ends
+/// cleanly. Both steps are bounded by [`CLOSE_REPLY_TIMEOUT`]: a peer that stopped reading or
+/// never answers costs that long at most, not [`WRITE_TIMEOUT`].
+pub async fn close_and_wait<S, K>(inbound: &mut S, outbound: &mut K, code: u16, reason: &'static str)
+where
+    S: Stream<Item = Inbound> + Unpin,
+    K: Sink<Outbound> + Unpin,
+{
+    let sent = tokio::time::timeout(CLOSE_REPLY_TIMEOUT, outbound.send(Outbound::Close(code, reason))).await;
+    if !matches!(sent, Ok(Ok(()))) {
+        return;
+    }
+    let answered = async {
+        while let Some(frame) = inbound.next().await {
+            if matches!(frame, Inbound::Close(_)) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_REPLY_TIMEOUT, answered).await;
 }
 
 /// Events written with one flush at most: under load a socket's queue holds several, and one
