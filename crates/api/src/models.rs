@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
 use poem_openapi::types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type};
 use poem_openapi::{Enum, Object};
-use ringline_domain::{Call, UserId, UserProfile};
+use ringline_domain::{Call, Timestamp, UserId, UserProfile};
 use serde_json::Value;
 
 /// An id a client may send as a JSON string or a number (`"42"` and `42` are the same id),
@@ -52,6 +52,53 @@ impl ParseFromJSON for FlexibleId {
 impl ToJSON for FlexibleId {
     fn to_json(&self) -> Option<Value> {
         Some(Value::String(self.0.clone()))
+    }
+}
+
+/// A moment as Django REST Framework writes one: RFC 3339 in UTC with a `Z`
+/// (`2026-12-01T21:15:51.123456Z`), never `+00:00`. poem-openapi's own `DateTime<Utc>` writes
+/// the offset form; the original clients parse either, but tools that compare strings or
+/// parse with a fixed pattern do not. The schema stays a plain `date-time` string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UtcTime(pub Timestamp);
+
+impl Type for UtcTime {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        "string_date-time".into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Inline(Box::new(MetaSchema::new_with_format("string", "date-time")))
+    }
+
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl ParseFromJSON for UtcTime {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        match value {
+            Some(Value::String(text)) => DateTime::parse_from_rfc3339(&text)
+                .map(|moment| Self(Timestamp::from(moment.with_timezone(&Utc))))
+                .map_err(|_| ParseError::custom("expected an RFC 3339 date-time")),
+            other => Err(ParseError::expected_type(other.unwrap_or_default())),
+        }
+    }
+}
+
+impl ToJSON for UtcTime {
+    fn to_json(&self) -> Option<Value> {
+        // `Timestamp`'s display is RFC 3339 with microseconds and `Z`.
+        Some(Value::String(self.0.to_string()))
     }
 }
 
@@ -139,11 +186,11 @@ pub struct CallJson {
     pub receiver: UserJson,
     pub call_type: CallTypeJson,
     pub status: CallStatusJson,
-    pub started_at: DateTime<Utc>,
+    pub started_at: UtcTime,
     #[oai(nullable)]
-    pub answered_at: Option<DateTime<Utc>>,
+    pub answered_at: Option<UtcTime>,
     #[oai(nullable)]
-    pub ended_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<UtcTime>,
     /// Whole seconds from answer to end, measured by the server; null until an answered call
     /// ends, and for calls never answered.
     #[oai(nullable)]
@@ -151,8 +198,8 @@ pub struct CallJson {
     /// Why the call finished; null while it is open.
     #[oai(nullable)]
     pub end_reason: Option<EndReasonJson>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
+    pub created_at: UtcTime,
+    pub updated_at: UtcTime,
 }
 
 impl CallJson {
@@ -182,9 +229,9 @@ impl CallJson {
                 ringline_domain::CallStatus::Rejected => CallStatusJson::Rejected,
                 ringline_domain::CallStatus::Cancelled => CallStatusJson::Cancelled,
             },
-            started_at: call.started_at().into(),
-            answered_at: call.answered_at().map(Into::into),
-            ended_at: call.ended_at().map(Into::into),
+            started_at: UtcTime(call.started_at()),
+            answered_at: call.answered_at().map(UtcTime),
+            ended_at: call.ended_at().map(UtcTime),
             duration_seconds: call.duration_seconds(),
             end_reason: call.end_reason().map(|reason| match reason {
                 ringline_domain::EndReason::UserHangup => EndReasonJson::UserHangup,
@@ -192,8 +239,8 @@ impl CallJson {
                 ringline_domain::EndReason::Declined => EndReasonJson::Declined,
                 ringline_domain::EndReason::InviteTimeout => EndReasonJson::InviteTimeout,
             }),
-            created_at: call.created_at().into(),
-            updated_at: call.updated_at().into(),
+            created_at: UtcTime(call.created_at()),
+            updated_at: UtcTime(call.updated_at()),
         }
     }
 }
