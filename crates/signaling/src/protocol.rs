@@ -28,8 +28,6 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4409;
     /// The server is shutting down; reconnect (to another instance).
     pub const GOING_AWAY: u16 = 1001;
-    /// A normal close: what the answer to a peer's codeless Close frame carries.
-    pub const NORMAL: u16 = 1000;
 }
 
 /// The largest text frame the server acts on. Larger frames get a `frame_too_large` error

@@ -72,7 +72,8 @@ pub enum Inbound {
 pub enum Outbound {
     Text(String),
     Ping,
-    /// A Close frame: ours, or the answer to the peer's (RFC 6455 §5.5.1), echoing its code.
+    /// Our Close frame. The answer to the peer's Close (RFC 6455 §5.5.1) is the transport's to
+    /// queue; flushing the sink sends it.
     Close(u16, &'static str),
 }
 
@@ -184,10 +185,12 @@ where
                     None => break,
                     Some(Inbound::Close(code)) => {
                         // Answer it, so the peer sees a clean close with its own code: the
-                        // original clients reconnect on any code but 1000, and a dropped TCP
-                        // connection reads as 1006.
-                        let echo = code.unwrap_or(close::NORMAL);
-                        let _ = tokio::time::timeout(CLOSE_REPLY_TIMEOUT, outbound.send(Outbound::Close(echo, ""))).await;
+                        // original clients reconnect on any code but 1000, and a connection
+                        // dropped without an answer reads as 1006. The WebSocket layer queued
+                        // the answer, echoing the code, when it read the peer's Close (writing
+                        // a Close of our own now would be refused); a flush sends it.
+                        tracing::debug!(user = %context.user, device = slot.device.0, code, "peer closed");
+                        let _ = tokio::time::timeout(CLOSE_REPLY_TIMEOUT, outbound.flush()).await;
                         break;
                     }
                     Some(Inbound::Ping | Inbound::Pong) => {}
