@@ -7,15 +7,12 @@
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { chromium } from "playwright-core";
+import { chromiumPath, freePort, launchChromium, startRingline, stopRingline } from "./harness.mjs";
 
-const repo = resolve(import.meta.dirname, "../..");
-const binary = process.env.RINGLINE_BIN || join(repo, "target/debug/ringline");
 const screenshots = process.env.RINGLINE_SCREENSHOTS_DIR || mkdtempSync(join(tmpdir(), "ringline-shots-"));
 const RING_TIMEOUT_SECS = 4;
 
@@ -25,53 +22,8 @@ let base;
 let browser;
 let workdir;
 
-function freePort() {
-  return new Promise((done, fail) => {
-    const probe = createServer();
-    probe.once("error", fail);
-    probe.listen(0, "127.0.0.1", () => {
-      const { port } = probe.address();
-      probe.close(() => done(port));
-    });
-  });
-}
-
-async function waitForServer(url) {
-  const deadline = Date.now() + 30_000;
-  while (Date.now() < deadline) {
-    try {
-      if ((await fetch(`${url}/healthz`)).ok) return;
-    } catch {
-      // not up yet
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error("ringline did not start");
-}
-
-/** Starts `ringline demo` on `port` over the run's database; it keeps its data across restarts. */
-async function startServer() {
-  const env = {
-    ...process.env,
-    RINGLINE_DATABASE_URL: `sqlite://${join(workdir, "ringline.db")}?mode=rwc`,
-    RINGLINE_BIND: `127.0.0.1:${port}`,
-    RINGLINE_RING_TIMEOUT_SECS: String(RING_TIMEOUT_SECS),
-    RUST_LOG: "warn",
-  };
-  // Demo sign-in exists only on the development secret.
-  delete env.RINGLINE_JWT_SECRET;
-  delete env.RINGLINE_ENV;
-  const started = spawn(binary, ["demo"], { cwd: workdir, env, stdio: ["ignore", "inherit", "inherit"] });
-  await waitForServer(base);
-  return started;
-}
-
-/** Stops the server the way a deploy does (SIGTERM) and waits for it to exit. */
-async function stopServer() {
-  const exited = new Promise((resolve) => server.once("exit", resolve));
-  server.kill("SIGTERM");
-  await exited;
-}
+const startServer = () => startRingline({ workdir, port, ringTimeoutSecs: RING_TIMEOUT_SECS });
+const stopServer = () => stopRingline(server);
 
 before(async () => {
   mkdirSync(screenshots, { recursive: true });
@@ -79,23 +31,7 @@ before(async () => {
   port = await freePort();
   base = `http://127.0.0.1:${port}`;
   server = await startServer();
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      "--use-fake-device-for-media-stream",
-      "--use-fake-ui-for-media-stream",
-      "--autoplay-policy=no-user-gesture-required",
-      // Local candidates as plain IPs, so two tabs on one machine reach each other.
-      "--disable-features=WebRtcHideLocalIpsWithMdns",
-    ],
-  });
+  browser = await launchChromium();
 });
 
 after(async () => {
@@ -338,7 +274,7 @@ test("a phone-sized screen keeps every control reachable", async () => {
 test("denied camera and microphone: a clear message, and no call is placed", async () => {
   // A browser whose permission prompts nobody accepts (no --use-fake-ui-for-media-stream).
   const strict = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    executablePath: chromiumPath,
     args: ["--no-sandbox", "--disable-gpu", "--use-fake-device-for-media-stream", "--disable-background-networking"],
   });
   try {

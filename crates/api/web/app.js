@@ -388,6 +388,9 @@ function dispatch(event) {
       break;
     case "call.end":
       if (!isCurrent(event)) return;
+      // Sent so that old clients' other tabs stop ringing: it ends this tab's ringing, never a
+      // call this tab is in.
+      if (event.end_reason === "answered_elsewhere" && state.call.status !== "ringing") return;
       stopRinging();
       if (event.status === "ended") {
         endLocally(`Call ended · ${formatDuration(event.duration_seconds ?? 0)}`);

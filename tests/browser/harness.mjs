@@ -1,0 +1,88 @@
+// What every browser test file shares: a free port, the real `ringline demo` binary on it over
+// a fresh SQLite file, and headless Debian Chromium with fake camera and microphone.
+//
+// Environment: RINGLINE_BIN (default ../../target/debug/ringline), CHROMIUM (default
+// /usr/bin/chromium).
+
+import { spawn } from "node:child_process";
+import { createServer } from "node:net";
+import { join, resolve } from "node:path";
+import { chromium } from "playwright-core";
+
+const repo = resolve(import.meta.dirname, "../..");
+export const binary = process.env.RINGLINE_BIN || join(repo, "target/debug/ringline");
+export const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
+
+export function freePort() {
+  return new Promise((done, fail) => {
+    const probe = createServer();
+    probe.once("error", fail);
+    probe.listen(0, "127.0.0.1", () => {
+      const { port } = probe.address();
+      probe.close(() => done(port));
+    });
+  });
+}
+
+async function waitForServer(url) {
+  const deadline = Date.now() + 30_000;
+  while (Date.now() < deadline) {
+    try {
+      if ((await fetch(`${url}/healthz`)).ok) return;
+    } catch {
+      // not up yet
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error("ringline did not start");
+}
+
+/**
+ * Starts `ringline demo` on 127.0.0.1:`port` over `workdir`'s database (it keeps its data across
+ * restarts) and resolves once it answers `/healthz`.
+ */
+export async function startRingline({ workdir, port, ringTimeoutSecs }) {
+  const env = {
+    ...process.env,
+    RINGLINE_DATABASE_URL: `sqlite://${join(workdir, "ringline.db")}?mode=rwc`,
+    RINGLINE_BIND: `127.0.0.1:${port}`,
+    RINGLINE_RING_TIMEOUT_SECS: String(ringTimeoutSecs),
+    RUST_LOG: "warn",
+  };
+  // Demo sign-in exists only on the development secret.
+  delete env.RINGLINE_JWT_SECRET;
+  delete env.RINGLINE_ENV;
+  const started = spawn(binary, ["demo"], { cwd: workdir, env, stdio: ["ignore", "inherit", "inherit"] });
+  await waitForServer(`http://127.0.0.1:${port}`);
+  return started;
+}
+
+/** Stops a server the way a deploy does (SIGTERM) and waits for it to exit. */
+export async function stopRingline(server) {
+  const exited = new Promise((resolve) => server.once("exit", resolve));
+  server.kill("SIGTERM");
+  await exited;
+}
+
+/** Headless Chromium that grants fake camera and microphone without asking. */
+export function launchChromium() {
+  return chromium.launch({
+    executablePath: chromiumPath,
+    args: [
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      "--use-fake-device-for-media-stream",
+      "--use-fake-ui-for-media-stream",
+      "--autoplay-policy=no-user-gesture-required",
+      // Local candidates as plain IPs, so two tabs on one machine reach each other; and no Local
+      // Network Access checks, which block a page that Playwright's routing fulfilled (it has no
+      // address space of its own) from opening sockets to 127.0.0.1.
+      "--disable-features=WebRtcHideLocalIpsWithMdns,LocalNetworkAccessChecks",
+    ],
+  });
+}
