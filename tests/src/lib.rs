@@ -321,22 +321,16 @@ impl WsClient {
     /// returns the code of the server's answering Close frame: `None` when the server dropped
     /// the connection without one (a browser then reports 1006).
     pub async fn close_and_read_reply(&mut self, code: u16) -> Option<u16> {
-        use futures_util::{SinkExt, StreamExt};
+        use futures_util::SinkExt;
         use tokio_tungstenite::tungstenite::Message;
         use tokio_tungstenite::tungstenite::protocol::CloseFrame;
         let frame = CloseFrame { code: code.into(), reason: "leaving".into() };
         self.socket.send(Message::Close(Some(frame))).await.ok()?;
-        let deadline = tokio::time::Instant::now() + EVENT_WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.socket.next()).await {
-                Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|frame| u16::from(frame.code)),
-                Ok(Some(Ok(_))) => {}
-                Ok(Some(Err(_)) | None) | Err(_) => return None,
-            }
-        }
+        self.closed_with().await
     }
 
-    /// Waits for the server to close the connection and returns the close code.
+    /// Waits for the server's Close frame and returns its code; `None` when the connection ended
+    /// without one.
     pub async fn closed_with(&mut self) -> Option<u16> {
         use futures_util::StreamExt;
         use tokio_tungstenite::tungstenite::Message;

@@ -195,10 +195,7 @@ impl OldClient {
     /// The web client's Accept: answers the pending offer over its notification socket.
     async fn answer_on_socket(&mut self) {
         let id = self.ringing.take().expect("a ringing call to answer");
-        assert!(self.pending_offer.take().is_some(), "{}: Accept needs the offer", self.name);
-        self.peer = Peer::Stable;
-        self.in_call = Some(id.clone());
-        self.notifications.send_json(json!({"type": "call.answer", "call_id": id, "answer": sdp("answer")})).await;
+        self.send_answer(id).await;
     }
 
     /// The mobile client's Accept: `accept/` over REST, then its answer on the socket.
@@ -206,7 +203,11 @@ impl OldClient {
         let id = self.ringing.take().expect("a ringing call to accept");
         app.post(&format!("/api/calls/{id}/accept/"), &self.token, json!({})).await.expect(200);
         self.settle().await;
-        assert!(self.pending_offer.take().is_some(), "{}: the offer arrived", self.name);
+        self.send_answer(id).await;
+    }
+
+    async fn send_answer(&mut self, id: String) {
+        assert!(self.pending_offer.take().is_some(), "{}: answering needs the offer", self.name);
         self.peer = Peer::Stable;
         self.in_call = Some(id.clone());
         self.notifications.send_json(json!({"type": "call.answer", "call_id": id, "answer": sdp("answer")})).await;
