@@ -119,13 +119,6 @@ async fn chat_heard_nothing(sockets: &mut [WsClient]) {
     }
 }
 
-/// The first socket caused something: every other socket gets `kind`, the first hears nothing.
-async fn others_get(sockets: &mut [WsClient], kind: &str) {
-    let (origin, others) = sockets.split_at_mut(1);
-    all_get(others, kind).await;
-    origin[0].expect_silence().await;
-}
-
 async fn all_silent(sockets: &mut [WsClient]) {
     for socket in sockets.iter_mut() {
         socket.expect_silence().await;
