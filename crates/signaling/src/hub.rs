@@ -286,7 +286,9 @@ impl Signaling {
                     None,
                     events::party_event("call.accepted", &self.ids.next(), call, "receiver_id", by),
                 );
-                // The callee's other devices stop ringing.
+                // The callee's other devices stop ringing (newer clients; the original web
+                // client needs the `call.end` that `answered_elsewhere` sends once the
+                // answering socket is known).
                 self.to_user(
                     receiver,
                     origin,
