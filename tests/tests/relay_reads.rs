@@ -46,6 +46,24 @@ impl CallRepository for CountingReads {
     async fn apply(&self, transition: &Transition) -> Result<(), RepositoryError> {
         self.inner.apply(transition).await
     }
+    async fn newest_call_of(&self, user: &UserId) -> Result<Option<Call>, RepositoryError> {
+        self.inner.newest_call_of(user).await
+    }
+    async fn users_on_lines(&self) -> Result<Vec<UserId>, RepositoryError> {
+        self.inner.users_on_lines().await
+    }
+    async fn mark_seen(&self, users: &[UserId], at: Timestamp) -> Result<(), RepositoryError> {
+        self.inner.mark_seen(users, at).await
+    }
+    async fn abandoned_calls(&self, seen_before: Timestamp, limit: u32) -> Result<Vec<(Call, Timestamp)>, RepositoryError> {
+        self.inner.abandoned_calls(seen_before, limit).await
+    }
+    async fn active_answered_before(&self, cutoff: Timestamp, limit: u32) -> Result<Vec<Call>, RepositoryError> {
+        self.inner.active_answered_before(cutoff, limit).await
+    }
+    async fn apply_if_abandoned(&self, transition: &Transition, seen_before: Timestamp) -> Result<(), RepositoryError> {
+        self.inner.apply_if_abandoned(transition, seen_before).await
+    }
 }
 
 #[tokio::test]

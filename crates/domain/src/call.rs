@@ -6,6 +6,9 @@
 //!     │ reject (receiver), or end by the receiver ──────────────────► rejected
 //!     │ end (caller) ───────────────────────────────────────────────► cancelled
 //!     │ expire (server, after the ring timeout) ────────────────────► missed
+//!
+//!   active ── lose_connection (server: both parties gone for the grace period) ──► ended
+//!   active ── cap_duration (server: the call reached its maximum length) ─────────► ended
 //! ```
 //!
 //! Each transition is a pure function of the call, the acting user and `now`. It returns an
@@ -19,7 +22,7 @@
 
 use std::time::Duration;
 
-use crate::values::{Action, CallId, CallStatus, CallType, ConversationId, EndReason, Timestamp, UserId};
+use crate::values::{Action, CallId, CallStatus, CallType, ConversationId, EndReason, HangupReason, Timestamp, UserId};
 
 /// A call that has been decided on but not stored yet (it has no id).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,7 +139,9 @@ pub enum CallEvent {
     Accepted { by: UserId },
     Rejected { by: UserId },
     Cancelled { by: UserId },
-    Ended { by: UserId, duration_seconds: u32 },
+    /// An answered call ended: hung up by a party (`by`), or by the server (`by: None`) when
+    /// both parties went away or the call ran too long; the call's `end_reason` says which.
+    Ended { by: Option<UserId>, duration_seconds: u32 },
     Missed,
 }
 
@@ -354,21 +359,22 @@ impl Call {
     /// # Errors
     /// `NotAParty` for anyone but the two parties.
     pub fn end(&self, actor: &UserId, now: Timestamp) -> Result<Outcome, TransitionError> {
+        self.end_because(actor, now, HangupReason::UserHangup)
+    }
+
+    /// [`Call::end`], recording why the party hung up (`ice_failed` when the media path died).
+    /// The reason applies to answered calls; an unanswered one is cancelled or declined.
+    ///
+    /// # Errors
+    /// `NotAParty` for anyone but the two parties.
+    pub fn end_because(&self, actor: &UserId, now: Timestamp, reason: HangupReason) -> Result<Outcome, TransitionError> {
         if !self.is_party(actor) {
             return Err(TransitionError::NotAParty);
         }
         match self.status {
             CallStatus::Active => {
-                let now = self.not_before_last_change(now);
-                let answered_at = self.answered_at.unwrap_or(self.started_at);
-                let duration = now.whole_seconds_since(answered_at);
-                let mut next = self.clone();
-                next.status = CallStatus::Ended;
-                next.ended_at = Some(now);
-                next.duration_seconds = Some(duration);
-                next.end_reason = Some(EndReason::UserHangup);
-                next.updated_at = now;
-                Ok(self.changed(next, CallEvent::Ended { by: actor.clone(), duration_seconds: duration }))
+                let event_by = Some(actor.clone());
+                Ok(self.finish_answered(self.not_before_last_change(now), reason.into(), event_by))
             }
             status if status.is_unanswered() && actor == &self.caller => Ok(self.finish_unanswered(
                 CallStatus::Cancelled,
@@ -384,6 +390,38 @@ impl Call {
             )),
             _ => Ok(Outcome::AlreadyDone(self.clone())),
         }
+    }
+
+    /// The server ends an answered call whose parties both lost their last live socket, the
+    /// later of them at `last_seen`, once `grace` has passed since then with neither back. The
+    /// call ends at `last_seen` (not at `now`): its duration is the time someone was there.
+    ///
+    /// # Errors
+    /// `InvalidState` unless active; `NotYetDue` while the grace period runs.
+    pub fn lose_connection(&self, last_seen: Timestamp, now: Timestamp, grace: Duration) -> Result<Outcome, TransitionError> {
+        if self.status != CallStatus::Active {
+            return Err(TransitionError::InvalidState { action: Action::Abandon, status: self.status });
+        }
+        if now < last_seen.plus(grace) {
+            return Err(TransitionError::NotYetDue);
+        }
+        Ok(self.finish_answered(self.not_before_last_change(last_seen), EndReason::ConnectionLost, None))
+    }
+
+    /// The server ends an answered call that reached `max_length`, as a last resort for calls
+    /// both parties forgot. It ends exactly at the cap, however late the check runs.
+    ///
+    /// # Errors
+    /// `InvalidState` unless active; `NotYetDue` before the cap.
+    pub fn cap_duration(&self, now: Timestamp, max_length: Duration) -> Result<Outcome, TransitionError> {
+        if self.status != CallStatus::Active {
+            return Err(TransitionError::InvalidState { action: Action::Abandon, status: self.status });
+        }
+        let cap = self.answered_at.unwrap_or(self.started_at).plus(max_length);
+        if now < cap {
+            return Err(TransitionError::NotYetDue);
+        }
+        Ok(self.finish_answered(self.not_before_last_change(cap), EndReason::MaxDuration, None))
     }
 
     /// The server gives up on a call nobody answered within `ring_timeout` of its start.
@@ -408,6 +446,17 @@ impl Call {
         } else {
             Err(TransitionError::NotAParty)
         }
+    }
+
+    fn finish_answered(&self, at: Timestamp, reason: EndReason, by: Option<UserId>) -> Outcome {
+        let duration = at.whole_seconds_since(self.answered_at.unwrap_or(self.started_at));
+        let mut next = self.clone();
+        next.status = CallStatus::Ended;
+        next.ended_at = Some(at);
+        next.duration_seconds = Some(duration);
+        next.end_reason = Some(reason);
+        next.updated_at = at;
+        self.changed(next, CallEvent::Ended { by, duration_seconds: duration })
     }
 
     fn finish_unanswered(&self, status: CallStatus, reason: EndReason, now: Timestamp, event: CallEvent) -> Outcome {

@@ -27,8 +27,8 @@ pub use ports::{
     NotificationRepository, Page, PageRequest, RepositoryError, Signal, SignalRouter, SystemClock, UserProfile,
 };
 pub use rules::{InitiateDecision, InitiateRefusal, decide_initiate};
-pub use service::{CallAction, CallService, CallServiceError, InitiateCommand, Initiated};
+pub use service::{CallAction, CallService, CallServiceError, InitiateCommand, Initiated, LivenessPolicy};
 pub use values::{
-    Action, CallId, CallStatus, CallType, ConversationId, DeviceId, EndReason, InvalidValue, NotificationVerb,
+    Action, CallId, CallStatus, CallType, ConversationId, DeviceId, EndReason, HangupReason, InvalidValue, NotificationVerb,
     Timestamp, UserId,
 };

@@ -105,6 +105,49 @@ pub trait CallRepository: Send + Sync + std::fmt::Debug {
     /// `Conflict` with the current status when another change won; `NotFound` when the call
     /// does not exist; `Storage` when the store fails.
     async fn apply(&self, transition: &Transition) -> Result<(), RepositoryError>;
+
+    /// The newest call `user` placed or received (by id, the order calls were stored in). A
+    /// party holds one line at a time and no call can be stored while a line is held, so a
+    /// user's open call, when there is one, is always their newest.
+    ///
+    /// # Errors
+    /// `Storage` when the store fails.
+    async fn newest_call_of(&self, user: &UserId) -> Result<Option<Call>, RepositoryError>;
+
+    /// The users who hold a line: the parties of every open call.
+    ///
+    /// # Errors
+    /// `Storage` when the store fails.
+    async fn users_on_lines(&self) -> Result<Vec<UserId>, RepositoryError>;
+
+    /// Records that `users` had a live socket at `at`, on the lines they hold (users without
+    /// one are skipped). Never moves a party's last-seen moment backwards, so several server
+    /// instances may report the same user.
+    ///
+    /// # Errors
+    /// `Storage` when the store fails.
+    async fn mark_seen(&self, users: &[UserId], at: Timestamp) -> Result<(), RepositoryError>;
+
+    /// Up to `limit` active calls neither of whose parties was seen at or after `seen_before`,
+    /// each with the later of the two last-seen moments, oldest first.
+    ///
+    /// # Errors
+    /// `Storage` when the store fails.
+    async fn abandoned_calls(&self, seen_before: Timestamp, limit: u32) -> Result<Vec<(Call, Timestamp)>, RepositoryError>;
+
+    /// Up to `limit` active calls answered before `cutoff`, oldest first.
+    ///
+    /// # Errors
+    /// `Storage` when the store fails.
+    async fn active_answered_before(&self, cutoff: Timestamp, limit: u32) -> Result<Vec<Call>, RepositoryError>;
+
+    /// [`CallRepository::apply`], and only if neither party of the call was seen at or after
+    /// `seen_before` meanwhile: a party that came back in time keeps the call up, even when
+    /// another server instance decided to end it a moment earlier.
+    ///
+    /// # Errors
+    /// `Conflict` when the status changed or a party was seen since; as `apply` otherwise.
+    async fn apply_if_abandoned(&self, transition: &Transition, seen_before: Timestamp) -> Result<(), RepositoryError>;
 }
 
 /// What the API shows of a user. Deliberately no email or phone number: the other party of a

@@ -14,7 +14,7 @@ use crate::ports::{
     CallListFilter, CallRepository, Clock, Directory, DirectoryError, Page, PageRequest, RepositoryError,
 };
 use crate::rules::{InitiateDecision, InitiateRefusal, decide_initiate};
-use crate::values::{CallId, CallType, ConversationId, Timestamp, UserId};
+use crate::values::{CallId, CallType, ConversationId, HangupReason, Timestamp, UserId};
 
 /// How many times a step is re-read and retried after losing a race. A call changes status at
 /// most twice (ringing → active → ended), so three attempts always see a settled state.
@@ -51,7 +51,24 @@ impl Initiated {
 pub enum CallAction {
     Accept,
     Reject,
-    End,
+    /// Hang up (or cancel, or decline while ringing); the reason is recorded for answered calls.
+    End(HangupReason),
+}
+
+/// When the server ends answered calls on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LivenessPolicy {
+    /// How long an active call survives with neither party connected (30 s by default): long
+    /// enough for a phone to switch networks or a page to reload.
+    pub grace: Duration,
+    /// The longest a call may last (12 hours by default): a last resort for forgotten calls.
+    pub max_call: Duration,
+}
+
+impl Default for LivenessPolicy {
+    fn default() -> Self {
+        Self { grace: Duration::from_secs(30), max_call: Duration::from_secs(12 * 60 * 60) }
+    }
 }
 
 /// Why a use case failed. The API maps each variant to one status and one stable code.
@@ -88,6 +105,7 @@ pub struct CallService {
     directory: Arc<dyn Directory>,
     clock: Arc<dyn Clock>,
     ring_timeout: Duration,
+    liveness: LivenessPolicy,
 }
 
 impl CallService {
@@ -97,7 +115,18 @@ impl CallService {
         clock: Arc<dyn Clock>,
         ring_timeout: Duration,
     ) -> Self {
-        Self { calls, directory, clock, ring_timeout }
+        Self { calls, directory, clock, ring_timeout, liveness: LivenessPolicy::default() }
+    }
+
+    /// Replaces the default [`LivenessPolicy`].
+    #[must_use]
+    pub fn with_liveness(mut self, liveness: LivenessPolicy) -> Self {
+        self.liveness = liveness;
+        self
+    }
+
+    pub fn liveness(&self) -> LivenessPolicy {
+        self.liveness
     }
 
     pub fn directory(&self) -> &Arc<dyn Directory> {
@@ -228,7 +257,7 @@ impl CallService {
             Ok(match action {
                 CallAction::Accept => call.accept(actor, now)?,
                 CallAction::Reject => call.reject(actor, now)?,
-                CallAction::End => call.end(actor, now)?,
+                CallAction::End(reason) => call.end_because(actor, now, reason)?,
             })
         })
         .await
@@ -262,6 +291,77 @@ impl CallService {
             }
         }
         Ok(expired)
+    }
+
+    /// `user`'s open call (ringing or active), if any.
+    ///
+    /// # Errors
+    /// `Repository` when storage fails.
+    pub async fn open_call_of(&self, user: &UserId) -> Result<Option<Call>, CallServiceError> {
+        Ok(self.calls.newest_call_of(user).await?.filter(|call| call.status().is_open()))
+    }
+
+    /// `user`'s newest call, open or finished.
+    ///
+    /// # Errors
+    /// `Repository` when storage fails.
+    pub async fn newest_call_of(&self, user: &UserId) -> Result<Option<Call>, CallServiceError> {
+        Ok(self.calls.newest_call_of(user).await?)
+    }
+
+    /// The users who are parties of an open call (the ones whose presence matters).
+    ///
+    /// # Errors
+    /// `Repository` when storage fails.
+    pub async fn users_on_lines(&self) -> Result<Vec<UserId>, CallServiceError> {
+        Ok(self.calls.users_on_lines().await?)
+    }
+
+    /// Records that `users` have a live socket now (a heartbeat, or the moment one of them
+    /// disconnected for good).
+    ///
+    /// # Errors
+    /// `Repository` when storage fails.
+    pub async fn mark_seen(&self, users: &[UserId]) -> Result<(), CallServiceError> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        Ok(self.calls.mark_seen(users, self.clock.now()).await?)
+    }
+
+    /// Ends up to `limit` active calls whose parties have both been gone for the grace period
+    /// (`connection_lost`, ended when the later party left) or that reached the maximum length
+    /// (`max_duration`), and returns the transitions applied. Decided from stored state only,
+    /// so it survives restarts, and each end is a compare-and-set: with several instances
+    /// sweeping, exactly one ends each call.
+    ///
+    /// # Errors
+    /// `Repository` when storage fails.
+    pub async fn end_abandoned(&self, limit: u32) -> Result<Vec<Transition>, CallServiceError> {
+        let now = self.clock.now();
+        let seen_before = now.minus(self.liveness.grace);
+        let mut ended = Vec::new();
+        for (call, last_seen) in self.calls.abandoned_calls(seen_before, limit).await? {
+            let Ok(Outcome::Changed(transition)) = call.lose_connection(last_seen, now, self.liveness.grace) else {
+                continue;
+            };
+            match self.calls.apply_if_abandoned(&transition, seen_before).await {
+                Ok(()) => ended.push(transition),
+                Err(RepositoryError::Conflict { .. } | RepositoryError::NotFound) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        for call in self.calls.active_answered_before(now.minus(self.liveness.max_call), limit).await? {
+            let Ok(Outcome::Changed(transition)) = call.cap_duration(now, self.liveness.max_call) else {
+                continue;
+            };
+            match self.calls.apply(&transition).await {
+                Ok(()) => ended.push(transition),
+                Err(RepositoryError::Conflict { .. } | RepositoryError::NotFound) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(ended)
     }
 
     /// Loads call `id`, computes a transition with `decide`, and applies it; on a lost race,

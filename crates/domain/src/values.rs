@@ -225,13 +225,51 @@ pub enum EndReason {
     Declined,
     /// Nobody answered within the ring timeout.
     InviteTimeout,
+    /// A party reported that the media path failed (ICE could not connect or reconnect).
+    IceFailed,
+    /// A party reported that its camera or microphone failed.
+    UserMediaFailed,
+    /// Neither party had a live socket for the liveness grace period: both apps were closed,
+    /// crashed or lost their network. Decided by the server.
+    ConnectionLost,
+    /// The call reached the configured maximum length. Decided by the server.
+    MaxDuration,
 }
 named_enum!(EndReason, "end_reason", "is not an end reason", {
     UserHangup => "user_hangup",
     CallerCancelled => "caller_cancelled",
     Declined => "declined",
     InviteTimeout => "invite_timeout",
+    IceFailed => "ice_failed",
+    UserMediaFailed => "user_media_failed",
+    ConnectionLost => "connection_lost",
+    MaxDuration => "max_duration",
 });
+
+/// Why a party hangs up an answered call: the end reasons a client may report. The others
+/// are the server's to decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum HangupReason {
+    #[default]
+    UserHangup,
+    IceFailed,
+    UserMediaFailed,
+}
+named_enum!(HangupReason, "reason", "is not a reason a client may give (user_hangup, ice_failed, user_media_failed)", {
+    UserHangup => "user_hangup",
+    IceFailed => "ice_failed",
+    UserMediaFailed => "user_media_failed",
+});
+
+impl From<HangupReason> for EndReason {
+    fn from(reason: HangupReason) -> Self {
+        match reason {
+            HangupReason::UserHangup => Self::UserHangup,
+            HangupReason::IceFailed => Self::IceFailed,
+            HangupReason::UserMediaFailed => Self::UserMediaFailed,
+        }
+    }
+}
 
 /// What a notification says happened. The wire names are the original app's verbs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -282,6 +320,8 @@ pub enum Action {
     Reject,
     End,
     Expire,
+    /// The server ends a call whose parties both went away, or that ran too long.
+    Abandon,
 }
 impl Action {
     pub const fn as_str(self) -> &'static str {
@@ -290,6 +330,7 @@ impl Action {
             Self::Reject => "reject",
             Self::End => "end",
             Self::Expire => "expire",
+            Self::Abandon => "abandon",
         }
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use ringline_domain::{
-    Action, Call, CallEvent, CallId, CallStatus, CallType, ConversationId, EndReason, NewCall, Outcome, Timestamp,
+    Action, Call, CallEvent, CallId, CallStatus, CallType, ConversationId, EndReason, HangupReason, NewCall, Outcome, Timestamp,
     TransitionError, UserId,
 };
 
@@ -103,7 +103,7 @@ fn ending_an_active_call_measures_its_duration_on_the_server() {
     assert_eq!(call.status(), CallStatus::Ended);
     assert_eq!(call.duration_seconds(), Some(60));
     assert_eq!(call.end_reason(), Some(EndReason::UserHangup));
-    assert_eq!(event, CallEvent::Ended { by: user("alice"), duration_seconds: 60 });
+    assert_eq!(event, CallEvent::Ended { by: Some(user("alice")), duration_seconds: 60 });
 }
 
 #[test]
@@ -145,6 +145,46 @@ fn an_answered_call_never_expires() {
         active().expire(at(500), RING_TIMEOUT),
         Err(TransitionError::InvalidState { action: Action::Expire, status: CallStatus::Active })
     );
+}
+
+#[test]
+fn a_party_reporting_failed_media_records_why_the_call_ended() {
+    let (call, event) = changed(active().end_because(&user("bob"), at(13), HangupReason::IceFailed));
+    assert_eq!(call.end_reason(), Some(EndReason::IceFailed));
+    assert_eq!(call.duration_seconds(), Some(10));
+    assert_eq!(event, CallEvent::Ended { by: Some(user("bob")), duration_seconds: 10 });
+    let (cancelled, _) = changed(ringing().end_because(&user("alice"), at(2), HangupReason::IceFailed));
+    assert_eq!(cancelled.end_reason(), Some(EndReason::CallerCancelled), "an unanswered call is just cancelled");
+}
+
+const GRACE: Duration = Duration::from_secs(30);
+
+#[test]
+fn a_call_both_parties_left_ends_when_the_last_one_left_once_the_grace_period_is_over() {
+    // Answered at 3, the last socket went away at 40.
+    assert_eq!(active().lose_connection(at(40), at(69), GRACE), Err(TransitionError::NotYetDue));
+    let (call, event) = changed(active().lose_connection(at(40), at(75), GRACE));
+    assert_eq!(call.status(), CallStatus::Ended);
+    assert_eq!(call.end_reason(), Some(EndReason::ConnectionLost));
+    assert_eq!(call.ended_at(), Some(at(40)), "not the moment the sweep ran");
+    assert_eq!(call.duration_seconds(), Some(37));
+    assert_eq!(event, CallEvent::Ended { by: None, duration_seconds: 37 });
+    // Seen last before the answer (a REST-only accept): the call lasted nothing.
+    assert_eq!(changed(active().lose_connection(at(1), at(99), GRACE)).0.duration_seconds(), Some(0));
+    assert_eq!(
+        ringing().lose_connection(at(0), at(99), GRACE),
+        Err(TransitionError::InvalidState { action: Action::Abandon, status: CallStatus::Ringing })
+    );
+}
+
+#[test]
+fn a_call_that_reaches_the_maximum_length_ends_exactly_at_it() {
+    let max = Duration::from_secs(3600);
+    assert_eq!(active().cap_duration(at(3602), max), Err(TransitionError::NotYetDue));
+    let (call, _) = changed(active().cap_duration(at(90_000), max));
+    assert_eq!(call.end_reason(), Some(EndReason::MaxDuration));
+    assert_eq!(call.duration_seconds(), Some(3600));
+    assert_eq!(call.ended_at(), Some(at(3603)));
 }
 
 #[test]

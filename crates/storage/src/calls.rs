@@ -14,7 +14,7 @@ use ringline_domain::{
     Call, CallId, CallListFilter, CallParts, CallRepository, CallStatus, NewCall, Page, PageRequest, RepositoryError,
     Timestamp, Transition, UserId,
 };
-use sea_orm::sea_query::{Expr, IntoCondition};
+use sea_orm::sea_query::{Expr, IntoCondition, Query};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
     QuerySelect, Set, SqlErr, TransactionTrait,
@@ -133,7 +133,11 @@ impl CallRepository for SqlCallRepository {
         let mut parties = [new_call.caller(), new_call.receiver()];
         parties.sort();
         for user in parties {
-            let line = busy_line::ActiveModel { user_id: Set(user.as_str().to_owned()), call_id: Set(row.id) };
+            let line = busy_line::ActiveModel {
+                user_id: Set(user.as_str().to_owned()),
+                call_id: Set(row.id),
+                last_seen_at: Set(Some(started_at)),
+            };
             if let Err(error) = line.insert(&txn).await {
                 // Dropping `txn` rolls the whole attempt back, call row included.
                 return Err(match error.sql_err() {
@@ -199,13 +203,128 @@ impl CallRepository for SqlCallRepository {
     }
 
     async fn apply(&self, transition: &Transition) -> Result<(), RepositoryError> {
+        self.compare_and_set(transition, None).await
+    }
+
+    async fn newest_call_of(&self, user: &UserId) -> Result<Option<Call>, RepositoryError> {
+        let row = call::Entity::find()
+            .filter(party_of(user))
+            .order_by_desc(call::Column::Id)
+            .one(&self.db)
+            .await
+            .map_err(storage_failure)?;
+        row.map(to_call).transpose()
+    }
+
+    async fn users_on_lines(&self) -> Result<Vec<UserId>, RepositoryError> {
+        let ids: Vec<String> = busy_line::Entity::find()
+            .select_only()
+            .column(busy_line::Column::UserId)
+            .into_tuple()
+            .all(&self.db)
+            .await
+            .map_err(storage_failure)?;
+        ids.into_iter().map(|id| UserId::parse(id).map_err(storage_failure)).collect()
+    }
+
+    async fn mark_seen(&self, users: &[UserId], at: Timestamp) -> Result<(), RepositoryError> {
+        // Bounded statements: SQLite allows 32,766 bound values, and a smaller batch keeps each
+        // write short.
+        for batch in users.chunks(MARK_SEEN_BATCH) {
+            let at = datetime(at);
+            busy_line::Entity::update_many()
+                .col_expr(busy_line::Column::LastSeenAt, Expr::value(at))
+                .filter(busy_line::Column::UserId.is_in(batch.iter().map(UserId::as_str)))
+                // Never backwards: another instance may have reported a later moment.
+                .filter(
+                    Condition::any()
+                        .add(busy_line::Column::LastSeenAt.is_null())
+                        .add(busy_line::Column::LastSeenAt.lt(at)),
+                )
+                .exec(&self.db)
+                .await
+                .map_err(storage_failure)?;
+        }
+        Ok(())
+    }
+
+    async fn abandoned_calls(&self, seen_before: Timestamp, limit: u32) -> Result<Vec<(Call, Timestamp)>, RepositoryError> {
+        let rows = call::Entity::find()
+            .filter(call::Column::Status.eq(CallStatus::Active.as_str()))
+            .filter(nobody_seen_since(seen_before))
+            .order_by_asc(call::Column::AnsweredAt)
+            .limit(u64::from(limit))
+            .all(&self.db)
+            .await
+            .map_err(storage_failure)?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let lines = busy_line::Entity::find()
+            .filter(busy_line::Column::CallId.is_in(rows.iter().map(|row| row.id)))
+            .all(&self.db)
+            .await
+            .map_err(storage_failure)?;
+        rows.into_iter()
+            .map(|row| {
+                let id = row.id;
+                let call = to_call(row)?;
+                // A line never seen counts from the answer: both parties were there then.
+                let answered = call.answered_at().unwrap_or(call.started_at());
+                let last_seen = lines
+                    .iter()
+                    .filter(|line| line.call_id == id)
+                    .filter_map(|line| line.last_seen_at.map(Timestamp::from))
+                    .fold(answered, Timestamp::max);
+                Ok((call, last_seen))
+            })
+            .collect()
+    }
+
+    async fn active_answered_before(&self, cutoff: Timestamp, limit: u32) -> Result<Vec<Call>, RepositoryError> {
+        let rows = call::Entity::find()
+            .filter(call::Column::Status.eq(CallStatus::Active.as_str()))
+            .filter(call::Column::AnsweredAt.lt(datetime(cutoff)))
+            .order_by_asc(call::Column::AnsweredAt)
+            .limit(u64::from(limit))
+            .all(&self.db)
+            .await
+            .map_err(storage_failure)?;
+        to_rows(rows)
+    }
+
+    async fn apply_if_abandoned(&self, transition: &Transition, seen_before: Timestamp) -> Result<(), RepositoryError> {
+        self.compare_and_set(transition, Some(nobody_seen_since(seen_before))).await
+    }
+}
+
+/// Users per `mark_seen` statement.
+const MARK_SEEN_BATCH: usize = 500;
+
+/// No line of the call was seen at or after `seen_before`.
+fn nobody_seen_since(seen_before: Timestamp) -> Condition {
+    let seen_since = Query::select()
+        .expr(Expr::value(1))
+        .from(busy_line::Entity)
+        .and_where(Expr::col((busy_line::Entity, busy_line::Column::CallId)).equals((call::Entity, call::Column::Id)))
+        .and_where(Expr::col((busy_line::Entity, busy_line::Column::LastSeenAt)).gte(datetime(seen_before)))
+        .to_owned();
+    Condition::all().add(Expr::exists(seen_since).not())
+}
+
+impl SqlCallRepository {
+    /// Writes `transition.call` if the stored status is still `transition.from` (and `guard`
+    /// holds), freeing the lines when the call finishes, in one transaction.
+    async fn compare_and_set(&self, transition: &Transition, guard: Option<Condition>) -> Result<(), RepositoryError> {
         let next = &transition.call;
         let id = next.id();
         let txn = self.db.begin().await.map_err(storage_failure)?;
-        let compare_and_set = Condition::all()
+        let mut compare_and_set = Condition::all()
             .add(call::Column::Id.eq(id.get()))
-            .add(call::Column::Status.eq(transition.from.as_str()))
-            .into_condition();
+            .add(call::Column::Status.eq(transition.from.as_str()));
+        if let Some(guard) = guard {
+            compare_and_set = compare_and_set.add(guard);
+        }
         let updated = call::Entity::update_many()
             .col_expr(call::Column::Status, Expr::value(next.status().as_str()))
             .col_expr(call::Column::AnsweredAt, Expr::value(next.answered_at().map(datetime)))
@@ -213,12 +332,14 @@ impl CallRepository for SqlCallRepository {
             .col_expr(call::Column::DurationSeconds, Expr::value(duration_column(next.duration_seconds())))
             .col_expr(call::Column::EndReason, Expr::value(next.end_reason().map(|r| r.as_str())))
             .col_expr(call::Column::UpdatedAt, Expr::value(datetime(next.updated_at())))
-            .filter(compare_and_set)
+            .filter(compare_and_set.into_condition())
             .exec(&txn)
             .await
             .map_err(storage_failure)?;
         if updated.rows_affected == 0 {
             drop(txn);
+            // `Conflict` with the status unchanged means the guard failed (for a liveness end:
+            // a party was seen meanwhile).
             return Err(self.explain_missed_update(id).await);
         }
         if next.status().is_finished() {

@@ -37,6 +37,8 @@ pub mod busy_line {
         #[sea_orm(primary_key, auto_increment = false)]
         pub user_id: String,
         pub call_id: i64,
+        /// When the user last had a live socket (a heartbeat, or their last socket closing).
+        pub last_seen_at: Option<DateTimeUtc>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -9,6 +9,7 @@ use sea_orm_migration::prelude::*;
 mod m20261122_000001_create_directory;
 mod m20261122_000002_create_calls;
 mod m20261122_000003_create_notifications;
+mod m20261201_000004_add_line_last_seen;
 
 /// Every migration of the Ringline schema, oldest first.
 #[derive(Debug)]
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000001_create_directory::Migration),
             Box::new(m20261122_000002_create_calls::Migration),
             Box::new(m20261122_000003_create_notifications::Migration),
+            Box::new(m20261201_000004_add_line_last_seen::Migration),
         ]
     }
 }
