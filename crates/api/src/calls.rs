@@ -6,7 +6,7 @@ use poem::Request;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
-use ringline_domain::{
+use ringline_domain::{HangupReason, 
     CallAction, CallId, CallListFilter, CallType, ConversationId, InitiateCommand, Initiated, UserId,
 };
 use ringline_signaling::Signaling;
@@ -134,7 +134,7 @@ impl CallsApi {
     /// changes nothing, so clients may retry.
     #[oai(path = "/api/calls/:id/end/", method = "post", operation_id = "calls_end")]
     async fn end(&self, req: &Request, auth: BearerAuth, id: Path<String>) -> Result<Json<CallJson>, ApiError> {
-        self.act(req, auth, &id.0, CallAction::End).await
+        self.act(req, auth, &id.0, CallAction::End(HangupReason::UserHangup)).await
     }
 
     /// List your calls

@@ -173,7 +173,7 @@ impl From<TransitionError> for ApiError {
                 let verb = match action {
                     Action::Accept => "accept",
                     Action::Reject => "reject",
-                    Action::End | Action::Expire => "end",
+                    Action::End | Action::Expire | Action::Abandon => "end",
                 };
                 Self::forbidden(format!("You can only {verb} calls where you are the receiver."), "receiver_only")
             }

@@ -173,6 +173,14 @@ pub enum EndReasonJson {
     CallerCancelled,
     Declined,
     InviteTimeout,
+    /// A party reported that ICE could not connect or reconnect.
+    IceFailed,
+    /// A party reported that its camera or microphone failed.
+    UserMediaFailed,
+    /// Neither party had a live socket for the liveness grace period.
+    ConnectionLost,
+    /// The call reached the server's maximum call length.
+    MaxDuration,
 }
 
 /// A call record.
@@ -238,6 +246,10 @@ impl CallJson {
                 ringline_domain::EndReason::CallerCancelled => EndReasonJson::CallerCancelled,
                 ringline_domain::EndReason::Declined => EndReasonJson::Declined,
                 ringline_domain::EndReason::InviteTimeout => EndReasonJson::InviteTimeout,
+                ringline_domain::EndReason::IceFailed => EndReasonJson::IceFailed,
+                ringline_domain::EndReason::UserMediaFailed => EndReasonJson::UserMediaFailed,
+                ringline_domain::EndReason::ConnectionLost => EndReasonJson::ConnectionLost,
+                ringline_domain::EndReason::MaxDuration => EndReasonJson::MaxDuration,
             }),
             created_at: UtcTime(call.created_at()),
             updated_at: UtcTime(call.updated_at()),

@@ -12,12 +12,15 @@ use std::sync::Arc;
 use futures_util::{SinkExt, StreamExt};
 use poem::web::websocket::{Message, WebSocket, WebSocketConfig};
 use poem::{FromRequest, IntoResponse, Request, Response, Route};
-use ringline_domain::{ConversationId, UserId};
+use poem_openapi::types::ToJSON;
+use ringline_domain::{Call, ConversationId, UserId};
 use ringline_signaling::protocol::{MAX_CONNECTION_FRAME_BYTES, close};
 use ringline_signaling::session::{self, Inbound, Outbound, SessionIdentity};
-use ringline_signaling::{SessionKind, Signaling};
+use ringline_signaling::{CallPresenter, SessionKind, Signaling};
+use serde_json::value::RawValue;
 
 use crate::auth::{Authenticator, bearer_token};
+use crate::models::CallJson;
 
 /// Which socket was asked for.
 #[derive(Debug, Clone, Copy)]
@@ -41,10 +44,15 @@ pub fn websocket_routes(signaling: Arc<Signaling>, auth: Arc<dyn Authenticator>)
         .at("/chat/:conversation_id", endpoint(Socket::Chat))
 }
 
+/// A query parameter of the upgrade request.
+fn query_param(req: &Request, name: &str) -> Option<String> {
+    req.uri().query().and_then(|query| {
+        form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == name).map(|(_, value)| value.into_owned())
+    })
+}
+
 fn token(req: &Request) -> Option<String> {
-    let from_query = req.uri().query().and_then(|query| {
-        form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == "token").map(|(_, value)| value.into_owned())
-    });
+    let from_query = query_param(req, "token");
     from_query.filter(|token| !token.is_empty()).or_else(|| {
         let header = req.headers().get("authorization").and_then(|value| value.to_str().ok());
         bearer_token(header).map(str::to_owned)
@@ -86,7 +94,12 @@ async fn admit(
             String::new()
         }
     };
-    Ok(SessionIdentity { user, username, kind })
+    // Stream ids are short; anything longer is no position of ours and reads as a gap.
+    let resume = query_param(req, "resume").filter(|resume| !resume.is_empty()).map(|mut resume| {
+        resume.truncate(MAX_RESUME_LEN);
+        resume
+    });
+    Ok(SessionIdentity { user, username, kind, resume })
 }
 
 async fn upgrade(
@@ -111,10 +124,41 @@ async fn upgrade(
         );
         match admitted {
             Err((code, reason)) => session::close_and_wait(&mut inbound, &mut sink, code, reason).await,
-            Ok(identity) => session::run(signaling, identity, inbound, sink).await,
+            Ok(identity) => {
+                let presenter = RestCallShape { signaling: Arc::clone(&signaling) };
+                session::run(signaling, identity, &presenter, inbound, sink).await;
+            }
         }
     });
     Ok(upgraded.into_response())
+}
+
+/// The longest `resume` value kept (a stream id is about 30 characters).
+const MAX_RESUME_LEN: usize = 64;
+
+/// `open_calls` in `connection.ack`: calls exactly as `GET /api/calls/{id}/` shows them.
+#[derive(Debug)]
+struct RestCallShape {
+    signaling: Arc<Signaling>,
+}
+
+#[async_trait::async_trait]
+impl CallPresenter for RestCallShape {
+    async fn present(&self, calls: &[Call]) -> Vec<Box<RawValue>> {
+        if calls.is_empty() {
+            return Vec::new();
+        }
+        let parties: Vec<UserId> = calls.iter().flat_map(|call| [call.caller().clone(), call.receiver().clone()]).collect();
+        let profiles = self.signaling.service().directory().users(&parties).await.unwrap_or_else(|error| {
+            tracing::warn!(%error, "cannot look up the parties of open calls; showing their ids only");
+            Vec::new()
+        });
+        calls
+            .iter()
+            .filter_map(|call| CallJson::new(call, &profiles).to_json())
+            .filter_map(|json| RawValue::from_string(json.to_string()).ok())
+            .collect()
+    }
 }
 
 fn from_message(message: Message) -> Inbound {

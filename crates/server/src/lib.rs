@@ -63,7 +63,8 @@ impl Application {
             Arc::new(storage.directory()),
             clock.clone(),
             settings.ring_timeout(),
-        );
+        )
+        .with_liveness(settings.liveness());
         let signaling = Arc::new(
             Signaling::local(service, Arc::new(storage.notifications()))
                 .with_keepalive(settings.keepalive())
@@ -138,6 +139,7 @@ impl Application {
 
         let stop_timer = CancellationToken::new();
         let timer = tokio::spawn(ringline_signaling::ring_timer::run(signaling.clone(), stop_timer.clone()));
+        let liveness = tokio::spawn(ringline_signaling::liveness::run(signaling.clone(), stop_timer.clone()));
         tracing::info!(address = %local_addr, backend = storage.backend_name(), "ringline is serving");
         // poem detaches upgraded connections, so the sessions are closed here, as soon as the
         // signal arrives: clients reconnect (to another instance) at once.
@@ -154,6 +156,9 @@ impl Application {
         stop_timer.cancel();
         if let Err(error) = timer.await {
             tracing::error!(%error, "the ring timer task failed");
+        }
+        if let Err(error) = liveness.await {
+            tracing::error!(%error, "the liveness task failed");
         }
         served.context("server failed")?;
         storage.close().await.context("closing the database")?;

@@ -10,6 +10,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use ringline_api::IceSettings;
 use ringline_signaling::{FrameRate, Keepalive};
+use ringline_domain::LivenessPolicy;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -46,6 +47,10 @@ pub struct Settings {
     pub jwt_user_claim: String,
     #[serde(default = "defaults::ring_timeout_secs")]
     pub ring_timeout_secs: u64,
+    #[serde(default = "defaults::liveness_grace_secs")]
+    pub liveness_grace_secs: u64,
+    #[serde(default = "defaults::max_call_secs")]
+    pub max_call_secs: u64,
     pub admin_token: Option<SecretString>,
     #[serde(default, deserialize_with = "comma_list")]
     pub stun_urls: Vec<String>,
@@ -82,6 +87,12 @@ mod defaults {
     }
     pub fn ring_timeout_secs() -> u64 {
         45
+    }
+    pub fn liveness_grace_secs() -> u64 {
+        30
+    }
+    pub fn max_call_secs() -> u64 {
+        12 * 60 * 60
     }
     pub fn turn_ttl_secs() -> u64 {
         24 * 60 * 60
@@ -133,6 +144,10 @@ pub enum SettingsError {
     MissingProductionSecret,
     #[error("RINGLINE_RING_TIMEOUT_SECS must be between 1 and 3600")]
     RingTimeout,
+    #[error("RINGLINE_LIVENESS_GRACE_SECS must be between 1 and 3600")]
+    LivenessGrace,
+    #[error("RINGLINE_MAX_CALL_SECS must be between 60 and 604800 (a week)")]
+    MaxCall,
     #[error("RINGLINE_TURN_TTL_SECS must be between 60 and 604800 (a week)")]
     TurnTtl,
     #[error(
@@ -185,6 +200,12 @@ impl Settings {
         if !(1..=3600).contains(&self.ring_timeout_secs) {
             return Err(SettingsError::RingTimeout);
         }
+        if !(1..=3600).contains(&self.liveness_grace_secs) {
+            return Err(SettingsError::LivenessGrace);
+        }
+        if !(60..=7 * 24 * 3600).contains(&self.max_call_secs) {
+            return Err(SettingsError::MaxCall);
+        }
         if !(60..=7 * 24 * 3600).contains(&self.turn_ttl_secs) {
             return Err(SettingsError::TurnTtl);
         }
@@ -216,6 +237,13 @@ impl Settings {
         Duration::from_secs(self.ring_timeout_secs)
     }
 
+    pub fn liveness(&self) -> LivenessPolicy {
+        LivenessPolicy {
+            grace: Duration::from_secs(self.liveness_grace_secs),
+            max_call: Duration::from_secs(self.max_call_secs),
+        }
+    }
+
     pub fn keepalive(&self) -> Keepalive {
         Keepalive {
             ping_interval: Duration::from_secs(self.ws_ping_interval_secs),
@@ -245,6 +273,8 @@ impl Settings {
             jwt_secret: Some(SecretString::from(jwt_secret)),
             jwt_user_claim: defaults::jwt_user_claim(),
             ring_timeout_secs: defaults::ring_timeout_secs(),
+            liveness_grace_secs: defaults::liveness_grace_secs(),
+            max_call_secs: defaults::max_call_secs(),
             admin_token: None,
             stun_urls: Vec::new(),
             turn_urls: Vec::new(),

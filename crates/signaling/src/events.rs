@@ -253,7 +253,17 @@ pub fn typing(kind: &'static str, event_id: &str, user: &UserId, username: &str,
     encode(&Typing { r#type: kind, event_id, user_id: user.as_str(), username, conversation_id: conversation })
 }
 
-pub fn connection_ack(event_id: &str, user: &UserId, conversation: Option<&str>) -> String {
+/// `connection.ack`: the original's fields (`user_id`, or `conversation` on a chat socket),
+/// plus `open_calls` (the user's ringing or active calls in the REST call shape; empty when
+/// idle) and `resume_from` (the stream position to resume from if no event arrives before the
+/// socket drops).
+pub fn connection_ack(
+    event_id: &str,
+    user: &UserId,
+    conversation: Option<&str>,
+    resume_from: &str,
+    open_calls: &[Box<RawValue>],
+) -> String {
     #[derive(Serialize)]
     struct Ack<'a> {
         r#type: &'static str,
@@ -261,8 +271,49 @@ pub fn connection_ack(event_id: &str, user: &UserId, conversation: Option<&str>)
         user_id: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         conversation: Option<&'a str>,
+        resume_from: &'a str,
+        open_calls: &'a [Box<RawValue>],
     }
-    encode(&Ack { r#type: "connection.ack", event_id, user_id: user.as_str(), conversation })
+    encode(&Ack { r#type: "connection.ack", event_id, user_id: user.as_str(), conversation, resume_from, open_calls })
+}
+
+/// `resync`: the events missed since the `resume` position are no longer kept; the client
+/// must re-read its calls (`open_calls` in the ack it just got, or the REST API).
+pub fn resync(event_id: &str, resume_from: &str) -> String {
+    #[derive(Serialize)]
+    struct Resync<'a> {
+        r#type: &'static str,
+        event_id: &'a str,
+        resume_from: &'a str,
+        detail: &'static str,
+    }
+    encode(&Resync {
+        r#type: "resync",
+        event_id,
+        resume_from,
+        detail: "Some events since your resume position are no longer kept; re-read your calls.",
+    })
+}
+
+/// `call.media-state`: whether the sender's microphone and camera are on, for the other party
+/// to show.
+pub fn media_state(event_id: &str, call: &Call, sender: &UserId, audio: bool, video: bool) -> String {
+    #[derive(Serialize)]
+    struct MediaState<'a> {
+        #[serde(flatten)]
+        head: CallHead<'a>,
+        user_id: &'a str,
+        audio: bool,
+        video: bool,
+        sender_id: &'a str,
+    }
+    encode(&MediaState {
+        head: head("call.media-state", event_id, call),
+        user_id: sender.as_str(),
+        audio,
+        video,
+        sender_id: sender.as_str(),
+    })
 }
 
 pub fn pong(event_id: &str) -> String {

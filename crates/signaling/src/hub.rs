@@ -8,11 +8,11 @@
 //!   and read from the database at most once per call on a miss. The relay path touches no
 //!   database.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use ringline_domain::{
-    Audience, Call, CallAction, CallEvent, CallId, CallService, CallServiceError, ConversationId, DeviceId,
+    Audience, Call, CallAction, CallEvent, CallId, CallService, CallServiceError, ConversationId, DeviceId, EndReason,
     InitiateCommand, Initiated, NewNotification, NotificationRepository, NotificationVerb, Outcome, Signal,
     SignalRouter, UserId,
 };
@@ -22,8 +22,20 @@ use tokio_util::task::TaskTracker;
 
 use crate::events::{self, NotificationPayload};
 use crate::protocol::{ClientFrame, EventIds, FrameError, allowed_in};
-use crate::router::{LocalRouter, SessionKind};
+use crate::replay::{Attached, InMemoryReplay, ReplayStore};
+use crate::router::{LocalRouter, SessionKind, SessionSlot};
 use crate::session::{FrameRate, Keepalive};
+
+/// How long after a call ended with `connection_lost` a party that connects is still sent its
+/// `call.end`: an old client that was offline meanwhile may still show the call.
+const TELL_LOST_CALLS_FOR: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+
+/// What [`Signaling::calls_on_connect`] found.
+#[derive(Debug, Default)]
+pub(crate) struct CallsOnConnect {
+    pub open: Option<Call>,
+    pub lost: Option<Call>,
+}
 
 /// Routes kept for finished calls (late ICE candidates and retried hang-ups are answered from
 /// memory); beyond this many cached routes, finished ones are forgotten.
@@ -71,6 +83,10 @@ pub struct Signaling {
     local: Arc<LocalRouter>,
     routes: Routes,
     ids: EventIds,
+    replay: Arc<dyn ReplayStore>,
+    /// Users who held a line at the last liveness sweep or were rung here since: the ones
+    /// whose last socket closing is worth recording as their last-seen moment.
+    on_lines: RwLock<HashSet<UserId>>,
     keepalive: Keepalive,
     frame_rate: FrameRate,
     pub(crate) sessions: TaskTracker,
@@ -93,6 +109,8 @@ impl Signaling {
             local,
             routes: Routes::default(),
             ids: EventIds::default(),
+            replay: Arc::new(InMemoryReplay::default()),
+            on_lines: RwLock::default(),
             keepalive: Keepalive::default(),
             frame_rate: FrameRate::default(),
             sessions: TaskTracker::new(),
@@ -116,6 +134,14 @@ impl Signaling {
 
     pub fn keepalive(&self) -> Keepalive {
         self.keepalive
+    }
+
+    /// Replaces the in-process replay window (the last 256 events or 60 s of each user's
+    /// stream) with another store, for example a smaller window in tests or a shared one.
+    #[must_use]
+    pub fn with_replay(mut self, replay: Arc<dyn ReplayStore>) -> Self {
+        self.replay = replay;
+        self
     }
 
     /// Replaces the default per-session frame rate (50 a second, bursts of 200) for the
@@ -142,12 +168,82 @@ impl Signaling {
         &self.local
     }
 
-    pub(crate) fn local_router(&self) -> &Arc<LocalRouter> {
-        &self.local
-    }
-
     pub(crate) fn next_event_id(&self) -> String {
         self.ids.next()
+    }
+
+    /// Registers a new session of `user` and attaches it to the user's stream: it receives
+    /// every later event, and `replay` holds what it missed since `resume`, if given.
+    pub(crate) fn attach(
+        &self,
+        user: &UserId,
+        kind: SessionKind,
+        resume: Option<&str>,
+    ) -> (Arc<SessionSlot>, tokio::sync::mpsc::Receiver<Arc<str>>, Attached) {
+        let mut registered = None;
+        let attached = self.replay.attach(user, resume, &mut || {
+            registered = Some(self.local.register(user.clone(), kind));
+        });
+        let (slot, events) = registered.unwrap_or_else(|| self.local.register(user.clone(), kind));
+        (slot, events, attached)
+    }
+
+    /// Unregisters a session. When it was its user's last one here and the user is in a call,
+    /// the moment is recorded as their last-seen, so a call both parties left ends measured
+    /// up to when the last of them went (not up to the last heartbeat before).
+    pub(crate) async fn detach(&self, slot: &SessionSlot) {
+        self.local.unregister(slot);
+        let on_line = self.on_lines.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&slot.user);
+        if on_line && self.local.sessions_of(&slot.user) == 0 {
+            if let Err(error) = self.service.mark_seen(std::slice::from_ref(&slot.user)).await {
+                tracing::warn!(%error, "cannot record when a party of a call went away");
+            }
+        }
+    }
+
+    /// What a connecting session of `user` is told about their calls: the open call, if any
+    /// (`connection.ack`'s `open_calls`), and the newest call if it ended with
+    /// `connection_lost` recently while the user was away (an old client still showing it
+    /// needs a `call.end`). A party of an open call counts as seen from now.
+    ///
+    /// # Errors
+    /// As [`CallService::newest_call_of`].
+    pub(crate) async fn calls_on_connect(&self, user: &UserId) -> Result<CallsOnConnect, CallServiceError> {
+        let Some(newest) = self.service.newest_call_of(user).await? else {
+            return Ok(CallsOnConnect::default());
+        };
+        if newest.status().is_open() {
+            self.on_lines.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(user.clone());
+            if let Err(error) = self.service.mark_seen(std::slice::from_ref(user)).await {
+                tracing::warn!(%error, "cannot record that a party of a call is back");
+            }
+            self.routes.remember(&newest);
+            return Ok(CallsOnConnect { open: Some(newest), lost: None });
+        }
+        let recently = newest.ended_at().is_some_and(|ended| ended.plus(TELL_LOST_CALLS_FOR) > self.service.now());
+        let lost = newest.end_reason() == Some(EndReason::ConnectionLost) && recently;
+        Ok(CallsOnConnect { open: None, lost: lost.then_some(newest) })
+    }
+
+    /// One liveness pass: records that the parties of open calls connected here are alive,
+    /// ends the calls whose parties have all been gone for the grace period (or that ran too
+    /// long), and tells both parties. Returns how many calls it ended. Several instances may
+    /// run it at once; each end is a compare-and-set.
+    ///
+    /// # Errors
+    /// As [`CallService::end_abandoned`].
+    pub async fn sweep_liveness(&self, limit: u32) -> Result<usize, CallServiceError> {
+        self.replay.prune();
+        let on_lines: HashSet<UserId> = self.service.users_on_lines().await?.into_iter().collect();
+        let here: Vec<UserId> = on_lines.iter().filter(|user| self.local.sessions_of(user) > 0).cloned().collect();
+        *self.on_lines.write().unwrap_or_else(std::sync::PoisonError::into_inner) = on_lines;
+        self.service.mark_seen(&here).await?;
+        let ended = self.service.end_abandoned(limit).await?;
+        for transition in &ended {
+            self.routes.remember(&transition.call);
+            self.announce(&transition.call, &transition.event, None, None).await;
+        }
+        Ok(ended.len())
     }
 
     /// Asks every session to close (code 1001) and refuses new ones.
@@ -171,6 +267,10 @@ impl Signaling {
         match &initiated {
             Initiated::Ringing(call) => {
                 self.routes.remember(call);
+                self.on_lines
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .extend([call.caller().clone(), call.receiver().clone()]);
                 self.ring(call).await;
             }
             Initiated::AnsweredCrossingCall(transition) => {
@@ -224,14 +324,13 @@ impl Signaling {
         Ok(expired.len())
     }
 
-    fn send(&self, audience: Audience, except_device: Option<DeviceId>, payload: String) {
-        self.router.route(Signal { audience, except_device, except_user: None, payload: payload.into() });
-    }
-
-    /// One copy of `payload` for each of `user`'s sessions but `except_device` (which sockets:
+    /// The next event of `user`'s stream, built by `event(event_id)`: kept for sockets that
+    /// resume, and one copy for each of `user`'s sessions but `except_device` (which sockets:
     /// [`Audience::User`]).
-    fn to_user(&self, user: &UserId, except_device: Option<DeviceId>, payload: String) {
-        self.send(Audience::User(user.clone()), except_device, payload);
+    fn to_user(&self, user: &UserId, except_device: Option<DeviceId>, event: impl Fn(&str) -> String) {
+        self.replay.append(user, &mut |event_id| event(event_id), &mut |payload| {
+            self.router.route(Signal { audience: Audience::User(user.clone()), except_device, except_user: None, payload });
+        });
     }
 
     async fn username(&self, user: &UserId) -> String {
@@ -265,12 +364,12 @@ impl Signaling {
         };
         let actor = self.service.directory().user(call.caller()).await.ok().flatten();
         let payload = NotificationPayload::new(&stored, actor.as_ref());
-        self.to_user(call.receiver(), None, events::notification_created(&self.ids.next(), &payload));
+        self.to_user(call.receiver(), None, |id| events::notification_created(id, &payload));
     }
 
     async fn ring(&self, call: &Call) {
         let caller_username = self.username(call.caller()).await;
-        self.to_user(call.receiver(), None, events::incoming(&self.ids.next(), call, &caller_username));
+        self.to_user(call.receiver(), None, |id| events::incoming(id, call, &caller_username));
         self.notify_receiver(call, NotificationVerb::incoming(call.call_type())).await;
     }
 
@@ -280,59 +379,38 @@ impl Signaling {
         let (caller, receiver) = (call.caller(), call.receiver());
         match event {
             CallEvent::Accepted { by } => {
-                self.to_user(caller, None, events::answer(&self.ids.next(), call, by, answer));
-                self.to_user(
-                    caller,
-                    None,
-                    events::party_event("call.accepted", &self.ids.next(), call, "receiver_id", by),
-                );
+                self.to_user(caller, None, |id| events::answer(id, call, by, answer));
+                self.to_user(caller, None, |id| events::party_event("call.accepted", id, call, "receiver_id", by));
                 // The callee's other devices stop ringing (newer clients; the original web
                 // client needs the `call.end` that `answered_elsewhere` sends once the
                 // answering socket is known).
-                self.to_user(
-                    receiver,
-                    origin,
-                    events::party_event("call.accepted", &self.ids.next(), call, "receiver_id", by),
-                );
+                self.to_user(receiver, origin, |id| events::party_event("call.accepted", id, call, "receiver_id", by));
             }
             CallEvent::Rejected { by } => {
                 let username = self.username(by).await;
                 // No `call.end` for the caller: both original clients handle `call.rejected`, and
                 // the web client's "Call Declined" screen would not survive one.
-                self.to_user(caller, None, events::rejected(&self.ids.next(), call, by, &username));
+                self.to_user(caller, None, |id| events::rejected(id, call, by, &username));
                 // The callee's other devices stop ringing; the original web client does only on
                 // `call.end`.
-                self.to_user(receiver, origin, events::rejected(&self.ids.next(), call, by, &username));
-                self.to_user(receiver, origin, events::end(&self.ids.next(), call, Some(by)));
+                self.to_user(receiver, origin, |id| events::rejected(id, call, by, &username));
+                self.to_user(receiver, origin, |id| events::end(id, call, Some(by)));
             }
             CallEvent::Cancelled { by } => {
-                self.to_user(receiver, None, events::end(&self.ids.next(), call, Some(by)));
-                self.to_user(
-                    receiver,
-                    None,
-                    events::party_event("call.cancelled", &self.ids.next(), call, "user_id", by),
-                );
-                self.to_user(
-                    caller,
-                    origin,
-                    events::party_event("call.cancelled", &self.ids.next(), call, "user_id", by),
-                );
+                self.to_user(receiver, None, |id| events::end(id, call, Some(by)));
+                self.to_user(receiver, None, |id| events::party_event("call.cancelled", id, call, "user_id", by));
+                self.to_user(caller, origin, |id| events::party_event("call.cancelled", id, call, "user_id", by));
             }
             CallEvent::Ended { by, .. } => {
-                let payload: Arc<str> = events::end(&self.ids.next(), call, Some(by)).into();
+                // `by` is `None` when the server ended it; the `end_reason` says why.
                 for party in [caller, receiver] {
-                    self.router.route(Signal {
-                        audience: Audience::User(party.clone()),
-                        except_device: origin,
-                        except_user: None,
-                        payload: Arc::clone(&payload),
-                    });
+                    self.to_user(party, origin, |id| events::end(id, call, by.as_ref()));
                 }
             }
             CallEvent::Missed => {
                 for party in [caller, receiver] {
-                    self.to_user(party, None, events::missed(&self.ids.next(), call));
-                    self.to_user(party, None, events::end(&self.ids.next(), call, None));
+                    self.to_user(party, None, |id| events::missed(id, call));
+                    self.to_user(party, None, |id| events::end(id, call, None));
                 }
                 self.notify_receiver(call, NotificationVerb::missed(call.call_type())).await;
             }
@@ -365,7 +443,8 @@ impl Signaling {
             ClientFrame::Offer { call, .. }
             | ClientFrame::Answer { call, .. }
             | ClientFrame::IceCandidate { call, .. }
-            | ClientFrame::End { call } => Some(call),
+            | ClientFrame::MediaState { call, .. }
+            | ClientFrame::End { call, .. } => Some(call),
             _ => None,
         };
         match self.handle_frame(session, frame).await {
@@ -385,23 +464,29 @@ impl Signaling {
         match frame {
             ClientFrame::Ping => Ok(Some(events::pong(&self.ids.next()))),
             ClientFrame::TypingStart | ClientFrame::TypingStop => self.typing(session, frame),
-            ClientFrame::End { call } => {
-                self.act(&session.user, call, CallAction::End, Some(session.device)).await.map_err(refusal)?;
+            ClientFrame::End { call, reason } => {
+                self.act(&session.user, call, CallAction::End(reason), Some(session.device)).await.map_err(refusal)?;
                 Ok(None)
             }
             ClientFrame::Offer { call, offer } => {
                 let route = self.party_route(session, call, &frame).await?;
-                let payload = events::offer(&self.ids.next(), &route, &session.user, &session.username, offer);
-                self.to_other_party(&route, &session.user, payload);
+                self.to_other_party(&route, &session.user, |id| {
+                    events::offer(id, &route, &session.user, &session.username, offer)
+                });
                 Ok(None)
             }
             ClientFrame::IceCandidate { call, candidate } => {
                 let route = self.party_route(session, call, &frame).await?;
-                self.to_other_party(
-                    &route,
-                    &session.user,
-                    events::ice_candidate(&self.ids.next(), &route, &session.user, candidate),
-                );
+                self.to_other_party(&route, &session.user, |id| {
+                    events::ice_candidate(id, &route, &session.user, candidate)
+                });
+                Ok(None)
+            }
+            ClientFrame::MediaState { call, audio, video } => {
+                let route = self.party_route(session, call, &frame).await?;
+                self.to_other_party(&route, &session.user, |id| {
+                    events::media_state(id, &route, &session.user, audio, video)
+                });
                 Ok(None)
             }
             ClientFrame::Answer { call, answer } => {
@@ -419,11 +504,9 @@ impl Signaling {
                         Outcome::AlreadyDone(_) => return Ok(None),
                     }
                 } else {
-                    self.to_other_party(
-                        &route,
-                        &session.user,
-                        events::answer(&self.ids.next(), &route, &session.user, Some(answer)),
-                    );
+                    self.to_other_party(&route, &session.user, |id| {
+                        events::answer(id, &route, &session.user, Some(answer))
+                    });
                     route
                 };
                 if route.receiver() == &session.user {
@@ -440,11 +523,7 @@ impl Signaling {
     /// that answered would hang it up. Sent on every answer from the callee (a renegotiation
     /// repeats it), which is harmless: a device that is not in the call has nothing to end.
     fn answered_elsewhere(&self, call: &Call, session: &SessionContext) {
-        self.to_user(
-            call.receiver(),
-            Some(session.device),
-            events::answered_elsewhere(&self.ids.next(), call, &session.user),
-        );
+        self.to_user(call.receiver(), Some(session.device), |id| events::answered_elsewhere(id, call, &session.user));
     }
 
     /// The call's route, if `session`'s user is a party and the frame fits the call's state.
@@ -468,9 +547,9 @@ impl Signaling {
         Ok(route)
     }
 
-    fn to_other_party(&self, call: &Call, sender: &UserId, payload: String) {
+    fn to_other_party(&self, call: &Call, sender: &UserId, event: impl Fn(&str) -> String) {
         if let Some(other) = call.other_party(sender) {
-            self.to_user(other, None, payload);
+            self.to_user(other, None, event);
         }
     }
 

@@ -15,12 +15,15 @@
 
 pub mod events;
 pub mod hub;
+pub mod liveness;
 pub mod protocol;
+pub mod replay;
 pub mod ring_timer;
 pub mod router;
 pub mod session;
 
 pub use hub::{SessionContext, Signaling};
 pub use router::{LocalRouter, SessionKind};
-pub use session::{FrameRate, Inbound, Keepalive, Outbound, SessionIdentity};
+pub use replay::{InMemoryReplay, ReplayLimits, ReplayStore};
+pub use session::{CallPresenter, FrameRate, Inbound, Keepalive, Outbound, SessionIdentity};
 pub use tokio_util::sync::CancellationToken;

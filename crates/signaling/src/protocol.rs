@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ringline_domain::{CallId, CallStatus};
+use ringline_domain::{CallId, CallStatus, HangupReason};
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
@@ -79,6 +79,10 @@ struct RawFrame<'a> {
     answer: Option<&'a RawValue>,
     #[serde(borrow)]
     candidate: Option<&'a RawValue>,
+    #[serde(borrow)]
+    reason: Option<Cow<'a, str>>,
+    audio: Option<bool>,
+    video: Option<bool>,
 }
 
 /// A frame from a client. Fields the server decides (who is speaking, the call's parties, its
@@ -89,7 +93,10 @@ pub enum ClientFrame<'a> {
     Offer { call: CallId, offer: &'a RawValue },
     Answer { call: CallId, answer: &'a RawValue },
     IceCandidate { call: CallId, candidate: &'a RawValue },
-    End { call: CallId },
+    /// A hang-up; `reason` is what the party reports (`ice_failed` when media died).
+    End { call: CallId, reason: HangupReason },
+    /// The sender's microphone (`audio`) and camera (`video`) are on or off.
+    MediaState { call: CallId, audio: bool, video: bool },
     TypingStart,
     TypingStop,
 }
@@ -124,7 +131,20 @@ impl<'a> ClientFrame<'a> {
             "call.ice-candidate" => {
                 Self::IceCandidate { call: call()?, candidate: raw.candidate.ok_or_else(|| missing("candidate"))? }
             }
-            "call.end" => Self::End { call: call()? },
+            "call.end" => Self::End {
+                call: call()?,
+                reason: match raw.reason.as_deref() {
+                    None => HangupReason::UserHangup,
+                    Some(reason) => reason
+                        .parse()
+                        .map_err(|_| FrameError::new("invalid_reason", "\"reason\" must be one of user_hangup, ice_failed, user_media_failed."))?,
+                },
+            },
+            "call.media-state" => Self::MediaState {
+                call: call()?,
+                audio: raw.audio.ok_or_else(|| missing("audio"))?,
+                video: raw.video.ok_or_else(|| missing("video"))?,
+            },
             "typing.start" => Self::TypingStart,
             "typing.stop" => Self::TypingStop,
             _ => return Err(FrameError::new("unknown_type", "Unknown frame type.")),
@@ -139,6 +159,7 @@ impl<'a> ClientFrame<'a> {
             Self::Answer { .. } => "call.answer",
             Self::IceCandidate { .. } => "call.ice-candidate",
             Self::End { .. } => "call.end",
+            Self::MediaState { .. } => "call.media-state",
             Self::TypingStart => "typing.start",
             Self::TypingStop => "typing.stop",
         }
@@ -151,6 +172,11 @@ fn missing(field: &'static str) -> FrameError {
 
 /// Unique event ids: a random per-process prefix and a counter, so that ids from different
 /// server instances never collide and minting one costs no randomness.
+///
+/// These are the ids of events that are not part of a user's stream (`connection.ack`,
+/// `pong`, `error`, `resync`, typing indicators). They contain a `.`, which no stream id
+/// ([`crate::replay`]) does, so a client can tell the two apart and a resume from one of these
+/// is recognised as no position at all.
 #[derive(Debug)]
 pub struct EventIds {
     prefix: String,
@@ -160,7 +186,7 @@ pub struct EventIds {
 impl Default for EventIds {
     fn default() -> Self {
         let random = uuid::Uuid::new_v4().simple().to_string();
-        Self { prefix: format!("{}-", &random[..12]), next: AtomicU64::new(1) }
+        Self { prefix: format!("{}.", &random[..12]), next: AtomicU64::new(1) }
     }
 }
 
@@ -216,7 +242,7 @@ pub fn allowed_in(status: CallStatus, frame: &ClientFrame<'_>, sender_is_caller:
             CallStatus::Active => true,
             _ => false,
         },
-        ClientFrame::IceCandidate { .. } => status.is_open(),
+        ClientFrame::IceCandidate { .. } | ClientFrame::MediaState { .. } => status.is_open(),
         ClientFrame::End { .. } | ClientFrame::Ping | ClientFrame::TypingStart | ClientFrame::TypingStop => true,
     }
 }
@@ -230,7 +256,10 @@ mod tests {
     fn call_ids_may_be_strings_or_numbers() {
         for text in [r#"{"type":"call.end","call_id":"7"}"#, r#"{"type":"call.end","call_id":7}"#] {
             match ClientFrame::parse(text) {
-                Ok(ClientFrame::End { call }) => assert_eq!(call.get(), 7),
+                Ok(ClientFrame::End { call, reason }) => {
+                    assert_eq!(call.get(), 7);
+                    assert_eq!(reason, HangupReason::UserHangup);
+                }
                 other => panic!("{other:?}"),
             }
         }
@@ -261,6 +290,9 @@ mod tests {
         assert_eq!(code(r#"{"type":"call.end","call_id":{"x":1}}"#), Some("malformed_frame"));
         assert_eq!(code(r#"{"type":"chat.message"}"#), Some("unknown_type"));
         assert_eq!(code(r#"{"type":"call.end"}"#), Some("missing_field"));
+        assert_eq!(code(r#"{"type":"call.end","call_id":1,"reason":"bored"}"#), Some("invalid_reason"));
+        assert_eq!(code(r#"{"type":"call.media-state","call_id":1,"audio":true}"#), Some("missing_field"));
+        assert_eq!(code(r#"{"type":"call.media-state","call_id":1,"audio":1,"video":true}"#), Some("malformed_frame"));
     }
 
     #[test]

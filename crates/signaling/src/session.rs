@@ -10,12 +10,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use ringline_domain::UserId;
+use ringline_domain::{Call, UserId};
+use serde_json::value::RawValue;
 use tokio::time::Instant as TimerInstant;
 
 use crate::events;
 use crate::hub::{SessionContext, Signaling};
 use crate::protocol::{FrameError, MAX_FRAME_BYTES, close, error_event};
+use crate::replay::Replay;
 use crate::router::{SessionKind, SessionSlot};
 
 /// How a session keeps a quiet connection alive, and when it gives up on a silent peer.
@@ -87,6 +89,15 @@ pub struct SessionIdentity {
     pub user: UserId,
     pub username: String,
     pub kind: SessionKind,
+    /// The last `event_id` the client saw (`?resume=`): it gets what it missed since.
+    pub resume: Option<String>,
+}
+
+/// Renders calls exactly as the REST API shows them, for `connection.ack`'s `open_calls`. The
+/// api crate implements it with its call JSON, so the two shapes can never drift apart.
+#[async_trait::async_trait]
+pub trait CallPresenter: Send + Sync + std::fmt::Debug {
+    async fn present(&self, calls: &[Call]) -> Vec<Box<RawValue>>;
 }
 
 /// A token bucket over a [`FrameRate`].
@@ -130,8 +141,13 @@ impl RateLimit {
 
 /// Runs a session until the peer leaves, the server shuts down, or the session is dropped
 /// for idleness or slowness. Never panics on anything the peer sends.
-pub async fn run<S, K>(signaling: Arc<Signaling>, identity: SessionIdentity, mut inbound: S, mut outbound: K)
-where
+pub async fn run<S, K>(
+    signaling: Arc<Signaling>,
+    identity: SessionIdentity,
+    presenter: &dyn CallPresenter,
+    mut inbound: S,
+    mut outbound: K,
+) where
     S: Stream<Item = Inbound> + Unpin + Send,
     K: Sink<Outbound> + Unpin + Send,
 {
@@ -139,7 +155,7 @@ where
         close_and_wait(&mut inbound, &mut outbound, close::GOING_AWAY, "server shutting down").await;
         return;
     };
-    let (slot, mut events) = signaling.local_router().register(identity.user.clone(), identity.kind);
+    let (slot, mut events, attached) = signaling.attach(&identity.user, identity.kind, identity.resume.as_deref());
     let context = SessionContext {
         device: slot.device,
         user: identity.user.clone(),
@@ -152,8 +168,33 @@ where
         SessionKind::Chat(conversation) => Some(conversation.to_string()),
         SessionKind::Notifications => None,
     };
-    let ack = events::connection_ack(&signaling.next_event_id(), &context.user, conversation.as_deref());
+    // Read after attaching, so no change falls between this snapshot and the live events.
+    let on_connect = signaling.calls_on_connect(&context.user).await.unwrap_or_else(|error| {
+        tracing::warn!(%error, "cannot read a connecting user's calls for connection.ack");
+        crate::hub::CallsOnConnect::default()
+    });
+    let open_calls = presenter.present(on_connect.open.as_slice()).await;
+    let ack = events::connection_ack(
+        &signaling.next_event_id(),
+        &context.user,
+        conversation.as_deref(),
+        &attached.resume_from,
+        &open_calls,
+    );
     let mut open = write(&mut outbound, &slot, Outbound::Text(ack)).await;
+    let catch_up: Vec<String> = match attached.replay {
+        Replay::Nothing => Vec::new(),
+        Replay::Events(missed) => missed.iter().map(|event| event.to_string()).collect(),
+        Replay::Gap => vec![events::resync(&signaling.next_event_id(), &attached.resume_from)],
+    };
+    for event in catch_up {
+        open = open && write(&mut outbound, &slot, Outbound::Text(event)).await;
+    }
+    // A client that resumes has the `call.end` in its replay, or a `resync`.
+    if let (Some(lost), None) = (&on_connect.lost, &identity.resume) {
+        let told = events::end(&signaling.next_event_id(), lost, None);
+        open = open && write(&mut outbound, &slot, Outbound::Text(told)).await;
+    }
 
     let Keepalive { ping_interval, idle_timeout } = signaling.keepalive();
     let mut keepalive = tokio::time::interval(ping_interval);
@@ -215,7 +256,7 @@ where
         }
     }
 
-    signaling.local_router().unregister(&slot);
+    signaling.detach(&slot).await;
     tracing::info!(user = %context.user, device = slot.device.0, "session closed");
 }
 
