@@ -55,7 +55,11 @@ impl CallRepository for CountingReads {
     async fn mark_seen(&self, users: &[UserId], at: Timestamp) -> Result<(), RepositoryError> {
         self.inner.mark_seen(users, at).await
     }
-    async fn abandoned_calls(&self, seen_before: Timestamp, limit: u32) -> Result<Vec<(Call, Timestamp)>, RepositoryError> {
+    async fn abandoned_calls(
+        &self,
+        seen_before: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<(Call, Timestamp)>, RepositoryError> {
         self.inner.abandoned_calls(seen_before, limit).await
     }
     async fn active_answered_before(&self, cutoff: Timestamp, limit: u32) -> Result<Vec<Call>, RepositoryError> {

@@ -6,8 +6,8 @@ use poem::Request;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
-use ringline_domain::{HangupReason, 
-    CallAction, CallId, CallListFilter, CallType, ConversationId, InitiateCommand, Initiated, UserId,
+use ringline_domain::{
+    CallAction, CallId, CallListFilter, CallType, ConversationId, HangupReason, InitiateCommand, Initiated, UserId,
 };
 use ringline_signaling::Signaling;
 

@@ -148,7 +148,8 @@ impl CallPresenter for RestCallShape {
         if calls.is_empty() {
             return Vec::new();
         }
-        let parties: Vec<UserId> = calls.iter().flat_map(|call| [call.caller().clone(), call.receiver().clone()]).collect();
+        let parties: Vec<UserId> =
+            calls.iter().flat_map(|call| [call.caller().clone(), call.receiver().clone()]).collect();
         let profiles = self.signaling.service().directory().users(&parties).await.unwrap_or_else(|error| {
             tracing::warn!(%error, "cannot look up the parties of open calls; showing their ids only");
             Vec::new()

@@ -136,12 +136,21 @@ pub struct InvalidCall {
 /// What a transition causes, for the signaling layer to tell the parties.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallEvent {
-    Accepted { by: UserId },
-    Rejected { by: UserId },
-    Cancelled { by: UserId },
+    Accepted {
+        by: UserId,
+    },
+    Rejected {
+        by: UserId,
+    },
+    Cancelled {
+        by: UserId,
+    },
     /// An answered call ended: hung up by a party (`by`), or by the server (`by: None`) when
     /// both parties went away or the call ran too long; the call's `end_reason` says which.
-    Ended { by: Option<UserId>, duration_seconds: u32 },
+    Ended {
+        by: Option<UserId>,
+        duration_seconds: u32,
+    },
     Missed,
 }
 
@@ -367,7 +376,12 @@ impl Call {
     ///
     /// # Errors
     /// `NotAParty` for anyone but the two parties.
-    pub fn end_because(&self, actor: &UserId, now: Timestamp, reason: HangupReason) -> Result<Outcome, TransitionError> {
+    pub fn end_because(
+        &self,
+        actor: &UserId,
+        now: Timestamp,
+        reason: HangupReason,
+    ) -> Result<Outcome, TransitionError> {
         if !self.is_party(actor) {
             return Err(TransitionError::NotAParty);
         }
@@ -398,7 +412,12 @@ impl Call {
     ///
     /// # Errors
     /// `InvalidState` unless active; `NotYetDue` while the grace period runs.
-    pub fn lose_connection(&self, last_seen: Timestamp, now: Timestamp, grace: Duration) -> Result<Outcome, TransitionError> {
+    pub fn lose_connection(
+        &self,
+        last_seen: Timestamp,
+        now: Timestamp,
+        grace: Duration,
+    ) -> Result<Outcome, TransitionError> {
         if self.status != CallStatus::Active {
             return Err(TransitionError::InvalidState { action: Action::Abandon, status: self.status });
         }

@@ -29,6 +29,6 @@ pub use ports::{
 pub use rules::{InitiateDecision, InitiateRefusal, decide_initiate};
 pub use service::{CallAction, CallService, CallServiceError, InitiateCommand, Initiated, LivenessPolicy};
 pub use values::{
-    Action, CallId, CallStatus, CallType, ConversationId, DeviceId, EndReason, HangupReason, InvalidValue, NotificationVerb,
-    Timestamp, UserId,
+    Action, CallId, CallStatus, CallType, ConversationId, DeviceId, EndReason, HangupReason, InvalidValue,
+    NotificationVerb, Timestamp, UserId,
 };

@@ -133,7 +133,11 @@ pub trait CallRepository: Send + Sync + std::fmt::Debug {
     ///
     /// # Errors
     /// `Storage` when the store fails.
-    async fn abandoned_calls(&self, seen_before: Timestamp, limit: u32) -> Result<Vec<(Call, Timestamp)>, RepositoryError>;
+    async fn abandoned_calls(
+        &self,
+        seen_before: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<(Call, Timestamp)>, RepositoryError>;
 
     /// Up to `limit` active calls answered before `cutoff`, oldest first.
     ///

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use ringline_domain::{
-    Action, Call, CallEvent, CallId, CallStatus, CallType, ConversationId, EndReason, HangupReason, NewCall, Outcome, Timestamp,
-    TransitionError, UserId,
+    Action, Call, CallEvent, CallId, CallStatus, CallType, ConversationId, EndReason, HangupReason, NewCall, Outcome,
+    Timestamp, TransitionError, UserId,
 };
 
 const RING_TIMEOUT: Duration = Duration::from_secs(45);

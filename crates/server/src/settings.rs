@@ -9,8 +9,8 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use ringline_api::IceSettings;
-use ringline_signaling::{FrameRate, Keepalive};
 use ringline_domain::LivenessPolicy;
+use ringline_signaling::{FrameRate, Keepalive};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize};
 

@@ -194,10 +194,11 @@ impl Signaling {
     pub(crate) async fn detach(&self, slot: &SessionSlot) {
         self.local.unregister(slot);
         let on_line = self.on_lines.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&slot.user);
-        if on_line && self.local.sessions_of(&slot.user) == 0 {
-            if let Err(error) = self.service.mark_seen(std::slice::from_ref(&slot.user)).await {
-                tracing::warn!(%error, "cannot record when a party of a call went away");
-            }
+        if on_line
+            && self.local.sessions_of(&slot.user) == 0
+            && let Err(error) = self.service.mark_seen(std::slice::from_ref(&slot.user)).await
+        {
+            tracing::warn!(%error, "cannot record when a party of a call went away");
         }
     }
 
@@ -329,7 +330,12 @@ impl Signaling {
     /// [`Audience::User`]).
     fn to_user(&self, user: &UserId, except_device: Option<DeviceId>, event: impl Fn(&str) -> String) {
         self.replay.append(user, &mut |event_id| event(event_id), &mut |payload| {
-            self.router.route(Signal { audience: Audience::User(user.clone()), except_device, except_user: None, payload });
+            self.router.route(Signal {
+                audience: Audience::User(user.clone()),
+                except_device,
+                except_user: None,
+                payload,
+            });
         });
     }
 

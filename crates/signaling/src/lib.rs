@@ -23,7 +23,7 @@ pub mod router;
 pub mod session;
 
 pub use hub::{SessionContext, Signaling};
-pub use router::{LocalRouter, SessionKind};
 pub use replay::{InMemoryReplay, ReplayLimits, ReplayStore};
+pub use router::{LocalRouter, SessionKind};
 pub use session::{CallPresenter, FrameRate, Inbound, Keepalive, Outbound, SessionIdentity};
 pub use tokio_util::sync::CancellationToken;

@@ -90,13 +90,29 @@ struct RawFrame<'a> {
 #[derive(Debug, Clone, Copy)]
 pub enum ClientFrame<'a> {
     Ping,
-    Offer { call: CallId, offer: &'a RawValue },
-    Answer { call: CallId, answer: &'a RawValue },
-    IceCandidate { call: CallId, candidate: &'a RawValue },
+    Offer {
+        call: CallId,
+        offer: &'a RawValue,
+    },
+    Answer {
+        call: CallId,
+        answer: &'a RawValue,
+    },
+    IceCandidate {
+        call: CallId,
+        candidate: &'a RawValue,
+    },
     /// A hang-up; `reason` is what the party reports (`ice_failed` when media died).
-    End { call: CallId, reason: HangupReason },
+    End {
+        call: CallId,
+        reason: HangupReason,
+    },
     /// The sender's microphone (`audio`) and camera (`video`) are on or off.
-    MediaState { call: CallId, audio: bool, video: bool },
+    MediaState {
+        call: CallId,
+        audio: bool,
+        video: bool,
+    },
     TypingStart,
     TypingStop,
 }
@@ -135,9 +151,12 @@ impl<'a> ClientFrame<'a> {
                 call: call()?,
                 reason: match raw.reason.as_deref() {
                     None => HangupReason::UserHangup,
-                    Some(reason) => reason
-                        .parse()
-                        .map_err(|_| FrameError::new("invalid_reason", "\"reason\" must be one of user_hangup, ice_failed, user_media_failed."))?,
+                    Some(reason) => reason.parse().map_err(|_| {
+                        FrameError::new(
+                            "invalid_reason",
+                            "\"reason\" must be one of user_hangup, ice_failed, user_media_failed.",
+                        )
+                    })?,
                 },
             },
             "call.media-state" => Self::MediaState {

@@ -248,7 +248,11 @@ impl CallRepository for SqlCallRepository {
         Ok(())
     }
 
-    async fn abandoned_calls(&self, seen_before: Timestamp, limit: u32) -> Result<Vec<(Call, Timestamp)>, RepositoryError> {
+    async fn abandoned_calls(
+        &self,
+        seen_before: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<(Call, Timestamp)>, RepositoryError> {
         let rows = call::Entity::find()
             .filter(call::Column::Status.eq(CallStatus::Active.as_str()))
             .filter(nobody_seen_since(seen_before))
@@ -319,9 +323,8 @@ impl SqlCallRepository {
         let next = &transition.call;
         let id = next.id();
         let txn = self.db.begin().await.map_err(storage_failure)?;
-        let mut compare_and_set = Condition::all()
-            .add(call::Column::Id.eq(id.get()))
-            .add(call::Column::Status.eq(transition.from.as_str()));
+        let mut compare_and_set =
+            Condition::all().add(call::Column::Id.eq(id.get())).add(call::Column::Status.eq(transition.from.as_str()));
         if let Some(guard) = guard {
             compare_and_set = compare_and_set.add(guard);
         }

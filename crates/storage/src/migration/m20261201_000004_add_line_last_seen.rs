@@ -22,18 +22,13 @@ impl MigrationTrait for Migration {
         // ended at once for a silence that only predates the column.
         manager
             .exec_stmt(
-                Query::update()
-                    .table(BusyLines::Table)
-                    .value(BusyLines::LastSeenAt, chrono::Utc::now())
-                    .to_owned(),
+                Query::update().table(BusyLines::Table).value(BusyLines::LastSeenAt, chrono::Utc::now()).to_owned(),
             )
             .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .alter_table(Table::alter().table(BusyLines::Table).drop_column(BusyLines::LastSeenAt).to_owned())
-            .await
+        manager.alter_table(Table::alter().table(BusyLines::Table).drop_column(BusyLines::LastSeenAt).to_owned()).await
     }
 }
 

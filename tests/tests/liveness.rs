@@ -1,0 +1,315 @@
+//! A call never gets stuck: the server ends active calls whose parties both went away
+//! (`connection_lost`, measured up to the last socket), keeps calls up while one party is
+//! connected or comes back within the grace period, survives restarts, and with several
+//! instances ends each call exactly once. `connection.ack` carries the user's open calls.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ringline_domain::{CallAction, CallService, CallType, InitiateCommand, LivenessPolicy, SystemClock, UserId};
+use ringline_signaling::Signaling;
+use ringline_storage::testing::TestDatabase;
+use ringline_tests::{DatabaseBackend, TestApp, WsClient, on_both_databases};
+use serde_json::{Value, json};
+
+/// A grace period short enough for tests; the sweep runs every third of it.
+const GRACE_SECS: u64 = 1;
+
+async fn app_with_grace(backend: DatabaseBackend, grace: u64) -> TestApp {
+    TestApp::spawn_with(backend, |settings| settings.liveness_grace_secs = grace).await
+}
+
+fn moment(value: &Value) -> DateTime<Utc> {
+    value.as_str().and_then(|text| DateTime::parse_from_rfc3339(text).ok()).expect("a timestamp").with_timezone(&Utc)
+}
+
+/// Alice calls Bob and Bob accepts over REST; returns the call id.
+async fn active_call(app: &TestApp, alice: &str, bob: &str) -> i64 {
+    let id = app.ring(alice, "bob").await;
+    app.post(&format!("/api/calls/{id}/accept/"), bob, json!({})).await.expect(200);
+    id
+}
+
+async fn call_json(app: &TestApp, token: &str, id: i64) -> Value {
+    app.get(&format!("/api/calls/{id}/"), token).await.expect(200)
+}
+
+/// Polls until the call is no longer active, for at most `within`.
+async fn wait_until_finished(app: &TestApp, token: &str, id: i64, within: Duration) -> Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let call = call_json(app, token, id).await;
+        if call["status"] != "active" || tokio::time::Instant::now() > deadline {
+            return call;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn connect(app: &TestApp, token: &str, resume: Option<&str>) -> (WsClient, Value) {
+    let mut path = format!("/ws/notifications/?token={token}");
+    if let Some(resume) = resume {
+        path.push_str(&format!("&resume={resume}"));
+    }
+    let mut socket = WsClient::connect(&app.ws_url(&path)).await;
+    let ack = socket.expect("connection.ack").await;
+    (socket, ack)
+}
+
+async fn a_call_both_parties_left_ends_with_connection_lost_measured_to_the_last_socket(backend: DatabaseBackend) {
+    let app = app_with_grace(backend, GRACE_SECS).await;
+    let (alice, bob) = (app.user("alice").await, app.user("bob").await);
+    let (mut alice_socket, _) = connect(&app, &alice, None).await;
+    let (mut bob_socket, _) = connect(&app, &bob, None).await;
+    let id = active_call(&app, &alice, &bob).await;
+    // Heartbeats must keep a connected call up well past the grace period.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(call_json(&app, &alice, id).await["status"], "active", "both connected: the call stays up");
+
+    alice_socket.close_and_read_reply(1000).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(call_json(&app, &alice, id).await["status"], "active", "one party still connected keeps it up");
+    bob_socket.close_and_read_reply(1000).await;
+    let last_socket_gone = Utc::now();
+
+    let call = wait_until_finished(&app, &alice, id, Duration::from_secs(5)).await;
+    assert_eq!(call["status"], "ended", "{call}");
+    assert_eq!(call["end_reason"], "connection_lost");
+    let ended_at = moment(&call["ended_at"]);
+    let off_by = (ended_at - last_socket_gone).num_milliseconds().abs();
+    assert!(off_by < 400, "ended when the last socket went ({last_socket_gone}), not at the sweep: {ended_at}");
+    let answered_at = moment(&call["answered_at"]);
+    let expected = (ended_at - answered_at).num_seconds();
+    assert_eq!(call["duration_seconds"].as_i64(), Some(expected));
+    assert!(expected >= 3, "the duration covers the whole call: {expected}");
+
+    // Both lines are free at once, and a party coming back is told how the call ended.
+    let (mut back, ack) = connect(&app, &alice, None).await;
+    assert_eq!(ack["open_calls"], json!([]));
+    let told = back.expect("call.end").await;
+    assert_eq!(told["call_id"], id.to_string());
+    assert_eq!(told["end_reason"], "connection_lost");
+    let again = app.ring(&bob, "alice").await;
+    assert_ne!(again, id);
+    app.stop().await;
+}
+
+async fn a_party_that_comes_back_within_the_grace_period_keeps_the_call(backend: DatabaseBackend) {
+    let app = app_with_grace(backend, 2).await;
+    let (alice, bob) = (app.user("alice").await, app.user("bob").await);
+    let (mut alice_socket, _) = connect(&app, &alice, None).await;
+    let (mut bob_socket, _) = connect(&app, &bob, None).await;
+    let id = active_call(&app, &alice, &bob).await;
+
+    alice_socket.close_and_read_reply(1000).await;
+    bob_socket.close_and_read_reply(1000).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (_bob_back, ack) = connect(&app, &bob, None).await;
+    assert_eq!(ack["open_calls"][0]["id"], id);
+    assert_eq!(ack["open_calls"][0]["status"], "active");
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(call_json(&app, &alice, id).await["status"], "active", "Bob came back in time");
+    app.stop().await;
+}
+
+async fn a_restart_in_between_changes_nothing(backend: DatabaseBackend) {
+    let app = app_with_grace(backend, 2).await;
+    let (alice, bob) = (app.user("alice").await, app.user("bob").await);
+    let (mut alice_socket, _) = connect(&app, &alice, None).await;
+    let (mut bob_socket, _) = connect(&app, &bob, None).await;
+    let id = active_call(&app, &alice, &bob).await;
+    let kept = active_call_between(&app, "carol", "dave").await;
+    let (mut carol_socket, _) = connect(&app, &app.token("carol"), None).await;
+    let (mut dave_socket, _) = connect(&app, &app.token("dave"), None).await;
+
+    alice_socket.close_and_read_reply(1000).await;
+    bob_socket.close_and_read_reply(1000).await;
+    let last_socket_gone = Utc::now();
+    carol_socket.close_and_read_reply(1000).await;
+    dave_socket.close_and_read_reply(1000).await;
+    let database = app.stop_keeping_database().await;
+
+    let app = TestApp::spawn_on(database, |settings| settings.liveness_grace_secs = 2).await;
+    // Carol is back on the new server within the grace period: her call goes on.
+    let (_carol_back, ack) = connect(&app, &app.token("carol"), None).await;
+    assert_eq!(ack["open_calls"][0]["id"], kept);
+    let call = wait_until_finished(&app, &alice, id, Duration::from_secs(6)).await;
+    assert_eq!(call["end_reason"], "connection_lost", "{call}");
+    let off_by = (moment(&call["ended_at"]) - last_socket_gone).num_milliseconds().abs();
+    assert!(off_by < 400, "measured to the last socket before the restart: {call}");
+    assert_eq!(call_json(&app, &app.token("carol"), kept).await["status"], "active");
+    app.stop().await;
+}
+
+async fn active_call_between(app: &TestApp, caller: &str, receiver: &str) -> i64 {
+    let (caller_token, receiver_token) = (app.user(caller).await, app.user(receiver).await);
+    let body = json!({"receiver_id": receiver, "call_type": "voice"});
+    let id = app.post("/api/calls/initiate/", &caller_token, body).await.expect(201)["id"].as_i64().expect("id");
+    app.post(&format!("/api/calls/{id}/accept/"), &receiver_token, json!({})).await.expect(200);
+    id
+}
+
+async fn connection_ack_carries_the_open_call_in_the_rest_shape(backend: DatabaseBackend) {
+    let app = TestApp::spawn(backend).await;
+    let (alice, bob) = (app.user("alice").await, app.user("bob").await);
+    let (_idle, ack) = connect(&app, &bob, None).await;
+    assert_eq!(ack["open_calls"], json!([]), "idle");
+    assert_eq!(ack["user_id"], "bob", "the original fields stay");
+
+    let id = app.ring(&alice, "bob").await;
+    let (_ringing, ack) = connect(&app, &bob, None).await;
+    assert_eq!(ack["open_calls"], json!([call_json(&app, &bob, id).await]), "ringing, exactly as REST shows it");
+    assert_eq!(ack["open_calls"][0]["status"], "ringing");
+
+    app.post(&format!("/api/calls/{id}/accept/"), &bob, json!({})).await.expect(200);
+    let (_active, ack) = connect(&app, &alice, None).await;
+    assert_eq!(ack["open_calls"], json!([call_json(&app, &alice, id).await]));
+    assert_eq!(ack["open_calls"][0]["status"], "active");
+    let mut chat = WsClient::connect(&app.ws_url(&format!("/ws/chat/1/?token={alice}"))).await;
+    // Not a participant of conversation 1: refused, so no ack (and nothing leaks).
+    assert_eq!(chat.closed_with().await, Some(4403));
+    app.stop().await;
+}
+
+async fn a_party_reports_why_media_died(backend: DatabaseBackend) {
+    let app = TestApp::spawn(backend).await;
+    let (alice, bob) = (app.user("alice").await, app.user("bob").await);
+    let (mut alice_socket, _) = connect(&app, &alice, None).await;
+    let (mut bob_socket, _) = connect(&app, &bob, None).await;
+    let id = active_call(&app, &alice, &bob).await;
+    drain(&mut alice_socket).await;
+    drain(&mut bob_socket).await;
+
+    bob_socket.send_json(json!({"type": "call.end", "call_id": id, "reason": "bored"})).await;
+    assert_eq!(bob_socket.expect("error").await["code"], "invalid_reason");
+    assert_eq!(call_json(&app, &bob, id).await["status"], "active", "a refused frame changes nothing");
+
+    bob_socket.send_json(json!({"type": "call.end", "call_id": id.to_string(), "reason": "ice_failed"})).await;
+    let end = alice_socket.expect("call.end").await;
+    assert_eq!(end["end_reason"], "ice_failed");
+    assert_eq!(end["user_id"], "bob");
+    let call = call_json(&app, &alice, id).await;
+    assert_eq!((call["status"].as_str(), call["end_reason"].as_str()), (Some("ended"), Some("ice_failed")));
+    app.stop().await;
+}
+
+async fn media_state_reaches_the_other_party_only(backend: DatabaseBackend) {
+    let app = TestApp::spawn(backend).await;
+    let (alice, bob, eve) = (app.user("alice").await, app.user("bob").await, app.user("eve").await);
+    let (mut alice_socket, _) = connect(&app, &alice, None).await;
+    let (mut bob_socket, _) = connect(&app, &bob, None).await;
+    let (mut eve_socket, _) = connect(&app, &eve, None).await;
+    let id = active_call(&app, &alice, &bob).await;
+    drain(&mut alice_socket).await;
+    drain(&mut bob_socket).await;
+
+    alice_socket.send_json(json!({"type": "call.media-state", "call_id": id, "audio": false, "video": true})).await;
+    let state = bob_socket.expect("call.media-state").await;
+    assert_eq!(
+        (state["user_id"].as_str(), state["audio"].as_bool(), state["video"].as_bool()),
+        (Some("alice"), Some(false), Some(true))
+    );
+    assert_eq!(state["call_id"], id.to_string());
+    alice_socket.expect_silence().await;
+    eve_socket.expect_silence().await;
+
+    eve_socket.send_json(json!({"type": "call.media-state", "call_id": id, "audio": false, "video": false})).await;
+    assert_eq!(eve_socket.expect("error").await["code"], "call_not_found");
+    bob_socket.expect_silence().await;
+    app.stop().await;
+}
+
+/// Two hubs over one database, as two server instances are, with no background sweeps: the
+/// test runs the sweeps itself, both at once.
+async fn two_instances_end_each_abandoned_call_exactly_once(backend: DatabaseBackend) {
+    let database = TestDatabase::new(backend).await;
+    let liveness = LivenessPolicy { grace: Duration::from_millis(500), max_call: Duration::from_secs(3600) };
+    let hub = || {
+        let storage = database.storage();
+        let service = CallService::new(
+            Arc::new(storage.calls()),
+            Arc::new(storage.directory()),
+            Arc::new(SystemClock),
+            Duration::from_secs(45),
+        )
+        .with_liveness(liveness);
+        Signaling::local(service, Arc::new(storage.notifications()))
+    };
+    let (first, second) = (hub(), hub());
+    const PAIRS: usize = 20;
+    for pair in 0..PAIRS {
+        let (caller, receiver) = (user(&format!("caller{pair}")), user(&format!("receiver{pair}")));
+        register(&database, &caller).await;
+        register(&database, &receiver).await;
+        let command = InitiateCommand { receiver: receiver.clone(), call_type: CallType::Voice, conversation: None };
+        let id = first.initiate(&caller, command).await.expect("ring").call().id();
+        second.act(&receiver, id, CallAction::Accept, None).await.expect("accept");
+    }
+    assert_eq!(first.sweep_liveness(100).await.expect("sweep"), 0, "within the grace period nothing ends");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (a, b) = tokio::join!(first.sweep_liveness(100), second.sweep_liveness(100));
+    assert_eq!(a.expect("sweep") + b.expect("sweep"), PAIRS, "each call ended by exactly one instance");
+    let busy = database.storage().calls();
+    assert!(ringline_domain::CallRepository::users_on_lines(&busy).await.expect("lines").is_empty(), "lines freed");
+    database.cleanup().await;
+}
+
+/// The last resort: a call nobody hung up ends at the maximum length, whoever is connected.
+async fn a_forgotten_call_ends_at_the_maximum_length(backend: DatabaseBackend) {
+    let database = TestDatabase::new(backend).await;
+    let storage = database.storage();
+    let liveness = LivenessPolicy { grace: Duration::from_secs(3600), max_call: Duration::from_secs(1) };
+    let service = CallService::new(
+        Arc::new(storage.calls()),
+        Arc::new(storage.directory()),
+        Arc::new(SystemClock),
+        Duration::from_secs(45),
+    )
+    .with_liveness(liveness);
+    let hub = Signaling::local(service, Arc::new(storage.notifications()));
+    let (alice, bob) = (user("alice"), user("bob"));
+    register(&database, &alice).await;
+    register(&database, &bob).await;
+    let command = InitiateCommand { receiver: bob.clone(), call_type: CallType::Video, conversation: None };
+    let id = hub.initiate(&alice, command).await.expect("ring").call().id();
+    hub.act(&bob, id, CallAction::Accept, None).await.expect("accept");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(hub.sweep_liveness(100).await.expect("sweep"), 1);
+    let call = hub.service().find(id).await.expect("read").expect("stored");
+    assert_eq!(call.end_reason(), Some(ringline_domain::EndReason::MaxDuration));
+    assert_eq!(call.duration_seconds(), Some(1));
+    database.cleanup().await;
+}
+
+/// Reads and drops whatever has arrived (the call's set-up events).
+async fn drain(socket: &mut WsClient) {
+    while socket.next_event_within(ringline_tests::SILENCE).await.is_some() {}
+}
+
+fn user(id: &str) -> UserId {
+    UserId::parse(id).expect("valid id")
+}
+
+async fn register(database: &TestDatabase, id: &UserId) {
+    let profile = ringline_domain::UserProfile {
+        id: id.clone(),
+        username: id.to_string(),
+        first_name: String::new(),
+        last_name: String::new(),
+        profile_image_url: None,
+    };
+    let now = ringline_domain::Clock::now(&SystemClock);
+    database.storage().directory().upsert_user(&profile, now).await.expect("register");
+}
+
+on_both_databases!(
+    a_call_both_parties_left_ends_with_connection_lost_measured_to_the_last_socket,
+    a_party_that_comes_back_within_the_grace_period_keeps_the_call,
+    a_restart_in_between_changes_nothing,
+    connection_ack_carries_the_open_call_in_the_rest_shape,
+    a_party_reports_why_media_died,
+    media_state_reaches_the_other_party_only,
+    two_instances_end_each_abandoned_call_exactly_once,
+    a_forgotten_call_ends_at_the_maximum_length,
+);
