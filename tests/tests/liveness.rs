@@ -150,6 +150,31 @@ async fn active_call_between(app: &TestApp, caller: &str, receiver: &str) -> i64
     id
 }
 
+/// A phone that switched networks while ringing comes back with an old client (no `resume`):
+/// it is told the call is over, so it stops ringing.
+async fn a_device_that_missed_the_end_while_offline_is_told_on_reconnect(backend: DatabaseBackend) {
+    let app = TestApp::spawn(backend).await;
+    let (alice, bob) = (app.user("alice").await, app.user("bob").await);
+    let (mut phone, _) = connect(&app, &bob, None).await;
+    let id = app.ring(&alice, "bob").await;
+    phone.expect("call.incoming").await;
+    phone.close_and_read_reply(1000).await;
+    app.post(&format!("/api/calls/{id}/end/"), &alice, json!({})).await.expect(200);
+
+    let (mut phone, ack) = connect(&app, &bob, None).await;
+    assert_eq!(ack["open_calls"], json!([]));
+    let end = phone.expect("call.end").await;
+    assert_eq!((end["call_id"].as_str(), end["status"].as_str()), (Some(id.to_string().as_str()), Some("cancelled")));
+    phone.expect_silence().await;
+
+    // In a call again: no stale `call.end` for the old one, which would hang the new one up.
+    let next = app.ring(&bob, "alice").await;
+    let (mut phone, ack) = connect(&app, &bob, None).await;
+    assert_eq!(ack["open_calls"][0]["id"], next);
+    phone.expect_silence().await;
+    app.stop().await;
+}
+
 async fn connection_ack_carries_the_open_call_in_the_rest_shape(backend: DatabaseBackend) {
     let app = TestApp::spawn(backend).await;
     let (alice, bob) = (app.user("alice").await, app.user("bob").await);
@@ -308,6 +333,7 @@ on_both_databases!(
     a_party_that_comes_back_within_the_grace_period_keeps_the_call,
     a_restart_in_between_changes_nothing,
     connection_ack_carries_the_open_call_in_the_rest_shape,
+    a_device_that_missed_the_end_while_offline_is_told_on_reconnect,
     a_party_reports_why_media_died,
     media_state_reaches_the_other_party_only,
     two_instances_end_each_abandoned_call_exactly_once,

@@ -67,14 +67,20 @@ impl OldClient {
         let token = app.token(name);
         let notifications = app.notifications_socket(&token).await;
         let chat = if on_chat_page { Some(app.chat_socket(&token, CONVERSATION).await) } else { None };
-        Self::new(name, token, notifications, chat)
+        let mut tab = Self::new(name, token, notifications, chat);
+        // A page handles what arrives as it loads (a `call.end` for a call that finished while
+        // it was closed) long before anyone can click Call.
+        tab.settle().await;
+        tab
     }
 
     /// The mobile client: one notification socket.
     async fn phone(app: &TestApp, name: &'static str) -> Self {
         let token = app.token(name);
         let notifications = app.notifications_socket(&token).await;
-        Self::new(name, token, notifications, None)
+        let mut phone = Self::new(name, token, notifications, None);
+        phone.settle().await;
+        phone
     }
 
     fn new(name: &'static str, token: String, notifications: WsClient, chat: Option<WsClient>) -> Self {

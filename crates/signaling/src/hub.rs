@@ -26,15 +26,20 @@ use crate::replay::{Attached, InMemoryReplay, ReplayStore};
 use crate::router::{LocalRouter, SessionKind, SessionSlot};
 use crate::session::{FrameRate, Keepalive};
 
-/// How long after a call ended with `connection_lost` a party that connects is still sent its
-/// `call.end`: an old client that was offline meanwhile may still show the call.
+/// How long after a call finished a party that connects without `resume` is still sent its
+/// `call.end`: a client whose socket was down meanwhile (a phone switching networks) may still
+/// ring for it or show it. Calls the server ended because both parties were gone are told for
+/// longer: nobody was connected to hear it.
+const TELL_FINISHED_CALLS_FOR: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 const TELL_LOST_CALLS_FOR: std::time::Duration = std::time::Duration::from_secs(60 * 60);
 
 /// What [`Signaling::calls_on_connect`] found.
 #[derive(Debug, Default)]
 pub(crate) struct CallsOnConnect {
+    /// The user's ringing or active call.
     pub open: Option<Call>,
-    pub lost: Option<Call>,
+    /// The user's newest call, when it finished recently.
+    pub recently_finished: Option<Call>,
 }
 
 /// Routes kept for finished calls (late ICE candidates and retried hang-ups are answered from
@@ -203,9 +208,9 @@ impl Signaling {
     }
 
     /// What a connecting session of `user` is told about their calls: the open call, if any
-    /// (`connection.ack`'s `open_calls`), and the newest call if it ended with
-    /// `connection_lost` recently while the user was away (an old client still showing it
-    /// needs a `call.end`). A party of an open call counts as seen from now.
+    /// (`connection.ack`'s `open_calls`), or else the newest call if it finished recently (an
+    /// old client that missed its end while offline needs a `call.end`: it ignores
+    /// `open_calls`). A party of an open call counts as seen from now.
     ///
     /// # Errors
     /// As [`CallService::newest_call_of`].
@@ -219,11 +224,15 @@ impl Signaling {
                 tracing::warn!(%error, "cannot record that a party of a call is back");
             }
             self.routes.remember(&newest);
-            return Ok(CallsOnConnect { open: Some(newest), lost: None });
+            return Ok(CallsOnConnect { open: Some(newest), recently_finished: None });
         }
-        let recently = newest.ended_at().is_some_and(|ended| ended.plus(TELL_LOST_CALLS_FOR) > self.service.now());
-        let lost = newest.end_reason() == Some(EndReason::ConnectionLost) && recently;
-        Ok(CallsOnConnect { open: None, lost: lost.then_some(newest) })
+        let told_for = if newest.end_reason() == Some(EndReason::ConnectionLost) {
+            TELL_LOST_CALLS_FOR
+        } else {
+            TELL_FINISHED_CALLS_FOR
+        };
+        let recent = newest.ended_at().is_some_and(|ended| ended.plus(told_for) > self.service.now());
+        Ok(CallsOnConnect { open: None, recently_finished: recent.then_some(newest) })
     }
 
     /// One liveness pass: records that the parties of open calls connected here are alive,

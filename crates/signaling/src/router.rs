@@ -125,6 +125,14 @@ impl LocalRouter {
         self.read().by_user.get(user).map_or(0, Vec::len)
     }
 
+    /// Whether `user` has a notification socket open here (else their chat sockets stand in).
+    pub fn has_notification_socket(&self, user: &UserId) -> bool {
+        self.read()
+            .by_user
+            .get(user)
+            .is_some_and(|slots| slots.iter().any(|slot| slot.kind == SessionKind::Notifications))
+    }
+
     /// How many sessions are open in all.
     pub fn session_count(&self) -> usize {
         self.read().by_user.values().map(Vec::len).sum()

@@ -190,9 +190,15 @@ pub async fn run<S, K>(
     for event in catch_up {
         open = open && write(&mut outbound, &slot, Outbound::Text(event)).await;
     }
-    // A client that resumes has the `call.end` in its replay, or a `resync`.
-    if let (Some(lost), None) = (&on_connect.lost, &identity.resume) {
-        let told = events::end(&signaling.next_event_id(), lost, None);
+    // A client that resumes has the `call.end` in its replay, or a `resync`. Only finished
+    // calls are told: a `call.end` for an open call would hang up the device in it. One copy
+    // per tab, as for routed events: a chat socket tells only while no notification socket
+    // stands for its user (the original web client feeds both into one handler, and a late
+    // `call.end` from the chat socket would silence a call that has just begun to ring).
+    let tells_this_tab =
+        identity.kind == SessionKind::Notifications || !signaling.sessions().has_notification_socket(&context.user);
+    if let (Some(finished), None, true) = (&on_connect.recently_finished, &identity.resume, tells_this_tab) {
+        let told = events::end(&signaling.next_event_id(), finished, None);
         open = open && write(&mut outbound, &slot, Outbound::Text(told)).await;
     }
 
