@@ -11,7 +11,17 @@ import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
-import { chromiumPath, freePort, launchChromium, startRingline, stopRingline } from "./harness.mjs";
+import {
+  chromiumPath,
+  freePort,
+  inboundBytes,
+  launchChromium,
+  notice,
+  signedInTab,
+  startRingline,
+  stopRingline,
+  waitConnected,
+} from "./harness.mjs";
 
 const screenshots = process.env.RINGLINE_SCREENSHOTS_DIR || mkdtempSync(join(tmpdir(), "ringline-shots-"));
 const RING_TIMEOUT_SECS = 4;
@@ -42,46 +52,9 @@ after(async () => {
 });
 
 /** A signed-in tab for `user` (a fresh browser context is a fresh person). */
-async function personTab(user, context) {
-  const ctx = context || (await browser.newContext({ viewport: { width: 1000, height: 700 } }));
-  const page = await ctx.newPage();
-  page.on("pageerror", (error) => console.error(`[${user}] page error:`, error));
-  await page.goto(base);
-  await page.locator(`#demo-users button[data-user="${user}"]`).click();
-  await page.locator("#home").waitFor();
-  await page.waitForFunction(() => document.getElementById("connection").textContent === "online");
-  return page;
-}
+const personTab = (user, context) => signedInTab(browser, base, user, context);
 
 const shot = (page, name) => page.screenshot({ path: join(screenshots, `${name}.png`) });
-
-async function inboundBytes(page) {
-  return page.evaluate(async () => {
-    const stats = await window.ringline.state.pc.getStats();
-    let bytes = 0;
-    stats.forEach((report) => {
-      if (report.type === "inbound-rtp") bytes += report.bytesReceived || 0;
-    });
-    return bytes;
-  });
-}
-
-async function waitConnected(page) {
-  await page.waitForFunction(() => window.ringline.state.pc?.connectionState === "connected", null, { timeout: 20_000 });
-}
-
-async function notice(page, pattern) {
-  try {
-    await page.waitForFunction(
-      (source) => new RegExp(source).test(document.getElementById("notice").textContent),
-      pattern.source,
-      { timeout: 15_000 },
-    );
-  } catch (error) {
-    const shown = await page.locator("#notice").textContent().catch(() => "(page gone)");
-    throw new Error(`the notice never matched ${pattern}; it says ${JSON.stringify(shown)}`, { cause: error });
-  }
-}
 
 test("a video call: ring, accept, media both ways, hang up, history", async () => {
   const signInPage = await browser.newPage({ viewport: { width: 1000, height: 700 } });
@@ -238,7 +211,7 @@ test("after a server restart the tabs reconnect by themselves and calls ring aga
   const ada = await personTab("ada");
   const grace = await personTab("grace");
   await stopServer();
-  await ada.waitForFunction(() => document.getElementById("connection").textContent === "offline");
+  await ada.waitForFunction(() => document.getElementById("connection").textContent === "Reconnecting…");
   server = await startServer();
   // The client retries with backoff (1 s, 2 s, 4 s, …): no reload, no new sign-in.
   for (const page of [ada, grace]) {

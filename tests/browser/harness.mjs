@@ -41,9 +41,10 @@ async function waitForServer(url) {
  * Starts `ringline demo` on 127.0.0.1:`port` over `workdir`'s database (it keeps its data across
  * restarts) and resolves once it answers `/healthz`.
  */
-export async function startRingline({ workdir, port, ringTimeoutSecs }) {
+export async function startRingline({ workdir, port, ringTimeoutSecs, env: extra = {} }) {
   const env = {
     ...process.env,
+    ...extra,
     RINGLINE_DATABASE_URL: `sqlite://${join(workdir, "ringline.db")}?mode=rwc`,
     RINGLINE_BIND: `127.0.0.1:${port}`,
     RINGLINE_RING_TIMEOUT_SECS: String(ringTimeoutSecs),
@@ -85,4 +86,46 @@ export function launchChromium() {
       "--disable-features=WebRtcHideLocalIpsWithMdns,LocalNetworkAccessChecks",
     ],
   });
+}
+
+/** A signed-in tab for demo `user` at `base`; a fresh browser context is a fresh person. */
+export async function signedInTab(browser, base, user, context) {
+  const ctx = context || (await browser.newContext({ viewport: { width: 1000, height: 700 } }));
+  const page = await ctx.newPage();
+  page.on("pageerror", (error) => console.error(`[${user}] page error:`, error));
+  await page.goto(base);
+  await page.locator(`#demo-users button[data-user="${user}"]`).click();
+  await page.locator("#home").waitFor();
+  await page.waitForFunction(() => document.getElementById("connection").textContent === "online");
+  return page;
+}
+
+/** Bytes of media the page's peer connection has received so far. */
+export async function inboundBytes(page) {
+  return page.evaluate(async () => {
+    const stats = await window.ringline.state.pc.getStats();
+    let bytes = 0;
+    stats.forEach((report) => {
+      if (report.type === "inbound-rtp") bytes += report.bytesReceived || 0;
+    });
+    return bytes;
+  });
+}
+
+export async function waitConnected(page, timeout = 20_000) {
+  await page.waitForFunction(() => window.ringline.state.pc?.connectionState === "connected", null, { timeout });
+}
+
+/** Waits until the page's notice matches `pattern`, and says what it showed if it never does. */
+export async function notice(page, pattern, timeout = 15_000) {
+  try {
+    await page.waitForFunction(
+      (source) => new RegExp(source).test(document.getElementById("notice").textContent),
+      pattern.source,
+      { timeout },
+    );
+  } catch (error) {
+    const shown = await page.locator("#notice").textContent().catch(() => "(page gone)");
+    throw new Error(`the notice never matched ${pattern}; it says ${JSON.stringify(shown)}`, { cause: error });
+  }
 }

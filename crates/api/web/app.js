@@ -12,6 +12,16 @@ const state = {
   socket: null,
   reconnectDelay: 1000,
   seenEvents: new Set(),
+  // The last position of our event stream we saw (docs/protocol.md, "Resuming"): a socket
+  // that comes back with it gets what it missed. Kept per tab, so a reload resumes too.
+  resumeFrom: sessionStorage.getItem("ringline.resume"),
+  // The latest connection.ack: its open_calls say where we stand after a resync.
+  lastAck: null,
+  // Events up to this stream position were replayed for a page that reloaded mid-call: their
+  // SDP and candidates belonged to the peer connection that died with the old page.
+  replayedUntil: null,
+  restoredOnLoad: false,
+  everOnline: false,
   contacts: new Map(), // id -> {id, name}
   // The one call this tab is part of:
   // {id, role: "caller"|"callee", peerId, peerName, type, status, answeredAt}
@@ -27,7 +37,27 @@ const state = {
   earlyEvents: [],
   timer: null,
   ringer: null,
+  peerDrop: null, // {timers} while the other person's connection is down
 };
+
+// How long to wait after the other person's connection dropped before restarting ICE (the
+// caller does it), and before giving up on the call.
+const ICE_RESTART_AFTER_MS = 2000;
+const PEER_GIVE_UP_MS = 15000;
+
+/// What this tab knows about its call, kept across a reload (sessionStorage is per tab).
+function saveCall(extra = {}) {
+  const call = state.call;
+  if (!call) return sessionStorage.removeItem("ringline.call");
+  const saved = JSON.parse(sessionStorage.getItem("ringline.call") || "null");
+  const same = saved && String(saved.id) === String(call.id) ? saved : {};
+  const { id, role, peerId, peerName, type } = call;
+  sessionStorage.setItem("ringline.call", JSON.stringify({ ...same, id, role, peerId, peerName, type, ...extra }));
+}
+
+function savedCall() {
+  return JSON.parse(sessionStorage.getItem("ringline.call") || "null");
+}
 
 // ---------------------------------------------------------------- REST
 
@@ -234,7 +264,13 @@ async function loadHistory() {
         when.className = "when";
         when.dateTime = call.started_at;
         when.textContent = new Date(call.started_at).toLocaleString([], { dateStyle: "short", timeStyle: "short" });
-        item.append(text, when);
+        const back = document.createElement("button");
+        back.type = "button";
+        back.className = "call-back link";
+        back.textContent = "Call back";
+        back.setAttribute("aria-label", `Call ${nameOf(other)} back (${call.call_type === "video" ? "video" : "voice"})`);
+        back.addEventListener("click", () => startCall(other.id, call.call_type === "video" ? "video" : "voice"));
+        item.append(text, when, back);
         return item;
       }),
     );
@@ -260,11 +296,13 @@ function formatDuration(seconds) {
 function connect() {
   if (!state.token || state.socket) return;
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const socket = new WebSocket(`${scheme}://${location.host}/ws/notifications/?token=${encodeURIComponent(state.token)}`);
+  const resume = state.resumeFrom ? `&resume=${encodeURIComponent(state.resumeFrom)}` : "";
+  const socket = new WebSocket(`${scheme}://${location.host}/ws/notifications/?token=${encodeURIComponent(state.token)}${resume}`);
   state.socket = socket;
   socket.addEventListener("open", () => {
     state.reconnectDelay = 1000;
-    setConnection(true);
+    state.everOnline = true;
+    setConnection("online");
   });
   socket.addEventListener("message", (message) => {
     try {
@@ -275,7 +313,7 @@ function connect() {
   });
   socket.addEventListener("close", (event) => {
     if (state.socket === socket) state.socket = null;
-    setConnection(false);
+    setConnection(state.everOnline && state.token && event.code !== 1000 ? "reconnecting" : "offline");
     if (event.code === 4401) {
       notify("Your session has expired. Sign in again.", { error: true });
       signOut();
@@ -286,10 +324,11 @@ function connect() {
   });
 }
 
-function setConnection(online) {
+function setConnection(status) {
   const pill = $("connection");
-  pill.textContent = online ? "online" : "offline";
-  pill.classList.toggle("online", online);
+  pill.textContent = { online: "online", reconnecting: "Reconnecting…", offline: "offline" }[status];
+  pill.classList.toggle("online", status === "online");
+  pill.classList.toggle("reconnecting", status === "reconnecting");
 }
 
 function send(frame) {
@@ -300,11 +339,39 @@ setInterval(() => send({ type: "ping" }), 25000);
 
 const isCurrent = (event) => state.call && String(event.call_id) === String(state.call.id);
 
+/// `<run>-<hex>` → [run, position]; ids with a "." are not stream positions.
+function streamPosition(id) {
+  const match = /^([0-9a-z]+)-([0-9a-f]+)$/.exec(id || "");
+  return match ? [match[1], BigInt(`0x${match[2]}`)] : null;
+}
+
+function rememberPosition(id) {
+  state.resumeFrom = id;
+  sessionStorage.setItem("ringline.resume", id);
+}
+
+/// An SDP or candidate event replayed to a page that rebuilt its peer connection after a
+/// reload: it was meant for the old one.
+function meantForTheOldPeer(event) {
+  if (!state.replayedUntil || !state.call?.freshPeer) return false;
+  if (!["call.offer", "call.answer", "call.ice-candidate"].includes(event.type)) return false;
+  const [position, until] = [streamPosition(event.event_id), streamPosition(state.replayedUntil)];
+  return Boolean(position && until && position[0] === until[0] && position[1] <= until[1]);
+}
+
 function handleEvent(event) {
   if (event.event_id) {
     if (state.seenEvents.has(event.event_id)) return; // the same event on another socket
     state.seenEvents.add(event.event_id);
+    if (streamPosition(event.event_id)) rememberPosition(event.event_id);
   }
+  if (event.type === "connection.ack") return acknowledged(event);
+  if (event.type === "resync") {
+    // Some of what happened while we were away is gone: the ack we just got says where we stand.
+    rememberPosition(event.resume_from);
+    return reconcile(state.lastAck?.open_calls || []);
+  }
+  if (meantForTheOldPeer(event)) return;
   if (state.initiating && !state.call && event.call_id && event.type !== "call.incoming") {
     state.earlyEvents.push(event);
     return;
@@ -316,6 +383,84 @@ function handleEvent(event) {
 function replayEarlyEvents() {
   for (const event of state.earlyEvents.splice(0)) {
     if (isCurrent(event)) dispatch(event);
+  }
+}
+
+function acknowledged(ack) {
+  state.lastAck = ack;
+  const resumed = Boolean(state.resumeFrom);
+  rememberPosition(ack.resume_from);
+  if (!state.restoredOnLoad) {
+    state.restoredOnLoad = true;
+    if (resumed) state.replayedUntil = ack.resume_from;
+    reconcile(ack.open_calls || []);
+  }
+}
+
+/// Brings this tab in line with the server's view of our calls: on page load (restore the
+/// call this tab was in, or end it cleanly) and after a resync.
+function reconcile(openCalls) {
+  const open = openCalls[0];
+  const saved = savedCall();
+  if (state.call) {
+    if (!open || String(open.id) !== String(state.call.id)) {
+      endLocally("The call ended while you were offline.");
+    } else if (open.status === "active" && state.call.role === "callee" && state.call.status === "ringing") {
+      hangUpLocally();
+      notify("Answered on another device.");
+    }
+    return;
+  }
+  if (!open) {
+    if (saved) {
+      sessionStorage.removeItem("ringline.call");
+      notify(`Your call with ${saved.peerName} has ended.`);
+      loadHistory();
+    }
+    return;
+  }
+  const outgoing = open.caller.id === state.me.id;
+  const peer = outgoing ? open.receiver : open.caller;
+  const mine = saved?.joined && String(saved.id) === String(open.id);
+  const call = {
+    id: String(open.id),
+    role: outgoing ? "caller" : "callee",
+    peerId: peer.id,
+    peerName: state.contacts.get(peer.id)?.name || nameOf(peer),
+    type: open.call_type,
+    status: open.status === "ringing" ? "ringing" : "connecting",
+  };
+  if (!outgoing && open.status === "ringing") {
+    // It rings in every tab; the offer, if this tab had it before the reload, is kept.
+    state.call = call;
+    state.pendingOffer = String(saved?.id) === call.id ? saved.offer || null : null;
+    startRinging();
+    render();
+  } else if (mine) {
+    if (open.answered_at) call.answeredAt = Date.parse(open.answered_at);
+    restoreCall(call);
+  } else {
+    notify(open.status === "ringing" ? `You are calling ${call.peerName} from another tab.` : `You are in a call with ${call.peerName} on another device.`);
+  }
+}
+
+/// After a reload: new media and a new peer connection, offered to the other side, which
+/// answers it on a fresh connection of its own (see acceptOffer).
+async function restoreCall(call) {
+  state.call = call;
+  call.freshPeer = true;
+  render();
+  notify(`Restoring your call with ${call.peerName}…`);
+  try {
+    state.localStream = await getMedia(call.type);
+    showLocal();
+    const pc = await createPeer();
+    const offer = await pc.createOffer();
+    await pc.setLocalDescription(offer);
+    if (state.call !== call) return;
+    send({ type: "call.offer", call_id: call.id, call_type: call.type, offer: { type: offer.type, sdp: offer.sdp } });
+  } catch (error) {
+    if (state.call === call) failCall(`Could not restore the call: ${error.message}`);
   }
 }
 
@@ -333,6 +478,7 @@ function dispatch(event) {
       };
       state.pendingOffer = null;
       state.pendingCandidates = [];
+      saveCall({ joined: false });
       startRinging();
       render();
       $("accept").focus();
@@ -340,22 +486,31 @@ function dispatch(event) {
     case "call.offer":
       if (!isCurrent(event)) return;
       if (state.pc && state.pc.signalingState !== "closed" && state.call.status !== "ringing") {
-        renegotiate(event.offer);
+        acceptOffer(event.offer);
       } else {
         state.pendingOffer = event.offer;
+        if (state.call.role === "callee" && state.call.status === "ringing") saveCall({ offer: event.offer });
         for (const resolve of state.offerWaiters.splice(0)) resolve(event.offer);
       }
       break;
     case "call.answer":
-      if (!isCurrent(event) || state.call.role !== "caller") return;
-      state.call.status = "connecting";
-      render();
-      if (event.answer && state.pc && !state.pc.currentRemoteDescription) {
+      if (!isCurrent(event)) return;
+      if (state.call.role === "caller" && state.call.status === "ringing") {
+        state.call.status = "connecting";
+        render();
+      }
+      // The answer to our offer: the first one, an ICE restart, or a restore after a reload.
+      if (event.answer && state.pc?.signalingState === "have-local-offer") {
         state.pc
           .setRemoteDescription(event.answer)
           .then(flushCandidates)
           .catch((error) => failCall(`Could not use the answer: ${error.message}`));
       }
+      break;
+    case "call.media-state":
+      if (!isCurrent(event)) return;
+      state.call.peerMedia = { audio: event.audio !== false, video: event.video !== false };
+      render();
       break;
     case "call.accepted":
       if (!isCurrent(event)) return;
@@ -419,7 +574,7 @@ function dispatch(event) {
       notify(event.detail || "The server refused that.", { error: true });
       break;
     default:
-      break; // connection.ack, pong, typing: nothing to show
+      break; // pong, typing: nothing to show
   }
 }
 
@@ -462,15 +617,92 @@ async function createPeer() {
   });
   pc.addEventListener("connectionstatechange", () => {
     if (!state.call || state.pc !== pc) return;
+    const call = state.call;
     if (pc.connectionState === "connected") {
-      state.call.status = "connected";
+      const first = !call.everConnected;
+      call.everConnected = true;
+      call.status = "connected";
+      clearPeerDrop();
+      if (call.freshPeer) notify("");
       startTimer();
       render();
-    } else if (pc.connectionState === "failed") {
-      failCall("The connection failed: the two of you could not reach each other (a TURN server may be needed).");
+      if (first) sendMediaState();
+    } else if (pc.connectionState === "disconnected" || pc.connectionState === "failed") {
+      if (call.everConnected) peerDropped(pc);
+      else if (pc.connectionState === "failed") {
+        // Never connected at all: the network between the two is the likely cause.
+        failCall("The connection failed: the two of you could not reach each other (a TURN server may be needed).", "ice_failed");
+      }
     }
   });
   return pc;
+}
+
+/// The other person's connection dropped mid-call (their network, a closed tab, a reload).
+/// Show it, let the caller restart ICE after a moment, and give up only if it stays down.
+function peerDropped(pc) {
+  const call = state.call;
+  if (state.peerDrop) return;
+  call.status = "peer-dropped";
+  render();
+  const restart = setTimeout(async () => {
+    if (state.pc !== pc || call.role !== "caller" || pc.connectionState === "connected") return;
+    try {
+      const offer = await pc.createOffer({ iceRestart: true });
+      await pc.setLocalDescription(offer);
+      send({ type: "call.offer", call_id: call.id, call_type: call.type, offer: { type: offer.type, sdp: offer.sdp } });
+    } catch (error) {
+      console.warn("[ringline] ICE restart", error);
+    }
+  }, ICE_RESTART_AFTER_MS);
+  const giveUp = setTimeout(() => {
+    if (state.call === call && call.status === "peer-dropped") {
+      failCall(`The connection to ${call.peerName} was lost.`, "ice_failed");
+    }
+  }, PEER_GIVE_UP_MS);
+  state.peerDrop = { timers: [restart, giveUp] };
+}
+
+function clearPeerDrop() {
+  for (const timer of state.peerDrop?.timers || []) clearTimeout(timer);
+  state.peerDrop = null;
+}
+
+const fingerprintOf = (sdp) => /a=fingerprint:(\S+ \S+)/.exec(sdp || "")?.[1] || null;
+
+/// An offer during the call: a renegotiation or ICE restart of the same connection, or, when
+/// it comes from a new connection (the other side reloaded: a new DTLS fingerprint), a fresh
+/// start that needs a fresh connection here too. When both sides offer at once, the caller
+/// keeps its own offer and the callee yields.
+async function acceptOffer(offer) {
+  const call = state.call;
+  const pc = state.pc;
+  const fresh = fingerprintOf(offer.sdp) !== fingerprintOf(pc.remoteDescription?.sdp);
+  if (pc.signalingState === "have-local-offer" && call.role === "caller") return;
+  try {
+    if (!fresh && pc.signalingState === "stable") return await renegotiate(offer);
+    pc.close();
+    state.pc = null;
+    state.pendingCandidates = [];
+    clearPeerDrop();
+    const next = await createPeer();
+    if (state.call !== call) return next.close();
+    await next.setRemoteDescription(offer);
+    await flushCandidates();
+    const answer = await next.createAnswer();
+    await next.setLocalDescription(answer);
+    send({ type: "call.answer", call_id: call.id, answer: { type: answer.type, sdp: answer.sdp } });
+  } catch (error) {
+    if (state.call === call) failCall(`Could not reconnect the call: ${error.message}`);
+  }
+}
+
+/// Tells the other side whether our microphone and camera are on.
+function sendMediaState() {
+  const call = state.call;
+  if (!call || !state.localStream) return;
+  const on = (kind) => state.localStream.getTracks().some((track) => track.kind === kind && track.enabled);
+  send({ type: "call.media-state", call_id: call.id, audio: on("audio"), video: call.type === "video" && on("video") });
 }
 
 async function flushCandidates() {
@@ -535,6 +767,7 @@ async function startCall(peerId, type) {
   }
   const ours = { id: String(call.id), role: "caller", peerId, peerName, type, status: "ringing" };
   state.call = ours;
+  saveCall({ joined: true });
   state.initiating = false;
   state.pendingCandidates = [];
   render();
@@ -573,6 +806,7 @@ async function answerCall() {
   if (!call) return;
   stopRinging();
   call.status = "connecting";
+  saveCall({ joined: true, offer: undefined });
   render();
   try {
     state.localStream = await getMedia(call.type);
@@ -614,10 +848,12 @@ async function hangUp() {
   loadHistory();
 }
 
-function failCall(message) {
+/// Ends the call because something broke; `reason` (ice_failed, user_media_failed) is
+/// recorded as the call's end_reason.
+function failCall(message, reason) {
   const call = state.call;
   if (call) {
-    send({ type: "call.end", call_id: call.id });
+    send(reason ? { type: "call.end", call_id: call.id, reason } : { type: "call.end", call_id: call.id });
     api(`/api/calls/${call.id}/end/`, { method: "POST", body: {} }).catch(() => {});
   }
   endLocally(message, 0, { error: true });
@@ -639,6 +875,8 @@ function stopMedia() {
 
 function hangUpLocally() {
   stopRinging();
+  clearPeerDrop();
+  sessionStorage.removeItem("ringline.call");
   clearInterval(state.timer);
   state.timer = null;
   state.pc?.close();
@@ -655,7 +893,7 @@ function hangUpLocally() {
 
 function startTimer() {
   if (state.timer) return;
-  state.call.answeredAt = Date.now();
+  state.call.answeredAt ??= Date.now();
   const tick = () => {
     if (state.call?.answeredAt) $("call-timer").textContent = formatDuration((Date.now() - state.call.answeredAt) / 1000);
   };
@@ -668,6 +906,7 @@ function toggleTracks(kind, button, labels) {
   state.localStream?.getTracks().filter((track) => track.kind === kind).forEach((track) => (track.enabled = !pressed));
   button.setAttribute("aria-pressed", String(pressed));
   button.textContent = pressed ? labels[1] : labels[0];
+  sendMediaState();
 }
 
 // ---------------------------------------------------------------- ringing
@@ -734,8 +973,14 @@ function render() {
   $("call-avatar").textContent = initials(call.peerName);
   $("in-call").classList.toggle("voice", kind === "voice");
   $("camera").hidden = kind === "voice";
-  $("call-state").textContent = call.status === "connected" ? "Connected" : "Connecting…";
-  if (call.status !== "connected") $("call-timer").textContent = "00:00";
+  $("call-state").textContent =
+    call.status === "connected" ? "Connected" : call.status === "peer-dropped" ? `${call.peerName}'s connection dropped. Reconnecting…` : "Connecting…";
+  $("in-call").classList.toggle("peer-dropped", call.status === "peer-dropped");
+  if (!call.answeredAt) $("call-timer").textContent = "00:00";
+  const media = call.peerMedia || { audio: true, video: true };
+  const off = [!media.audio && "muted", kind === "video" && !media.video && "camera off"].filter(Boolean);
+  $("peer-media").textContent = off.length ? `${call.peerName}: ${off.join(", ")}` : "";
+  $("peer-media").hidden = off.length === 0;
 }
 
 // ---------------------------------------------------------------- wiring
