@@ -129,9 +129,19 @@ impl TestApp {
 
     /// Opens `ws/notifications/` for `token` and reads its `connection.ack`.
     pub async fn notifications_socket(&self, token: &str) -> WsClient {
-        let mut client = WsClient::connect(&self.ws_url(&format!("/ws/notifications/?token={token}"))).await;
-        client.expect("connection.ack").await;
-        client
+        self.notifications_socket_resuming(token, None).await.0
+    }
+
+    /// Opens `ws/notifications/` for `token`, resuming from `resume` if given; returns the
+    /// socket and its `connection.ack`.
+    pub async fn notifications_socket_resuming(&self, token: &str, resume: Option<&str>) -> (WsClient, Value) {
+        let mut path = format!("/ws/notifications/?token={token}");
+        if let Some(resume) = resume {
+            path.push_str(&format!("&resume={resume}"));
+        }
+        let mut client = WsClient::connect(&self.ws_url(&path)).await;
+        let ack = client.expect("connection.ack").await;
+        (client, ack)
     }
 
     /// Opens `ws/chat/<conversation>/` for `token` and reads its `connection.ack`.

@@ -47,22 +47,30 @@ async fn wait_until_finished(app: &TestApp, token: &str, id: i64, within: Durati
     }
 }
 
+/// Alice and Bob, both connected, in an active call.
+struct InCall {
+    alice: String,
+    bob: String,
+    alice_socket: WsClient,
+    bob_socket: WsClient,
+    id: i64,
+}
+
+async fn in_call(app: &TestApp) -> InCall {
+    let (alice, bob) = (app.user("alice").await, app.user("bob").await);
+    let (alice_socket, _) = connect(app, &alice, None).await;
+    let (bob_socket, _) = connect(app, &bob, None).await;
+    let id = active_call(app, &alice, &bob).await;
+    InCall { alice, bob, alice_socket, bob_socket, id }
+}
+
 async fn connect(app: &TestApp, token: &str, resume: Option<&str>) -> (WsClient, Value) {
-    let mut path = format!("/ws/notifications/?token={token}");
-    if let Some(resume) = resume {
-        path.push_str(&format!("&resume={resume}"));
-    }
-    let mut socket = WsClient::connect(&app.ws_url(&path)).await;
-    let ack = socket.expect("connection.ack").await;
-    (socket, ack)
+    app.notifications_socket_resuming(token, resume).await
 }
 
 async fn a_call_both_parties_left_ends_with_connection_lost_measured_to_the_last_socket(backend: DatabaseBackend) {
     let app = app_with_grace(backend, GRACE_SECS).await;
-    let (alice, bob) = (app.user("alice").await, app.user("bob").await);
-    let (mut alice_socket, _) = connect(&app, &alice, None).await;
-    let (mut bob_socket, _) = connect(&app, &bob, None).await;
-    let id = active_call(&app, &alice, &bob).await;
+    let InCall { alice, bob, mut alice_socket, mut bob_socket, id } = in_call(&app).await;
     // Heartbeats must keep a connected call up well past the grace period.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(call_json(&app, &alice, id).await["status"], "active", "both connected: the call stays up");
@@ -97,10 +105,7 @@ async fn a_call_both_parties_left_ends_with_connection_lost_measured_to_the_last
 
 async fn a_party_that_comes_back_within_the_grace_period_keeps_the_call(backend: DatabaseBackend) {
     let app = app_with_grace(backend, 2).await;
-    let (alice, bob) = (app.user("alice").await, app.user("bob").await);
-    let (mut alice_socket, _) = connect(&app, &alice, None).await;
-    let (mut bob_socket, _) = connect(&app, &bob, None).await;
-    let id = active_call(&app, &alice, &bob).await;
+    let InCall { alice, bob, mut alice_socket, mut bob_socket, id } = in_call(&app).await;
 
     alice_socket.close_and_read_reply(1000).await;
     bob_socket.close_and_read_reply(1000).await;
@@ -115,10 +120,7 @@ async fn a_party_that_comes_back_within_the_grace_period_keeps_the_call(backend:
 
 async fn a_restart_in_between_changes_nothing(backend: DatabaseBackend) {
     let app = app_with_grace(backend, 2).await;
-    let (alice, bob) = (app.user("alice").await, app.user("bob").await);
-    let (mut alice_socket, _) = connect(&app, &alice, None).await;
-    let (mut bob_socket, _) = connect(&app, &bob, None).await;
-    let id = active_call(&app, &alice, &bob).await;
+    let InCall { alice, mut alice_socket, mut bob_socket, id, .. } = in_call(&app).await;
     let kept = active_call_between(&app, "carol", "dave").await;
     let (mut carol_socket, _) = connect(&app, &app.token("carol"), None).await;
     let (mut dave_socket, _) = connect(&app, &app.token("dave"), None).await;
@@ -199,10 +201,7 @@ async fn connection_ack_carries_the_open_call_in_the_rest_shape(backend: Databas
 
 async fn a_party_reports_why_media_died(backend: DatabaseBackend) {
     let app = TestApp::spawn(backend).await;
-    let (alice, bob) = (app.user("alice").await, app.user("bob").await);
-    let (mut alice_socket, _) = connect(&app, &alice, None).await;
-    let (mut bob_socket, _) = connect(&app, &bob, None).await;
-    let id = active_call(&app, &alice, &bob).await;
+    let InCall { alice, bob, mut alice_socket, mut bob_socket, id } = in_call(&app).await;
     drain(&mut alice_socket).await;
     drain(&mut bob_socket).await;
 
@@ -245,23 +244,25 @@ async fn media_state_reaches_the_other_party_only(backend: DatabaseBackend) {
     app.stop().await;
 }
 
+/// A signaling hub over `database` with no background tasks: the test runs its sweeps.
+fn hub_over(database: &TestDatabase, liveness: LivenessPolicy) -> Signaling {
+    let storage = database.storage();
+    let service = CallService::new(
+        Arc::new(storage.calls()),
+        Arc::new(storage.directory()),
+        Arc::new(SystemClock),
+        Duration::from_secs(45),
+    )
+    .with_liveness(liveness);
+    Signaling::local(service, Arc::new(storage.notifications()))
+}
+
 /// Two hubs over one database, as two server instances are, with no background sweeps: the
 /// test runs the sweeps itself, both at once.
 async fn two_instances_end_each_abandoned_call_exactly_once(backend: DatabaseBackend) {
     let database = TestDatabase::new(backend).await;
     let liveness = LivenessPolicy { grace: Duration::from_millis(500), max_call: Duration::from_secs(3600) };
-    let hub = || {
-        let storage = database.storage();
-        let service = CallService::new(
-            Arc::new(storage.calls()),
-            Arc::new(storage.directory()),
-            Arc::new(SystemClock),
-            Duration::from_secs(45),
-        )
-        .with_liveness(liveness);
-        Signaling::local(service, Arc::new(storage.notifications()))
-    };
-    let (first, second) = (hub(), hub());
+    let (first, second) = (hub_over(&database, liveness), hub_over(&database, liveness));
     const PAIRS: usize = 20;
     for pair in 0..PAIRS {
         let (caller, receiver) = (user(&format!("caller{pair}")), user(&format!("receiver{pair}")));
@@ -283,16 +284,8 @@ async fn two_instances_end_each_abandoned_call_exactly_once(backend: DatabaseBac
 /// The last resort: a call nobody hung up ends at the maximum length, whoever is connected.
 async fn a_forgotten_call_ends_at_the_maximum_length(backend: DatabaseBackend) {
     let database = TestDatabase::new(backend).await;
-    let storage = database.storage();
     let liveness = LivenessPolicy { grace: Duration::from_secs(3600), max_call: Duration::from_secs(1) };
-    let service = CallService::new(
-        Arc::new(storage.calls()),
-        Arc::new(storage.directory()),
-        Arc::new(SystemClock),
-        Duration::from_secs(45),
-    )
-    .with_liveness(liveness);
-    let hub = Signaling::local(service, Arc::new(storage.notifications()));
+    let hub = hub_over(&database, liveness);
     let (alice, bob) = (user("alice"), user("bob"));
     register(&database, &alice).await;
     register(&database, &bob).await;

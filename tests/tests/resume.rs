@@ -6,13 +6,7 @@ use ringline_tests::{DatabaseBackend, TestApp, WsClient};
 use serde_json::{Value, json};
 
 async fn connect(app: &TestApp, token: &str, resume: Option<&str>) -> (WsClient, Value) {
-    let mut path = format!("/ws/notifications/?token={token}");
-    if let Some(resume) = resume {
-        path.push_str(&format!("&resume={resume}"));
-    }
-    let mut socket = WsClient::connect(&app.ws_url(&path)).await;
-    let ack = socket.expect("connection.ack").await;
-    (socket, ack)
+    app.notifications_socket_resuming(token, resume).await
 }
 
 fn candidate(n: usize) -> Value {

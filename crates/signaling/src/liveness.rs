@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::Signaling;
+use crate::ring_timer::sweep_every;
 
 /// Calls ended per sweep at most; the next sweep takes the rest.
 const BATCH: u32 = 100;
@@ -27,18 +28,7 @@ pub fn sweep_interval(grace: Duration) -> Duration {
 
 /// Sweeps until `stop` is cancelled.
 pub async fn run(signaling: Arc<Signaling>, stop: CancellationToken) {
-    let mut ticker = tokio::time::interval(sweep_interval(signaling.service().liveness().grace));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            () = stop.cancelled() => return,
-        }
-        match signaling.sweep_liveness(BATCH).await {
-            Ok(0) => {}
-            Ok(count) => tracing::info!(count, "ended calls whose parties were gone or that ran too long"),
-            // A database hiccup: log it and try again on the next tick.
-            Err(error) => tracing::warn!(%error, "liveness sweep failed"),
-        }
-    }
+    let interval = sweep_interval(signaling.service().liveness().grace);
+    let settled = "ended calls whose parties were gone or that ran too long";
+    sweep_every(interval, stop, "liveness sweep failed", settled, || signaling.sweep_liveness(BATCH)).await;
 }

@@ -23,18 +23,36 @@ pub fn sweep_interval(ring_timeout: Duration) -> Duration {
 
 /// Sweeps until `stop` is cancelled.
 pub async fn run(signaling: Arc<Signaling>, stop: CancellationToken) {
-    let mut ticker = tokio::time::interval(sweep_interval(signaling.service().ring_timeout()));
+    let interval = sweep_interval(signaling.service().ring_timeout());
+    sweep_every(interval, stop, "ring timeout sweep failed", "expired unanswered calls as missed", || {
+        signaling.expire_due(BATCH)
+    })
+    .await;
+}
+
+/// Runs `sweep` every `interval` until `stop` is cancelled, logging how many calls each pass
+/// settled (`settled`) and its failures (`failed`): a database hiccup is retried next tick.
+pub(crate) async fn sweep_every<F, Fut>(
+    interval: Duration,
+    stop: CancellationToken,
+    failed: &'static str,
+    settled: &'static str,
+    mut sweep: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<usize, ringline_domain::CallServiceError>>,
+{
+    let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             () = stop.cancelled() => return,
         }
-        match signaling.expire_due(BATCH).await {
+        match sweep().await {
             Ok(0) => {}
-            Ok(count) => tracing::info!(count, "expired unanswered calls as missed"),
-            // A database hiccup: log it and try again on the next tick.
-            Err(error) => tracing::warn!(%error, "ring timeout sweep failed"),
+            Ok(count) => tracing::info!(count, "{settled}"),
+            Err(error) => tracing::warn!(%error, "{failed}"),
         }
     }
 }

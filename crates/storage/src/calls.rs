@@ -191,15 +191,7 @@ impl CallRepository for SqlCallRepository {
     }
 
     async fn unanswered_started_before(&self, cutoff: Timestamp, limit: u32) -> Result<Vec<Call>, RepositoryError> {
-        let rows = call::Entity::find()
-            .filter(call::Column::Status.is_in(statuses(CallStatus::is_unanswered)))
-            .filter(call::Column::StartedAt.lt(datetime(cutoff)))
-            .order_by_asc(call::Column::StartedAt)
-            .limit(u64::from(limit))
-            .all(&self.db)
-            .await
-            .map_err(storage_failure)?;
-        to_rows(rows)
+        self.oldest_before(statuses(CallStatus::is_unanswered), call::Column::StartedAt, cutoff, limit).await
     }
 
     async fn apply(&self, transition: &Transition) -> Result<(), RepositoryError> {
@@ -286,15 +278,7 @@ impl CallRepository for SqlCallRepository {
     }
 
     async fn active_answered_before(&self, cutoff: Timestamp, limit: u32) -> Result<Vec<Call>, RepositoryError> {
-        let rows = call::Entity::find()
-            .filter(call::Column::Status.eq(CallStatus::Active.as_str()))
-            .filter(call::Column::AnsweredAt.lt(datetime(cutoff)))
-            .order_by_asc(call::Column::AnsweredAt)
-            .limit(u64::from(limit))
-            .all(&self.db)
-            .await
-            .map_err(storage_failure)?;
-        to_rows(rows)
+        self.oldest_before(vec![CallStatus::Active.as_str()], call::Column::AnsweredAt, cutoff, limit).await
     }
 
     async fn apply_if_abandoned(&self, transition: &Transition, seen_before: Timestamp) -> Result<(), RepositoryError> {
@@ -317,6 +301,26 @@ fn nobody_seen_since(seen_before: Timestamp) -> Condition {
 }
 
 impl SqlCallRepository {
+    /// Up to `limit` calls in one of `statuses` whose `moment` is before `cutoff`, oldest first:
+    /// what a sweep is due to settle.
+    async fn oldest_before(
+        &self,
+        statuses: Vec<&'static str>,
+        moment: call::Column,
+        cutoff: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<Call>, RepositoryError> {
+        let rows = call::Entity::find()
+            .filter(call::Column::Status.is_in(statuses))
+            .filter(moment.lt(datetime(cutoff)))
+            .order_by_asc(moment)
+            .limit(u64::from(limit))
+            .all(&self.db)
+            .await
+            .map_err(storage_failure)?;
+        to_rows(rows)
+    }
+
     /// Writes `transition.call` if the stored status is still `transition.from` (and `guard`
     /// holds), freeing the lines when the call finishes, in one transaction.
     async fn compare_and_set(&self, transition: &Transition, guard: Option<Condition>) -> Result<(), RepositoryError> {
