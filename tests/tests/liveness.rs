@@ -103,6 +103,38 @@ async fn a_call_both_parties_left_ends_with_connection_lost_measured_to_the_last
     app.stop().await;
 }
 
+/// A ringing call needs its caller: a caller who is gone for the grace period frees both lines
+/// (the ring timeout may be longer), while a callee without a socket is normal (an app asleep).
+async fn a_ringing_call_whose_caller_left_is_cancelled(backend: DatabaseBackend) {
+    let app = TestApp::spawn_with(backend, |settings| {
+        settings.liveness_grace_secs = GRACE_SECS;
+        settings.ring_timeout_secs = 60;
+    })
+    .await;
+    let (alice, bob, carol) = (app.user("alice").await, app.user("bob").await, app.user("carol").await);
+    let (mut alice_socket, _) = connect(&app, &alice, None).await;
+    let (mut bob_socket, _) = connect(&app, &bob, None).await;
+    let id = app.ring(&alice, "bob").await;
+    bob_socket.expect("call.incoming").await;
+    bob_socket.expect("notification.created").await;
+    alice_socket.close_and_read_reply(1000).await;
+    let caller_gone = Utc::now();
+
+    let end = bob_socket.expect("call.end").await;
+    assert_eq!((end["status"].as_str(), end["end_reason"].as_str()), (Some("cancelled"), Some("connection_lost")));
+    assert_eq!(bob_socket.expect("call.cancelled").await["call_id"], id.to_string());
+    let call = call_json(&app, &bob, id).await;
+    assert_eq!(call["end_reason"], "connection_lost");
+    let off_by = (moment(&call["ended_at"]) - caller_gone).num_milliseconds().abs();
+    assert!(off_by < 400, "ended when the caller left: {call}");
+
+    // A caller who stays keeps ringing a callee who has no socket at all.
+    let waiting = app.ring(&bob, "carol").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(call_json(&app, &carol, waiting).await["status"], "ringing");
+    app.stop().await;
+}
+
 async fn a_party_that_comes_back_within_the_grace_period_keeps_the_call(backend: DatabaseBackend) {
     let app = app_with_grace(backend, 2).await;
     let InCall { alice, bob, mut alice_socket, mut bob_socket, id } = in_call(&app).await;
@@ -261,7 +293,8 @@ fn hub_over(database: &TestDatabase, liveness: LivenessPolicy) -> Signaling {
 /// test runs the sweeps itself, both at once.
 async fn two_instances_end_each_abandoned_call_exactly_once(backend: DatabaseBackend) {
     let database = TestDatabase::new(backend).await;
-    let liveness = LivenessPolicy { grace: Duration::from_millis(500), max_call: Duration::from_secs(3600) };
+    // Long enough that setting up 20 calls on a loaded machine stays well inside it.
+    let liveness = LivenessPolicy { grace: Duration::from_secs(3), max_call: Duration::from_secs(3600) };
     let (first, second) = (hub_over(&database, liveness), hub_over(&database, liveness));
     const PAIRS: usize = 20;
     for pair in 0..PAIRS {
@@ -273,7 +306,7 @@ async fn two_instances_end_each_abandoned_call_exactly_once(backend: DatabaseBac
         second.act(&receiver, id, CallAction::Accept, None).await.expect("accept");
     }
     assert_eq!(first.sweep_liveness(100).await.expect("sweep"), 0, "within the grace period nothing ends");
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(3200)).await;
     let (a, b) = tokio::join!(first.sweep_liveness(100), second.sweep_liveness(100));
     assert_eq!(a.expect("sweep") + b.expect("sweep"), PAIRS, "each call ended by exactly one instance");
     let busy = database.storage().calls();
@@ -324,6 +357,7 @@ async fn register(database: &TestDatabase, id: &UserId) {
 on_both_databases!(
     a_call_both_parties_left_ends_with_connection_lost_measured_to_the_last_socket,
     a_party_that_comes_back_within_the_grace_period_keeps_the_call,
+    a_ringing_call_whose_caller_left_is_cancelled,
     a_restart_in_between_changes_nothing,
     connection_ack_carries_the_open_call_in_the_rest_shape,
     a_device_that_missed_the_end_while_offline_is_told_on_reconnect,

@@ -7,6 +7,7 @@
 //!     │ end (caller) ───────────────────────────────────────────────► cancelled
 //!     │ expire (server, after the ring timeout) ────────────────────► missed
 //!
+//!   ringing ─ lose_connection (server: the caller gone for the grace period) ────► cancelled
 //!   active ── lose_connection (server: both parties gone for the grace period) ──► ended
 //!   active ── cap_duration (server: the call reached its maximum length) ─────────► ended
 //! ```
@@ -406,23 +407,32 @@ impl Call {
         }
     }
 
-    /// The server ends an answered call whose parties both lost their last live socket, the
-    /// later of them at `last_seen`, once `grace` has passed since then with neither back. The
-    /// call ends at `last_seen` (not at `now`): its duration is the time someone was there.
+    /// The server ends a call nobody is left in, once `grace` has passed since `last_seen`
+    /// with nobody back:
+    /// - an answered call whose parties both lost their last live socket, the later of them at
+    ///   `last_seen`, ends then (not at `now`): its duration is the time someone was there;
+    /// - a ringing call whose caller lost their last live socket at `last_seen` is cancelled
+    ///   (a callee without a socket is normal: their app may be asleep, waiting for a push).
+    ///
+    /// Either way the `end_reason` is `connection_lost`.
     ///
     /// # Errors
-    /// `InvalidState` unless active; `NotYetDue` while the grace period runs.
+    /// `InvalidState` once finished; `NotYetDue` while the grace period runs.
     pub fn lose_connection(
         &self,
         last_seen: Timestamp,
         now: Timestamp,
         grace: Duration,
     ) -> Result<Outcome, TransitionError> {
-        if self.status != CallStatus::Active {
+        if self.status.is_finished() {
             return Err(TransitionError::InvalidState { action: Action::Abandon, status: self.status });
         }
         if now < last_seen.plus(grace) {
             return Err(TransitionError::NotYetDue);
+        }
+        if self.status.is_unanswered() {
+            let event = CallEvent::Cancelled { by: self.caller.clone() };
+            return Ok(self.finish_unanswered(CallStatus::Cancelled, EndReason::ConnectionLost, last_seen, event));
         }
         Ok(self.finish_answered(self.not_before_last_change(last_seen), EndReason::ConnectionLost, None))
     }

@@ -128,8 +128,9 @@ pub trait CallRepository: Send + Sync + std::fmt::Debug {
     /// `Storage` when the store fails.
     async fn mark_seen(&self, users: &[UserId], at: Timestamp) -> Result<(), RepositoryError>;
 
-    /// Up to `limit` active calls neither of whose parties was seen at or after `seen_before`,
-    /// each with the later of the two last-seen moments, oldest first.
+    /// Up to `limit` calls nobody is left in, each with the moment the last one was seen: active
+    /// calls neither of whose parties was seen at or after `seen_before` (with the later of the
+    /// two last-seen moments), and ringing calls whose caller was not (with the caller's).
     ///
     /// # Errors
     /// `Storage` when the store fails.
@@ -145,9 +146,10 @@ pub trait CallRepository: Send + Sync + std::fmt::Debug {
     /// `Storage` when the store fails.
     async fn active_answered_before(&self, cutoff: Timestamp, limit: u32) -> Result<Vec<Call>, RepositoryError>;
 
-    /// [`CallRepository::apply`], and only if neither party of the call was seen at or after
-    /// `seen_before` meanwhile: a party that came back in time keeps the call up, even when
-    /// another server instance decided to end it a moment earlier.
+    /// [`CallRepository::apply`], and only if still nobody the call needs was seen at or
+    /// after `seen_before` (either party of an active call, the caller of a ringing one): a
+    /// party that came back in time keeps the call, even when another server instance decided
+    /// to end it a moment earlier.
     ///
     /// # Errors
     /// `Conflict` when the status changed or a party was seen since; as `apply` otherwise.

@@ -330,7 +330,8 @@ impl CallService {
     }
 
     /// Ends up to `limit` active calls whose parties have both been gone for the grace period
-    /// (`connection_lost`, ended when the later party left) or that reached the maximum length
+    /// (`connection_lost`, ended when the later party left), cancels ringing calls whose caller
+    /// has (`connection_lost` too), ends calls that reached the maximum length
     /// (`max_duration`), and returns the transitions applied. Decided from stored state only,
     /// so it survives restarts, and each end is a compare-and-set: with several instances
     /// sweeping, exactly one ends each call.

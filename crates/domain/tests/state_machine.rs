@@ -171,10 +171,21 @@ fn a_call_both_parties_left_ends_when_the_last_one_left_once_the_grace_period_is
     assert_eq!(event, CallEvent::Ended { by: None, duration_seconds: 37 });
     // Seen last before the answer (a REST-only accept): the call lasted nothing.
     assert_eq!(changed(active().lose_connection(at(1), at(99), GRACE)).0.duration_seconds(), Some(0));
+    let ended = changed(active().lose_connection(at(40), at(75), GRACE)).0;
     assert_eq!(
-        ringing().lose_connection(at(0), at(99), GRACE),
-        Err(TransitionError::InvalidState { action: Action::Abandon, status: CallStatus::Ringing })
+        ended.lose_connection(at(40), at(99), GRACE),
+        Err(TransitionError::InvalidState { action: Action::Abandon, status: CallStatus::Ended })
     );
+}
+
+#[test]
+fn a_ringing_call_whose_caller_left_is_cancelled_once_the_grace_period_is_over() {
+    assert_eq!(ringing().lose_connection(at(2), at(31), GRACE), Err(TransitionError::NotYetDue));
+    let (call, event) = changed(ringing().lose_connection(at(2), at(40), GRACE));
+    assert_eq!(call.status(), CallStatus::Cancelled);
+    assert_eq!(call.end_reason(), Some(EndReason::ConnectionLost));
+    assert_eq!(call.ended_at(), Some(at(2)));
+    assert_eq!(event, CallEvent::Cancelled { by: user("alice") });
 }
 
 #[test]

@@ -246,9 +246,20 @@ impl CallRepository for SqlCallRepository {
         limit: u32,
     ) -> Result<Vec<(Call, Timestamp)>, RepositoryError> {
         let rows = call::Entity::find()
-            .filter(call::Column::Status.eq(CallStatus::Active.as_str()))
-            .filter(nobody_seen_since(seen_before))
-            .order_by_asc(call::Column::AnsweredAt)
+            .filter(
+                Condition::any()
+                    .add(
+                        Condition::all()
+                            .add(call::Column::Status.eq(CallStatus::Active.as_str()))
+                            .add(nobody_seen_since(seen_before, false)),
+                    )
+                    .add(
+                        Condition::all()
+                            .add(call::Column::Status.is_in(statuses(CallStatus::is_unanswered)))
+                            .add(nobody_seen_since(seen_before, true)),
+                    ),
+            )
+            .order_by_asc(call::Column::Id)
             .limit(u64::from(limit))
             .all(&self.db)
             .await
@@ -265,13 +276,17 @@ impl CallRepository for SqlCallRepository {
             .map(|row| {
                 let id = row.id;
                 let call = to_call(row)?;
-                // A line never seen counts from the answer: both parties were there then.
-                let answered = call.answered_at().unwrap_or(call.started_at());
+                // The parties that keep the call: both once answered, the caller while ringing.
+                let counts = |line: &&busy_line::Model| {
+                    line.call_id == id
+                        && (call.status() == CallStatus::Active || line.user_id == call.caller().as_str())
+                };
+                // A line never seen counts from the answer (or the start): its party was there.
                 let last_seen = lines
                     .iter()
-                    .filter(|line| line.call_id == id)
+                    .filter(counts)
                     .filter_map(|line| line.last_seen_at.map(Timestamp::from))
-                    .fold(answered, Timestamp::max);
+                    .fold(call.answered_at().unwrap_or(call.started_at()), Timestamp::max);
                 Ok((call, last_seen))
             })
             .collect()
@@ -282,21 +297,28 @@ impl CallRepository for SqlCallRepository {
     }
 
     async fn apply_if_abandoned(&self, transition: &Transition, seen_before: Timestamp) -> Result<(), RepositoryError> {
-        self.compare_and_set(transition, Some(nobody_seen_since(seen_before))).await
+        let caller_only = transition.from.is_unanswered();
+        self.compare_and_set(transition, Some(nobody_seen_since(seen_before, caller_only))).await
     }
 }
 
 /// Users per `mark_seen` statement.
 const MARK_SEEN_BATCH: usize = 500;
 
-/// No line of the call was seen at or after `seen_before`.
-fn nobody_seen_since(seen_before: Timestamp) -> Condition {
-    let seen_since = Query::select()
+/// No line of the call (with `caller_only`, not the caller's line) was seen at or after
+/// `seen_before`.
+fn nobody_seen_since(seen_before: Timestamp, caller_only: bool) -> Condition {
+    let mut seen_since = Query::select()
         .expr(Expr::value(1))
         .from(busy_line::Entity)
         .and_where(Expr::col((busy_line::Entity, busy_line::Column::CallId)).equals((call::Entity, call::Column::Id)))
         .and_where(Expr::col((busy_line::Entity, busy_line::Column::LastSeenAt)).gte(datetime(seen_before)))
         .to_owned();
+    if caller_only {
+        seen_since.and_where(
+            Expr::col((busy_line::Entity, busy_line::Column::UserId)).equals((call::Entity, call::Column::CallerId)),
+        );
+    }
     Condition::all().add(Expr::exists(seen_since).not())
 }
 
