@@ -19,6 +19,7 @@ mod calls;
 mod demo;
 pub mod error;
 mod health;
+mod listener;
 pub mod models;
 mod notifications;
 mod pagination;
@@ -44,11 +45,12 @@ pub use auth::{AuthError, Authenticator, JwtAuthenticator, bearer_token};
 pub use calls::CallsApi;
 pub use demo::DemoApi;
 pub use health::HealthApi;
+pub use listener::NoDelayAcceptor;
 pub use notifications::NotificationsApi;
 pub use pagination::PAGE_SIZE;
 pub use security::RequestUser;
 pub use turn::{IceSettings, TurnApi, turn_credential};
-pub use ws::websocket_routes;
+pub use ws::{READ_BUFFER_BYTES, WRITE_BUFFER_BYTES, websocket_config, websocket_routes};
 
 /// Largest request body accepted, in bytes. Call requests are a few hundred bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

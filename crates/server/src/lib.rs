@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+use poem::listener::{Acceptor, Listener, TcpListener};
 use poem::middleware::Cors;
 use poem::{EndpointExt, Server};
-use ringline_api::{CallApiParts, JwtAuthenticator, ServerParts};
+use ringline_api::{CallApiParts, JwtAuthenticator, NoDelayAcceptor, ServerParts};
 use ringline_domain::{CallService, Clock, SystemClock};
 use ringline_signaling::{CancellationToken, Signaling};
 use ringline_storage::Storage;
@@ -40,8 +40,11 @@ pub struct Application {
     authenticator: Arc<JwtAuthenticator>,
     /// The server runs on the built-in development secret: demo sign-in is on.
     development_secret: bool,
-    acceptor: TcpAcceptor,
+    acceptor: NoDelayAcceptor,
     local_addr: SocketAddr,
+    /// Whether `run_until` runs the ring timer and the liveness sweep (always, but in tests
+    /// that count the database work of one request).
+    sweeps: bool,
 }
 
 impl std::fmt::Debug for Application {
@@ -56,7 +59,16 @@ impl Application {
     /// # Errors
     /// When the database cannot be opened or migrated, or the address cannot be bound.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let storage = open_storage(&settings.database_url).await?;
+        let storage = open_storage(&settings).await?;
+        Self::build_on(settings, storage).await
+    }
+
+    /// [`Application::build`] on storage opened (and migrated) by the caller, for example one
+    /// whose statements a test counts.
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub async fn build_on(settings: Settings, storage: Storage) -> anyhow::Result<Self> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let service = CallService::new(
             Arc::new(storage.calls()),
@@ -86,16 +98,35 @@ impl Application {
                 "RINGLINE_TURN_URLS is set but RINGLINE_TURN_SECRET is not: TURN servers are not handed out"
             );
         }
-        let acceptor = TcpListener::bind(settings.bind)
-            .into_acceptor()
-            .await
-            .with_context(|| format!("cannot listen on {}", settings.bind))?;
+        let acceptor = NoDelayAcceptor::new(
+            TcpListener::bind(settings.bind)
+                .into_acceptor()
+                .await
+                .with_context(|| format!("cannot listen on {}", settings.bind))?,
+        );
         let local_addr = acceptor
             .local_addr()
             .first()
             .and_then(|addr| addr.as_socket_addr().copied())
             .context("the listener has no socket address")?;
-        Ok(Self { settings, storage, signaling, authenticator, acceptor, local_addr, development_secret: is_default })
+        Ok(Self {
+            settings,
+            storage,
+            signaling,
+            authenticator,
+            acceptor,
+            local_addr,
+            development_secret: is_default,
+            sweeps: true,
+        })
+    }
+
+    /// Runs without the ring timer and the liveness sweep, for tests that count the database
+    /// work of single requests. Such a server never expires or ends calls by itself.
+    #[must_use]
+    pub fn without_sweeps(mut self) -> Self {
+        self.sweeps = false;
+        self
     }
 
     /// The address actually bound (useful with port 0).
@@ -121,7 +152,8 @@ impl Application {
     /// # Errors
     /// When the server fails to run.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Self { settings, storage, signaling, authenticator, acceptor, local_addr, development_secret } = self;
+        let Self { settings, storage, signaling, authenticator, acceptor, local_addr, development_secret, sweeps } =
+            self;
         let demo_login = development_secret.then(|| authenticator.clone());
         let parts = ServerParts {
             calls: CallApiParts {
@@ -138,8 +170,14 @@ impl Application {
         let app = app.with_if(!settings.cors_allowed_origins.is_empty(), cors(&settings.cors_allowed_origins));
 
         let stop_timer = CancellationToken::new();
-        let timer = tokio::spawn(ringline_signaling::ring_timer::run(signaling.clone(), stop_timer.clone()));
-        let liveness = tokio::spawn(ringline_signaling::liveness::run(signaling.clone(), stop_timer.clone()));
+        let (timer, liveness) = if sweeps {
+            (
+                Some(tokio::spawn(ringline_signaling::ring_timer::run(signaling.clone(), stop_timer.clone()))),
+                Some(tokio::spawn(ringline_signaling::liveness::run(signaling.clone(), stop_timer.clone()))),
+            )
+        } else {
+            (None, None)
+        };
         tracing::info!(address = %local_addr, backend = storage.backend_name(), "ringline is serving");
         // poem detaches upgraded connections, so the sessions are closed here, as soon as the
         // signal arrives: clients reconnect (to another instance) at once.
@@ -154,11 +192,10 @@ impl Application {
             tracing::warn!("some WebSocket sessions did not close in time");
         }
         stop_timer.cancel();
-        if let Err(error) = timer.await {
-            tracing::error!(%error, "the ring timer task failed");
-        }
-        if let Err(error) = liveness.await {
-            tracing::error!(%error, "the liveness task failed");
+        for task in [timer, liveness].into_iter().flatten() {
+            if let Err(error) = task.await {
+                tracing::error!(%error, "a background sweep failed");
+            }
         }
         served.context("server failed")?;
         storage.close().await.context("closing the database")?;
@@ -167,12 +204,14 @@ impl Application {
     }
 }
 
-/// Opens the database at `url` and applies pending migrations.
+/// Opens the configured database and applies pending migrations.
 ///
 /// # Errors
 /// When the database cannot be opened or migrated.
-pub async fn open_storage(url: &str) -> anyhow::Result<Storage> {
-    let storage = Storage::connect(url).await.context("cannot open the database")?;
+pub async fn open_storage(settings: &Settings) -> anyhow::Result<Storage> {
+    let storage = Storage::connect_with(&settings.database_url, settings.sqlite_synchronous)
+        .await
+        .context("cannot open the database")?;
     storage.migrate().await.context("cannot migrate the database")?;
     Ok(storage)
 }
