@@ -103,7 +103,7 @@ async fn main() -> anyhow::Result<()> {
                 settings.env != ringline_server::settings::Environment::Production,
                 "`ringline demo` is for trying Ringline locally; it refuses RINGLINE_ENV=production"
             );
-            let storage = open_storage(&settings.database_url).await?;
+            let storage = open_storage(&settings).await?;
             seed_demo(&storage).await?;
             storage.close().await.context("closing the database")?;
             if settings.jwt_secret.is_some() {
@@ -115,7 +115,7 @@ async fn main() -> anyhow::Result<()> {
             Application::build(settings).await?.run_until(telemetry::shutdown_signal()).await
         }
         Command::Migrate => {
-            let storage = open_storage(&settings.database_url).await?;
+            let storage = open_storage(&settings).await?;
             tracing::info!(backend = storage.backend_name(), "migrations applied");
             storage.close().await.context("closing the database")
         }
@@ -127,7 +127,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Users { command: UsersCommand::Add { id, username, first_name, last_name, profile_image_url } } => {
-            let storage = open_storage(&settings.database_url).await?;
+            let storage = open_storage(&settings).await?;
             let profile = UserProfile {
                 id: UserId::parse(id).context("invalid user id")?,
                 username,
@@ -140,7 +140,7 @@ async fn main() -> anyhow::Result<()> {
             storage.close().await.context("closing the database")
         }
         Command::Conversations { command: ConversationsCommand::Add { id, participants } } => {
-            let storage = open_storage(&settings.database_url).await?;
+            let storage = open_storage(&settings).await?;
             let id = ConversationId::new(id).context("invalid conversation id")?;
             let participants = participants
                 .into_iter()

@@ -11,6 +11,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use ringline_api::IceSettings;
 use ringline_domain::LivenessPolicy;
 use ringline_signaling::{FrameRate, Keepalive};
+use ringline_storage::SqliteSync;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -40,6 +41,8 @@ pub struct Settings {
     pub bind: SocketAddr,
     #[serde(default = "defaults::database_url")]
     pub database_url: String,
+    #[serde(default)]
+    pub sqlite_synchronous: SqliteSync,
     #[serde(default)]
     pub env: Environment,
     pub jwt_secret: Option<SecretString>,
@@ -269,6 +272,7 @@ impl Settings {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             database_url: database_url.to_owned(),
+            sqlite_synchronous: SqliteSync::default(),
             env: Environment::Development,
             jwt_secret: Some(SecretString::from(jwt_secret)),
             jwt_user_claim: defaults::jwt_user_claim(),

@@ -16,8 +16,8 @@ use ringline_domain::{
 };
 use sea_orm::sea_query::{Expr, IntoCondition, Query};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set, SqlErr, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set, SqlErr, TransactionTrait,
 };
 
 use crate::entity::{busy_line, call};
@@ -132,19 +132,19 @@ impl CallRepository for SqlCallRepository {
 
         let mut parties = [new_call.caller(), new_call.receiver()];
         parties.sort();
-        for user in parties {
-            let line = busy_line::ActiveModel {
-                user_id: Set(user.as_str().to_owned()),
-                call_id: Set(row.id),
-                last_seen_at: Set(Some(started_at)),
-            };
-            if let Err(error) = line.insert(&txn).await {
-                // Dropping `txn` rolls the whole attempt back, call row included.
-                return Err(match error.sql_err() {
-                    Some(SqlErr::UniqueConstraintViolation(_)) => RepositoryError::LineBusy { user: user.clone() },
-                    _ => storage_failure(error),
-                });
-            }
+        let lines = parties.map(|user| busy_line::ActiveModel {
+            user_id: Set(user.as_str().to_owned()),
+            call_id: Set(row.id),
+            last_seen_at: Set(Some(started_at)),
+        });
+        // One statement for both lines, in user-id order (crossing calls queue on the same row
+        // instead of deadlocking). Dropping `txn` on failure rolls the call row back too.
+        if let Err(error) = busy_line::Entity::insert_many(lines).exec(&txn).await {
+            drop(txn);
+            return Err(match error.sql_err() {
+                Some(SqlErr::UniqueConstraintViolation(_)) => self.busy_party(parties).await,
+                _ => storage_failure(error),
+            });
         }
         txn.commit().await.map_err(storage_failure)?;
         let id = CallId::new(row.id).map_err(storage_failure)?;
@@ -323,6 +323,26 @@ fn nobody_seen_since(seen_before: Timestamp, caller_only: bool) -> Condition {
 }
 
 impl SqlCallRepository {
+    /// Which of `parties` (in user-id order) holds a line, after claiming both failed.
+    async fn busy_party(&self, parties: [&UserId; 2]) -> RepositoryError {
+        let held: Result<Vec<String>, _> = busy_line::Entity::find()
+            .select_only()
+            .column(busy_line::Column::UserId)
+            .filter(busy_line::Column::UserId.is_in(parties.map(UserId::as_str)))
+            .into_tuple()
+            .all(&self.db)
+            .await;
+        match held {
+            Ok(held) => {
+                // Freed again meanwhile: either will do, the service decides on fresh data.
+                let busy =
+                    parties.into_iter().find(|user| held.iter().any(|id| id == user.as_str())).unwrap_or(parties[0]);
+                RepositoryError::LineBusy { user: busy.clone() }
+            }
+            Err(error) => storage_failure(error),
+        }
+    }
+
     /// Up to `limit` calls in one of `statuses` whose `moment` is before `cutoff`, oldest first:
     /// what a sweep is due to settle.
     async fn oldest_before(
@@ -348,36 +368,52 @@ impl SqlCallRepository {
     async fn compare_and_set(&self, transition: &Transition, guard: Option<Condition>) -> Result<(), RepositoryError> {
         let next = &transition.call;
         let id = next.id();
-        let txn = self.db.begin().await.map_err(storage_failure)?;
-        let mut compare_and_set =
-            Condition::all().add(call::Column::Id.eq(id.get())).add(call::Column::Status.eq(transition.from.as_str()));
-        if let Some(guard) = guard {
-            compare_and_set = compare_and_set.add(guard);
+        if !next.status().is_finished() {
+            // One statement (an accept): no transaction to open and commit.
+            return match update_if_unchanged(&self.db, transition, guard).await? {
+                0 => Err(self.explain_missed_update(id).await),
+                _ => Ok(()),
+            };
         }
-        let updated = call::Entity::update_many()
-            .col_expr(call::Column::Status, Expr::value(next.status().as_str()))
-            .col_expr(call::Column::AnsweredAt, Expr::value(next.answered_at().map(datetime)))
-            .col_expr(call::Column::EndedAt, Expr::value(next.ended_at().map(datetime)))
-            .col_expr(call::Column::DurationSeconds, Expr::value(duration_column(next.duration_seconds())))
-            .col_expr(call::Column::EndReason, Expr::value(next.end_reason().map(|r| r.as_str())))
-            .col_expr(call::Column::UpdatedAt, Expr::value(datetime(next.updated_at())))
-            .filter(compare_and_set.into_condition())
-            .exec(&txn)
-            .await
-            .map_err(storage_failure)?;
-        if updated.rows_affected == 0 {
+        let txn = self.db.begin().await.map_err(storage_failure)?;
+        if update_if_unchanged(&txn, transition, guard).await? == 0 {
             drop(txn);
             // `Conflict` with the status unchanged means the guard failed (for a liveness end:
             // a party was seen meanwhile).
             return Err(self.explain_missed_update(id).await);
         }
-        if next.status().is_finished() {
-            busy_line::Entity::delete_many()
-                .filter(busy_line::Column::CallId.eq(id.get()))
-                .exec(&txn)
-                .await
-                .map_err(storage_failure)?;
-        }
+        busy_line::Entity::delete_many()
+            .filter(busy_line::Column::CallId.eq(id.get()))
+            .exec(&txn)
+            .await
+            .map_err(storage_failure)?;
         txn.commit().await.map_err(storage_failure)
     }
+}
+
+/// `UPDATE calls SET … WHERE id = ? AND status = <from> [AND guard]`; the rows it changed.
+async fn update_if_unchanged<C: ConnectionTrait>(
+    db: &C,
+    transition: &Transition,
+    guard: Option<Condition>,
+) -> Result<u64, RepositoryError> {
+    let next = &transition.call;
+    let mut compare_and_set = Condition::all()
+        .add(call::Column::Id.eq(next.id().get()))
+        .add(call::Column::Status.eq(transition.from.as_str()));
+    if let Some(guard) = guard {
+        compare_and_set = compare_and_set.add(guard);
+    }
+    let updated = call::Entity::update_many()
+        .col_expr(call::Column::Status, Expr::value(next.status().as_str()))
+        .col_expr(call::Column::AnsweredAt, Expr::value(next.answered_at().map(datetime)))
+        .col_expr(call::Column::EndedAt, Expr::value(next.ended_at().map(datetime)))
+        .col_expr(call::Column::DurationSeconds, Expr::value(duration_column(next.duration_seconds())))
+        .col_expr(call::Column::EndReason, Expr::value(next.end_reason().map(|r| r.as_str())))
+        .col_expr(call::Column::UpdatedAt, Expr::value(datetime(next.updated_at())))
+        .filter(compare_and_set.into_condition())
+        .exec(db)
+        .await
+        .map_err(storage_failure)?;
+    Ok(updated.rows_affected)
 }

@@ -24,6 +24,7 @@ pub mod testing;
 
 use std::time::Duration;
 
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
 use sea_orm_migration::MigratorTrait;
 
@@ -34,6 +35,25 @@ pub use notifications::SqlNotifications;
 /// The URL used when none is configured: a SQLite file in the working directory, created on
 /// first start.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://ringline.db?mode=rwc";
+
+/// When SQLite makes a commit durable (its `synchronous` setting; the file is in WAL mode).
+///
+/// - `Normal` (the default): a commit is written to the write-ahead log but not forced to
+///   disk; the log is synced at checkpoints. Nothing is lost when the process crashes or is
+///   killed, and the file is never corrupted; an operating-system crash or a power cut may
+///   roll back the last transactions committed before it (SQLite's recommended setting for
+///   WAL mode).
+/// - `Full`: every commit is forced to disk before it returns, so it survives a power cut
+///   too, at the cost of a disk flush per commit (several per call).
+///
+/// PostgreSQL, the production database, is unaffected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSync {
+    #[default]
+    Normal,
+    Full,
+}
 
 /// Opening, migrating or checking the database failed.
 #[derive(Debug, thiserror::Error)]
@@ -61,19 +81,47 @@ impl Storage {
         if !is_sqlite && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
             return Err(StorageError::UnsupportedUrl);
         }
+        Self::connect_with(url, SqliteSync::default()).await
+    }
+
+    /// [`Storage::connect`], choosing how SQLite trades durability for speed (ignored for
+    /// PostgreSQL).
+    ///
+    /// # Errors
+    /// As [`Storage::connect`].
+    pub async fn connect_with(url: &str, sqlite_sync: SqliteSync) -> Result<Self, StorageError> {
+        let is_sqlite = url.starts_with("sqlite:");
+        if !is_sqlite && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+            return Err(StorageError::UnsupportedUrl);
+        }
         let mut options = ConnectOptions::new(url.to_owned());
         options
             .max_connections(if is_sqlite { 8 } else { 16 })
             .min_connections(1)
             .connect_timeout(Duration::from_secs(10))
             .acquire_timeout(Duration::from_secs(10))
+            // sqlx pings every connection it hands out by default: a round trip per statement
+            // or transaction, most of them for nothing. A connection that broke (the database
+            // restarted) fails its next statement instead and is replaced.
+            .test_before_acquire(false)
             // Statements are logged only at debug level: they can carry user ids.
-            .sqlx_logging_level(tracing::log::LevelFilter::Debug);
+            .sqlx_logging_level(tracing::log::LevelFilter::Debug)
+            // Per connection, so set through the connect options rather than one PRAGMA.
+            .map_sqlx_sqlite_opts(move |sqlite| {
+                sqlite.journal_mode(SqliteJournalMode::Wal).synchronous(match sqlite_sync {
+                    SqliteSync::Normal => SqliteSynchronous::Normal,
+                    SqliteSync::Full => SqliteSynchronous::Full,
+                })
+            });
         let db = Database::connect(options).await?;
-        if db.get_database_backend() == DbBackend::Sqlite {
-            db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
-        }
         Ok(Self { db })
+    }
+
+    /// Calls `on_statement` for every SQL statement run through this storage from now on (for
+    /// tests that hold the number of statements per operation to a budget). Storage handed
+    /// out before (repositories) is not affected.
+    pub fn on_statement(&mut self, on_statement: impl Fn() + Send + Sync + 'static) {
+        self.db.set_metric_callback(move |_| on_statement());
     }
 
     /// Applies every pending migration.
