@@ -81,9 +81,36 @@ impl TestApp {
 
     /// Starts a server on an existing test database (for restarts).
     pub async fn spawn_on(database: TestDatabase, configure: impl FnOnce(&mut Settings)) -> Self {
+        // A pool of its own: stopping a server closes its pool, and the database outlives it.
+        let storage = ringline_storage::Storage::connect(database.url()).await.expect("connect");
+        Self::spawn_on_storage(database, storage, true, configure).await
+    }
+
+    /// Starts a server on `backend` that counts the SQL statements it runs, without the
+    /// background sweeps (which run on their own clock); the counter is shared with the
+    /// caller, who may reset it.
+    pub async fn spawn_counting_statements(backend: Backend) -> (Self, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let database = TestDatabase::new(backend).await;
+        let counter = std::sync::Arc::new(AtomicUsize::new(0));
+        let mut storage = ringline_storage::Storage::connect(database.url()).await.expect("connect");
+        let counted = std::sync::Arc::clone(&counter);
+        storage.on_statement(move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+        });
+        (Self::spawn_on_storage(database, storage, false, |_| {}).await, counter)
+    }
+
+    async fn spawn_on_storage(
+        database: TestDatabase,
+        storage: ringline_storage::Storage,
+        sweeps: bool,
+        configure: impl FnOnce(&mut Settings),
+    ) -> Self {
         let mut settings = Settings::for_tests(database.url(), TEST_JWT_SECRET);
         configure(&mut settings);
-        let application = Application::build(settings).await.expect("build the application");
+        let application = Application::build_on(settings, storage).await.expect("build the application");
+        let application = if sweeps { application } else { application.without_sweeps() };
         let base = format!("http://{}", application.local_addr());
         let authenticator = application.authenticator();
         let signaling = application.signaling();

@@ -31,9 +31,7 @@ impl CallsApi {
     }
 
     async fn to_json(&self, call: &ringline_domain::Call) -> Result<CallJson, ApiError> {
-        let parties = [call.caller().clone(), call.receiver().clone()];
-        let profiles =
-            self.signaling.service().directory().users(&parties).await.map_err(|error| ApiError::internal(&error))?;
+        let profiles = self.signaling.parties_of(call).await.map_err(|error| ApiError::internal(&error))?;
         Ok(CallJson::new(call, &profiles))
     }
 

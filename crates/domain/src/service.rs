@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::call::{Call, NewCall, Outcome, Transition, TransitionError};
 use crate::ports::{
-    CallListFilter, CallRepository, Clock, Directory, DirectoryError, Page, PageRequest, RepositoryError,
+    CallListFilter, CallRepository, Clock, Directory, DirectoryError, Page, PageRequest, RepositoryError, UserProfile,
 };
 use crate::rules::{InitiateDecision, InitiateRefusal, decide_initiate};
 use crate::values::{CallId, CallType, ConversationId, HangupReason, Timestamp, UserId};
@@ -148,10 +148,25 @@ impl CallService {
     /// `NotInConversation` (the caller), `ReceiverNotInConversation`, `Refused(CallerBusy |
     /// ReceiverBusy)`; `Repository`/`Directory` when a port fails.
     pub async fn initiate(&self, caller: &UserId, command: InitiateCommand) -> Result<Initiated, CallServiceError> {
+        Ok(self.initiate_with_parties(caller, command).await?.0)
+    }
+
+    /// [`CallService::initiate`], also returning the profiles of both parties it read (the
+    /// receiver's, and the caller's if the directory knows them), so that announcing the call
+    /// and answering the request need no second lookup.
+    ///
+    /// # Errors
+    /// As [`CallService::initiate`].
+    pub async fn initiate_with_parties(
+        &self,
+        caller: &UserId,
+        command: InitiateCommand,
+    ) -> Result<(Initiated, Vec<UserProfile>), CallServiceError> {
         if caller == &command.receiver {
             return Err(InitiateRefusal::SelfCall.into());
         }
-        if self.directory.user(&command.receiver).await?.is_none() {
+        let parties = self.directory.users(&[caller.clone(), command.receiver.clone()]).await?;
+        if !parties.iter().any(|profile| profile.id == command.receiver) {
             return Err(CallServiceError::ReceiverNotFound);
         }
         if let Some(conversation) = command.conversation {
@@ -168,33 +183,31 @@ impl CallService {
             }
         }
 
+        // Optimistic: most calls find both lines free, and claiming them is the check that
+        // counts anyway (it is atomic across instances). Only a busy line costs reading the
+        // open calls, to tell busy from glare.
         let mut last_busy = InitiateRefusal::ReceiverBusy;
         for _ in 0..ATTEMPTS {
+            let new_call = NewCall::ring(
+                caller.clone(),
+                command.receiver.clone(),
+                command.call_type,
+                command.conversation,
+                self.clock.now(),
+            )?;
+            match self.calls.create(new_call).await {
+                Ok(call) => return Ok((Initiated::Ringing(call), parties)),
+                Err(RepositoryError::LineBusy { user }) => {
+                    last_busy =
+                        if &user == caller { InitiateRefusal::CallerBusy } else { InitiateRefusal::ReceiverBusy };
+                }
+                Err(error) => return Err(error.into()),
+            }
             let caller_open = self.calls.open_calls_of(caller).await?;
             let receiver_open = self.calls.open_calls_of(&command.receiver).await?;
             match decide_initiate(caller, &command.receiver, &caller_open, &receiver_open)? {
-                InitiateDecision::Ring => {
-                    let new_call = NewCall::ring(
-                        caller.clone(),
-                        command.receiver.clone(),
-                        command.call_type,
-                        command.conversation,
-                        self.clock.now(),
-                    )?;
-                    match self.calls.create(new_call).await {
-                        Ok(call) => return Ok(Initiated::Ringing(call)),
-                        // Someone took a line between our read and our insert: decide again
-                        // on fresh data (it may now be glare).
-                        Err(RepositoryError::LineBusy { user }) => {
-                            last_busy = if &user == caller {
-                                InitiateRefusal::CallerBusy
-                            } else {
-                                InitiateRefusal::ReceiverBusy
-                            };
-                        }
-                        Err(error) => return Err(error.into()),
-                    }
-                }
+                // The line was freed meanwhile: try to claim it again.
+                InitiateDecision::Ring => {}
                 InitiateDecision::AnswerCrossingCall(id) => {
                     let Some(crossing) = caller_open.into_iter().chain(receiver_open).find(|call| call.id() == id)
                     else {
@@ -202,7 +215,7 @@ impl CallService {
                     };
                     if let Outcome::Changed(transition) = crossing.accept(caller, self.clock.now())? {
                         match self.calls.apply(&transition).await {
-                            Ok(()) => return Ok(Initiated::AnsweredCrossingCall(transition)),
+                            Ok(()) => return Ok((Initiated::AnsweredCrossingCall(transition), parties)),
                             Err(RepositoryError::Conflict { .. }) => {}
                             Err(error) => return Err(error.into()),
                         }
@@ -250,7 +263,23 @@ impl CallService {
     /// `CallNotFound` (missing, or `actor` is not a party), `Transition` for a forbidden move
     /// (decided on the call as it is after any race), `Repository` when storage fails.
     pub async fn act(&self, actor: &UserId, id: CallId, action: CallAction) -> Result<Outcome, CallServiceError> {
-        self.settle(id, |call, now| {
+        self.act_on(actor, id, action, None).await
+    }
+
+    /// [`CallService::act`], deciding first on `known`, the call as the caller last saw it (a
+    /// cache), instead of reading it: the write is a compare-and-set on the status, so a stale
+    /// copy only costs a re-read, never a wrong change.
+    ///
+    /// # Errors
+    /// As [`CallService::act`].
+    pub async fn act_on(
+        &self,
+        actor: &UserId,
+        id: CallId,
+        action: CallAction,
+        known: Option<Call>,
+    ) -> Result<Outcome, CallServiceError> {
+        self.settle(id, known, |call, now| {
             if !call.is_party(actor) {
                 return Err(CallServiceError::CallNotFound);
             }
@@ -270,7 +299,7 @@ impl CallService {
     /// `CallNotFound`; `Repository` when storage fails.
     pub async fn expire(&self, id: CallId) -> Result<Outcome, CallServiceError> {
         let timeout = self.ring_timeout;
-        self.settle(id, |call, now| Ok(call.expire(now, timeout)?)).await
+        self.settle(id, None, |call, now| Ok(call.expire(now, timeout)?)).await
     }
 
     /// Expires up to `limit` calls whose ring timeout has passed, oldest first, and returns the
@@ -365,13 +394,24 @@ impl CallService {
         Ok(ended)
     }
 
-    /// Loads call `id`, computes a transition with `decide`, and applies it; on a lost race,
-    /// re-reads and decides again.
+    /// Loads call `id` (or starts from `known`), computes a transition with `decide`, and
+    /// applies it; on a lost race, re-reads and decides again. A decision other than a change
+    /// is only trusted on a call read from the store: a stale copy could refuse wrongly.
     async fn settle(
         &self,
         id: CallId,
+        known: Option<Call>,
         decide: impl Fn(&Call, Timestamp) -> Result<Outcome, CallServiceError>,
     ) -> Result<Outcome, CallServiceError> {
+        if let Some(call) = known.filter(|call| call.id() == id)
+            && let Ok(Outcome::Changed(transition)) = decide(&call, self.clock.now())
+        {
+            match self.calls.apply(&transition).await {
+                Ok(()) => return Ok(Outcome::Changed(transition)),
+                Err(RepositoryError::Conflict { .. } | RepositoryError::NotFound) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
         for _ in 0..ATTEMPTS {
             let call = self.calls.get(id).await?.ok_or(CallServiceError::CallNotFound)?;
             match decide(&call, self.clock.now())? {

@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock};
 use ringline_domain::{
     Audience, Call, CallAction, CallEvent, CallId, CallService, CallServiceError, ConversationId, DeviceId, EndReason,
     InitiateCommand, Initiated, NewNotification, NotificationRepository, NotificationVerb, Outcome, Signal,
-    SignalRouter, UserId,
+    SignalRouter, UserId, UserProfile,
 };
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
@@ -51,31 +51,74 @@ const MAX_CACHED_ROUTES: usize = 50_000;
 pub struct SessionContext {
     pub device: DeviceId,
     pub user: UserId,
-    pub username: String,
     pub kind: SessionKind,
+    /// Looked up on first use (a typing indicator): most sessions never need it, and a lookup
+    /// per connect would be a database read per page load.
+    username: std::sync::OnceLock<String>,
+}
+
+impl SessionContext {
+    pub fn new(device: DeviceId, user: UserId, kind: SessionKind) -> Self {
+        Self { device, user, kind, username: std::sync::OnceLock::new() }
+    }
+
+    async fn username(&self, signaling: &Signaling) -> &str {
+        if let Some(username) = self.username.get() {
+            return username;
+        }
+        let username = match signaling.service.directory().user(&self.user).await {
+            Ok(profile) => profile.map(|profile| profile.username).unwrap_or_default(),
+            Err(error) => {
+                tracing::warn!(%error, "cannot look up a user's name");
+                return "";
+            }
+        };
+        self.username.get_or_init(|| username)
+    }
 }
 
 /// What the relay needs to know about a call. Shared, so a lookup clones a pointer only.
 type Route = Arc<Call>;
 
+/// A cached route, and the parties' profiles when this process started the call (so that
+/// announcing it and answering REST requests about it need no directory lookup).
+#[derive(Debug)]
+struct Cached {
+    route: Route,
+    parties: Option<Arc<[UserProfile]>>,
+}
+
 #[derive(Debug, Default)]
 struct Routes {
-    map: RwLock<HashMap<CallId, Route>>,
+    map: RwLock<HashMap<CallId, Cached>>,
 }
 
 impl Routes {
     fn get(&self, id: CallId) -> Option<Route> {
-        self.map.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&id).cloned()
+        self.read().get(&id).map(|cached| Arc::clone(&cached.route))
+    }
+
+    fn parties(&self, id: CallId) -> Option<Arc<[UserProfile]>> {
+        self.read().get(&id).and_then(|cached| cached.parties.clone())
     }
 
     fn remember(&self, call: &Call) -> Route {
+        self.remember_with(call, None)
+    }
+
+    fn remember_with(&self, call: &Call, parties: Option<Arc<[UserProfile]>>) -> Route {
         let route = Arc::new(call.clone());
         let mut map = self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         if map.len() >= MAX_CACHED_ROUTES {
-            map.retain(|_, cached| cached.status().is_open());
+            map.retain(|_, cached| cached.route.status().is_open());
         }
-        map.insert(call.id(), Arc::clone(&route));
+        let parties = parties.or_else(|| map.get(&call.id()).and_then(|cached| cached.parties.clone()));
+        map.insert(call.id(), Cached { route: Arc::clone(&route), parties });
         route
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<CallId, Cached>> {
+        self.map.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -273,10 +316,11 @@ impl Signaling {
     /// # Errors
     /// As [`CallService::initiate`].
     pub async fn initiate(&self, caller: &UserId, command: InitiateCommand) -> Result<Initiated, CallServiceError> {
-        let initiated = self.service.initiate(caller, command).await?;
+        let (initiated, parties) = self.service.initiate_with_parties(caller, command).await?;
+        let parties: Option<Arc<[UserProfile]>> = Some(parties.into());
         match &initiated {
             Initiated::Ringing(call) => {
-                self.routes.remember(call);
+                self.routes.remember_with(call, parties);
                 self.on_lines
                     .write()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -284,7 +328,7 @@ impl Signaling {
                 self.ring(call).await;
             }
             Initiated::AnsweredCrossingCall(transition) => {
-                self.routes.remember(&transition.call);
+                self.routes.remember_with(&transition.call, parties);
                 self.announce(&transition.call, &transition.event, None, None).await;
             }
         }
@@ -313,7 +357,8 @@ impl Signaling {
         origin: Option<DeviceId>,
         answer: Option<&RawValue>,
     ) -> Result<Outcome, CallServiceError> {
-        let outcome = self.service.act(actor, id, action).await?;
+        let known = self.routes.get(id).map(|route| Call::clone(&route));
+        let outcome = self.service.act_on(actor, id, action, known).await?;
         self.routes.remember(outcome.call());
         if let Outcome::Changed(transition) = &outcome {
             self.announce(&transition.call, &transition.event, origin, answer).await;
@@ -348,15 +393,32 @@ impl Signaling {
         });
     }
 
-    async fn username(&self, user: &UserId) -> String {
-        match self.service.directory().user(user).await {
-            Ok(Some(profile)) => profile.username,
-            Ok(None) => String::new(),
+    /// The profiles of `call`'s parties the directory knows: remembered from when this
+    /// process started the call, or read now.
+    ///
+    /// # Errors
+    /// When the directory cannot answer.
+    pub async fn parties_of(&self, call: &Call) -> Result<Arc<[UserProfile]>, ringline_domain::DirectoryError> {
+        if let Some(parties) = self.routes.parties(call.id()) {
+            return Ok(parties);
+        }
+        let ids = [call.caller().clone(), call.receiver().clone()];
+        Ok(self.service.directory().users(&ids).await?.into())
+    }
+
+    /// `user`'s profile as a party of `call`, if known.
+    async fn party(&self, call: &Call, user: &UserId) -> Option<UserProfile> {
+        match self.parties_of(call).await {
+            Ok(parties) => parties.iter().find(|profile| &profile.id == user).cloned(),
             Err(error) => {
-                tracing::warn!(%error, "cannot look up a username for an event");
-                String::new()
+                tracing::warn!(%error, "cannot look up a party of a call for an event");
+                None
             }
         }
+    }
+
+    async fn username(&self, call: &Call, user: &UserId) -> String {
+        self.party(call, user).await.map(|profile| profile.username).unwrap_or_default()
     }
 
     /// Stores a notification for `call`'s receiver and pushes it as `notification.created`.
@@ -377,13 +439,13 @@ impl Signaling {
                 return;
             }
         };
-        let actor = self.service.directory().user(call.caller()).await.ok().flatten();
+        let actor = self.party(call, call.caller()).await;
         let payload = NotificationPayload::new(&stored, actor.as_ref());
         self.to_user(call.receiver(), None, |id| events::notification_created(id, &payload));
     }
 
     async fn ring(&self, call: &Call) {
-        let caller_username = self.username(call.caller()).await;
+        let caller_username = self.username(call, call.caller()).await;
         self.to_user(call.receiver(), None, |id| events::incoming(id, call, &caller_username));
         self.notify_receiver(call, NotificationVerb::incoming(call.call_type())).await;
     }
@@ -402,7 +464,7 @@ impl Signaling {
                 self.to_user(receiver, origin, |id| events::party_event("call.accepted", id, call, "receiver_id", by));
             }
             CallEvent::Rejected { by } => {
-                let username = self.username(by).await;
+                let username = self.username(call, by).await;
                 // No `call.end` for the caller: both original clients handle `call.rejected`, and
                 // the web client's "Call Declined" screen would not survive one.
                 self.to_user(caller, None, |id| events::rejected(id, call, by, &username));
@@ -478,15 +540,16 @@ impl Signaling {
     ) -> Result<Option<String>, FrameError> {
         match frame {
             ClientFrame::Ping => Ok(Some(events::pong(&self.ids.next()))),
-            ClientFrame::TypingStart | ClientFrame::TypingStop => self.typing(session, frame),
+            ClientFrame::TypingStart | ClientFrame::TypingStop => self.typing(session, frame).await,
             ClientFrame::End { call, reason } => {
                 self.act(&session.user, call, CallAction::End(reason), Some(session.device)).await.map_err(refusal)?;
                 Ok(None)
             }
             ClientFrame::Offer { call, offer } => {
                 let route = self.party_route(session, call, &frame).await?;
+                let username = self.username(&route, &session.user).await;
                 self.to_other_party(&route, &session.user, |id| {
-                    events::offer(id, &route, &session.user, &session.username, offer)
+                    events::offer(id, &route, &session.user, &username, offer)
                 });
                 Ok(None)
             }
@@ -568,13 +631,13 @@ impl Signaling {
         }
     }
 
-    fn typing(&self, session: &SessionContext, frame: ClientFrame<'_>) -> Result<Option<String>, FrameError> {
+    async fn typing(&self, session: &SessionContext, frame: ClientFrame<'_>) -> Result<Option<String>, FrameError> {
         let SessionKind::Chat(conversation) = session.kind else {
             return Err(FrameError::new("wrong_socket", "Typing indicators belong on a chat socket."));
         };
+        let username = session.username(self).await;
         let kind = if matches!(frame, ClientFrame::TypingStart) { "typing.started" } else { "typing.stopped" };
-        let payload =
-            events::typing(kind, &self.ids.next(), &session.user, &session.username, &conversation.to_string());
+        let payload = events::typing(kind, &self.ids.next(), &session.user, username, &conversation.to_string());
         self.router.route(Signal {
             audience: Audience::Conversation(conversation),
             except_device: None,

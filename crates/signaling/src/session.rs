@@ -87,7 +87,6 @@ pub const CLOSE_REPLY_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct SessionIdentity {
     pub user: UserId,
-    pub username: String,
     pub kind: SessionKind,
     /// The last `event_id` the client saw (`?resume=`): it gets what it missed since.
     pub resume: Option<String>,
@@ -156,12 +155,7 @@ pub async fn run<S, K>(
         return;
     };
     let (slot, mut events, attached) = signaling.attach(&identity.user, identity.kind, identity.resume.as_deref());
-    let context = SessionContext {
-        device: slot.device,
-        user: identity.user.clone(),
-        username: identity.username,
-        kind: identity.kind,
-    };
+    let context = SessionContext::new(slot.device, identity.user.clone(), identity.kind);
     tracing::info!(user = %context.user, device = slot.device.0, kind = ?context.kind, "session opened");
 
     let conversation = match context.kind {

@@ -1,0 +1,81 @@
+//! Deterministic guards on the database work behind the hot paths: the number of SQL
+//! statements of one whole call cycle, as the load generator drives it (initiate, accept and
+//! end over REST with both parties' notification sockets open), and of one socket connect.
+//! Counted by the storage itself (every statement sea-orm runs; a transaction's `BEGIN` and
+//! `COMMIT` are not statements of ours and are listed beside). A change that adds a round
+//! trip fails here, on any machine, instead of showing up as a slower benchmark.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use ringline_tests::{DatabaseBackend, TestApp, on_both_databases};
+use serde_json::json;
+
+/// Waits until the count stops moving (background work of the step just taken, such as the
+/// notification stored after `call.incoming`, is included) and returns it, resetting it.
+async fn settled(counter: &AtomicUsize) -> usize {
+    let mut last = counter.load(Ordering::Relaxed);
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = counter.load(Ordering::Relaxed);
+        if now == last {
+            return counter.swap(0, Ordering::Relaxed);
+        }
+        last = now;
+    }
+}
+
+/// Reads events until one of type `kind`, as the load generator does.
+async fn until(socket: &mut ringline_tests::WsClient, kind: &str) {
+    while let Some(event) = socket.next_event_within(ringline_tests::EVENT_WAIT).await {
+        if event["type"] == kind {
+            return;
+        }
+    }
+    panic!("no {kind} event");
+}
+
+async fn a_call_cycle_stays_within_its_statement_budget(backend: DatabaseBackend) {
+    let (app, counter) = TestApp::spawn_counting_statements(backend).await;
+    let (alice, bob) = (app.user("alice").await, app.user("bob").await);
+    let mut alice_socket = app.notifications_socket(&alice).await;
+    let mut bob_socket = app.notifications_socket(&bob).await;
+    settled(&counter).await;
+
+    let id = app.ring(&alice, "bob").await;
+    until(&mut bob_socket, "notification.created").await;
+    // Both parties' profiles in one read, the call row, both lines in one insert, the
+    // incoming-call notification (the transaction's BEGIN and COMMIT are not counted).
+    let initiate = settled(&counter).await;
+    app.post(&format!("/api/calls/{id}/accept/"), &bob, json!({})).await.expect(200);
+    until(&mut alice_socket, "call.answer").await;
+    // One compare-and-set UPDATE, no transaction; the call and profiles come from memory.
+    let accept = settled(&counter).await;
+    app.post(&format!("/api/calls/{id}/end/"), &alice, json!({"duration_seconds": 3})).await.expect(200);
+    until(&mut bob_socket, "call.end").await;
+    // The compare-and-set UPDATE and freeing both lines, in one transaction.
+    let end = settled(&counter).await;
+
+    assert_eq!((initiate, accept, end), (4, 1, 2), "statements for initiate, accept, end");
+    app.stop().await;
+}
+
+async fn a_socket_connect_reads_the_database_once(backend: DatabaseBackend) {
+    let (app, counter) = TestApp::spawn_counting_statements(backend).await;
+    let (alice, bob) = (app.user("alice").await, app.user("bob").await);
+    settled(&counter).await;
+
+    // Idle: the newest call (for `open_calls` and a call that ended while away), nothing else.
+    let _idle = app.notifications_socket(&bob).await;
+    assert_eq!(settled(&counter).await, 1, "an idle user's connect");
+
+    // In a call: the same read, and the record that the party is back.
+    let id = app.ring(&alice, "bob").await;
+    settled(&counter).await;
+    let (_ringing, ack) = app.notifications_socket_resuming(&bob, None).await;
+    assert_eq!(ack["open_calls"][0]["id"], id);
+    assert_eq!(settled(&counter).await, 2, "a connect during a call");
+    app.stop().await;
+}
+
+on_both_databases!(a_call_cycle_stays_within_its_statement_budget, a_socket_connect_reads_the_database_once);
