@@ -83,9 +83,13 @@ struct Window {
 }
 
 impl Window {
-    fn trim(&mut self, limits: ReplayLimits, now: Instant) {
+    /// Drops the oldest events beyond the count and, when `now` is given, beyond the age limit.
+    /// Appends only enforce the count (one comparison): ages are enforced where they matter,
+    /// before a replay and when pruning, which keeps the relay path free of clock reads.
+    fn trim(&mut self, limits: ReplayLimits, now: Option<Instant>) {
         while let Some(&(position, at, _)) = self.events.front() {
-            if self.events.len() <= limits.max_events && now.duration_since(at) < limits.max_age {
+            let too_old = now.is_some_and(|now| now.duration_since(at) >= limits.max_age);
+            if self.events.len() <= limits.max_events && !too_old {
                 break;
             }
             self.dropped_through = position;
@@ -107,7 +111,7 @@ impl Shard {
     fn prune(&mut self, limits: ReplayLimits, now: Instant) {
         let mut forgotten = self.forgotten_through;
         self.windows.retain(|_, window| {
-            window.trim(limits, now);
+            window.trim(limits, Some(now));
             if window.events.is_empty() {
                 forgotten = forgotten.max(window.dropped_through);
                 false
@@ -182,7 +186,7 @@ impl ReplayStore for InMemoryReplay {
         let event: Arc<str> = encode(&self.id(position)).into();
         let window = shard.windows.entry(user.clone()).or_default();
         window.events.push_back((position, now, Arc::clone(&event)));
-        window.trim(self.limits, now);
+        window.trim(self.limits, None);
         deliver(event);
         shard.appends_since_prune += 1;
         if shard.appends_since_prune >= PRUNE_EVERY {
@@ -206,7 +210,7 @@ impl ReplayStore for InMemoryReplay {
         let forgotten_through = shard.forgotten_through;
         let replay = match shard.windows.get_mut(user) {
             Some(window) => {
-                window.trim(self.limits, now);
+                window.trim(self.limits, Some(now));
                 if after < window.dropped_through {
                     Replay::Gap
                 } else {
