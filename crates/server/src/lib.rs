@@ -209,7 +209,7 @@ impl Application {
 /// # Errors
 /// When the database cannot be opened or migrated.
 pub async fn open_storage(settings: &Settings) -> anyhow::Result<Storage> {
-    let storage = Storage::connect_with(&settings.database_url, settings.sqlite_synchronous)
+    let storage = Storage::connect_with(&settings.database_url, settings.sqlite_sync())
         .await
         .context("cannot open the database")?;
     storage.migrate().await.context("cannot migrate the database")?;

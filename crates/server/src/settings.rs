@@ -41,8 +41,8 @@ pub struct Settings {
     pub bind: SocketAddr,
     #[serde(default = "defaults::database_url")]
     pub database_url: String,
-    #[serde(default)]
-    pub sqlite_synchronous: SqliteSync,
+    /// `None`: `full` when `env` is production, `normal` otherwise ([`Settings::sqlite_sync`]).
+    pub sqlite_synchronous: Option<SqliteSync>,
     #[serde(default)]
     pub env: Environment,
     pub jwt_secret: Option<SecretString>,
@@ -240,6 +240,16 @@ impl Settings {
         Duration::from_secs(self.ring_timeout_secs)
     }
 
+    /// How SQLite makes commits durable: as configured, or else every commit flushed to disk
+    /// in production (it survives a power cut) and written to the log only elsewhere (it
+    /// survives a crash of the process, and is several times faster).
+    pub fn sqlite_sync(&self) -> SqliteSync {
+        self.sqlite_synchronous.unwrap_or(match self.env {
+            Environment::Production => SqliteSync::Full,
+            _ => SqliteSync::Normal,
+        })
+    }
+
     pub fn liveness(&self) -> LivenessPolicy {
         LivenessPolicy {
             grace: Duration::from_secs(self.liveness_grace_secs),
@@ -272,7 +282,7 @@ impl Settings {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             database_url: database_url.to_owned(),
-            sqlite_synchronous: SqliteSync::default(),
+            sqlite_synchronous: None,
             env: Environment::Development,
             jwt_secret: Some(SecretString::from(jwt_secret)),
             jwt_user_claim: defaults::jwt_user_claim(),
@@ -319,6 +329,21 @@ mod tests {
         assert!(matches!(settings.validate(), Err(SettingsError::MissingProductionSecret)));
         settings.jwt_secret = Some(SecretString::from("a real secret"));
         assert!(settings.validate().is_ok());
+    }
+
+    #[test]
+    fn sqlite_flushes_every_commit_in_production_unless_told_otherwise() {
+        let mut settings = Settings::for_tests("sqlite::memory:", "a real secret");
+        assert_eq!(settings.sqlite_sync(), SqliteSync::Normal);
+        settings.env = Environment::Production;
+        assert_eq!(settings.sqlite_sync(), SqliteSync::Full);
+        settings.sqlite_synchronous = Some(SqliteSync::Normal);
+        assert_eq!(settings.sqlite_sync(), SqliteSync::Normal, "an explicit choice wins");
+        let parsed: Settings = Figment::new()
+            .merge(Serialized::defaults(serde_json::json!({"sqlite_synchronous": "full"})))
+            .extract()
+            .expect("parse");
+        assert_eq!(parsed.sqlite_synchronous, Some(SqliteSync::Full));
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://ringline.db?mode=rwc";
 
 /// When SQLite makes a commit durable (its `synchronous` setting; the file is in WAL mode).
 ///
-/// - `Normal` (the default): a commit is written to the write-ahead log but not forced to
+/// - `Normal` (the default here; the server defaults to `Full` in production): a commit is written to the write-ahead log but not forced to
 ///   disk; the log is synced at checkpoints. Nothing is lost when the process crashes or is
 ///   killed, and the file is never corrupted; an operating-system crash or a power cut may
 ///   roll back the last transactions committed before it (SQLite's recommended setting for
