@@ -260,5 +260,13 @@ async fn a_failing_database_gives_a_500_that_reveals_nothing() {
     assert_eq!(body["detail"], "A server error occurred.");
     assert_eq!(body.as_object().map(|o| o.len()), Some(2), "nothing but detail and code: {body}");
     app.send(Method::GET, "/readyz", None, None).await.expect_error(503, "database_unavailable");
+
+    // A socket still connects, but its ack does not claim the user is idle: `open_calls` is
+    // left out because it could not be read.
+    let (mut socket, ack) = app.notifications_socket_resuming(&alice, None).await;
+    assert!(ack.get("open_calls").is_none(), "unknown, not empty: {ack}");
+    assert!(ack["resume_from"].as_str().is_some());
+    socket.send_json(serde_json::json!({"type": "ping"})).await;
+    socket.expect("pong").await;
     app.stop().await;
 }

@@ -129,8 +129,9 @@ async fn upgrade(
 /// read in several steps.
 pub const READ_BUFFER_BYTES: usize = 4 * 1024;
 
-/// Bytes written per flush at most before the socket is written to; frames are batched up to
-/// this. Small, for the same reason as the read buffer.
+/// Frames are buffered until this many bytes (or a flush) before they are written to the
+/// socket. tungstenite's default is 128 KiB; the session flushes after each batch anyway, so a
+/// small buffer costs nothing and keeps an idle socket small.
 pub const WRITE_BUFFER_BYTES: usize = 4 * 1024;
 
 /// How every accepted WebSocket is configured.

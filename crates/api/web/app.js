@@ -369,7 +369,8 @@ function handleEvent(event) {
   if (event.type === "resync") {
     // Some of what happened while we were away is gone: the ack we just got says where we stand.
     rememberPosition(event.resume_from);
-    return reconcile(state.lastAck?.open_calls || []);
+    if (!Array.isArray(state.lastAck?.open_calls)) return notify("Reconnected; some updates may be missing.");
+    return reconcile(state.lastAck.open_calls);
   }
   if (meantForTheOldPeer(event)) return;
   if (state.initiating && !state.call && event.call_id && event.type !== "call.incoming") {
@@ -390,10 +391,12 @@ function acknowledged(ack) {
   state.lastAck = ack;
   const resumed = Boolean(state.resumeFrom);
   rememberPosition(ack.resume_from);
-  if (!state.restoredOnLoad) {
+  // Without open_calls the server could not read our calls: keep what we have and let the
+  // events (or the next connect) tell us, rather than ending a call that may be fine.
+  if (!state.restoredOnLoad && Array.isArray(ack.open_calls)) {
     state.restoredOnLoad = true;
     if (resumed) state.replayedUntil = ack.resume_from;
-    reconcile(ack.open_calls || []);
+    reconcile(ack.open_calls);
   }
 }
 

@@ -322,14 +322,6 @@ impl CallService {
         Ok(expired)
     }
 
-    /// `user`'s open call (ringing or active), if any.
-    ///
-    /// # Errors
-    /// `Repository` when storage fails.
-    pub async fn open_call_of(&self, user: &UserId) -> Result<Option<Call>, CallServiceError> {
-        Ok(self.calls.newest_call_of(user).await?.filter(|call| call.status().is_open()))
-    }
-
     /// `user`'s newest call, open or finished.
     ///
     /// # Errors

@@ -255,14 +255,15 @@ pub fn typing(kind: &'static str, event_id: &str, user: &UserId, username: &str,
 
 /// `connection.ack`: the original's fields (`user_id`, or `conversation` on a chat socket),
 /// plus `open_calls` (the user's ringing or active calls in the REST call shape; empty when
-/// idle) and `resume_from` (the stream position to resume from if no event arrives before the
-/// socket drops).
+/// idle; left out when they could not be read, so that no client mistakes a database hiccup
+/// for "no call") and `resume_from` (the stream position to resume from if no event arrives
+/// before the socket drops).
 pub fn connection_ack(
     event_id: &str,
     user: &UserId,
     conversation: Option<&str>,
     resume_from: &str,
-    open_calls: &[Box<RawValue>],
+    open_calls: Option<&[Box<RawValue>]>,
 ) -> String {
     #[derive(Serialize)]
     struct Ack<'a> {
@@ -272,7 +273,8 @@ pub fn connection_ack(
         #[serde(skip_serializing_if = "Option::is_none")]
         conversation: Option<&'a str>,
         resume_from: &'a str,
-        open_calls: &'a [Box<RawValue>],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        open_calls: Option<&'a [Box<RawValue>]>,
     }
     encode(&Ack { r#type: "connection.ack", event_id, user_id: user.as_str(), conversation, resume_from, open_calls })
 }

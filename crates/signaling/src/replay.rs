@@ -154,10 +154,6 @@ impl InMemoryReplay {
         }
     }
 
-    pub fn limits(&self) -> ReplayLimits {
-        self.limits
-    }
-
     fn shard(&self, user: &UserId) -> std::sync::MutexGuard<'_, Shard> {
         let index = usize::try_from(self.hasher.hash_one(user) % SHARDS as u64).unwrap_or(0);
         // A poisoned shard is still a valid map (every change is a push, pop or retain).

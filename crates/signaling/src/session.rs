@@ -163,17 +163,23 @@ pub async fn run<S, K>(
         SessionKind::Notifications => None,
     };
     // Read after attaching, so no change falls between this snapshot and the live events.
-    let on_connect = signaling.calls_on_connect(&context.user).await.unwrap_or_else(|error| {
-        tracing::warn!(%error, "cannot read a connecting user's calls for connection.ack");
-        crate::hub::CallsOnConnect::default()
-    });
-    let open_calls = presenter.present(on_connect.open.as_slice()).await;
+    let on_connect = match signaling.calls_on_connect(&context.user).await {
+        Ok(found) => Some(found),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read a connecting user's calls for connection.ack");
+            None
+        }
+    };
+    let open_calls = match &on_connect {
+        Some(found) => Some(presenter.present(found.open.as_slice()).await),
+        None => None,
+    };
     let ack = events::connection_ack(
         &signaling.next_event_id(),
         &context.user,
         conversation.as_deref(),
         &attached.resume_from,
-        &open_calls,
+        open_calls.as_deref(),
     );
     let mut open = write(&mut outbound, &slot, Outbound::Text(ack)).await;
     let catch_up: Vec<String> = match attached.replay {
@@ -191,7 +197,8 @@ pub async fn run<S, K>(
     // `call.end` from the chat socket would silence a call that has just begun to ring).
     let tells_this_tab =
         identity.kind == SessionKind::Notifications || !signaling.sessions().has_notification_socket(&context.user);
-    if let (Some(finished), None, true) = (&on_connect.recently_finished, &identity.resume, tells_this_tab) {
+    let finished = on_connect.as_ref().and_then(|found| found.recently_finished.as_ref());
+    if let (Some(finished), None, true) = (finished, &identity.resume, tells_this_tab) {
         let told = events::end(&signaling.next_event_id(), finished, None);
         open = open && write(&mut outbound, &slot, Outbound::Text(told)).await;
     }
