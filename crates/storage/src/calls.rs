@@ -3,10 +3,11 @@
 //! Two rules keep concurrent writers honest, on SQLite and PostgreSQL alike:
 //! - a transition is one `UPDATE … WHERE id = ? AND status = <status it was computed from>`;
 //!   the loser of a race updates no row and gets `Conflict`;
-//! - a new call claims a `busy_lines` row per party (primary key: the user) in the same
-//!   transaction as its insert; a user already on a line makes the insert fail and nothing is
-//!   stored. Lines are claimed in user-id order so that two crossing calls (A→B, B→A) wait on
-//!   each other instead of deadlocking.
+//! - a new call claims a `busy_lines` row per party (primary key: the user) inside its own
+//!   insert, through a trigger the migrations install; a user already on a line makes the
+//!   insert fail and nothing is stored. A finishing update frees the lines the same way. Lines
+//!   are claimed in user-id order so that two crossing calls (A→B, B→A) wait on each other
+//!   instead of deadlocking.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -17,7 +18,7 @@ use ringline_domain::{
 use sea_orm::sea_query::{Expr, IntoCondition, Query};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, Set, SqlErr, TransactionTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set, SqlErr,
 };
 
 use crate::entity::{busy_line, call};
@@ -109,9 +110,11 @@ fn duration_column(seconds: Option<u32>) -> Option<i32> {
 #[async_trait]
 impl CallRepository for SqlCallRepository {
     async fn create(&self, new_call: NewCall) -> Result<Call, RepositoryError> {
-        let txn = self.db.begin().await.map_err(storage_failure)?;
         let started_at = datetime(new_call.started_at());
-        let row = call::ActiveModel {
+        // One statement: the database's trigger claims both parties' lines inside it
+        // (migration `m20261203_000005_lines_follow_calls`), so a busy line fails the insert
+        // and nothing is stored.
+        let inserted = call::ActiveModel {
             conversation_id: Set(new_call.conversation().map(i64::from)),
             caller_id: Set(new_call.caller().as_str().to_owned()),
             receiver_id: Set(new_call.receiver().as_str().to_owned()),
@@ -126,27 +129,21 @@ impl CallRepository for SqlCallRepository {
             updated_at: Set(started_at),
             ..Default::default()
         }
-        .insert(&txn)
-        .await
-        .map_err(storage_failure)?;
-
-        let mut parties = [new_call.caller(), new_call.receiver()];
-        parties.sort();
-        let lines = parties.map(|user| busy_line::ActiveModel {
-            user_id: Set(user.as_str().to_owned()),
-            call_id: Set(row.id),
-            last_seen_at: Set(Some(started_at)),
-        });
-        // One statement for both lines, in user-id order (crossing calls queue on the same row
-        // instead of deadlocking). Dropping `txn` on failure rolls the call row back too.
-        if let Err(error) = busy_line::Entity::insert_many(lines).exec(&txn).await {
-            drop(txn);
-            return Err(match error.sql_err() {
-                Some(SqlErr::UniqueConstraintViolation(_)) => self.busy_party(parties).await,
-                _ => storage_failure(error),
-            });
-        }
-        txn.commit().await.map_err(storage_failure)?;
+        .insert(&self.db)
+        .await;
+        let row = match inserted {
+            Ok(row) => row,
+            Err(error) => {
+                return Err(match error.sql_err() {
+                    Some(SqlErr::UniqueConstraintViolation(_)) => {
+                        let mut parties = [new_call.caller(), new_call.receiver()];
+                        parties.sort();
+                        self.busy_party(parties).await
+                    }
+                    _ => storage_failure(error),
+                });
+            }
+        };
         let id = CallId::new(row.id).map_err(storage_failure)?;
         Ok(new_call.into_call(id))
     }
@@ -364,30 +361,15 @@ impl SqlCallRepository {
     }
 
     /// Writes `transition.call` if the stored status is still `transition.from` (and `guard`
-    /// holds), freeing the lines when the call finishes, in one transaction.
+    /// holds). One statement: when it finishes the call, the database's trigger frees both
+    /// lines inside it.
     async fn compare_and_set(&self, transition: &Transition, guard: Option<Condition>) -> Result<(), RepositoryError> {
-        let next = &transition.call;
-        let id = next.id();
-        if !next.status().is_finished() {
-            // One statement (an accept): no transaction to open and commit.
-            return match update_if_unchanged(&self.db, transition, guard).await? {
-                0 => Err(self.explain_missed_update(id).await),
-                _ => Ok(()),
-            };
-        }
-        let txn = self.db.begin().await.map_err(storage_failure)?;
-        if update_if_unchanged(&txn, transition, guard).await? == 0 {
-            drop(txn);
+        match update_if_unchanged(&self.db, transition, guard).await? {
             // `Conflict` with the status unchanged means the guard failed (for a liveness end:
             // a party was seen meanwhile).
-            return Err(self.explain_missed_update(id).await);
+            0 => Err(self.explain_missed_update(transition.call.id()).await),
+            _ => Ok(()),
         }
-        busy_line::Entity::delete_many()
-            .filter(busy_line::Column::CallId.eq(id.get()))
-            .exec(&txn)
-            .await
-            .map_err(storage_failure)?;
-        txn.commit().await.map_err(storage_failure)
     }
 }
 

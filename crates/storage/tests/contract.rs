@@ -262,3 +262,40 @@ async fn notifications_are_private_newest_first_and_can_be_read(storage: Storage
     let carols = repo.list(&user("carol"), PageRequest { page: 1, per_page: 10 }).await.expect("list");
     assert!(carols.items[0].unread);
 }
+
+/// The database, not the repository, keeps the lines in step with the calls: a call written
+/// by plain SQL (an operator's fix, another tool) claims and frees lines like one written here.
+async fn the_database_itself_keeps_lines_in_step_with_calls(backend: ringline_storage::testing::Backend) {
+    let database = ringline_storage::testing::TestDatabase::new(backend).await;
+    let repo = database.storage().calls();
+    let connection = sea_orm::Database::connect(database.url()).await.expect("connect");
+    let sql = |text: &str| sea_orm::Statement::from_string(connection.get_database_backend(), text.to_owned());
+    let now =
+        if backend == ringline_storage::testing::Backend::Sqlite { "'2026-12-03 10:00:00+00:00'" } else { "now()" };
+    connection
+        .execute(sql(&format!(
+            "INSERT INTO calls (caller_id, receiver_id, call_type, status, started_at, created_at, updated_at) \
+             VALUES ('alice', 'bob', 'voice', 'ringing', {now}, {now}, {now})"
+        )))
+        .await
+        .expect("a ringing call inserted by hand");
+    for (caller, receiver) in [("carol", "alice"), ("bob", "dave")] {
+        let attempt = repo.create(new_call(caller, receiver, 1)).await;
+        assert!(matches!(attempt, Err(RepositoryError::LineBusy { .. })), "{caller} → {receiver}: {attempt:?}");
+    }
+    connection.execute(sql("UPDATE calls SET status = 'cancelled'")).await.expect("finished by hand");
+    ring(&repo, "carol", "alice", 2).await;
+    ring(&repo, "bob", "dave", 3).await;
+    connection.close().await.expect("close");
+    database.cleanup().await;
+}
+
+#[tokio::test]
+async fn sqlite_keeps_lines_in_step_with_calls() {
+    the_database_itself_keeps_lines_in_step_with_calls(ringline_storage::testing::Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_keeps_lines_in_step_with_calls() {
+    the_database_itself_keeps_lines_in_step_with_calls(ringline_storage::testing::Backend::Postgres).await;
+}

@@ -10,6 +10,7 @@ mod m20261122_000001_create_directory;
 mod m20261122_000002_create_calls;
 mod m20261122_000003_create_notifications;
 mod m20261201_000004_add_line_last_seen;
+mod m20261203_000005_lines_follow_calls;
 
 /// Every migration of the Ringline schema, oldest first.
 #[derive(Debug)]
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000002_create_calls::Migration),
             Box::new(m20261122_000003_create_notifications::Migration),
             Box::new(m20261201_000004_add_line_last_seen::Migration),
+            Box::new(m20261203_000005_lines_follow_calls::Migration),
         ]
     }
 }
