@@ -170,13 +170,14 @@ impl Application {
         let app = app.with_if(!settings.cors_allowed_origins.is_empty(), cors(&settings.cors_allowed_origins));
 
         let stop_timer = CancellationToken::new();
-        let (timer, liveness) = if sweeps {
+        let (timer, liveness, checkpoints) = if sweeps {
             (
                 Some(tokio::spawn(ringline_signaling::ring_timer::run(signaling.clone(), stop_timer.clone()))),
                 Some(tokio::spawn(ringline_signaling::liveness::run(signaling.clone(), stop_timer.clone()))),
+                Some(tokio::spawn(checkpoint_every_second(storage.clone(), stop_timer.clone()))),
             )
         } else {
-            (None, None)
+            (None, None, None)
         };
         tracing::info!(address = %local_addr, backend = storage.backend_name(), "ringline is serving");
         // poem detaches upgraded connections, so the sessions are closed here, as soon as the
@@ -192,7 +193,7 @@ impl Application {
             tracing::warn!("some WebSocket sessions did not close in time");
         }
         stop_timer.cancel();
-        for task in [timer, liveness].into_iter().flatten() {
+        for task in [timer, liveness, checkpoints].into_iter().flatten() {
             if let Err(error) = task.await {
                 tracing::error!(%error, "a background sweep failed");
             }
@@ -201,6 +202,25 @@ impl Application {
         storage.close().await.context("closing the database")?;
         tracing::info!("ringline stopped");
         Ok(())
+    }
+}
+
+/// Keeps SQLite's write-ahead log short from a background task, so that no request pays for a
+/// checkpoint's disk flushes ([`Storage::checkpoint`]; nothing to do on PostgreSQL).
+async fn checkpoint_every_second(storage: Storage, stop: CancellationToken) {
+    if storage.backend_name() != "sqlite" {
+        return;
+    }
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        if let Err(error) = storage.checkpoint().await {
+            tracing::warn!(%error, "SQLite checkpoint failed; retrying in a second");
+        }
     }
 }
 
