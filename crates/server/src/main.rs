@@ -91,6 +91,12 @@ enum ConversationsCommand {
     },
 }
 
+/// mimalloc rather than glibc's malloc: a request allocates and frees many small objects on
+/// two worker threads, where glibc spent about a sixth of the server's CPU in the call-cycle
+/// profile (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
