@@ -17,8 +17,12 @@ use ringline_domain::{Audience, ConversationId, DeviceId, Signal, SignalRouter, 
 use tokio::sync::{Notify, mpsc};
 
 /// Events queued per session before it counts as a slow consumer. A call produces a few dozen
-/// events at most (offer, answer, candidates), so 256 only fills when the peer stopped reading.
-pub const QUEUE_CAPACITY: usize = 256;
+/// events, but several peers may burst at one user at once (each socket may send a burst of
+/// 200 frames) and a busy client may pause reading for tens of milliseconds: with 256, a
+/// relay at 25,000 frames a second per socket closed sockets whose client was merely briefly
+/// behind. tokio's queue allocates as it fills, so the bound costs an idle socket nothing; it
+/// only caps what a stalled client can hold (about 1,024 small events).
+pub const QUEUE_CAPACITY: usize = 1024;
 
 /// Which socket a session is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,6 +265,20 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(1), slow.kicked())
             .await
             .expect("the slow session is kicked");
+    }
+
+    #[tokio::test]
+    async fn five_peers_bursting_at_one_user_do_not_kick_a_briefly_busy_session() {
+        let router = LocalRouter::new();
+        let (busy, mut events) = router.register(user("bob"), SessionKind::Notifications);
+        // Five sockets each sending a whole default burst before bob's session reads again.
+        let burst = crate::session::FrameRate::default().burst as usize;
+        for i in 0..5 * burst {
+            router.route(signal(Audience::User(user("bob")), &format!("e{i}")));
+        }
+        let kicked = tokio::time::timeout(std::time::Duration::from_millis(100), busy.kicked()).await;
+        assert!(kicked.is_err(), "a session 1,000 events behind is not a slow consumer yet");
+        assert_eq!(events.recv().await.as_deref(), Some("e0"), "and nothing was dropped");
     }
 
     #[test]
