@@ -180,7 +180,12 @@ impl ReplayStore for InMemoryReplay {
         let mut shard = self.shard(user);
         let position = self.next.fetch_add(1, Ordering::Relaxed);
         let event: Arc<str> = encode(&self.id(position)).into();
-        let window = shard.windows.entry(user.clone()).or_default();
+        // Look up before inserting: `entry` would clone the user id (an allocation) for every
+        // event, and a user with events in flight nearly always has a window already.
+        let window = match shard.windows.get_mut(user) {
+            Some(window) => window,
+            None => shard.windows.entry(user.clone()).or_default(),
+        };
         window.events.push_back((position, now, Arc::clone(&event)));
         window.trim(self.limits, None);
         deliver(event);
