@@ -92,3 +92,20 @@ impl MigrationTrait for Migration {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ringline_domain::CallStatus;
+
+    /// The triggers hold a line exactly while the domain calls a status open. A migration is a
+    /// frozen snapshot, so a new open status needs a new migration; this says when.
+    #[test]
+    fn the_triggers_open_statuses_are_the_domains() {
+        let open: Vec<String> = CallStatus::ALL
+            .iter()
+            .filter(|status| status.is_open())
+            .map(|status| format!("'{}'", status.as_str()))
+            .collect();
+        assert_eq!(super::OPEN, format!("({})", open.join(", ")));
+    }
+}
