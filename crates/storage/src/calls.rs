@@ -17,17 +17,17 @@ use ringline_domain::{
 };
 use sea_orm::sea_query::{Expr, IntoCondition, Query};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, Set, SqlErr,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set, SqlErr,
 };
 
 use crate::entity::{busy_line, call};
-use crate::storage_failure;
+use crate::{Connections, storage_failure};
 
 /// The call repository over a sea-orm connection.
 #[derive(Debug, Clone)]
 pub struct SqlCallRepository {
-    db: DatabaseConnection,
+    db: Connections,
 }
 
 /// A stored row that the domain refuses (hand-edited, or written by a newer schema).
@@ -39,17 +39,8 @@ struct CorruptRow {
 }
 
 impl SqlCallRepository {
-    pub fn new(db: DatabaseConnection) -> Self {
+    pub(crate) fn new(db: Connections) -> Self {
         Self { db }
-    }
-
-    /// After an update matched no row: was the call gone, or did another change win?
-    async fn explain_missed_update(&self, id: CallId) -> RepositoryError {
-        match self.get(id).await {
-            Ok(Some(current)) => RepositoryError::Conflict { current: current.status() },
-            Ok(None) => RepositoryError::NotFound,
-            Err(error) => error,
-        }
     }
 }
 
@@ -114,7 +105,7 @@ impl CallRepository for SqlCallRepository {
         // One statement: the database's trigger claims both parties' lines inside it
         // (migration `m20261203_000005_lines_follow_calls`), so a busy line fails the insert
         // and nothing is stored.
-        let inserted = call::ActiveModel {
+        let row = call::ActiveModel {
             conversation_id: Set(new_call.conversation().map(i64::from)),
             caller_id: Set(new_call.caller().as_str().to_owned()),
             receiver_id: Set(new_call.receiver().as_str().to_owned()),
@@ -128,28 +119,33 @@ impl CallRepository for SqlCallRepository {
             created_at: Set(started_at),
             updated_at: Set(started_at),
             ..Default::default()
-        }
-        .insert(&self.db)
-        .await;
-        let row = match inserted {
-            Ok(row) => row,
-            Err(error) => {
-                return Err(match error.sql_err() {
-                    Some(SqlErr::UniqueConstraintViolation(_)) => {
-                        let mut parties = [new_call.caller(), new_call.receiver()];
-                        parties.sort();
-                        self.busy_party(parties).await
+        };
+        let inserted = self
+            .db
+            .write
+            .write(move |db| {
+                Box::pin(async move {
+                    match row.insert(db).await {
+                        Ok(row) => Ok(Some(row)),
+                        // Expected: one of the parties is on a line (found out below).
+                        Err(error) if matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => Ok(None),
+                        Err(error) => Err(error),
                     }
-                    _ => storage_failure(error),
-                });
-            }
+                })
+            })
+            .await
+            .map_err(storage_failure)?;
+        let Some(row) = inserted else {
+            let mut parties = [new_call.caller(), new_call.receiver()];
+            parties.sort();
+            return Err(self.busy_party(parties).await);
         };
         let id = CallId::new(row.id).map_err(storage_failure)?;
         Ok(new_call.into_call(id))
     }
 
     async fn get(&self, id: CallId) -> Result<Option<Call>, RepositoryError> {
-        let row = call::Entity::find_by_id(id.get()).one(&self.db).await.map_err(storage_failure)?;
+        let row = call::Entity::find_by_id(id.get()).one(&self.db.read).await.map_err(storage_failure)?;
         row.map(to_call).transpose()
     }
 
@@ -164,13 +160,13 @@ impl CallRepository for SqlCallRepository {
             condition = Condition::all().add(condition).add(party_of(other));
         }
         let query = call::Entity::find().filter(condition);
-        let total = query.clone().count(&self.db).await.map_err(storage_failure)?;
+        let total = query.clone().count(&self.db.read).await.map_err(storage_failure)?;
         let rows = query
             .order_by_desc(call::Column::StartedAt)
             .order_by_desc(call::Column::Id)
             .offset(page.offset())
             .limit(u64::from(page.per_page))
-            .all(&self.db)
+            .all(&self.db.read)
             .await
             .map_err(storage_failure)?;
         Ok(Page { items: to_rows(rows)?, total })
@@ -181,7 +177,7 @@ impl CallRepository for SqlCallRepository {
             .filter(party_of(user))
             .filter(call::Column::Status.is_in(statuses(CallStatus::is_open)))
             .order_by_asc(call::Column::StartedAt)
-            .all(&self.db)
+            .all(&self.db.read)
             .await
             .map_err(storage_failure)?;
         to_rows(rows)
@@ -199,7 +195,7 @@ impl CallRepository for SqlCallRepository {
         let row = call::Entity::find()
             .filter(party_of(user))
             .order_by_desc(call::Column::Id)
-            .one(&self.db)
+            .one(&self.db.read)
             .await
             .map_err(storage_failure)?;
         row.map(to_call).transpose()
@@ -210,7 +206,7 @@ impl CallRepository for SqlCallRepository {
             .select_only()
             .column(busy_line::Column::UserId)
             .into_tuple()
-            .all(&self.db)
+            .all(&self.db.read)
             .await
             .map_err(storage_failure)?;
         ids.into_iter().map(|id| UserId::parse(id).map_err(storage_failure)).collect()
@@ -219,22 +215,33 @@ impl CallRepository for SqlCallRepository {
     async fn mark_seen(&self, users: &[UserId], at: Timestamp) -> Result<(), RepositoryError> {
         // Bounded statements: SQLite allows 32,766 bound values, and a smaller batch keeps each
         // write short.
-        for batch in users.chunks(MARK_SEEN_BATCH) {
-            let at = datetime(at);
-            busy_line::Entity::update_many()
-                .col_expr(busy_line::Column::LastSeenAt, Expr::value(at))
-                .filter(busy_line::Column::UserId.is_in(batch.iter().map(UserId::as_str)))
-                // Never backwards: another instance may have reported a later moment.
-                .filter(
-                    Condition::any()
-                        .add(busy_line::Column::LastSeenAt.is_null())
-                        .add(busy_line::Column::LastSeenAt.lt(at)),
-                )
-                .exec(&self.db)
-                .await
-                .map_err(storage_failure)?;
-        }
-        Ok(())
+        let at = datetime(at);
+        let batches: Vec<Vec<String>> = users
+            .chunks(MARK_SEEN_BATCH)
+            .map(|batch| batch.iter().map(|user| user.as_str().to_owned()).collect())
+            .collect();
+        self.db
+            .write
+            .write(move |db| {
+                Box::pin(async move {
+                    for batch in batches {
+                        busy_line::Entity::update_many()
+                            .col_expr(busy_line::Column::LastSeenAt, Expr::value(at))
+                            .filter(busy_line::Column::UserId.is_in(batch))
+                            // Never backwards: another instance may have reported a later moment.
+                            .filter(
+                                Condition::any()
+                                    .add(busy_line::Column::LastSeenAt.is_null())
+                                    .add(busy_line::Column::LastSeenAt.lt(at)),
+                            )
+                            .exec(db)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .await
+            .map_err(storage_failure)
     }
 
     async fn abandoned_calls(
@@ -258,7 +265,7 @@ impl CallRepository for SqlCallRepository {
             )
             .order_by_asc(call::Column::Id)
             .limit(u64::from(limit))
-            .all(&self.db)
+            .all(&self.db.read)
             .await
             .map_err(storage_failure)?;
         if rows.is_empty() {
@@ -266,7 +273,7 @@ impl CallRepository for SqlCallRepository {
         }
         let lines = busy_line::Entity::find()
             .filter(busy_line::Column::CallId.is_in(rows.iter().map(|row| row.id)))
-            .all(&self.db)
+            .all(&self.db.read)
             .await
             .map_err(storage_failure)?;
         rows.into_iter()
@@ -327,7 +334,7 @@ impl SqlCallRepository {
             .column(busy_line::Column::UserId)
             .filter(busy_line::Column::UserId.is_in(parties.map(UserId::as_str)))
             .into_tuple()
-            .all(&self.db)
+            .all(&self.db.read)
             .await;
         match held {
             Ok(held) => {
@@ -354,7 +361,7 @@ impl SqlCallRepository {
             .filter(moment.lt(datetime(cutoff)))
             .order_by_asc(moment)
             .limit(u64::from(limit))
-            .all(&self.db)
+            .all(&self.db.read)
             .await
             .map_err(storage_failure)?;
         to_rows(rows)
@@ -362,13 +369,30 @@ impl SqlCallRepository {
 
     /// Writes `transition.call` if the stored status is still `transition.from` (and `guard`
     /// holds). One statement: when it finishes the call, the database's trigger frees both
-    /// lines inside it.
+    /// lines inside it. When it changes nothing, the call is read on the same connection (it
+    /// may have been changed by a write committed together with this one).
     async fn compare_and_set(&self, transition: &Transition, guard: Option<Condition>) -> Result<(), RepositoryError> {
-        match update_if_unchanged(&self.db, transition, guard).await? {
+        let transition = transition.clone();
+        let missed = self
+            .db
+            .write
+            .write(move |db| {
+                Box::pin(async move {
+                    if update_if_unchanged(db, &transition, guard).await? > 0 {
+                        return Ok(None);
+                    }
+                    let current = call::Entity::find_by_id(transition.call.id().get()).one(db).await?;
+                    Ok(Some(current))
+                })
+            })
+            .await
+            .map_err(storage_failure)?;
+        match missed {
+            None => Ok(()),
             // `Conflict` with the status unchanged means the guard failed (for a liveness end:
             // a party was seen meanwhile).
-            0 => Err(self.explain_missed_update(transition.call.id()).await),
-            _ => Ok(()),
+            Some(Some(current)) => Err(RepositoryError::Conflict { current: to_call(current)?.status() }),
+            Some(None) => Err(RepositoryError::NotFound),
         }
     }
 }
@@ -378,7 +402,7 @@ async fn update_if_unchanged<C: ConnectionTrait>(
     db: &C,
     transition: &Transition,
     guard: Option<Condition>,
-) -> Result<u64, RepositoryError> {
+) -> Result<u64, sea_orm::DbErr> {
     let next = &transition.call;
     let mut compare_and_set = Condition::all()
         .add(call::Column::Id.eq(next.id().get()))
@@ -395,7 +419,6 @@ async fn update_if_unchanged<C: ConnectionTrait>(
         .col_expr(call::Column::UpdatedAt, Expr::value(datetime(next.updated_at())))
         .filter(compare_and_set.into_condition())
         .exec(db)
-        .await
-        .map_err(storage_failure)?;
+        .await?;
     Ok(updated.rows_affected)
 }

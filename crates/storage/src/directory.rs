@@ -3,14 +3,15 @@
 use async_trait::async_trait;
 use ringline_domain::{ConversationId, Directory, DirectoryError, Timestamp, UserId, UserProfile};
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, Set, TransactionTrait};
+use sea_orm::{ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, Set, TransactionTrait};
 
+use crate::Connections;
 use crate::entity::{conversation, participant, user};
 
 /// Users and conversations kept in Ringline's own database.
 #[derive(Debug, Clone)]
 pub struct SqlDirectory {
-    db: DatabaseConnection,
+    db: Connections,
 }
 
 fn lookup_failed(error: impl std::error::Error + Send + Sync + 'static) -> DirectoryError {
@@ -28,7 +29,7 @@ fn to_profile(row: user::Model) -> Result<UserProfile, DirectoryError> {
 }
 
 impl SqlDirectory {
-    pub fn new(db: DatabaseConnection) -> Self {
+    pub(crate) fn new(db: Connections) -> Self {
         Self { db }
     }
 
@@ -58,7 +59,7 @@ impl SqlDirectory {
                     ])
                     .to_owned(),
             )
-            .exec(&self.db)
+            .exec(&self.db.write_pool)
             .await
             .map_err(lookup_failed)?;
         Ok(())
@@ -73,7 +74,7 @@ impl SqlDirectory {
         let rows = user::Entity::find()
             .order_by_asc(user::Column::Username)
             .limit(limit)
-            .all(&self.db)
+            .all(&self.db.read)
             .await
             .map_err(lookup_failed)?;
         rows.into_iter().map(to_profile).collect()
@@ -84,7 +85,7 @@ impl SqlDirectory {
     /// # Errors
     /// `DirectoryWriteError::Storage` when the write fails. Returns whether the user existed.
     pub async fn delete_user(&self, id: &UserId) -> Result<bool, DirectoryWriteError> {
-        let deleted = user::Entity::delete_by_id(id.as_str()).exec(&self.db).await.map_err(write_failed)?;
+        let deleted = user::Entity::delete_by_id(id.as_str()).exec(&self.db.write_pool).await.map_err(write_failed)?;
         Ok(deleted.rows_affected > 0)
     }
 
@@ -99,7 +100,7 @@ impl SqlDirectory {
         participants: &[UserId],
         now: Timestamp,
     ) -> Result<(), DirectoryWriteError> {
-        let txn = self.db.begin().await.map_err(write_failed)?;
+        let txn = self.db.write_pool.begin().await.map_err(write_failed)?;
         require_known_users(&txn, participants).await?;
         conversation::Entity::insert(conversation::ActiveModel {
             id: Set(id.get()),
@@ -128,7 +129,7 @@ impl SqlDirectory {
         id: ConversationId,
         participants: &[UserId],
     ) -> Result<(), DirectoryWriteError> {
-        let txn = self.db.begin().await.map_err(write_failed)?;
+        let txn = self.db.write_pool.begin().await.map_err(write_failed)?;
         if conversation::Entity::find_by_id(id.get()).one(&txn).await.map_err(write_failed)?.is_none() {
             return Err(DirectoryWriteError::UnknownConversation);
         }
@@ -145,7 +146,7 @@ impl SqlDirectory {
         let deleted = participant::Entity::delete_many()
             .filter(participant::Column::ConversationId.eq(id.get()))
             .filter(participant::Column::UserId.eq(user_id.as_str()))
-            .exec(&self.db)
+            .exec(&self.db.write_pool)
             .await
             .map_err(write_failed)?;
         Ok(deleted.rows_affected > 0)
@@ -206,7 +207,7 @@ async fn insert_participants(
 #[async_trait]
 impl Directory for SqlDirectory {
     async fn user(&self, id: &UserId) -> Result<Option<UserProfile>, DirectoryError> {
-        let row = user::Entity::find_by_id(id.as_str()).one(&self.db).await.map_err(lookup_failed)?;
+        let row = user::Entity::find_by_id(id.as_str()).one(&self.db.read).await.map_err(lookup_failed)?;
         row.map(to_profile).transpose()
     }
 
@@ -216,20 +217,20 @@ impl Directory for SqlDirectory {
         }
         let rows = user::Entity::find()
             .filter(user::Column::Id.is_in(ids.iter().map(UserId::as_str)))
-            .all(&self.db)
+            .all(&self.db.read)
             .await
             .map_err(lookup_failed)?;
         rows.into_iter().map(to_profile).collect()
     }
 
     async fn conversation_participants(&self, id: ConversationId) -> Result<Option<Vec<UserId>>, DirectoryError> {
-        let exists = conversation::Entity::find_by_id(id.get()).one(&self.db).await.map_err(lookup_failed)?;
+        let exists = conversation::Entity::find_by_id(id.get()).one(&self.db.read).await.map_err(lookup_failed)?;
         if exists.is_none() {
             return Ok(None);
         }
         let rows = participant::Entity::find()
             .filter(participant::Column::ConversationId.eq(id.get()))
-            .all(&self.db)
+            .all(&self.db.read)
             .await
             .map_err(lookup_failed)?;
         rows.into_iter()

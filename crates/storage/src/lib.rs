@@ -21,16 +21,19 @@ pub mod migration;
 mod notifications;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod writer;
 
 use std::time::Duration;
 
-use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
+use sea_orm::sqlx::ConnectOptions as _;
+use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr};
 use sea_orm_migration::MigratorTrait;
 
 pub use calls::SqlCallRepository;
 pub use directory::{DirectoryWriteError, SqlDirectory};
 pub use notifications::SqlNotifications;
+use writer::Writer;
 
 /// The URL used when none is configured: a SQLite file in the working directory, created on
 /// first start.
@@ -59,6 +62,22 @@ pub enum SqliteSync {
 /// 4 MB): a safety net only, see [`Storage::checkpoint`].
 const AUTOCHECKPOINT_PAGES: u32 = 10_000;
 
+/// Settings of every connection to a SQLite file (per connection, so set when it opens rather
+/// than by one PRAGMA).
+fn sqlite_tuning(options: SqliteConnectOptions, sqlite_sync: SqliteSync) -> SqliteConnectOptions {
+    options
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(match sqlite_sync {
+            SqliteSync::Normal => SqliteSynchronous::Normal,
+            SqliteSync::Full => SqliteSynchronous::Full,
+        })
+        // SQLite checkpoints on the commit that crosses the threshold (1,000 pages by default),
+        // and a checkpoint flushes the log and the file to disk: a stall of milliseconds inside
+        // a request. The server checkpoints every second instead ([`Storage::checkpoint`]); the
+        // higher threshold only bounds the log for applications that never call it.
+        .pragma("wal_autocheckpoint", AUTOCHECKPOINT_PAGES.to_string())
+}
+
 /// Opening, migrating or checking the database failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -71,7 +90,20 @@ pub enum StorageError {
 /// An open database with Ringline's schema.
 #[derive(Debug, Clone)]
 pub struct Storage {
-    db: DatabaseConnection,
+    connections: Connections,
+}
+
+/// The connections a repository runs its statements on: `read` for queries, `write` for
+/// single writes (on a SQLite file, one task with a connection of its own commits them:
+/// see `writer.rs`), `write_pool` for multi-statement transactions off the hot path
+/// (directory changes, migrations). On PostgreSQL all three are the same pool.
+#[derive(Debug, Clone)]
+pub(crate) struct Connections {
+    pub(crate) read: DatabaseConnection,
+    /// The writing pool itself, for multi-statement transactions that are not on a hot path.
+    pub(crate) write_pool: DatabaseConnection,
+    /// Where single writes go: group commit on a SQLite file, `write_pool` otherwise.
+    pub(crate) write: Writer,
 }
 
 impl Storage {
@@ -98,9 +130,25 @@ impl Storage {
         if !is_sqlite && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
             return Err(StorageError::UnsupportedUrl);
         }
+        // An in-memory SQLite database exists once per pool, so it keeps a single pool.
+        let sqlite_file = is_sqlite && !url.contains(":memory:") && !url.contains("mode=memory");
+        let read = Database::connect(Self::options(url, if is_sqlite { 8 } else { 16 }, sqlite_sync)).await?;
+        let (write_pool, write) = if sqlite_file {
+            let own = url.parse::<SqliteConnectOptions>().map_err(|e| DbErr::Conn(RuntimeErr::SqlxError(e)))?;
+            let own = sqlite_tuning(own, sqlite_sync).log_statements(tracing::log::LevelFilter::Debug);
+            let writer = Writer::group_commit(own).await?;
+            (Database::connect(Self::options(url, 1, sqlite_sync)).await?, writer)
+        } else {
+            (read.clone(), Writer::Pool(read.clone()))
+        };
+        Ok(Self { connections: Connections { read, write_pool, write } })
+    }
+
+    /// The pool settings for `url`, with up to `max_connections`.
+    fn options(url: &str, max_connections: u32, sqlite_sync: SqliteSync) -> ConnectOptions {
         let mut options = ConnectOptions::new(url.to_owned());
         options
-            .max_connections(if is_sqlite { 8 } else { 16 })
+            .max_connections(max_connections)
             .min_connections(1)
             .connect_timeout(Duration::from_secs(10))
             .acquire_timeout(Duration::from_secs(10))
@@ -111,29 +159,25 @@ impl Storage {
             // Statements are logged only at debug level: they can carry user ids.
             .sqlx_logging_level(tracing::log::LevelFilter::Debug)
             // Per connection, so set through the connect options rather than one PRAGMA.
-            .map_sqlx_sqlite_opts(move |sqlite| {
-                sqlite
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(match sqlite_sync {
-                        SqliteSync::Normal => SqliteSynchronous::Normal,
-                        SqliteSync::Full => SqliteSynchronous::Full,
-                    })
-                    // SQLite checkpoints on the commit that crosses the threshold (1,000 pages by
-                    // default), and a checkpoint flushes the log and the file to disk: a stall
-                    // of milliseconds inside a request while the write lock is held. The server
-                    // checkpoints every second instead ([`Storage::checkpoint`]); the higher
-                    // threshold only bounds the log for applications that never call it.
-                    .pragma("wal_autocheckpoint", AUTOCHECKPOINT_PAGES.to_string())
-            });
-        let db = Database::connect(options).await?;
-        Ok(Self { db })
+            .map_sqlx_sqlite_opts(move |sqlite| sqlite_tuning(sqlite, sqlite_sync));
+        options
     }
 
     /// Calls `on_statement` for every SQL statement run through this storage from now on (for
     /// tests that hold the number of statements per operation to a budget). Storage handed
     /// out before (repositories) is not affected.
     pub fn on_statement(&mut self, on_statement: impl Fn() + Send + Sync + 'static) {
-        self.db.set_metric_callback(move |_| on_statement());
+        // Each handle keeps its own callback, also when both are the same PostgreSQL pool.
+        let on_statement = std::sync::Arc::new(on_statement);
+        let on_statement_arc: std::sync::Arc<dyn Fn() + Send + Sync> = on_statement.clone();
+        let on_write = on_statement.clone();
+        let Connections { read, write_pool, write } = &mut self.connections;
+        read.set_metric_callback(move |_| on_statement());
+        write_pool.set_metric_callback(move |_| on_write());
+        match write {
+            Writer::Pool(pool) => *pool = write_pool.clone(),
+            Writer::Queue { .. } => write.count_statements(on_statement_arc),
+        }
     }
 
     /// Applies every pending migration.
@@ -141,7 +185,7 @@ impl Storage {
     /// # Errors
     /// `Database` when a migration fails; nothing after it is applied.
     pub async fn migrate(&self) -> Result<(), StorageError> {
-        migration::Migrator::up(&self.db, None).await?;
+        migration::Migrator::up(&self.connections.write_pool, None).await?;
         Ok(())
     }
 
@@ -152,8 +196,13 @@ impl Storage {
     /// # Errors
     /// `Database` when the checkpoint fails.
     pub async fn checkpoint(&self) -> Result<(), StorageError> {
-        if self.db.get_database_backend() == DbBackend::Sqlite {
-            self.db.execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)").await?;
+        if self.backend() == DbBackend::Sqlite {
+            // On the writing connection, between two writes: no write can slip in while it
+            // copies, so it copies the whole log and the next write starts the log afresh.
+            self.connections
+                .write
+                .alone(|db| Box::pin(async move { db.execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)").await }))
+                .await?;
         }
         Ok(())
     }
@@ -163,29 +212,33 @@ impl Storage {
     /// # Errors
     /// `Database` when it does not.
     pub async fn ping(&self) -> Result<(), StorageError> {
-        self.db.ping().await?;
+        self.connections.read.ping().await?;
         Ok(())
     }
 
     /// Names the backend, for logs: `sqlite` or `postgres`.
     pub fn backend_name(&self) -> &'static str {
-        match self.db.get_database_backend() {
+        match self.backend() {
             DbBackend::Sqlite => "sqlite",
             DbBackend::Postgres => "postgres",
             DbBackend::MySql => "mysql",
         }
     }
 
+    fn backend(&self) -> DbBackend {
+        self.connections.read.get_database_backend()
+    }
+
     pub fn calls(&self) -> SqlCallRepository {
-        SqlCallRepository::new(self.db.clone())
+        SqlCallRepository::new(self.connections.clone())
     }
 
     pub fn directory(&self) -> SqlDirectory {
-        SqlDirectory::new(self.db.clone())
+        SqlDirectory::new(self.connections.clone())
     }
 
     pub fn notifications(&self) -> SqlNotifications {
-        SqlNotifications::new(self.db.clone())
+        SqlNotifications::new(self.connections.clone())
     }
 
     /// Closes every pooled connection.
@@ -193,7 +246,11 @@ impl Storage {
     /// # Errors
     /// `Database` when closing fails.
     pub async fn close(self) -> Result<(), StorageError> {
-        self.db.close().await?;
+        let Connections { read, write_pool, write } = self.connections;
+        drop(write);
+        read.close().await?;
+        // The same pool again on PostgreSQL and in memory: closing it twice is harmless.
+        write_pool.close().await?;
         Ok(())
     }
 }
@@ -219,7 +276,8 @@ mod tests {
         let path = dir.join(format!("ringline_test_ckpt_{}.db", std::process::id()));
         let storage = Storage::connect(&format!("sqlite://{}?mode=rwc", path.display())).await.expect("open");
         let pragma = |sql: &str| Statement::from_string(DbBackend::Sqlite, sql.to_owned());
-        let threshold = storage.db.query_one(pragma("PRAGMA wal_autocheckpoint")).await.expect("pragma");
+        let threshold =
+            storage.connections.write_pool.query_one(pragma("PRAGMA wal_autocheckpoint")).await.expect("pragma");
         let threshold: i64 = threshold.expect("one row").try_get_by_index(0).expect("number");
         assert_eq!(threshold, i64::from(AUTOCHECKPOINT_PAGES));
         storage.migrate().await.expect("migrate: written to the log only");

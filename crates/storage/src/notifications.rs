@@ -8,23 +8,20 @@ use ringline_domain::{
     Timestamp, UserId,
 };
 use sea_orm::sea_query::Expr;
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
-};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set};
 use serde_json::json;
 
 use crate::entity::notification;
-use crate::storage_failure;
+use crate::{Connections, storage_failure};
 
 /// The notification repository over a sea-orm connection.
 #[derive(Debug, Clone)]
 pub struct SqlNotifications {
-    db: DatabaseConnection,
+    db: Connections,
 }
 
 impl SqlNotifications {
-    pub fn new(db: DatabaseConnection) -> Self {
+    pub(crate) fn new(db: Connections) -> Self {
         Self { db }
     }
 }
@@ -70,22 +67,20 @@ impl NotificationRepository for SqlNotifications {
             unread: Set(true),
             created_at: Set(new.created_at.as_datetime()),
             ..Default::default()
-        }
-        .insert(&self.db)
-        .await
-        .map_err(storage_failure)?;
+        };
+        let row = self.db.write.write(move |db| Box::pin(row.insert(db))).await.map_err(storage_failure)?;
         to_notification(row)
     }
 
     async fn list(&self, recipient: &UserId, page: PageRequest) -> Result<Page<Notification>, RepositoryError> {
         let query = notification::Entity::find().filter(notification::Column::RecipientId.eq(recipient.as_str()));
-        let total = query.clone().count(&self.db).await.map_err(storage_failure)?;
+        let total = query.clone().count(&self.db.read).await.map_err(storage_failure)?;
         let rows = query
             .order_by_desc(notification::Column::CreatedAt)
             .order_by_desc(notification::Column::Id)
             .offset(page.offset())
             .limit(u64::from(page.per_page))
-            .all(&self.db)
+            .all(&self.db.read)
             .await
             .map_err(storage_failure)?;
         Ok(Page { items: rows.into_iter().map(to_notification).collect::<Result<_, _>>()?, total })
@@ -96,7 +91,7 @@ impl NotificationRepository for SqlNotifications {
             .col_expr(notification::Column::Unread, Expr::value(false))
             .filter(notification::Column::Id.eq(id))
             .filter(notification::Column::RecipientId.eq(recipient.as_str()))
-            .exec(&self.db)
+            .exec(&self.db.write_pool)
             .await
             .map_err(storage_failure)?;
         Ok(updated.rows_affected > 0)
@@ -107,7 +102,7 @@ impl NotificationRepository for SqlNotifications {
             .col_expr(notification::Column::Unread, Expr::value(false))
             .filter(notification::Column::RecipientId.eq(recipient.as_str()))
             .filter(notification::Column::Unread.eq(true))
-            .exec(&self.db)
+            .exec(&self.db.write_pool)
             .await
             .map_err(storage_failure)?;
         Ok(updated.rows_affected)

@@ -59,7 +59,8 @@ impl TestDatabase {
                 });
                 use sea_orm::ConnectionTrait;
                 admin
-                    .db
+                    .connections
+                    .write_pool
                     .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
                     .await
                     .expect("CREATE DATABASE for a test");
@@ -92,7 +93,8 @@ impl TestDatabase {
         use sea_orm::ConnectionTrait;
         let admin = Storage::connect(admin_url).await.expect("connect as admin");
         admin
-            .db
+            .connections
+            .write_pool
             .execute_unprepared(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
             .await
             .expect("drop the database");
@@ -108,7 +110,8 @@ impl TestDatabase {
                 use sea_orm::ConnectionTrait;
                 let admin = Storage::connect(&admin_url).await.expect("reconnect to drop the test database");
                 admin
-                    .db
+                    .connections
+                    .write_pool
                     .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
                     .await
                     .expect("DROP DATABASE for a test");

@@ -18,6 +18,7 @@ on_both_databases!(
     a_crossing_call_finds_both_lines_taken,
     finishing_a_call_frees_both_lines,
     a_stale_transition_is_a_conflict,
+    simultaneous_writes_each_get_their_own_outcome,
     a_transition_on_a_missing_call_is_not_found,
     listing_is_newest_first_paginated_and_private,
     listing_can_narrow_to_calls_with_one_user,
@@ -94,6 +95,36 @@ async fn a_stale_transition_is_a_conflict(storage: Storage) {
     let late = repo.apply(&accept).await;
     assert!(matches!(late, Err(RepositoryError::Conflict { current: CallStatus::Cancelled })), "{late:?}");
     assert_eq!(repo.get(ringing.id()).await.expect("read"), Some(cancel.call));
+}
+
+/// Writes issued at the same moment (committed together on SQLite, concurrently on
+/// PostgreSQL) each get their own outcome: a busy line or a lost race refuses only its own
+/// write, never one committed beside it.
+async fn simultaneous_writes_each_get_their_own_outcome(storage: Storage) {
+    let repo = storage.calls();
+    let ringing = ring(&repo, "alice", "bob", 0).await;
+    let accept = transition(ringing.accept(&user("bob"), at(1)).expect("accept"));
+    let cancel = transition(ringing.end(&user("alice"), at(1)).expect("cancel"));
+    let (carol_dave, erin_dave, frank_gina, accepted, cancelled) = tokio::join!(
+        repo.create(new_call("carol", "dave", 1)),
+        repo.create(new_call("erin", "dave", 1)),
+        repo.create(new_call("frank", "gina", 1)),
+        repo.apply(&accept),
+        repo.apply(&cancel),
+    );
+    frank_gina.expect("an unrelated call is stored");
+    let dave_busy = |attempt: &Result<Call, RepositoryError>| matches!(attempt, Err(RepositoryError::LineBusy { user }) if user.as_str() == "dave");
+    assert!(
+        (carol_dave.is_ok() && dave_busy(&erin_dave)) || (erin_dave.is_ok() && dave_busy(&carol_dave)),
+        "exactly one call rings dave: {carol_dave:?} / {erin_dave:?}"
+    );
+    let winner = match (&accepted, &cancelled) {
+        (Ok(()), Err(RepositoryError::Conflict { current: CallStatus::Active })) => accept.call,
+        (Err(RepositoryError::Conflict { current: CallStatus::Cancelled }), Ok(())) => cancel.call,
+        other => panic!("exactly one of accept and cancel wins, the other sees it: {other:?}"),
+    };
+    assert_eq!(repo.get(ringing.id()).await.expect("read"), Some(winner));
+    assert_eq!(list(&storage, "frank", 1).await.total, 1);
 }
 
 async fn a_transition_on_a_missing_call_is_not_found(storage: Storage) {

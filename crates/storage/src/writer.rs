@@ -1,0 +1,456 @@
+//! [`Writer`]: where the repositories' writes go, and group commit for a SQLite file.
+//!
+//! SQLite lets one connection write at a time. Writing from several pooled connections makes
+//! the losers of each race sleep in SQLite's busy handler, empties every other connection's
+//! page cache at each commit, and (under steady writes) keeps any checkpoint from finding the
+//! log fully copied, so the log is never restarted and grows by hundreds of megabytes. So on a
+//! SQLite file one task owns the only writing connection (its own, outside any pool: sqlx
+//! pings each connection given back to a pool, a second trip to SQLite's worker thread per
+//! statement) and runs the writes queued for it one after another; when several are waiting,
+//! it runs them in one transaction and commits once (group commit): a page that several of
+//! them change is written to the log once. A write is acknowledged only after its commit, so
+//! nothing acknowledged is lost that a commit of its own would have kept. A write alone in the
+//! queue runs without a transaction, as one statement would anyway.
+//!
+//! PostgreSQL (and in-memory SQLite) writes go straight to the pool: PostgreSQL writes
+//! concurrently, and an error inside a PostgreSQL transaction would abort every write in it.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use futures_util::future::BoxFuture;
+use sea_orm::sea_query::Values;
+use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sea_orm::sqlx::{self, Connection as _};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, ExecResult, QueryResult, RuntimeErr, Statement};
+use sea_query_binder::SqlxValues;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+/// Writes that may wait for the writing connection before callers wait themselves.
+const QUEUE_CAPACITY: usize = 1024;
+
+/// The most writes committed together: bounds how long the first of them waits for the last.
+const MAX_BATCH: usize = 64;
+
+/// The connection a write runs on: the pool itself, or the writer task's own connection
+/// (inside the transaction of a group commit when others are committed with it).
+#[derive(Debug)]
+pub(crate) enum WriteConnection<'a> {
+    Pool(&'a DatabaseConnection),
+    Own(&'a OwnConnection),
+}
+
+/// Called for every statement run (see `Storage::on_statement`).
+pub(crate) type StatementCounter = Arc<RwLock<Option<Arc<dyn Fn() + Send + Sync>>>>;
+
+/// The writer task's connection to the SQLite file, outside any pool. sqlx pings every
+/// connection given back to a pool, which on SQLite is a second trip to the connection's
+/// worker thread per statement; a connection that is never given back is never pinged.
+pub(crate) struct OwnConnection {
+    connection: Mutex<SqliteConnection>,
+    counter: StatementCounter,
+}
+
+impl fmt::Debug for OwnConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OwnConnection")
+    }
+}
+
+impl OwnConnection {
+    async fn open(options: &SqliteConnectOptions, counter: StatementCounter) -> Result<Self, DbErr> {
+        let connection =
+            SqliteConnection::connect_with(options).await.map_err(|e| DbErr::Conn(RuntimeErr::SqlxError(e)))?;
+        Ok(Self { connection: Mutex::new(connection), counter })
+    }
+
+    fn count(&self) {
+        let counter = self.counter.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(on_statement) = counter.as_ref() {
+            on_statement();
+        }
+    }
+}
+
+/// `stmt` with its values bound the way sea-orm binds them.
+fn bound(stmt: &Statement) -> sqlx::query::Query<'_, sqlx::Sqlite, SqlxValues> {
+    sqlx::query_with(&stmt.sql, SqlxValues(stmt.values.clone().unwrap_or(Values(Vec::new()))))
+}
+
+fn exec_error(error: sqlx::Error) -> DbErr {
+    DbErr::Exec(RuntimeErr::SqlxError(error))
+}
+
+fn query_error(error: sqlx::Error) -> DbErr {
+    DbErr::Query(RuntimeErr::SqlxError(error))
+}
+
+#[async_trait::async_trait]
+impl ConnectionTrait for OwnConnection {
+    fn get_database_backend(&self) -> DbBackend {
+        DbBackend::Sqlite
+    }
+
+    // SQLite has had `RETURNING` since 3.35 (2021); the bundled library is newer.
+    fn support_returning(&self) -> bool {
+        true
+    }
+
+    async fn execute(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        self.count();
+        let mut connection = self.connection.lock().await;
+        bound(&stmt).execute(&mut *connection).await.map(ExecResult::from).map_err(exec_error)
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        self.count();
+        let mut connection = self.connection.lock().await;
+        sqlx::Executor::execute(&mut *connection, sql).await.map(ExecResult::from).map_err(exec_error)
+    }
+
+    async fn query_one(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        self.count();
+        let mut connection = self.connection.lock().await;
+        bound(&stmt).fetch_optional(&mut *connection).await.map(|row| row.map(QueryResult::from)).map_err(query_error)
+    }
+
+    async fn query_all(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        self.count();
+        let mut connection = self.connection.lock().await;
+        let rows = bound(&stmt).fetch_all(&mut *connection).await.map_err(query_error)?;
+        Ok(rows.into_iter().map(QueryResult::from).collect())
+    }
+}
+
+#[async_trait::async_trait]
+impl ConnectionTrait for WriteConnection<'_> {
+    fn get_database_backend(&self) -> DbBackend {
+        match self {
+            Self::Pool(db) => db.get_database_backend(),
+            Self::Own(own) => own.get_database_backend(),
+        }
+    }
+
+    // Delegated: each handle knows whether its SQLite version has `RETURNING`.
+    fn support_returning(&self) -> bool {
+        match self {
+            Self::Pool(db) => db.support_returning(),
+            Self::Own(own) => own.support_returning(),
+        }
+    }
+
+    async fn execute(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        match self {
+            Self::Pool(db) => db.execute(stmt).await,
+            Self::Own(own) => own.execute(stmt).await,
+        }
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        match self {
+            Self::Pool(db) => db.execute_unprepared(sql).await,
+            Self::Own(own) => own.execute_unprepared(sql).await,
+        }
+    }
+
+    async fn query_one(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        match self {
+            Self::Pool(db) => db.query_one(stmt).await,
+            Self::Own(own) => own.query_one(stmt).await,
+        }
+    }
+
+    async fn query_all(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        match self {
+            Self::Pool(db) => db.query_all(stmt).await,
+            Self::Own(own) => own.query_all(stmt).await,
+        }
+    }
+}
+
+/// One write: its statements, and where its result goes once committed. `alone` jobs run
+/// outside any transaction (a checkpoint cannot run inside one).
+pub(crate) struct Job {
+    run: RunJob,
+    alone: bool,
+}
+
+/// A job's statements, run on the writing connection.
+type RunJob = Box<dyn for<'c> FnOnce(&'c WriteConnection<'c>) -> BoxFuture<'c, Settle> + Send>;
+
+/// Reports a job's result, given whether its commit succeeded.
+type Report = Box<dyn FnOnce(Result<(), &DbErr>) + Send>;
+
+/// What a job did, to be reported once its commit is known: `Ok` hands the result over if
+/// the commit succeeded (and the error otherwise); `Err` means a statement failed in a way
+/// that may have ended the transaction, so the batch is rolled back (the job has already
+/// told its caller).
+type Settle = Result<Report, DbErr>;
+
+/// Where the repositories' writes go (see the module documentation).
+#[derive(Clone)]
+pub(crate) enum Writer {
+    Pool(DatabaseConnection),
+    Queue { queue: mpsc::Sender<Job>, counter: StatementCounter },
+}
+
+impl fmt::Debug for Writer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Pool(_) => "Writer::Pool",
+            Self::Queue { .. } => "Writer::Queue",
+        })
+    }
+}
+
+impl Writer {
+    /// Group commit on a connection of its own to the SQLite file `options` names, run by a
+    /// task spawned now.
+    ///
+    /// # Errors
+    /// When the connection cannot be opened.
+    pub(crate) async fn group_commit(options: SqliteConnectOptions) -> Result<Self, DbErr> {
+        let counter = StatementCounter::default();
+        let connection = OwnConnection::open(&options, counter.clone()).await?;
+        let (queue, jobs) = mpsc::channel(QUEUE_CAPACITY);
+        tokio::spawn(run_jobs(connection, options, jobs));
+        Ok(Self::Queue { queue, counter })
+    }
+
+    /// Calls `on_statement` for every statement this writer runs from now on.
+    pub(crate) fn count_statements(&self, on_statement: Arc<dyn Fn() + Send + Sync>) {
+        if let Self::Queue { counter, .. } = self {
+            *counter.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(on_statement);
+        }
+    }
+
+    /// Runs `work` on the writing connection and returns its result once it is committed.
+    ///
+    /// `work` must turn the errors it expects (a constraint it relies on) into its result: an
+    /// `Err` from it rolls back every write committed with it.
+    ///
+    /// # Errors
+    /// The statement's or the commit's error.
+    pub(crate) async fn write<T, F>(&self, work: F) -> Result<T, DbErr>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c WriteConnection<'c>) -> BoxFuture<'c, Result<T, DbErr>> + Send + 'static,
+    {
+        self.submit(work, false).await
+    }
+
+    /// Runs `work` on the writing connection outside any transaction (for a checkpoint).
+    ///
+    /// # Errors
+    /// The statement's error.
+    pub(crate) async fn alone<T, F>(&self, work: F) -> Result<T, DbErr>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c WriteConnection<'c>) -> BoxFuture<'c, Result<T, DbErr>> + Send + 'static,
+    {
+        self.submit(work, true).await
+    }
+
+    async fn submit<T, F>(&self, work: F, alone: bool) -> Result<T, DbErr>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c WriteConnection<'c>) -> BoxFuture<'c, Result<T, DbErr>> + Send + 'static,
+    {
+        let queue = match self {
+            Self::Pool(db) => return work(&WriteConnection::Pool(db)).await,
+            Self::Queue { queue, .. } => queue,
+        };
+        let (done, result) = oneshot::channel();
+        let run: RunJob = Box::new(move |connection| {
+            Box::pin(async move {
+                match work(connection).await {
+                    Ok(value) => {
+                        let settle: Report = Box::new(move |committed| {
+                            // The caller may have gone away (its request was cancelled).
+                            let _ = done.send(committed.map(|()| value).map_err(batch_failed));
+                        });
+                        Ok(settle)
+                    }
+                    Err(error) => {
+                        let summary = DbErr::Custom(error.to_string());
+                        let _ = done.send(Err(error));
+                        Err(summary)
+                    }
+                }
+            })
+        });
+        queue
+            .send(Job { run, alone })
+            .await
+            .map_err(|_| DbErr::Custom("the database writer has stopped".to_owned()))?;
+        // Dropped unrun (the writer could not open a transaction, or stopped): not written.
+        result.await.map_err(|_| DbErr::Custom("the write was not run; see the log".to_owned()))?
+    }
+}
+
+/// The error a write gets when the batch it was committed with failed.
+fn batch_failed(error: &DbErr) -> DbErr {
+    DbErr::Custom(format!("the write was not committed: {error}"))
+}
+
+/// The writer task: takes the jobs waiting, runs them, commits them together.
+async fn run_jobs(mut connection: OwnConnection, options: SqliteConnectOptions, mut jobs: mpsc::Receiver<Job>) {
+    let mut pending = VecDeque::with_capacity(MAX_BATCH);
+    loop {
+        if pending.is_empty() {
+            match jobs.recv().await {
+                Some(job) => pending.push_back(job),
+                None => return, // Every handle is gone.
+            }
+        }
+        while pending.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => pending.push_back(job),
+                Err(_) => break,
+            }
+        }
+        let failed = if pending.len() == 1 || pending.front().is_some_and(|job| job.alone) {
+            // No transaction to open and commit around a single write. Its caller hears of an error.
+            let job = pending.pop_front().expect("a job");
+            match (job.run)(&WriteConnection::Own(&connection)).await {
+                Ok(settle) => {
+                    settle(Ok(()));
+                    false
+                }
+                Err(_) => true,
+            }
+        } else {
+            run_batch(&connection, &mut pending).await
+        };
+        if failed && connection.connection.get_mut().ping().await.is_err() {
+            // The connection itself broke (its worker thread is gone): open another.
+            tracing::warn!("the database writer's connection broke; reopening it");
+            match OwnConnection::open(&options, connection.counter.clone()).await {
+                Ok(reopened) => connection = reopened,
+                Err(error) => tracing::error!(%error, "cannot reopen the database writer's connection"),
+            }
+        }
+    }
+}
+
+/// Runs the jobs at the front of `pending` in one transaction, up to the first `alone` one or
+/// the first that fails, and tells each whether the commit succeeded. Returns whether one
+/// failed.
+async fn run_batch(connection: &OwnConnection, pending: &mut VecDeque<Job>) -> bool {
+    if let Err(error) = connection.execute_unprepared("BEGIN IMMEDIATE").await {
+        tracing::error!(%error, "cannot begin a database transaction; failing the writes waiting");
+        pending.clear(); // Their callers hear that nothing was written.
+        return true;
+    }
+    let own = WriteConnection::Own(connection);
+    let mut settled = Vec::with_capacity(pending.len());
+    let mut failed = None;
+    while pending.front().is_some_and(|job| !job.alone) {
+        let job = pending.pop_front().expect("a job");
+        match (job.run)(&own).await {
+            Ok(settle) => settled.push(settle),
+            Err(error) => {
+                failed = Some(error);
+                break;
+            }
+        }
+    }
+    let outcome = match failed {
+        None => connection.execute_unprepared("COMMIT").await.map(|_| ()),
+        Some(error) => Err(error),
+    };
+    if let Err(error) = &outcome {
+        // The failed statement may have ended the transaction already (SQLite rolls back on
+        // some I/O errors): what ran with it is rolled back and reported as failed.
+        tracing::warn!(%error, writes = settled.len(), "writes committed together failed; rolling back");
+        if let Err(rollback) = connection.execute_unprepared("ROLLBACK").await {
+            tracing::debug!(error = %rollback, "no transaction left to roll back");
+        }
+    }
+    for settle in settled {
+        settle(outcome.as_ref().map(|_| ()));
+    }
+    outcome.is_err()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures_util::future::join_all;
+
+    use super::*;
+    use crate::Storage;
+    use crate::testing::remove_sqlite_files;
+
+    async fn open(name: &str) -> (Storage, std::path::PathBuf) {
+        let path = std::env::temp_dir().join(format!("ringline_test_writer_{name}_{}.db", std::process::id()));
+        remove_sqlite_files(&path);
+        let storage = Storage::connect(&format!("sqlite://{}?mode=rwc", path.display())).await.expect("open");
+        storage.migrate().await.expect("migrate");
+        (storage, path)
+    }
+
+    fn insert_user(id: &str) -> String {
+        format!(
+            "INSERT INTO users (id, username, first_name, last_name, created_at, updated_at) \
+             VALUES ('{id}', '{id}', '', '', '2026-12-03T00:00:00Z', '2026-12-03T00:00:00Z')"
+        )
+    }
+
+    async fn users(storage: &Storage) -> i64 {
+        let row =
+            storage.connections.read.query_one(Statement::from_string(DbBackend::Sqlite, "SELECT count(*) FROM users"));
+        row.await.expect("count").expect("a row").try_get_by_index(0).expect("a number")
+    }
+
+    /// Writes that wait together are committed by one transaction (one `BEGIN` and one
+    /// `COMMIT` around them), and each caller gets its own result once it is committed.
+    #[tokio::test]
+    async fn writes_waiting_together_are_committed_together() {
+        let (mut storage, path) = open("together").await;
+        let statements = Arc::new(AtomicUsize::new(0));
+        let counter = statements.clone();
+        storage.on_statement(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        });
+        let writer = storage.connections.write.clone();
+        // On this single-threaded runtime every write is queued before the writer task runs.
+        let writes = (0..10).map(|i| {
+            writer.write(move |db| {
+                Box::pin(async move { db.execute_unprepared(&insert_user(&format!("u{i}"))).await.map(|_| i) })
+            })
+        });
+        let results: Vec<_> = join_all(writes).await.into_iter().map(|r| r.expect("committed")).collect();
+        assert_eq!(results, (0..10).collect::<Vec<_>>(), "each caller got its own result");
+        assert_eq!(statements.load(Ordering::SeqCst), 10 + 2, "ten inserts between one BEGIN and one COMMIT");
+        assert_eq!(users(&storage).await, 10, "visible to the other connections once acknowledged");
+        storage.close().await.expect("close");
+        remove_sqlite_files(&path);
+    }
+
+    /// A write whose statement fails takes the writes committed with it down (they are rolled
+    /// back and told so), the writes after it go into the next transaction, and the writer
+    /// goes on.
+    #[tokio::test]
+    async fn a_failed_write_rolls_back_its_batch_and_the_writer_goes_on() {
+        let (storage, path) = open("failed").await;
+        let writer = storage.connections.write.clone();
+        let insert = |id: &'static str| {
+            writer.write(move |db| Box::pin(async move { db.execute_unprepared(&insert_user(id)).await.map(|_| ()) }))
+        };
+        let broken =
+            writer.write(|db| Box::pin(async move { db.execute_unprepared("SELECT * FROM no_such_table").await }));
+        let (before, failed, after) = tokio::join!(insert("before"), broken, insert("after"));
+        let before = before.expect_err("rolled back with the failed write");
+        assert!(before.to_string().contains("not committed"), "{before}");
+        assert!(failed.expect_err("its own error").to_string().contains("no_such_table"));
+        after.expect("committed in the next transaction");
+        assert_eq!(users(&storage).await, 1, "only the write after the failure is stored");
+        insert("later").await.expect("the writer goes on");
+        assert_eq!(users(&storage).await, 2);
+        storage.close().await.expect("close");
+        remove_sqlite_files(&path);
+    }
+}
