@@ -19,6 +19,7 @@ mod directory;
 mod entity;
 pub mod migration;
 mod notifications;
+mod postgres_pool;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod writer;
@@ -26,14 +27,19 @@ mod writer;
 use std::time::Duration;
 
 use sea_orm::sqlx::ConnectOptions as _;
+use sea_orm::sqlx::postgres::PgConnectOptions;
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, ExecResult, QueryResult,
+    RuntimeErr, Statement,
+};
 use sea_orm_migration::MigratorTrait;
 
 pub use calls::SqlCallRepository;
 pub use directory::{DirectoryWriteError, SqlDirectory};
 pub use notifications::SqlNotifications;
-use writer::Writer;
+use postgres_pool::PostgresPool;
+use writer::{StatementCounter, Writer};
 
 /// The URL used when none is configured: a SQLite file in the working directory, created on
 /// first start.
@@ -61,6 +67,59 @@ pub enum SqliteSync {
 /// Write-ahead log pages after which a commit checkpoints by itself (SQLite's default is 1,000,
 /// 4 MB): a safety net only, see [`Storage::checkpoint`].
 const AUTOCHECKPOINT_PAGES: u32 = 10_000;
+
+/// Where queries go: sea-orm's pool (SQLite), or connections handed out without a round trip
+/// (PostgreSQL: see `postgres_pool.rs`).
+#[derive(Debug, Clone)]
+pub(crate) enum Reader {
+    Pool(DatabaseConnection),
+    Postgres(PostgresPool),
+}
+
+#[async_trait::async_trait]
+impl ConnectionTrait for Reader {
+    fn get_database_backend(&self) -> DbBackend {
+        match self {
+            Self::Pool(db) => db.get_database_backend(),
+            Self::Postgres(pool) => pool.get_database_backend(),
+        }
+    }
+
+    fn support_returning(&self) -> bool {
+        match self {
+            Self::Pool(db) => db.support_returning(),
+            Self::Postgres(pool) => pool.support_returning(),
+        }
+    }
+
+    async fn execute(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        match self {
+            Self::Pool(db) => db.execute(stmt).await,
+            Self::Postgres(pool) => pool.execute(stmt).await,
+        }
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        match self {
+            Self::Pool(db) => db.execute_unprepared(sql).await,
+            Self::Postgres(pool) => pool.execute_unprepared(sql).await,
+        }
+    }
+
+    async fn query_one(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        match self {
+            Self::Pool(db) => db.query_one(stmt).await,
+            Self::Postgres(pool) => pool.query_one(stmt).await,
+        }
+    }
+
+    async fn query_all(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        match self {
+            Self::Pool(db) => db.query_all(stmt).await,
+            Self::Postgres(pool) => pool.query_all(stmt).await,
+        }
+    }
+}
 
 /// Settings of every connection to a SQLite file (per connection, so set when it opens rather
 /// than by one PRAGMA).
@@ -99,7 +158,7 @@ pub struct Storage {
 /// (directory changes, migrations). On PostgreSQL all three are the same pool.
 #[derive(Debug, Clone)]
 pub(crate) struct Connections {
-    pub(crate) read: DatabaseConnection,
+    pub(crate) read: Reader,
     /// The writing pool itself, for multi-statement transactions that are not on a hot path.
     pub(crate) write_pool: DatabaseConnection,
     /// Where single writes go: group commit on a SQLite file, `write_pool` otherwise.
@@ -130,16 +189,26 @@ impl Storage {
         if !is_sqlite && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
             return Err(StorageError::UnsupportedUrl);
         }
-        // An in-memory SQLite database exists once per pool, so it keeps a single pool.
         let sqlite_file = is_sqlite && !url.contains(":memory:") && !url.contains("mode=memory");
-        let read = Database::connect(Self::options(url, if is_sqlite { 8 } else { 16 }, sqlite_sync)).await?;
-        let (write_pool, write) = if sqlite_file {
-            let own = url.parse::<SqliteConnectOptions>().map_err(|e| DbErr::Conn(RuntimeErr::SqlxError(e)))?;
+        let invalid_url = |e| DbErr::Conn(RuntimeErr::SqlxError(e));
+        let (read, write_pool, write) = if !is_sqlite {
+            let options = url.parse::<PgConnectOptions>().map_err(invalid_url)?;
+            let read = Reader::Postgres(PostgresPool::new(
+                options.log_statements(tracing::log::LevelFilter::Debug),
+                16,
+                StatementCounter::default(),
+            ));
+            (read.clone(), Database::connect(Self::options(url, 4, sqlite_sync)).await?, Writer::Pool(read))
+        } else if sqlite_file {
+            let own = url.parse::<SqliteConnectOptions>().map_err(invalid_url)?;
             let own = sqlite_tuning(own, sqlite_sync).log_statements(tracing::log::LevelFilter::Debug);
             let writer = Writer::group_commit(own).await?;
-            (Database::connect(Self::options(url, 1, sqlite_sync)).await?, writer)
+            let read = Reader::Pool(Database::connect(Self::options(url, 8, sqlite_sync)).await?);
+            (read, Database::connect(Self::options(url, 1, sqlite_sync)).await?, writer)
         } else {
-            (read.clone(), Writer::Pool(read.clone()))
+            // An in-memory SQLite database exists once per pool, so it keeps a single pool.
+            let pool = Database::connect(Self::options(url, 1, sqlite_sync)).await?;
+            (Reader::Pool(pool.clone()), pool.clone(), Writer::Pool(Reader::Pool(pool)))
         };
         Ok(Self { connections: Connections { read, write_pool, write } })
     }
@@ -172,10 +241,14 @@ impl Storage {
         let on_statement_arc: std::sync::Arc<dyn Fn() + Send + Sync> = on_statement.clone();
         let on_write = on_statement.clone();
         let Connections { read, write_pool, write } = &mut self.connections;
-        read.set_metric_callback(move |_| on_statement());
         write_pool.set_metric_callback(move |_| on_write());
+        match read {
+            Reader::Pool(pool) => pool.set_metric_callback(move |_| on_statement()),
+            Reader::Postgres(pool) => pool.count_statements(on_statement_arc.clone()),
+        }
         match write {
-            Writer::Pool(pool) => *pool = write_pool.clone(),
+            // The same handle as `read`, counted once.
+            Writer::Pool(pool) => *pool = read.clone(),
             Writer::Queue { .. } => write.count_statements(on_statement_arc),
         }
     }
@@ -212,7 +285,7 @@ impl Storage {
     /// # Errors
     /// `Database` when it does not.
     pub async fn ping(&self) -> Result<(), StorageError> {
-        self.connections.read.ping().await?;
+        self.connections.write_pool.ping().await?;
         Ok(())
     }
 
@@ -248,7 +321,10 @@ impl Storage {
     pub async fn close(self) -> Result<(), StorageError> {
         let Connections { read, write_pool, write } = self.connections;
         drop(write);
-        read.close().await?;
+        match read {
+            Reader::Pool(pool) => pool.close().await?,
+            Reader::Postgres(pool) => pool.close(),
+        }
         // The same pool again on PostgreSQL and in memory: closing it twice is harmless.
         write_pool.close().await?;
         Ok(())

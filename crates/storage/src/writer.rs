@@ -23,9 +23,11 @@ use futures_util::future::BoxFuture;
 use sea_orm::sea_query::Values;
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sea_orm::sqlx::{self, Connection as _};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, ExecResult, QueryResult, RuntimeErr, Statement};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, ExecResult, QueryResult, RuntimeErr, Statement};
 use sea_query_binder::SqlxValues;
 use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::Reader;
 
 /// Writes that may wait for the writing connection before callers wait themselves.
 const QUEUE_CAPACITY: usize = 1024;
@@ -37,7 +39,7 @@ const MAX_BATCH: usize = 64;
 /// (inside the transaction of a group commit when others are committed with it).
 #[derive(Debug)]
 pub(crate) enum WriteConnection<'a> {
-    Pool(&'a DatabaseConnection),
+    Pool(&'a Reader),
     Own(&'a OwnConnection),
 }
 
@@ -191,7 +193,7 @@ type Settle = Result<Report, DbErr>;
 /// Where the repositories' writes go (see the module documentation).
 #[derive(Clone)]
 pub(crate) enum Writer {
-    Pool(DatabaseConnection),
+    Pool(Reader),
     Queue { queue: mpsc::Sender<Job>, counter: StatementCounter },
 }
 
