@@ -15,20 +15,21 @@
 //! [`Directory`]: ringline_domain::Directory
 
 mod calls;
+mod direct_pool;
 mod directory;
+mod driver;
 mod entity;
 pub mod migration;
 mod notifications;
-mod postgres_pool;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod writer;
 
 use std::time::Duration;
 
-use sea_orm::sqlx::ConnectOptions as _;
 use sea_orm::sqlx::postgres::PgConnectOptions;
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sea_orm::sqlx::{self, ConnectOptions as _};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, ExecResult, QueryResult,
     RuntimeErr, Statement,
@@ -36,10 +37,10 @@ use sea_orm::{
 use sea_orm_migration::MigratorTrait;
 
 pub use calls::SqlCallRepository;
+use direct_pool::DirectPool;
 pub use directory::{DirectoryWriteError, SqlDirectory};
 pub use notifications::SqlNotifications;
-use postgres_pool::PostgresPool;
-use writer::{StatementCounter, Writer};
+use writer::Writer;
 
 /// The URL used when none is configured: a SQLite file in the working directory, created on
 /// first start.
@@ -73,7 +74,8 @@ const AUTOCHECKPOINT_PAGES: u32 = 10_000;
 #[derive(Debug, Clone)]
 pub(crate) enum Reader {
     Pool(DatabaseConnection),
-    Postgres(PostgresPool),
+    Postgres(DirectPool<sqlx::Postgres>),
+    Sqlite(DirectPool<sqlx::Sqlite>),
 }
 
 #[async_trait::async_trait]
@@ -82,6 +84,7 @@ impl ConnectionTrait for Reader {
         match self {
             Self::Pool(db) => db.get_database_backend(),
             Self::Postgres(pool) => pool.get_database_backend(),
+            Self::Sqlite(pool) => pool.get_database_backend(),
         }
     }
 
@@ -89,6 +92,7 @@ impl ConnectionTrait for Reader {
         match self {
             Self::Pool(db) => db.support_returning(),
             Self::Postgres(pool) => pool.support_returning(),
+            Self::Sqlite(pool) => pool.support_returning(),
         }
     }
 
@@ -96,6 +100,7 @@ impl ConnectionTrait for Reader {
         match self {
             Self::Pool(db) => db.execute(stmt).await,
             Self::Postgres(pool) => pool.execute(stmt).await,
+            Self::Sqlite(pool) => pool.execute(stmt).await,
         }
     }
 
@@ -103,6 +108,7 @@ impl ConnectionTrait for Reader {
         match self {
             Self::Pool(db) => db.execute_unprepared(sql).await,
             Self::Postgres(pool) => pool.execute_unprepared(sql).await,
+            Self::Sqlite(pool) => pool.execute_unprepared(sql).await,
         }
     }
 
@@ -110,6 +116,7 @@ impl ConnectionTrait for Reader {
         match self {
             Self::Pool(db) => db.query_one(stmt).await,
             Self::Postgres(pool) => pool.query_one(stmt).await,
+            Self::Sqlite(pool) => pool.query_one(stmt).await,
         }
     }
 
@@ -117,6 +124,7 @@ impl ConnectionTrait for Reader {
         match self {
             Self::Pool(db) => db.query_all(stmt).await,
             Self::Postgres(pool) => pool.query_all(stmt).await,
+            Self::Sqlite(pool) => pool.query_all(stmt).await,
         }
     }
 }
@@ -193,17 +201,13 @@ impl Storage {
         let invalid_url = |e| DbErr::Conn(RuntimeErr::SqlxError(e));
         let (read, write_pool, write) = if !is_sqlite {
             let options = url.parse::<PgConnectOptions>().map_err(invalid_url)?;
-            let read = Reader::Postgres(PostgresPool::new(
-                options.log_statements(tracing::log::LevelFilter::Debug),
-                16,
-                StatementCounter::default(),
-            ));
+            let read = Reader::Postgres(DirectPool::new(options.log_statements(tracing::log::LevelFilter::Debug), 16));
             (read.clone(), Database::connect(Self::options(url, 4, sqlite_sync)).await?, Writer::Pool(read))
         } else if sqlite_file {
-            let own = url.parse::<SqliteConnectOptions>().map_err(invalid_url)?;
-            let own = sqlite_tuning(own, sqlite_sync).log_statements(tracing::log::LevelFilter::Debug);
-            let writer = Writer::group_commit(own).await?;
-            let read = Reader::Pool(Database::connect(Self::options(url, 8, sqlite_sync)).await?);
+            let options = url.parse::<SqliteConnectOptions>().map_err(invalid_url)?;
+            let options = sqlite_tuning(options, sqlite_sync).log_statements(tracing::log::LevelFilter::Debug);
+            let writer = Writer::group_commit(options.clone()).await?;
+            let read = Reader::Sqlite(DirectPool::new(options, 8));
             (read, Database::connect(Self::options(url, 1, sqlite_sync)).await?, writer)
         } else {
             // An in-memory SQLite database exists once per pool, so it keeps a single pool.
@@ -245,6 +249,7 @@ impl Storage {
         match read {
             Reader::Pool(pool) => pool.set_metric_callback(move |_| on_statement()),
             Reader::Postgres(pool) => pool.count_statements(on_statement_arc.clone()),
+            Reader::Sqlite(pool) => pool.count_statements(on_statement_arc.clone()),
         }
         match write {
             // The same handle as `read`, counted once.
@@ -324,6 +329,7 @@ impl Storage {
         match read {
             Reader::Pool(pool) => pool.close().await?,
             Reader::Postgres(pool) => pool.close(),
+            Reader::Sqlite(pool) => pool.close(),
         }
         // The same pool again on PostgreSQL and in memory: closing it twice is harmless.
         write_pool.close().await?;

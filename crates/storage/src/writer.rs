@@ -20,14 +20,13 @@ use std::fmt;
 use std::sync::{Arc, RwLock};
 
 use futures_util::future::BoxFuture;
-use sea_orm::sea_query::Values;
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sea_orm::sqlx::{self, Connection as _};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, ExecResult, QueryResult, RuntimeErr, Statement};
-use sea_query_binder::SqlxValues;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::Reader;
+use crate::driver::Driver;
 
 /// Writes that may wait for the writing connection before callers wait themselves.
 const QUEUE_CAPACITY: usize = 1024;
@@ -75,19 +74,6 @@ impl OwnConnection {
     }
 }
 
-/// `stmt` with its values bound the way sea-orm binds them.
-fn bound(stmt: &Statement) -> sqlx::query::Query<'_, sqlx::Sqlite, SqlxValues> {
-    sqlx::query_with(&stmt.sql, SqlxValues(stmt.values.clone().unwrap_or(Values(Vec::new()))))
-}
-
-fn exec_error(error: sqlx::Error) -> DbErr {
-    DbErr::Exec(RuntimeErr::SqlxError(error))
-}
-
-fn query_error(error: sqlx::Error) -> DbErr {
-    DbErr::Query(RuntimeErr::SqlxError(error))
-}
-
 #[async_trait::async_trait]
 impl ConnectionTrait for OwnConnection {
     fn get_database_backend(&self) -> DbBackend {
@@ -101,27 +87,22 @@ impl ConnectionTrait for OwnConnection {
 
     async fn execute(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
         self.count();
-        let mut connection = self.connection.lock().await;
-        bound(&stmt).execute(&mut *connection).await.map(ExecResult::from).map_err(exec_error)
+        sqlx::Sqlite::execute(&mut *self.connection.lock().await, &stmt).await
     }
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
         self.count();
-        let mut connection = self.connection.lock().await;
-        sqlx::Executor::execute(&mut *connection, sql).await.map(ExecResult::from).map_err(exec_error)
+        sqlx::Sqlite::execute_unprepared(&mut *self.connection.lock().await, sql).await
     }
 
     async fn query_one(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
         self.count();
-        let mut connection = self.connection.lock().await;
-        bound(&stmt).fetch_optional(&mut *connection).await.map(|row| row.map(QueryResult::from)).map_err(query_error)
+        sqlx::Sqlite::query_one(&mut *self.connection.lock().await, &stmt).await
     }
 
     async fn query_all(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
         self.count();
-        let mut connection = self.connection.lock().await;
-        let rows = bound(&stmt).fetch_all(&mut *connection).await.map_err(query_error)?;
-        Ok(rows.into_iter().map(QueryResult::from).collect())
+        sqlx::Sqlite::query_all(&mut *self.connection.lock().await, &stmt).await
     }
 }
 

@@ -1,67 +1,74 @@
-//! [`PostgresPool`]: PostgreSQL connections handed out without a round trip.
+//! [`DirectPool`]: connections handed out and taken back without a round trip.
 //!
-//! sqlx pings every connection given back to its pool (unconditionally in sqlx 0.8), which
-//! doubles the round trips of a single-statement operation: five statements of a call cycle
-//! cost ten trips to a PostgreSQL server that, on one machine, competes for the same cores.
-//! This pool (deadpool) gives connections back as they are. What the ping protected against
-//! is handled where it arises: a connection whose statement was abandoned half-way (its
-//! caller went away) or failed for any reason but a database error is closed, not reused.
+//! sqlx pings every connection given back to its pool (unconditionally in sqlx 0.8): on
+//! PostgreSQL a second round trip per single-statement operation, to a server that on one
+//! machine competes for the same cores; on SQLite a second hand-off to the connection's worker
+//! thread. This pool (deadpool) takes connections back as they are. What the ping protected
+//! against is handled where it arises: a connection whose statement was abandoned half-way
+//! (its caller went away) or failed for any reason but a database error is closed, not reused.
 //!
 //! Only single statements run here; transactions stay on sea-orm's pool.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool::managed::{self, Manager, Metrics, Object, RecycleResult};
-use sea_orm::sea_query::Values;
-use sea_orm::sqlx::postgres::{PgConnectOptions, PgConnection};
-use sea_orm::sqlx::{self, Connection as _};
+use sea_orm::sqlx::{self, ConnectOptions as _};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, ExecResult, QueryResult, RuntimeErr, Statement};
-use sea_query_binder::SqlxValues;
 
+use crate::driver::{Driver, is_database_error};
 use crate::writer::StatementCounter;
 
+/// The options to open a connection to `D`.
+type Options<D> = <<D as sqlx::Database>::Connection as sqlx::Connection>::Options;
+
 /// Opens connections for the pool.
-struct Connector {
-    options: PgConnectOptions,
+struct Connector<D: Driver> {
+    options: Options<D>,
 }
 
-impl Manager for Connector {
-    type Type = PgConnection;
+impl<D: Driver> Manager for Connector<D> {
+    type Type = D::Connection;
     type Error = sqlx::Error;
 
-    async fn create(&self) -> Result<PgConnection, sqlx::Error> {
-        PgConnection::connect_with(&self.options).await
+    async fn create(&self) -> Result<D::Connection, sqlx::Error> {
+        self.options.connect().await
     }
 
-    async fn recycle(&self, _: &mut PgConnection, _: &Metrics) -> RecycleResult<sqlx::Error> {
+    async fn recycle(&self, _: &mut D::Connection, _: &Metrics) -> RecycleResult<sqlx::Error> {
         // No round trip: connections that may be unusable never come back (see `Checkout`).
         Ok(())
     }
 }
 
-/// A pool of PostgreSQL connections that runs sea-orm statements.
-#[derive(Clone)]
-pub(crate) struct PostgresPool {
-    pool: managed::Pool<Connector>,
+/// A pool of connections to `D` that runs sea-orm statements.
+pub(crate) struct DirectPool<D: Driver> {
+    pool: managed::Pool<Connector<D>>,
     counter: StatementCounter,
 }
 
-impl fmt::Debug for PostgresPool {
+impl<D: Driver> Clone for DirectPool<D> {
+    fn clone(&self) -> Self {
+        Self { pool: self.pool.clone(), counter: self.counter.clone() }
+    }
+}
+
+impl<D: Driver> fmt::Debug for DirectPool<D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PostgresPool").field("status", &self.pool.status()).finish()
+        f.debug_struct("DirectPool").field("backend", &D::BACKEND).field("status", &self.pool.status()).finish()
     }
 }
 
 /// A connection out of the pool. It goes back only when its statement finished with success
 /// or a database error (the connection is then ready for the next one); dropped half-way, or
 /// after an I/O or protocol error, the connection is closed instead.
-struct Checkout {
-    object: Option<Object<Connector>>,
+struct Checkout<D: Driver> {
+    object: Option<Object<Connector<D>>>,
     reusable: bool,
 }
 
-impl Drop for Checkout {
+impl<D: Driver> Drop for Checkout<D> {
     fn drop(&mut self) {
         if let (Some(object), false) = (self.object.take(), self.reusable) {
             drop(Object::take(object));
@@ -69,20 +76,20 @@ impl Drop for Checkout {
     }
 }
 
-impl Checkout {
-    fn connection(&mut self) -> &mut PgConnection {
+impl<D: Driver> Checkout<D> {
+    fn connection(&mut self) -> &mut D::Connection {
         self.object.as_mut().expect("present until dropped")
     }
 
-    fn settle<T>(&mut self, result: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
-        self.reusable = matches!(&result, Ok(_) | Err(sqlx::Error::Database(_) | sqlx::Error::RowNotFound));
+    fn settle<T>(&mut self, result: Result<T, DbErr>) -> Result<T, DbErr> {
+        self.reusable = result.as_ref().map_or_else(is_database_error, |_| true);
         result
     }
 }
 
-impl PostgresPool {
-    /// A pool of up to `max_connections` to the server `options` names; none opened yet.
-    pub(crate) fn new(options: PgConnectOptions, max_connections: usize, counter: StatementCounter) -> Self {
+impl<D: Driver> DirectPool<D> {
+    /// A pool of up to `max_connections` opened with `options`; none opened yet.
+    pub(crate) fn new(options: Options<D>, max_connections: usize) -> Self {
         let pool = managed::Pool::builder(Connector { options })
             .max_size(max_connections)
             .wait_timeout(Some(ACQUIRE_TIMEOUT))
@@ -90,10 +97,10 @@ impl PostgresPool {
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .expect("a runtime is set, so the timeouts are valid");
-        Self { pool, counter }
+        Self { pool, counter: StatementCounter::default() }
     }
 
-    async fn checkout(&self) -> Result<Checkout, DbErr> {
+    async fn checkout(&self) -> Result<Checkout<D>, DbErr> {
         let object = self.pool.get().await.map_err(|error| DbErr::Conn(RuntimeErr::Internal(error.to_string())))?;
         Ok(Checkout { object: Some(object), reusable: false })
     }
@@ -106,7 +113,7 @@ impl PostgresPool {
     }
 
     /// Calls `on_statement` for every statement this pool runs from now on.
-    pub(crate) fn count_statements(&self, on_statement: std::sync::Arc<dyn Fn() + Send + Sync>) {
+    pub(crate) fn count_statements(&self, on_statement: Arc<dyn Fn() + Send + Sync>) {
         *self.counter.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(on_statement);
     }
 
@@ -119,50 +126,43 @@ impl PostgresPool {
 /// How long a statement waits for a connection (and a new connection for the server).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn bound(stmt: &Statement) -> sqlx::query::Query<'_, sqlx::Postgres, SqlxValues> {
-    sqlx::query_with(&stmt.sql, SqlxValues(stmt.values.clone().unwrap_or(Values(Vec::new()))))
-}
-
-fn exec_error(error: sqlx::Error) -> DbErr {
-    DbErr::Exec(RuntimeErr::SqlxError(error))
-}
-
-fn query_error(error: sqlx::Error) -> DbErr {
-    DbErr::Query(RuntimeErr::SqlxError(error))
-}
-
 #[async_trait::async_trait]
-impl ConnectionTrait for PostgresPool {
+impl<D: Driver> ConnectionTrait for DirectPool<D> {
     fn get_database_backend(&self) -> DbBackend {
-        DbBackend::Postgres
+        D::BACKEND
+    }
+
+    // PostgreSQL has `RETURNING`, and so has SQLite since 3.35 (2021; the bundled library is newer).
+    fn support_returning(&self) -> bool {
+        true
     }
 
     async fn execute(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
         self.count();
         let mut checkout = self.checkout().await?;
-        let result = bound(&stmt).execute(checkout.connection()).await;
-        checkout.settle(result).map(ExecResult::from).map_err(exec_error)
+        let result = D::execute(checkout.connection(), &stmt).await;
+        checkout.settle(result)
     }
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
         self.count();
         let mut checkout = self.checkout().await?;
-        let result = sqlx::Executor::execute(checkout.connection(), sql).await;
-        checkout.settle(result).map(ExecResult::from).map_err(exec_error)
+        let result = D::execute_unprepared(checkout.connection(), sql).await;
+        checkout.settle(result)
     }
 
     async fn query_one(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
         self.count();
         let mut checkout = self.checkout().await?;
-        let result = bound(&stmt).fetch_optional(checkout.connection()).await;
-        checkout.settle(result).map(|row| row.map(QueryResult::from)).map_err(query_error)
+        let result = D::query_one(checkout.connection(), &stmt).await;
+        checkout.settle(result)
     }
 
     async fn query_all(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
         self.count();
         let mut checkout = self.checkout().await?;
-        let result = bound(&stmt).fetch_all(checkout.connection()).await;
-        Ok(checkout.settle(result).map_err(query_error)?.into_iter().map(QueryResult::from).collect())
+        let result = D::query_all(checkout.connection(), &stmt).await;
+        checkout.settle(result)
     }
 }
 
@@ -172,12 +172,12 @@ mod tests {
     use crate::testing::DEFAULT_TEST_POSTGRES_URL;
 
     /// A pool of one connection to the test server.
-    fn pool_of_one() -> PostgresPool {
+    fn pool_of_one() -> DirectPool<sqlx::Postgres> {
         let url = std::env::var("RINGLINE_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_TEST_POSTGRES_URL.to_owned());
-        PostgresPool::new(url.parse().expect("a PostgreSQL URL"), 1, StatementCounter::default())
+        DirectPool::new(url.parse().expect("a PostgreSQL URL"), 1)
     }
 
-    async fn backend_pid(pool: &PostgresPool) -> i32 {
+    async fn backend_pid(pool: &DirectPool<sqlx::Postgres>) -> i32 {
         let row = pool.query_one(Statement::from_string(DbBackend::Postgres, "SELECT pg_backend_pid()")).await;
         row.expect("the server answers").expect("a row").try_get_by_index(0).expect("a pid")
     }

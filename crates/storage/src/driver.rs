@@ -1,0 +1,109 @@
+//! Running sea-orm statements on sqlx connections of our own, outside sea-orm's pools (see
+//! `direct_pool.rs` and `writer.rs` for why), with values bound and rows and errors
+//! returned exactly as sea-orm's own driver does.
+
+use futures_util::future::BoxFuture;
+use sea_orm::sea_query::Values;
+use sea_orm::sqlx;
+use sea_orm::{DbBackend, DbErr, ExecResult, QueryResult, RuntimeErr, Statement};
+use sea_query_binder::SqlxValues;
+
+/// A sqlx database whose connections can run sea-orm statements.
+pub(crate) trait Driver: sqlx::Database {
+    const BACKEND: DbBackend;
+
+    fn execute<'c>(
+        connection: &'c mut Self::Connection,
+        stmt: &'c Statement,
+    ) -> BoxFuture<'c, Result<ExecResult, DbErr>>;
+
+    fn execute_unprepared<'c>(
+        connection: &'c mut Self::Connection,
+        sql: &'c str,
+    ) -> BoxFuture<'c, Result<ExecResult, DbErr>>;
+
+    fn query_one<'c>(
+        connection: &'c mut Self::Connection,
+        stmt: &'c Statement,
+    ) -> BoxFuture<'c, Result<Option<QueryResult>, DbErr>>;
+
+    fn query_all<'c>(
+        connection: &'c mut Self::Connection,
+        stmt: &'c Statement,
+    ) -> BoxFuture<'c, Result<Vec<QueryResult>, DbErr>>;
+}
+
+/// Whether `error` came from the database itself (a constraint, a syntax error): the
+/// connection is then in a known state, ready for the next statement.
+pub(crate) fn is_database_error(error: &DbErr) -> bool {
+    matches!(
+        error,
+        DbErr::Exec(RuntimeErr::SqlxError(sqlx::Error::Database(_)))
+            | DbErr::Query(RuntimeErr::SqlxError(sqlx::Error::Database(_)))
+    )
+}
+
+fn values(stmt: &Statement) -> SqlxValues {
+    SqlxValues(stmt.values.clone().unwrap_or(Values(Vec::new())))
+}
+
+fn exec_error(error: sqlx::Error) -> DbErr {
+    DbErr::Exec(RuntimeErr::SqlxError(error))
+}
+
+fn query_error(error: sqlx::Error) -> DbErr {
+    DbErr::Query(RuntimeErr::SqlxError(error))
+}
+
+// One implementation per database, written by a macro: the same code over a generic sqlx
+// database needs higher-ranked `Executor` bounds that async code cannot satisfy.
+macro_rules! driver {
+    ($database:ty, $backend:expr) => {
+        impl Driver for $database {
+            const BACKEND: DbBackend = $backend;
+
+            fn execute<'c>(
+                connection: &'c mut Self::Connection,
+                stmt: &'c Statement,
+            ) -> BoxFuture<'c, Result<ExecResult, DbErr>> {
+                Box::pin(async move {
+                    let query = sqlx::query_with(&stmt.sql, values(stmt));
+                    query.execute(connection).await.map(ExecResult::from).map_err(exec_error)
+                })
+            }
+
+            fn execute_unprepared<'c>(
+                connection: &'c mut Self::Connection,
+                sql: &'c str,
+            ) -> BoxFuture<'c, Result<ExecResult, DbErr>> {
+                Box::pin(async move {
+                    sqlx::Executor::execute(connection, sql).await.map(ExecResult::from).map_err(exec_error)
+                })
+            }
+
+            fn query_one<'c>(
+                connection: &'c mut Self::Connection,
+                stmt: &'c Statement,
+            ) -> BoxFuture<'c, Result<Option<QueryResult>, DbErr>> {
+                Box::pin(async move {
+                    let query = sqlx::query_with(&stmt.sql, values(stmt));
+                    query.fetch_optional(connection).await.map(|row| row.map(QueryResult::from)).map_err(query_error)
+                })
+            }
+
+            fn query_all<'c>(
+                connection: &'c mut Self::Connection,
+                stmt: &'c Statement,
+            ) -> BoxFuture<'c, Result<Vec<QueryResult>, DbErr>> {
+                Box::pin(async move {
+                    let query = sqlx::query_with(&stmt.sql, values(stmt));
+                    let rows = query.fetch_all(connection).await.map_err(query_error)?;
+                    Ok(rows.into_iter().map(QueryResult::from).collect())
+                })
+            }
+        }
+    };
+}
+
+driver!(sqlx::Postgres, DbBackend::Postgres);
+driver!(sqlx::Sqlite, DbBackend::Sqlite);
