@@ -17,8 +17,7 @@ use deadpool::managed::{self, Manager, Metrics, Object, RecycleResult};
 use sea_orm::sqlx::{self, ConnectOptions as _};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, ExecResult, QueryResult, RuntimeErr, Statement};
 
-use crate::driver::{Driver, is_database_error};
-use crate::writer::StatementCounter;
+use crate::driver::{Driver, StatementCounter, is_database_error};
 
 /// The options to open a connection to `D`.
 type Options<D> = <<D as sqlx::Database>::Connection as sqlx::Connection>::Options;
@@ -105,16 +104,9 @@ impl<D: Driver> DirectPool<D> {
         Ok(Checkout { object: Some(object), reusable: false })
     }
 
-    fn count(&self) {
-        let counter = self.counter.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(on_statement) = counter.as_ref() {
-            on_statement();
-        }
-    }
-
     /// Calls `on_statement` for every statement this pool runs from now on.
     pub(crate) fn count_statements(&self, on_statement: Arc<dyn Fn() + Send + Sync>) {
-        *self.counter.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(on_statement);
+        self.counter.set(on_statement);
     }
 
     /// Closes the pool: connections out are closed when they come back.
@@ -138,28 +130,28 @@ impl<D: Driver> ConnectionTrait for DirectPool<D> {
     }
 
     async fn execute(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
-        self.count();
+        self.counter.count();
         let mut checkout = self.checkout().await?;
         let result = D::execute(checkout.connection(), &stmt).await;
         checkout.settle(result)
     }
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
-        self.count();
+        self.counter.count();
         let mut checkout = self.checkout().await?;
         let result = D::execute_unprepared(checkout.connection(), sql).await;
         checkout.settle(result)
     }
 
     async fn query_one(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
-        self.count();
+        self.counter.count();
         let mut checkout = self.checkout().await?;
         let result = D::query_one(checkout.connection(), &stmt).await;
         checkout.settle(result)
     }
 
     async fn query_all(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        self.count();
+        self.counter.count();
         let mut checkout = self.checkout().await?;
         let result = D::query_all(checkout.connection(), &stmt).await;
         checkout.settle(result)

@@ -2,11 +2,41 @@
 //! `direct_pool.rs` and `writer.rs` for why), with values bound and rows and errors
 //! returned exactly as sea-orm's own driver does.
 
+use std::fmt;
+use std::sync::{Arc, PoisonError, RwLock};
+
 use futures_util::future::BoxFuture;
 use sea_orm::sea_query::Values;
 use sea_orm::sqlx;
 use sea_orm::{DbBackend, DbErr, ExecResult, QueryResult, RuntimeErr, Statement};
 use sea_query_binder::SqlxValues;
+
+/// Calls a function for every statement run on connections outside sea-orm's pools (see
+/// `Storage::on_statement`); sea-orm's own pools have their metric callback instead.
+#[derive(Clone, Default)]
+pub(crate) struct StatementCounter(Arc<RwLock<Option<OnStatement>>>);
+
+/// What `Storage::on_statement` was given.
+pub(crate) type OnStatement = Arc<dyn Fn() + Send + Sync>;
+
+impl StatementCounter {
+    /// Calls `on_statement` for every statement from now on.
+    pub(crate) fn set(&self, on_statement: OnStatement) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Some(on_statement);
+    }
+
+    pub(crate) fn count(&self) {
+        if let Some(on_statement) = self.0.read().unwrap_or_else(PoisonError::into_inner).as_ref() {
+            on_statement();
+        }
+    }
+}
+
+impl fmt::Debug for StatementCounter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StatementCounter")
+    }
+}
 
 /// A sqlx database whose connections can run sea-orm statements.
 pub(crate) trait Driver: sqlx::Database {

@@ -25,6 +25,7 @@ mod notifications;
 pub mod testing;
 mod writer;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sea_orm::sqlx::postgres::PgConnectOptions;
@@ -69,22 +70,25 @@ pub enum SqliteSync {
 /// 4 MB): a safety net only, see [`Storage::checkpoint`].
 const AUTOCHECKPOINT_PAGES: u32 = 10_000;
 
-/// Where queries go: sea-orm's pool (SQLite), or connections handed out without a round trip
-/// (PostgreSQL: see `postgres_pool.rs`).
+/// What statements run on: sea-orm's pool (in-memory SQLite), a pool that takes connections
+/// back without a round trip (`direct_pool.rs`), or, inside the SQLite writer task, its own
+/// connection (`writer.rs`).
 #[derive(Debug, Clone)]
-pub(crate) enum Reader {
+pub(crate) enum Connection {
     Pool(DatabaseConnection),
     Postgres(DirectPool<sqlx::Postgres>),
     Sqlite(DirectPool<sqlx::Sqlite>),
+    Writer(Arc<writer::OwnConnection>),
 }
 
 #[async_trait::async_trait]
-impl ConnectionTrait for Reader {
+impl ConnectionTrait for Connection {
     fn get_database_backend(&self) -> DbBackend {
         match self {
             Self::Pool(db) => db.get_database_backend(),
             Self::Postgres(pool) => pool.get_database_backend(),
             Self::Sqlite(pool) => pool.get_database_backend(),
+            Self::Writer(own) => own.get_database_backend(),
         }
     }
 
@@ -93,6 +97,7 @@ impl ConnectionTrait for Reader {
             Self::Pool(db) => db.support_returning(),
             Self::Postgres(pool) => pool.support_returning(),
             Self::Sqlite(pool) => pool.support_returning(),
+            Self::Writer(own) => own.support_returning(),
         }
     }
 
@@ -101,6 +106,7 @@ impl ConnectionTrait for Reader {
             Self::Pool(db) => db.execute(stmt).await,
             Self::Postgres(pool) => pool.execute(stmt).await,
             Self::Sqlite(pool) => pool.execute(stmt).await,
+            Self::Writer(own) => own.execute(stmt).await,
         }
     }
 
@@ -109,6 +115,7 @@ impl ConnectionTrait for Reader {
             Self::Pool(db) => db.execute_unprepared(sql).await,
             Self::Postgres(pool) => pool.execute_unprepared(sql).await,
             Self::Sqlite(pool) => pool.execute_unprepared(sql).await,
+            Self::Writer(own) => own.execute_unprepared(sql).await,
         }
     }
 
@@ -117,6 +124,7 @@ impl ConnectionTrait for Reader {
             Self::Pool(db) => db.query_one(stmt).await,
             Self::Postgres(pool) => pool.query_one(stmt).await,
             Self::Sqlite(pool) => pool.query_one(stmt).await,
+            Self::Writer(own) => own.query_one(stmt).await,
         }
     }
 
@@ -125,6 +133,7 @@ impl ConnectionTrait for Reader {
             Self::Pool(db) => db.query_all(stmt).await,
             Self::Postgres(pool) => pool.query_all(stmt).await,
             Self::Sqlite(pool) => pool.query_all(stmt).await,
+            Self::Writer(own) => own.query_all(stmt).await,
         }
     }
 }
@@ -166,7 +175,7 @@ pub struct Storage {
 /// (directory changes, migrations). On PostgreSQL all three are the same pool.
 #[derive(Debug, Clone)]
 pub(crate) struct Connections {
-    pub(crate) read: Reader,
+    pub(crate) read: Connection,
     /// The writing pool itself, for multi-statement transactions that are not on a hot path.
     pub(crate) write_pool: DatabaseConnection,
     /// Where single writes go: group commit on a SQLite file, `write_pool` otherwise.
@@ -201,18 +210,19 @@ impl Storage {
         let invalid_url = |e| DbErr::Conn(RuntimeErr::SqlxError(e));
         let (read, write_pool, write) = if !is_sqlite {
             let options = url.parse::<PgConnectOptions>().map_err(invalid_url)?;
-            let read = Reader::Postgres(DirectPool::new(options.log_statements(tracing::log::LevelFilter::Debug), 16));
+            let read =
+                Connection::Postgres(DirectPool::new(options.log_statements(tracing::log::LevelFilter::Debug), 16));
             (read.clone(), Database::connect(Self::options(url, 4, sqlite_sync)).await?, Writer::Pool(read))
         } else if sqlite_file {
             let options = url.parse::<SqliteConnectOptions>().map_err(invalid_url)?;
             let options = sqlite_tuning(options, sqlite_sync).log_statements(tracing::log::LevelFilter::Debug);
             let writer = Writer::group_commit(options.clone()).await?;
-            let read = Reader::Sqlite(DirectPool::new(options, 8));
+            let read = Connection::Sqlite(DirectPool::new(options, 8));
             (read, Database::connect(Self::options(url, 1, sqlite_sync)).await?, writer)
         } else {
             // An in-memory SQLite database exists once per pool, so it keeps a single pool.
             let pool = Database::connect(Self::options(url, 1, sqlite_sync)).await?;
-            (Reader::Pool(pool.clone()), pool.clone(), Writer::Pool(Reader::Pool(pool)))
+            (Connection::Pool(pool.clone()), pool.clone(), Writer::Pool(Connection::Pool(pool)))
         };
         Ok(Self { connections: Connections { read, write_pool, write } })
     }
@@ -247,9 +257,10 @@ impl Storage {
         let Connections { read, write_pool, write } = &mut self.connections;
         write_pool.set_metric_callback(move |_| on_write());
         match read {
-            Reader::Pool(pool) => pool.set_metric_callback(move |_| on_statement()),
-            Reader::Postgres(pool) => pool.count_statements(on_statement_arc.clone()),
-            Reader::Sqlite(pool) => pool.count_statements(on_statement_arc.clone()),
+            Connection::Pool(pool) => pool.set_metric_callback(move |_| on_statement()),
+            Connection::Postgres(pool) => pool.count_statements(on_statement_arc.clone()),
+            Connection::Sqlite(pool) => pool.count_statements(on_statement_arc.clone()),
+            Connection::Writer(own) => own.count_statements(on_statement_arc.clone()),
         }
         match write {
             // The same handle as `read`, counted once.
@@ -327,9 +338,10 @@ impl Storage {
         let Connections { read, write_pool, write } = self.connections;
         drop(write);
         match read {
-            Reader::Pool(pool) => pool.close().await?,
-            Reader::Postgres(pool) => pool.close(),
-            Reader::Sqlite(pool) => pool.close(),
+            Connection::Pool(pool) => pool.close().await?,
+            Connection::Postgres(pool) => pool.close(),
+            Connection::Sqlite(pool) => pool.close(),
+            Connection::Writer(_) => {} // Closed when its task ends.
         }
         // The same pool again on PostgreSQL and in memory: closing it twice is harmless.
         write_pool.close().await?;

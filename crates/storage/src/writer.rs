@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
@@ -25,25 +25,14 @@ use sea_orm::sqlx::{self, Connection as _};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, ExecResult, QueryResult, RuntimeErr, Statement};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use crate::Reader;
-use crate::driver::Driver;
+use crate::Connection;
+use crate::driver::{Driver, StatementCounter};
 
 /// Writes that may wait for the writing connection before callers wait themselves.
 const QUEUE_CAPACITY: usize = 1024;
 
 /// The most writes committed together: bounds how long the first of them waits for the last.
 const MAX_BATCH: usize = 64;
-
-/// The connection a write runs on: the pool itself, or the writer task's own connection
-/// (inside the transaction of a group commit when others are committed with it).
-#[derive(Debug)]
-pub(crate) enum WriteConnection<'a> {
-    Pool(&'a Reader),
-    Own(&'a OwnConnection),
-}
-
-/// Called for every statement run (see `Storage::on_statement`).
-pub(crate) type StatementCounter = Arc<RwLock<Option<Arc<dyn Fn() + Send + Sync>>>>;
 
 /// The writer task's connection to the SQLite file, outside any pool. sqlx pings every
 /// connection given back to a pool, which on SQLite is a second trip to the connection's
@@ -66,11 +55,9 @@ impl OwnConnection {
         Ok(Self { connection: Mutex::new(connection), counter })
     }
 
-    fn count(&self) {
-        let counter = self.counter.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(on_statement) = counter.as_ref() {
-            on_statement();
-        }
+    /// Calls `on_statement` for every statement run on this connection from now on.
+    pub(crate) fn count_statements(&self, on_statement: Arc<dyn Fn() + Send + Sync>) {
+        self.counter.set(on_statement);
     }
 }
 
@@ -86,69 +73,23 @@ impl ConnectionTrait for OwnConnection {
     }
 
     async fn execute(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
-        self.count();
+        self.counter.count();
         sqlx::Sqlite::execute(&mut *self.connection.lock().await, &stmt).await
     }
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
-        self.count();
+        self.counter.count();
         sqlx::Sqlite::execute_unprepared(&mut *self.connection.lock().await, sql).await
     }
 
     async fn query_one(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
-        self.count();
+        self.counter.count();
         sqlx::Sqlite::query_one(&mut *self.connection.lock().await, &stmt).await
     }
 
     async fn query_all(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        self.count();
+        self.counter.count();
         sqlx::Sqlite::query_all(&mut *self.connection.lock().await, &stmt).await
-    }
-}
-
-#[async_trait::async_trait]
-impl ConnectionTrait for WriteConnection<'_> {
-    fn get_database_backend(&self) -> DbBackend {
-        match self {
-            Self::Pool(db) => db.get_database_backend(),
-            Self::Own(own) => own.get_database_backend(),
-        }
-    }
-
-    // Delegated: each handle knows whether its SQLite version has `RETURNING`.
-    fn support_returning(&self) -> bool {
-        match self {
-            Self::Pool(db) => db.support_returning(),
-            Self::Own(own) => own.support_returning(),
-        }
-    }
-
-    async fn execute(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
-        match self {
-            Self::Pool(db) => db.execute(stmt).await,
-            Self::Own(own) => own.execute(stmt).await,
-        }
-    }
-
-    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
-        match self {
-            Self::Pool(db) => db.execute_unprepared(sql).await,
-            Self::Own(own) => own.execute_unprepared(sql).await,
-        }
-    }
-
-    async fn query_one(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
-        match self {
-            Self::Pool(db) => db.query_one(stmt).await,
-            Self::Own(own) => own.query_one(stmt).await,
-        }
-    }
-
-    async fn query_all(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        match self {
-            Self::Pool(db) => db.query_all(stmt).await,
-            Self::Own(own) => own.query_all(stmt).await,
-        }
     }
 }
 
@@ -160,7 +101,7 @@ pub(crate) struct Job {
 }
 
 /// A job's statements, run on the writing connection.
-type RunJob = Box<dyn for<'c> FnOnce(&'c WriteConnection<'c>) -> BoxFuture<'c, Settle> + Send>;
+type RunJob = Box<dyn for<'c> FnOnce(&'c Connection) -> BoxFuture<'c, Settle> + Send>;
 
 /// Reports a job's result, given whether its commit succeeded.
 type Report = Box<dyn FnOnce(Result<(), &DbErr>) + Send>;
@@ -174,7 +115,7 @@ type Settle = Result<Report, DbErr>;
 /// Where the repositories' writes go (see the module documentation).
 #[derive(Clone)]
 pub(crate) enum Writer {
-    Pool(Reader),
+    Pool(Connection),
     Queue { queue: mpsc::Sender<Job>, counter: StatementCounter },
 }
 
@@ -204,7 +145,7 @@ impl Writer {
     /// Calls `on_statement` for every statement this writer runs from now on.
     pub(crate) fn count_statements(&self, on_statement: Arc<dyn Fn() + Send + Sync>) {
         if let Self::Queue { counter, .. } = self {
-            *counter.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(on_statement);
+            counter.set(on_statement);
         }
     }
 
@@ -218,7 +159,7 @@ impl Writer {
     pub(crate) async fn write<T, F>(&self, work: F) -> Result<T, DbErr>
     where
         T: Send + 'static,
-        F: for<'c> FnOnce(&'c WriteConnection<'c>) -> BoxFuture<'c, Result<T, DbErr>> + Send + 'static,
+        F: for<'c> FnOnce(&'c Connection) -> BoxFuture<'c, Result<T, DbErr>> + Send + 'static,
     {
         self.submit(work, false).await
     }
@@ -230,7 +171,7 @@ impl Writer {
     pub(crate) async fn alone<T, F>(&self, work: F) -> Result<T, DbErr>
     where
         T: Send + 'static,
-        F: for<'c> FnOnce(&'c WriteConnection<'c>) -> BoxFuture<'c, Result<T, DbErr>> + Send + 'static,
+        F: for<'c> FnOnce(&'c Connection) -> BoxFuture<'c, Result<T, DbErr>> + Send + 'static,
     {
         self.submit(work, true).await
     }
@@ -238,10 +179,10 @@ impl Writer {
     async fn submit<T, F>(&self, work: F, alone: bool) -> Result<T, DbErr>
     where
         T: Send + 'static,
-        F: for<'c> FnOnce(&'c WriteConnection<'c>) -> BoxFuture<'c, Result<T, DbErr>> + Send + 'static,
+        F: for<'c> FnOnce(&'c Connection) -> BoxFuture<'c, Result<T, DbErr>> + Send + 'static,
     {
         let queue = match self {
-            Self::Pool(db) => return work(&WriteConnection::Pool(db)).await,
+            Self::Pool(db) => return work(db).await,
             Self::Queue { queue, .. } => queue,
         };
         let (done, result) = oneshot::channel();
@@ -278,7 +219,9 @@ fn batch_failed(error: &DbErr) -> DbErr {
 }
 
 /// The writer task: takes the jobs waiting, runs them, commits them together.
-async fn run_jobs(mut connection: OwnConnection, options: SqliteConnectOptions, mut jobs: mpsc::Receiver<Job>) {
+async fn run_jobs(connection: OwnConnection, options: SqliteConnectOptions, mut jobs: mpsc::Receiver<Job>) {
+    let mut own = Arc::new(connection);
+    let mut connection = Connection::Writer(own.clone());
     let mut pending = VecDeque::with_capacity(MAX_BATCH);
     loop {
         if pending.is_empty() {
@@ -296,7 +239,7 @@ async fn run_jobs(mut connection: OwnConnection, options: SqliteConnectOptions, 
         let failed = if pending.len() == 1 || pending.front().is_some_and(|job| job.alone) {
             // No transaction to open and commit around a single write. Its caller hears of an error.
             let job = pending.pop_front().expect("a job");
-            match (job.run)(&WriteConnection::Own(&connection)).await {
+            match (job.run)(&connection).await {
                 Ok(settle) => {
                     settle(Ok(()));
                     false
@@ -306,11 +249,14 @@ async fn run_jobs(mut connection: OwnConnection, options: SqliteConnectOptions, 
         } else {
             run_batch(&connection, &mut pending).await
         };
-        if failed && connection.connection.get_mut().ping().await.is_err() {
+        if failed && own.connection.lock().await.ping().await.is_err() {
             // The connection itself broke (its worker thread is gone): open another.
             tracing::warn!("the database writer's connection broke; reopening it");
-            match OwnConnection::open(&options, connection.counter.clone()).await {
-                Ok(reopened) => connection = reopened,
+            match OwnConnection::open(&options, own.counter.clone()).await {
+                Ok(reopened) => {
+                    own = Arc::new(reopened);
+                    connection = Connection::Writer(own.clone());
+                }
                 Err(error) => tracing::error!(%error, "cannot reopen the database writer's connection"),
             }
         }
@@ -320,18 +266,17 @@ async fn run_jobs(mut connection: OwnConnection, options: SqliteConnectOptions, 
 /// Runs the jobs at the front of `pending` in one transaction, up to the first `alone` one or
 /// the first that fails, and tells each whether the commit succeeded. Returns whether one
 /// failed.
-async fn run_batch(connection: &OwnConnection, pending: &mut VecDeque<Job>) -> bool {
+async fn run_batch(connection: &Connection, pending: &mut VecDeque<Job>) -> bool {
     if let Err(error) = connection.execute_unprepared("BEGIN IMMEDIATE").await {
         tracing::error!(%error, "cannot begin a database transaction; failing the writes waiting");
         pending.clear(); // Their callers hear that nothing was written.
         return true;
     }
-    let own = WriteConnection::Own(connection);
     let mut settled = Vec::with_capacity(pending.len());
     let mut failed = None;
     while pending.front().is_some_and(|job| !job.alone) {
         let job = pending.pop_front().expect("a job");
-        match (job.run)(&own).await {
+        match (job.run)(connection).await {
             Ok(settle) => settled.push(settle),
             Err(error) => {
                 failed = Some(error);
