@@ -170,15 +170,17 @@ pub struct Storage {
 }
 
 /// The connections a repository runs its statements on: `read` for queries, `write` for
-/// single writes (on a SQLite file, one task with a connection of its own commits them:
-/// see `writer.rs`), `write_pool` for multi-statement transactions off the hot path
-/// (directory changes, migrations). On PostgreSQL all three are the same pool.
+/// single writes, `write_pool` (sea-orm's pool) for multi-statement transactions off the hot
+/// path (directory changes, migrations).
+///
+/// - SQLite file: `read` is a direct pool of 8, `write` the writer task with its own
+///   connection (`writer.rs`), `write_pool` one more connection.
+/// - PostgreSQL: `read` and `write` are the same direct pool of 16, `write_pool` up to 4.
+/// - In-memory SQLite: one sea-orm pool for all three (each pool would be its own database).
 #[derive(Debug, Clone)]
 pub(crate) struct Connections {
     pub(crate) read: Connection,
-    /// The writing pool itself, for multi-statement transactions that are not on a hot path.
     pub(crate) write_pool: DatabaseConnection,
-    /// Where single writes go: group commit on a SQLite file, `write_pool` otherwise.
     pub(crate) write: Writer,
 }
 
