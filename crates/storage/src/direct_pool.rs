@@ -17,7 +17,7 @@ use deadpool::managed::{self, Manager, Metrics, Object, RecycleResult};
 use sea_orm::sqlx::{self, ConnectOptions as _};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, ExecResult, QueryResult, RuntimeErr, Statement};
 
-use crate::driver::{Driver, StatementCounter, is_database_error};
+use crate::driver::{Driver, OnStatement, StatementCounter, is_database_error};
 
 /// The options to open a connection to `D`.
 type Options<D> = <<D as sqlx::Database>::Connection as sqlx::Connection>::Options;
@@ -105,7 +105,7 @@ impl<D: Driver> DirectPool<D> {
     }
 
     /// Calls `on_statement` for every statement this pool runs from now on.
-    pub(crate) fn count_statements(&self, on_statement: Arc<dyn Fn() + Send + Sync>) {
+    pub(crate) fn count_statements(&self, on_statement: OnStatement) {
         self.counter.set(on_statement);
     }
 

@@ -254,7 +254,7 @@ impl Storage {
     pub fn on_statement(&mut self, on_statement: impl Fn() + Send + Sync + 'static) {
         // Each handle keeps its own callback, also when both are the same PostgreSQL pool.
         let on_statement = std::sync::Arc::new(on_statement);
-        let on_statement_arc: std::sync::Arc<dyn Fn() + Send + Sync> = on_statement.clone();
+        let on_statement_arc: driver::OnStatement = on_statement.clone();
         let on_write = on_statement.clone();
         let Connections { read, write_pool, write } = &mut self.connections;
         write_pool.set_metric_callback(move |_| on_write());
@@ -338,12 +338,12 @@ impl Storage {
     /// `Database` when closing fails.
     pub async fn close(self) -> Result<(), StorageError> {
         let Connections { read, write_pool, write } = self.connections;
-        drop(write);
+        write.close().await;
         match read {
             Connection::Pool(pool) => pool.close().await?,
             Connection::Postgres(pool) => pool.close(),
             Connection::Sqlite(pool) => pool.close(),
-            Connection::Writer(_) => {} // Closed when its task ends.
+            Connection::Writer(_) => {} // Only the writer task holds one.
         }
         // The same pool again on PostgreSQL and in memory: closing it twice is harmless.
         write_pool.close().await?;

@@ -26,7 +26,7 @@ use sea_orm::{ConnectionTrait, DbBackend, DbErr, ExecResult, QueryResult, Runtim
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::Connection;
-use crate::driver::{Driver, StatementCounter};
+use crate::driver::{Driver, OnStatement, StatementCounter};
 
 /// Writes that may wait for the writing connection before callers wait themselves.
 const QUEUE_CAPACITY: usize = 1024;
@@ -56,7 +56,7 @@ impl OwnConnection {
     }
 
     /// Calls `on_statement` for every statement run on this connection from now on.
-    pub(crate) fn count_statements(&self, on_statement: Arc<dyn Fn() + Send + Sync>) {
+    pub(crate) fn count_statements(&self, on_statement: OnStatement) {
         self.counter.set(on_statement);
     }
 }
@@ -93,11 +93,20 @@ impl ConnectionTrait for OwnConnection {
     }
 }
 
-/// One write: its statements, and where its result goes once committed. `alone` jobs run
-/// outside any transaction (a checkpoint cannot run inside one).
-pub(crate) struct Job {
-    run: RunJob,
-    alone: bool,
+/// What the writer task is asked to do, in order.
+pub(crate) enum Job {
+    /// One write: its statements, and where its result goes once committed. `alone` writes run
+    /// outside any transaction (a checkpoint cannot run inside one).
+    Write { run: RunJob, alone: bool },
+    /// Close the connection (after the writes queued before) and stop; acknowledged when done.
+    Close(oneshot::Sender<()>),
+}
+
+impl Job {
+    /// Whether this job cannot share a transaction with others.
+    fn alone(&self) -> bool {
+        matches!(self, Self::Write { alone: true, .. } | Self::Close(_))
+    }
 }
 
 /// A job's statements, run on the writing connection.
@@ -142,8 +151,20 @@ impl Writer {
         Ok(Self::Queue { queue, counter })
     }
 
+    /// Runs the writes queued so far, then closes the writing connection (so that SQLite folds
+    /// its log into the file, as it does when the last connection closes). Writes sent after
+    /// this fail with "the database writer has stopped".
+    pub(crate) async fn close(&self) {
+        if let Self::Queue { queue, .. } = self {
+            let (done, closed) = oneshot::channel();
+            if queue.send(Job::Close(done)).await.is_ok() {
+                let _ = closed.await;
+            }
+        }
+    }
+
     /// Calls `on_statement` for every statement this writer runs from now on.
-    pub(crate) fn count_statements(&self, on_statement: Arc<dyn Fn() + Send + Sync>) {
+    pub(crate) fn count_statements(&self, on_statement: OnStatement) {
         if let Self::Queue { counter, .. } = self {
             counter.set(on_statement);
         }
@@ -205,7 +226,7 @@ impl Writer {
             })
         });
         queue
-            .send(Job { run, alone })
+            .send(Job::Write { run, alone })
             .await
             .map_err(|_| DbErr::Custom("the database writer has stopped".to_owned()))?;
         // Dropped unrun (the writer could not open a transaction, or stopped): not written.
@@ -236,15 +257,26 @@ async fn run_jobs(connection: OwnConnection, options: SqliteConnectOptions, mut 
                 Err(_) => break,
             }
         }
-        let failed = if pending.len() == 1 || pending.front().is_some_and(|job| job.alone) {
+        let failed = if pending.len() == 1 || pending.front().is_some_and(Job::alone) {
             // No transaction to open and commit around a single write. Its caller hears of an error.
-            let job = pending.pop_front().expect("a job");
-            match (job.run)(&connection).await {
-                Ok(settle) => {
-                    settle(Ok(()));
-                    false
+            match pending.pop_front().expect("a job") {
+                Job::Write { run, .. } => match run(&connection).await {
+                    Ok(settle) => {
+                        settle(Ok(()));
+                        false
+                    }
+                    Err(_) => true,
+                },
+                Job::Close(done) => {
+                    drop(connection);
+                    if let Ok(own) = Arc::try_unwrap(own)
+                        && let Err(error) = own.connection.into_inner().close().await
+                    {
+                        tracing::warn!(%error, "closing the database writer's connection failed");
+                    }
+                    let _ = done.send(());
+                    return; // Writes queued after it are dropped: their callers hear so.
                 }
-                Err(_) => true,
             }
         } else {
             run_batch(&connection, &mut pending).await
@@ -274,9 +306,9 @@ async fn run_batch(connection: &Connection, pending: &mut VecDeque<Job>) -> bool
     }
     let mut settled = Vec::with_capacity(pending.len());
     let mut failed = None;
-    while pending.front().is_some_and(|job| !job.alone) {
-        let job = pending.pop_front().expect("a job");
-        match (job.run)(connection).await {
+    while let Some(Job::Write { alone: false, .. }) = pending.front() {
+        let Some(Job::Write { run, .. }) = pending.pop_front() else { break };
+        match run(connection).await {
             Ok(settle) => settled.push(settle),
             Err(error) => {
                 failed = Some(error);
@@ -355,6 +387,35 @@ mod tests {
         assert_eq!(statements.load(Ordering::SeqCst), 10 + 2, "ten inserts between one BEGIN and one COMMIT");
         assert_eq!(users(&storage).await, 10, "visible to the other connections once acknowledged");
         storage.close().await.expect("close");
+        remove_sqlite_files(&path);
+    }
+
+    /// Closing the storage runs the writes queued before, then closes the writing connection
+    /// even while a repository still holds the writer: SQLite folds its log into the file
+    /// (the `-wal` file goes), and a later write fails instead of waiting.
+    #[tokio::test]
+    async fn closing_stops_the_writer() {
+        let (storage, path) = open("close").await;
+        let writer = storage.connections.write.clone();
+        let insert = |id: &'static str| {
+            writer.write(move |db| Box::pin(async move { db.execute_unprepared(&insert_user(id)).await.map(|_| ()) }))
+        };
+        let queued = insert("queued");
+        let (queued, closed) = tokio::join!(queued, storage.close());
+        queued.expect("a write queued before the close is committed");
+        closed.expect("close");
+        let late = insert("late").await.expect_err("the writer has stopped");
+        assert!(late.to_string().contains("stopped"), "{late}");
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
+        // The reading connections close on their own threads; the last one removes the log.
+        for _ in 0..100 {
+            if !std::path::Path::new(&wal).exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(!std::path::Path::new(&wal).exists(), "every connection closed, the log folded into the file");
         remove_sqlite_files(&path);
     }
 
