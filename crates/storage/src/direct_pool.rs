@@ -10,7 +10,6 @@
 //! Only single statements run here; transactions stay on sea-orm's pool.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool::managed::{self, Manager, Metrics, Object, RecycleResult};
