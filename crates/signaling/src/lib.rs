@@ -6,24 +6,34 @@
 //! - [`router`]: [`LocalRouter`], the in-process implementation of the domain's
 //!   `SignalRouter`, with a bounded queue per session;
 //! - [`hub`]: [`Signaling`], the calls facade (REST, sockets and the timer change calls
-//!   through it) and the relay of offers, answers and ICE candidates;
-//! - [`session`]: one connection's loop: limits, keepalive, shutdown;
+//!   through it); beside it, private modules announce changes (`announce`), relay offers,
+//!   answers and ICE candidates (`relay`), cache calls for the relay (`call_cache`) and attach
+//!   and detach sessions (`lifecycle`);
+//! - [`session`]: one connection's loop: limits, keepalive, shutdown; [`settings`] holds its
+//!   keepalive and frame-rate settings;
 //! - [`ring_timer`]: expires unanswered calls.
 //!
 //! A Redis-backed router can implement `SignalRouter` to publish to every instance and feed
 //! each instance's `LocalRouter` from its subscription; nothing else changes.
 
+mod announce;
+mod call_cache;
 pub mod events;
 pub mod hub;
+mod lifecycle;
 pub mod liveness;
 pub mod protocol;
+mod relay;
 pub mod replay;
 pub mod ring_timer;
 pub mod router;
 pub mod session;
+pub mod settings;
 
-pub use hub::{SessionContext, Signaling};
+pub use hub::Signaling;
+pub use relay::SessionContext;
 pub use replay::{InMemoryReplay, ReplayLimits, ReplayStore};
 pub use router::{LocalRouter, SessionKind};
-pub use session::{CallPresenter, FrameRate, Inbound, Keepalive, Outbound, SessionIdentity};
+pub use session::{CallPresenter, Inbound, Outbound, SessionIdentity};
+pub use settings::{FrameRate, Keepalive};
 pub use tokio_util::sync::CancellationToken;

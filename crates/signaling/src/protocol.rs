@@ -22,7 +22,7 @@ pub mod close {
     pub const NOT_AUTHENTICATED: u16 = 4401;
     /// Not a participant of the chat socket's conversation (or no such conversation).
     pub const NOT_A_PARTICIPANT: u16 = 4403;
-    /// Nothing received from the peer (not even a pong) for [`crate::session::Keepalive::idle_timeout`].
+    /// Nothing received from the peer (not even a pong) for [`crate::settings::Keepalive::idle_timeout`].
     pub const IDLE_TIMEOUT: u16 = 4408;
     /// The peer did not read its events fast enough and its outgoing queue filled up.
     pub const SLOW_CONSUMER: u16 = 4409;

@@ -272,7 +272,7 @@ mod tests {
         let router = LocalRouter::new();
         let (busy, mut events) = router.register(user("bob"), SessionKind::Notifications);
         // Five sockets each sending a whole default burst before bob's session reads again.
-        let burst = crate::session::FrameRate::default().burst as usize;
+        let burst = crate::settings::FrameRate::default().burst as usize;
         for i in 0..5 * burst {
             router.route(signal(Audience::User(user("bob")), &format!("e{i}")));
         }

@@ -1,0 +1,135 @@
+//! Announcing call changes: what each party's devices are sent when a call rings, is
+//! accepted, rejected, cancelled, ends or is missed, and the notifications stored with it.
+
+use std::sync::Arc;
+
+use ringline_domain::{
+    Audience, Call, CallEvent, DeviceId, NewNotification, NotificationVerb, Signal, UserId, UserProfile,
+};
+use serde_json::value::RawValue;
+
+use crate::events::{self, NotificationPayload};
+use crate::hub::Signaling;
+
+impl Signaling {
+    /// The next event of `user`'s stream, built by `event(event_id)`: kept for sockets that
+    /// resume, and one copy for each of `user`'s sessions but `except_device` (which sockets:
+    /// [`Audience::User`]).
+    pub(crate) fn to_user(&self, user: &UserId, except_device: Option<DeviceId>, event: impl Fn(&str) -> String) {
+        self.replay.append(user, &mut |event_id| event(event_id), &mut |payload| {
+            self.router.route(Signal {
+                audience: Audience::User(user.clone()),
+                except_device,
+                except_user: None,
+                payload,
+            });
+        });
+    }
+
+    /// The profiles of `call`'s parties the directory knows: remembered from when this
+    /// process started the call, or read now.
+    ///
+    /// # Errors
+    /// When the directory cannot answer.
+    pub async fn parties_of(&self, call: &Call) -> Result<Arc<[UserProfile]>, ringline_domain::DirectoryError> {
+        if let Some(parties) = self.cache.parties(call.id()) {
+            return Ok(parties);
+        }
+        let ids = [call.caller().clone(), call.receiver().clone()];
+        Ok(self.service.directory().users(&ids).await?.into())
+    }
+
+    /// `user`'s profile as a party of `call`, if known.
+    pub(crate) async fn party(&self, call: &Call, user: &UserId) -> Option<UserProfile> {
+        match self.parties_of(call).await {
+            Ok(parties) => parties.iter().find(|profile| &profile.id == user).cloned(),
+            Err(error) => {
+                tracing::warn!(%error, "cannot look up a party of a call for an event");
+                None
+            }
+        }
+    }
+
+    pub(crate) async fn username(&self, call: &Call, user: &UserId) -> String {
+        self.party(call, user).await.map(|profile| profile.username).unwrap_or_default()
+    }
+
+    /// Stores a notification for `call`'s receiver and pushes it as `notification.created`.
+    /// A storage failure is logged; the live event has already been sent.
+    pub(crate) async fn notify_receiver(&self, call: &Call, verb: NotificationVerb) {
+        let new = NewNotification {
+            recipient: call.receiver().clone(),
+            actor: Some(call.caller().clone()),
+            verb,
+            call: call.id(),
+            conversation: call.conversation(),
+            created_at: self.service.now(),
+        };
+        let stored = match self.notifications.create(new).await {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::error!(%error, call = %call.id(), "cannot store a call notification");
+                return;
+            }
+        };
+        let actor = self.party(call, call.caller()).await;
+        let payload = NotificationPayload::new(&stored, actor.as_ref());
+        self.to_user(call.receiver(), None, |id| events::notification_created(id, &payload));
+    }
+
+    pub(crate) async fn ring(&self, call: &Call) {
+        let caller_username = self.username(call, call.caller()).await;
+        self.to_user(call.receiver(), None, |id| events::incoming(id, call, &caller_username));
+        self.notify_receiver(call, NotificationVerb::incoming(call.call_type())).await;
+    }
+
+    /// Tells the parties' devices what `event` did to `call`. `origin` (the device that caused
+    /// it) is skipped; `answer` is the SDP when a socket `call.answer` accepted the call.
+    pub(crate) async fn announce(
+        &self,
+        call: &Call,
+        event: &CallEvent,
+        origin: Option<DeviceId>,
+        answer: Option<&RawValue>,
+    ) {
+        let (caller, receiver) = (call.caller(), call.receiver());
+        match event {
+            CallEvent::Accepted { by } => {
+                self.to_user(caller, None, |id| events::answer(id, call, by, answer));
+                self.to_user(caller, None, |id| events::party_event("call.accepted", id, call, "receiver_id", by));
+                // The callee's other devices stop ringing (newer clients; the original web
+                // client needs the `call.end` that `answered_elsewhere` sends once the
+                // answering socket is known).
+                self.to_user(receiver, origin, |id| events::party_event("call.accepted", id, call, "receiver_id", by));
+            }
+            CallEvent::Rejected { by } => {
+                let username = self.username(call, by).await;
+                // No `call.end` for the caller: both original clients handle `call.rejected`, and
+                // the web client's "Call Declined" screen would not survive one.
+                self.to_user(caller, None, |id| events::rejected(id, call, by, &username));
+                // The callee's other devices stop ringing; the original web client does only on
+                // `call.end`.
+                self.to_user(receiver, origin, |id| events::rejected(id, call, by, &username));
+                self.to_user(receiver, origin, |id| events::end(id, call, Some(by)));
+            }
+            CallEvent::Cancelled { by } => {
+                self.to_user(receiver, None, |id| events::end(id, call, Some(by)));
+                self.to_user(receiver, None, |id| events::party_event("call.cancelled", id, call, "user_id", by));
+                self.to_user(caller, origin, |id| events::party_event("call.cancelled", id, call, "user_id", by));
+            }
+            CallEvent::Ended { by, .. } => {
+                // `by` is `None` when the server ended it; the `end_reason` says why.
+                for party in [caller, receiver] {
+                    self.to_user(party, origin, |id| events::end(id, call, by.as_ref()));
+                }
+            }
+            CallEvent::Missed => {
+                for party in [caller, receiver] {
+                    self.to_user(party, None, |id| events::missed(id, call));
+                    self.to_user(party, None, |id| events::end(id, call, None));
+                }
+                self.notify_receiver(call, NotificationVerb::missed(call.call_type())).await;
+            }
+        }
+    }
+}

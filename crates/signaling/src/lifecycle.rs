@@ -1,0 +1,99 @@
+//! How sessions join and leave: attaching a new socket to its user's stream, what it is told
+//! about the user's calls on connect, recording when the last socket of a party in a call
+//! closes, and shutting every session down.
+
+use std::sync::Arc;
+
+use ringline_domain::{Call, CallServiceError, EndReason, UserId};
+
+use crate::hub::Signaling;
+use crate::replay::Attached;
+use crate::router::{SessionKind, SessionSlot};
+
+/// How long after a call finished a party that connects without `resume` is still sent its
+/// `call.end`: a client whose socket was down meanwhile (a phone switching networks) may still
+/// ring for it or show it. Calls the server ended because both parties were gone are told for
+/// longer: nobody was connected to hear it.
+const TELL_FINISHED_CALLS_FOR: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+const TELL_LOST_CALLS_FOR: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+
+/// What [`Signaling::calls_on_connect`] found.
+#[derive(Debug, Default)]
+pub(crate) struct CallsOnConnect {
+    /// The user's ringing or active call.
+    pub open: Option<Call>,
+    /// The user's newest call, when it finished recently.
+    pub recently_finished: Option<Call>,
+}
+
+impl Signaling {
+    /// Registers a new session of `user` and attaches it to the user's stream: it receives
+    /// every later event, and `replay` holds what it missed since `resume`, if given.
+    pub(crate) fn attach(
+        &self,
+        user: &UserId,
+        kind: SessionKind,
+        resume: Option<&str>,
+    ) -> (Arc<SessionSlot>, tokio::sync::mpsc::Receiver<Arc<str>>, Attached) {
+        let mut registered = None;
+        let attached = self.replay.attach(user, resume, &mut || {
+            registered = Some(self.local.register(user.clone(), kind));
+        });
+        let (slot, events) = registered.unwrap_or_else(|| self.local.register(user.clone(), kind));
+        (slot, events, attached)
+    }
+
+    /// Unregisters a session. When it was its user's last one here and the user is in a call,
+    /// the moment is recorded as their last-seen, so a call both parties left ends measured
+    /// up to when the last of them went (not up to the last heartbeat before).
+    pub(crate) async fn detach(&self, slot: &SessionSlot) {
+        self.local.unregister(slot);
+        let on_line = self.on_lines.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&slot.user);
+        if on_line
+            && self.local.sessions_of(&slot.user) == 0
+            && let Err(error) = self.service.mark_seen(std::slice::from_ref(&slot.user)).await
+        {
+            tracing::warn!(%error, "cannot record when a party of a call went away");
+        }
+    }
+
+    /// What a connecting session of `user` is told about their calls: the open call, if any
+    /// (`connection.ack`'s `open_calls`), or else the newest call if it finished recently (an
+    /// old client that missed its end while offline needs a `call.end`: it ignores
+    /// `open_calls`). A party of an open call counts as seen from now.
+    ///
+    /// # Errors
+    /// As [`CallService::newest_call_of`].
+    pub(crate) async fn calls_on_connect(&self, user: &UserId) -> Result<CallsOnConnect, CallServiceError> {
+        let Some(newest) = self.service.newest_call_of(user).await? else {
+            return Ok(CallsOnConnect::default());
+        };
+        if newest.status().is_open() {
+            self.on_lines.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(user.clone());
+            if let Err(error) = self.service.mark_seen(std::slice::from_ref(user)).await {
+                tracing::warn!(%error, "cannot record that a party of a call is back");
+            }
+            self.cache.remember(&newest);
+            return Ok(CallsOnConnect { open: Some(newest), recently_finished: None });
+        }
+        let told_for = if newest.end_reason() == Some(EndReason::ConnectionLost) {
+            TELL_LOST_CALLS_FOR
+        } else {
+            TELL_FINISHED_CALLS_FOR
+        };
+        let recent = newest.ended_at().is_some_and(|ended| ended.plus(told_for) > self.service.now());
+        Ok(CallsOnConnect { open: None, recently_finished: recent.then_some(newest) })
+    }
+
+    /// Asks every session to close (code 1001) and refuses new ones.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+        self.sessions.close();
+    }
+
+    /// Waits up to `grace` for the sessions to finish closing; returns whether they all did.
+    pub async fn drain(&self, grace: std::time::Duration) -> bool {
+        self.begin_shutdown();
+        tokio::time::timeout(grace, self.sessions.wait()).await.is_ok()
+    }
+}

@@ -1,0 +1,240 @@
+//! Relaying client frames: offers, answers, ICE candidates, media state and typing
+//! indicators, checked against the in-memory [`CallCache`](crate::call_cache::CallCache) so
+//! that the relay path touches no database; hang-ups and answers change the call through
+//! [`Signaling`].
+
+use std::sync::Arc;
+
+use ringline_domain::{
+    Audience, Call, CallAction, CallId, CallServiceError, ConversationId, DeviceId, Outcome, Signal, UserId,
+};
+
+use crate::call_cache::Route;
+use crate::events;
+use crate::hub::Signaling;
+use crate::protocol::{ClientFrame, FrameError, allowed_in};
+use crate::router::SessionKind;
+
+/// The live session a frame came from.
+#[derive(Debug, Clone)]
+pub struct SessionContext {
+    pub device: DeviceId,
+    pub user: UserId,
+    pub kind: SessionKind,
+    /// Looked up on first use (a typing indicator): most sessions never need it, and a lookup
+    /// per connect would be a database read per page load.
+    username: std::sync::OnceLock<String>,
+}
+
+impl SessionContext {
+    pub fn new(device: DeviceId, user: UserId, kind: SessionKind) -> Self {
+        Self { device, user, kind, username: std::sync::OnceLock::new() }
+    }
+
+    pub(crate) async fn username(&self, signaling: &Signaling) -> &str {
+        if let Some(username) = self.username.get() {
+            return username;
+        }
+        let username = match signaling.service.directory().user(&self.user).await {
+            Ok(profile) => profile.map(|profile| profile.username).unwrap_or_default(),
+            Err(error) => {
+                tracing::warn!(%error, "cannot look up a user's name");
+                return "";
+            }
+        };
+        self.username.get_or_init(|| username)
+    }
+}
+
+impl Signaling {
+    /// The route of call `id` from memory, or read once from the database.
+    pub(crate) async fn route(&self, id: CallId) -> Result<Option<Route>, FrameError> {
+        if let Some(route) = self.cache.get(id) {
+            return Ok(Some(route));
+        }
+        match self.service.find(id).await {
+            Ok(Some(call)) => Ok(Some(self.cache.remember(&call))),
+            Ok(None) => Ok(None),
+            Err(error) => {
+                tracing::error!(%error, "cannot load a call for signaling");
+                Err(FrameError::new("internal_error", "The server could not load the call; try again."))
+            }
+        }
+    }
+
+    /// Handles one text frame from `session`. Returns the reply for that session alone
+    /// (`pong`, or an error), if any.
+    pub async fn handle_text(&self, session: &SessionContext, text: &str) -> Option<String> {
+        let frame = match ClientFrame::parse(text) {
+            Ok(frame) => frame,
+            Err(error) => return Some(crate::protocol::error_event(&self.ids.next(), &error, None)),
+        };
+        let call_id = match frame {
+            ClientFrame::Offer { call, .. }
+            | ClientFrame::Answer { call, .. }
+            | ClientFrame::IceCandidate { call, .. }
+            | ClientFrame::MediaState { call, .. }
+            | ClientFrame::End { call, .. } => Some(call),
+            _ => None,
+        };
+        match self.handle_frame(session, frame).await {
+            Ok(reply) => reply,
+            Err(error) => {
+                tracing::debug!(user = %session.user, kind = frame.kind(), code = error.code, "frame refused");
+                Some(crate::protocol::error_event(&self.ids.next(), &error, call_id))
+            }
+        }
+    }
+
+    pub(crate) async fn handle_frame(
+        &self,
+        session: &SessionContext,
+        frame: ClientFrame<'_>,
+    ) -> Result<Option<String>, FrameError> {
+        match frame {
+            ClientFrame::Ping => Ok(Some(events::pong(&self.ids.next()))),
+            ClientFrame::TypingStart | ClientFrame::TypingStop => self.typing(session, frame).await,
+            ClientFrame::End { call, reason } => {
+                self.act(&session.user, call, CallAction::End(reason), Some(session.device)).await.map_err(refusal)?;
+                Ok(None)
+            }
+            ClientFrame::Offer { call, offer } => {
+                let route = self.party_route(session, call, &frame).await?;
+                let username = self.username(&route, &session.user).await;
+                self.to_other_party(&route, &session.user, |id| {
+                    events::offer(id, &route, &session.user, &username, offer)
+                });
+                Ok(None)
+            }
+            ClientFrame::IceCandidate { call, candidate } => {
+                let route = self.party_route(session, call, &frame).await?;
+                self.to_other_party(&route, &session.user, |id| {
+                    events::ice_candidate(id, &route, &session.user, candidate)
+                });
+                Ok(None)
+            }
+            ClientFrame::MediaState { call, audio, video } => {
+                let route = self.party_route(session, call, &frame).await?;
+                self.to_other_party(&route, &session.user, |id| {
+                    events::media_state(id, &route, &session.user, audio, video)
+                });
+                Ok(None)
+            }
+            ClientFrame::Answer { call, answer } => {
+                let route = self.party_route(session, call, &frame).await?;
+                let route = if route.status().is_unanswered() {
+                    // The web client never calls accept/: the receiver's answer accepts the call,
+                    // and the caller gets this answer in the acceptance's `call.answer`.
+                    let outcome = self
+                        .act_with_answer(&session.user, call, CallAction::Accept, Some(session.device), Some(answer))
+                        .await
+                        .map_err(refusal)?;
+                    match outcome {
+                        Outcome::Changed(transition) => Arc::new(transition.call),
+                        // Not accepted by this answer: its device is not the one in the call.
+                        Outcome::AlreadyDone(_) => return Ok(None),
+                    }
+                } else {
+                    self.to_other_party(&route, &session.user, |id| {
+                        events::answer(id, &route, &session.user, Some(answer))
+                    });
+                    route
+                };
+                if route.receiver() == &session.user {
+                    self.answered_elsewhere(&route, session);
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Stops the ringing on the callee's other devices with a `call.end` once the callee's SDP
+    /// answer came from `session`. Only here is the answering device known: the mobile client
+    /// accepts over REST (no device) and then sends this answer, and a `call.end` to the device
+    /// that answered would hang it up. Sent on every answer from the callee (a renegotiation
+    /// repeats it), which is harmless: a device that is not in the call has nothing to end.
+    pub(crate) fn answered_elsewhere(&self, call: &Call, session: &SessionContext) {
+        self.to_user(call.receiver(), Some(session.device), |id| events::answered_elsewhere(id, call, &session.user));
+    }
+
+    /// The call's route, if `session`'s user is a party and the frame fits the call's state.
+    pub(crate) async fn party_route(
+        &self,
+        session: &SessionContext,
+        id: CallId,
+        frame: &ClientFrame<'_>,
+    ) -> Result<Route, FrameError> {
+        let not_found = || FrameError::new("call_not_found", "No such call, or not one of yours.");
+        let route = self.route(id).await?.ok_or_else(not_found)?;
+        if !route.is_party(&session.user) {
+            return Err(not_found());
+        }
+        if !allowed_in(route.status(), frame, route.caller() == &session.user) {
+            return Err(FrameError::new(
+                "invalid_call_state",
+                format!("{} is not allowed while the call is {}.", frame.kind(), route.status()),
+            ));
+        }
+        Ok(route)
+    }
+
+    pub(crate) fn to_other_party(&self, call: &Call, sender: &UserId, event: impl Fn(&str) -> String) {
+        if let Some(other) = call.other_party(sender) {
+            self.to_user(other, None, event);
+        }
+    }
+
+    pub(crate) async fn typing(
+        &self,
+        session: &SessionContext,
+        frame: ClientFrame<'_>,
+    ) -> Result<Option<String>, FrameError> {
+        let SessionKind::Chat(conversation) = session.kind else {
+            return Err(FrameError::new("wrong_socket", "Typing indicators belong on a chat socket."));
+        };
+        let username = session.username(self).await;
+        let kind = if matches!(frame, ClientFrame::TypingStart) { "typing.started" } else { "typing.stopped" };
+        let payload = events::typing(kind, &self.ids.next(), &session.user, username, &conversation.to_string());
+        self.router.route(Signal {
+            audience: Audience::Conversation(conversation),
+            except_device: None,
+            except_user: Some(session.user.clone()),
+            payload: payload.into(),
+        });
+        Ok(None)
+    }
+
+    /// Whether `user` may open a chat socket on `conversation`.
+    ///
+    /// # Errors
+    /// When the directory cannot answer.
+    pub async fn may_join(
+        &self,
+        user: &UserId,
+        conversation: ConversationId,
+    ) -> Result<bool, ringline_domain::DirectoryError> {
+        let participants = self.service.directory().conversation_participants(conversation).await?;
+        Ok(participants.is_some_and(|participants| participants.contains(user)))
+    }
+}
+
+/// A refused socket action, as an error frame. Same codes as the REST API.
+fn refusal(error: CallServiceError) -> FrameError {
+    use ringline_domain::TransitionError;
+    match error {
+        CallServiceError::CallNotFound | CallServiceError::Transition(TransitionError::NotAParty) => {
+            FrameError::new("call_not_found", "No such call, or not one of yours.")
+        }
+        CallServiceError::Transition(TransitionError::InvalidState { status, .. }) => {
+            FrameError::new("invalid_call_state", format!("Call is already {status}."))
+        }
+        CallServiceError::Transition(TransitionError::ReceiverOnly(_)) => {
+            FrameError::new("receiver_only", "Only the receiver may do that.")
+        }
+        CallServiceError::StillRacing => FrameError::new("call_conflict", "The call changed meanwhile; try again."),
+        other => {
+            tracing::error!(error = %other, "a socket action failed");
+            FrameError::new("internal_error", "The server could not do that; try again.")
+        }
+    }
+}
