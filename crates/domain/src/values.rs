@@ -210,6 +210,17 @@ impl CallStatus {
     pub const fn is_finished(self) -> bool {
         !self.is_open()
     }
+
+    /// How far along its life a call in this status is: 0 not answered yet, 1 in progress,
+    /// 2 finished. A call only ever moves to a later stage, so of two copies of one call the
+    /// one at the later stage is the newer (a copy read before a change never overwrites it).
+    pub const fn stage(self) -> u8 {
+        match self {
+            Self::Initiating | Self::Ringing => 0,
+            Self::Active => 1,
+            Self::Ended | Self::Missed | Self::Rejected | Self::Cancelled => 2,
+        }
+    }
 }
 
 /// Why a call finished. Recorded beside the status so that history and analytics can tell a

@@ -2,6 +2,11 @@
 //! needs no database read. Kept in step with every change made through [`Signaling`], read
 //! from the database at most once per call on a miss.
 //!
+//! Updates are monotonic: a copy of a call at an earlier stage of its life than the cached one
+//! (`CallStatus::stage`) is ignored. A miss may read `ringing` from the database while an
+//! accept is being committed; written after the accept's `active`, that stale copy would make
+//! the callee's `call.answer` look like an answer to an unanswered call.
+//!
 //! [`Signaling`]: crate::Signaling
 
 use std::collections::HashMap;
@@ -38,22 +43,85 @@ impl CallCache {
         self.read().get(&id).and_then(|cached| cached.parties.clone())
     }
 
+    /// Keeps `call` unless a newer copy is cached; returns the copy kept.
     pub(crate) fn remember(&self, call: &Call) -> Route {
         self.remember_with(call, None)
     }
 
+    /// As [`CallCache::remember`], with the parties' profiles when they are known.
     pub(crate) fn remember_with(&self, call: &Call, parties: Option<Arc<[UserProfile]>>) -> Route {
-        let route = Arc::new(call.clone());
         let mut map = self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(cached) = map.get_mut(&call.id()) {
+            if cached.route.status().stage() > call.status().stage() {
+                if cached.parties.is_none() {
+                    cached.parties = parties;
+                }
+                return Arc::clone(&cached.route);
+            }
+            cached.route = Arc::new(call.clone());
+            if parties.is_some() {
+                cached.parties = parties;
+            }
+            return Arc::clone(&cached.route);
+        }
         if map.len() >= MAX_CACHED_ROUTES {
             map.retain(|_, cached| cached.route.status().is_open());
         }
-        let parties = parties.or_else(|| map.get(&call.id()).and_then(|cached| cached.parties.clone()));
+        let route = Arc::new(call.clone());
         map.insert(call.id(), Cached { route: Arc::clone(&route), parties });
         route
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<CallId, Cached>> {
         self.map.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ringline_domain::{CallStatus, CallType, NewCall, Outcome, Timestamp, UserId};
+
+    use super::*;
+
+    fn user(name: &str) -> UserId {
+        UserId::parse(name).expect("a valid id")
+    }
+
+    fn ringing() -> Call {
+        let at = Timestamp::from_unix_micros(1_700_000_000_000_000).expect("a time");
+        let new = NewCall::ring(user("ada"), user("grace"), CallType::Voice, None, at).expect("a new call");
+        new.into_call(CallId::new(7).expect("an id"))
+    }
+
+    fn accepted(call: &Call) -> Call {
+        match call
+            .accept(call.receiver(), Timestamp::from_unix_micros(1_700_000_005_000_000).expect("a time"))
+            .expect("accepts")
+        {
+            Outcome::Changed(transition) => transition.call,
+            Outcome::AlreadyDone(call) => call,
+        }
+    }
+
+    #[test]
+    fn a_copy_read_before_a_change_never_replaces_the_change() {
+        let cache = CallCache::default();
+        let ringing = ringing();
+        let active = accepted(&ringing);
+        cache.remember(&active);
+        let kept = cache.remember(&ringing);
+        assert_eq!(kept.status(), CallStatus::Active, "the stale copy is ignored and the newer one returned");
+        assert_eq!(cache.get(ringing.id()).map(|route| route.status()), Some(CallStatus::Active));
+    }
+
+    #[test]
+    fn a_later_stage_replaces_an_earlier_one_and_keeps_the_profiles() {
+        let cache = CallCache::default();
+        let ringing = ringing();
+        let profiles: Arc<[UserProfile]> = Arc::from(Vec::new());
+        cache.remember_with(&ringing, Some(profiles));
+        let kept = cache.remember(&accepted(&ringing));
+        assert_eq!(kept.status(), CallStatus::Active);
+        assert!(cache.parties(ringing.id()).is_some(), "the profiles stay with the call");
     }
 }
