@@ -92,7 +92,7 @@ async fn a_thousand_relayed_frames_read_the_call_at_most_once() {
     );
     let hub = Signaling::local(service, Arc::new(storage.notifications()));
     let (slot, mut bob_events) = hub.sessions().register(bob.clone(), SessionKind::Notifications);
-    let sender = SessionContext::new(ringline_domain::DeviceId(9_999), alice, SessionKind::Notifications);
+    let sender = SessionContext::new(ringline_domain::DeviceId::new(0, 9_999), alice, SessionKind::Notifications);
     for n in 0..1000 {
         let frame = format!(
             r#"{{"type":"call.ice-candidate","call_id":"{}","candidate":{{"candidate":"candidate:{n} 1 udp 1 127.0.0.1 5000 typ host"}}}}"#,

@@ -320,9 +320,37 @@ impl NotificationVerb {
     }
 }
 
-/// One live connection of a user: a browser tab, a phone. Unique within a server process.
+/// One live connection of a user: a browser tab, a phone. Unique across every instance of a
+/// deployment: the random id its instance picked when it started, and the connection's serial
+/// number there (an event sent to "every device of a user but this one" may be delivered by
+/// another instance, which must not mistake one of its own devices for the origin).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DeviceId(pub u64);
+pub struct DeviceId {
+    instance: u64,
+    serial: u64,
+}
+
+impl DeviceId {
+    pub const fn new(instance: u64, serial: u64) -> Self {
+        Self { instance, serial }
+    }
+
+    /// The random id of the instance the connection is on.
+    pub const fn instance(self) -> u64 {
+        self.instance
+    }
+
+    /// The connection's serial number on its instance.
+    pub const fn serial(self) -> u64 {
+        self.serial
+    }
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}-{}", self.instance, self.serial)
+    }
+}
 
 /// What a user (or the server's timer) tried to do to a call; named in errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -50,7 +50,7 @@ impl SessionSlot {
         match self.queue.try_send(Arc::clone(payload)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(device = self.device.0, user = %self.user, "session is not reading its events: closing it");
+                tracing::warn!(device = %self.device, user = %self.user, "session is not reading its events: closing it");
                 self.kicked.notify_one();
             }
             // The session is ending; it unregisters itself.
@@ -91,10 +91,22 @@ struct Registry {
 }
 
 /// The in-process router.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LocalRouter {
     registry: RwLock<Registry>,
+    /// Picked at random when the router is made: the instance part of its sessions' device ids.
+    instance: u64,
     next_device: AtomicU64,
+}
+
+impl Default for LocalRouter {
+    fn default() -> Self {
+        Self {
+            registry: RwLock::default(),
+            instance: uuid::Uuid::new_v4().as_u64_pair().0,
+            next_device: AtomicU64::new(0),
+        }
+    }
 }
 
 impl LocalRouter {
@@ -102,10 +114,15 @@ impl LocalRouter {
         Self::default()
     }
 
+    /// The random id of this router's instance: every device id it hands out carries it.
+    pub fn instance(&self) -> u64 {
+        self.instance
+    }
+
     /// Registers a new session and returns its slot and the receiving end of its queue.
     pub fn register(&self, user: UserId, kind: SessionKind) -> (Arc<SessionSlot>, mpsc::Receiver<Arc<str>>) {
         let (queue, events) = mpsc::channel(QUEUE_CAPACITY);
-        let device = DeviceId(self.next_device.fetch_add(1, Ordering::Relaxed) + 1);
+        let device = DeviceId::new(self.instance, self.next_device.fetch_add(1, Ordering::Relaxed) + 1);
         let slot = Arc::new(SessionSlot { device, user: user.clone(), kind, queue, kicked: Notify::new() });
         let mut registry = self.write();
         registry.by_user.entry(user).or_default().push(Arc::clone(&slot));
@@ -191,6 +208,19 @@ mod tests {
 
     fn signal(audience: Audience, payload: &str) -> Signal {
         Signal { audience, except_device: None, except_user: None, payload: Arc::from(payload) }
+    }
+
+    #[test]
+    fn device_ids_are_unique_across_instances() {
+        let (first, second) = (LocalRouter::new(), LocalRouter::new());
+        assert_ne!(first.instance(), second.instance(), "each instance picks its own id");
+        let (a, _a) = first.register(user("bob"), SessionKind::Notifications);
+        let (b, _b) = second.register(user("bob"), SessionKind::Notifications);
+        let (c, _c) = first.register(user("bob"), SessionKind::Notifications);
+        assert_eq!(a.device.serial(), b.device.serial(), "both instances number their devices from 1");
+        assert_ne!(a.device, b.device);
+        assert_ne!(a.device, c.device);
+        assert_eq!((a.device.instance(), c.device.instance()), (first.instance(), first.instance()));
     }
 
     #[test]

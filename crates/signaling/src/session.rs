@@ -123,7 +123,7 @@ pub async fn run<S, K>(
     };
     let (slot, mut events, attached) = signaling.attach(&identity.user, identity.kind, identity.resume.as_deref());
     let context = SessionContext::new(slot.device, identity.user.clone(), identity.kind);
-    tracing::info!(user = %context.user, device = slot.device.0, kind = ?context.kind, "session opened");
+    tracing::info!(user = %context.user, device = %slot.device, kind = ?context.kind, "session opened");
 
     let conversation = match context.kind {
         SessionKind::Chat(conversation) => Some(conversation.to_string()),
@@ -204,7 +204,7 @@ pub async fn run<S, K>(
                         // dropped without an answer reads as 1006. The WebSocket layer queued
                         // the answer, echoing the code, when it read the peer's Close (writing
                         // a Close of our own now would be refused); a flush sends it.
-                        tracing::debug!(user = %context.user, device = slot.device.0, code, "peer closed");
+                        tracing::debug!(user = %context.user, device = %slot.device, code, "peer closed");
                         let _ = tokio::time::timeout(CLOSE_REPLY_TIMEOUT, outbound.flush()).await;
                         break;
                     }
@@ -231,7 +231,7 @@ pub async fn run<S, K>(
     }
 
     signaling.detach(&slot).await;
-    tracing::info!(user = %context.user, device = slot.device.0, "session closed");
+    tracing::info!(user = %context.user, device = %slot.device, "session closed");
 }
 
 /// Applies the limits to one text frame, then hands it to the hub.
