@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ringline_api::{AuthError, Authenticator, CallApiParts, IceSettings};
 use ringline_domain::{CallService, Clock, SystemClock, UserId, UserProfile};
+use ringline_signaling::{Background, Signaling};
 use ringline_storage::testing::{Backend, TestDatabase};
 use ringline_tests::spawn_http;
 use serde_json::{Value, json};
@@ -23,10 +24,8 @@ impl Authenticator for HostSessions {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_host_application_serves_calls_under_its_own_prefix_with_its_own_auth() {
-    let database = TestDatabase::new(Backend::Sqlite).await;
-    let storage = database.storage().clone();
+/// The host's users `ada` and `grace`, and Ringline's calls facade over them.
+async fn host_signaling(storage: &ringline_storage::Storage, ring_timeout: Duration) -> Arc<Signaling> {
     for id in ["ada", "grace"] {
         let profile = UserProfile {
             id: UserId::parse(id).expect("valid"),
@@ -38,20 +37,25 @@ async fn a_host_application_serves_calls_under_its_own_prefix_with_its_own_auth(
         storage.directory().upsert_user(&profile, SystemClock.now()).await.expect("user");
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let service = CallService::new(
-        Arc::new(storage.calls()),
-        Arc::new(storage.directory()),
-        clock.clone(),
-        Duration::from_secs(30),
-    );
+    let service = CallService::new(Arc::new(storage.calls()), Arc::new(storage.directory()), clock, ring_timeout);
+    Arc::new(Signaling::local(service, Arc::new(storage.notifications())))
+}
+
+fn host_app(signaling: Arc<Signaling>) -> poem::Route {
     let calls = ringline_api::call_routes(CallApiParts {
-        signaling: Arc::new(ringline_signaling::Signaling::local(service, Arc::new(storage.notifications()))),
+        signaling,
         authenticator: Arc::new(HostSessions),
         ice: IceSettings::default(),
-        clock,
+        clock: Arc::new(SystemClock),
     });
-    let host = poem::Route::new().at("/", poem::endpoint::make_sync(|_| "host home")).nest("/calls-service", calls);
-    let base = spawn_http(host).await;
+    poem::Route::new().at("/", poem::endpoint::make_sync(|_| "host home")).nest("/calls-service", calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_application_serves_calls_under_its_own_prefix_with_its_own_auth() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let signaling = host_signaling(database.storage(), Duration::from_secs(30)).await;
+    let base = spawn_http(host_app(signaling)).await;
     let http = reqwest::Client::new();
 
     assert_eq!(http.get(format!("{base}/")).send().await.expect("home").text().await.expect("text"), "host home");
@@ -79,5 +83,47 @@ async fn a_host_application_serves_calls_under_its_own_prefix_with_its_own_auth(
         .expect("list");
     assert_eq!(refused.status(), 401);
     assert_eq!(refused.json::<Value>().await.expect("json")["code"], "token_not_valid");
+    database.cleanup().await;
+}
+
+/// An embedding application starts `Background` as the server does: its unanswered calls are
+/// missed at the ring timeout instead of ringing for ever, and shutting it down stops the
+/// sweeps and closes the sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_call_nobody_answers_is_missed_once_background_work_runs() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let signaling = host_signaling(database.storage(), Duration::from_millis(400)).await;
+    let background = Background::start(signaling.clone());
+    let base = spawn_http(host_app(signaling)).await;
+    let http = reqwest::Client::new();
+    let call: Value = http
+        .post(format!("{base}/calls-service/api/calls/initiate/"))
+        .bearer_auth("host-session:ada")
+        .json(&json!({"receiver_id": "grace"}))
+        .send()
+        .await
+        .expect("initiate")
+        .json()
+        .await
+        .expect("json");
+    let mut status = Value::Null;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let current: Value = http
+            .get(format!("{base}/calls-service/api/calls/{}/", call["id"]))
+            .bearer_auth("host-session:grace")
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        status = current["status"].clone();
+        if status != "ringing" {
+            break;
+        }
+    }
+    assert_eq!(status, "missed", "the ring timer expired the call");
+    assert!(background.shutdown(Duration::from_secs(2)).await, "no session was left open");
     database.cleanup().await;
 }

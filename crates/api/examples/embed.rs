@@ -21,6 +21,7 @@ use ringline_api::{AuthError, Authenticator, CallApiParts, IceSettings};
 use ringline_domain::{
     CallService, Clock, ConversationId, Directory, DirectoryError, SystemClock, UserId, UserProfile,
 };
+use ringline_signaling::{Background, Signaling};
 use ringline_storage::Storage;
 
 /// The host's users, as Ringline's directory sees them.
@@ -74,14 +75,17 @@ fn profile(id: &str, name: &str) -> (UserId, UserProfile) {
     (id, profile)
 }
 
-/// The host's routes with Ringline nested under `/calls-service`.
-async fn host_app(storage: &Storage) -> Route {
+/// The host's calls: Ringline's call service over the host's users and a database of its own.
+fn host_signaling(storage: &Storage, clock: Arc<dyn Clock>) -> Arc<Signaling> {
     let directory = HostUsers { users: [profile("ada", "Ada"), profile("grace", "Grace")].into_iter().collect() };
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let service =
-        CallService::new(Arc::new(storage.calls()), Arc::new(directory), clock.clone(), Duration::from_secs(30));
+    let service = CallService::new(Arc::new(storage.calls()), Arc::new(directory), clock, Duration::from_secs(30));
+    Arc::new(Signaling::local(service, Arc::new(storage.notifications())))
+}
+
+/// The host's routes with Ringline nested under `/calls-service`.
+fn host_app(signaling: Arc<Signaling>, clock: Arc<dyn Clock>) -> Route {
     let calls = ringline_api::call_routes(CallApiParts {
-        signaling: Arc::new(ringline_signaling::Signaling::local(service, Arc::new(storage.notifications()))),
+        signaling,
         authenticator: Arc::new(HostSessions),
         ice: IceSettings::default(),
         clock,
@@ -93,8 +97,20 @@ async fn host_app(storage: &Storage) -> Route {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let storage = Storage::connect("sqlite://embedded-calls.db?mode=rwc").await?;
     storage.migrate().await?;
-    let app = host_app(&storage).await;
-    println!("serving the host on http://127.0.0.1:3000 (calls under /calls-service)");
-    Server::new(TcpListener::bind("127.0.0.1:3000")).run(app).await?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let signaling = host_signaling(&storage, clock.clone());
+    // The ring timer and the liveness sweep: without them unanswered calls would ring for ever.
+    let background = Background::start(signaling.clone());
+    let app = host_app(signaling.clone(), clock);
+    println!("serving the host on http://127.0.0.1:3000 (calls under /calls-service); Ctrl-C stops it");
+    let shutdown = async move {
+        let _ = tokio::signal::ctrl_c().await;
+        signaling.begin_shutdown(); // WebSocket sessions close at once (1001)
+    };
+    Server::new(TcpListener::bind("127.0.0.1:3000"))
+        .run_with_graceful_shutdown(app, shutdown, Some(Duration::from_secs(10)))
+        .await?;
+    background.shutdown(Duration::from_secs(5)).await;
+    storage.close().await?;
     Ok(())
 }

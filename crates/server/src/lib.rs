@@ -22,7 +22,7 @@ use poem::middleware::Cors;
 use poem::{EndpointExt, Server};
 use ringline_api::{CallApiParts, JwtAuthenticator, NoDelayAcceptor, ServerParts};
 use ringline_domain::{CallService, Clock, SystemClock};
-use ringline_signaling::{CancellationToken, Signaling};
+use ringline_signaling::{Background, CancellationToken, Signaling};
 use ringline_storage::Storage;
 
 pub use settings::Settings;
@@ -169,16 +169,12 @@ impl Application {
         let app = ringline_api::server_routes(parts);
         let app = app.with_if(!settings.cors_allowed_origins.is_empty(), cors(&settings.cors_allowed_origins));
 
-        let stop_timer = CancellationToken::new();
-        let (timer, liveness, checkpoints) = if sweeps {
-            (
-                Some(tokio::spawn(ringline_signaling::ring_timer::run(signaling.clone(), stop_timer.clone()))),
-                Some(tokio::spawn(ringline_signaling::liveness::run(signaling.clone(), stop_timer.clone()))),
-                Some(tokio::spawn(checkpoint_every_second(storage.clone(), stop_timer.clone()))),
-            )
-        } else {
-            (None, None, None)
-        };
+        let background =
+            if sweeps { Background::start(signaling.clone()) } else { Background::without_sweeps(signaling.clone()) };
+        if sweeps {
+            let storage = storage.clone();
+            background.spawn(|stop| checkpoint_every_second(storage, stop));
+        }
         tracing::info!(address = %local_addr, backend = storage.backend_name(), "ringline is serving");
         // poem detaches upgraded connections, so the sessions are closed here, as soon as the
         // signal arrives: clients reconnect (to another instance) at once.
@@ -189,14 +185,8 @@ impl Application {
         };
         let served =
             Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(app, shutdown, Some(SHUTDOWN_GRACE)).await;
-        if !signaling.drain(SESSION_DRAIN).await {
+        if !background.shutdown(SESSION_DRAIN).await {
             tracing::warn!("some WebSocket sessions did not close in time");
-        }
-        stop_timer.cancel();
-        for task in [timer, liveness, checkpoints].into_iter().flatten() {
-            if let Err(error) = task.await {
-                tracing::error!(%error, "a background sweep failed");
-            }
         }
         served.context("server failed")?;
         storage.close().await.context("closing the database")?;

@@ -11,12 +11,15 @@
 //!   and detach sessions (`lifecycle`);
 //! - [`session`]: one connection's loop: limits, keepalive, shutdown; [`settings`] holds its
 //!   keepalive and frame-rate settings;
-//! - [`ring_timer`]: expires unanswered calls.
+//! - [`ring_timer`]: expires unanswered calls; [`liveness`] ends calls whose parties are gone;
+//! - [`background`]: [`Background`], which runs both (and any further background work) and
+//!   closes the sessions on shutdown, the same way in the server and in embedding apps.
 //!
 //! A Redis-backed router can implement `SignalRouter` to publish to every instance and feed
 //! each instance's `LocalRouter` from its subscription; nothing else changes.
 
 mod announce;
+pub mod background;
 mod call_cache;
 pub mod events;
 pub mod hub;
@@ -30,6 +33,7 @@ pub mod router;
 pub mod session;
 pub mod settings;
 
+pub use background::Background;
 pub use hub::Signaling;
 pub use relay::SessionContext;
 pub use replay::{InMemoryReplay, ReplayLimits, ReplayStore};
