@@ -8,7 +8,8 @@
 //!   causes, or a [`TransitionError`] value;
 //! - [`rules`]: who may start a call right now (self-calls, busy lines, glare);
 //! - [`ports`]: the traits that the outer crates implement (call repository, notification
-//!   repository, directory of users and conversations, signal router, clock);
+//!   repository, directory of users and conversations, signal router, clock, and the
+//!   observers the service tells of every call change);
 //! - [`service`]: [`CallService`], the use cases (initiate, accept, reject, end, expire, read)
 //!   written once over the ports for every entry point (REST, WebSocket, timer).
 //!
@@ -23,8 +24,9 @@ pub mod values;
 
 pub use call::{Call, CallEvent, CallParts, InvalidCall, NewCall, Outcome, Transition, TransitionError};
 pub use ports::{
-    Audience, CallListFilter, CallRepository, Clock, Directory, DirectoryError, NewNotification, Notification,
-    NotificationRepository, Page, PageRequest, RepositoryError, Signal, SignalRouter, SystemClock, UserProfile,
+    Audience, CallListFilter, CallObserver, CallRepository, ChangeOrigin, Clock, Directory, DirectoryError,
+    NewNotification, Notification, NotificationRepository, Page, PageRequest, RepositoryError, Signal, SignalRouter,
+    SystemClock, UserProfile,
 };
 pub use rules::{InitiateDecision, InitiateRefusal, decide_initiate};
 pub use service::{CallAction, CallService, CallServiceError, InitiateCommand, Initiated, LivenessPolicy};

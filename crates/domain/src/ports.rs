@@ -297,3 +297,31 @@ pub trait NotificationRepository: Send + Sync + std::fmt::Debug {
     /// `Storage` when the store fails.
     async fn mark_all_read(&self, recipient: &UserId) -> Result<u64, RepositoryError>;
 }
+
+/// Where a call change came from, beyond the change itself. Empty for REST requests, timers
+/// and sweeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChangeOrigin<'a> {
+    /// The device (socket) whose frame made the change: its user's *other* devices are told.
+    pub device: Option<DeviceId>,
+    /// The callee's SDP answer, as the raw JSON its device sent, when a socket `call.answer`
+    /// accepted the call: the caller gets it with the acceptance.
+    pub answer: Option<&'a str>,
+}
+
+/// Told of every change the [`crate::CallService`] stores, right after it is stored, before
+/// the service returns: the signaling hub announces calls to devices this way, and metrics,
+/// webhooks or push can listen the same way. Whoever drives the service (REST, sockets, the
+/// timers, an embedding application) therefore cannot change a call without it being told.
+///
+/// Observers must not fail the change: it is already stored. They log their own failures.
+#[async_trait]
+pub trait CallObserver: Send + Sync + std::fmt::Debug {
+    /// `call` was created and is ringing. `parties` are the profiles of its parties the
+    /// directory knew (read to place the call).
+    async fn ringing(&self, call: &Call, parties: &[UserProfile]);
+
+    /// `transition` was stored. `parties` when the service read them for this change (an
+    /// accepted crossing call), so the observer need not read them again.
+    async fn changed(&self, transition: &Transition, origin: ChangeOrigin<'_>, parties: Option<&[UserProfile]>);
+}

@@ -4,14 +4,16 @@
 //! The service adds what a single transition cannot know: who exists (the [`Directory`]), what
 //! is stored (the [`CallRepository`]), and the time ([`Clock`]). It retries a step when another
 //! writer won a race, re-reading the call so that the answer reflects what actually happened
-//! (for example "Call is already ended." for an accept that lost to a hang-up).
+//! (for example "Call is already ended." for an accept that lost to a hang-up). Each change
+//! it stores is told to its [`CallObserver`]s before the use case returns.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::call::{Call, NewCall, Outcome, Transition, TransitionError};
 use crate::ports::{
-    CallListFilter, CallRepository, Clock, Directory, DirectoryError, Page, PageRequest, RepositoryError, UserProfile,
+    CallListFilter, CallObserver, CallRepository, ChangeOrigin, Clock, Directory, DirectoryError, Page, PageRequest,
+    RepositoryError, UserProfile,
 };
 use crate::rules::{InitiateDecision, InitiateRefusal, decide_initiate};
 use crate::values::{CallId, CallType, ConversationId, HangupReason, Timestamp, UserId};
@@ -98,7 +100,8 @@ pub enum CallServiceError {
     Directory(#[from] DirectoryError),
 }
 
-/// The call use cases over injected ports.
+/// The call use cases over injected ports. Every change it stores is told to its
+/// [`CallObserver`]s before the use case returns.
 #[derive(Debug, Clone)]
 pub struct CallService {
     calls: Arc<dyn CallRepository>,
@@ -106,6 +109,7 @@ pub struct CallService {
     clock: Arc<dyn Clock>,
     ring_timeout: Duration,
     liveness: LivenessPolicy,
+    observers: Vec<Arc<dyn CallObserver>>,
 }
 
 impl CallService {
@@ -115,7 +119,15 @@ impl CallService {
         clock: Arc<dyn Clock>,
         ring_timeout: Duration,
     ) -> Self {
-        Self { calls, directory, clock, ring_timeout, liveness: LivenessPolicy::default() }
+        Self { calls, directory, clock, ring_timeout, liveness: LivenessPolicy::default(), observers: Vec::new() }
+    }
+
+    /// Adds `observer`: it is told of every change stored from now on, after the observers
+    /// added before it.
+    #[must_use]
+    pub fn observed_by(mut self, observer: Arc<dyn CallObserver>) -> Self {
+        self.observers.push(observer);
+        self
     }
 
     /// Replaces the default [`LivenessPolicy`].
@@ -139,6 +151,22 @@ impl CallService {
 
     pub fn now(&self) -> Timestamp {
         self.clock.now()
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    async fn tell_ringing(&self, call: &Call, parties: &[UserProfile]) {
+        for observer in &self.observers {
+            observer.ringing(call, parties).await;
+        }
+    }
+
+    async fn tell_changed(&self, transition: &Transition, origin: ChangeOrigin<'_>, parties: Option<&[UserProfile]>) {
+        for observer in &self.observers {
+            observer.changed(transition, origin, parties).await;
+        }
     }
 
     /// `caller` calls `command.receiver`, following the rules of [`crate::rules`].
@@ -196,7 +224,10 @@ impl CallService {
                 self.clock.now(),
             )?;
             match self.calls.create(new_call).await {
-                Ok(call) => return Ok((Initiated::Ringing(call), parties)),
+                Ok(call) => {
+                    self.tell_ringing(&call, &parties).await;
+                    return Ok((Initiated::Ringing(call), parties));
+                }
                 Err(RepositoryError::LineBusy { user }) => {
                     last_busy =
                         if &user == caller { InitiateRefusal::CallerBusy } else { InitiateRefusal::ReceiverBusy };
@@ -215,7 +246,10 @@ impl CallService {
                     };
                     if let Outcome::Changed(transition) = crossing.accept(caller, self.clock.now())? {
                         match self.calls.apply(&transition).await {
-                            Ok(()) => return Ok((Initiated::AnsweredCrossingCall(transition), parties)),
+                            Ok(()) => {
+                                self.tell_changed(&transition, ChangeOrigin::default(), Some(&parties)).await;
+                                return Ok((Initiated::AnsweredCrossingCall(transition), parties));
+                            }
                             Err(RepositoryError::Conflict { .. }) => {}
                             Err(error) => return Err(error.into()),
                         }
@@ -263,12 +297,12 @@ impl CallService {
     /// `CallNotFound` (missing, or `actor` is not a party), `Transition` for a forbidden move
     /// (decided on the call as it is after any race), `Repository` when storage fails.
     pub async fn act(&self, actor: &UserId, id: CallId, action: CallAction) -> Result<Outcome, CallServiceError> {
-        self.act_on(actor, id, action, None).await
+        self.act_on(actor, id, action, None, ChangeOrigin::default()).await
     }
 
     /// [`CallService::act`], deciding first on `known`, the call as the caller last saw it (a
     /// cache), instead of reading it: the write is a compare-and-set on the status, so a stale
-    /// copy only costs a re-read, never a wrong change.
+    /// copy only costs a re-read, never a wrong change. `origin` is passed to the observers.
     ///
     /// # Errors
     /// As [`CallService::act`].
@@ -278,8 +312,9 @@ impl CallService {
         id: CallId,
         action: CallAction,
         known: Option<Call>,
+        origin: ChangeOrigin<'_>,
     ) -> Result<Outcome, CallServiceError> {
-        self.settle(id, known, |call, now| {
+        self.settle(id, known, origin, |call, now| {
             if !call.is_party(actor) {
                 return Err(CallServiceError::CallNotFound);
             }
@@ -299,7 +334,7 @@ impl CallService {
     /// `CallNotFound`; `Repository` when storage fails.
     pub async fn expire(&self, id: CallId) -> Result<Outcome, CallServiceError> {
         let timeout = self.ring_timeout;
-        self.settle(id, None, |call, now| Ok(call.expire(now, timeout)?)).await
+        self.settle(id, None, ChangeOrigin::default(), |call, now| Ok(call.expire(now, timeout)?)).await
     }
 
     /// Expires up to `limit` calls whose ring timeout has passed, oldest first, and returns the
@@ -368,7 +403,10 @@ impl CallService {
                 continue;
             };
             match self.calls.apply_if_abandoned(&transition, seen_before).await {
-                Ok(()) => ended.push(transition),
+                Ok(()) => {
+                    self.tell_changed(&transition, ChangeOrigin::default(), None).await;
+                    ended.push(transition);
+                }
                 Err(RepositoryError::Conflict { .. } | RepositoryError::NotFound) => {}
                 Err(error) => return Err(error.into()),
             }
@@ -378,7 +416,10 @@ impl CallService {
                 continue;
             };
             match self.calls.apply(&transition).await {
-                Ok(()) => ended.push(transition),
+                Ok(()) => {
+                    self.tell_changed(&transition, ChangeOrigin::default(), None).await;
+                    ended.push(transition);
+                }
                 Err(RepositoryError::Conflict { .. } | RepositoryError::NotFound) => {}
                 Err(error) => return Err(error.into()),
             }
@@ -388,18 +429,23 @@ impl CallService {
 
     /// Loads call `id` (or starts from `known`), computes a transition with `decide`, and
     /// applies it; on a lost race, re-reads and decides again. A decision other than a change
-    /// is only trusted on a call read from the store: a stale copy could refuse wrongly.
+    /// is only trusted on a call read from the store: a stale copy could refuse wrongly. A
+    /// stored change is told to the observers with `origin`.
     async fn settle(
         &self,
         id: CallId,
         known: Option<Call>,
+        origin: ChangeOrigin<'_>,
         decide: impl Fn(&Call, Timestamp) -> Result<Outcome, CallServiceError>,
     ) -> Result<Outcome, CallServiceError> {
         if let Some(call) = known.filter(|call| call.id() == id)
             && let Ok(Outcome::Changed(transition)) = decide(&call, self.clock.now())
         {
             match self.calls.apply(&transition).await {
-                Ok(()) => return Ok(Outcome::Changed(transition)),
+                Ok(()) => {
+                    self.tell_changed(&transition, origin, None).await;
+                    return Ok(Outcome::Changed(transition));
+                }
                 Err(RepositoryError::Conflict { .. } | RepositoryError::NotFound) => {}
                 Err(error) => return Err(error.into()),
             }
@@ -409,7 +455,10 @@ impl CallService {
             match decide(&call, self.clock.now())? {
                 Outcome::AlreadyDone(call) => return Ok(Outcome::AlreadyDone(call)),
                 Outcome::Changed(transition) => match self.calls.apply(&transition).await {
-                    Ok(()) => return Ok(Outcome::Changed(transition)),
+                    Ok(()) => {
+                        self.tell_changed(&transition, origin, None).await;
+                        return Ok(Outcome::Changed(transition));
+                    }
                     Err(RepositoryError::Conflict { .. }) => {}
                     Err(RepositoryError::NotFound) => return Err(CallServiceError::CallNotFound),
                     Err(error) => return Err(error.into()),

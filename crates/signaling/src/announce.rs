@@ -1,17 +1,59 @@
 //! Announcing call changes: what each party's devices are sent when a call rings, is
 //! accepted, rejected, cancelled, ends or is missed, and the notifications stored with it.
+//!
+//! [`Announcer`] is the hub's [`CallObserver`]: the `CallService` tells it of every change it
+//! stores, so a change is announced however it was made (REST, a socket, a timer, an
+//! embedding application calling the service itself), exactly once, and the relay's call
+//! cache follows every change.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
 
+use async_trait::async_trait;
 use ringline_domain::{
-    Audience, Call, CallEvent, DeviceId, NewNotification, NotificationVerb, Signal, UserId, UserProfile,
+    Audience, Call, CallEvent, CallObserver, ChangeOrigin, Clock, DeviceId, Directory, NewNotification,
+    NotificationRepository, NotificationVerb, Signal, SignalRouter, Transition, UserId, UserProfile,
 };
 use serde_json::value::RawValue;
 
+use crate::call_cache::CallCache;
 use crate::events::{self, NotificationPayload};
-use crate::hub::Signaling;
+use crate::replay::ReplayStore;
 
-impl Signaling {
+/// What announcing needs, shared by the hub and the call service that tells it of changes.
+#[derive(Debug)]
+pub(crate) struct Announcer {
+    pub(crate) notifications: Arc<dyn NotificationRepository>,
+    pub(crate) router: Arc<dyn SignalRouter>,
+    pub(crate) replay: Arc<dyn ReplayStore>,
+    pub(crate) directory: Arc<dyn Directory>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) cache: CallCache,
+    /// Users who held a line at the last liveness sweep or were rung here since: the ones
+    /// whose last socket closing is worth recording as their last-seen moment.
+    pub(crate) on_lines: RwLock<HashSet<UserId>>,
+}
+
+#[async_trait]
+impl CallObserver for Announcer {
+    async fn ringing(&self, call: &Call, parties: &[UserProfile]) {
+        self.cache.remember_with(call, Some(parties.into()));
+        self.on_lines
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend([call.caller().clone(), call.receiver().clone()]);
+        self.ring(call).await;
+    }
+
+    async fn changed(&self, transition: &Transition, origin: ChangeOrigin<'_>, parties: Option<&[UserProfile]>) {
+        self.cache.remember_with(&transition.call, parties.map(Into::into));
+        // The answer was valid JSON when the frame was parsed; it is passed on as it came.
+        let answer = origin.answer.and_then(|answer| serde_json::from_str::<&RawValue>(answer).ok());
+        self.announce(&transition.call, &transition.event, origin.device, answer).await;
+    }
+}
+
+impl Announcer {
     /// The next event of `user`'s stream, built by `event(event_id)`: kept for sockets that
     /// resume, and one copy for each of `user`'s sessions but `except_device` (which sockets:
     /// [`Audience::User`]).
@@ -31,12 +73,12 @@ impl Signaling {
     ///
     /// # Errors
     /// When the directory cannot answer.
-    pub async fn parties_of(&self, call: &Call) -> Result<Arc<[UserProfile]>, ringline_domain::DirectoryError> {
+    pub(crate) async fn parties_of(&self, call: &Call) -> Result<Arc<[UserProfile]>, ringline_domain::DirectoryError> {
         if let Some(parties) = self.cache.parties(call.id()) {
             return Ok(parties);
         }
         let ids = [call.caller().clone(), call.receiver().clone()];
-        Ok(self.service.directory().users(&ids).await?.into())
+        Ok(self.directory.users(&ids).await?.into())
     }
 
     /// `user`'s profile as a party of `call`, if known.
@@ -63,7 +105,7 @@ impl Signaling {
             verb,
             call: call.id(),
             conversation: call.conversation(),
-            created_at: self.service.now(),
+            created_at: self.clock.now(),
         };
         let stored = match self.notifications.create(new).await {
             Ok(stored) => stored,

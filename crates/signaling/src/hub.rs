@@ -1,11 +1,13 @@
 //! [`Signaling`]: the calls facade every entry point uses.
 //!
-//! REST handlers, socket frames and the ring timer change calls through [`Signaling`] (never
-//! through `CallService` directly), so every change is told to both parties' devices the same
-//! way, exactly once. This file holds the hub itself and the operations that change calls; the
-//! rest of its work lives beside it:
+//! REST handlers, socket frames and the ring timer change calls through [`Signaling`], whose
+//! `CallService` tells the hub's announcer of every change it stores; so every change is told
+//! to both parties' devices the same way, exactly once, even one made on
+//! [`Signaling::service`] directly. This file holds the hub itself and the operations that
+//! change calls; the rest of its work lives beside it:
 //!
-//! - `announce.rs`: what the parties' devices are sent for each change;
+//! - `announce.rs`: the announcer (the service's observer): what the parties' devices are
+//!   sent for each change;
 //! - `relay.rs`: client frames (offer, answer, ICE candidates, typing), relayed without a
 //!   database read;
 //! - `call_cache.rs`: the calls this process knows, in memory, for the relay;
@@ -16,13 +18,14 @@ use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
 use ringline_domain::{
-    Call, CallAction, CallId, CallService, CallServiceError, DeviceId, InitiateCommand, Initiated,
+    Call, CallAction, CallId, CallService, CallServiceError, ChangeOrigin, DeviceId, InitiateCommand, Initiated,
     NotificationRepository, Outcome, SignalRouter, UserId, UserProfile,
 };
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::announce::Announcer;
 use crate::call_cache::CallCache;
 use crate::protocol::EventIds;
 use crate::replay::{InMemoryReplay, ReplayStore};
@@ -33,16 +36,14 @@ use crate::settings::{FrameRate, Keepalive};
 /// methods are spread over the files the module documentation lists.
 #[derive(Debug)]
 pub struct Signaling {
+    /// The service as it was given, before the hub observed it (`with_replay` observes it
+    /// again with a new announcer).
+    unobserved: CallService,
+    /// The service, telling `announcer` of every change it stores.
     pub(crate) service: CallService,
-    pub(crate) notifications: Arc<dyn NotificationRepository>,
-    pub(crate) router: Arc<dyn SignalRouter>,
+    pub(crate) announcer: Arc<Announcer>,
     pub(crate) local: Arc<LocalRouter>,
-    pub(crate) cache: CallCache,
     pub(crate) ids: EventIds,
-    pub(crate) replay: Arc<dyn ReplayStore>,
-    /// Users who held a line at the last liveness sweep or were rung here since: the ones
-    /// whose last socket closing is worth recording as their last-seen moment.
-    pub(crate) on_lines: RwLock<HashSet<UserId>>,
     pub(crate) keepalive: Keepalive,
     pub(crate) frame_rate: FrameRate,
     pub(crate) sessions: TaskTracker,
@@ -52,21 +53,29 @@ pub struct Signaling {
 impl Signaling {
     /// `router` publishes events (to this process only, or to every process); `local` holds
     /// this process's sessions. With a single process both are the same [`LocalRouter`].
+    /// The hub observes `service`: every change made through [`Signaling::service`] is
+    /// announced, whoever makes it.
     pub fn new(
         service: CallService,
         notifications: Arc<dyn NotificationRepository>,
         router: Arc<dyn SignalRouter>,
         local: Arc<LocalRouter>,
     ) -> Self {
-        Self {
-            service,
+        let announcer = Arc::new(Announcer {
             notifications,
             router,
-            local,
-            cache: CallCache::default(),
-            ids: EventIds::default(),
             replay: Arc::new(InMemoryReplay::default()),
+            directory: service.directory().clone(),
+            clock: service.clock().clone(),
+            cache: CallCache::default(),
             on_lines: RwLock::default(),
+        });
+        Self {
+            service: service.clone().observed_by(announcer.clone()),
+            unobserved: service,
+            announcer,
+            local,
+            ids: EventIds::default(),
             keepalive: Keepalive::default(),
             frame_rate: FrameRate::default(),
             sessions: TaskTracker::new(),
@@ -96,7 +105,17 @@ impl Signaling {
     /// stream) with another store, for example a smaller window in tests or a shared one.
     #[must_use]
     pub fn with_replay(mut self, replay: Arc<dyn ReplayStore>) -> Self {
-        self.replay = replay;
+        let announcer = Arc::new(Announcer {
+            notifications: self.announcer.notifications.clone(),
+            router: self.announcer.router.clone(),
+            replay,
+            directory: self.announcer.directory.clone(),
+            clock: self.announcer.clock.clone(),
+            cache: CallCache::default(),
+            on_lines: RwLock::default(),
+        });
+        self.service = self.unobserved.clone().observed_by(announcer.clone());
+        self.announcer = announcer;
         self
     }
 
@@ -117,11 +136,20 @@ impl Signaling {
     }
 
     pub fn notifications(&self) -> &Arc<dyn NotificationRepository> {
-        &self.notifications
+        &self.announcer.notifications
     }
 
     pub fn sessions(&self) -> &LocalRouter {
         &self.local
+    }
+
+    /// The profiles of `call`'s parties the directory knows: remembered from when this
+    /// process started the call, or read now.
+    ///
+    /// # Errors
+    /// When the directory cannot answer.
+    pub async fn parties_of(&self, call: &Call) -> Result<Arc<[UserProfile]>, ringline_domain::DirectoryError> {
+        self.announcer.parties_of(call).await
     }
 
     pub(crate) fn next_event_id(&self) -> String {
@@ -136,41 +164,22 @@ impl Signaling {
     /// # Errors
     /// As [`CallService::end_abandoned`].
     pub async fn sweep_liveness(&self, limit: u32) -> Result<usize, CallServiceError> {
-        self.replay.prune();
+        self.announcer.replay.prune();
         let on_lines: HashSet<UserId> = self.service.users_on_lines().await?.into_iter().collect();
         let here: Vec<UserId> = on_lines.iter().filter(|user| self.local.sessions_of(user) > 0).cloned().collect();
-        *self.on_lines.write().unwrap_or_else(std::sync::PoisonError::into_inner) = on_lines;
+        *self.announcer.on_lines.write().unwrap_or_else(std::sync::PoisonError::into_inner) = on_lines;
         self.service.mark_seen(&here).await?;
-        let ended = self.service.end_abandoned(limit).await?;
-        for transition in &ended {
-            self.cache.remember(&transition.call);
-            self.announce(&transition.call, &transition.event, None, None).await;
-        }
-        Ok(ended.len())
+        // The service tells the announcer of each call it ends.
+        Ok(self.service.end_abandoned(limit).await?.len())
     }
 
-    /// Starts a call (REST `initiate/`) and rings the receiver's devices.
+    /// Starts a call (REST `initiate/`); the receiver's devices ring as the service tells the
+    /// announcer.
     ///
     /// # Errors
     /// As [`CallService::initiate`].
     pub async fn initiate(&self, caller: &UserId, command: InitiateCommand) -> Result<Initiated, CallServiceError> {
-        let (initiated, parties) = self.service.initiate_with_parties(caller, command).await?;
-        let parties: Option<Arc<[UserProfile]>> = Some(parties.into());
-        match &initiated {
-            Initiated::Ringing(call) => {
-                self.cache.remember_with(call, parties);
-                self.on_lines
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .extend([call.caller().clone(), call.receiver().clone()]);
-                self.ring(call).await;
-            }
-            Initiated::AnsweredCrossingCall(transition) => {
-                self.cache.remember_with(&transition.call, parties);
-                self.announce(&transition.call, &transition.event, None, None).await;
-            }
-        }
-        Ok(initiated)
+        self.service.initiate(caller, command).await
     }
 
     /// `actor` accepts, rejects or ends a call, from `origin` (a socket) or REST (`None`).
@@ -187,33 +196,30 @@ impl Signaling {
         self.act_with_answer(actor, id, action, origin, None).await
     }
 
+    /// [`Signaling::act`], deciding on the cached call first; `answer` is the callee's SDP when
+    /// a socket `call.answer` accepts the call (the caller gets it with the acceptance).
     pub(crate) async fn act_with_answer(
         &self,
         actor: &UserId,
         id: CallId,
         action: CallAction,
-        origin: Option<DeviceId>,
+        device: Option<DeviceId>,
         answer: Option<&RawValue>,
     ) -> Result<Outcome, CallServiceError> {
-        let known = self.cache.get(id).map(|route| Call::clone(&route));
-        let outcome = self.service.act_on(actor, id, action, known).await?;
-        self.cache.remember(outcome.call());
-        if let Outcome::Changed(transition) = &outcome {
-            self.announce(&transition.call, &transition.event, origin, answer).await;
-        }
+        let known = self.announcer.cache.get(id).map(|route| Call::clone(&route));
+        let origin = ChangeOrigin { device, answer: answer.map(RawValue::get) };
+        let outcome = self.service.act_on(actor, id, action, known, origin).await?;
+        // A change is cached by the announcer; a repeat refreshes the copy the relay checks.
+        self.announcer.cache.remember(outcome.call());
         Ok(outcome)
     }
 
-    /// Expires calls past the ring timeout and tells both parties. Returns how many.
+    /// Expires calls past the ring timeout (the service tells the announcer of each). Returns
+    /// how many.
     ///
     /// # Errors
     /// As [`CallService::expire_due`].
     pub async fn expire_due(&self, limit: u32) -> Result<usize, CallServiceError> {
-        let expired = self.service.expire_due(limit).await?;
-        for transition in &expired {
-            self.cache.remember(&transition.call);
-            self.announce(&transition.call, &transition.event, None, None).await;
-        }
-        Ok(expired.len())
+        Ok(self.service.expire_due(limit).await?.len())
     }
 }

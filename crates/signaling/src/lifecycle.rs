@@ -36,7 +36,7 @@ impl Signaling {
         resume: Option<&str>,
     ) -> (Arc<SessionSlot>, tokio::sync::mpsc::Receiver<Arc<str>>, Attached) {
         let mut registered = None;
-        let attached = self.replay.attach(user, resume, &mut || {
+        let attached = self.announcer.replay.attach(user, resume, &mut || {
             registered = Some(self.local.register(user.clone(), kind));
         });
         let (slot, events) = registered.unwrap_or_else(|| self.local.register(user.clone(), kind));
@@ -48,7 +48,8 @@ impl Signaling {
     /// up to when the last of them went (not up to the last heartbeat before).
     pub(crate) async fn detach(&self, slot: &SessionSlot) {
         self.local.unregister(slot);
-        let on_line = self.on_lines.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&slot.user);
+        let on_line =
+            self.announcer.on_lines.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&slot.user);
         if on_line
             && self.local.sessions_of(&slot.user) == 0
             && let Err(error) = self.service.mark_seen(std::slice::from_ref(&slot.user)).await
@@ -69,11 +70,11 @@ impl Signaling {
             return Ok(CallsOnConnect::default());
         };
         if newest.status().is_open() {
-            self.on_lines.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(user.clone());
+            self.announcer.on_lines.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(user.clone());
             if let Err(error) = self.service.mark_seen(std::slice::from_ref(user)).await {
                 tracing::warn!(%error, "cannot record that a party of a call is back");
             }
-            self.cache.remember(&newest);
+            self.announcer.cache.remember(&newest);
             return Ok(CallsOnConnect { open: Some(newest), recently_finished: None });
         }
         let told_for = if newest.end_reason() == Some(EndReason::ConnectionLost) {

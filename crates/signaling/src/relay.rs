@@ -49,11 +49,11 @@ impl SessionContext {
 impl Signaling {
     /// The route of call `id` from memory, or read once from the database.
     pub(crate) async fn route(&self, id: CallId) -> Result<Option<Route>, FrameError> {
-        if let Some(route) = self.cache.get(id) {
+        if let Some(route) = self.announcer.cache.get(id) {
             return Ok(Some(route));
         }
         match self.service.find(id).await {
-            Ok(Some(call)) => Ok(Some(self.cache.remember(&call))),
+            Ok(Some(call)) => Ok(Some(self.announcer.cache.remember(&call))),
             Ok(None) => Ok(None),
             Err(error) => {
                 tracing::error!(%error, "cannot load a call for signaling");
@@ -100,7 +100,7 @@ impl Signaling {
             }
             ClientFrame::Offer { call, offer } => {
                 let route = self.party_route(session, call, &frame).await?;
-                let username = self.username(&route, &session.user).await;
+                let username = self.announcer.username(&route, &session.user).await;
                 self.to_other_party(&route, &session.user, |id| {
                     events::offer(id, &route, &session.user, &username, offer)
                 });
@@ -154,7 +154,8 @@ impl Signaling {
     /// that answered would hang it up. Sent on every answer from the callee (a renegotiation
     /// repeats it), which is harmless: a device that is not in the call has nothing to end.
     pub(crate) fn answered_elsewhere(&self, call: &Call, session: &SessionContext) {
-        self.to_user(call.receiver(), Some(session.device), |id| events::answered_elsewhere(id, call, &session.user));
+        self.announcer
+            .to_user(call.receiver(), Some(session.device), |id| events::answered_elsewhere(id, call, &session.user));
     }
 
     /// The call's route, if `session`'s user is a party and the frame fits the call's state.
@@ -180,7 +181,7 @@ impl Signaling {
 
     pub(crate) fn to_other_party(&self, call: &Call, sender: &UserId, event: impl Fn(&str) -> String) {
         if let Some(other) = call.other_party(sender) {
-            self.to_user(other, None, event);
+            self.announcer.to_user(other, None, event);
         }
     }
 
@@ -195,7 +196,7 @@ impl Signaling {
         let username = session.username(self).await;
         let kind = if matches!(frame, ClientFrame::TypingStart) { "typing.started" } else { "typing.stopped" };
         let payload = events::typing(kind, &self.ids.next(), &session.user, username, &conversation.to_string());
-        self.router.route(Signal {
+        self.announcer.router.route(Signal {
             audience: Audience::Conversation(conversation),
             except_device: None,
             except_user: Some(session.user.clone()),
