@@ -2,6 +2,9 @@
 
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
+use std::sync::Arc;
+
+use ringline_signaling::BusHealth;
 use ringline_storage::Storage;
 
 use crate::ApiTags;
@@ -11,6 +14,11 @@ use crate::error::ErrorBody;
 pub struct HealthStatus {
     /// `ok` (alive) or `ready` (can take traffic).
     pub status: String,
+    /// With several instances: `ok`, or `unavailable` while Redis cannot be reached (this
+    /// instance still serves its own sockets; events from and to other instances are lost
+    /// meanwhile, and its sockets are told to resync when Redis is back).
+    #[oai(skip_serializing_if_is_none)]
+    pub bus: Option<String>,
 }
 
 #[derive(Debug, ApiResponse)]
@@ -26,11 +34,12 @@ pub enum ReadyResponse {
 #[derive(Debug)]
 pub struct HealthApi {
     storage: Storage,
+    bus: Option<Arc<BusHealth>>,
 }
 
 impl HealthApi {
-    pub fn new(storage: Storage) -> Self {
-        Self { storage }
+    pub fn new(storage: Storage, bus: Option<Arc<BusHealth>>) -> Self {
+        Self { storage, bus }
     }
 }
 
@@ -39,14 +48,19 @@ impl HealthApi {
     /// Liveness: the process is up
     #[oai(path = "/healthz", method = "get", operation_id = "healthz")]
     async fn healthz(&self) -> Json<HealthStatus> {
-        Json(HealthStatus { status: "ok".into() })
+        Json(HealthStatus { status: "ok".into(), bus: None })
     }
 
     /// Readiness: the database answers
     #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
     async fn readyz(&self) -> ReadyResponse {
         match self.storage.ping().await {
-            Ok(()) => ReadyResponse::Ready(Json(HealthStatus { status: "ready".into() })),
+            Ok(()) => {
+                // Redis down does not make this instance unready: it still serves its own
+                // sockets, and every instance shares the outage (the log says it loudly).
+                let bus = self.bus.as_ref().map(|bus| if bus.connected() { "ok" } else { "unavailable" }.to_owned());
+                ReadyResponse::Ready(Json(HealthStatus { status: "ready".into(), bus }))
+            }
             Err(error) => {
                 // The cause goes to the log only: a probe response is readable by anyone.
                 tracing::warn!(%error, "readiness check failed: the database does not answer");

@@ -86,6 +86,8 @@ pub struct ServerParts {
     pub admin_token: Option<SecretString>,
     /// Set to enable demo sign-in (only with the development JWT secret).
     pub demo_login: Option<Arc<JwtAuthenticator>>,
+    /// The bus to other instances, when there is one: `/readyz` reports it.
+    pub bus: Option<Arc<ringline_signaling::BusHealth>>,
 }
 
 type ServerApis = (CallsApi, NotificationsApi, TurnApi, AdminApi, HealthApi, DemoApi);
@@ -110,7 +112,7 @@ pub fn server_api(parts: ServerParts) -> OpenApiService<ServerApis, ()> {
         NotificationsApi::new(signaling, authenticator.clone()),
         TurnApi::new(ice, authenticator, clock.clone()),
         AdminApi::new(parts.storage.directory(), parts.admin_token, clock),
-        HealthApi::new(parts.storage.clone()),
+        HealthApi::new(parts.storage.clone(), parts.bus.clone()),
         DemoApi::new(parts.demo_login.map(|authenticator| (parts.storage.directory(), authenticator))),
     );
     describe(OpenApiService::new(apis, "Ringline", env!("CARGO_PKG_VERSION")))

@@ -246,6 +246,10 @@ pub struct Signal {
 /// its own documentation, what happens to a recipient that cannot keep up.
 pub trait SignalRouter: Send + Sync + std::fmt::Debug {
     fn route(&self, signal: Signal);
+
+    /// Tells the other instances that `call` changed, so that copies of it they keep (the
+    /// relay's cache) follow. A single process has nobody to tell.
+    fn call_changed(&self, _call: &Call) {}
 }
 
 /// A notification about to be stored.

@@ -21,9 +21,10 @@ use poem::listener::{Acceptor, Listener, TcpListener};
 use poem::middleware::Cors;
 use poem::{EndpointExt, Server};
 use ringline_api::{CallApiParts, JwtAuthenticator, NoDelayAcceptor, ServerParts};
-use ringline_domain::{CallService, Clock, SystemClock};
-use ringline_signaling::{Background, CancellationToken, Signaling};
+use ringline_domain::{CallService, Clock, SignalRouter, SystemClock};
+use ringline_signaling::{Background, CancellationToken, LocalRouter, RedisBus, RedisSettings, Signaling};
 use ringline_storage::Storage;
+use secrecy::ExposeSecret;
 
 pub use settings::Settings;
 
@@ -45,6 +46,8 @@ pub struct Application {
     /// Whether `run_until` runs the ring timer and the liveness sweep (always, but in tests
     /// that count the database work of one request).
     sweeps: bool,
+    /// The bus to the other instances, when `RINGLINE_REDIS_URL` is set.
+    bus: Option<Arc<RedisBus>>,
 }
 
 impl std::fmt::Debug for Application {
@@ -77,8 +80,26 @@ impl Application {
             settings.ring_timeout(),
         )
         .with_liveness(settings.liveness());
+        let local = Arc::new(LocalRouter::new());
+        let bus = match &settings.redis_url {
+            Some(url) => {
+                let redis =
+                    RedisSettings { prefix: settings.redis_prefix.clone(), ..RedisSettings::new(url.expose_secret()) };
+                let bus = RedisBus::connect(&redis, local.clone()).await.context("cannot connect to Redis")?;
+                tracing::info!(
+                    instance = format!("{:016x}", local.instance()),
+                    "several instances: events cross them over Redis"
+                );
+                Some(bus)
+            }
+            None => None,
+        };
+        let router: Arc<dyn SignalRouter> = match &bus {
+            Some(bus) => bus.clone(),
+            None => local.clone(),
+        };
         let signaling = Arc::new(
-            Signaling::local(service, Arc::new(storage.notifications()))
+            Signaling::new(service, Arc::new(storage.notifications()), router, local)
                 .with_keepalive(settings.keepalive())
                 .with_frame_rate(settings.frame_rate()),
         );
@@ -118,6 +139,7 @@ impl Application {
             local_addr,
             development_secret: is_default,
             sweeps: true,
+            bus,
         })
     }
 
@@ -152,7 +174,7 @@ impl Application {
     /// # Errors
     /// When the server fails to run.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Self { settings, storage, signaling, authenticator, acceptor, local_addr, development_secret, sweeps } =
+        let Self { settings, storage, signaling, authenticator, acceptor, local_addr, development_secret, sweeps, bus } =
             self;
         let demo_login = development_secret.then(|| authenticator.clone());
         let parts = ServerParts {
@@ -165,6 +187,7 @@ impl Application {
             storage: storage.clone(),
             admin_token: settings.admin_token.clone(),
             demo_login,
+            bus: bus.as_ref().map(|bus| bus.health()),
         };
         let app = ringline_api::server_routes(parts);
         let app = app.with_if(!settings.cors_allowed_origins.is_empty(), cors(&settings.cors_allowed_origins));
@@ -174,6 +197,10 @@ impl Application {
         if sweeps {
             let storage = storage.clone();
             background.spawn(|stop| checkpoint_every_second(storage, stop));
+        }
+        if let Some(bus) = bus {
+            let signaling = signaling.clone();
+            background.spawn(|stop| bus.run(signaling, stop));
         }
         tracing::info!(address = %local_addr, backend = storage.backend_name(), "ringline is serving");
         // poem detaches upgraded connections, so the sessions are closed here, as soon as the
@@ -258,6 +285,7 @@ pub async fn openapi_document() -> anyhow::Result<String> {
         storage: storage.clone(),
         admin_token: None,
         demo_login: None,
+        bus: None,
     };
     let document = ringline_api::openapi_json(parts);
     storage.close().await?;

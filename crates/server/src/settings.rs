@@ -74,6 +74,11 @@ pub struct Settings {
     pub cors_allowed_origins: Vec<String>,
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Redis for several instances (`redis://127.0.0.1:6379`); `None`: one process, in-memory
+    /// routing. It may hold a password: never logged.
+    pub redis_url: Option<SecretString>,
+    #[serde(default = "defaults::redis_prefix")]
+    pub redis_prefix: String,
 }
 
 mod defaults {
@@ -111,6 +116,9 @@ mod defaults {
     }
     pub fn ws_frame_burst() -> u32 {
         200
+    }
+    pub fn redis_prefix() -> String {
+        "ringline".to_owned()
     }
 }
 
@@ -300,6 +308,8 @@ impl Settings {
             ws_frame_burst: defaults::ws_frame_burst(),
             cors_allowed_origins: Vec::new(),
             log_format: LogFormat::Text,
+            redis_url: None,
+            redis_prefix: defaults::redis_prefix(),
         }
     }
 }

@@ -47,6 +47,7 @@ impl CallObserver for Announcer {
 
     async fn changed(&self, transition: &Transition, origin: ChangeOrigin<'_>, parties: Option<&[UserProfile]>) {
         self.cache.remember_with(&transition.call, parties.map(Into::into));
+        self.router.call_changed(&transition.call);
         // The answer was valid JSON when the frame was parsed; it is passed on as it came.
         let answer = origin.answer.and_then(|answer| serde_json::from_str::<&RawValue>(answer).ok());
         self.announce(&transition.call, &transition.event, origin.device, answer).await;

@@ -72,6 +72,15 @@ impl CallCache {
         route
     }
 
+    /// Forgets the cached copy of call `id` if it is at an earlier stage than `stage` (another
+    /// instance changed the call): the next frame reads it again.
+    pub(crate) fn forget_older(&self, id: CallId, stage: u8) {
+        let mut map = self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.get(&id).is_some_and(|cached| cached.route.status().stage() < stage) {
+            map.remove(&id);
+        }
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<CallId, Cached>> {
         self.map.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }

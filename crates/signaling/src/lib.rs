@@ -15,8 +15,8 @@
 //! - [`background`]: [`Background`], which runs both (and any further background work) and
 //!   closes the sessions on shutdown, the same way in the server and in embedding apps.
 //!
-//! A Redis-backed router can implement `SignalRouter` to publish to every instance and feed
-//! each instance's `LocalRouter` from its subscription; nothing else changes.
+//! - [`redis_bus`]: [`RedisBus`], the `SignalRouter` for several instances: it delivers to
+//!   this instance's sessions and publishes to the others over Redis pub/sub.
 
 mod announce;
 pub mod background;
@@ -26,6 +26,7 @@ pub mod hub;
 mod lifecycle;
 pub mod liveness;
 pub mod protocol;
+pub mod redis_bus;
 mod relay;
 pub mod replay;
 pub mod ring_timer;
@@ -35,6 +36,7 @@ pub mod settings;
 
 pub use background::Background;
 pub use hub::Signaling;
+pub use redis_bus::{BusHealth, RedisBus, RedisSettings};
 pub use relay::SessionContext;
 pub use replay::{InMemoryReplay, ReplayLimits, ReplayStore};
 pub use router::{LocalRouter, SessionKind};

@@ -9,9 +9,9 @@
 //! `slow_consumer` — so its client reconnects and resynchronises (the REST API has the call's
 //! state). Nobody else waits, and memory stays bounded at [`QUEUE_CAPACITY`] events per session.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use ringline_domain::{Audience, ConversationId, DeviceId, Signal, SignalRouter, UserId};
 use tokio::sync::{Notify, mpsc};
@@ -90,6 +90,28 @@ struct Registry {
     by_conversation: HashMap<ConversationId, Vec<Arc<SessionSlot>>>,
 }
 
+/// A change in which users and conversations have sessions here, told to a
+/// [`RegistryListener`] (a bus subscribes to what this process's sessions need).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryChange {
+    /// The user's first session here opened.
+    UserArrived(UserId),
+    /// The user's last session here closed.
+    UserLeft(UserId),
+    /// The first chat socket on the conversation opened here.
+    ConversationArrived(ConversationId),
+    /// The last chat socket on the conversation closed here.
+    ConversationLeft(ConversationId),
+    /// The user now has (`true`) or no longer has (`false`) a notification socket here.
+    NotificationSockets { user: UserId, present: bool },
+}
+
+/// Told of every [`RegistryChange`], in order, while the registry is locked: it must not
+/// block (queue the work).
+pub trait RegistryListener: Send + Sync + std::fmt::Debug {
+    fn changed(&self, change: RegistryChange);
+}
+
 /// The in-process router.
 #[derive(Debug)]
 pub struct LocalRouter {
@@ -97,6 +119,11 @@ pub struct LocalRouter {
     /// Picked at random when the router is made: the instance part of its sessions' device ids.
     instance: u64,
     next_device: AtomicU64,
+    listener: OnceLock<Arc<dyn RegistryListener>>,
+    /// The other instances that hold a notification socket of each user who has a session
+    /// here (kept by a bus): while one does, this instance's chat sockets of that user do not
+    /// stand in for it (see [`Audience::User`]).
+    elsewhere: RwLock<HashMap<UserId, HashSet<u64>>>,
 }
 
 impl Default for LocalRouter {
@@ -105,6 +132,8 @@ impl Default for LocalRouter {
             registry: RwLock::default(),
             instance: uuid::Uuid::new_v4().as_u64_pair().0,
             next_device: AtomicU64::new(0),
+            listener: OnceLock::new(),
+            elsewhere: RwLock::default(),
         }
     }
 }
@@ -119,15 +148,41 @@ impl LocalRouter {
         self.instance
     }
 
+    /// Tells `listener` of every later change in which users and conversations have sessions
+    /// here. One listener per router; a second is ignored (returns `false`).
+    pub fn listen(&self, listener: Arc<dyn RegistryListener>) -> bool {
+        self.listener.set(listener).is_ok()
+    }
+
+    fn tell(&self, change: RegistryChange) {
+        if let Some(listener) = self.listener.get() {
+            listener.changed(change);
+        }
+    }
+
     /// Registers a new session and returns its slot and the receiving end of its queue.
     pub fn register(&self, user: UserId, kind: SessionKind) -> (Arc<SessionSlot>, mpsc::Receiver<Arc<str>>) {
         let (queue, events) = mpsc::channel(QUEUE_CAPACITY);
         let device = DeviceId::new(self.instance, self.next_device.fetch_add(1, Ordering::Relaxed) + 1);
         let slot = Arc::new(SessionSlot { device, user: user.clone(), kind, queue, kicked: Notify::new() });
         let mut registry = self.write();
-        registry.by_user.entry(user).or_default().push(Arc::clone(&slot));
+        let slots = registry.by_user.entry(user.clone()).or_default();
+        let first = slots.is_empty();
+        let first_notification =
+            kind == SessionKind::Notifications && !slots.iter().any(|slot| slot.kind == SessionKind::Notifications);
+        slots.push(Arc::clone(&slot));
+        if first {
+            self.tell(RegistryChange::UserArrived(user.clone()));
+        }
+        if first_notification {
+            self.tell(RegistryChange::NotificationSockets { user, present: true });
+        }
         if let SessionKind::Chat(conversation) = kind {
-            registry.by_conversation.entry(conversation).or_default().push(Arc::clone(&slot));
+            let slots = registry.by_conversation.entry(conversation).or_default();
+            slots.push(Arc::clone(&slot));
+            if slots.len() == 1 {
+                self.tell(RegistryChange::ConversationArrived(conversation));
+            }
         }
         (slot, events)
     }
@@ -135,10 +190,74 @@ impl LocalRouter {
     /// Removes a session; its user's and conversation's lists shrink, and empty ones go.
     pub fn unregister(&self, slot: &SessionSlot) {
         let mut registry = self.write();
-        remove(&mut registry.by_user, &slot.user, slot.device);
-        if let SessionKind::Chat(conversation) = slot.kind {
-            remove(&mut registry.by_conversation, &conversation, slot.device);
+        if remove(&mut registry.by_user, &slot.user, slot.device) {
+            let left = registry.by_user.get(&slot.user);
+            if slot.kind == SessionKind::Notifications
+                && !left.is_some_and(|slots| slots.iter().any(|other| other.kind == SessionKind::Notifications))
+            {
+                self.tell(RegistryChange::NotificationSockets { user: slot.user.clone(), present: false });
+            }
+            if left.is_none() {
+                self.elsewhere.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&slot.user);
+                self.tell(RegistryChange::UserLeft(slot.user.clone()));
+            }
         }
+        if let SessionKind::Chat(conversation) = slot.kind
+            && remove(&mut registry.by_conversation, &conversation, slot.device)
+            && !registry.by_conversation.contains_key(&conversation)
+        {
+            self.tell(RegistryChange::ConversationLeft(conversation));
+        }
+    }
+
+    /// Records whether `instance` (another one) holds a notification socket of `user`. Kept
+    /// only while `user` has a session here; others are nobody's concern here.
+    pub fn set_elsewhere(&self, user: &UserId, instance: u64, present: bool) {
+        if instance == self.instance || (present && self.sessions_of(user) == 0) {
+            return;
+        }
+        let mut elsewhere = self.elsewhere.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if present {
+            elsewhere.entry(user.clone()).or_default().insert(instance);
+        } else if let Some(instances) = elsewhere.get_mut(user) {
+            instances.remove(&instance);
+            if instances.is_empty() {
+                elsewhere.remove(user);
+            }
+        }
+    }
+
+    /// Forgets every notification socket `instances` were said to hold (they stopped).
+    pub fn forget_instances(&self, instances: &HashSet<u64>) {
+        let mut elsewhere = self.elsewhere.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        elsewhere.retain(|_, held| {
+            held.retain(|instance| !instances.contains(instance));
+            !held.is_empty()
+        });
+    }
+
+    /// The other instances this one believes hold notification sockets of its users.
+    pub fn instances_elsewhere(&self) -> HashSet<u64> {
+        let elsewhere = self.elsewhere.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        elsewhere.values().flatten().copied().collect()
+    }
+
+    fn has_notification_socket_elsewhere(&self, user: &UserId) -> bool {
+        self.elsewhere.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(user)
+    }
+
+    /// The users with a session here, and whether each has a notification socket here.
+    pub fn users(&self) -> Vec<(UserId, bool)> {
+        self.read()
+            .by_user
+            .iter()
+            .map(|(user, slots)| (user.clone(), slots.iter().any(|slot| slot.kind == SessionKind::Notifications)))
+            .collect()
+    }
+
+    /// The conversations with a chat socket here.
+    pub fn conversations(&self) -> Vec<ConversationId> {
+        self.read().by_conversation.keys().copied().collect()
     }
 
     /// How many sessions `user` has open (all kinds).
@@ -170,13 +289,16 @@ impl LocalRouter {
     }
 }
 
-fn remove<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<Arc<SessionSlot>>>, key: &K, device: DeviceId) {
-    if let Some(slots) = map.get_mut(key) {
-        slots.retain(|slot| slot.device != device);
-        if slots.is_empty() {
-            map.remove(key);
-        }
+/// Removes `device` from `key`'s list (and an emptied list); returns whether it was there.
+fn remove<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<Arc<SessionSlot>>>, key: &K, device: DeviceId) -> bool {
+    let Some(slots) = map.get_mut(key) else { return false };
+    let before = slots.len();
+    slots.retain(|slot| slot.device != device);
+    let removed = slots.len() < before;
+    if slots.is_empty() {
+        map.remove(key);
     }
+    removed
 }
 
 impl SignalRouter for LocalRouter {
@@ -188,8 +310,10 @@ impl SignalRouter for LocalRouter {
         };
         let slots = slots.map_or(&[][..], Vec::as_slice);
         // Counted before `except_device` applies: a user answering on their notification socket
-        // has one, so the chat socket of that same tab must not get the event instead.
-        let chat_fallback = !slots.iter().any(|slot| slot.kind == SessionKind::Notifications);
+        // has one, so the chat socket of that same tab must not get the event instead. A
+        // notification socket on another instance counts too: it gets the event there.
+        let chat_fallback = !slots.iter().any(|slot| slot.kind == SessionKind::Notifications)
+            && !matches!(&signal.audience, Audience::User(user) if self.has_notification_socket_elsewhere(user));
         for slot in slots {
             if slot.wants(&signal, chat_fallback) {
                 slot.deliver(&signal.payload);

@@ -1,0 +1,380 @@
+//! Several `ringline` processes on one PostgreSQL database and one Redis behave as one: real
+//! binaries, a `redis-server` this test starts on a free port (so it can stop and restart
+//! it), real WebSocket clients.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use ringline_storage::testing::{Backend, TestDatabase};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+const SECRET: &str = "instances-test-secret-0123456789abcdef-0123456789";
+const WAIT: Duration = Duration::from_secs(5);
+/// How long a subscription made when a socket connects takes to reach Redis, with margin.
+const SUBSCRIBED: Duration = Duration::from_millis(300);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().expect("address").port()
+}
+
+/// A `redis-server` of this test's own, without persistence.
+struct Redis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    fn start() -> Self {
+        let mut redis = Self { port: free_port(), child: None };
+        redis.restart();
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start redis-server (install Redis, or run .ci/run)");
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One `ringline serve` process.
+struct Instance {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Instance {
+    async fn start(database_url: &str, redis: &Redis, extra: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_ringline"))
+            .env("RINGLINE_DATABASE_URL", database_url)
+            .env("RINGLINE_BIND", format!("127.0.0.1:{port}"))
+            .env("RINGLINE_JWT_SECRET", SECRET)
+            .env("RINGLINE_REDIS_URL", redis.url())
+            .env("RUST_LOG", "warn")
+            .envs(extra.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start ringline");
+        let instance = Self { child, base: format!("http://127.0.0.1:{port}") };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while reqwest::get(format!("{}/healthz", instance.base)).await.is_err() {
+            assert!(Instant::now() < deadline, "ringline did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        instance
+    }
+
+    async fn socket(&self, path: &str, token: &str) -> Socket {
+        let url = format!("{}{path}?token={token}", self.base.replacen("http", "ws", 1));
+        let (stream, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+        let mut socket = Socket { stream };
+        socket.expect("connection.ack").await;
+        socket
+    }
+
+    async fn post(&self, path: &str, token: &str, body: Value) -> Value {
+        let reply = reqwest::Client::new()
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        assert!(reply.status().is_success(), "{path}: {}", reply.status());
+        reply.json().await.expect("json")
+    }
+
+    async fn get(&self, path: &str, token: &str) -> Value {
+        let reply = reqwest::Client::new().get(format!("{}{path}", self.base)).bearer_auth(token).send().await;
+        reply.expect("request").json().await.expect("json")
+    }
+}
+
+struct Socket {
+    stream: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+}
+
+impl Socket {
+    async fn send(&mut self, frame: Value) {
+        self.stream.send(Message::text(frame.to_string())).await.expect("send");
+    }
+
+    /// The next event that is not a keepalive.
+    async fn next(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let message = tokio::time::timeout_at(deadline, self.stream.next()).await.ok()??.ok()?;
+            if let Message::Text(text) = message {
+                return Some(serde_json::from_str(&text).expect("events are JSON"));
+            }
+        }
+    }
+
+    #[track_caller]
+    fn expect<'a>(&'a mut self, kind: &'a str) -> impl Future<Output = Value> + 'a {
+        let caller = std::panic::Location::caller();
+        async move {
+            let event = self.next(WAIT).await.unwrap_or_else(|| panic!("no {kind} ({caller})"));
+            assert_eq!(event["type"], kind, "expected {kind} at {caller}, got {event}");
+            event
+        }
+    }
+
+    /// Skips events until one of type `kind` arrives.
+    #[track_caller]
+    fn find<'a>(&'a mut self, kind: &'a str) -> impl Future<Output = Value> + 'a {
+        let caller = std::panic::Location::caller();
+        async move {
+            loop {
+                let event = self.next(WAIT).await.unwrap_or_else(|| panic!("no {kind} ({caller})"));
+                if event["type"] == kind {
+                    return event;
+                }
+            }
+        }
+    }
+
+    #[track_caller]
+    fn expect_silence(&mut self) -> impl Future<Output = ()> + '_ {
+        let caller = std::panic::Location::caller();
+        async move {
+            if let Some(event) = self.next(Duration::from_millis(500)).await {
+                panic!("expected nothing at {caller}, got {event}");
+            }
+        }
+    }
+}
+
+/// Creates the users (and conversation 7 of alice and bob) and returns their tokens.
+fn people(database_url: &str, users: &[&str]) -> Vec<String> {
+    let ringline = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_ringline"))
+            .args(args)
+            .env("RINGLINE_DATABASE_URL", database_url)
+            .env("RINGLINE_JWT_SECRET", SECRET)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run ringline");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    for user in users {
+        ringline(&["users", "add", user, "--username", user]);
+    }
+    ringline(&["conversations", "add", "7", "--participants", "alice,bob"]);
+    users.iter().map(|user| ringline(&["token", "--user", user])).collect()
+}
+
+fn sdp(kind: &str) -> Value {
+    json!({"type": kind, "sdp": "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"})
+}
+
+fn candidate(n: u32) -> Value {
+    json!({"candidate": format!("candidate:{n} 1 udp 2122260223 127.0.0.1 5{n:04} typ host"), "sdpMid": "0"})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_crosses_three_instances_as_if_they_were_one() {
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let redis = Redis::start();
+    let tokens = people(database.url(), &["alice", "bob"]);
+    let (alice, bob) = (&tokens[0], &tokens[1]);
+    let a = Instance::start(database.url(), &redis, &[]).await;
+    let b = Instance::start(database.url(), &redis, &[]).await;
+    let c = Instance::start(database.url(), &redis, &[]).await;
+
+    let mut caller = a.socket("/ws/notifications/", alice).await;
+    let mut phone = b.socket("/ws/notifications/", bob).await;
+    let mut laptop = c.socket("/ws/notifications/", bob).await;
+    tokio::time::sleep(SUBSCRIBED).await;
+
+    let call = a.post("/api/calls/initiate/", alice, json!({"receiver_id": "bob", "call_type": "video"})).await;
+    let id = call["id"].as_i64().expect("an id");
+    assert_eq!(phone.expect("call.incoming").await["call_id"], id.to_string());
+    assert_eq!(laptop.expect("call.incoming").await["call_id"], id.to_string());
+
+    caller.send(json!({"type": "call.offer", "call_id": id, "offer": sdp("offer")})).await;
+    assert_eq!(phone.find("call.offer").await["offer"]["type"], "offer");
+    assert_eq!(laptop.find("call.offer").await["offer"]["type"], "offer");
+
+    // The phone answers: the caller gets the SDP, the laptop stops ringing.
+    phone.send(json!({"type": "call.answer", "call_id": id, "answer": sdp("answer")})).await;
+    let answer = caller.find("call.answer").await;
+    assert_eq!(answer["answer"]["type"], "answer");
+    let stopped = laptop.find("call.end").await;
+    assert_eq!(stopped["call_id"], id.to_string());
+
+    // ICE candidates cross both ways.
+    caller.send(json!({"type": "call.ice-candidate", "call_id": id, "candidate": candidate(1)})).await;
+    assert_eq!(phone.find("call.ice-candidate").await["candidate"]["candidate"], candidate(1)["candidate"]);
+    phone.send(json!({"type": "call.ice-candidate", "call_id": id, "candidate": candidate(2)})).await;
+    assert_eq!(caller.find("call.ice-candidate").await["candidate"]["candidate"], candidate(2)["candidate"]);
+
+    // The hang-up on A reaches the phone on B.
+    a.post(&format!("/api/calls/{id}/end/"), alice, json!({})).await;
+    let ended = phone.find("call.end").await;
+    assert_eq!(ended["status"], "ended");
+    drop((a, b, c)); // before the database goes, so they do not log its loss
+    database.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ring_timeout_fires_once_across_instances() {
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let redis = Redis::start();
+    let tokens = people(database.url(), &["alice", "bob"]);
+    let (alice, bob) = (&tokens[0], &tokens[1]);
+    let quick = [("RINGLINE_RING_TIMEOUT_SECS", "1")];
+    let a = Instance::start(database.url(), &redis, &quick).await;
+    let b = Instance::start(database.url(), &redis, &quick).await;
+    let mut callee = b.socket("/ws/notifications/", bob).await;
+    tokio::time::sleep(SUBSCRIBED).await;
+
+    let call = a.post("/api/calls/initiate/", alice, json!({"receiver_id": "bob"})).await;
+    let id = call["id"].as_i64().expect("an id");
+    callee.expect("call.incoming").await;
+    callee.find("call.missed").await;
+    // Both instances sweep; one expires the call, and nobody hears of it twice.
+    let mut missed = 1;
+    while let Some(event) = callee.next(Duration::from_secs(2)).await {
+        missed += usize::from(event["type"] == "call.missed");
+    }
+    assert_eq!(missed, 1);
+    let notifications = b.get("/api/notifications/", bob).await;
+    let missed_notifications = notifications["results"]
+        .as_array()
+        .expect("a page")
+        .iter()
+        .filter(|notification| notification["verb"].as_str().is_some_and(|verb| verb.starts_with("missed")))
+        .count();
+    assert_eq!(missed_notifications, 1, "{notifications}");
+    let stored = a.get(&format!("/api/calls/{id}/"), alice).await;
+    assert_eq!(stored["status"], "missed");
+    drop((a, b));
+    database.cleanup().await;
+}
+
+/// A page of bob's holds its notification socket on one instance and its chat socket on
+/// another: the chat socket must not stand in for the notification socket (old clients apply
+/// every copy they get, and a second SDP answer breaks their call).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_socket_on_another_instance_does_not_duplicate_the_notification_socket() {
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let redis = Redis::start();
+    let tokens = people(database.url(), &["alice", "bob"]);
+    let (alice, bob) = (&tokens[0], &tokens[1]);
+    let a = Instance::start(database.url(), &redis, &[]).await;
+    let b = Instance::start(database.url(), &redis, &[]).await;
+    let mut notifications = a.socket("/ws/notifications/", bob).await;
+    let mut chat = b.socket("/ws/chat/7/", bob).await;
+    tokio::time::sleep(SUBSCRIBED).await;
+
+    a.post("/api/calls/initiate/", alice, json!({"receiver_id": "bob"})).await;
+    notifications.expect("call.incoming").await;
+    chat.expect_silence().await;
+
+    // Once the notification socket is gone, the chat socket stands in again.
+    drop(notifications);
+    tokio::time::sleep(SUBSCRIBED).await;
+    let mut caller = a.socket("/ws/notifications/", alice).await;
+    tokio::time::sleep(SUBSCRIBED).await;
+    caller.send(json!({"type": "typing.start"})).await; // Not on a chat socket: refused, nothing sent.
+    caller.expect("error").await;
+    let mut typing = a.socket("/ws/chat/7/", alice).await;
+    tokio::time::sleep(SUBSCRIBED).await;
+    typing.send(json!({"type": "typing.start"})).await;
+    assert_eq!(chat.find("typing.started").await["user_id"], "alice");
+    drop((a, b));
+    database.cleanup().await;
+}
+
+/// Redis stops mid-call: each instance keeps serving its own sockets; when Redis is back,
+/// delivery across instances resumes by itself and the sockets are told to resync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_keeps_local_delivery_and_heals_by_itself() {
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let mut redis = Redis::start();
+    let tokens = people(database.url(), &["alice", "bob", "carol"]);
+    let (alice, bob) = (&tokens[0], &tokens[1]);
+    let a = Instance::start(database.url(), &redis, &[]).await;
+    let b = Instance::start(database.url(), &redis, &[]).await;
+    let mut caller = a.socket("/ws/notifications/", alice).await;
+    let mut callee = a.socket("/ws/notifications/", bob).await;
+    let mut elsewhere = b.socket("/ws/notifications/", bob).await;
+    tokio::time::sleep(SUBSCRIBED).await;
+    let call = a.post("/api/calls/initiate/", alice, json!({"receiver_id": "bob"})).await;
+    let id = call["id"].as_i64().expect("an id");
+    callee.expect("call.incoming").await;
+    elsewhere.expect("call.incoming").await;
+    callee.send(json!({"type": "call.answer", "call_id": id, "answer": sdp("answer")})).await;
+    caller.find("call.answer").await;
+    elsewhere.find("call.end").await; // answered elsewhere
+
+    redis.stop();
+    // Same-instance delivery never stops.
+    for n in 0..3 {
+        caller.send(json!({"type": "call.ice-candidate", "call_id": id, "candidate": candidate(n)})).await;
+        assert_eq!(callee.find("call.ice-candidate").await["candidate"]["candidate"], candidate(n)["candidate"]);
+    }
+    let ready = a.get("/readyz", alice).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut bus = ready["bus"].clone();
+    while bus != "unavailable" {
+        assert!(Instant::now() < deadline, "/readyz never reported the outage: {bus}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        bus = a.get("/readyz", alice).await["bus"].clone();
+    }
+
+    redis.restart();
+    // The instance on B tells its socket to resync once Redis is back (within a liveness tick).
+    let resync = elsewhere.find("resync").await;
+    assert!(resync["event_id"].as_str().is_some_and(|id| !id.is_empty()));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while a.get("/readyz", alice).await["bus"] != "ok" {
+        assert!(Instant::now() < deadline, "/readyz never reported the bus back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(SUBSCRIBED).await;
+    // Cross-instance delivery is back: the hang-up on A reaches bob's socket on B.
+    a.post(&format!("/api/calls/{id}/end/"), alice, json!({})).await;
+    assert_eq!(elsewhere.find("call.end").await["status"], "ended");
+    drop((a, b));
+    database.cleanup().await;
+}

@@ -1,0 +1,513 @@
+//! [`RedisBus`]: several instances behaving as one, over Redis pub/sub.
+//!
+//! Each instance delivers every signal to its own sessions at once (through its
+//! [`LocalRouter`]) and publishes it for the others; an instance subscribes only to the
+//! channels its sessions need, so a message reaches only the instances holding a recipient:
+//!
+//! | channel | carries | subscribed by |
+//! |---|---|---|
+//! | `{prefix}:u:{user}` | the user's events; which instances hold their notification sockets | instances with a session of the user |
+//! | `{prefix}:c:{conversation}` | typing indicators | instances with a chat socket on the conversation |
+//! | `{prefix}:calls` | "call N reached stage S", so cached copies follow | every instance |
+//!
+//! Which instances hold a user's notification sockets decides whether chat sockets stand in
+//! for them ([`ringline_domain::Audience::User`]): the set `{prefix}:notif:{user}` in Redis
+//! (read when a user's first session arrives) and `presence` messages on the user's channel
+//! (for changes) keep each instance's view; an instance proves it is alive with the key
+//! `{prefix}:instance:{id}` (30 s, refreshed every 10 s), so the view heals when one dies.
+//!
+//! **The bus may lose messages**; the database stays the source of truth. Publishing never
+//! blocks a request or a frame: messages wait in a bounded queue
+//! ([`RedisSettings::queue_capacity`]); when it is full the message is dropped for the other
+//! instances (their sessions still have the REST API) and counted, with one warning a second
+//! at most. While Redis is unreachable each instance keeps delivering to its own sessions,
+//! logs the outage and reports it in `/readyz`'s detail; the connection manager reconnects and
+//! resubscribes by itself, and once it is back every local session gets a `resync` (events
+//! from other instances may have been lost meanwhile) and this instance's presence is written
+//! again (a restarted Redis has forgotten it).
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
+use ringline_domain::{Audience, Call, ConversationId, DeviceId, Signal, SignalRouter, UserId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::events;
+use crate::hub::Signaling;
+use crate::router::{LocalRouter, RegistryChange, RegistryListener};
+
+/// How long an instance's liveness key lives, and how often it is refreshed.
+const INSTANCE_TTL: Duration = Duration::from_secs(30);
+const INSTANCE_REFRESH: Duration = Duration::from_secs(10);
+
+/// Where the bus connects and how much it may queue.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `redis://host:port/db` (RESP3 is requested whatever the URL says).
+    pub url: String,
+    /// The prefix of every channel and key, so several deployments can share one Redis.
+    pub prefix: String,
+    /// Messages waiting to be published before new ones are dropped.
+    pub queue_capacity: usize,
+}
+
+impl RedisSettings {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { url: url.into(), prefix: "ringline".into(), queue_capacity: 10_000 }
+    }
+}
+
+/// One message on a user's or conversation's channel.
+#[derive(Debug, Serialize, Deserialize)]
+struct Wire<'a> {
+    /// The publishing instance (it ignores its own messages: it delivered them already).
+    from: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    except_device: Option<(u64, u64)>,
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    except_user: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    payload: Option<std::borrow::Cow<'a, str>>,
+    /// A presence change instead of an event: `from` holds (or no longer holds) a
+    /// notification socket of the channel's user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    notification_sockets: Option<bool>,
+}
+
+/// What the publishing task does, in order.
+#[derive(Debug)]
+enum Job {
+    Publish {
+        channel: String,
+        message: String,
+    },
+    Subscribe(String),
+    Unsubscribe(String),
+    /// This instance holds (or stopped holding) a notification socket of `user`.
+    Presence {
+        user: UserId,
+        present: bool,
+    },
+    /// A user's first session arrived here: learn where their notification sockets are.
+    LearnPresence(UserId),
+}
+
+/// How the bus is doing, for `/readyz` and the logs.
+#[derive(Debug, Default)]
+pub struct BusHealth {
+    connected: AtomicBool,
+    /// Set by any failure, cleared once the instance has recovered from it (resync sent).
+    outage: AtomicBool,
+    dropped: AtomicU64,
+    last_warning: Mutex<Option<Instant>>,
+}
+
+impl BusHealth {
+    /// Whether the last command to Redis succeeded.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Messages dropped because the queue was full or Redis failed.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// At most one warning a second, however many messages are dropped.
+    fn warn_dropped(&self, why: &str) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        let mut last = self.last_warning.lock().unwrap_or_else(PoisonError::into_inner);
+        if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+            *last = Some(Instant::now());
+            tracing::warn!(dropped = self.dropped(), "cross-instance message dropped: {why}");
+        }
+    }
+}
+
+/// The Redis bus: a [`SignalRouter`] for several instances (see the module documentation).
+#[derive(Debug)]
+pub struct RedisBus {
+    local: Arc<LocalRouter>,
+    prefix: String,
+    jobs: mpsc::Sender<Job>,
+    /// Subscription changes and presence, which must not be dropped (they are few: one per
+    /// user arriving or leaving), queued apart from the bounded stream of messages.
+    control: mpsc::UnboundedSender<Job>,
+    health: Arc<BusHealth>,
+    parts: Mutex<Option<Parts>>,
+}
+
+/// What [`RedisBus::run`] takes over.
+struct Parts {
+    manager: ConnectionManager,
+    jobs: mpsc::Receiver<Job>,
+    control: mpsc::UnboundedReceiver<Job>,
+    pushes: mpsc::UnboundedReceiver<PushInfo>,
+}
+
+impl std::fmt::Debug for Parts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Parts")
+    }
+}
+
+/// Forwards the local registry's changes to the bus's control queue.
+#[derive(Debug)]
+struct Listener {
+    prefix: String,
+    control: mpsc::UnboundedSender<Job>,
+}
+
+impl RegistryListener for Listener {
+    fn changed(&self, change: RegistryChange) {
+        let jobs = match change {
+            RegistryChange::UserArrived(user) => {
+                vec![Job::Subscribe(user_channel(&self.prefix, &user)), Job::LearnPresence(user)]
+            }
+            RegistryChange::UserLeft(user) => vec![Job::Unsubscribe(user_channel(&self.prefix, &user))],
+            RegistryChange::ConversationArrived(id) => vec![Job::Subscribe(conversation_channel(&self.prefix, id))],
+            RegistryChange::ConversationLeft(id) => vec![Job::Unsubscribe(conversation_channel(&self.prefix, id))],
+            RegistryChange::NotificationSockets { user, present } => vec![Job::Presence { user, present }],
+        };
+        for job in jobs {
+            // Closed only when the bus stopped; nothing is left to subscribe for.
+            let _ = self.control.send(job);
+        }
+    }
+}
+
+fn user_channel(prefix: &str, user: &UserId) -> String {
+    format!("{prefix}:u:{user}")
+}
+
+fn conversation_channel(prefix: &str, conversation: ConversationId) -> String {
+    format!("{prefix}:c:{conversation}")
+}
+
+impl RedisBus {
+    /// Connects to Redis and starts listening to `local`'s registry. Nothing is received until
+    /// [`RedisBus::run`] runs (under [`crate::Background`]).
+    ///
+    /// # Errors
+    /// When the URL is invalid or Redis does not answer.
+    pub async fn connect(settings: &RedisSettings, local: Arc<LocalRouter>) -> Result<Arc<Self>, redis::RedisError> {
+        let info = settings.url.as_str().into_connection_info()?;
+        let redis_settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(redis_settings))?;
+        let (push_sender, pushes) = mpsc::unbounded_channel();
+        let config = ConnectionManagerConfig::new()
+            .set_push_sender(push_sender)
+            .set_automatic_resubscription()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_max_delay(Duration::from_secs(2));
+        let manager = ConnectionManager::new_with_config(client, config).await?;
+        let (jobs_sender, jobs) = mpsc::channel(settings.queue_capacity.max(1));
+        let (control_sender, control) = mpsc::unbounded_channel();
+        let health = Arc::new(BusHealth::default());
+        health.connected.store(true, Ordering::Relaxed);
+        let bus = Arc::new(Self {
+            local: local.clone(),
+            prefix: settings.prefix.clone(),
+            jobs: jobs_sender,
+            control: control_sender.clone(),
+            health,
+            parts: Mutex::new(Some(Parts { manager, jobs, control, pushes })),
+        });
+        // Sessions that registered before (none in the server) would be missed; subscribe the
+        // calls channel first so every instance hears of every change.
+        let _ = control_sender.send(Job::Subscribe(format!("{}:calls", settings.prefix)));
+        for (user, notification) in local.users() {
+            let _ = control_sender.send(Job::Subscribe(user_channel(&settings.prefix, &user)));
+            if notification {
+                let _ = control_sender.send(Job::Presence { user, present: true });
+            }
+        }
+        local.listen(Arc::new(Listener { prefix: settings.prefix.clone(), control: control_sender }));
+        Ok(bus)
+    }
+
+    pub fn health(&self) -> Arc<BusHealth> {
+        self.health.clone()
+    }
+
+    fn publish(&self, channel: String, wire: &Wire<'_>) {
+        let message = match serde_json::to_string(wire) {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::error!(%error, "cannot encode a cross-instance message");
+                return;
+            }
+        };
+        if self.jobs.try_send(Job::Publish { channel, message }).is_err() {
+            self.health.warn_dropped("the publishing queue is full");
+        }
+    }
+
+    /// Runs the bus until `stop`: publishes what is queued, applies subscription changes, and
+    /// delivers what other instances publish to `signaling`'s sessions. Call once.
+    pub async fn run(self: Arc<Self>, signaling: Arc<Signaling>, stop: CancellationToken) {
+        let Some(parts) = self.parts.lock().unwrap_or_else(PoisonError::into_inner).take() else {
+            tracing::error!("the Redis bus was started twice");
+            return;
+        };
+        let Parts { manager, jobs, control, pushes } = parts;
+        let publisher = tokio::spawn(self.clone().publish_jobs(manager.clone(), jobs, control, stop.clone()));
+        let keeper = tokio::spawn(self.clone().keep_alive(manager, signaling.clone(), stop.clone()));
+        self.receive(pushes, &signaling, &stop).await;
+        let _ = publisher.await;
+        let _ = keeper.await;
+    }
+
+    /// Publishes queued messages and applies subscription and presence changes, in order.
+    async fn publish_jobs(
+        self: Arc<Self>,
+        mut manager: ConnectionManager,
+        mut jobs: mpsc::Receiver<Job>,
+        mut control: mpsc::UnboundedReceiver<Job>,
+        stop: CancellationToken,
+    ) {
+        let instance = self.local.instance();
+        loop {
+            // Control first: a subscription must not wait behind a flood of messages.
+            let job = tokio::select! {
+                biased;
+                () = stop.cancelled() => return,
+                Some(job) = control.recv() => job,
+                Some(job) = jobs.recv() => job,
+                else => return,
+            };
+            let done: Result<(), redis::RedisError> = match job {
+                Job::Publish { channel, message } => {
+                    let sent = manager.publish::<_, _, ()>(channel, message).await;
+                    if sent.is_err() {
+                        self.health.warn_dropped("Redis did not take it");
+                    }
+                    sent
+                }
+                Job::Subscribe(channel) => manager.subscribe(channel).await,
+                Job::Unsubscribe(channel) => manager.unsubscribe(channel).await,
+                Job::Presence { user, present } => self.write_presence(&mut manager, instance, &user, present).await,
+                Job::LearnPresence(user) => self.learn_presence(&mut manager, &user).await,
+            };
+            self.record(done.as_ref().err());
+        }
+    }
+
+    async fn write_presence(
+        &self,
+        manager: &mut ConnectionManager,
+        instance: u64,
+        user: &UserId,
+        present: bool,
+    ) -> Result<(), redis::RedisError> {
+        let key = format!("{}:notif:{user}", self.prefix);
+        if present {
+            manager.sadd::<_, _, ()>(&key, instance).await?;
+        } else {
+            manager.srem::<_, _, ()>(&key, instance).await?;
+        }
+        let wire = Wire {
+            from: instance,
+            except_device: None,
+            except_user: None,
+            payload: None,
+            notification_sockets: Some(present),
+        };
+        let message = serde_json::to_string(&wire).unwrap_or_default();
+        manager.publish::<_, _, ()>(user_channel(&self.prefix, user), message).await
+    }
+
+    /// Reads which live instances hold notification sockets of `user`.
+    async fn learn_presence(&self, manager: &mut ConnectionManager, user: &UserId) -> Result<(), redis::RedisError> {
+        let members: Vec<u64> = manager.smembers(format!("{}:notif:{user}", self.prefix)).await?;
+        for instance in members {
+            if instance != self.local.instance() && self.instance_alive(manager, instance).await? {
+                self.local.set_elsewhere(user, instance, true);
+            }
+        }
+        Ok(())
+    }
+
+    async fn instance_alive(&self, manager: &mut ConnectionManager, instance: u64) -> Result<bool, redis::RedisError> {
+        manager.exists(format!("{}:instance:{instance}", self.prefix)).await
+    }
+
+    /// Logs the first failure after a success and the first success after a failure.
+    fn record(&self, error: Option<&redis::RedisError>) {
+        if error.is_some() {
+            self.health.outage.store(true, Ordering::Relaxed);
+        }
+        let was = self.health.connected.swap(error.is_none(), Ordering::Relaxed);
+        match (was, error) {
+            (true, Some(error)) => {
+                tracing::error!(%error, "Redis is unreachable: events reach only this instance's sessions");
+            }
+            (false, None) => tracing::warn!("Redis is reachable again"),
+            _ => {}
+        }
+    }
+
+    /// Every 10 s (every second during an outage): proves this instance is alive, forgets
+    /// instances that are not, and after an outage writes this instance's presence again and
+    /// tells every local session to resync.
+    async fn keep_alive(
+        self: Arc<Self>,
+        mut manager: ConnectionManager,
+        signaling: Arc<Signaling>,
+        stop: CancellationToken,
+    ) {
+        let instance = self.local.instance();
+        let key = format!("{}:instance:{instance}", self.prefix);
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        let mut last_refresh: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => {
+                    let _ = manager.del::<_, ()>(&key).await;
+                    return;
+                }
+                _ = ticker.tick() => {}
+            }
+            let recovering = self.health.outage.load(Ordering::Relaxed);
+            if !recovering && last_refresh.is_some_and(|at| at.elapsed() < INSTANCE_REFRESH) {
+                continue;
+            }
+            let alive = manager.set_ex::<_, _, ()>(&key, 1, INSTANCE_TTL.as_secs()).await;
+            self.record(alive.as_ref().err());
+            if alive.is_err() {
+                continue;
+            }
+            last_refresh = Some(Instant::now());
+            if recovering && self.health.outage.swap(false, Ordering::Relaxed) {
+                self.recover(&signaling);
+            }
+            let mut gone = HashSet::new();
+            for other in self.local.instances_elsewhere() {
+                if matches!(self.instance_alive(&mut manager, other).await, Ok(false)) {
+                    gone.insert(other);
+                }
+            }
+            if !gone.is_empty() {
+                tracing::info!(instances = gone.len(), "forgetting the sockets of instances that stopped");
+                self.local.forget_instances(&gone);
+            }
+        }
+    }
+
+    /// After an outage: presence again (Redis may have restarted empty), and a `resync` to
+    /// every session here, whose events from other instances may have been lost.
+    fn recover(&self, signaling: &Signaling) {
+        let users = self.local.users();
+        tracing::warn!(sessions_users = users.len(), "Redis is back: telling local sessions to resync");
+        for (user, notification) in &users {
+            if *notification {
+                let _ = self.control.send(Job::Presence { user: user.clone(), present: true });
+            }
+            signaling.announcer.to_user(user, None, |id| events::resync(id, id));
+        }
+    }
+
+    /// Delivers what other instances publish.
+    async fn receive(
+        &self,
+        mut pushes: mpsc::UnboundedReceiver<PushInfo>,
+        signaling: &Signaling,
+        stop: &CancellationToken,
+    ) {
+        loop {
+            let push = tokio::select! {
+                () = stop.cancelled() => return,
+                push = pushes.recv() => match push {
+                    Some(push) => push,
+                    None => return,
+                },
+            };
+            match push.kind {
+                PushKind::Message => self.deliver(&push.data, signaling),
+                PushKind::Disconnection => {
+                    self.record(Some(&redis::RedisError::from((redis::ErrorKind::Io, "connection to Redis lost"))));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn deliver(&self, data: &[Value], signaling: &Signaling) {
+        let [Value::BulkString(channel), Value::BulkString(message), ..] = data else { return };
+        let (Ok(channel), Ok(message)) = (std::str::from_utf8(channel), std::str::from_utf8(message)) else { return };
+        let Some(rest) = channel.strip_prefix(self.prefix.as_str()).and_then(|rest| rest.strip_prefix(':')) else {
+            return;
+        };
+        if rest == "calls" {
+            if let Some((id, stage)) = message.split_once(' ')
+                && let (Ok(id), Ok(stage)) = (id.parse::<i64>(), stage.parse::<u8>())
+                && let Ok(id) = ringline_domain::CallId::new(id)
+            {
+                signaling.announcer.cache.forget_older(id, stage);
+            }
+            return;
+        }
+        let Ok(wire) = serde_json::from_str::<Wire<'_>>(message) else {
+            tracing::warn!("ignoring an unreadable cross-instance message");
+            return;
+        };
+        if wire.from == self.local.instance() {
+            return; // Delivered here when it was published.
+        }
+        let audience = if let Some(user) = rest.strip_prefix("u:") {
+            let Ok(user) = UserId::parse(user) else { return };
+            if let Some(present) = wire.notification_sockets {
+                self.local.set_elsewhere(&user, wire.from, present);
+                return;
+            }
+            Audience::User(user)
+        } else if let Some(conversation) = rest.strip_prefix("c:") {
+            let Some(conversation) = conversation.parse::<i64>().ok().and_then(|id| ConversationId::new(id).ok())
+            else {
+                return;
+            };
+            Audience::Conversation(conversation)
+        } else {
+            return;
+        };
+        let Some(payload) = wire.payload else { return };
+        self.local.route(Signal {
+            audience,
+            except_device: wire.except_device.map(|(instance, serial)| DeviceId::new(instance, serial)),
+            except_user: wire.except_user.and_then(|user| UserId::parse(user.as_ref()).ok()),
+            payload: Arc::from(payload.as_ref()),
+        });
+    }
+}
+
+impl SignalRouter for RedisBus {
+    fn route(&self, signal: Signal) {
+        let channel = match &signal.audience {
+            Audience::User(user) => user_channel(&self.prefix, user),
+            Audience::Conversation(conversation) => conversation_channel(&self.prefix, *conversation),
+        };
+        let wire = Wire {
+            from: self.local.instance(),
+            except_device: signal.except_device.map(|device| (device.instance(), device.serial())),
+            except_user: signal.except_user.as_ref().map(|user| user.as_str().into()),
+            payload: Some(signal.payload.as_ref().into()),
+            notification_sockets: None,
+        };
+        self.publish(channel, &wire);
+        self.local.route(signal);
+    }
+
+    fn call_changed(&self, call: &Call) {
+        let message = format!("{} {}", call.id().get(), call.status().stage());
+        if self.jobs.try_send(Job::Publish { channel: format!("{}:calls", self.prefix), message }).is_err() {
+            self.health.warn_dropped("the publishing queue is full");
+        }
+    }
+}
