@@ -121,6 +121,18 @@ impl Instance {
         reply.json().await.expect("json")
     }
 
+    /// A POST whose status the test checks itself.
+    async fn post_status(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        let reply = reqwest::Client::new()
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        (reply.status().as_u16(), reply.json().await.expect("json"))
+    }
+
     async fn get(&self, path: &str, token: &str) -> Value {
         let reply = reqwest::Client::new().get(format!("{}{path}", self.base)).bearer_auth(token).send().await;
         reply.expect("request").json().await.expect("json")
@@ -375,6 +387,33 @@ async fn a_redis_outage_keeps_local_delivery_and_heals_by_itself() {
     // Cross-instance delivery is back: the hang-up on A reaches bob's socket on B.
     a.post(&format!("/api/calls/{id}/end/"), alice, json!({})).await;
     assert_eq!(elsewhere.find("call.end").await["status"], "ended");
+    drop((a, b));
+    database.cleanup().await;
+}
+
+/// Busy lines and glare are decided by the database, whichever instance each request reaches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_lines_and_glare_hold_across_instances() {
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let redis = Redis::start();
+    let tokens = people(database.url(), &["alice", "bob", "carol"]);
+    let (alice, bob, carol) = (&tokens[0], &tokens[1], &tokens[2]);
+    let a = Instance::start(database.url(), &redis, &[]).await;
+    let b = Instance::start(database.url(), &redis, &[]).await;
+    let mut caller = a.socket("/ws/notifications/", alice).await;
+    tokio::time::sleep(SUBSCRIBED).await;
+
+    let call = a.post("/api/calls/initiate/", alice, json!({"receiver_id": "bob"})).await;
+    let id = call["id"].as_i64().expect("an id");
+    // Carol, through the other instance, finds bob busy.
+    let (status, busy) = b.post_status("/api/calls/initiate/", carol, json!({"receiver_id": "bob"})).await;
+    assert_eq!((status, busy["code"].as_str()), (409, Some("user_busy")), "{busy}");
+    // Bob calls alice back through B while her call rings him: glare answers her call.
+    let (status, answered) = b.post_status("/api/calls/initiate/", bob, json!({"receiver_id": "alice"})).await;
+    assert_eq!(status, 200, "{answered}");
+    assert_eq!((answered["id"].as_i64(), answered["status"].as_str()), (Some(id), Some("active")));
+    // Alice, on A, hears that the call was answered on B.
+    assert_eq!(caller.find("call.accepted").await["call_id"], id.to_string());
     drop((a, b));
     database.cleanup().await;
 }
