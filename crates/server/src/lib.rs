@@ -98,11 +98,13 @@ impl Application {
             Some(bus) => bus.clone(),
             None => local.clone(),
         };
-        let signaling = Arc::new(
-            Signaling::new(service, Arc::new(storage.notifications()), router, local)
-                .with_keepalive(settings.keepalive())
-                .with_frame_rate(settings.frame_rate()),
-        );
+        let mut signaling = Signaling::new(service, Arc::new(storage.notifications()), router, local)
+            .with_keepalive(settings.keepalive())
+            .with_frame_rate(settings.frame_rate());
+        if let Some(bus) = &bus {
+            signaling = signaling.with_gate(bus.clone());
+        }
+        let signaling = Arc::new(signaling);
         let (secret, is_default) = settings.jwt_secret_or_default();
         if is_default {
             tracing::warn!(

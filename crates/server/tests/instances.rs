@@ -417,3 +417,30 @@ async fn busy_lines_and_glare_hold_across_instances() {
     drop((a, b));
     database.cleanup().await;
 }
+
+/// A socket is acknowledged only once events for its user reach it from every instance: a call
+/// placed on another instance right after the `connection.ack` rings it, every time. (On an
+/// idle machine the subscription usually wins the race anyway; the waiting itself is tested in
+/// `redis_bus.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_hears_other_instances_as_soon_as_it_is_acknowledged() {
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let redis = Redis::start();
+    let tokens = people(database.url(), &["alice", "bob"]);
+    let (alice, bob) = (&tokens[0], &tokens[1]);
+    let a = Instance::start(database.url(), &redis, &[]).await;
+    let b = Instance::start(database.url(), &redis, &[]).await;
+    for _ in 0..20 {
+        let mut callee = b.socket("/ws/notifications/", bob).await;
+        let call = a.post("/api/calls/initiate/", alice, json!({"receiver_id": "bob"})).await;
+        let id = call["id"].as_i64().expect("an id");
+        // (A new socket is first told of the previous call's end: it finished moments ago.)
+        assert_eq!(callee.find("call.incoming").await["call_id"], id.to_string());
+        a.post(&format!("/api/calls/{id}/end/"), alice, json!({})).await;
+        callee.find("call.end").await;
+        drop(callee); // bob's last socket on B: B unsubscribes, and subscribes again next time
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop((a, b));
+    database.cleanup().await;
+}

@@ -29,7 +29,7 @@ use crate::announce::Announcer;
 use crate::call_cache::CallCache;
 use crate::protocol::EventIds;
 use crate::replay::{InMemoryReplay, ReplayStore};
-use crate::router::LocalRouter;
+use crate::router::{LocalRouter, SubscriptionGate};
 use crate::settings::{FrameRate, Keepalive};
 
 /// The signaling hub: the calls facade, the relay, and the registry of live sessions. Its
@@ -48,6 +48,8 @@ pub struct Signaling {
     pub(crate) frame_rate: FrameRate,
     pub(crate) sessions: TaskTracker,
     pub(crate) shutdown: CancellationToken,
+    /// What a new session waits for before reading its snapshot (a bus's subscription).
+    pub(crate) gate: Option<Arc<dyn SubscriptionGate>>,
 }
 
 impl Signaling {
@@ -80,6 +82,7 @@ impl Signaling {
             frame_rate: FrameRate::default(),
             sessions: TaskTracker::new(),
             shutdown: CancellationToken::new(),
+            gate: None,
         }
     }
 
@@ -116,6 +119,14 @@ impl Signaling {
         });
         self.service = self.unobserved.clone().observed_by(announcer.clone());
         self.announcer = announcer;
+        self
+    }
+
+    /// Makes new sessions wait for `gate` (a bus's subscription to their user) before their
+    /// `connection.ack`.
+    #[must_use]
+    pub fn with_gate(mut self, gate: Arc<dyn SubscriptionGate>) -> Self {
+        self.gate = Some(gate);
         self
     }
 

@@ -26,25 +26,32 @@
 //! from other instances may have been lost meanwhile) and this instance's presence is written
 //! again (a restarted Redis has forgotten it).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
 use ringline_domain::{Audience, Call, ConversationId, DeviceId, Signal, SignalRouter, UserId};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::events;
 use crate::hub::Signaling;
-use crate::router::{LocalRouter, RegistryChange, RegistryListener};
+use crate::router::{LocalRouter, RegistryChange, RegistryListener, SubscriptionGate};
 
 /// How long an instance's liveness key lives, and how often it is refreshed.
 const INSTANCE_TTL: Duration = Duration::from_secs(30);
 const INSTANCE_REFRESH: Duration = Duration::from_secs(10);
+
+/// How long a new session waits for its user's subscription before it is acknowledged.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
+
+/// The most messages published in one pipeline (one round trip to Redis).
+const PIPELINE_MAX: usize = 256;
 
 /// Where the bus connects and how much it may queue.
 #[derive(Debug, Clone)]
@@ -140,6 +147,7 @@ pub struct RedisBus {
     /// user arriving or leaving), queued apart from the bounded stream of messages.
     control: mpsc::UnboundedSender<Job>,
     health: Arc<BusHealth>,
+    subscriptions: Arc<Subscriptions>,
     parts: Mutex<Option<Parts>>,
 }
 
@@ -157,20 +165,75 @@ impl std::fmt::Debug for Parts {
     }
 }
 
+/// The user channels this instance subscribes to, and who waits for a subscription to be made.
+#[derive(Debug, Default)]
+struct Subscriptions {
+    channels: Mutex<HashMap<String, Subscription>>,
+}
+
+#[derive(Debug)]
+enum Subscription {
+    /// Asked for; these wait until Redis confirms it.
+    Pending(Vec<oneshot::Sender<()>>),
+    Active,
+}
+
+impl Subscriptions {
+    fn pending(&self, channel: &str) {
+        let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        channels.entry(channel.to_owned()).or_insert_with(|| Subscription::Pending(Vec::new()));
+    }
+
+    fn forget(&self, channel: &str) {
+        self.channels.lock().unwrap_or_else(PoisonError::into_inner).remove(channel);
+    }
+
+    fn active(&self, channel: &str) {
+        let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(subscription) = channels.get_mut(channel)
+            && let Subscription::Pending(waiters) = std::mem::replace(subscription, Subscription::Active)
+        {
+            for waiter in waiters {
+                let _ = waiter.send(());
+            }
+        }
+    }
+
+    /// Resolves once `channel` is subscribed (at once if it is, or if nobody asked for it).
+    fn wait(&self, channel: &str) -> Option<oneshot::Receiver<()>> {
+        let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        match channels.get_mut(channel) {
+            Some(Subscription::Pending(waiters)) => {
+                let (done, wait) = oneshot::channel();
+                waiters.push(done);
+                Some(wait)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Forwards the local registry's changes to the bus's control queue.
 #[derive(Debug)]
 struct Listener {
     prefix: String,
     control: mpsc::UnboundedSender<Job>,
+    subscriptions: Arc<Subscriptions>,
 }
 
 impl RegistryListener for Listener {
     fn changed(&self, change: RegistryChange) {
         let jobs = match change {
             RegistryChange::UserArrived(user) => {
-                vec![Job::Subscribe(user_channel(&self.prefix, &user)), Job::LearnPresence(user)]
+                let channel = user_channel(&self.prefix, &user);
+                self.subscriptions.pending(&channel);
+                vec![Job::Subscribe(channel), Job::LearnPresence(user)]
             }
-            RegistryChange::UserLeft(user) => vec![Job::Unsubscribe(user_channel(&self.prefix, &user))],
+            RegistryChange::UserLeft(user) => {
+                let channel = user_channel(&self.prefix, &user);
+                self.subscriptions.forget(&channel);
+                vec![Job::Unsubscribe(channel)]
+            }
             RegistryChange::ConversationArrived(id) => vec![Job::Subscribe(conversation_channel(&self.prefix, id))],
             RegistryChange::ConversationLeft(id) => vec![Job::Unsubscribe(conversation_channel(&self.prefix, id))],
             RegistryChange::NotificationSockets { user, present } => vec![Job::Presence { user, present }],
@@ -212,12 +275,14 @@ impl RedisBus {
         let (control_sender, control) = mpsc::unbounded_channel();
         let health = Arc::new(BusHealth::default());
         health.connected.store(true, Ordering::Relaxed);
+        let subscriptions = Arc::new(Subscriptions::default());
         let bus = Arc::new(Self {
             local: local.clone(),
             prefix: settings.prefix.clone(),
             jobs: jobs_sender,
             control: control_sender.clone(),
             health,
+            subscriptions: subscriptions.clone(),
             parts: Mutex::new(Some(Parts { manager, jobs, control, pushes })),
         });
         // Sessions that registered before (none in the server) would be missed; subscribe the
@@ -229,7 +294,7 @@ impl RedisBus {
                 let _ = control_sender.send(Job::Presence { user, present: true });
             }
         }
-        local.listen(Arc::new(Listener { prefix: settings.prefix.clone(), control: control_sender }));
+        local.listen(Arc::new(Listener { prefix: settings.prefix.clone(), control: control_sender, subscriptions }));
         Ok(bus)
     }
 
@@ -285,13 +350,40 @@ impl RedisBus {
             };
             let done: Result<(), redis::RedisError> = match job {
                 Job::Publish { channel, message } => {
-                    let sent = manager.publish::<_, _, ()>(channel, message).await;
+                    // Everything already waiting goes in one pipeline: one round trip to Redis
+                    // for a burst of ICE candidates instead of one each.
+                    let mut pipeline = redis::pipe();
+                    pipeline.publish(channel, message).ignore();
+                    let mut count = 1;
+                    while count < PIPELINE_MAX {
+                        match jobs.try_recv() {
+                            Ok(Job::Publish { channel, message }) => {
+                                pipeline.publish(channel, message).ignore();
+                                count += 1;
+                            }
+                            Ok(other) => {
+                                // Only messages are queued here; anything else goes first.
+                                let _ = self.control.send(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    let sent = pipeline.query_async::<()>(&mut manager).await;
                     if sent.is_err() {
-                        self.health.warn_dropped("Redis did not take it");
+                        for _ in 0..count {
+                            self.health.warn_dropped("Redis did not take it");
+                        }
                     }
                     sent
                 }
-                Job::Subscribe(channel) => manager.subscribe(channel).await,
+                Job::Subscribe(channel) => {
+                    let subscribed = manager.subscribe(&channel).await;
+                    if subscribed.is_ok() {
+                        self.subscriptions.active(&channel);
+                    }
+                    subscribed
+                }
                 Job::Unsubscribe(channel) => manager.unsubscribe(channel).await,
                 Job::Presence { user, present } => self.write_presence(&mut manager, instance, &user, present).await,
                 Job::LearnPresence(user) => self.learn_presence(&mut manager, &user).await,
@@ -406,7 +498,13 @@ impl RedisBus {
     fn recover(&self, signaling: &Signaling) {
         let users = self.local.users();
         tracing::warn!(sessions_users = users.len(), "Redis is back: telling local sessions to resync");
+        // Subscriptions asked for during the outage may have failed; asking again is harmless.
+        let _ = self.control.send(Job::Subscribe(format!("{}:calls", self.prefix)));
+        for conversation in self.local.conversations() {
+            let _ = self.control.send(Job::Subscribe(conversation_channel(&self.prefix, conversation)));
+        }
         for (user, notification) in &users {
+            let _ = self.control.send(Job::Subscribe(user_channel(&self.prefix, user)));
             if *notification {
                 let _ = self.control.send(Job::Presence { user: user.clone(), present: true });
             }
@@ -487,6 +585,19 @@ impl RedisBus {
     }
 }
 
+impl SubscriptionGate for RedisBus {
+    fn subscribed<'a>(&'a self, user: &'a UserId) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let Some(wait) = self.subscriptions.wait(&user_channel(&self.prefix, user)) else { return };
+            // Redis down: the session goes on without live events from other instances (it
+            // gets a `resync` once Redis is back) rather than hang.
+            if tokio::time::timeout(SUBSCRIBE_WAIT, wait).await.is_err() {
+                tracing::debug!("a session went on before its subscription was confirmed");
+            }
+        })
+    }
+}
+
 impl SignalRouter for RedisBus {
     fn route(&self, signal: Signal) {
         let channel = match &signal.audience {
@@ -509,5 +620,27 @@ impl SignalRouter for RedisBus {
         if self.jobs.try_send(Job::Publish { channel: format!("{}:calls", self.prefix), message }).is_err() {
             self.health.warn_dropped("the publishing queue is full");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_session_waits_until_its_users_subscription_is_made() {
+        let subscriptions = Subscriptions::default();
+        assert!(subscriptions.wait("ringline:u:bob").is_none(), "nothing asked for: no wait");
+        subscriptions.pending("ringline:u:bob");
+        let mut first = subscriptions.wait("ringline:u:bob").expect("waits while pending");
+        let second = subscriptions.wait("ringline:u:bob").expect("every session waits");
+        assert!(first.try_recv().is_err(), "not before Redis confirms");
+        subscriptions.active("ringline:u:bob");
+        first.await.expect("released");
+        second.await.expect("released");
+        assert!(subscriptions.wait("ringline:u:bob").is_none(), "made: no wait");
+        subscriptions.forget("ringline:u:bob");
+        subscriptions.pending("ringline:u:bob");
+        assert!(subscriptions.wait("ringline:u:bob").is_some(), "after the user left and came back, waits again");
     }
 }

@@ -112,6 +112,14 @@ pub trait RegistryListener: Send + Sync + std::fmt::Debug {
     fn changed(&self, change: RegistryChange);
 }
 
+/// Lets a new session wait until events for its user from every instance reach it (a bus
+/// subscribes when the user's first session arrives), so that nothing falls between the
+/// snapshot its `connection.ack` reads and the live events. The in-process router needs no
+/// wait.
+pub trait SubscriptionGate: Send + Sync + std::fmt::Debug {
+    fn subscribed<'a>(&'a self, user: &'a UserId) -> futures_util::future::BoxFuture<'a, ()>;
+}
+
 /// The in-process router.
 #[derive(Debug)]
 pub struct LocalRouter {

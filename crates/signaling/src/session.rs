@@ -129,7 +129,11 @@ pub async fn run<S, K>(
         SessionKind::Chat(conversation) => Some(conversation.to_string()),
         SessionKind::Notifications => None,
     };
-    // Read after attaching, so no change falls between this snapshot and the live events.
+    // Read after attaching (and, with several instances, after the user's subscription is
+    // made), so no change falls between this snapshot and the live events.
+    if let Some(gate) = &signaling.gate {
+        gate.subscribed(&context.user).await;
+    }
     let on_connect = match signaling.calls_on_connect(&context.user).await {
         Ok(found) => Some(found),
         Err(error) => {
