@@ -444,3 +444,54 @@ async fn a_socket_hears_other_instances_as_soon_as_it_is_acknowledged() {
     drop((a, b));
     database.cleanup().await;
 }
+
+/// The callee's instance is killed mid-call: the callee reconnects to another instance and
+/// finds its call there (`open_calls`); once both parties are gone for the grace period, a
+/// surviving instance ends the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_instance_loses_no_call() {
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let redis = Redis::start();
+    let tokens = people(database.url(), &["alice", "bob"]);
+    let (alice, bob) = (&tokens[0], &tokens[1]);
+    let quick = [("RINGLINE_LIVENESS_GRACE_SECS", "1")];
+    let a = Instance::start(database.url(), &redis, &quick).await;
+    let mut b = Instance::start(database.url(), &redis, &quick).await;
+    let c = Instance::start(database.url(), &redis, &quick).await;
+    let mut caller = a.socket("/ws/notifications/", alice).await;
+    let mut callee = b.socket("/ws/notifications/", bob).await;
+    let call = a.post("/api/calls/initiate/", alice, json!({"receiver_id": "bob"})).await;
+    let id = call["id"].as_i64().expect("an id");
+    callee.expect("call.incoming").await;
+    callee.send(json!({"type": "call.answer", "call_id": id, "answer": sdp("answer")})).await;
+    caller.find("call.answer").await;
+
+    b.child.kill().expect("kill -9 the callee's instance");
+    b.child.wait().expect("reaped");
+    drop(callee);
+    // The callee comes back on C within the grace period: the call is still there.
+    let url = format!("{}/ws/notifications/?token={bob}", c.base.replacen("http", "ws", 1));
+    let (stream, _) = tokio_tungstenite::connect_async(url).await.expect("connect to C");
+    let mut back = Socket { stream };
+    let ack = back.expect("connection.ack").await;
+    assert_eq!(ack["open_calls"][0]["id"], id, "{ack}");
+    assert_eq!(ack["open_calls"][0]["status"], "active");
+    // Frames cross from A to the callee's new instance.
+    caller.send(json!({"type": "call.ice-candidate", "call_id": id, "candidate": candidate(7)})).await;
+    assert_eq!(back.find("call.ice-candidate").await["candidate"]["candidate"], candidate(7)["candidate"]);
+
+    // Both parties leave: a surviving instance ends the call as connection_lost.
+    drop((back, caller));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let stored = a.get(&format!("/api/calls/{id}/"), alice).await;
+        if stored["status"] == "ended" {
+            assert_eq!(stored["end_reason"], "connection_lost");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the call was never ended: {stored}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop((a, b, c));
+    database.cleanup().await;
+}
