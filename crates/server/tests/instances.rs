@@ -495,3 +495,51 @@ async fn a_killed_instance_loses_no_call() {
     drop((a, b, c));
     database.cleanup().await;
 }
+
+/// A socket that drops and comes back to the same instance with `resume` gets exactly what it
+/// missed, events another instance sent included; coming back to an instance that did not
+/// follow the user, it is told to resync instead of being given an incomplete replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_misses_nothing_sent_from_other_instances() {
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let redis = Redis::start();
+    let tokens = people(database.url(), &["alice", "bob"]);
+    let (alice, bob) = (&tokens[0], &tokens[1]);
+    let a = Instance::start(database.url(), &redis, &[]).await;
+    let b = Instance::start(database.url(), &redis, &[]).await;
+    let c = Instance::start(database.url(), &redis, &[]).await;
+    let mut callee = b.socket("/ws/notifications/", bob).await;
+    let call = a.post("/api/calls/initiate/", alice, json!({"receiver_id": "bob"})).await;
+    let id = call["id"].as_i64().expect("an id");
+    let incoming = callee.expect("call.incoming").await;
+    let last_seen = incoming["event_id"].as_str().expect("an event id").to_owned();
+    drop(callee);
+    tokio::time::sleep(SUBSCRIBED).await;
+    // While bob is away, alice (on A) cancels.
+    a.post(&format!("/api/calls/{id}/end/"), alice, json!({})).await;
+    tokio::time::sleep(SUBSCRIBED).await;
+
+    let resume = |instance: &Instance| {
+        format!("{}/ws/notifications/?token={bob}&resume={last_seen}", instance.base.replacen("http", "ws", 1))
+    };
+    let (stream, _) = tokio_tungstenite::connect_async(resume(&b)).await.expect("connect to B");
+    let mut back = Socket { stream };
+    back.expect("connection.ack").await;
+    let mut missed = Vec::new();
+    while let Some(event) = back.next(Duration::from_millis(500)).await {
+        missed.push(event["type"].as_str().unwrap_or_default().to_owned());
+    }
+    assert!(
+        missed.contains(&"notification.created".to_owned()) || missed.contains(&"call.end".to_owned()),
+        "{missed:?}"
+    );
+    assert!(missed.contains(&"call.end".to_owned()), "the cancel sent from A is replayed: {missed:?}");
+    assert!(!missed.contains(&"resync".to_owned()), "{missed:?}");
+
+    let (stream, _) = tokio_tungstenite::connect_async(resume(&c)).await.expect("connect to C");
+    let mut elsewhere = Socket { stream };
+    elsewhere.expect("connection.ack").await;
+    elsewhere.find("resync").await;
+    drop((a, b, c));
+    database.cleanup().await;
+}

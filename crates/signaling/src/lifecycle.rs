@@ -40,6 +40,15 @@ impl Signaling {
             registered = Some(self.local.register(user.clone(), kind));
         });
         let (slot, events) = registered.unwrap_or_else(|| self.local.register(user.clone(), kind));
+        let mut attached = attached;
+        // With several instances this window holds what other instances sent only while this
+        // one followed the user: a resume from before it started following has a gap.
+        if resume.is_some()
+            && let Some(gate) = &self.gate
+            && !gate.following(user)
+        {
+            attached.replay = crate::replay::Replay::Gap;
+        }
         (slot, events, attached)
     }
 

@@ -47,6 +47,10 @@ use crate::router::{LocalRouter, RegistryChange, RegistryListener, SubscriptionG
 const INSTANCE_TTL: Duration = Duration::from_secs(30);
 const INSTANCE_REFRESH: Duration = Duration::from_secs(10);
 
+/// How long an instance stays subscribed to a user after their last session here left: the
+/// replay window's age, so that a session coming back here within it resumes without a gap.
+const LINGER: Duration = Duration::from_secs(60);
+
 /// How long a new session waits for its user's subscription before it is acknowledged.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
 
@@ -176,16 +180,54 @@ enum Subscription {
     /// Asked for; these wait until Redis confirms it.
     Pending(Vec<oneshot::Sender<()>>),
     Active,
+    /// The user's last session here left; kept until then, so that a session coming back
+    /// within the replay window finds a window that missed nothing.
+    Lingering(Instant),
 }
 
 impl Subscriptions {
-    fn pending(&self, channel: &str) {
+    /// The user's first session arrived: whether the channel must be subscribed to.
+    fn arrive(&self, channel: &str) -> bool {
         let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        channels.entry(channel.to_owned()).or_insert_with(|| Subscription::Pending(Vec::new()));
+        match channels.get_mut(channel) {
+            Some(subscription @ Subscription::Lingering(_)) => {
+                *subscription = Subscription::Active;
+                false
+            }
+            Some(_) => false,
+            None => {
+                channels.insert(channel.to_owned(), Subscription::Pending(Vec::new()));
+                true
+            }
+        }
     }
 
-    fn forget(&self, channel: &str) {
-        self.channels.lock().unwrap_or_else(PoisonError::into_inner).remove(channel);
+    /// The user's last session left: the channel lingers until `until`.
+    fn leave(&self, channel: &str, until: Instant) {
+        let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(subscription) = channels.get_mut(channel) {
+            *subscription = Subscription::Lingering(until);
+        }
+    }
+
+    /// Forgets the channels that lingered until before `now`, and returns them (to unsubscribe).
+    fn expired(&self, now: Instant) -> Vec<String> {
+        let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        let expired: Vec<String> = channels
+            .iter()
+            .filter(|(_, subscription)| matches!(subscription, Subscription::Lingering(until) if *until <= now))
+            .map(|(channel, _)| channel.clone())
+            .collect();
+        for channel in &expired {
+            channels.remove(channel);
+        }
+        expired
+    }
+
+    /// Whether the channel was subscribed to already (not only asked for).
+    fn following(&self, channel: &str) -> bool {
+        let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        matches!(channels.get(channel), Some(Subscription::Active | Subscription::Lingering(_)))
     }
 
     fn active(&self, channel: &str) {
@@ -226,13 +268,16 @@ impl RegistryListener for Listener {
         let jobs = match change {
             RegistryChange::UserArrived(user) => {
                 let channel = user_channel(&self.prefix, &user);
-                self.subscriptions.pending(&channel);
-                vec![Job::Subscribe(channel), Job::LearnPresence(user)]
+                if self.subscriptions.arrive(&channel) {
+                    vec![Job::Subscribe(channel), Job::LearnPresence(user)]
+                } else {
+                    vec![Job::LearnPresence(user)]
+                }
             }
             RegistryChange::UserLeft(user) => {
-                let channel = user_channel(&self.prefix, &user);
-                self.subscriptions.forget(&channel);
-                vec![Job::Unsubscribe(channel)]
+                // Unsubscribed by `keep_alive` once the lingering is over.
+                self.subscriptions.leave(&user_channel(&self.prefix, &user), Instant::now() + LINGER);
+                vec![]
             }
             RegistryChange::ConversationArrived(id) => vec![Job::Subscribe(conversation_channel(&self.prefix, id))],
             RegistryChange::ConversationLeft(id) => vec![Job::Unsubscribe(conversation_channel(&self.prefix, id))],
@@ -467,6 +512,9 @@ impl RedisBus {
                 }
                 _ = ticker.tick() => {}
             }
+            for channel in self.subscriptions.expired(Instant::now()) {
+                let _ = self.control.send(Job::Unsubscribe(channel));
+            }
             let recovering = self.health.outage.load(Ordering::Relaxed);
             if !recovering && last_refresh.is_some_and(|at| at.elapsed() < INSTANCE_REFRESH) {
                 continue;
@@ -576,16 +624,44 @@ impl RedisBus {
             return;
         };
         let Some(payload) = wire.payload else { return };
-        self.local.route(Signal {
-            audience,
-            except_device: wire.except_device.map(|(instance, serial)| DeviceId::new(instance, serial)),
-            except_user: wire.except_user.and_then(|user| UserId::parse(user.as_ref()).ok()),
-            payload: Arc::from(payload.as_ref()),
-        });
+        let except_device = wire.except_device.map(|(instance, serial)| DeviceId::new(instance, serial));
+        let except_user = wire.except_user.and_then(|user| UserId::parse(user.as_ref()).ok());
+        let payload: Arc<str> = Arc::from(payload.as_ref());
+        // A user's event is kept in this instance's window too, so a session here that
+        // resumes gets it, in the order it was delivered here.
+        if let Audience::User(user) = &audience
+            && let Some(id) = stream_id(&payload)
+        {
+            signaling.announcer.replay.record(user, &id, Arc::clone(&payload), &mut |payload| {
+                self.local.route(Signal {
+                    audience: audience.clone(),
+                    except_device,
+                    except_user: except_user.clone(),
+                    payload,
+                });
+            });
+            return;
+        }
+        self.local.route(Signal { audience, except_device, except_user, payload });
     }
 }
 
+/// The `event_id` of an event of a user's stream (ids with a `.` are not part of a stream).
+fn stream_id(payload: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Event<'a> {
+        #[serde(borrow)]
+        event_id: std::borrow::Cow<'a, str>,
+    }
+    let event: Event<'_> = serde_json::from_str(payload).ok()?;
+    (!event.event_id.contains('.')).then(|| event.event_id.into_owned())
+}
+
 impl SubscriptionGate for RedisBus {
+    fn following(&self, user: &UserId) -> bool {
+        self.subscriptions.following(&user_channel(&self.prefix, user))
+    }
+
     fn subscribed<'a>(&'a self, user: &'a UserId) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let Some(wait) = self.subscriptions.wait(&user_channel(&self.prefix, user)) else { return };
@@ -631,7 +707,8 @@ mod tests {
     async fn a_session_waits_until_its_users_subscription_is_made() {
         let subscriptions = Subscriptions::default();
         assert!(subscriptions.wait("ringline:u:bob").is_none(), "nothing asked for: no wait");
-        subscriptions.pending("ringline:u:bob");
+        assert!(subscriptions.arrive("ringline:u:bob"), "the first arrival subscribes");
+        assert!(!subscriptions.following("ringline:u:bob"), "not before Redis confirms");
         let mut first = subscriptions.wait("ringline:u:bob").expect("waits while pending");
         let second = subscriptions.wait("ringline:u:bob").expect("every session waits");
         assert!(first.try_recv().is_err(), "not before Redis confirms");
@@ -639,8 +716,18 @@ mod tests {
         first.await.expect("released");
         second.await.expect("released");
         assert!(subscriptions.wait("ringline:u:bob").is_none(), "made: no wait");
-        subscriptions.forget("ringline:u:bob");
-        subscriptions.pending("ringline:u:bob");
-        assert!(subscriptions.wait("ringline:u:bob").is_some(), "after the user left and came back, waits again");
+        assert!(subscriptions.following("ringline:u:bob"));
+
+        // The last session leaves: the channel lingers, and a return within it needs nothing.
+        let now = Instant::now();
+        subscriptions.leave("ringline:u:bob", now + LINGER);
+        assert!(subscriptions.expired(now).is_empty());
+        assert!(!subscriptions.arrive("ringline:u:bob"), "still subscribed");
+        assert!(subscriptions.following("ringline:u:bob"), "its window missed nothing");
+        // Gone for longer: unsubscribed, and a return starts over.
+        subscriptions.leave("ringline:u:bob", now);
+        assert_eq!(subscriptions.expired(now + Duration::from_millis(1)), ["ringline:u:bob"]);
+        assert!(!subscriptions.following("ringline:u:bob"));
+        assert!(subscriptions.arrive("ringline:u:bob"), "subscribes again");
     }
 }

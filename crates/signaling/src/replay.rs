@@ -60,6 +60,12 @@ pub trait ReplayStore: Send + Sync + std::fmt::Debug {
     /// window and hands it to `deliver`, before any later event of `user` is numbered.
     fn append(&self, user: &UserId, encode: &mut dyn FnMut(&str) -> String, deliver: &mut dyn FnMut(Arc<str>));
 
+    /// Keeps `event`, an event of `user`'s stream that another instance numbered (its id is
+    /// `id`), in the window after the events kept so far, and hands it to `deliver`, as
+    /// [`ReplayStore::append`] does. A session that resumes here from `id`, or from any later
+    /// event, gets exactly what followed, wherever it was numbered.
+    fn record(&self, user: &UserId, id: &str, event: Arc<str>, deliver: &mut dyn FnMut(Arc<str>));
+
     /// Runs `register` (which makes the session receive `user`'s live events) and, in the same
     /// step, collects the events after `resume` (an id of this user's stream), if given.
     fn attach(&self, user: &UserId, resume: Option<&str>, register: &mut dyn FnMut()) -> Attached;
@@ -74,10 +80,14 @@ const SHARDS: usize = 16;
 /// background task calls [`ReplayStore::prune`].
 const PRUNE_EVERY: u32 = 4096;
 
+/// One kept event: its position here, when it was kept, the event, and its id when another
+/// instance numbered it.
+type Kept = (u64, Instant, Arc<str>, Option<Box<str>>);
+
 #[derive(Debug, Default)]
 struct Window {
-    /// `(position, when, event)`, oldest first.
-    events: VecDeque<(u64, Instant, Arc<str>)>,
+    /// Oldest first.
+    events: VecDeque<Kept>,
     /// The newest position dropped from `events`: a resume from before it has a gap.
     dropped_through: u64,
 }
@@ -87,7 +97,7 @@ impl Window {
     /// Appends only enforce the count (one comparison): ages are enforced where they matter,
     /// before a replay and when pruning, which keeps the relay path free of clock reads.
     fn trim(&mut self, limits: ReplayLimits, now: Option<Instant>) {
-        while let Some(&(position, at, _)) = self.events.front() {
+        while let Some(&(position, at, ..)) = self.events.front() {
             let too_old = now.is_some_and(|now| now.duration_since(at) >= limits.max_age);
             if self.events.len() <= limits.max_events && !too_old {
                 break;
@@ -186,7 +196,25 @@ impl ReplayStore for InMemoryReplay {
             Some(window) => window,
             None => shard.windows.entry(user.clone()).or_default(),
         };
-        window.events.push_back((position, now, Arc::clone(&event)));
+        window.events.push_back((position, now, Arc::clone(&event), None));
+        window.trim(self.limits, None);
+        deliver(event);
+        shard.appends_since_prune += 1;
+        if shard.appends_since_prune >= PRUNE_EVERY {
+            shard.prune(self.limits, now);
+        }
+    }
+
+    fn record(&self, user: &UserId, id: &str, event: Arc<str>, deliver: &mut dyn FnMut(Arc<str>)) {
+        let now = Instant::now();
+        let mut shard = self.shard(user);
+        // A position of this process too, so that trimming and resuming treat it like the rest.
+        let position = self.next.fetch_add(1, Ordering::Relaxed);
+        let window = match shard.windows.get_mut(user) {
+            Some(window) => window,
+            None => shard.windows.entry(user.clone()).or_default(),
+        };
+        window.events.push_back((position, now, Arc::clone(&event), Some(id.into())));
         window.trim(self.limits, None);
         deliver(event);
         shard.appends_since_prune += 1;
@@ -205,7 +233,12 @@ impl ReplayStore for InMemoryReplay {
         let Some(resume) = resume else {
             return Attached { resume_from, replay: Replay::Nothing };
         };
-        let Some(after) = self.position(resume).filter(|&after| after <= head) else {
+        // An id numbered here, or one another instance numbered and this one kept.
+        let foreign = || {
+            let window = shard.windows.get(user)?;
+            window.events.iter().find(|(.., id)| id.as_deref() == Some(resume)).map(|&(position, ..)| position)
+        };
+        let Some(after) = self.position(resume).or_else(foreign).filter(|&after| after <= head) else {
             return Attached { resume_from, replay: Replay::Gap };
         };
         let forgotten_through = shard.forgotten_through;
@@ -219,7 +252,7 @@ impl ReplayStore for InMemoryReplay {
                         .events
                         .iter()
                         .filter(|(position, ..)| *position > after)
-                        .map(|(_, _, event)| Arc::clone(event))
+                        .map(|(_, _, event, _)| Arc::clone(event))
                         .collect();
                     if missed.is_empty() { Replay::Nothing } else { Replay::Events(missed) }
                 }
@@ -261,6 +294,25 @@ mod tests {
 
     fn replayed(store: &InMemoryReplay, who: &str, resume: &str) -> Replay {
         store.attach(&user(who), Some(resume), &mut || {}).replay
+    }
+
+    /// With several instances, a user's stream here mixes events numbered here and events
+    /// another instance numbered; a resume from either kind gets exactly what followed.
+    #[test]
+    fn events_numbered_elsewhere_are_kept_in_order_and_can_be_resumed_from() {
+        let store = InMemoryReplay::default();
+        let bob = user("bob");
+        let mut delivered = Vec::new();
+        store.record(&bob, "elsewhere-1", Arc::from("first"), &mut |event| delivered.push(event));
+        let here = append(&store, "bob", "second");
+        store.record(&bob, "elsewhere-2", Arc::from("third"), &mut |event| delivered.push(event));
+        assert_eq!(delivered, [Arc::from("first"), Arc::from("third")], "recorded events are delivered");
+        let after_first = replayed(&store, "bob", "elsewhere-1");
+        assert_eq!(after_first, Replay::Events(vec![Arc::from(format!("second@{here}").as_str()), Arc::from("third")]));
+        assert_eq!(replayed(&store, "bob", &here), Replay::Events(vec![Arc::from("third")]));
+        assert_eq!(replayed(&store, "bob", "elsewhere-2"), Replay::Nothing);
+        assert_eq!(replayed(&store, "bob", "elsewhere-9"), Replay::Gap, "an id nobody kept here");
+        assert_eq!(replayed(&store, "alice", "elsewhere-1"), Replay::Gap, "not alice's stream");
     }
 
     #[test]

@@ -117,6 +117,11 @@ pub trait RegistryListener: Send + Sync + std::fmt::Debug {
 /// snapshot its `connection.ack` reads and the live events. The in-process router needs no
 /// wait.
 pub trait SubscriptionGate: Send + Sync + std::fmt::Debug {
+    /// Whether every event of `user` has been reaching this instance since before the session
+    /// that just registered: if not, the session's resume cannot be trusted (a `resync`).
+    fn following(&self, user: &UserId) -> bool;
+
+    /// Resolves once events of `user` from every instance reach this one.
     fn subscribed<'a>(&'a self, user: &'a UserId) -> futures_util::future::BoxFuture<'a, ()>;
 }
 
