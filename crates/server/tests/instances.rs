@@ -460,9 +460,9 @@ async fn a_socket_hears_other_instances_as_soon_as_it_is_acknowledged() {
     deployment.finish((a, b)).await;
 }
 
-/// The callee's instance is killed mid-call: the callee reconnects to another instance and
-/// finds its call there (`open_calls`); once both parties are gone for the grace period, a
-/// surviving instance ends the call.
+/// The callee's instance is killed mid-call: the callee reconnects to another instance with
+/// its last event id and resumes there (no `resync`), finds its call (`open_calls`), and once
+/// both parties are gone for the grace period, a surviving instance ends the call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_instance_loses_no_call() {
     let deployment = Deployment::new(&["alice", "bob"]).await;
@@ -476,7 +476,7 @@ async fn a_killed_instance_loses_no_call() {
     let mut callee = b.socket("/ws/notifications/", bob).await;
     let call = a.post("/api/calls/initiate/", alice, json!({"receiver_id": "bob"})).await;
     let id = call["id"].as_i64().expect("an id");
-    callee.expect("call.incoming").await;
+    let last_seen = callee.expect("call.incoming").await["event_id"].as_str().expect("an id").to_owned();
     callee.send(json!({"type": "call.answer", "call_id": id, "answer": sdp("answer")})).await;
     caller.find("call.answer").await;
 
@@ -484,10 +484,14 @@ async fn a_killed_instance_loses_no_call() {
     b.child.wait().expect("reaped");
     drop(callee);
     // The callee comes back on C within the grace period: the call is still there.
-    let mut back = c.connect(&format!("/ws/notifications/?token={bob}")).await;
+    let mut back = c.connect(&format!("/ws/notifications/?token={bob}&resume={last_seen}")).await;
     let ack = back.expect("connection.ack").await;
     assert_eq!(ack["open_calls"][0]["id"], id, "{ack}");
     assert_eq!(ack["open_calls"][0]["status"], "active");
+    // It resumes where it left off: no `resync`, whatever B sent before it died is replayed.
+    while let Some(event) = back.next(Duration::from_millis(300)).await {
+        assert_ne!(event["type"], "resync", "the resume was served from the shared window");
+    }
     // Frames cross from A to the callee's new instance.
     caller.send(json!({"type": "call.ice-candidate", "call_id": id, "candidate": candidate(7)})).await;
     assert_eq!(back.find("call.ice-candidate").await["candidate"]["candidate"], candidate(7)["candidate"]);
@@ -507,9 +511,9 @@ async fn a_killed_instance_loses_no_call() {
     deployment.finish((a, b, c)).await;
 }
 
-/// A socket that drops and comes back to the same instance with `resume` gets exactly what it
-/// missed, events another instance sent included; coming back to an instance that did not
-/// follow the user, it is told to resync instead of being given an incomplete replay.
+/// A socket that drops and comes back with `resume` gets exactly what it missed, events another
+/// instance sent included, whether it comes back to the same instance (its own window) or to
+/// one that never had the user's sessions (the window every instance shares in Redis).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_misses_nothing_sent_from_other_instances() {
     let deployment = Deployment::new(&["alice", "bob"]).await;
@@ -541,6 +545,10 @@ async fn a_resume_misses_nothing_sent_from_other_instances() {
 
     let mut elsewhere = c.connect(&resume).await;
     elsewhere.expect("connection.ack").await;
-    elsewhere.find("resync").await;
+    let mut missed_elsewhere = Vec::new();
+    while let Some(event) = elsewhere.next(Duration::from_millis(500)).await {
+        missed_elsewhere.push(event["type"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(missed_elsewhere, missed, "the same replay on an instance that never had bob's sockets");
     deployment.finish((a, b, c)).await;
 }

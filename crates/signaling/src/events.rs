@@ -326,3 +326,14 @@ pub fn pong(event_id: &str) -> String {
     }
     encode(&Pong { r#type: "pong", event_id })
 }
+
+/// The `event_id` of an event of a user's stream (ids with a `.` are not part of a stream).
+pub(crate) fn stream_id(payload: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Event<'a> {
+        #[serde(borrow)]
+        event_id: std::borrow::Cow<'a, str>,
+    }
+    let event: Event<'_> = serde_json::from_str(payload).ok()?;
+    (!event.event_id.contains('.')).then(|| event.event_id.into_owned())
+}

@@ -29,7 +29,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events;
 use crate::hub::Signaling;
-use crate::router::{LocalRouter, RegistryChange, RegistryListener, SubscriptionGate};
+use crate::router::{IdentifiedEvent, LocalRouter, RegistryChange, RegistryListener, SubscriptionGate};
 
 /// How long an instance's liveness key lives, and how often it is refreshed.
 const INSTANCE_TTL: Duration = Duration::from_secs(30);
@@ -50,6 +50,10 @@ const INSTANCE_REFRESH: Duration = Duration::from_secs(10);
 /// How long an instance stays subscribed to a user after their last session here left: the
 /// replay window's age, so that a session coming back here within it resumes without a gap.
 const LINGER: Duration = Duration::from_secs(60);
+
+/// A user's shared window (a capped Redis stream): as many events and as old as an instance's.
+const SHARED_WINDOW_EVENTS: usize = 256;
+const SHARED_WINDOW_AGE: Duration = Duration::from_secs(60);
 
 /// How long a new session waits for its user's subscription before it is acknowledged.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
@@ -91,12 +95,22 @@ struct Wire<'a> {
     notification_sockets: Option<bool>,
 }
 
+/// An event kept in a user's shared window: the stream `key`, its `event_id` and the event.
+#[derive(Debug)]
+struct Kept {
+    key: String,
+    id: String,
+    event: Arc<str>,
+}
+
 /// What the publishing task does, in order.
 #[derive(Debug)]
 enum Job {
     Publish {
         channel: String,
         message: String,
+        /// An event of a user's stream, also kept in the user's shared window.
+        kept: Option<Kept>,
     },
     Subscribe(String),
     Unsubscribe(String),
@@ -152,6 +166,8 @@ pub struct RedisBus {
     control: mpsc::UnboundedSender<Job>,
     health: Arc<BusHealth>,
     subscriptions: Arc<Subscriptions>,
+    /// For reading shared windows (a clone shares the connection).
+    reader: ConnectionManager,
     parts: Mutex<Option<Parts>>,
 }
 
@@ -328,6 +344,7 @@ impl RedisBus {
             control: control_sender.clone(),
             health,
             subscriptions: subscriptions.clone(),
+            reader: manager.clone(),
             parts: Mutex::new(Some(Parts { manager, jobs, control, pushes })),
         });
         // Sessions that registered before (none in the server) would be missed; subscribe the
@@ -347,7 +364,7 @@ impl RedisBus {
         self.health.clone()
     }
 
-    fn publish(&self, channel: String, wire: &Wire<'_>) {
+    fn publish(&self, channel: String, wire: &Wire<'_>, kept: Option<Kept>) {
         let message = match serde_json::to_string(wire) {
             Ok(message) => message,
             Err(error) => {
@@ -355,7 +372,7 @@ impl RedisBus {
                 return;
             }
         };
-        if self.jobs.try_send(Job::Publish { channel, message }).is_err() {
+        if self.jobs.try_send(Job::Publish { channel, message, kept }).is_err() {
             self.health.warn_dropped("the publishing queue is full");
         }
     }
@@ -394,16 +411,16 @@ impl RedisBus {
                 else => return,
             };
             let done: Result<(), redis::RedisError> = match job {
-                Job::Publish { channel, message } => {
+                Job::Publish { channel, message, kept } => {
                     // Everything already waiting goes in one pipeline: one round trip to Redis
                     // for a burst of ICE candidates instead of one each.
                     let mut pipeline = redis::pipe();
-                    pipeline.publish(channel, message).ignore();
+                    add_publish(&mut pipeline, channel, message, kept);
                     let mut count = 1;
                     while count < PIPELINE_MAX {
                         match jobs.try_recv() {
-                            Ok(Job::Publish { channel, message }) => {
-                                pipeline.publish(channel, message).ignore();
+                            Ok(Job::Publish { channel, message, kept }) => {
+                                add_publish(&mut pipeline, channel, message, kept);
                                 count += 1;
                             }
                             Ok(other) => {
@@ -630,7 +647,7 @@ impl RedisBus {
         // A user's event is kept in this instance's window too, so a session here that
         // resumes gets it, in the order it was delivered here.
         if let Audience::User(user) = &audience
-            && let Some(id) = stream_id(&payload)
+            && let Some(id) = events::stream_id(&payload)
         {
             signaling.announcer.replay.record(user, &id, Arc::clone(&payload), &mut |payload| {
                 self.local.route(Signal {
@@ -646,18 +663,76 @@ impl RedisBus {
     }
 }
 
-/// The `event_id` of an event of a user's stream (ids with a `.` are not part of a stream).
-fn stream_id(payload: &str) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Event<'a> {
-        #[serde(borrow)]
-        event_id: std::borrow::Cow<'a, str>,
+/// Adds one message to `pipeline`: first into the user's shared window (if it is an event of
+/// a user's stream), then to the channel, so that an instance that hears it live and reads the
+/// window at once finds it in both (and the session skips the copy).
+fn add_publish(pipeline: &mut redis::Pipeline, channel: String, message: String, kept: Option<Kept>) {
+    if let Some(Kept { key, id, event }) = kept {
+        pipeline
+            .cmd("XADD")
+            .arg(&key)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(SHARED_WINDOW_EVENTS)
+            .arg("*")
+            .arg("i")
+            .arg(id)
+            .arg("e")
+            .arg(event.as_ref())
+            .ignore();
+        pipeline.pexpire(key, i64::try_from(SHARED_WINDOW_AGE.as_millis()).unwrap_or(i64::MAX)).ignore();
     }
-    let event: Event<'_> = serde_json::from_str(payload).ok()?;
-    (!event.event_id.contains('.')).then(|| event.event_id.into_owned())
+    pipeline.publish(channel, message).ignore();
+}
+
+fn window_key(prefix: &str, user: &UserId) -> String {
+    format!("{prefix}:w:{user}")
+}
+
+impl RedisBus {
+    /// The events of `user`'s shared window after `resume`, oldest first, with their ids; `None`
+    /// when `resume` is not in it (too old, or never kept) or Redis cannot be read.
+    async fn window_after(&self, user: &UserId, resume: &str) -> Option<Vec<IdentifiedEvent>> {
+        let since = SystemTime::now().checked_sub(SHARED_WINDOW_AGE)?.duration_since(UNIX_EPOCH).ok()?.as_millis();
+        let mut reader = self.reader.clone();
+        let reply: Value = redis::cmd("XRANGE")
+            .arg(window_key(&self.prefix, user))
+            .arg(since.to_string())
+            .arg("+")
+            .query_async(&mut reader)
+            .await
+            .map_err(|error| tracing::warn!(%error, "cannot read a shared replay window"))
+            .ok()?;
+        let Value::Array(entries) = reply else { return None };
+        let mut events = Vec::with_capacity(entries.len());
+        for entry in entries {
+            // [entry id, [field, value, field, value]]
+            let Value::Array(parts) = entry else { continue };
+            let Some(Value::Array(fields)) = parts.get(1) else { continue };
+            let (mut id, mut event) = (None, None);
+            for pair in fields.chunks(2) {
+                if let [Value::BulkString(field), Value::BulkString(value)] = pair {
+                    match field.as_slice() {
+                        b"i" => id = String::from_utf8(value.clone()).ok(),
+                        b"e" => event = std::str::from_utf8(value).ok().map(Arc::<str>::from),
+                        _ => {}
+                    }
+                }
+            }
+            if let (Some(id), Some(event)) = (id, event) {
+                events.push((id, event));
+            }
+        }
+        let from = events.iter().position(|(id, _)| id == resume)?;
+        Some(events.split_off(from + 1))
+    }
 }
 
 impl SubscriptionGate for RedisBus {
+    fn missed<'a>(&'a self, user: &'a UserId, resume: &'a str) -> BoxFuture<'a, Option<Vec<IdentifiedEvent>>> {
+        Box::pin(self.window_after(user, resume))
+    }
+
     fn following(&self, user: &UserId) -> bool {
         self.subscriptions.following(&user_channel(&self.prefix, user))
     }
@@ -676,9 +751,16 @@ impl SubscriptionGate for RedisBus {
 
 impl SignalRouter for RedisBus {
     fn route(&self, signal: Signal) {
-        let channel = match &signal.audience {
-            Audience::User(user) => user_channel(&self.prefix, user),
-            Audience::Conversation(conversation) => conversation_channel(&self.prefix, *conversation),
+        let (channel, kept) = match &signal.audience {
+            Audience::User(user) => {
+                let kept = events::stream_id(&signal.payload).map(|id| Kept {
+                    key: window_key(&self.prefix, user),
+                    id,
+                    event: Arc::clone(&signal.payload),
+                });
+                (user_channel(&self.prefix, user), kept)
+            }
+            Audience::Conversation(conversation) => (conversation_channel(&self.prefix, *conversation), None),
         };
         let wire = Wire {
             from: self.local.instance(),
@@ -687,13 +769,14 @@ impl SignalRouter for RedisBus {
             payload: Some(signal.payload.as_ref().into()),
             notification_sockets: None,
         };
-        self.publish(channel, &wire);
+        self.publish(channel, &wire, kept);
         self.local.route(signal);
     }
 
     fn call_changed(&self, call: &Call) {
         let message = format!("{} {}", call.id().get(), call.status().stage());
-        if self.jobs.try_send(Job::Publish { channel: format!("{}:calls", self.prefix), message }).is_err() {
+        let channel = format!("{}:calls", self.prefix);
+        if self.jobs.try_send(Job::Publish { channel, message, kept: None }).is_err() {
             self.health.warn_dropped("the publishing queue is full");
         }
     }

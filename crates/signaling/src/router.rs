@@ -112,6 +112,9 @@ pub trait RegistryListener: Send + Sync + std::fmt::Debug {
     fn changed(&self, change: RegistryChange);
 }
 
+/// An event of a user's stream with its `event_id`.
+pub type IdentifiedEvent = (String, Arc<str>);
+
 /// Lets a new session wait until events for its user from every instance reach it (a bus
 /// subscribes when the user's first session arrives), so that nothing falls between the
 /// snapshot its `connection.ack` reads and the live events. The in-process router needs no
@@ -120,6 +123,14 @@ pub trait SubscriptionGate: Send + Sync + std::fmt::Debug {
     /// Whether every event of `user` has been reaching this instance since before the session
     /// that just registered: if not, the session's resume cannot be trusted (a `resync`).
     fn following(&self, user: &UserId) -> bool;
+
+    /// The events of `user`'s stream after `resume` that a window shared by every instance
+    /// holds, with their ids, oldest first; `None` when it cannot tell (a `resync`).
+    fn missed<'a>(
+        &'a self,
+        user: &'a UserId,
+        resume: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Option<Vec<IdentifiedEvent>>>;
 
     /// Resolves once events of `user` from every instance reach this one.
     fn subscribed<'a>(&'a self, user: &'a UserId) -> futures_util::future::BoxFuture<'a, ()>;

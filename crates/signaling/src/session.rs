@@ -66,6 +66,32 @@ pub trait CallPresenter: Send + Sync + std::fmt::Debug {
     async fn present(&self, calls: &[Call]) -> Vec<Box<RawValue>>;
 }
 
+/// The ids of events replayed from the shared window, which may also arrive live (published
+/// while the window was read): each is skipped once, for a few seconds after the replay.
+#[derive(Debug, Default)]
+struct Replayed {
+    ids: std::collections::HashSet<String>,
+    until: Option<Instant>,
+}
+
+impl Replayed {
+    fn new(ids: impl Iterator<Item = String>) -> Self {
+        Self { ids: ids.collect(), until: Some(Instant::now() + Duration::from_secs(5)) }
+    }
+
+    /// Whether `event` is a live copy of a replayed event (checked only while some may come).
+    fn is_copy(&mut self, event: &str) -> bool {
+        if self.ids.is_empty() {
+            return false;
+        }
+        if self.until.is_some_and(|until| Instant::now() > until) {
+            self.ids.clear();
+            return false;
+        }
+        events::stream_id(event).is_some_and(|id| self.ids.remove(&id))
+    }
+}
+
 /// A token bucket over a [`FrameRate`].
 #[derive(Debug)]
 struct RateLimit {
@@ -131,8 +157,22 @@ pub async fn run<S, K>(
     };
     // Read after attaching (and, with several instances, after the user's subscription is
     // made), so no change falls between this snapshot and the live events.
+    let mut attached = attached;
+    let mut replayed = Replayed::default();
     if let Some(gate) = &signaling.gate {
         gate.subscribed(&context.user).await;
+        // A resume this instance cannot serve (the session left another instance) is served
+        // from the window every instance shares, if it still holds the position.
+        if let (Some(resume), Replay::Gap) = (identity.resume.as_deref(), &attached.replay)
+            && let Some(missed) = gate.missed(&context.user, resume).await
+        {
+            replayed = Replayed::new(missed.iter().map(|(id, _)| id.clone()));
+            attached.replay = if missed.is_empty() {
+                Replay::Nothing
+            } else {
+                Replay::Events(missed.into_iter().map(|(_, event)| event).collect())
+            };
+        }
     }
     let on_connect = match signaling.calls_on_connect(&context.user).await {
         Ok(found) => Some(found),
@@ -195,7 +235,7 @@ pub async fn run<S, K>(
                 break;
             }
             event = events.recv() => match event {
-                Some(event) => open = write_events(&mut outbound, &slot, &event, &mut events).await,
+                Some(event) => open = write_events(&mut outbound, &slot, &event, &mut events, &mut replayed).await,
                 None => break,
             },
             frame = inbound.next() => {
@@ -287,12 +327,17 @@ async fn write_events<K: Sink<Outbound> + Unpin>(
     slot: &SessionSlot,
     first: &str,
     events: &mut tokio::sync::mpsc::Receiver<Arc<str>>,
+    replayed: &mut Replayed,
 ) -> bool {
     let batch = async {
-        outbound.feed(Outbound::Text(first.to_owned())).await?;
+        if !replayed.is_copy(first) {
+            outbound.feed(Outbound::Text(first.to_owned())).await?;
+        }
         for _ in 1..MAX_EVENTS_PER_FLUSH {
             let Ok(event) = events.try_recv() else { break };
-            outbound.feed(Outbound::Text(event.to_string())).await?;
+            if !replayed.is_copy(&event) {
+                outbound.feed(Outbound::Text(event.to_string())).await?;
+            }
         }
         outbound.flush().await
     };
