@@ -202,8 +202,10 @@ enum Subscription {
 }
 
 impl Subscriptions {
-    /// The user's first session arrived: whether the channel must be subscribed to.
-    fn arrive(&self, channel: &str) -> bool {
+    /// The user's first session arrived: subscribes to the channel (on `control`) unless it is
+    /// subscribed already; returns whether it asked. Queued under the lock, so a subscription
+    /// and an unsubscription of one channel reach Redis in the order they were decided.
+    fn arrive(&self, channel: &str, control: &mpsc::UnboundedSender<Job>) -> bool {
         let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
         match channels.get_mut(channel) {
             Some(subscription @ Subscription::Lingering(_)) => {
@@ -213,6 +215,7 @@ impl Subscriptions {
             Some(_) => false,
             None => {
                 channels.insert(channel.to_owned(), Subscription::Pending(Vec::new()));
+                let _ = control.send(Job::Subscribe(channel.to_owned()));
                 true
             }
         }
@@ -226,8 +229,9 @@ impl Subscriptions {
         }
     }
 
-    /// Forgets the channels that lingered until before `now`, and returns them (to unsubscribe).
-    fn expired(&self, now: Instant) -> Vec<String> {
+    /// Unsubscribes (on `control`, under the lock) from the channels that lingered until
+    /// before `now`, and returns them.
+    fn expire(&self, now: Instant, control: &mpsc::UnboundedSender<Job>) -> Vec<String> {
         let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
         let expired: Vec<String> = channels
             .iter()
@@ -236,6 +240,7 @@ impl Subscriptions {
             .collect();
         for channel in &expired {
             channels.remove(channel);
+            let _ = control.send(Job::Unsubscribe(channel.clone()));
         }
         expired
     }
@@ -284,11 +289,8 @@ impl RegistryListener for Listener {
         let jobs = match change {
             RegistryChange::UserArrived(user) => {
                 let channel = user_channel(&self.prefix, &user);
-                if self.subscriptions.arrive(&channel) {
-                    vec![Job::Subscribe(channel), Job::LearnPresence(user)]
-                } else {
-                    vec![Job::LearnPresence(user)]
-                }
+                self.subscriptions.arrive(&channel, &self.control);
+                vec![Job::LearnPresence(user)]
             }
             RegistryChange::UserLeft(user) => {
                 // Unsubscribed by `keep_alive` once the lingering is over.
@@ -529,9 +531,7 @@ impl RedisBus {
                 }
                 _ = ticker.tick() => {}
             }
-            for channel in self.subscriptions.expired(Instant::now()) {
-                let _ = self.control.send(Job::Unsubscribe(channel));
-            }
+            self.subscriptions.expire(Instant::now(), &self.control);
             let recovering = self.health.outage.load(Ordering::Relaxed);
             if !recovering && last_refresh.is_some_and(|at| at.elapsed() < INSTANCE_REFRESH) {
                 continue;
@@ -789,8 +789,10 @@ mod tests {
     #[tokio::test]
     async fn a_session_waits_until_its_users_subscription_is_made() {
         let subscriptions = Subscriptions::default();
+        let (control, mut asked) = mpsc::unbounded_channel();
         assert!(subscriptions.wait("ringline:u:bob").is_none(), "nothing asked for: no wait");
-        assert!(subscriptions.arrive("ringline:u:bob"), "the first arrival subscribes");
+        assert!(subscriptions.arrive("ringline:u:bob", &control), "the first arrival subscribes");
+        assert!(matches!(asked.try_recv(), Ok(Job::Subscribe(channel)) if channel == "ringline:u:bob"));
         assert!(!subscriptions.following("ringline:u:bob"), "not before Redis confirms");
         let mut first = subscriptions.wait("ringline:u:bob").expect("waits while pending");
         let second = subscriptions.wait("ringline:u:bob").expect("every session waits");
@@ -804,13 +806,16 @@ mod tests {
         // The last session leaves: the channel lingers, and a return within it needs nothing.
         let now = Instant::now();
         subscriptions.leave("ringline:u:bob", now + LINGER);
-        assert!(subscriptions.expired(now).is_empty());
-        assert!(!subscriptions.arrive("ringline:u:bob"), "still subscribed");
+        assert!(subscriptions.expire(now, &control).is_empty());
+        assert!(!subscriptions.arrive("ringline:u:bob", &control), "still subscribed");
+        assert!(asked.try_recv().is_err(), "nothing asked of Redis");
         assert!(subscriptions.following("ringline:u:bob"), "its window missed nothing");
         // Gone for longer: unsubscribed, and a return starts over.
         subscriptions.leave("ringline:u:bob", now);
-        assert_eq!(subscriptions.expired(now + Duration::from_millis(1)), ["ringline:u:bob"]);
+        assert_eq!(subscriptions.expire(now + Duration::from_millis(1), &control), ["ringline:u:bob"]);
+        assert!(matches!(asked.try_recv(), Ok(Job::Unsubscribe(_))));
         assert!(!subscriptions.following("ringline:u:bob"));
-        assert!(subscriptions.arrive("ringline:u:bob"), "subscribes again");
+        assert!(subscriptions.arrive("ringline:u:bob", &control), "subscribes again");
+        assert!(matches!(asked.try_recv(), Ok(Job::Subscribe(_))), "after the unsubscription, in order");
     }
 }
