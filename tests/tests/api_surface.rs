@@ -116,6 +116,21 @@ async fn the_admin_api_provisions_users_and_conversations(backend: DatabaseBacke
         .await
         .expect(201);
 
+    // Where a user is connected: counted over their open sockets.
+    let presence = || admin(&app, Method::GET, "/api/admin/users/bob/presence/", None);
+    assert_eq!(presence().await.expect(200), json!({"online": false, "devices": 0}));
+    let bob_token = app.token("bob");
+    let phone = app.notifications_socket(&bob_token).await;
+    let tab = app.chat_socket(&bob_token, 7).await;
+    assert_eq!(presence().await.expect(200), json!({"online": true, "devices": 2}));
+    drop((phone, tab));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while presence().await.expect(200)["devices"] != 0 {
+        assert!(std::time::Instant::now() < deadline, "closed sockets are no longer counted");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    admin(&app, Method::GET, "/api/admin/users/bad id/presence/", None).await.expect_error(400, "invalid_user_id");
+
     admin(&app, Method::DELETE, "/api/admin/users/carol/", None).await.expect(204);
     admin(&app, Method::DELETE, "/api/admin/users/carol/", None).await.expect_error(404, "user_not_found");
     let gone = app.post("/api/calls/initiate/", &app.token("bob"), json!({"receiver_id": "carol"})).await;

@@ -8,6 +8,7 @@ use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use ringline_domain::{Clock, ConversationId, Directory, UserId, UserProfile};
+use ringline_signaling::Signaling;
 use ringline_storage::{DirectoryWriteError, SqlDirectory};
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
@@ -52,6 +53,15 @@ pub struct ConversationJson {
     pub participants: Vec<String>,
 }
 
+/// Where a user is connected, on every instance together.
+#[derive(Debug, Object)]
+pub struct PresenceJson {
+    /// Whether the user has at least one socket open.
+    pub online: bool,
+    /// How many sockets (tabs, phones) the user has open.
+    pub devices: u64,
+}
+
 #[derive(Debug, ApiResponse)]
 pub enum Deleted {
     /// Removed.
@@ -64,11 +74,17 @@ pub struct AdminApi {
     directory: SqlDirectory,
     token: Option<SecretString>,
     clock: Arc<dyn Clock>,
+    signaling: Arc<Signaling>,
 }
 
 impl AdminApi {
-    pub fn new(directory: SqlDirectory, token: Option<SecretString>, clock: Arc<dyn Clock>) -> Self {
-        Self { directory, token, clock }
+    pub fn new(
+        directory: SqlDirectory,
+        token: Option<SecretString>,
+        clock: Arc<dyn Clock>,
+        signaling: Arc<Signaling>,
+    ) -> Self {
+        Self { directory, token, clock, signaling }
     }
 
     fn check(&self, presented: &AdminToken) -> Result<(), ApiError> {
@@ -155,6 +171,18 @@ impl AdminApi {
         profile
             .map(|p| Json(UserJson::from_profile(&p)))
             .ok_or_else(|| ApiError::not_found("User not found.", "user_not_found"))
+    }
+
+    /// Where a user is connected
+    ///
+    /// Sockets the user has open on every instance together (with several instances, counted
+    /// through Redis; an instance that died stops counting within 30 s). For a host
+    /// application deciding whether to push a call to a phone.
+    #[oai(path = "/api/admin/users/:id/presence/", method = "get", operation_id = "admin_user_presence")]
+    async fn presence(&self, auth: AdminToken, id: Path<String>) -> Result<Json<PresenceJson>, ApiError> {
+        self.check(&auth)?;
+        let devices = self.signaling.devices_online(&user_id(&id.0)?).await;
+        Ok(Json(PresenceJson { online: devices > 0, devices: u64::try_from(devices).unwrap_or(u64::MAX) }))
     }
 
     /// Delete a user

@@ -109,9 +109,9 @@ pub fn server_api(parts: ServerParts) -> OpenApiService<ServerApis, ()> {
     let CallApiParts { signaling, authenticator, ice, clock } = parts.calls;
     let apis = (
         CallsApi::new(signaling.clone(), authenticator.clone()),
-        NotificationsApi::new(signaling, authenticator.clone()),
+        NotificationsApi::new(signaling.clone(), authenticator.clone()),
         TurnApi::new(ice, authenticator, clock.clone()),
-        AdminApi::new(parts.storage.directory(), parts.admin_token, clock),
+        AdminApi::new(parts.storage.directory(), parts.admin_token, clock, signaling),
         HealthApi::new(parts.storage.clone(), parts.bus.clone()),
         DemoApi::new(parts.demo_login.map(|authenticator| (parts.storage.directory(), authenticator))),
     );

@@ -102,7 +102,7 @@ impl Application {
             .with_keepalive(settings.keepalive())
             .with_frame_rate(settings.frame_rate());
         if let Some(bus) = &bus {
-            signaling = signaling.with_gate(bus.clone());
+            signaling = signaling.with_gate(bus.clone()).with_presence(bus.clone());
         }
         let signaling = Arc::new(signaling);
         let (secret, is_default) = settings.jwt_secret_or_default();

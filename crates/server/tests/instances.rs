@@ -552,3 +552,45 @@ async fn a_resume_misses_nothing_sent_from_other_instances() {
     assert_eq!(missed_elsewhere, missed, "the same replay on an instance that never had bob's sockets");
     deployment.finish((a, b, c)).await;
 }
+
+/// Where a user is connected is counted over every instance, and an instance that stops stops
+/// counting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_counts_a_users_sockets_on_every_instance() {
+    let deployment = Deployment::new(&["alice", "bob"]).await;
+    let bob = &deployment.tokens[1];
+    let admin = [("RINGLINE_ADMIN_TOKEN", "operator-token")];
+    let a = deployment.instance(&admin).await;
+    let b = deployment.instance(&admin).await;
+    let presence = |instance: &Instance| {
+        let url = format!("{}/api/admin/users/bob/presence/", instance.base);
+        async move {
+            let reply = reqwest::Client::new().get(url).bearer_auth("operator-token").send().await.expect("presence");
+            reply.json::<Value>().await.expect("json")["devices"].as_u64().expect("a count")
+        }
+    };
+    let wait_for = async |instance: &Instance, expected: u64| {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let devices = presence(instance).await;
+            if devices == expected {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{} counts {devices} devices, not {expected}", instance.base);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let phone = a.socket("/ws/notifications/", bob).await;
+    let laptop = a.socket("/ws/notifications/", bob).await;
+    let tablet = b.socket("/ws/notifications/", bob).await;
+    wait_for(&a, 3).await;
+    wait_for(&b, 3).await;
+    drop(laptop);
+    wait_for(&b, 2).await;
+    // B stops (SIGTERM): its socket closes and it leaves the count.
+    let _ = Command::new("kill").args(["-TERM", &b.child.id().to_string()]).status();
+    wait_for(&a, 1).await;
+    drop((phone, tablet));
+    wait_for(&a, 0).await;
+    deployment.finish((a, b)).await;
+}

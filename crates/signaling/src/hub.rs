@@ -29,7 +29,7 @@ use crate::announce::Announcer;
 use crate::call_cache::CallCache;
 use crate::protocol::EventIds;
 use crate::replay::{InMemoryReplay, ReplayStore};
-use crate::router::{LocalRouter, SubscriptionGate};
+use crate::router::{LocalRouter, Presence, SubscriptionGate};
 use crate::settings::{FrameRate, Keepalive};
 
 /// The signaling hub: the calls facade, the relay, and the registry of live sessions. Its
@@ -50,6 +50,8 @@ pub struct Signaling {
     pub(crate) shutdown: CancellationToken,
     /// What a new session waits for before reading its snapshot (a bus's subscription).
     pub(crate) gate: Option<Arc<dyn SubscriptionGate>>,
+    /// Where a user's devices on other instances are counted (a bus).
+    presence: Option<Arc<dyn Presence>>,
 }
 
 impl Signaling {
@@ -83,6 +85,7 @@ impl Signaling {
             sessions: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             gate: None,
+            presence: None,
         }
     }
 
@@ -128,6 +131,21 @@ impl Signaling {
     pub fn with_gate(mut self, gate: Arc<dyn SubscriptionGate>) -> Self {
         self.gate = Some(gate);
         self
+    }
+
+    /// Counts users' devices on every instance with `presence` (a bus) instead of this one.
+    #[must_use]
+    pub fn with_presence(mut self, presence: Arc<dyn Presence>) -> Self {
+        self.presence = Some(presence);
+        self
+    }
+
+    /// How many sessions (tabs, phones) `user` has open, on every instance.
+    pub async fn devices_online(&self, user: &UserId) -> usize {
+        match &self.presence {
+            Some(presence) => presence.devices(user).await,
+            None => self.local.sessions_of(user),
+        }
     }
 
     /// Replaces the default per-session frame rate (50 a second, bursts of 200) for the

@@ -39,7 +39,7 @@ pub use hub::Signaling;
 pub use redis_bus::{BusHealth, RedisBus, RedisSettings};
 pub use relay::SessionContext;
 pub use replay::{InMemoryReplay, ReplayLimits, ReplayStore};
-pub use router::{LocalRouter, SessionKind, SubscriptionGate};
+pub use router::{LocalRouter, Presence, SessionKind, SubscriptionGate};
 pub use session::{CallPresenter, Inbound, Outbound, SessionIdentity};
 pub use settings::{FrameRate, Keepalive};
 pub use tokio_util::sync::CancellationToken;

@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events;
 use crate::hub::Signaling;
-use crate::router::{IdentifiedEvent, LocalRouter, RegistryChange, RegistryListener, SubscriptionGate};
+use crate::router::{IdentifiedEvent, LocalRouter, Presence, RegistryChange, RegistryListener, SubscriptionGate};
 
 /// How long an instance's liveness key lives, and how often it is refreshed.
 const INSTANCE_TTL: Duration = Duration::from_secs(30);
@@ -50,6 +50,9 @@ const INSTANCE_REFRESH: Duration = Duration::from_secs(10);
 /// How long an instance stays subscribed to a user after their last session here left: the
 /// replay window's age, so that a session coming back here within it resumes without a gap.
 const LINGER: Duration = Duration::from_secs(60);
+
+/// How long a user's device counts outlive their last change (what a dead instance leaves).
+const DEVICES_KEPT: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// A user's shared window (a capped Redis stream): as many events and as old as an instance's.
 const SHARED_WINDOW_EVENTS: usize = 256;
@@ -121,6 +124,11 @@ enum Job {
     },
     /// A user's first session arrived here: learn where their notification sockets are.
     LearnPresence(UserId),
+    /// The user has `count` sessions here now.
+    Devices {
+        user: UserId,
+        count: usize,
+    },
 }
 
 /// How the bus is doing, for `/readyz` and the logs.
@@ -300,6 +308,7 @@ impl RegistryListener for Listener {
             RegistryChange::ConversationArrived(id) => vec![Job::Subscribe(conversation_channel(&self.prefix, id))],
             RegistryChange::ConversationLeft(id) => vec![Job::Unsubscribe(conversation_channel(&self.prefix, id))],
             RegistryChange::NotificationSockets { user, present } => vec![Job::Presence { user, present }],
+            RegistryChange::Devices { user, count } => vec![Job::Devices { user, count }],
         };
         for job in jobs {
             // Closed only when the bus stopped; nothing is left to subscribe for.
@@ -451,6 +460,7 @@ impl RedisBus {
                 Job::Unsubscribe(channel) => manager.unsubscribe(channel).await,
                 Job::Presence { user, present } => self.write_presence(&mut manager, instance, &user, present).await,
                 Job::LearnPresence(user) => self.learn_presence(&mut manager, &user).await,
+                Job::Devices { user, count } => self.write_devices(&mut manager, instance, &user, count).await,
             };
             self.record(done.as_ref().err());
         }
@@ -478,6 +488,44 @@ impl RedisBus {
         };
         let message = serde_json::to_string(&wire).unwrap_or_default();
         manager.publish::<_, _, ()>(user_channel(&self.prefix, user), message).await
+    }
+
+    /// Records how many sessions `user` has here, in the hash of their devices per instance.
+    async fn write_devices(
+        &self,
+        manager: &mut ConnectionManager,
+        instance: u64,
+        user: &UserId,
+        count: usize,
+    ) -> Result<(), redis::RedisError> {
+        let key = devices_key(&self.prefix, user);
+        if count == 0 {
+            return manager.hdel(&key, instance).await;
+        }
+        let mut pipeline = redis::pipe();
+        pipeline.hset(&key, instance, count).ignore();
+        // Counts of an instance that died are skipped by readers (its liveness key is gone);
+        // the expiry only bounds what such counts leave behind.
+        pipeline.pexpire(&key, i64::try_from(DEVICES_KEPT.as_millis()).unwrap_or(i64::MAX)).ignore();
+        pipeline.query_async(manager).await
+    }
+
+    /// How many sessions `user` has on every live instance: this one's counted here, the
+    /// others' read from Redis (`None` when Redis cannot be read).
+    async fn devices_everywhere(&self, user: &UserId) -> Option<usize> {
+        let mut reader = self.reader.clone();
+        let counts: HashMap<u64, usize> = reader
+            .hgetall(devices_key(&self.prefix, user))
+            .await
+            .map_err(|error| tracing::warn!(%error, "cannot read where a user is connected"))
+            .ok()?;
+        let mut devices = self.local.sessions_of(user);
+        for (instance, count) in counts {
+            if instance != self.local.instance() && self.instance_alive(&mut reader, instance).await.ok()? {
+                devices += count;
+            }
+        }
+        Some(devices)
     }
 
     /// Reads which live instances hold notification sockets of `user`.
@@ -570,6 +618,8 @@ impl RedisBus {
         }
         for (user, notification) in &users {
             let _ = self.control.send(Job::Subscribe(user_channel(&self.prefix, user)));
+            let count = self.local.sessions_of(user);
+            let _ = self.control.send(Job::Devices { user: user.clone(), count });
             if *notification {
                 let _ = self.control.send(Job::Presence { user: user.clone(), present: true });
             }
@@ -685,6 +735,10 @@ fn add_publish(pipeline: &mut redis::Pipeline, channel: String, message: String,
     pipeline.publish(channel, message).ignore();
 }
 
+fn devices_key(prefix: &str, user: &UserId) -> String {
+    format!("{prefix}:devices:{user}")
+}
+
 fn window_key(prefix: &str, user: &UserId) -> String {
     format!("{prefix}:w:{user}")
 }
@@ -725,6 +779,13 @@ impl RedisBus {
         }
         let from = events.iter().position(|(id, _)| id == resume)?;
         Some(events.split_off(from + 1))
+    }
+}
+
+impl Presence for RedisBus {
+    fn devices<'a>(&'a self, user: &'a UserId) -> BoxFuture<'a, usize> {
+        // Redis unreadable: what this instance knows is the best answer there is.
+        Box::pin(async move { self.devices_everywhere(user).await.unwrap_or_else(|| self.local.sessions_of(user)) })
     }
 }
 

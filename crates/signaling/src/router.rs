@@ -104,12 +104,19 @@ pub enum RegistryChange {
     ConversationLeft(ConversationId),
     /// The user now has (`true`) or no longer has (`false`) a notification socket here.
     NotificationSockets { user: UserId, present: bool },
+    /// The user now has `count` sessions here (after every session opened or closed).
+    Devices { user: UserId, count: usize },
 }
 
 /// Told of every [`RegistryChange`], in order, while the registry is locked: it must not
 /// block (queue the work).
 pub trait RegistryListener: Send + Sync + std::fmt::Debug {
     fn changed(&self, change: RegistryChange);
+}
+
+/// How many sessions (devices: tabs, phones) a user has open on every instance together.
+pub trait Presence: Send + Sync + std::fmt::Debug {
+    fn devices<'a>(&'a self, user: &'a UserId) -> futures_util::future::BoxFuture<'a, usize>;
 }
 
 /// An event of a user's stream with its `event_id`.
@@ -195,9 +202,11 @@ impl LocalRouter {
         let first_notification =
             kind == SessionKind::Notifications && !slots.iter().any(|slot| slot.kind == SessionKind::Notifications);
         slots.push(Arc::clone(&slot));
+        let count = slots.len();
         if first {
             self.tell(RegistryChange::UserArrived(user.clone()));
         }
+        self.tell(RegistryChange::Devices { user: user.clone(), count });
         if first_notification {
             self.tell(RegistryChange::NotificationSockets { user, present: true });
         }
@@ -216,6 +225,7 @@ impl LocalRouter {
         let mut registry = self.write();
         if remove(&mut registry.by_user, &slot.user, slot.device) {
             let left = registry.by_user.get(&slot.user);
+            self.tell(RegistryChange::Devices { user: slot.user.clone(), count: left.map_or(0, Vec::len) });
             if slot.kind == SessionKind::Notifications
                 && !left.is_some_and(|slots| slots.iter().any(|other| other.kind == SessionKind::Notifications))
             {
