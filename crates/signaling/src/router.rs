@@ -185,9 +185,11 @@ impl LocalRouter {
         self.listener.set(listener).is_ok()
     }
 
-    fn tell(&self, change: RegistryChange) {
+    /// Tells the listener, if there is one, of the change `change` builds (built only then:
+    /// a single process pays nothing per connect).
+    fn tell(&self, change: impl FnOnce() -> RegistryChange) {
         if let Some(listener) = self.listener.get() {
-            listener.changed(change);
+            listener.changed(change());
         }
     }
 
@@ -204,17 +206,17 @@ impl LocalRouter {
         slots.push(Arc::clone(&slot));
         let count = slots.len();
         if first {
-            self.tell(RegistryChange::UserArrived(user.clone()));
+            self.tell(|| RegistryChange::UserArrived(user.clone()));
         }
-        self.tell(RegistryChange::Devices { user: user.clone(), count });
+        self.tell(|| RegistryChange::Devices { user: user.clone(), count });
         if first_notification {
-            self.tell(RegistryChange::NotificationSockets { user, present: true });
+            self.tell(|| RegistryChange::NotificationSockets { user, present: true });
         }
         if let SessionKind::Chat(conversation) = kind {
             let slots = registry.by_conversation.entry(conversation).or_default();
             slots.push(Arc::clone(&slot));
             if slots.len() == 1 {
-                self.tell(RegistryChange::ConversationArrived(conversation));
+                self.tell(|| RegistryChange::ConversationArrived(conversation));
             }
         }
         (slot, events)
@@ -225,22 +227,22 @@ impl LocalRouter {
         let mut registry = self.write();
         if remove(&mut registry.by_user, &slot.user, slot.device) {
             let left = registry.by_user.get(&slot.user);
-            self.tell(RegistryChange::Devices { user: slot.user.clone(), count: left.map_or(0, Vec::len) });
+            self.tell(|| RegistryChange::Devices { user: slot.user.clone(), count: left.map_or(0, Vec::len) });
             if slot.kind == SessionKind::Notifications
                 && !left.is_some_and(|slots| slots.iter().any(|other| other.kind == SessionKind::Notifications))
             {
-                self.tell(RegistryChange::NotificationSockets { user: slot.user.clone(), present: false });
+                self.tell(|| RegistryChange::NotificationSockets { user: slot.user.clone(), present: false });
             }
             if left.is_none() {
                 self.elsewhere.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&slot.user);
-                self.tell(RegistryChange::UserLeft(slot.user.clone()));
+                self.tell(|| RegistryChange::UserLeft(slot.user.clone()));
             }
         }
         if let SessionKind::Chat(conversation) = slot.kind
             && remove(&mut registry.by_conversation, &conversation, slot.device)
             && !registry.by_conversation.contains_key(&conversation)
         {
-            self.tell(RegistryChange::ConversationLeft(conversation));
+            self.tell(|| RegistryChange::ConversationLeft(conversation));
         }
     }
 
