@@ -176,6 +176,8 @@ pub struct RedisBus {
     subscriptions: Arc<Subscriptions>,
     /// For reading shared windows (a clone shares the connection).
     reader: ConnectionManager,
+    /// Users an event of whose stream was dropped (the queue was full): told to resync.
+    lost: Mutex<HashSet<UserId>>,
     parts: Mutex<Option<Parts>>,
 }
 
@@ -356,6 +358,7 @@ impl RedisBus {
             health,
             subscriptions: subscriptions.clone(),
             reader: manager.clone(),
+            lost: Mutex::default(),
             parts: Mutex::new(Some(Parts { manager, jobs, control, pushes })),
         });
         // Sessions that registered before (none in the server) would be missed; subscribe the
@@ -375,17 +378,20 @@ impl RedisBus {
         self.health.clone()
     }
 
-    fn publish(&self, channel: String, wire: &Wire<'_>, kept: Option<Kept>) {
+    /// Queues a message; returns `false` when it was dropped (the queue is full).
+    fn publish(&self, channel: String, wire: &Wire<'_>, kept: Option<Kept>) -> bool {
         let message = match serde_json::to_string(wire) {
             Ok(message) => message,
             Err(error) => {
                 tracing::error!(%error, "cannot encode a cross-instance message");
-                return;
+                return false;
             }
         };
         if self.jobs.try_send(Job::Publish { channel, message, kept }).is_err() {
             self.health.warn_dropped("the publishing queue is full");
+            return false;
         }
+        true
     }
 
     /// Runs the bus until `stop`: publishes what is queued, applies subscription changes, and
@@ -580,6 +586,10 @@ impl RedisBus {
                 _ = ticker.tick() => {}
             }
             self.subscriptions.expire(Instant::now(), &self.control);
+            let lost = std::mem::take(&mut *self.lost.lock().unwrap_or_else(PoisonError::into_inner));
+            for user in &lost {
+                signaling.announcer.to_user(user, None, |id| events::resync(id, id));
+            }
             let recovering = self.health.outage.load(Ordering::Relaxed);
             if !recovering && last_refresh.is_some_and(|at| at.elapsed() < INSTANCE_REFRESH) {
                 continue;
@@ -830,7 +840,15 @@ impl SignalRouter for RedisBus {
             payload: Some(signal.payload.as_ref().into()),
             notification_sockets: None,
         };
-        self.publish(channel, &wire, kept);
+        let stream_event = kept.is_some();
+        if !self.publish(channel, &wire, kept)
+            && stream_event
+            && let Audience::User(user) = &signal.audience
+        {
+            // Neither the other instances nor the shared window got it: the user's sessions are
+            // told to resync once the queue has room (`keep_alive`).
+            self.lost.lock().unwrap_or_else(PoisonError::into_inner).insert(user.clone());
+        }
         self.local.route(signal);
     }
 
@@ -846,6 +864,53 @@ impl SignalRouter for RedisBus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `redis-server` of the test's own on a free port, stopped when dropped.
+    struct OwnRedis(std::process::Child, u16);
+
+    impl OwnRedis {
+        fn start() -> Self {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a port").port();
+            let child = std::process::Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server (run .ci/run to install it)");
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Self(child, port)
+        }
+    }
+
+    impl Drop for OwnRedis {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// When the publishing queue is full, the event is dropped for the other instances, and
+    /// its user is remembered, to be told to resync.
+    #[tokio::test]
+    async fn an_event_the_full_queue_drops_is_remembered_for_a_resync() {
+        let redis = OwnRedis::start();
+        let settings =
+            RedisSettings { queue_capacity: 1, ..RedisSettings::new(format!("redis://127.0.0.1:{}", redis.1)) };
+        let bus = RedisBus::connect(&settings, Arc::new(LocalRouter::new())).await.expect("connect");
+        let bob = UserId::parse("bob").expect("an id");
+        let event = |n: u32| Signal {
+            audience: Audience::User(bob.clone()),
+            except_device: None,
+            except_user: None,
+            payload: Arc::from(format!(r#"{{"type":"call.ice-candidate","event_id":"run-{n}"}}"#)),
+        };
+        bus.route(event(1)); // queued (nothing publishes: the bus is not running)
+        assert!(bus.lost.lock().expect("lock").is_empty());
+        bus.route(event(2)); // the queue is full
+        assert!(bus.lost.lock().expect("lock").contains(&bob));
+        assert_eq!(bus.health().dropped(), 1);
+    }
 
     #[tokio::test]
     async fn a_session_waits_until_its_users_subscription_is_made() {
