@@ -438,7 +438,7 @@ async fn busy_lines_and_glare_hold_across_instances() {
 /// A socket is acknowledged only once events for its user reach it from every instance: a call
 /// placed on another instance right after the `connection.ack` rings it, every time. (On an
 /// idle machine the subscription usually wins the race anyway; the waiting itself is tested in
-/// `redis_bus.rs`.)
+/// `redis_bus/subscriptions.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_hears_other_instances_as_soon_as_it_is_acknowledged() {
     let deployment = Deployment::new(&["alice", "bob"]).await;

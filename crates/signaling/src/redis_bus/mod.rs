@@ -1,0 +1,417 @@
+//! [`RedisBus`]: several instances behaving as one, over Redis pub/sub.
+//!
+//! Each instance delivers every signal to its own sessions at once (through its
+//! [`LocalRouter`]) and publishes it for the others; an instance subscribes only to the
+//! channels its sessions need, so a message reaches only the instances holding a recipient:
+//!
+//! | channel | carries | subscribed by |
+//! |---|---|---|
+//! | `{prefix}:u:{user}` | the user's events; which instances hold their notification sockets | instances with a session of the user |
+//! | `{prefix}:c:{conversation}` | typing indicators | instances with a chat socket on the conversation |
+//! | `{prefix}:calls` | "call N reached stage S", so cached copies follow | every instance |
+//!
+//! Which instances hold a user's notification sockets decides whether chat sockets stand in
+//! for them ([`ringline_domain::Audience::User`]): the set `{prefix}:notif:{user}` in Redis
+//! (read when a user's first session arrives) and `presence` messages on the user's channel
+//! (for changes) keep each instance's view; an instance proves it is alive with the key
+//! `{prefix}:instance:{id}` (30 s, refreshed every 10 s), so the view heals when one dies.
+//!
+//! **The bus may lose messages**; the database stays the source of truth. Publishing never
+//! blocks a request or a frame: messages wait in a bounded queue
+//! ([`RedisSettings::queue_capacity`]); when it is full the message is dropped for the other
+//! instances (their sessions still have the REST API) and counted, with one warning a second
+//! at most. While Redis is unreachable each instance keeps delivering to its own sessions,
+//! logs the outage and reports it in `/readyz`'s detail; the connection manager reconnects and
+//! resubscribes by itself, and once it is back every local session gets a `resync` (events
+//! from other instances may have been lost meanwhile) and this instance's presence is written
+//! again (a restarted Redis has forgotten it).
+//!
+//! The files beside this one, one job each: `publisher.rs` (the task that writes to Redis, in
+//! order: pipelined messages, subscriptions, presence), `receiver.rs` (what other instances
+//! publish, delivered here), `subscriptions.rs` (which channels, in step with the sessions,
+//! and what a new session waits for), `window.rs` (the shared replay window), `presence.rs`
+//! (devices on every instance), `upkeep.rs` (the liveness key, lingering, recovery).
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo};
+use ringline_domain::{Audience, Call, ConversationId, Signal, SignalRouter, UserId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::events;
+use crate::hub::Signaling;
+use crate::router::LocalRouter;
+
+mod presence;
+mod publisher;
+mod receiver;
+mod subscriptions;
+mod upkeep;
+mod window;
+
+use subscriptions::{Listener, Subscriptions};
+
+/// How long an instance's liveness key lives, and how often it is refreshed.
+const INSTANCE_TTL: Duration = Duration::from_secs(30);
+const INSTANCE_REFRESH: Duration = Duration::from_secs(10);
+
+/// How long an instance stays subscribed to a user after their last session here left: the
+/// replay window's age, so that a session coming back here within it resumes without a gap.
+const LINGER: Duration = Duration::from_secs(60);
+
+/// How long a user's device counts outlive their last change (what a dead instance leaves).
+const DEVICES_KEPT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A user's shared window (a capped Redis stream): as many events and as old as an instance's.
+const SHARED_WINDOW_EVENTS: usize = 256;
+const SHARED_WINDOW_AGE: Duration = Duration::from_secs(60);
+
+/// How long a new session waits for its user's subscription before it is acknowledged.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
+
+/// The most messages published in one pipeline (one round trip to Redis).
+const PIPELINE_MAX: usize = 256;
+
+/// Where the bus connects and how much it may queue.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `redis://host:port/db` (RESP3 is requested whatever the URL says).
+    pub url: String,
+    /// The prefix of every channel and key, so several deployments can share one Redis.
+    pub prefix: String,
+    /// Messages waiting to be published before new ones are dropped.
+    pub queue_capacity: usize,
+}
+
+impl RedisSettings {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { url: url.into(), prefix: "ringline".into(), queue_capacity: 10_000 }
+    }
+}
+
+/// One message on a user's or conversation's channel.
+#[derive(Debug, Serialize, Deserialize)]
+struct Wire<'a> {
+    /// The publishing instance (it ignores its own messages: it delivered them already).
+    from: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    except_device: Option<(u64, u64)>,
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    except_user: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    payload: Option<std::borrow::Cow<'a, str>>,
+    /// A presence change instead of an event: `from` holds (or no longer holds) a
+    /// notification socket of the channel's user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    notification_sockets: Option<bool>,
+}
+
+/// An event kept in a user's shared window: the stream `key`, its `event_id` and the event.
+#[derive(Debug)]
+struct Kept {
+    key: String,
+    id: String,
+    event: Arc<str>,
+}
+
+/// What the publishing task does, in order.
+#[derive(Debug)]
+enum Job {
+    Publish {
+        channel: String,
+        message: String,
+        /// An event of a user's stream, also kept in the user's shared window.
+        kept: Option<Kept>,
+    },
+    Subscribe(String),
+    Unsubscribe(String),
+    /// This instance holds (or stopped holding) a notification socket of `user`.
+    Presence {
+        user: UserId,
+        present: bool,
+    },
+    /// A user's first session arrived here: learn where their notification sockets are.
+    LearnPresence(UserId),
+    /// The user has `count` sessions here now.
+    Devices {
+        user: UserId,
+        count: usize,
+    },
+}
+
+/// How the bus is doing, for `/readyz` and the logs.
+#[derive(Debug, Default)]
+pub struct BusHealth {
+    connected: AtomicBool,
+    /// Set by any failure, cleared once the instance has recovered from it (resync sent).
+    outage: AtomicBool,
+    dropped: AtomicU64,
+    last_warning: Mutex<Option<Instant>>,
+}
+
+impl BusHealth {
+    /// Whether the last command to Redis succeeded.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Messages dropped because the queue was full or Redis failed.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// At most one warning a second, however many messages are dropped.
+    fn warn_dropped(&self, why: &str) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        let mut last = self.last_warning.lock().unwrap_or_else(PoisonError::into_inner);
+        if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+            *last = Some(Instant::now());
+            tracing::warn!(dropped = self.dropped(), "cross-instance message dropped: {why}");
+        }
+    }
+}
+
+/// The Redis bus: a [`SignalRouter`] for several instances (see the module documentation).
+#[derive(Debug)]
+pub struct RedisBus {
+    local: Arc<LocalRouter>,
+    prefix: String,
+    jobs: mpsc::Sender<Job>,
+    /// Subscription changes and presence, which must not be dropped (they are few: one per
+    /// user arriving or leaving), queued apart from the bounded stream of messages.
+    control: mpsc::UnboundedSender<Job>,
+    health: Arc<BusHealth>,
+    subscriptions: Arc<Subscriptions>,
+    /// For reading shared windows (a clone shares the connection).
+    reader: ConnectionManager,
+    /// Users an event of whose stream was dropped (the queue was full): told to resync.
+    lost: Mutex<HashSet<UserId>>,
+    parts: Mutex<Option<Parts>>,
+}
+
+/// What [`RedisBus::run`] takes over.
+struct Parts {
+    manager: ConnectionManager,
+    jobs: mpsc::Receiver<Job>,
+    control: mpsc::UnboundedReceiver<Job>,
+    pushes: mpsc::UnboundedReceiver<PushInfo>,
+}
+
+impl std::fmt::Debug for Parts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Parts")
+    }
+}
+
+fn user_channel(prefix: &str, user: &UserId) -> String {
+    format!("{prefix}:u:{user}")
+}
+
+fn conversation_channel(prefix: &str, conversation: ConversationId) -> String {
+    format!("{prefix}:c:{conversation}")
+}
+
+impl RedisBus {
+    /// Connects to Redis and starts listening to `local`'s registry. Nothing is received until
+    /// [`RedisBus::run`] runs (under [`crate::Background`]).
+    ///
+    /// # Errors
+    /// When the URL is invalid or Redis does not answer.
+    pub async fn connect(settings: &RedisSettings, local: Arc<LocalRouter>) -> Result<Arc<Self>, redis::RedisError> {
+        let info = settings.url.as_str().into_connection_info()?;
+        let redis_settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(redis_settings))?;
+        let (push_sender, pushes) = mpsc::unbounded_channel();
+        let config = ConnectionManagerConfig::new()
+            .set_push_sender(push_sender)
+            .set_automatic_resubscription()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_max_delay(Duration::from_secs(2));
+        let manager = ConnectionManager::new_with_config(client, config).await?;
+        let (jobs_sender, jobs) = mpsc::channel(settings.queue_capacity.max(1));
+        let (control_sender, control) = mpsc::unbounded_channel();
+        let health = Arc::new(BusHealth::default());
+        health.connected.store(true, Ordering::Relaxed);
+        let subscriptions = Arc::new(Subscriptions::default());
+        let bus = Arc::new(Self {
+            local: local.clone(),
+            prefix: settings.prefix.clone(),
+            jobs: jobs_sender,
+            control: control_sender.clone(),
+            health,
+            subscriptions: subscriptions.clone(),
+            reader: manager.clone(),
+            lost: Mutex::default(),
+            parts: Mutex::new(Some(Parts { manager, jobs, control, pushes })),
+        });
+        // Sessions that registered before (none in the server) would be missed; subscribe the
+        // calls channel first so every instance hears of every change.
+        let _ = control_sender.send(Job::Subscribe(format!("{}:calls", settings.prefix)));
+        for (user, notification) in local.users() {
+            let _ = control_sender.send(Job::Subscribe(user_channel(&settings.prefix, &user)));
+            if notification {
+                let _ = control_sender.send(Job::Presence { user, present: true });
+            }
+        }
+        local.listen(Arc::new(Listener { prefix: settings.prefix.clone(), control: control_sender, subscriptions }));
+        Ok(bus)
+    }
+
+    pub fn health(&self) -> Arc<BusHealth> {
+        self.health.clone()
+    }
+
+    /// Queues a message; returns `false` when it was dropped (the queue is full).
+    fn publish(&self, channel: String, wire: &Wire<'_>, kept: Option<Kept>) -> bool {
+        let message = match serde_json::to_string(wire) {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::error!(%error, "cannot encode a cross-instance message");
+                return false;
+            }
+        };
+        if self.jobs.try_send(Job::Publish { channel, message, kept }).is_err() {
+            self.health.warn_dropped("the publishing queue is full");
+            return false;
+        }
+        true
+    }
+
+    /// Runs the bus until `stop`: publishes what is queued, applies subscription changes, and
+    /// delivers what other instances publish to `signaling`'s sessions. Call once.
+    pub async fn run(self: Arc<Self>, signaling: Arc<Signaling>, stop: CancellationToken) {
+        let Some(parts) = self.parts.lock().unwrap_or_else(PoisonError::into_inner).take() else {
+            tracing::error!("the Redis bus was started twice");
+            return;
+        };
+        let Parts { manager, jobs, control, pushes } = parts;
+        let publisher = tokio::spawn(self.clone().publish_jobs(manager.clone(), jobs, control, stop.clone()));
+        let keeper = tokio::spawn(self.clone().keep_alive(manager, signaling.clone(), stop.clone()));
+        self.receive(pushes, &signaling, &stop).await;
+        let _ = publisher.await;
+        let _ = keeper.await;
+    }
+
+    /// Logs the first failure after a success and the first success after a failure.
+    fn record(&self, error: Option<&redis::RedisError>) {
+        if error.is_some() {
+            self.health.outage.store(true, Ordering::Relaxed);
+        }
+        let was = self.health.connected.swap(error.is_none(), Ordering::Relaxed);
+        match (was, error) {
+            (true, Some(error)) => {
+                tracing::error!(%error, "Redis is unreachable: events reach only this instance's sessions");
+            }
+            (false, None) => tracing::warn!("Redis is reachable again"),
+            _ => {}
+        }
+    }
+}
+
+fn devices_key(prefix: &str, user: &UserId) -> String {
+    format!("{prefix}:devices:{user}")
+}
+
+fn window_key(prefix: &str, user: &UserId) -> String {
+    format!("{prefix}:w:{user}")
+}
+
+impl SignalRouter for RedisBus {
+    fn route(&self, signal: Signal) {
+        let (channel, kept) = match &signal.audience {
+            Audience::User(user) => {
+                let kept = events::stream_id(&signal.payload).map(|id| Kept {
+                    key: window_key(&self.prefix, user),
+                    id,
+                    event: Arc::clone(&signal.payload),
+                });
+                (user_channel(&self.prefix, user), kept)
+            }
+            Audience::Conversation(conversation) => (conversation_channel(&self.prefix, *conversation), None),
+        };
+        let wire = Wire {
+            from: self.local.instance(),
+            except_device: signal.except_device.map(|device| (device.instance(), device.serial())),
+            except_user: signal.except_user.as_ref().map(|user| user.as_str().into()),
+            payload: Some(signal.payload.as_ref().into()),
+            notification_sockets: None,
+        };
+        let stream_event = kept.is_some();
+        if !self.publish(channel, &wire, kept)
+            && stream_event
+            && let Audience::User(user) = &signal.audience
+        {
+            // Neither the other instances nor the shared window got it: the user's sessions are
+            // told to resync once the queue has room (`keep_alive`).
+            self.lost.lock().unwrap_or_else(PoisonError::into_inner).insert(user.clone());
+        }
+        self.local.route(signal);
+    }
+
+    fn call_changed(&self, call: &Call) {
+        let message = format!("{} {}", call.id().get(), call.status().stage());
+        let channel = format!("{}:calls", self.prefix);
+        if self.jobs.try_send(Job::Publish { channel, message, kept: None }).is_err() {
+            self.health.warn_dropped("the publishing queue is full");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `redis-server` of the test's own on a free port, stopped when dropped.
+    struct OwnRedis(std::process::Child, u16);
+
+    impl OwnRedis {
+        fn start() -> Self {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a port").port();
+            let child = std::process::Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server (run .ci/run to install it)");
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Self(child, port)
+        }
+    }
+
+    impl Drop for OwnRedis {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// When the publishing queue is full, the event is dropped for the other instances, and
+    /// its user is remembered, to be told to resync.
+    #[tokio::test]
+    async fn an_event_the_full_queue_drops_is_remembered_for_a_resync() {
+        let redis = OwnRedis::start();
+        let settings =
+            RedisSettings { queue_capacity: 1, ..RedisSettings::new(format!("redis://127.0.0.1:{}", redis.1)) };
+        let bus = RedisBus::connect(&settings, Arc::new(LocalRouter::new())).await.expect("connect");
+        let bob = UserId::parse("bob").expect("an id");
+        let event = |n: u32| Signal {
+            audience: Audience::User(bob.clone()),
+            except_device: None,
+            except_user: None,
+            payload: Arc::from(format!(r#"{{"type":"call.ice-candidate","event_id":"run-{n}"}}"#)),
+        };
+        bus.route(event(1)); // queued (nothing publishes: the bus is not running)
+        assert!(bus.lost.lock().expect("lock").is_empty());
+        bus.route(event(2)); // the queue is full
+        assert!(bus.lost.lock().expect("lock").contains(&bob));
+        assert_eq!(bus.health().dropped(), 1);
+    }
+}
