@@ -95,7 +95,11 @@ impl Signaling {
             ClientFrame::Ping => Ok(Some(events::pong(&self.ids.next()))),
             ClientFrame::TypingStart | ClientFrame::TypingStop => self.typing(session, frame).await,
             ClientFrame::End { call, reason } => {
-                self.act(&session.user, call, CallAction::End(reason), Some(session.device)).await.map_err(refusal)?;
+                // Boxed, like the accept below: a change to a call awaits the database, and its
+                // future would otherwise make every session's task that much larger.
+                Box::pin(self.act(&session.user, call, CallAction::End(reason), Some(session.device)))
+                    .await
+                    .map_err(refusal)?;
                 Ok(None)
             }
             ClientFrame::Offer { call, offer } => {
@@ -125,10 +129,15 @@ impl Signaling {
                 let route = if route.status().is_unanswered() {
                     // The web client never calls accept/: the receiver's answer accepts the call,
                     // and the caller gets this answer in the acceptance's `call.answer`.
-                    let outcome = self
-                        .act_with_answer(&session.user, call, CallAction::Accept, Some(session.device), Some(answer))
-                        .await
-                        .map_err(refusal)?;
+                    let outcome = Box::pin(self.act_with_answer(
+                        &session.user,
+                        call,
+                        CallAction::Accept,
+                        Some(session.device),
+                        Some(answer),
+                    ))
+                    .await
+                    .map_err(refusal)?;
                     match outcome {
                         Outcome::Changed(transition) => Arc::new(transition.call),
                         // Not accepted by this answer: its device is not the one in the call.
