@@ -22,9 +22,8 @@ use poem::middleware::Cors;
 use poem::{EndpointExt, Server};
 use ringline_api::{CallApiParts, JwtAuthenticator, NoDelayAcceptor, ServerParts};
 use ringline_domain::{CallService, Clock, SignalRouter, SystemClock};
-use ringline_signaling::{Background, CancellationToken, LocalRouter, RedisBus, RedisSettings, Signaling};
+use ringline_signaling::{Background, CancellationToken, LocalRouter, MemoryHub, SharedBus, Signaling};
 use ringline_storage::Storage;
-use secrecy::ExposeSecret;
 
 pub use settings::Settings;
 
@@ -46,8 +45,9 @@ pub struct Application {
     /// Whether `run_until` runs the ring timer and the liveness sweep (always, but in tests
     /// that count the database work of one request).
     sweeps: bool,
-    /// The bus to the other instances, when `RINGLINE_REDIS_URL` is set.
-    bus: Option<Arc<RedisBus>>,
+    /// The bus to the other instances, when `RINGLINE_REDIS_URL` is set (or the application
+    /// joined a [`MemoryHub`]).
+    bus: Option<Arc<SharedBus>>,
 }
 
 impl std::fmt::Debug for Application {
@@ -72,6 +72,19 @@ impl Application {
     /// # Errors
     /// When the address cannot be bound.
     pub async fn build_on(settings: Settings, storage: Storage) -> anyhow::Result<Self> {
+        Self::assemble(settings, storage, None).await
+    }
+
+    /// [`Application::build_on`] for one of several instances in this process, joined by
+    /// `hub` instead of Redis (tests of several instances; trying them out).
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub async fn build_joined(settings: Settings, storage: Storage, hub: &Arc<MemoryHub>) -> anyhow::Result<Self> {
+        Self::assemble(settings, storage, Some(hub)).await
+    }
+
+    async fn assemble(settings: Settings, storage: Storage, hub: Option<&Arc<MemoryHub>>) -> anyhow::Result<Self> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let service = CallService::new(
             Arc::new(storage.calls()),
@@ -81,18 +94,18 @@ impl Application {
         )
         .with_liveness(settings.liveness());
         let local = Arc::new(LocalRouter::new());
-        let bus = match &settings.redis_url {
-            Some(url) => {
-                let redis =
-                    RedisSettings { prefix: settings.redis_prefix.clone(), ..RedisSettings::new(url.expose_secret()) };
-                let bus = RedisBus::connect(&redis, local.clone()).await.context("cannot connect to Redis")?;
+        let bus = match (hub, settings.redis()) {
+            (Some(hub), _) => Some(SharedBus::join(hub, local.clone())),
+            (None, Some(redis)) => {
+                let bus = SharedBus::connect_redis(&redis, local.clone()).await.context("cannot connect to Redis")?;
                 tracing::info!(
                     instance = format!("{:016x}", local.instance()),
+                    cluster = settings.redis_cluster,
                     "several instances: events cross them over Redis"
                 );
                 Some(bus)
             }
-            None => None,
+            (None, None) => None,
         };
         let router: Arc<dyn SignalRouter> = match &bus {
             Some(bus) => bus.clone(),

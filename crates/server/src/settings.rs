@@ -10,7 +10,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use ringline_api::IceSettings;
 use ringline_domain::LivenessPolicy;
-use ringline_signaling::{FrameRate, Keepalive};
+use ringline_signaling::{FrameRate, Keepalive, RedisSettings};
 use ringline_storage::SqliteSync;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -75,10 +75,14 @@ pub struct Settings {
     #[serde(default)]
     pub log_format: LogFormat,
     /// Redis for several instances (`redis://127.0.0.1:6379`); `None`: one process, in-memory
-    /// routing. It may hold a password: never logged.
+    /// routing. With `redis_cluster`, any of the cluster's nodes, comma-separated. It may hold
+    /// a password: never logged.
     pub redis_url: Option<SecretString>,
     #[serde(default = "defaults::redis_prefix")]
     pub redis_prefix: String,
+    /// `redis_url` names a Redis Cluster: sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`).
+    #[serde(default)]
+    pub redis_cluster: bool,
 }
 
 mod defaults {
@@ -276,6 +280,17 @@ impl Settings {
         FrameRate { per_second: f64::from(self.ws_frames_per_sec), burst: f64::from(self.ws_frame_burst) }
     }
 
+    /// The bus to the other instances, when `redis_url` is set.
+    pub fn redis(&self) -> Option<RedisSettings> {
+        let url = self.redis_url.as_ref()?.expose_secret();
+        let redis = if self.redis_cluster {
+            RedisSettings::cluster(url.split(',').map(str::trim).filter(|node| !node.is_empty()).map(str::to_owned).collect())
+        } else {
+            RedisSettings::new(url)
+        };
+        Some(RedisSettings { prefix: self.redis_prefix.clone(), ..redis })
+    }
+
     pub fn ice(&self) -> IceSettings {
         IceSettings {
             stun_urls: self.stun_urls.clone(),
@@ -310,6 +325,7 @@ impl Settings {
             log_format: LogFormat::Text,
             redis_url: None,
             redis_prefix: defaults::redis_prefix(),
+            redis_cluster: false,
         }
     }
 }

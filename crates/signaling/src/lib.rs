@@ -15,18 +15,19 @@
 //! - [`background`]: [`Background`], which runs both (and any further background work) and
 //!   closes the sessions on shutdown, the same way in the server and in embedding apps.
 //!
-//! - [`redis_bus`]: [`RedisBus`], the `SignalRouter` for several instances: it delivers to
-//!   this instance's sessions and publishes to the others over Redis pub/sub.
+//! - [`bus`]: [`SharedBus`], the `SignalRouter` for several instances: it delivers to this
+//!   instance's sessions and publishes to the others over a backplane: Redis pub/sub (one
+//!   server, or a cluster with sharded pub/sub), or [`MemoryHub`] for instances in one process.
 
 mod announce;
 pub mod background;
+pub mod bus;
 mod call_cache;
 pub mod events;
 pub mod hub;
 mod lifecycle;
 pub mod liveness;
 pub mod protocol;
-pub mod redis_bus;
 mod relay;
 pub mod replay;
 pub mod ring_timer;
@@ -36,7 +37,7 @@ pub mod settings;
 
 pub use background::Background;
 pub use hub::Signaling;
-pub use redis_bus::{BusHealth, RedisBus, RedisSettings};
+pub use bus::{BusHealth, MemoryHub, RedisSettings, RedisTopology, SharedBus};
 pub use relay::SessionContext;
 pub use replay::{InMemoryReplay, ReplayLimits, ReplayStore};
 pub use router::{LocalRouter, Presence, SessionKind, SubscriptionGate};

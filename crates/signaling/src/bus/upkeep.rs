@@ -6,32 +6,29 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
-use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
-use super::{INSTANCE_REFRESH, INSTANCE_TTL, Job, RedisBus, conversation_channel, user_channel};
+use super::{INSTANCE_REFRESH, INSTANCE_TTL, Job, SharedBus, conversation_channel, instance_key, user_channel};
 use crate::events;
 use crate::hub::Signaling;
 
-impl RedisBus {
+impl SharedBus {
     /// Every 10 s (every second during an outage): proves this instance is alive, forgets
     /// instances that are not, and after an outage writes this instance's presence again and
     /// tells every local session to resync.
     pub(super) async fn keep_alive(
         self: Arc<Self>,
-        mut manager: ConnectionManager,
         signaling: Arc<Signaling>,
         stop: CancellationToken,
     ) {
         let instance = self.local.instance();
-        let key = format!("{}:instance:{instance}", self.prefix);
+        let key = instance_key(&self.prefix, instance);
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         let mut last_refresh: Option<Instant> = None;
         loop {
             tokio::select! {
                 () = stop.cancelled() => {
-                    let _ = manager.del::<_, ()>(&key).await;
+                    let _ = self.backplane.remove(&key).await;
                     return;
                 }
                 _ = ticker.tick() => {}
@@ -45,7 +42,7 @@ impl RedisBus {
             if !recovering && last_refresh.is_some_and(|at| at.elapsed() < INSTANCE_REFRESH) {
                 continue;
             }
-            let alive = manager.set_ex::<_, _, ()>(&key, 1, INSTANCE_TTL.as_secs()).await;
+            let alive = self.backplane.set_expiring(&key, INSTANCE_TTL).await;
             self.record(alive.as_ref().err());
             if alive.is_err() {
                 continue;
@@ -56,7 +53,7 @@ impl RedisBus {
             }
             let mut gone = HashSet::new();
             for other in self.local.instances_elsewhere() {
-                if matches!(self.instance_alive(&mut manager, other).await, Ok(false)) {
+                if matches!(self.instance_alive(other).await, Ok(false)) {
                     gone.insert(other);
                 }
             }
@@ -67,11 +64,11 @@ impl RedisBus {
         }
     }
 
-    /// After an outage: presence again (Redis may have restarted empty), and a `resync` to
+    /// After an outage: presence again (the backplane may have restarted empty), and a `resync` to
     /// every session here, whose events from other instances may have been lost.
     pub(super) fn recover(&self, signaling: &Signaling) {
         let users = self.local.users();
-        tracing::warn!(sessions_users = users.len(), "Redis is back: telling local sessions to resync");
+        tracing::warn!(sessions_users = users.len(), "the bus is back: telling local sessions to resync");
         // Subscriptions asked for during the outage may have failed; asking again is harmless.
         let _ = self.control.send(Job::Subscribe(format!("{}:calls", self.prefix)));
         for conversation in self.local.conversations() {

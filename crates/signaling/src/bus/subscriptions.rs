@@ -9,7 +9,7 @@ use futures_util::future::BoxFuture;
 use ringline_domain::UserId;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Job, LINGER, RedisBus, SUBSCRIBE_WAIT, conversation_channel, user_channel};
+use super::{Job, LINGER, SharedBus, SUBSCRIBE_WAIT, conversation_channel, user_channel};
 use crate::router::{IdentifiedEvent, RegistryChange, RegistryListener, SubscriptionGate};
 
 /// The user channels this instance subscribes to, and who waits for a subscription to be made.
@@ -136,7 +136,7 @@ impl RegistryListener for Listener {
     }
 }
 
-impl SubscriptionGate for RedisBus {
+impl SubscriptionGate for SharedBus {
     fn missed<'a>(&'a self, user: &'a UserId, resume: &'a str) -> BoxFuture<'a, Option<Vec<IdentifiedEvent>>> {
         Box::pin(self.window_after(user, resume))
     }

@@ -2,44 +2,39 @@
 
 use std::sync::Arc;
 
-use redis::{PushInfo, PushKind, Value};
 use ringline_domain::{Audience, ConversationId, DeviceId, Signal, SignalRouter, UserId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{RedisBus, Wire};
+use super::backplane::{BackplaneError, Incoming};
+use super::{SharedBus, Wire};
 use crate::events;
 use crate::hub::Signaling;
 
-impl RedisBus {
+impl SharedBus {
     /// Delivers what other instances publish.
     pub(super) async fn receive(
         &self,
-        mut pushes: mpsc::UnboundedReceiver<PushInfo>,
+        mut incoming: mpsc::UnboundedReceiver<Incoming>,
         signaling: &Signaling,
         stop: &CancellationToken,
     ) {
         loop {
-            let push = tokio::select! {
+            let next = tokio::select! {
                 () = stop.cancelled() => return,
-                push = pushes.recv() => match push {
-                    Some(push) => push,
+                next = incoming.recv() => match next {
+                    Some(next) => next,
                     None => return,
                 },
             };
-            match push.kind {
-                PushKind::Message => self.deliver(&push.data, signaling),
-                PushKind::Disconnection => {
-                    self.record(Some(&redis::RedisError::from((redis::ErrorKind::Io, "connection to Redis lost"))));
-                }
-                _ => {}
+            match next {
+                Incoming::Message { channel, message } => self.deliver(&channel, &message, signaling),
+                Incoming::Disconnected => self.record(Some(&BackplaneError("the connection was lost".into()))),
             }
         }
     }
 
-    pub(super) fn deliver(&self, data: &[Value], signaling: &Signaling) {
-        let [Value::BulkString(channel), Value::BulkString(message), ..] = data else { return };
-        let (Ok(channel), Ok(message)) = (std::str::from_utf8(channel), std::str::from_utf8(message)) else { return };
+    pub(super) fn deliver(&self, channel: &str, message: &str, signaling: &Signaling) {
         let Some(rest) = channel.strip_prefix(self.prefix.as_str()).and_then(|rest| rest.strip_prefix(':')) else {
             return;
         };
@@ -59,14 +54,16 @@ impl RedisBus {
         if wire.from == self.local.instance() {
             return; // Delivered here when it was published.
         }
-        let audience = if let Some(user) = rest.strip_prefix("u:") {
+        // `u:{user}` and `c:{conversation}`: the braces are hash tags (see `redis_backplane.rs`).
+        let tagged = |kind: &str| rest.strip_prefix(kind).and_then(|tag| tag.strip_prefix('{')?.strip_suffix('}'));
+        let audience = if let Some(user) = tagged("u:") {
             let Ok(user) = UserId::parse(user) else { return };
             if let Some(present) = wire.notification_sockets {
                 self.local.set_elsewhere(&user, wire.from, present);
                 return;
             }
             Audience::User(user)
-        } else if let Some(conversation) = rest.strip_prefix("c:") {
+        } else if let Some(conversation) = tagged("c:") {
             let Some(conversation) = conversation.parse::<i64>().ok().and_then(|id| ConversationId::new(id).ok())
             else {
                 return;

@@ -1,4 +1,6 @@
-//! [`RedisBus`]: several instances behaving as one, over Redis pub/sub.
+//! [`SharedBus`]: several instances behaving as one, over a [`Backplane`]: Redis pub/sub
+//! ([`RedisBackplane`], one server or a cluster with sharded pub/sub) in production, or
+//! [`MemoryHub`] for several instances in one process.
 //!
 //! Each instance delivers every signal to its own sessions at once (through its
 //! [`LocalRouter`]) and publishes it for the others; an instance subscribes only to the
@@ -6,28 +8,31 @@
 //!
 //! | channel | carries | subscribed by |
 //! |---|---|---|
-//! | `{prefix}:u:{user}` | the user's events; which instances hold their notification sockets | instances with a session of the user |
-//! | `{prefix}:c:{conversation}` | typing indicators | instances with a chat socket on the conversation |
+//! | `{prefix}:u:{{user}}` | the user's events; which instances hold their notification sockets | instances with a session of the user |
+//! | `{prefix}:c:{{conversation}}` | typing indicators | instances with a chat socket on the conversation |
 //! | `{prefix}:calls` | "call N reached stage S", so cached copies follow | every instance |
 //!
+//! (The braces are Redis Cluster hash tags: a user's channel and keys live on one shard.)
+//!
 //! Which instances hold a user's notification sockets decides whether chat sockets stand in
-//! for them ([`ringline_domain::Audience::User`]): the set `{prefix}:notif:{user}` in Redis
-//! (read when a user's first session arrives) and `presence` messages on the user's channel
-//! (for changes) keep each instance's view; an instance proves it is alive with the key
+//! for them ([`ringline_domain::Audience::User`]): the set `{prefix}:notif:{{user}}` (read when
+//! a user's first session arrives) and `presence` messages on the user's channel (for
+//! changes) keep each instance's view; an instance proves it is alive with the key
 //! `{prefix}:instance:{id}` (30 s, refreshed every 10 s), so the view heals when one dies.
 //!
 //! **The bus may lose messages**; the database stays the source of truth. Publishing never
 //! blocks a request or a frame: messages wait in a bounded queue
 //! ([`RedisSettings::queue_capacity`]); when it is full the message is dropped for the other
 //! instances (their sessions still have the REST API) and counted, with one warning a second
-//! at most. While Redis is unreachable each instance keeps delivering to its own sessions,
-//! logs the outage and reports it in `/readyz`'s detail; the connection manager reconnects and
-//! resubscribes by itself, and once it is back every local session gets a `resync` (events
-//! from other instances may have been lost meanwhile) and this instance's presence is written
-//! again (a restarted Redis has forgotten it).
+//! at most. While the backplane is unreachable each instance keeps delivering to its own
+//! sessions, logs the outage and reports it in `/readyz`'s detail; the connection reconnects
+//! and resubscribes by itself, and once it is back every local session gets a `resync`
+//! (events from other instances may have been lost meanwhile) and this instance's presence is
+//! written again (a restarted Redis has forgotten it).
 //!
-//! The files beside this one, one job each: `publisher.rs` (the task that writes to Redis, in
-//! order: pipelined messages, subscriptions, presence), `receiver.rs` (what other instances
+//! The files beside this one, one job each: `backplane.rs` (what a backplane does),
+//! `redis_backplane.rs` and `memory_backplane.rs` (the two there are), `publisher.rs` (the task that writes, in
+//! order: batched messages, subscriptions, presence), `receiver.rs` (what other instances
 //! publish, delivered here), `subscriptions.rs` (which channels, in step with the sessions,
 //! and what a new session waits for), `window.rs` (the shared replay window), `presence.rs`
 //! (devices on every instance), `upkeep.rs` (the liveness key, lingering, recovery).
@@ -37,8 +42,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo};
 use ringline_domain::{Audience, Call, ConversationId, Signal, SignalRouter, UserId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -48,13 +51,19 @@ use crate::events;
 use crate::hub::Signaling;
 use crate::router::LocalRouter;
 
+pub mod backplane;
+mod memory_backplane;
 mod presence;
 mod publisher;
 mod receiver;
+mod redis_backplane;
 mod subscriptions;
 mod upkeep;
 mod window;
 
+pub use backplane::{Backplane, BackplaneError, Incoming, KeptEvent, Outgoing};
+pub use memory_backplane::{MemoryBackplane, MemoryHub};
+pub use redis_backplane::{RedisBackplane, RedisTopology};
 use subscriptions::{Listener, Subscriptions};
 
 /// How long an instance's liveness key lives, and how often it is refreshed.
@@ -63,26 +72,22 @@ const INSTANCE_REFRESH: Duration = Duration::from_secs(10);
 
 /// How long an instance stays subscribed to a user after their last session here left: the
 /// replay window's age, so that a session coming back here within it resumes without a gap.
-const LINGER: Duration = Duration::from_secs(60);
+const LINGER: Duration = backplane::WINDOW_AGE;
 
 /// How long a user's device counts outlive their last change (what a dead instance leaves).
 const DEVICES_KEPT: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// A user's shared window (a capped Redis stream): as many events and as old as an instance's.
-const SHARED_WINDOW_EVENTS: usize = 256;
-const SHARED_WINDOW_AGE: Duration = Duration::from_secs(60);
-
 /// How long a new session waits for its user's subscription before it is acknowledged.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
 
-/// The most messages published in one pipeline (one round trip to Redis).
-const PIPELINE_MAX: usize = 256;
+/// The most messages published in one batch (one round trip to Redis).
+const BATCH_MAX: usize = 256;
 
 /// Where the bus connects and how much it may queue.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    /// `redis://host:port/db` (RESP3 is requested whatever the URL says).
-    pub url: String,
+    /// One server, or a cluster's nodes (RESP3 is requested whatever the URLs say).
+    pub topology: RedisTopology,
     /// The prefix of every channel and key, so several deployments can share one Redis.
     pub prefix: String,
     /// Messages waiting to be published before new ones are dropped.
@@ -90,8 +95,14 @@ pub struct RedisSettings {
 }
 
 impl RedisSettings {
+    /// One Redis server at `url` (`redis://host:port/db`).
     pub fn new(url: impl Into<String>) -> Self {
-        Self { url: url.into(), prefix: "ringline".into(), queue_capacity: 10_000 }
+        Self { topology: RedisTopology::Single(url.into()), prefix: "ringline".into(), queue_capacity: 10_000 }
+    }
+
+    /// A Redis Cluster reached through any of `nodes`, with sharded pub/sub.
+    pub fn cluster(nodes: Vec<String>) -> Self {
+        Self { topology: RedisTopology::Cluster(nodes), ..Self::new(String::new()) }
     }
 }
 
@@ -112,23 +123,10 @@ struct Wire<'a> {
     notification_sockets: Option<bool>,
 }
 
-/// An event kept in a user's shared window: the stream `key`, its `event_id` and the event.
-#[derive(Debug)]
-struct Kept {
-    key: String,
-    id: String,
-    event: Arc<str>,
-}
-
 /// What the publishing task does, in order.
 #[derive(Debug)]
 enum Job {
-    Publish {
-        channel: String,
-        message: String,
-        /// An event of a user's stream, also kept in the user's shared window.
-        kept: Option<Kept>,
-    },
+    Publish(Outgoing),
     Subscribe(String),
     Unsubscribe(String),
     /// This instance holds (or stopped holding) a notification socket of `user`.
@@ -156,12 +154,12 @@ pub struct BusHealth {
 }
 
 impl BusHealth {
-    /// Whether the last command to Redis succeeded.
+    /// Whether the last operation on the backplane succeeded.
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
     }
 
-    /// Messages dropped because the queue was full or Redis failed.
+    /// Messages dropped because the queue was full or the backplane failed.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
@@ -177,10 +175,11 @@ impl BusHealth {
     }
 }
 
-/// The Redis bus: a [`SignalRouter`] for several instances (see the module documentation).
+/// The bus: a [`SignalRouter`] for several instances (see the module documentation).
 #[derive(Debug)]
-pub struct RedisBus {
+pub struct SharedBus {
     local: Arc<LocalRouter>,
+    backplane: Arc<dyn Backplane>,
     prefix: String,
     jobs: mpsc::Sender<Job>,
     /// Subscription changes and presence, which must not be dropped (they are few: one per
@@ -188,80 +187,101 @@ pub struct RedisBus {
     control: mpsc::UnboundedSender<Job>,
     health: Arc<BusHealth>,
     subscriptions: Arc<Subscriptions>,
-    /// For reading shared windows (a clone shares the connection).
-    reader: ConnectionManager,
     /// Users an event of whose stream was dropped (the queue was full): told to resync.
     lost: Mutex<HashSet<UserId>>,
     parts: Mutex<Option<Parts>>,
 }
 
-/// What [`RedisBus::run`] takes over.
+/// What [`SharedBus::run`] takes over.
+#[derive(Debug)]
 struct Parts {
-    manager: ConnectionManager,
     jobs: mpsc::Receiver<Job>,
     control: mpsc::UnboundedReceiver<Job>,
-    pushes: mpsc::UnboundedReceiver<PushInfo>,
-}
-
-impl std::fmt::Debug for Parts {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Parts")
-    }
+    incoming: mpsc::UnboundedReceiver<Incoming>,
 }
 
 fn user_channel(prefix: &str, user: &UserId) -> String {
-    format!("{prefix}:u:{user}")
+    format!("{prefix}:u:{{{user}}}")
 }
 
 fn conversation_channel(prefix: &str, conversation: ConversationId) -> String {
-    format!("{prefix}:c:{conversation}")
+    format!("{prefix}:c:{{{conversation}}}")
 }
 
-impl RedisBus {
+fn devices_key(prefix: &str, user: &UserId) -> String {
+    format!("{prefix}:devices:{{{user}}}")
+}
+
+fn window_key(prefix: &str, user: &UserId) -> String {
+    format!("{prefix}:w:{{{user}}}")
+}
+
+fn notification_key(prefix: &str, user: &UserId) -> String {
+    format!("{prefix}:notif:{{{user}}}")
+}
+
+fn instance_key(prefix: &str, instance: u64) -> String {
+    format!("{prefix}:instance:{instance}")
+}
+
+impl SharedBus {
     /// Connects to Redis and starts listening to `local`'s registry. Nothing is received until
-    /// [`RedisBus::run`] runs (under [`crate::Background`]).
+    /// [`SharedBus::run`] runs (under [`crate::Background`]).
     ///
     /// # Errors
-    /// When the URL is invalid or Redis does not answer.
-    pub async fn connect(settings: &RedisSettings, local: Arc<LocalRouter>) -> Result<Arc<Self>, redis::RedisError> {
-        let info = settings.url.as_str().into_connection_info()?;
-        let redis_settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(redis_settings))?;
-        let (push_sender, pushes) = mpsc::unbounded_channel();
-        let config = ConnectionManagerConfig::new()
-            .set_push_sender(push_sender)
-            .set_automatic_resubscription()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_max_delay(Duration::from_secs(2));
-        let manager = ConnectionManager::new_with_config(client, config).await?;
-        let (jobs_sender, jobs) = mpsc::channel(settings.queue_capacity.max(1));
+    /// When a URL is invalid or Redis does not answer.
+    pub async fn connect_redis(
+        settings: &RedisSettings,
+        local: Arc<LocalRouter>,
+    ) -> Result<Arc<Self>, ::redis::RedisError> {
+        let (sender, incoming) = mpsc::unbounded_channel();
+        let backplane = RedisBackplane::connect(&settings.topology, sender).await?;
+        Ok(Self::new(Arc::new(backplane), incoming, &settings.prefix, settings.queue_capacity, local))
+    }
+
+    /// Joins `hub`, with the others joined to it (several instances in one process).
+    pub fn join(hub: &Arc<MemoryHub>, local: Arc<LocalRouter>) -> Arc<Self> {
+        let (sender, incoming) = mpsc::unbounded_channel();
+        let backplane = hub.join(sender);
+        Self::new(Arc::new(backplane), incoming, "ringline", 10_000, local)
+    }
+
+    /// A bus over any backplane, whose messages arrive on `incoming`; listens to `local`'s
+    /// registry. Nothing is received until [`SharedBus::run`] runs.
+    pub fn new(
+        backplane: Arc<dyn Backplane>,
+        incoming: mpsc::UnboundedReceiver<Incoming>,
+        prefix: &str,
+        queue_capacity: usize,
+        local: Arc<LocalRouter>,
+    ) -> Arc<Self> {
+        let (jobs_sender, jobs) = mpsc::channel(queue_capacity.max(1));
         let (control_sender, control) = mpsc::unbounded_channel();
         let health = Arc::new(BusHealth::default());
         health.connected.store(true, Ordering::Relaxed);
         let subscriptions = Arc::new(Subscriptions::default());
         let bus = Arc::new(Self {
             local: local.clone(),
-            prefix: settings.prefix.clone(),
+            backplane,
+            prefix: prefix.to_owned(),
             jobs: jobs_sender,
             control: control_sender.clone(),
             health,
             subscriptions: subscriptions.clone(),
-            reader: manager.clone(),
             lost: Mutex::default(),
-            parts: Mutex::new(Some(Parts { manager, jobs, control, pushes })),
+            parts: Mutex::new(Some(Parts { jobs, control, incoming })),
         });
-        // Sessions that registered before (none in the server) would be missed; subscribe the
-        // calls channel first so every instance hears of every change.
-        let _ = control_sender.send(Job::Subscribe(format!("{}:calls", settings.prefix)));
+        // Subscribe the calls channel first, so every instance hears of every change; then
+        // whatever sessions registered before (none in the server).
+        let _ = control_sender.send(Job::Subscribe(format!("{prefix}:calls")));
         for (user, notification) in local.users() {
-            let _ = control_sender.send(Job::Subscribe(user_channel(&settings.prefix, &user)));
+            let _ = control_sender.send(Job::Subscribe(user_channel(prefix, &user)));
             if notification {
                 let _ = control_sender.send(Job::Presence { user, present: true });
             }
         }
-        local.listen(Arc::new(Listener { prefix: settings.prefix.clone(), control: control_sender, subscriptions }));
-        Ok(bus)
+        local.listen(Arc::new(Listener { prefix: prefix.to_owned(), control: control_sender, subscriptions }));
+        bus
     }
 
     pub fn health(&self) -> Arc<BusHealth> {
@@ -269,7 +289,7 @@ impl RedisBus {
     }
 
     /// Queues a message; returns `false` when it was dropped (the queue is full).
-    fn publish(&self, channel: String, wire: &Wire<'_>, kept: Option<Kept>) -> bool {
+    fn publish(&self, channel: String, wire: &Wire<'_>, kept: Option<KeptEvent>) -> bool {
         let message = match serde_json::to_string(wire) {
             Ok(message) => message,
             Err(error) => {
@@ -277,7 +297,7 @@ impl RedisBus {
                 return false;
             }
         };
-        if self.jobs.try_send(Job::Publish { channel, message, kept }).is_err() {
+        if self.jobs.try_send(Job::Publish(Outgoing { channel, message, kept })).is_err() {
             self.health.warn_dropped("the publishing queue is full");
             return false;
         }
@@ -288,46 +308,38 @@ impl RedisBus {
     /// delivers what other instances publish to `signaling`'s sessions. Call once.
     pub async fn run(self: Arc<Self>, signaling: Arc<Signaling>, stop: CancellationToken) {
         let Some(parts) = self.parts.lock().unwrap_or_else(PoisonError::into_inner).take() else {
-            tracing::error!("the Redis bus was started twice");
+            tracing::error!("the bus was started twice");
             return;
         };
-        let Parts { manager, jobs, control, pushes } = parts;
-        let publisher = tokio::spawn(self.clone().publish_jobs(manager.clone(), jobs, control, stop.clone()));
-        let keeper = tokio::spawn(self.clone().keep_alive(manager, signaling.clone(), stop.clone()));
-        self.receive(pushes, &signaling, &stop).await;
+        let Parts { jobs, control, incoming } = parts;
+        let publisher = tokio::spawn(self.clone().publish_jobs(jobs, control, stop.clone()));
+        let keeper = tokio::spawn(self.clone().keep_alive(signaling.clone(), stop.clone()));
+        self.receive(incoming, &signaling, &stop).await;
         let _ = publisher.await;
         let _ = keeper.await;
     }
 
     /// Logs the first failure after a success and the first success after a failure.
-    fn record(&self, error: Option<&redis::RedisError>) {
+    fn record(&self, error: Option<&BackplaneError>) {
         if error.is_some() {
             self.health.outage.store(true, Ordering::Relaxed);
         }
         let was = self.health.connected.swap(error.is_none(), Ordering::Relaxed);
         match (was, error) {
             (true, Some(error)) => {
-                tracing::error!(%error, "Redis is unreachable: events reach only this instance's sessions");
+                tracing::error!(%error, "the bus is unreachable: events reach only this instance's sessions");
             }
-            (false, None) => tracing::warn!("Redis is reachable again"),
+            (false, None) => tracing::warn!("the bus is reachable again"),
             _ => {}
         }
     }
 }
 
-fn devices_key(prefix: &str, user: &UserId) -> String {
-    format!("{prefix}:devices:{user}")
-}
-
-fn window_key(prefix: &str, user: &UserId) -> String {
-    format!("{prefix}:w:{user}")
-}
-
-impl SignalRouter for RedisBus {
+impl SignalRouter for SharedBus {
     fn route(&self, signal: Signal) {
         let (channel, kept) = match &signal.audience {
             Audience::User(user) => {
-                let kept = events::stream_id(&signal.payload).map(|id| Kept {
+                let kept = events::stream_id(&signal.payload).map(|id| KeptEvent {
                     key: window_key(&self.prefix, user),
                     id,
                     event: Arc::clone(&signal.payload),
@@ -358,7 +370,7 @@ impl SignalRouter for RedisBus {
     fn call_changed(&self, call: &Call) {
         let message = format!("{} {}", call.id().get(), call.status().stage());
         let channel = format!("{}:calls", self.prefix);
-        if self.jobs.try_send(Job::Publish { channel, message, kept: None }).is_err() {
+        if self.jobs.try_send(Job::Publish(Outgoing { channel, message, kept: None })).is_err() {
             self.health.warn_dropped("the publishing queue is full");
         }
     }
@@ -400,7 +412,7 @@ mod tests {
         let redis = OwnRedis::start();
         let settings =
             RedisSettings { queue_capacity: 1, ..RedisSettings::new(format!("redis://127.0.0.1:{}", redis.1)) };
-        let bus = RedisBus::connect(&settings, Arc::new(LocalRouter::new())).await.expect("connect");
+        let bus = SharedBus::connect_redis(&settings, Arc::new(LocalRouter::new())).await.expect("connect");
         let bob = UserId::parse("bob").expect("an id");
         let event = |n: u32| Signal {
             audience: Audience::User(bob.clone()),
