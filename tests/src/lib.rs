@@ -36,7 +36,8 @@ pub async fn spawn_http(app: impl Endpoint + 'static) -> String {
 pub struct TestApp {
     pub base: String,
     pub http: reqwest::Client,
-    database: TestDatabase,
+    /// Shared by instances joined in one process ([`TestApp::spawn_joined`]).
+    database: std::sync::Arc<TestDatabase>,
     signaling: std::sync::Arc<ringline_signaling::Signaling>,
     authenticator: std::sync::Arc<ringline_api::JwtAuthenticator>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -83,7 +84,31 @@ impl TestApp {
     pub async fn spawn_on(database: TestDatabase, configure: impl FnOnce(&mut Settings)) -> Self {
         // A pool of its own: stopping a server closes its pool, and the database outlives it.
         let storage = ringline_storage::Storage::connect(database.url()).await.expect("connect");
-        Self::spawn_on_storage(database, storage, true, configure).await
+        Self::spawn_on_storage(std::sync::Arc::new(database), storage, true, None, configure).await
+    }
+
+    /// Starts `count` instances on one database, joined by an in-memory bus: several
+    /// instances in this process, as Redis joins them in production, without Redis. Stop
+    /// each; the last one stopped removes the database.
+    pub async fn spawn_joined(backend: Backend, count: usize, configure: impl Fn(&mut Settings)) -> Vec<Self> {
+        Self::spawn_joined_to(backend, count, &ringline_signaling::MemoryHub::new(), configure).await
+    }
+
+    /// [`TestApp::spawn_joined`] on a hub the test keeps, e.g. to play an outage of the bus.
+    pub async fn spawn_joined_to(
+        backend: Backend,
+        count: usize,
+        hub: &std::sync::Arc<ringline_signaling::MemoryHub>,
+        configure: impl Fn(&mut Settings),
+    ) -> Vec<Self> {
+        let database = std::sync::Arc::new(TestDatabase::new(backend).await);
+        let mut instances = Vec::with_capacity(count);
+        for _ in 0..count {
+            let storage = ringline_storage::Storage::connect(database.url()).await.expect("connect");
+            let database = std::sync::Arc::clone(&database);
+            instances.push(Self::spawn_on_storage(database, storage, true, Some(hub), &configure).await);
+        }
+        instances
     }
 
     /// Starts a server on `backend` that counts the SQL statements it runs, without the
@@ -98,18 +123,23 @@ impl TestApp {
         storage.on_statement(move || {
             counted.fetch_add(1, Ordering::Relaxed);
         });
-        (Self::spawn_on_storage(database, storage, false, |_| {}).await, counter)
+        (Self::spawn_on_storage(std::sync::Arc::new(database), storage, false, None, |_| {}).await, counter)
     }
 
     async fn spawn_on_storage(
-        database: TestDatabase,
+        database: std::sync::Arc<TestDatabase>,
         storage: ringline_storage::Storage,
         sweeps: bool,
+        hub: Option<&std::sync::Arc<ringline_signaling::MemoryHub>>,
         configure: impl FnOnce(&mut Settings),
     ) -> Self {
         let mut settings = Settings::for_tests(database.url(), TEST_JWT_SECRET);
         configure(&mut settings);
-        let application = Application::build_on(settings, storage).await.expect("build the application");
+        let application = match hub {
+            Some(hub) => Application::build_joined(settings, storage, hub).await,
+            None => Application::build_on(settings, storage).await,
+        };
+        let application = application.expect("build the application");
         let application = if sweeps { application } else { application.without_sweeps() };
         let base = format!("http://{}", application.local_addr());
         let authenticator = application.authenticator();
@@ -128,20 +158,31 @@ impl TestApp {
         Self { base, http, database, signaling, authenticator, stop: Some(stop), task: Some(task) }
     }
 
-    /// Stops the server gracefully and removes its database.
-    pub async fn stop(self) {
-        self.stop_keeping_database().await.cleanup().await;
+    /// Stops the server gracefully and removes its database (unless other instances joined
+    /// to it still run).
+    pub async fn stop(mut self) {
+        self.halt().await;
+        if let Ok(database) = std::sync::Arc::try_unwrap(self.database) {
+            database.cleanup().await;
+        }
     }
 
     /// Stops the server gracefully and hands back its database, e.g. to start another on it.
+    ///
+    /// # Panics
+    /// When other instances share the database.
     pub async fn stop_keeping_database(mut self) -> TestDatabase {
+        self.halt().await;
+        std::sync::Arc::try_unwrap(self.database).expect("no other instance shares the database")
+    }
+
+    async fn halt(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
             task.await.expect("the server task ends cleanly");
         }
-        self.database
     }
 
     /// The server's signaling hub, to observe its sessions.

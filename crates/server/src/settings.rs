@@ -284,7 +284,9 @@ impl Settings {
     pub fn redis(&self) -> Option<RedisSettings> {
         let url = self.redis_url.as_ref()?.expose_secret();
         let redis = if self.redis_cluster {
-            RedisSettings::cluster(url.split(',').map(str::trim).filter(|node| !node.is_empty()).map(str::to_owned).collect())
+            RedisSettings::cluster(
+                url.split(',').map(str::trim).filter(|node| !node.is_empty()).map(str::to_owned).collect(),
+            )
         } else {
             RedisSettings::new(url)
         };

@@ -36,8 +36,8 @@ pub mod session;
 pub mod settings;
 
 pub use background::Background;
-pub use hub::Signaling;
 pub use bus::{BusHealth, MemoryHub, RedisSettings, RedisTopology, SharedBus};
+pub use hub::Signaling;
 pub use relay::SessionContext;
 pub use replay::{InMemoryReplay, ReplayLimits, ReplayStore};
 pub use router::{LocalRouter, Presence, SessionKind, SubscriptionGate};

@@ -126,7 +126,9 @@ struct Wire<'a> {
 /// What the publishing task does, in order.
 #[derive(Debug)]
 enum Job {
-    Publish(Outgoing),
+    /// A message; with the user whose stream event it carries, to be told to resync if the
+    /// message is lost.
+    Publish(Outgoing, Option<UserId>),
     Subscribe(String),
     Unsubscribe(String),
     /// This instance holds (or stopped holding) a notification socket of `user`.
@@ -289,7 +291,7 @@ impl SharedBus {
     }
 
     /// Queues a message; returns `false` when it was dropped (the queue is full).
-    fn publish(&self, channel: String, wire: &Wire<'_>, kept: Option<KeptEvent>) -> bool {
+    fn publish(&self, channel: String, wire: &Wire<'_>, kept: Option<KeptEvent>, user: Option<&UserId>) -> bool {
         let message = match serde_json::to_string(wire) {
             Ok(message) => message,
             Err(error) => {
@@ -297,7 +299,7 @@ impl SharedBus {
                 return false;
             }
         };
-        if self.jobs.try_send(Job::Publish(Outgoing { channel, message, kept })).is_err() {
+        if self.jobs.try_send(Job::Publish(Outgoing { channel, message, kept }, user.cloned())).is_err() {
             self.health.warn_dropped("the publishing queue is full");
             return false;
         }
@@ -317,6 +319,14 @@ impl SharedBus {
         self.receive(incoming, &signaling, &stop).await;
         let _ = publisher.await;
         let _ = keeper.await;
+    }
+
+    /// Neither the other instances nor the shared window got an event of `user`'s stream: their
+    /// sessions are told to resync once the bus works again (`keep_alive`).
+    fn lose(&self, user: Option<&UserId>) {
+        if let Some(user) = user {
+            self.lost.lock().unwrap_or_else(PoisonError::into_inner).insert(user.clone());
+        }
     }
 
     /// Logs the first failure after a success and the first success after a failure.
@@ -355,14 +365,12 @@ impl SignalRouter for SharedBus {
             payload: Some(signal.payload.as_ref().into()),
             notification_sockets: None,
         };
-        let stream_event = kept.is_some();
-        if !self.publish(channel, &wire, kept)
-            && stream_event
-            && let Audience::User(user) = &signal.audience
-        {
-            // Neither the other instances nor the shared window got it: the user's sessions are
-            // told to resync once the queue has room (`keep_alive`).
-            self.lost.lock().unwrap_or_else(PoisonError::into_inner).insert(user.clone());
+        let stream_user = match &signal.audience {
+            Audience::User(user) if kept.is_some() => Some(user),
+            _ => None,
+        };
+        if !self.publish(channel, &wire, kept, stream_user) {
+            self.lose(stream_user);
         }
         self.local.route(signal);
     }
@@ -370,7 +378,7 @@ impl SignalRouter for SharedBus {
     fn call_changed(&self, call: &Call) {
         let message = format!("{} {}", call.id().get(), call.status().stage());
         let channel = format!("{}:calls", self.prefix);
-        if self.jobs.try_send(Job::Publish(Outgoing { channel, message, kept: None })).is_err() {
+        if self.jobs.try_send(Job::Publish(Outgoing { channel, message, kept: None }, None)).is_err() {
             self.health.warn_dropped("the publishing queue is full");
         }
     }

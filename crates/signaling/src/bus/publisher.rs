@@ -30,13 +30,17 @@ impl SharedBus {
                 else => return,
             };
             let done: Result<(), BackplaneError> = match job {
-                Job::Publish(first) => {
+                Job::Publish(first, user) => {
                     // Everything already waiting goes in one batch: one round trip to Redis
                     // for a burst of ICE candidates instead of one each.
                     let mut batch = vec![first];
+                    let mut users = vec![user];
                     while batch.len() < BATCH_MAX {
                         match jobs.try_recv() {
-                            Ok(Job::Publish(outgoing)) => batch.push(outgoing),
+                            Ok(Job::Publish(outgoing, user)) => {
+                                batch.push(outgoing);
+                                users.push(user);
+                            }
                             Ok(other) => {
                                 // Only messages are queued here; anything else goes first.
                                 let _ = self.control.send(other);
@@ -45,11 +49,11 @@ impl SharedBus {
                             Err(_) => break,
                         }
                     }
-                    let count = batch.len();
                     let sent = self.backplane.publish(batch).await;
                     if sent.is_err() {
-                        for _ in 0..count {
+                        for user in &users {
                             self.health.warn_dropped("the backplane did not take it");
+                            self.lose(user.as_ref());
                         }
                     }
                     sent
@@ -72,7 +76,12 @@ impl SharedBus {
         }
     }
 
-    pub(super) async fn write_presence(&self, instance: u64, user: &UserId, present: bool) -> Result<(), BackplaneError> {
+    pub(super) async fn write_presence(
+        &self,
+        instance: u64,
+        user: &UserId,
+        present: bool,
+    ) -> Result<(), BackplaneError> {
         self.backplane.set_member(&notification_key(&self.prefix, user), instance, present).await?;
         let wire = Wire {
             from: instance,

@@ -62,7 +62,8 @@ fn forward(incoming: mpsc::UnboundedSender<Incoming>) -> impl Fn(PushInfo) -> Re
                 let [Value::BulkString(channel), Value::BulkString(message), ..] = push.data.as_slice() else {
                     return Ok(());
                 };
-                let (Ok(channel), Ok(message)) = (String::from_utf8(channel.clone()), String::from_utf8(message.clone()))
+                let (Ok(channel), Ok(message)) =
+                    (String::from_utf8(channel.clone()), String::from_utf8(message.clone()))
                 else {
                     return Ok(());
                 };

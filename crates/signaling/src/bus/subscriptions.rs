@@ -9,7 +9,7 @@ use futures_util::future::BoxFuture;
 use ringline_domain::UserId;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Job, LINGER, SharedBus, SUBSCRIBE_WAIT, conversation_channel, user_channel};
+use super::{Job, LINGER, SUBSCRIBE_WAIT, SharedBus, conversation_channel, user_channel};
 use crate::router::{IdentifiedEvent, RegistryChange, RegistryListener, SubscriptionGate};
 
 /// The user channels this instance subscribes to, and who waits for a subscription to be made.

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
+use ringline_domain::{Audience, Signal, SignalRouter};
 use tokio_util::sync::CancellationToken;
 
 use super::{INSTANCE_REFRESH, INSTANCE_TTL, Job, SharedBus, conversation_channel, instance_key, user_channel};
@@ -16,11 +17,7 @@ impl SharedBus {
     /// Every 10 s (every second during an outage): proves this instance is alive, forgets
     /// instances that are not, and after an outage writes this instance's presence again and
     /// tells every local session to resync.
-    pub(super) async fn keep_alive(
-        self: Arc<Self>,
-        signaling: Arc<Signaling>,
-        stop: CancellationToken,
-    ) {
+    pub(super) async fn keep_alive(self: Arc<Self>, signaling: Arc<Signaling>, stop: CancellationToken) {
         let instance = self.local.instance();
         let key = instance_key(&self.prefix, instance);
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
@@ -34,9 +31,12 @@ impl SharedBus {
                 _ = ticker.tick() => {}
             }
             self.subscriptions.expire(Instant::now(), &self.control);
-            let lost = std::mem::take(&mut *self.lost.lock().unwrap_or_else(PoisonError::into_inner));
-            for user in &lost {
-                signaling.announcer.to_user(user, None, |id| events::resync(id, id));
+            if self.health.connected() {
+                // Told everywhere: the sessions that missed the event are on other instances.
+                let lost = std::mem::take(&mut *self.lost.lock().unwrap_or_else(PoisonError::into_inner));
+                for user in &lost {
+                    signaling.announcer.to_user(user, None, |id| events::resync(id, id));
+                }
             }
             let recovering = self.health.outage.load(Ordering::Relaxed);
             if !recovering && last_refresh.is_some_and(|at| at.elapsed() < INSTANCE_REFRESH) {
@@ -81,7 +81,13 @@ impl SharedBus {
             if *notification {
                 let _ = self.control.send(Job::Presence { user: user.clone(), present: true });
             }
-            signaling.announcer.to_user(user, None, |id| events::resync(id, id));
+            // Only the sessions here: every instance that saw the outage tells its own, so each
+            // session hears one `resync`, not one per instance. (Events this instance failed to
+            // publish meanwhile are resynced everywhere, as `lost`.)
+            signaling.announcer.replay.append(user, &mut |id| events::resync(id, id), &mut |payload| {
+                let audience = Audience::User(user.clone());
+                self.local.route(Signal { audience, except_device: None, except_user: None, payload });
+            });
         }
     }
 }
