@@ -65,6 +65,106 @@ impl Drop for Redis {
     }
 }
 
+/// A Redis Cluster of three masters (no replicas), each a `redis-server` of this test's own.
+struct RedisCluster {
+    ports: Vec<u16>,
+    nodes: Vec<Child>,
+    directory: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    fn start() -> Self {
+        let directory = std::env::temp_dir().join(format!("ringline-cluster-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&directory).expect("a directory for the nodes' files");
+        // A node also listens on its port + 10000 (the cluster bus): both must be free.
+        let mut ports = Vec::new();
+        while ports.len() < 3 {
+            let port = 20_000 + free_port() % 20_000;
+            let free = |port: u16| TcpListener::bind(("127.0.0.1", port)).is_ok();
+            if !ports.contains(&port) && free(port) && free(port + 10_000) {
+                ports.push(port);
+            }
+        }
+        let nodes = ports
+            .iter()
+            .map(|port| {
+                Command::new("redis-server")
+                    .current_dir(&directory)
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                    .args(["--cluster-enabled", "yes", "--cluster-config-file", &format!("nodes-{port}.conf")])
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("start redis-server (install Redis, or run .ci/run)")
+            })
+            .collect();
+        let cluster = Self { ports, nodes, directory };
+        let deadline = Instant::now() + WAIT;
+        for port in &cluster.ports {
+            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                assert!(Instant::now() < deadline, "redis-server did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let addresses: Vec<String> = cluster.ports.iter().map(|port| format!("127.0.0.1:{port}")).collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("run redis-cli --cluster create");
+        assert!(created.success(), "the cluster was not created");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for port in &cluster.ports {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "cluster", "info"])
+                    .output()
+                    .expect("run redis-cli cluster info");
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the cluster never came up");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        cluster
+    }
+
+    /// Two of the nodes, as an operator would list them (the third is discovered).
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{},redis://127.0.0.1:{}", self.ports[0], self.ports[1])
+    }
+
+    /// How many times the nodes ran `command` (from `INFO commandstats`), all together.
+    fn calls_of(&self, command: &str) -> u64 {
+        let prefix = format!("cmdstat_{command}:calls=");
+        self.ports
+            .iter()
+            .map(|port| {
+                let stats = Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "info", "commandstats"])
+                    .output()
+                    .expect("run redis-cli info");
+                String::from_utf8_lossy(&stats.stdout)
+                    .lines()
+                    .find_map(|line| line.strip_prefix(&prefix)?.split(',').next()?.parse::<u64>().ok())
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.directory);
+    }
+}
+
 /// One `ringline serve` process.
 struct Instance {
     child: Child,
@@ -589,4 +689,53 @@ async fn presence_counts_a_users_sockets_on_every_instance() {
     drop((phone, tablet));
     wait_for(&a, 0).await;
     deployment.finish((a, b)).await;
+}
+
+/// With `RINGLINE_REDIS_CLUSTER`, the instances share a Redis Cluster over sharded pub/sub:
+/// a call crosses them as over one Redis, a socket resumes on the other instance from the
+/// shared window (a stream on the user's shard), and nothing is published the classic way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_crosses_instances_over_a_redis_cluster() {
+    let deployment = Deployment::new(&["alice", "bob"]).await;
+    let cluster = RedisCluster::start();
+    let tokens = &deployment.tokens;
+    let (alice, bob) = (&tokens[0], &tokens[1]);
+    let url = cluster.url();
+    let settings = [("RINGLINE_REDIS_URL", url.as_str()), ("RINGLINE_REDIS_CLUSTER", "true")];
+    let a = deployment.instance(&settings).await;
+    let b = deployment.instance(&settings).await;
+
+    let mut caller = a.socket("/ws/notifications/", alice).await;
+    let mut callee = b.socket("/ws/notifications/", bob).await;
+    let call = a.post("/api/calls/initiate/", alice, json!({"receiver_id": "bob", "call_type": "video"})).await;
+    let id = call["id"].as_i64().expect("an id");
+    let incoming = callee.expect("call.incoming").await;
+    assert_eq!(incoming["call_id"], id.to_string());
+    caller.send(json!({"type": "call.offer", "call_id": id, "offer": sdp("offer")})).await;
+    assert_eq!(callee.find("call.offer").await["offer"]["type"], "offer");
+    callee.send(json!({"type": "call.answer", "call_id": id, "answer": sdp("answer")})).await;
+    assert_eq!(caller.find("call.answer").await["answer"]["type"], "answer");
+    caller.send(json!({"type": "call.ice-candidate", "call_id": id, "candidate": candidate(1)})).await;
+    let ice = callee.find("call.ice-candidate").await;
+    assert_eq!(ice["candidate"]["candidate"], candidate(1)["candidate"]);
+    let last_seen = ice["event_id"].as_str().expect("an event id").to_owned();
+
+    // Bob's socket drops; alice hangs up on A; bob comes back on an instance started since,
+    // which has only the shared window to replay from, and misses nothing.
+    drop(callee);
+    tokio::time::sleep(SUBSCRIBED).await;
+    a.post(&format!("/api/calls/{id}/end/"), alice, json!({})).await;
+    let c = deployment.instance(&settings).await;
+    let mut back = c.connect(&format!("/ws/notifications/?token={bob}&resume={last_seen}")).await;
+    back.expect("connection.ack").await;
+    let mut replayed = Vec::new();
+    while let Some(event) = back.next(Duration::from_millis(500)).await {
+        replayed.push(event["type"].as_str().unwrap_or_default().to_owned());
+    }
+    assert!(replayed.contains(&"call.end".to_owned()), "{replayed:?}");
+    assert!(!replayed.contains(&"resync".to_owned()), "{replayed:?}");
+
+    assert!(cluster.calls_of("spublish") > 0, "sharded pub/sub carries the events");
+    assert_eq!(cluster.calls_of("publish"), 0, "nothing is published to every node");
+    deployment.finish((a, b, c)).await;
 }
