@@ -8,14 +8,14 @@
 //!
 //! | channel | carries | subscribed by |
 //! |---|---|---|
-//! | `{prefix}:u:{{user}}` | the user's events; which instances hold their notification sockets | instances with a session of the user |
-//! | `{prefix}:c:{{conversation}}` | typing indicators | instances with a chat socket on the conversation |
+//! | `{prefix}:u:{<user>}` | the user's events; which instances hold their notification sockets | instances with a session of the user |
+//! | `{prefix}:c:{<conversation>}` | typing indicators | instances with a chat socket on the conversation |
 //! | `{prefix}:calls` | "call N reached stage S", so cached copies follow | every instance |
 //!
 //! (The braces are Redis Cluster hash tags: a user's channel and keys live on one shard.)
 //!
 //! Which instances hold a user's notification sockets decides whether chat sockets stand in
-//! for them ([`ringline_domain::Audience::User`]): the set `{prefix}:notif:{{user}}` (read when
+//! for them ([`ringline_domain::Audience::User`]): the set `{prefix}:notif:{<user>}` (read when
 //! a user's first session arrives) and `presence` messages on the user's channel (for
 //! changes) keep each instance's view; an instance proves it is alive with the key
 //! `{prefix}:instance:{id}` (30 s, refreshed every 10 s), so the view heals when one dies.
