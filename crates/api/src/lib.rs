@@ -5,7 +5,8 @@
 //! - [`AdminApi`] (`/api/admin/…`): the standalone server's users and conversations;
 //! - [`NotificationsApi`] (`/api/notifications/…`): notifications about calls;
 //! - [`HealthApi`] (`/healthz`, `/readyz`);
-//! - [`websocket_routes`] (`/ws/notifications/`, `/ws/chat/<id>/`): signaling sessions.
+//! - [`websocket_routes`] (`/ws/notifications/`, `/ws/chat/<id>/`): signaling sessions;
+//! - [`webhooks`]: [`WebhookSender`], which posts call events, signed, to the host app.
 //!
 //! [`server_routes`] assembles all of them for the `ringline` binary; [`call_routes`] mounts
 //! just the call API inside another poem application that brings its own [`Authenticator`] and
@@ -26,6 +27,7 @@ mod pagination;
 mod security;
 mod turn;
 mod web;
+pub mod webhooks;
 mod ws;
 
 use std::sync::Arc;
@@ -50,6 +52,7 @@ pub use notifications::NotificationsApi;
 pub use pagination::PAGE_SIZE;
 pub use security::RequestUser;
 pub use turn::{IceSettings, TurnApi, turn_credential};
+pub use webhooks::{WebhookSender, WebhookSettings, WebhookWaker};
 pub use ws::{READ_BUFFER_BYTES, WRITE_BUFFER_BYTES, websocket_config, websocket_routes};
 
 /// Largest request body accepted, in bytes. Call requests are a few hundred bytes.

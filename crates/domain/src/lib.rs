@@ -21,6 +21,7 @@ pub mod ports;
 pub mod rules;
 pub mod service;
 pub mod values;
+pub mod webhooks;
 
 pub use call::{Call, CallEvent, CallParts, InvalidCall, NewCall, Outcome, Transition, TransitionError};
 pub use ports::{
@@ -34,3 +35,4 @@ pub use values::{
     Action, CallId, CallStatus, CallType, ConversationId, DeviceId, EndReason, HangupReason, InvalidValue,
     NotificationVerb, Timestamp, UserId,
 };
+pub use webhooks::{DeliveryOutcome, WebhookDelivery, WebhookEvent, WebhookEventType, WebhookOutbox};

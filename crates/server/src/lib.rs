@@ -20,8 +20,8 @@ use anyhow::Context;
 use poem::listener::{Acceptor, Listener, TcpListener};
 use poem::middleware::Cors;
 use poem::{EndpointExt, Server};
-use ringline_api::{CallApiParts, JwtAuthenticator, NoDelayAcceptor, ServerParts};
-use ringline_domain::{CallService, Clock, SignalRouter, SystemClock};
+use ringline_api::{CallApiParts, JwtAuthenticator, NoDelayAcceptor, ServerParts, WebhookSender, WebhookWaker};
+use ringline_domain::{CallService, Clock, SignalRouter, SystemClock, WebhookOutbox};
 use ringline_signaling::{Background, CancellationToken, LocalRouter, MemoryHub, SharedBus, Signaling};
 use ringline_storage::Storage;
 
@@ -48,6 +48,8 @@ pub struct Application {
     /// The bus to the other instances, when `RINGLINE_REDIS_URL` is set (or the application
     /// joined a [`MemoryHub`]).
     bus: Option<Arc<SharedBus>>,
+    /// Sends call webhooks, when `RINGLINE_WEBHOOK_URLS` is set.
+    webhooks: Option<Arc<WebhookSender>>,
 }
 
 impl std::fmt::Debug for Application {
@@ -86,13 +88,21 @@ impl Application {
 
     async fn assemble(settings: Settings, storage: Storage, hub: Option<&Arc<MemoryHub>>) -> anyhow::Result<Self> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let service = CallService::new(
+        // The outbox's triggers write events only for active subscriptions: none, without URLs.
+        let webhook_settings = settings.webhooks();
+        let urls = webhook_settings.as_ref().map(|webhooks| webhooks.urls.clone()).unwrap_or_default();
+        storage.webhooks().set_subscriptions(&urls).await.context("cannot record the webhook subscriptions")?;
+        let waker = WebhookWaker::new();
+        let mut service = CallService::new(
             Arc::new(storage.calls()),
             Arc::new(storage.directory()),
             clock.clone(),
             settings.ring_timeout(),
         )
         .with_liveness(settings.liveness());
+        if webhook_settings.is_some() {
+            service = service.observed_by(waker.clone());
+        }
         let local = Arc::new(LocalRouter::new());
         let bus = match (hub, settings.redis()) {
             (Some(hub), _) => Some(SharedBus::join(hub, local.clone())),
@@ -118,6 +128,20 @@ impl Application {
             signaling = signaling.with_gate(bus.clone()).with_presence(bus.clone());
         }
         let signaling = Arc::new(signaling);
+        let webhooks = match webhook_settings {
+            Some(webhook_settings) => Some(Arc::new(
+                WebhookSender::new(
+                    Arc::new(storage.webhooks()),
+                    Arc::new(storage.directory()),
+                    signaling.clone(),
+                    clock.clone(),
+                    webhook_settings,
+                    &waker,
+                )
+                .context("cannot build the webhooks' HTTP client")?,
+            )),
+            None => None,
+        };
         let (secret, is_default) = settings.jwt_secret_or_default();
         if is_default {
             tracing::warn!(
@@ -155,6 +179,7 @@ impl Application {
             development_secret: is_default,
             sweeps: true,
             bus,
+            webhooks,
         })
     }
 
@@ -189,8 +214,18 @@ impl Application {
     /// # Errors
     /// When the server fails to run.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Self { settings, storage, signaling, authenticator, acceptor, local_addr, development_secret, sweeps, bus } =
-            self;
+        let Self {
+            settings,
+            storage,
+            signaling,
+            authenticator,
+            acceptor,
+            local_addr,
+            development_secret,
+            sweeps,
+            bus,
+            webhooks,
+        } = self;
         let demo_login = development_secret.then(|| authenticator.clone());
         let parts = ServerParts {
             calls: CallApiParts {
@@ -216,6 +251,9 @@ impl Application {
         if let Some(bus) = bus {
             let signaling = signaling.clone();
             background.spawn(|stop| bus.run(signaling, stop));
+        }
+        if let Some(webhooks) = webhooks {
+            background.spawn(|stop| webhooks.run(stop));
         }
         tracing::info!(address = %local_addr, backend = storage.backend_name(), "ringline is serving");
         // poem detaches upgraded connections, so the sessions are closed here, as soon as the

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use ringline_api::IceSettings;
+use ringline_api::{IceSettings, WebhookSettings};
 use ringline_domain::LivenessPolicy;
 use ringline_signaling::{FrameRate, Keepalive, RedisSettings};
 use ringline_storage::SqliteSync;
@@ -83,6 +83,17 @@ pub struct Settings {
     /// `redis_url` names a Redis Cluster: sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`).
     #[serde(default)]
     pub redis_cluster: bool,
+    /// Where call events are POSTed (`docs/webhooks.md`); none: no webhooks.
+    #[serde(default, deserialize_with = "comma_list")]
+    pub webhook_urls: Vec<String>,
+    /// Signs every webhook request; required with `webhook_urls`.
+    pub webhook_secret: Option<SecretString>,
+    #[serde(default = "defaults::webhook_timeout_secs")]
+    pub webhook_timeout_secs: u64,
+    #[serde(default = "defaults::webhook_give_up_hours")]
+    pub webhook_give_up_hours: u64,
+    #[serde(default = "defaults::webhook_retention_hours")]
+    pub webhook_retention_hours: u64,
 }
 
 mod defaults {
@@ -123,6 +134,15 @@ mod defaults {
     }
     pub fn redis_prefix() -> String {
         "ringline".to_owned()
+    }
+    pub fn webhook_timeout_secs() -> u64 {
+        10
+    }
+    pub fn webhook_give_up_hours() -> u64 {
+        24
+    }
+    pub fn webhook_retention_hours() -> u64 {
+        72
     }
 }
 
@@ -179,6 +199,15 @@ pub enum SettingsError {
     UserClaim,
     #[error("{0} is set but empty; unset it or give it a value")]
     EmptySecret(&'static str),
+    #[error("RINGLINE_WEBHOOK_URLS holds {0:?}, which is not an http:// or https:// URL")]
+    WebhookUrl(String),
+    #[error("RINGLINE_WEBHOOK_URLS is set: RINGLINE_WEBHOOK_SECRET must be set too (every request is signed)")]
+    WebhookSecret,
+    #[error(
+        "RINGLINE_WEBHOOK_TIMEOUT_SECS must be 1–60, RINGLINE_WEBHOOK_GIVE_UP_HOURS 1–168 and \
+         RINGLINE_WEBHOOK_RETENTION_HOURS 1–8760"
+    )]
+    WebhookLimits,
 }
 
 impl Settings {
@@ -202,6 +231,7 @@ impl Settings {
             ("RINGLINE_JWT_SECRET", &self.jwt_secret),
             ("RINGLINE_ADMIN_TOKEN", &self.admin_token),
             ("RINGLINE_TURN_SECRET", &self.turn_secret),
+            ("RINGLINE_WEBHOOK_SECRET", &self.webhook_secret),
         ] {
             if secret.as_ref().is_some_and(|secret| secret.expose_secret().trim().is_empty()) {
                 return Err(SettingsError::EmptySecret(name));
@@ -236,6 +266,18 @@ impl Settings {
         }
         if self.jwt_user_claim.trim().is_empty() {
             return Err(SettingsError::UserClaim);
+        }
+        if let Some(url) = self.webhook_urls.iter().find(|url| !ringline_api::webhooks::is_valid_url(url)) {
+            return Err(SettingsError::WebhookUrl(url.clone()));
+        }
+        if !self.webhook_urls.is_empty() && self.webhook_secret.is_none() {
+            return Err(SettingsError::WebhookSecret);
+        }
+        if !(1..=60).contains(&self.webhook_timeout_secs)
+            || !(1..=24 * 7).contains(&self.webhook_give_up_hours)
+            || !(1..=24 * 365).contains(&self.webhook_retention_hours)
+        {
+            return Err(SettingsError::WebhookLimits);
         }
         Ok(())
     }
@@ -328,7 +370,25 @@ impl Settings {
             redis_url: None,
             redis_prefix: defaults::redis_prefix(),
             redis_cluster: false,
+            webhook_urls: Vec::new(),
+            webhook_secret: None,
+            webhook_timeout_secs: defaults::webhook_timeout_secs(),
+            webhook_give_up_hours: defaults::webhook_give_up_hours(),
+            webhook_retention_hours: defaults::webhook_retention_hours(),
         }
+    }
+
+    /// How call webhooks are sent (`None` without `webhook_urls`).
+    pub fn webhooks(&self) -> Option<WebhookSettings> {
+        let secret = self.webhook_secret.clone()?;
+        (!self.webhook_urls.is_empty()).then(|| WebhookSettings {
+            urls: self.webhook_urls.clone(),
+            secret,
+            timeout: Duration::from_secs(self.webhook_timeout_secs),
+            give_up_after: Duration::from_secs(self.webhook_give_up_hours * 3600),
+            retention: Duration::from_secs(self.webhook_retention_hours * 3600),
+            ring_timeout: self.ring_timeout(),
+        })
     }
 }
 

@@ -6,7 +6,9 @@
 //! - [`SqlCallRepository`] stores calls. Its writes are atomic compare-and-set steps, so when
 //!   two devices or two server instances race on one call exactly one wins;
 //! - [`SqlDirectory`] holds users and conversations for the standalone server;
-//! - [`SqlNotifications`] stores notifications about calls (incoming, missed).
+//! - [`SqlNotifications`] stores notifications about calls (incoming, missed);
+//! - [`SqlWebhookOutbox`] reads the call webhooks' outbox (written by triggers, in the same
+//!   statement as each call change) and records their deliveries.
 //!
 //! Entities are private (module `entity`); database errors are mapped into domain errors here
 //! and nowhere else.
@@ -23,6 +25,7 @@ pub mod migration;
 mod notifications;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod webhooks;
 mod writer;
 
 use std::sync::Arc;
@@ -41,6 +44,7 @@ pub use calls::SqlCallRepository;
 use direct_pool::DirectPool;
 pub use directory::{DirectoryWriteError, SqlDirectory};
 pub use notifications::SqlNotifications;
+pub use webhooks::SqlWebhookOutbox;
 use writer::Writer;
 
 /// The URL used when none is configured: a SQLite file in the working directory, created on
@@ -330,6 +334,10 @@ impl Storage {
 
     pub fn notifications(&self) -> SqlNotifications {
         SqlNotifications::new(self.connections.clone())
+    }
+
+    pub fn webhooks(&self) -> SqlWebhookOutbox {
+        SqlWebhookOutbox::new(self.connections.clone())
     }
 
     /// Closes every pooled connection.
