@@ -6,6 +6,7 @@
 //! - [`NotificationsApi`] (`/api/notifications/…`): notifications about calls;
 //! - [`HealthApi`] (`/healthz`, `/readyz`);
 //! - [`websocket_routes`] (`/ws/notifications/`, `/ws/chat/<id>/`): signaling sessions;
+//! - [`PushApi`] (`/api/push/…`) and [`push::WebPushSender`]: Web Push to browsers with no tab open;
 //! - [`webhooks`]: [`WebhookSender`], which posts call events, signed, to the host app.
 //!
 //! [`server_routes`] assembles all of them for the `ringline` binary; [`call_routes`] mounts
@@ -24,6 +25,7 @@ mod listener;
 pub mod models;
 mod notifications;
 mod pagination;
+pub mod push;
 mod security;
 mod turn;
 mod web;
@@ -50,6 +52,7 @@ pub use health::HealthApi;
 pub use listener::NoDelayAcceptor;
 pub use notifications::NotificationsApi;
 pub use pagination::PAGE_SIZE;
+pub use push::{PushApi, Vapid, WebPushObserver, WebPushSender};
 pub use security::RequestUser;
 pub use turn::{IceSettings, TurnApi, turn_credential};
 pub use webhooks::{WebhookSender, WebhookSettings, WebhookWaker};
@@ -70,6 +73,8 @@ pub enum ApiTags {
     Health,
     /// Sign-in for trying Ringline locally; only with the development JWT secret.
     Demo,
+    /// Web Push subscriptions of browsers.
+    Push,
 }
 
 /// What the call API needs, whoever hosts it.
@@ -91,9 +96,11 @@ pub struct ServerParts {
     pub demo_login: Option<Arc<JwtAuthenticator>>,
     /// The bus to other instances, when there is one: `/readyz` reports it.
     pub bus: Option<Arc<ringline_signaling::BusHealth>>,
+    /// The server's VAPID identity, for `/api/push/…`.
+    pub vapid: Vapid,
 }
 
-type ServerApis = (CallsApi, NotificationsApi, TurnApi, AdminApi, HealthApi, DemoApi);
+type ServerApis = (CallsApi, NotificationsApi, TurnApi, PushApi, AdminApi, HealthApi, DemoApi);
 
 fn describe<T>(service: OpenApiService<T, ()>) -> OpenApiService<T, ()>
 where
@@ -113,7 +120,8 @@ pub fn server_api(parts: ServerParts) -> OpenApiService<ServerApis, ()> {
     let apis = (
         CallsApi::new(signaling.clone(), authenticator.clone()),
         NotificationsApi::new(signaling.clone(), authenticator.clone()),
-        TurnApi::new(ice, authenticator, clock.clone()),
+        TurnApi::new(ice, authenticator.clone(), clock.clone()),
+        PushApi::new(Arc::new(parts.storage.push_subscriptions()), &parts.vapid, authenticator, clock.clone()),
         AdminApi::new(parts.storage.directory(), parts.admin_token, clock, signaling),
         HealthApi::new(parts.storage.clone(), parts.bus.clone()),
         DemoApi::new(parts.demo_login.map(|authenticator| (parts.storage.directory(), authenticator))),

@@ -26,8 +26,8 @@ pub mod webhooks;
 pub use call::{Call, CallEvent, CallParts, InvalidCall, NewCall, Outcome, Transition, TransitionError};
 pub use ports::{
     Audience, CallListFilter, CallObserver, CallRepository, ChangeOrigin, Clock, Directory, DirectoryError,
-    NewNotification, Notification, NotificationRepository, Page, PageRequest, RepositoryError, Signal, SignalRouter,
-    SystemClock, UserProfile,
+    NewNotification, Notification, NotificationRepository, Page, PageRequest, PushSubscription, PushSubscriptions,
+    RepositoryError, Signal, SignalRouter, SystemClock, UserProfile,
 };
 pub use rules::{InitiateDecision, InitiateRefusal, decide_initiate};
 pub use service::{CallAction, CallService, CallServiceError, InitiateCommand, Initiated, LivenessPolicy};

@@ -329,3 +329,50 @@ pub trait CallObserver: Send + Sync + std::fmt::Debug {
     /// accepted crossing call), so the observer need not read them again.
     async fn changed(&self, transition: &Transition, origin: ChangeOrigin<'_>, parties: Option<&[UserProfile]>);
 }
+
+/// A browser's Web Push subscription (`PushSubscription.toJSON()`): where its push service
+/// takes messages, and the keys the messages are encrypted to (base64url, as the browser
+/// gives them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushSubscription {
+    pub endpoint: String,
+    /// The browser's P-256 public key (65 bytes, uncompressed).
+    pub p256dh: String,
+    /// The browser's authentication secret (16 bytes).
+    pub auth: String,
+}
+
+/// The Web Push subscriptions of users' browsers (several per user).
+#[async_trait]
+pub trait PushSubscriptions: Send + Sync + std::fmt::Debug {
+    /// Stores `subscription` for `user`; an endpoint stored before (for anyone) is replaced:
+    /// a browser has one subscription, for whoever signed in last.
+    ///
+    /// # Errors
+    /// `Storage` when the store fails.
+    async fn subscribe(
+        &self,
+        user: &UserId,
+        subscription: &PushSubscription,
+        now: Timestamp,
+    ) -> Result<(), RepositoryError>;
+
+    /// Removes `user`'s subscription at `endpoint`; whether there was one.
+    ///
+    /// # Errors
+    /// `Storage` when the store fails.
+    async fn unsubscribe(&self, user: &UserId, endpoint: &str) -> Result<bool, RepositoryError>;
+
+    /// Removes the subscription at `endpoint`, whoever's it was (its push service said it is
+    /// gone).
+    ///
+    /// # Errors
+    /// `Storage` when the store fails.
+    async fn forget(&self, endpoint: &str) -> Result<(), RepositoryError>;
+
+    /// `user`'s subscriptions.
+    ///
+    /// # Errors
+    /// `Storage` when the store fails.
+    async fn of_user(&self, user: &UserId) -> Result<Vec<PushSubscription>, RepositoryError>;
+}

@@ -20,7 +20,10 @@ use anyhow::Context;
 use poem::listener::{Acceptor, Listener, TcpListener};
 use poem::middleware::Cors;
 use poem::{EndpointExt, Server};
-use ringline_api::{CallApiParts, JwtAuthenticator, NoDelayAcceptor, ServerParts, WebhookSender, WebhookWaker};
+use ringline_api::{
+    CallApiParts, JwtAuthenticator, NoDelayAcceptor, ServerParts, Vapid, WebPushObserver, WebPushSender, WebhookSender,
+    WebhookWaker,
+};
 use ringline_domain::{CallService, Clock, SignalRouter, SystemClock, WebhookOutbox};
 use ringline_signaling::{Background, CancellationToken, LocalRouter, MemoryHub, SharedBus, Signaling};
 use ringline_storage::Storage;
@@ -50,6 +53,7 @@ pub struct Application {
     bus: Option<Arc<SharedBus>>,
     /// Sends call webhooks, when `RINGLINE_WEBHOOK_URLS` is set.
     webhooks: Option<Arc<WebhookSender>>,
+    vapid: Vapid,
 }
 
 impl std::fmt::Debug for Application {
@@ -103,6 +107,18 @@ impl Application {
         if webhook_settings.is_some() {
             service = service.observed_by(waker.clone());
         }
+        // Web Push: one key pair for every instance, made on the first start.
+        let vapid_keys =
+            storage.push_subscriptions().vapid_keys(Vapid::generate).await.context("cannot read the VAPID key")?;
+        let vapid = Vapid::new(&vapid_keys, settings.vapid_subject.clone()).context("the stored VAPID key")?;
+        let web_push = WebPushSender::new(
+            Arc::new(storage.push_subscriptions()),
+            vapid.clone(),
+            clock.clone(),
+            settings.ring_timeout(),
+        )
+        .context("cannot build the Web Push HTTP client")?;
+        service = service.observed_by(Arc::new(WebPushObserver(Arc::new(web_push))));
         let local = Arc::new(LocalRouter::new());
         let bus = match (hub, settings.redis()) {
             (Some(hub), _) => Some(SharedBus::join(hub, local.clone())),
@@ -180,6 +196,7 @@ impl Application {
             sweeps: true,
             bus,
             webhooks,
+            vapid,
         })
     }
 
@@ -225,6 +242,7 @@ impl Application {
             sweeps,
             bus,
             webhooks,
+            vapid,
         } = self;
         let demo_login = development_secret.then(|| authenticator.clone());
         let parts = ServerParts {
@@ -238,6 +256,7 @@ impl Application {
             admin_token: settings.admin_token.clone(),
             demo_login,
             bus: bus.as_ref().map(|bus| bus.health()),
+            vapid,
         };
         let app = ringline_api::server_routes(parts);
         let app = app.with_if(!settings.cors_allowed_origins.is_empty(), cors(&settings.cors_allowed_origins));
@@ -339,6 +358,7 @@ pub async fn openapi_document() -> anyhow::Result<String> {
         admin_token: None,
         demo_login: None,
         bus: None,
+        vapid: Vapid::new(&Vapid::generate(), "mailto:ringline@localhost")?,
     };
     let document = ringline_api::openapi_json(parts);
     storage.close().await?;

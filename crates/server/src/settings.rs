@@ -94,6 +94,10 @@ pub struct Settings {
     pub webhook_give_up_hours: u64,
     #[serde(default = "defaults::webhook_retention_hours")]
     pub webhook_retention_hours: u64,
+    /// Who push services may contact about this server's Web Push messages (VAPID `sub`): a
+    /// `mailto:` or `https:` URL.
+    #[serde(default = "defaults::vapid_subject")]
+    pub vapid_subject: String,
 }
 
 mod defaults {
@@ -143,6 +147,9 @@ mod defaults {
     }
     pub fn webhook_retention_hours() -> u64 {
         72
+    }
+    pub fn vapid_subject() -> String {
+        "mailto:ringline@localhost".to_owned()
     }
 }
 
@@ -208,6 +215,8 @@ pub enum SettingsError {
          RINGLINE_WEBHOOK_RETENTION_HOURS 1–8760"
     )]
     WebhookLimits,
+    #[error("RINGLINE_VAPID_SUBJECT must be a mailto: or https:// URL")]
+    VapidSubject,
 }
 
 impl Settings {
@@ -269,6 +278,9 @@ impl Settings {
         }
         if let Some(url) = self.webhook_urls.iter().find(|url| !ringline_api::webhooks::is_valid_url(url)) {
             return Err(SettingsError::WebhookUrl(url.clone()));
+        }
+        if !(self.vapid_subject.starts_with("mailto:") || self.vapid_subject.starts_with("https://")) {
+            return Err(SettingsError::VapidSubject);
         }
         if !self.webhook_urls.is_empty() && self.webhook_secret.is_none() {
             return Err(SettingsError::WebhookSecret);
@@ -375,6 +387,7 @@ impl Settings {
             webhook_timeout_secs: defaults::webhook_timeout_secs(),
             webhook_give_up_hours: defaults::webhook_give_up_hours(),
             webhook_retention_hours: defaults::webhook_retention_hours(),
+            vapid_subject: defaults::vapid_subject(),
         }
     }
 

@@ -23,6 +23,7 @@ mod driver;
 mod entity;
 pub mod migration;
 mod notifications;
+mod push;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod webhooks;
@@ -44,6 +45,7 @@ pub use calls::SqlCallRepository;
 use direct_pool::DirectPool;
 pub use directory::{DirectoryWriteError, SqlDirectory};
 pub use notifications::SqlNotifications;
+pub use push::{SqlPushSubscriptions, VapidKeys};
 pub use webhooks::SqlWebhookOutbox;
 use writer::Writer;
 
@@ -336,6 +338,10 @@ impl Storage {
         SqlNotifications::new(self.connections.clone())
     }
 
+    pub fn push_subscriptions(&self) -> SqlPushSubscriptions {
+        SqlPushSubscriptions::new(self.connections.clone())
+    }
+
     pub fn webhooks(&self) -> SqlWebhookOutbox {
         SqlWebhookOutbox::new(self.connections.clone())
     }
@@ -360,6 +366,26 @@ impl Storage {
 }
 
 /// Wraps a database failure as the domain's opaque storage error.
+/// A statement written with `?` placeholders, numbered (`$1`, `$2`, …) for PostgreSQL: raw SQL
+/// for the outbox and push tables, whose queries sea-query would only make longer.
+fn statement(backend: DbBackend, sql: &str, values: Vec<sea_orm::Value>) -> Statement {
+    if backend != DbBackend::Postgres {
+        return Statement::from_sql_and_values(backend, sql, values);
+    }
+    let mut numbered = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            numbered.push('$');
+            numbered.push_str(&n.to_string());
+        } else {
+            numbered.push(c);
+        }
+    }
+    Statement::from_sql_and_values(backend, numbered, values)
+}
+
 fn storage_failure(error: impl std::error::Error + Send + Sync + 'static) -> ringline_domain::RepositoryError {
     ringline_domain::RepositoryError::Storage(Box::new(error))
 }

@@ -12,9 +12,9 @@ use ringline_domain::{
     Call, CallParts, DeliveryOutcome, RepositoryError, Timestamp, WebhookDelivery, WebhookEvent, WebhookEventType,
     WebhookOutbox,
 };
-use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult, Statement, TransactionTrait, Value};
+use sea_orm::{ConnectionTrait, DbErr, QueryResult, TransactionTrait, Value};
 
-use crate::{Connections, storage_failure};
+use crate::{Connections, statement, storage_failure};
 
 /// The outbox over a sea-orm connection.
 #[derive(Debug, Clone)]
@@ -26,26 +26,6 @@ impl SqlWebhookOutbox {
     pub(crate) fn new(db: Connections) -> Self {
         Self { db }
     }
-}
-
-/// A statement written with `?` placeholders, numbered for PostgreSQL.
-fn statement(backend: DbBackend, sql: &str, values: Vec<Value>) -> Statement {
-    let sql = if backend == DbBackend::Postgres {
-        let mut numbered = String::with_capacity(sql.len() + 8);
-        let mut n = 0;
-        for c in sql.chars() {
-            if c == '?' {
-                n += 1;
-                numbered.push_str(&format!("${n}"));
-            } else {
-                numbered.push(c);
-            }
-        }
-        numbered
-    } else {
-        sql.to_owned()
-    };
-    Statement::from_sql_and_values(backend, sql, values)
 }
 
 /// A due delivery: pending, not leased, its subscription on, and no older event of the same

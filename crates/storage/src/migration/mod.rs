@@ -12,6 +12,7 @@ mod m20261122_000003_create_notifications;
 mod m20261201_000004_add_line_last_seen;
 mod m20261203_000005_lines_follow_calls;
 mod m20261204_000006_webhook_outbox;
+mod m20261204_000007_web_push;
 
 /// Every migration of the Ringline schema, oldest first.
 #[derive(Debug)]
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000004_add_line_last_seen::Migration),
             Box::new(m20261203_000005_lines_follow_calls::Migration),
             Box::new(m20261204_000006_webhook_outbox::Migration),
+            Box::new(m20261204_000007_web_push::Migration),
         ]
     }
 }
