@@ -149,6 +149,7 @@ pub fn server_routes(parts: ServerParts) -> impl Endpoint + use<> {
             .nest("/ws", sockets)
             .at("/app.js", web::script())
             .at("/style.css", web::style())
+            .at("/sw.js", web::service_worker())
             .nest("/", api)
             // The API nested at "/" owns the root path in poem's router; the page is served
             // for exactly "/" before routing.

@@ -386,9 +386,11 @@ pub struct WebPushObserver(pub Arc<WebPushSender>);
 #[async_trait]
 impl CallObserver for WebPushObserver {
     async fn ringing(&self, call: &Call, parties: &[UserProfile]) {
+        let deadline = call.started_at().plus(self.0.ring_timeout).as_datetime();
         let message = serde_json::json!({
             "type": "call.ringing",
             "call": CallJson::new(call, parties).to_json(),
+            "expires_at": deadline.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         });
         self.0.ring(call, message);
     }

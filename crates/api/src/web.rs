@@ -1,4 +1,4 @@
-//! The web client, embedded in the binary: `/` and its two assets. Written against
+//! The web client, embedded in the binary: `/`, its two assets and its service worker. Written against
 //! `docs/protocol.md` and the REST API only; no build step.
 
 use poem::Response;
@@ -7,6 +7,7 @@ use poem::http::header;
 const INDEX: &str = include_str!("../web/index.html");
 const SCRIPT: &str = include_str!("../web/app.js");
 const STYLE: &str = include_str!("../web/style.css");
+const WORKER: &str = include_str!("../web/sw.js");
 
 fn asset(body: &'static str, content_type: &'static str) -> impl poem::Endpoint {
     poem::endpoint::make_sync(move |_| {
@@ -27,6 +28,11 @@ pub fn index() -> impl poem::Endpoint {
 /// `/app.js`: the client.
 pub fn script() -> impl poem::Endpoint {
     asset(SCRIPT, "text/javascript; charset=utf-8")
+}
+
+/// `/sw.js`: the service worker that rings the browser with no tab open (scope `/`).
+pub fn service_worker() -> impl poem::Endpoint {
+    asset(WORKER, "text/javascript; charset=utf-8")
 }
 
 /// `/style.css`.

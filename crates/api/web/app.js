@@ -59,6 +59,74 @@ function savedCall() {
   return JSON.parse(sessionStorage.getItem("ringline.call") || "null");
 }
 
+// ---------------------------------------------------------------- Web Push
+
+// The service worker (sw.js) rings this browser when no tab is visible. It needs the session
+// to decline a call, and a tab it opens to answer needs it to sign in: both read it from
+// IndexedDB, where each signed-in tab leaves it (one entry per user).
+function sessionStore(mode, work) {
+  return new Promise((resolve, reject) => {
+    const request = indexedDB.open("ringline", 1);
+    request.onupgradeneeded = () => request.result.createObjectStore("sessions", { keyPath: "user" });
+    request.onerror = () => reject(request.error);
+    request.onsuccess = () => {
+      const store = request.result.transaction("sessions", mode).objectStore("sessions");
+      const done = work(store);
+      done.onsuccess = () => resolve(done.result);
+      done.onerror = () => reject(done.error);
+    };
+  });
+}
+
+const saveSession = () => sessionStore("readwrite", (s) => s.put({ user: state.me.id, token: state.token, me: state.me }));
+const readSession = (user) => sessionStore("readonly", (s) => s.get(user));
+const dropSession = (user) => sessionStore("readwrite", (s) => s.delete(user));
+
+const fromBase64Url = (text) => Uint8Array.from(atob(text.replace(/-/g, "+").replace(/_/g, "/")), (c) => c.charCodeAt(0));
+
+/// Registers the service worker and, where the browser has a push service, subscribes to the
+/// server's pushes. Best effort: without them the app still rings while a tab is open.
+async function enableBackgroundRinging() {
+  if (!("serviceWorker" in navigator) || !state.me) return;
+  try {
+    await saveSession();
+    const registration = await navigator.serviceWorker.register("/sw.js");
+    if (!("PushManager" in window) || (await Notification.requestPermission()) !== "granted") return;
+    const { vapid_public_key: key } = await api("/api/push/config/", { auth: false });
+    const subscription =
+      (await registration.pushManager.getSubscription()) ||
+      (await registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: fromBase64Url(key) }));
+    await api("/api/push/subscriptions/", { method: "POST", body: subscription.toJSON() });
+  } catch (error) {
+    console.info("[ringline] background ringing is off:", error.message);
+  }
+}
+
+async function disableBackgroundRinging(me) {
+  if (!("serviceWorker" in navigator) || !me) return;
+  await dropSession(me.id).catch(() => {});
+  const registration = await navigator.serviceWorker.getRegistration();
+  const subscription = await registration?.pushManager?.getSubscription().catch(() => null);
+  if (subscription) {
+    await api("/api/push/subscriptions/", { method: "DELETE", body: { endpoint: subscription.endpoint } }).catch(() => {});
+  }
+}
+
+/// Opened by the service worker's Answer (`/?answer=<call>&user=<user>`): sign in as that user
+/// from the stored session if this tab is not signed in, and answer once the call shows up.
+async function openedToAnswer() {
+  const params = new URLSearchParams(location.search);
+  const callId = params.get("answer");
+  if (!callId) return false;
+  history.replaceState(null, "", "/");
+  state.answerOnOpen = callId;
+  if (state.token && state.me) return false;
+  const session = await readSession(params.get("user") || "").catch(() => null);
+  if (!session) return false;
+  await signIn(session.token, session.me);
+  return true;
+}
+
 // ---------------------------------------------------------------- REST
 
 class ApiError extends Error {
@@ -148,10 +216,12 @@ async function signIn(token, me) {
   sessionStorage.setItem("ringline.me", JSON.stringify(state.me));
   notify("");
   start();
+  enableBackgroundRinging();
 }
 
 function signOut() {
   hangUpLocally();
+  disableBackgroundRinging(state.me);
   state.token = null;
   state.me = null;
   sessionStorage.removeItem("ringline.token");
@@ -433,7 +503,19 @@ function reconcile(openCalls) {
     type: open.call_type,
     status: open.status === "ringing" ? "ringing" : "connecting",
   };
-  if (!outgoing && open.status === "ringing") {
+  if (!outgoing && open.status === "ringing" && state.answerOnOpen === call.id) {
+    // Opened from the notification's Answer: this tab missed the caller's offer, so it
+    // accepts over REST and offers a connection of its own, as a reloaded tab does.
+    state.answerOnOpen = null;
+    call.status = "connecting";
+    api(`/api/calls/${call.id}/accept/`, { method: "POST", body: {} })
+      .then(() => {
+        state.call = call;
+        saveCall({ joined: true });
+        restoreCall(call);
+      })
+      .catch((error) => notify(`Could not answer: ${error.message}`, { error: true }));
+  } else if (!outgoing && open.status === "ringing") {
     // It rings in every tab; the offer, if this tab had it before the reload, is kept.
     state.call = call;
     state.pendingOffer = String(saved?.id) === call.id ? saved.offer || null : null;
@@ -502,6 +584,7 @@ function dispatch(event) {
         state.call.status = "connecting";
         render();
       }
+      if (event.answer) state.call.answered = true;
       // The answer to our offer: the first one, an ICE restart, or a restore after a reload.
       if (event.answer && state.pc?.signalingState === "have-local-offer") {
         state.pc
@@ -517,6 +600,9 @@ function dispatch(event) {
       break;
     case "call.accepted":
       if (!isCurrent(event)) return;
+      // Accepted without an SDP answer (over REST, from a tab that missed our offer): that tab
+      // offers a connection of its own, and ours yields to it (acceptOffer).
+      if (state.call.role === "caller" && !state.call.answered) state.call.awaitingOffer = true;
       if (state.call.role === "callee" && state.call.status === "ringing") {
         stopRinging();
         hangUpLocally();
@@ -681,7 +767,8 @@ async function acceptOffer(offer) {
   const call = state.call;
   const pc = state.pc;
   const fresh = fingerprintOf(offer.sdp) !== fingerprintOf(pc.remoteDescription?.sdp);
-  if (pc.signalingState === "have-local-offer" && call.role === "caller") return;
+  if (pc.signalingState === "have-local-offer" && call.role === "caller" && !call.awaitingOffer) return;
+  call.awaitingOffer = false;
   try {
     if (!fresh && pc.signalingState === "stable") return await renegotiate(offer);
     pc.close();
@@ -1011,5 +1098,12 @@ document.addEventListener("keydown", (event) => {
 // For tests and the curious: the live state and peer connection.
 window.ringline = { state };
 
-if (state.token && state.me) start();
-else showSignIn();
+openedToAnswer().then((signedIn) => {
+  if (signedIn) return;
+  if (state.token && state.me) {
+    start();
+    enableBackgroundRinging();
+  } else {
+    showSignIn();
+  }
+});
