@@ -53,6 +53,9 @@ pub struct WebhookSettings {
     pub retention: Duration,
     /// The ring timeout: a `call.ringing` is not retried past its call's ring deadline.
     pub ring_timeout: Duration,
+    /// Who this sender is, the same across its restarts (the server uses host and port): the
+    /// deliveries it was sending when it stopped are released when it starts again.
+    pub sender: String,
 }
 
 /// Whether `url` can receive webhooks: an absolute `http://` or `https://` URL with a host.
@@ -133,6 +136,11 @@ impl WebhookSender {
     /// abandoned; their leases run out and they are sent again. (The subscriptions are the
     /// caller's to set first: `WebhookOutbox::set_subscriptions`.)
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        match self.outbox.release_leases(&self.settings.sender).await {
+            Ok(0) => {}
+            Ok(released) => tracing::info!(released, "sending again the webhook events in flight at the last stop"),
+            Err(error) => tracing::warn!(%error, "cannot release this sender's webhook leases"),
+        }
         match self.outbox.due_now(self.clock.now()).await {
             Ok(0) => {}
             Ok(waiting) => tracing::info!(waiting, "sending webhook events that were waiting for a retry"),
@@ -145,7 +153,8 @@ impl WebhookSender {
             if room > 0 {
                 let now = self.clock.now();
                 let lease_until = now.plus(self.settings.timeout + LEASE_MARGIN);
-                match self.outbox.claim_due(now, lease_until, u32::try_from(room).unwrap_or(u32::MAX)).await {
+                let limit = u32::try_from(room).unwrap_or(u32::MAX);
+                match self.outbox.claim_due(&self.settings.sender, now, lease_until, limit).await {
                     Ok(due) => {
                         let claimed = due.len();
                         for delivery in due {

@@ -149,18 +149,27 @@ pub trait WebhookOutbox: Send + Sync + std::fmt::Debug {
     /// `Storage` when the store fails.
     async fn set_subscriptions(&self, urls: &[String]) -> Result<(), RepositoryError>;
 
-    /// Leases up to `limit` deliveries that are due at `now` until `lease_until`: for each
-    /// subscription and call only the oldest undelivered event, so a call's events arrive in
-    /// order. A delivery leased by another instance is not returned until its lease ends.
+    /// Leases up to `limit` deliveries that are due at `now` to `sender` until `lease_until`:
+    /// for each subscription and call only the oldest undelivered event, so a call's events
+    /// arrive in order. A delivery leased by another sender is not returned until its lease
+    /// ends.
     ///
     /// # Errors
     /// `Storage` when the store fails.
     async fn claim_due(
         &self,
+        sender: &str,
         now: Timestamp,
         lease_until: Timestamp,
         limit: u32,
     ) -> Result<Vec<WebhookDelivery>, RepositoryError>;
+
+    /// Ends the leases `sender` holds: it has just started, so whatever it was sending when it
+    /// stopped (a crash, a kill) is due again at once instead of when the lease runs out.
+    ///
+    /// # Errors
+    /// `Storage` when the store fails.
+    async fn release_leases(&self, sender: &str) -> Result<u64, RepositoryError>;
 
     /// Records whether the callee was online when `call.ringing` was first sent.
     ///

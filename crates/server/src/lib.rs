@@ -144,20 +144,6 @@ impl Application {
             signaling = signaling.with_gate(bus.clone()).with_presence(bus.clone());
         }
         let signaling = Arc::new(signaling);
-        let webhooks = match webhook_settings {
-            Some(webhook_settings) => Some(Arc::new(
-                WebhookSender::new(
-                    Arc::new(storage.webhooks()),
-                    Arc::new(storage.directory()),
-                    signaling.clone(),
-                    clock.clone(),
-                    webhook_settings,
-                    &waker,
-                )
-                .context("cannot build the webhooks' HTTP client")?,
-            )),
-            None => None,
-        };
         let (secret, is_default) = settings.jwt_secret_or_default();
         if is_default {
             tracing::warn!(
@@ -166,7 +152,7 @@ impl Application {
             );
         }
         let authenticator = Arc::new(
-            JwtAuthenticator::new(&secret, settings.jwt_user_claim.clone(), clock)
+            JwtAuthenticator::new(&secret, settings.jwt_user_claim.clone(), clock.clone())
                 .provisioning_into(storage.directory()),
         );
         if !settings.turn_urls.is_empty() && settings.turn_secret.is_none() {
@@ -185,6 +171,24 @@ impl Application {
             .first()
             .and_then(|addr| addr.as_socket_addr().copied())
             .context("the listener has no socket address")?;
+        let webhooks = match webhook_settings {
+            Some(mut webhook_settings) => Some(Arc::new({
+                // Who sends, the same across restarts: the deliveries it had in flight when it
+                // stopped are released when it starts again.
+                webhook_settings.sender = settings::webhook_sender(local_addr.port());
+
+                WebhookSender::new(
+                    Arc::new(storage.webhooks()),
+                    Arc::new(storage.directory()),
+                    signaling.clone(),
+                    clock.clone(),
+                    webhook_settings,
+                    &waker,
+                )
+                .context("cannot build the webhooks' HTTP client")?
+            })),
+            None => None,
+        };
         Ok(Self {
             settings,
             storage,

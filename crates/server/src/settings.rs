@@ -153,6 +153,18 @@ mod defaults {
     }
 }
 
+/// Who sends webhooks from this process: the machine's name (the kernel's, else `$HOSTNAME`)
+/// and the port it serves on, which stay the same when it restarts.
+pub fn webhook_sender(port: u16) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "ringline".to_owned());
+    format!("{host}:{port}")
+}
+
 /// Accepts `"a, b"` (an environment variable) as well as `["a", "b"]` (TOML).
 fn comma_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
@@ -401,6 +413,7 @@ impl Settings {
             give_up_after: Duration::from_secs(self.webhook_give_up_hours * 3600),
             retention: Duration::from_secs(self.webhook_retention_hours * 3600),
             ring_timeout: self.ring_timeout(),
+            sender: webhook_sender(self.bind.port()),
         })
     }
 }

@@ -280,3 +280,81 @@ async fn sdp_candidates_and_tokens_never_reach_the_logs_even_at_debug_level() {
     assert!(log.contains("session opened"), "the sessions were logged (without payloads)");
     ringline_storage::testing::remove_sqlite_files(&database);
 }
+
+/// `ringline` is killed (SIGKILL) right after a call change, while its webhook receiver is
+/// down: the event was stored with the change, and after a restart it reaches the receiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_event_survives_a_kill_between_the_change_and_its_delivery() {
+    let database = std::env::temp_dir().join(format!("ringline_bin_{}.db", uuid::Uuid::new_v4().simple()));
+    let url = format!("sqlite://{}?mode=rwc", database.display());
+    let secret = "kill-test-secret-0123456789abcdef-0123456789abcdef";
+    cli(&url, secret, &["users", "add", "alice", "--username", "alice"]);
+    cli(&url, secret, &["users", "add", "bob", "--username", "bob"]);
+    let alice = cli(&url, secret, &["token", "--user", "alice"]);
+    let receiver_port = free_port(); // nobody listens there yet
+    // The same port each time, as a restarted deployment has.
+    let port = free_port();
+    let serve = || {
+        let child = Command::new(env!("CARGO_BIN_EXE_ringline"))
+            .env("RINGLINE_DATABASE_URL", &url)
+            .env("RINGLINE_BIND", format!("127.0.0.1:{port}"))
+            .env("RINGLINE_JWT_SECRET", secret)
+            .env("RINGLINE_WEBHOOK_URLS", format!("http://127.0.0.1:{receiver_port}/hooks"))
+            .env("RINGLINE_WEBHOOK_SECRET", "whsec_kill-test")
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start ringline");
+        (child, format!("http://127.0.0.1:{port}"))
+    };
+    let up = |base: String| async move {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while reqwest::get(format!("{base}/healthz")).await.is_err() {
+            assert!(Instant::now() < deadline, "ringline did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let (mut first, base) = serve();
+    up(base.clone()).await;
+    let call: serde_json::Value = reqwest::Client::new()
+        .post(format!("{base}/api/calls/initiate/"))
+        .bearer_auth(&alice)
+        .json(&serde_json::json!({"receiver_id": "bob"}))
+        .send()
+        .await
+        .expect("initiate")
+        .json()
+        .await
+        .expect("json");
+    first.kill().expect("SIGKILL");
+    first.wait().expect("reaped");
+
+    // The receiver comes up, then the server again.
+    let received: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>> = std::sync::Arc::default();
+    let log = std::sync::Arc::clone(&received);
+    let hooks = poem::endpoint::make(move |mut request: poem::Request| {
+        let log = std::sync::Arc::clone(&log);
+        async move {
+            let body = request.take_body().into_bytes().await.expect("a body");
+            log.lock().expect("lock").push(serde_json::from_slice(&body).expect("JSON"));
+            poem::http::StatusCode::NO_CONTENT
+        }
+    });
+    let listener = poem::listener::TcpListener::bind(format!("127.0.0.1:{receiver_port}"));
+    tokio::spawn(poem::Server::new(listener).run(poem::Route::new().at("/hooks", hooks)));
+    let (mut second, base) = serve();
+    up(base).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = received.lock().expect("lock").clone();
+        if let Some(event) = events.iter().find(|event| event["type"] == "call.ringing") {
+            assert_eq!(event["data"]["call"]["id"], call["id"]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the event never arrived: {events:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = Command::new("kill").args(["-TERM", &second.id().to_string()]).status();
+    second.wait().expect("stopped");
+    ringline_storage::testing::remove_sqlite_files(&database);
+}

@@ -38,7 +38,7 @@ const DUE: &str = "SELECT d.id FROM webhook_deliveries d
                          AND e.state = 'pending' AND e.event_id < d.event_id)
      ORDER BY d.id LIMIT ?";
 
-const LEASE: &str = "UPDATE webhook_deliveries SET leased_until = ?
+const LEASE: &str = "UPDATE webhook_deliveries SET leased_until = ?, leased_by = ?
      WHERE id = ? AND state = 'pending' AND leased_until <= ?";
 
 const CLAIMED: &str = "SELECT d.id AS delivery_id, d.attempts, s.url, e.id AS event_row, e.public_id, e.kind,
@@ -159,11 +159,12 @@ impl WebhookOutbox for SqlWebhookOutbox {
 
     async fn claim_due(
         &self,
+        sender: &str,
         now: Timestamp,
         lease_until: Timestamp,
         limit: u32,
     ) -> Result<Vec<WebhookDelivery>, RepositoryError> {
-        let (now, lease_until) = (micros(now), micros(lease_until));
+        let (now, lease_until, sender) = (micros(now), micros(lease_until), sender.to_owned());
         let claimed: Vec<i64> = self
             .db
             .write
@@ -177,7 +178,11 @@ impl WebhookOutbox for SqlWebhookOutbox {
                     for row in due {
                         let id: i64 = row.try_get("", "id")?;
                         let leased = db
-                            .execute(statement(backend, LEASE, vec![lease_until.into(), id.into(), now.into()]))
+                            .execute(statement(
+                                backend,
+                                LEASE,
+                                vec![lease_until.into(), sender.clone().into(), id.into(), now.into()],
+                            ))
                             .await?;
                         if leased.rows_affected() == 1 {
                             claimed.push(id);
@@ -240,10 +245,29 @@ impl WebhookOutbox for SqlWebhookOutbox {
             .write(move |db| {
                 Box::pin(async move {
                     let sql = "UPDATE webhook_deliveries SET state = ?, attempts = attempts + 1, last_status = ?,
-                                 last_error = ?, next_attempt_at = ?, finished_at = ?, leased_until = 0
+                                 last_error = ?, next_attempt_at = ?, finished_at = ?, leased_until = 0,
+                                 leased_by = NULL
                                WHERE id = ?";
                     db.execute(statement(db.get_database_backend(), sql, values)).await?;
                     Ok(())
+                })
+            })
+            .await
+            .map_err(storage_failure)
+    }
+
+    async fn release_leases(&self, sender: &str) -> Result<u64, RepositoryError> {
+        let sender = sender.to_owned();
+        self.db
+            .write
+            .write(move |db| {
+                Box::pin(async move {
+                    let sql = "UPDATE webhook_deliveries SET leased_until = 0, leased_by = NULL
+                               WHERE leased_by = ? AND state = 'pending'";
+                    Ok(db
+                        .execute(statement(db.get_database_backend(), sql, vec![sender.into()]))
+                        .await?
+                        .rows_affected())
                 })
             })
             .await

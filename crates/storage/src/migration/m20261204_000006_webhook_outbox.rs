@@ -83,6 +83,7 @@ impl MigrationTrait for Migration {
                     .col(ColumnDef::new(Deliveries::Attempts).integer().not_null().default(0))
                     .col(ColumnDef::new(Deliveries::NextAttemptAt).big_integer().not_null().default(0))
                     .col(ColumnDef::new(Deliveries::LeasedUntil).big_integer().not_null().default(0))
+                    .col(ColumnDef::new(Deliveries::LeasedBy).string_len(128).null())
                     .col(ColumnDef::new(Deliveries::LastStatus).integer().null())
                     .col(ColumnDef::new(Deliveries::LastError).string_len(512).null())
                     .col(ColumnDef::new(Deliveries::FinishedAt).big_integer().null())
@@ -233,6 +234,7 @@ enum Deliveries {
     Attempts,
     NextAttemptAt,
     LeasedUntil,
+    LeasedBy,
     LastStatus,
     LastError,
     FinishedAt,
