@@ -117,6 +117,16 @@ async fn the_authorization_matrix_holds_on_every_call_endpoint(backend: Database
     let expired = forged_token(secret, "alice", json!({"exp": unix_now() - 10}));
     let refresh = forged_token(secret, "alice", json!({"token_type": "refresh"}));
     let wrong_signature = forged_token("another-secret", "alice", json!({}));
+    // simplejwt refuses a token without `token_type` (one signed by something else).
+    let untyped = {
+        let body = json!({"user_id": "alice", "jti": "x", "exp": unix_now() + 3600});
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &body,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("sign")
+    };
     let no_expiry = {
         let body = json!({"user_id": "alice", "token_type": "access"});
         jsonwebtoken::encode(
@@ -144,7 +154,7 @@ async fn the_authorization_matrix_holds_on_every_call_endpoint(backend: Database
         };
         let no_token = app.send(method.clone(), &path, None, Some(json!({}))).await;
         no_token.expect_error(401, "not_authenticated");
-        for bad in [&expired, &refresh, &wrong_signature, &no_expiry, &"not.a.jwt".to_owned()] {
+        for bad in [&expired, &refresh, &untyped, &wrong_signature, &no_expiry, &"not.a.jwt".to_owned()] {
             let reply = app.send(method.clone(), &path, Some(bad), Some(json!({}))).await;
             reply.expect_error(401, "token_not_valid");
         }

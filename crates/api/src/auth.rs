@@ -113,10 +113,9 @@ impl JwtAuthenticator {
                 }
             })?;
         let claims = data.claims;
-        // simplejwt marks refresh tokens "refresh"; only access tokens open the API.
-        if let Some(kind) = claims.get("token_type")
-            && kind.as_str() != Some("access")
-        {
+        // simplejwt marks access tokens "access" (refresh tokens "refresh") and refuses a token
+        // without the claim; only access tokens open the API.
+        if claims.get("token_type").and_then(Value::as_str) != Some("access") {
             return Err(AuthError::Invalid);
         }
         let user = match claims.get(&self.user_claim) {
