@@ -175,7 +175,8 @@ async fn the_user_claim_is_configurable(backend: DatabaseBackend) {
     app.user("alice").await;
     let by_sub = token_with(json!({"sub": "alice", "token_type": "access", "exp": unix_now() + 60}), TEST_JWT_SECRET);
     app.get("/api/calls/", &by_sub).await.expect(200);
-    let by_user_id = token_with(json!({"user_id": "alice", "token_type": "access", "exp": unix_now() + 60}), TEST_JWT_SECRET);
+    let by_user_id =
+        token_with(json!({"user_id": "alice", "token_type": "access", "exp": unix_now() + 60}), TEST_JWT_SECRET);
     app.get("/api/calls/", &by_user_id).await.expect_error(401, "token_not_valid");
     app.stop().await;
 }

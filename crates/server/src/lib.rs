@@ -155,6 +155,12 @@ impl Application {
             JwtAuthenticator::new(&secret, settings.jwt_user_claim.clone(), clock.clone())
                 .provisioning_into(storage.directory()),
         );
+        if settings.stun_urls.is_empty() && settings.turn_urls.is_empty() {
+            tracing::warn!(
+                "no STUN or TURN server is configured (RINGLINE_STUN_URLS, RINGLINE_TURN_URLS): calls between \
+                 devices behind different NATs will fail to connect media"
+            );
+        }
         if !settings.turn_urls.is_empty() && settings.turn_secret.is_none() {
             tracing::warn!(
                 "RINGLINE_TURN_URLS is set but RINGLINE_TURN_SECRET is not: TURN servers are not handed out"

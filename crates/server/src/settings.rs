@@ -196,6 +196,11 @@ pub enum SettingsError {
     Parse(#[from] Box<figment::Error>),
     #[error("RINGLINE_JWT_SECRET must be set (and not the development default) when RINGLINE_ENV=production")]
     MissingProductionSecret,
+    #[error(
+        "RINGLINE_JWT_SECRET must be at least 32 bytes when RINGLINE_ENV=production: anyone who guesses a shorter \
+         HS256 key can sign tokens for any user"
+    )]
+    ShortProductionSecret,
     #[error("RINGLINE_RING_TIMEOUT_SECS must be between 1 and 3600")]
     RingTimeout,
     #[error("RINGLINE_LIVENESS_GRACE_SECS must be between 1 and 3600")]
@@ -262,6 +267,11 @@ impl Settings {
             && self.jwt_secret.as_ref().is_none_or(|secret| secret.expose_secret() == DEVELOPMENT_JWT_SECRET)
         {
             return Err(SettingsError::MissingProductionSecret);
+        }
+        if self.env == Environment::Production
+            && self.jwt_secret.as_ref().is_some_and(|secret| secret.expose_secret().len() < 32)
+        {
+            return Err(SettingsError::ShortProductionSecret);
         }
         if !(1..=3600).contains(&self.ring_timeout_secs) {
             return Err(SettingsError::RingTimeout);
@@ -441,7 +451,12 @@ mod tests {
         assert!(matches!(settings.validate(), Err(SettingsError::MissingProductionSecret)));
         settings.jwt_secret = None;
         assert!(matches!(settings.validate(), Err(SettingsError::MissingProductionSecret)));
-        settings.jwt_secret = Some(SecretString::from("a real secret"));
+        // HS256 is as strong as its key: simplejwt's warns below 32 bytes, and so do we, by refusing.
+        settings.jwt_secret = Some(SecretString::from("abc"));
+        assert!(matches!(settings.validate(), Err(SettingsError::ShortProductionSecret)));
+        settings.jwt_secret = Some(SecretString::from("x".repeat(31)));
+        assert!(matches!(settings.validate(), Err(SettingsError::ShortProductionSecret)));
+        settings.jwt_secret = Some(SecretString::from("a real secret of thirty-two bytes"));
         assert!(settings.validate().is_ok());
     }
 

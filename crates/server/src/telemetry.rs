@@ -1,18 +1,36 @@
 //! Logging set-up and the shutdown signal.
 
-use tracing_subscriber::EnvFilter;
+use std::io::IsTerminal;
+
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, fmt};
 
 use crate::settings::LogFormat;
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as text or JSON lines.
+/// Crates whose logs at debug and trace carry whole frames (SDP, ICE candidates with peer
+/// addresses, whatever a client pasted into a frame): never logged, whatever `RUST_LOG` says.
+const NEVER_LOGGED: &[&str] = &["tungstenite", "tokio_tungstenite"];
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as text or JSON lines; colours only
+/// when stderr is a terminal.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    // A second init (tests starting several servers) keeps the first subscriber.
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+    // A filter of its own, after the user's: no directive in RUST_LOG can let these through.
+    let redact = filter_fn(|metadata| {
+        let target = metadata.target();
+        !NEVER_LOGGED
+            .iter()
+            .any(|name| target == *name || target.strip_prefix(name).is_some_and(|rest| rest.starts_with("::")))
+    });
+    let ansi = std::io::stderr().is_terminal();
+    let layer = match format {
+        LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).boxed(),
+        LogFormat::Text => fmt::layer().with_ansi(ansi).with_writer(std::io::stderr).boxed(),
     };
+    // A second init (tests starting several servers) keeps the first subscriber.
+    let _ = tracing_subscriber::registry().with(layer.with_filter(filter).with_filter(redact)).try_init();
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM (what service managers and Kubernetes send).

@@ -213,7 +213,7 @@ async fn cli_provisions_users_and_conversations() {
 }
 
 #[tokio::test]
-async fn sdp_candidates_and_tokens_never_reach_the_logs_even_at_debug_level() {
+async fn sdp_candidates_and_tokens_never_reach_the_logs_even_at_trace_level() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
 
@@ -224,7 +224,8 @@ async fn sdp_candidates_and_tokens_never_reach_the_logs_even_at_debug_level() {
     cli(&url, secret, &["users", "add", "bob", "--username", "bob"]);
     let (alice, bob) =
         (cli(&url, secret, &["token", "--user", "alice"]), cli(&url, secret, &["token", "--user", "bob"]));
-    let (child, base) = start_logging(&url, secret, "debug").await;
+    // Every target at its most verbose: the WebSocket library's own frame dumps included.
+    let (child, base) = start_logging(&url, secret, "trace,tungstenite::protocol=trace").await;
     let port = base.rsplit(':').next().expect("a port").to_owned();
     let client = reqwest::Client::new();
     let socket = |token: &str| {
@@ -356,5 +357,37 @@ async fn a_webhook_event_survives_a_kill_between_the_change_and_its_delivery() {
     }
     let _ = Command::new("kill").args(["-TERM", &second.id().to_string()]).status();
     second.wait().expect("stopped");
+    ringline_storage::testing::remove_sqlite_files(&database);
+}
+
+/// A server without STUN or TURN says at start that calls across NATs will fail; with one, not.
+#[tokio::test]
+async fn warns_at_start_when_no_stun_or_turn_server_is_configured() {
+    let database = std::env::temp_dir().join(format!("ringline_bin_{}.db", uuid::Uuid::new_v4().simple()));
+    let url = format!("sqlite://{}?mode=rwc", database.display());
+    let secret = "stun-test-secret-0123456789abcdef-0123456789abcdef";
+    let (child, _) = start_logging(&url, secret, "warn").await;
+    let log = stop_and_read_log(child);
+    assert!(log.contains("no STUN or TURN server is configured"), "{log}");
+    assert!(!log.contains('\u{1b}'), "no colour codes in a log that is not a terminal: {log:?}");
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_ringline"))
+        .env("RINGLINE_DATABASE_URL", &url)
+        .env("RINGLINE_BIND", format!("127.0.0.1:{port}"))
+        .env("RINGLINE_JWT_SECRET", secret)
+        .env("RINGLINE_STUN_URLS", "stun:stun.example.org:3478")
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start ringline");
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reqwest::get(format!("{base}/healthz")).await.is_err() {
+        assert!(Instant::now() < deadline, "ringline did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = stop_and_read_log(child);
+    assert!(!log.contains("no STUN or TURN server"), "{log}");
     ringline_storage::testing::remove_sqlite_files(&database);
 }
