@@ -50,6 +50,9 @@ export async function startRingline({ workdir, port, ringTimeoutSecs, env: extra
     RINGLINE_RING_TIMEOUT_SECS: String(ringTimeoutSecs),
     RUST_LOG: "warn",
   };
+  // The server refuses settings it does not know: the tests' own variables stay here.
+  delete env.RINGLINE_BIN;
+  delete env.RINGLINE_SCREENSHOTS_DIR;
   // Demo sign-in exists only on the development secret.
   delete env.RINGLINE_JWT_SECRET;
   delete env.RINGLINE_ENV;

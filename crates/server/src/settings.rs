@@ -34,8 +34,10 @@ pub enum LogFormat {
     Json,
 }
 
-/// Everything `ringline` can be configured with.
+/// Everything `ringline` can be configured with. An unknown key (a typo) is an error, not
+/// silently ignored.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Settings {
     #[serde(default = "defaults::bind")]
     pub bind: SocketAddr,
@@ -165,6 +167,27 @@ pub fn webhook_sender(port: u16) -> String {
     format!("{host}:{port}")
 }
 
+/// Names an unknown key as its source spells it (`RINGLINE_X` or the file's `x`), with the
+/// closest known one; any other error as figment reports it.
+fn unknown_or_invalid(error: figment::Error) -> SettingsError {
+    for error in error.clone() {
+        if let figment::error::Kind::UnknownField(field, expected) = &error.kind {
+            let from_environment =
+                error.metadata.as_ref().is_some_and(|metadata| metadata.name.contains("environment"));
+            let spell =
+                |key: &str| if from_environment { format!("RINGLINE_{}", key.to_uppercase()) } else { key.to_owned() };
+            let suggestion = expected
+                .iter()
+                .map(|known| (strsim::jaro_winkler(field, known), *known))
+                .filter(|(score, _)| *score > 0.8)
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .map(|(_, known)| spell(known));
+            return SettingsError::Unknown { name: spell(field), suggestion };
+        }
+    }
+    SettingsError::Parse(Box::new(error))
+}
+
 /// Accepts `"a, b"` (an environment variable) as well as `["a", "b"]` (TOML).
 fn comma_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
@@ -194,6 +217,8 @@ pub struct Overrides {
 pub enum SettingsError {
     #[error("invalid configuration: {0}")]
     Parse(#[from] Box<figment::Error>),
+    #[error("unknown setting {name}{}", suggestion.as_ref().map(|s| format!("; did you mean {s}?")).unwrap_or_default())]
+    Unknown { name: String, suggestion: Option<String> },
     #[error("RINGLINE_JWT_SECRET must be set (and not the development default) when RINGLINE_ENV=production")]
     MissingProductionSecret,
     #[error(
@@ -246,8 +271,10 @@ impl Settings {
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
-        let figment = figment.merge(Env::prefixed("RINGLINE_")).merge(Serialized::defaults(overrides));
-        let settings: Settings = figment.extract().map_err(Box::new)?;
+        // `RINGLINE_TEST_*` belongs to the test tools, not to the server.
+        let environment = Env::prefixed("RINGLINE_").filter(|key| !key.as_str().starts_with("test_"));
+        let figment = figment.merge(environment).merge(Serialized::defaults(overrides));
+        let settings: Settings = figment.extract().map_err(unknown_or_invalid)?;
         settings.validate()?;
         Ok(settings)
     }

@@ -391,3 +391,30 @@ async fn warns_at_start_when_no_stun_or_turn_server_is_configured() {
     assert!(!log.contains("no STUN or TURN server"), "{log}");
     ringline_storage::testing::remove_sqlite_files(&database);
 }
+
+/// A misspelt setting stops the server at start and names the setting it probably meant, in
+/// the environment and in the configuration file alike.
+#[tokio::test]
+async fn a_misspelt_setting_is_refused_with_the_closest_name() {
+    let output = Command::new(env!("CARGO_BIN_EXE_ringline"))
+        .arg("migrate")
+        .env("RINGLINE_DATABASE_URL", "sqlite::memory:")
+        .env("RINGLINE_RING_TIMOUT_SECS", "30")
+        .output()
+        .expect("run ringline");
+    assert!(!output.status.success(), "an unknown variable is not ignored");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("RINGLINE_RING_TIMOUT_SECS"), "{stderr}");
+    assert!(stderr.contains("RINGLINE_RING_TIMEOUT_SECS"), "the closest name: {stderr}");
+
+    let file = std::env::temp_dir().join(format!("ringline_{}.toml", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&file, "database_url = \"sqlite::memory:\"\nwebhook_url = \"https://a.example/\"\n").expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_ringline"))
+        .args(["--config", file.to_str().expect("a path"), "migrate"])
+        .output()
+        .expect("run ringline");
+    let _ = std::fs::remove_file(&file);
+    assert!(!output.status.success(), "an unknown key is not ignored");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("webhook_url") && stderr.contains("webhook_urls"), "{stderr}");
+}
