@@ -481,3 +481,42 @@ async fn futures_join(app: &TestApp, path: &str, token: &str, count: usize) -> V
     }
     replies
 }
+
+/// `X-Forwarded-Host` and `X-Forwarded-Proto` shape pagination links only when they come from
+/// a proxy the operator named (`RINGLINE_TRUSTED_PROXIES`); anyone else's are ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_headers_count_only_from_trusted_proxies() {
+    async fn next_link(app: &TestApp, token: &str) -> String {
+        let reply = app
+            .http
+            .get(format!("{}/api/calls/", app.base))
+            .bearer_auth(token)
+            .header("x-forwarded-host", "evil.example")
+            .header("x-forwarded-proto", "https")
+            .send()
+            .await
+            .expect("list");
+        let body: Value = reply.json().await.expect("json");
+        body["next"].as_str().expect("a next link").to_owned()
+    }
+    for trusted in [false, true] {
+        let app = TestApp::spawn_with(DatabaseBackend::Sqlite, |settings| {
+            if trusted {
+                settings.trusted_proxies = vec!["127.0.0.1".parse().expect("an address")];
+            }
+        })
+        .await;
+        let alice = app.user("alice").await;
+        app.user("bob").await;
+        for _ in 0..11 {
+            short_call(&app, &alice, "bob").await;
+        }
+        let next = next_link(&app, &alice).await;
+        if trusted {
+            assert_eq!(next, "https://evil.example/api/calls/?page=2", "from a trusted proxy");
+        } else {
+            assert!(next.starts_with(&format!("{}/api/calls/", app.base)), "an untrusted header is ignored: {next}");
+        }
+        app.stop().await;
+    }
+}

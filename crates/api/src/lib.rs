@@ -98,6 +98,8 @@ pub struct ServerParts {
     pub bus: Option<Arc<ringline_signaling::BusHealth>>,
     /// The server's VAPID identity, for `/api/push/…`.
     pub vapid: Vapid,
+    /// Proxies whose forwarding headers are believed; anyone else's are removed.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 type ServerApis = (CallsApi, NotificationsApi, TurnApi, PushApi, AdminApi, HealthApi, DemoApi);
@@ -134,6 +136,7 @@ pub fn server_api(parts: ServerParts) -> OpenApiService<ServerApis, ()> {
 /// envelope, the body limit and the request log.
 pub fn server_routes(parts: ServerParts) -> impl Endpoint + use<> {
     let sockets = websocket_routes(parts.calls.signaling.clone(), parts.calls.authenticator.clone());
+    let trusted_proxies = parts.trusted_proxies.clone();
     let api = server_api(parts);
     let generated = api.spec();
     let spec = published_spec(&generated);
@@ -153,13 +156,28 @@ pub fn server_routes(parts: ServerParts) -> impl Endpoint + use<> {
             .nest("/", api)
             // The API nested at "/" owns the root path in poem's router; the page is served
             // for exactly "/" before routing.
-            .around(|routes, req| async move {
-                if req.uri().path() == "/" && req.method() == poem::http::Method::GET {
-                    return Ok(web::index().call(req).await?.into_response());
+            .around(move |routes, mut req| {
+                untrusted_forwarding_removed(&mut req, &trusted_proxies);
+                async move {
+                    if req.uri().path() == "/" && req.method() == poem::http::Method::GET {
+                        return Ok(web::index().call(req).await?.into_response());
+                    }
+                    routes.call(req).await.map(IntoResponse::into_response)
                 }
-                routes.call(req).await.map(IntoResponse::into_response)
             }),
     )
+}
+
+/// Removes the forwarding headers of a request that did not come from a trusted proxy: links
+/// built from `X-Forwarded-Host` would otherwise point wherever a client says.
+fn untrusted_forwarding_removed(req: &mut Request, trusted_proxies: &[std::net::IpAddr]) {
+    let peer = req.remote_addr().as_socket_addr().map(std::net::SocketAddr::ip);
+    if peer.is_some_and(|peer| trusted_proxies.contains(&peer)) {
+        return;
+    }
+    for name in ["x-forwarded-host", "x-forwarded-proto", "x-forwarded-for", "forwarded"] {
+        req.headers_mut().remove(name);
+    }
 }
 
 /// The call API alone (`/api/calls/…`, `/api/notifications/…`, `/api/turn/ice-servers/` and the

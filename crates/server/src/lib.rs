@@ -267,6 +267,7 @@ impl Application {
             demo_login,
             bus: bus.as_ref().map(|bus| bus.health()),
             vapid,
+            trusted_proxies: settings.trusted_proxies.clone(),
         };
         let app = ringline_api::server_routes(parts);
         let app = app.with_if(!settings.cors_allowed_origins.is_empty(), cors(&settings.cors_allowed_origins));
@@ -369,6 +370,7 @@ pub async fn openapi_document() -> anyhow::Result<String> {
         demo_login: None,
         bus: None,
         vapid: Vapid::new(&Vapid::generate(), "mailto:ringline@localhost")?,
+        trusted_proxies: Vec::new(),
     };
     let document = ringline_api::openapi_json(parts);
     storage.close().await?;

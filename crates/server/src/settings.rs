@@ -96,6 +96,11 @@ pub struct Settings {
     pub webhook_give_up_hours: u64,
     #[serde(default = "defaults::webhook_retention_hours")]
     pub webhook_retention_hours: u64,
+    /// Proxies whose `X-Forwarded-Host`, `X-Forwarded-Proto`, `X-Forwarded-For` and
+    /// `Forwarded` headers are believed (the address the connection comes from); anyone else's
+    /// are removed before routing.
+    #[serde(default, deserialize_with = "comma_list_of_addresses")]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Who push services may contact about this server's Web Push messages (VAPID `sub`): a
     /// `mailto:` or `https:` URL.
     #[serde(default = "defaults::vapid_subject")]
@@ -186,6 +191,18 @@ fn unknown_or_invalid(error: figment::Error) -> SettingsError {
         }
     }
     SettingsError::Parse(Box::new(error))
+}
+
+/// IP addresses, as [`comma_list`] reads lists.
+fn comma_list_of_addresses<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<std::net::IpAddr>, D::Error> {
+    comma_list(deserializer)?
+        .iter()
+        .map(|address| {
+            address.parse().map_err(|_| {
+                serde::de::Error::custom(format!("{address:?} is not an IP address (RINGLINE_TRUSTED_PROXIES)"))
+            })
+        })
+        .collect()
 }
 
 /// Accepts `"a, b"` (an environment variable) as well as `["a", "b"]` (TOML).
@@ -437,6 +454,7 @@ impl Settings {
             webhook_give_up_hours: defaults::webhook_give_up_hours(),
             webhook_retention_hours: defaults::webhook_retention_hours(),
             vapid_subject: defaults::vapid_subject(),
+            trusted_proxies: Vec::new(),
         }
     }
 
