@@ -245,6 +245,31 @@ async fn browsers_may_call_from_configured_origins_only() {
     );
     let denied = preflight("https://evil.example.test").await.expect("answer");
     assert!(denied.headers().get("access-control-allow-origin").is_none());
+    assert_eq!(denied.status().as_u16(), 403);
+    let body: Value = denied.json().await.expect("the error envelope");
+    assert_eq!(body["code"], "origin_not_allowed", "{body}");
+
+    // The web client the server itself serves at `/` is not a cross-origin caller: REST and
+    // WebSocket from the server's own origin work whatever the allowed list says.
+    let alice = app.user("alice").await;
+    let own = app
+        .http
+        .get(format!("{}/api/calls/", app.base))
+        .header("origin", app.base.as_str())
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(own.status().as_u16(), 200, "{:?}", own.text().await);
+    let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        app.ws_url(&format!("/ws/notifications/?token={alice}")),
+    )
+    .expect("request");
+    request.headers_mut().insert("origin", app.base.parse().expect("header"));
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("the handshake from our own origin");
+    use futures_util::StreamExt;
+    let first = socket.next().await.expect("a frame").expect("ok");
+    assert!(first.to_text().expect("text").contains("connection.ack"));
     app.stop().await;
 }
 

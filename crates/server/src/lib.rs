@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::Context;
 use poem::listener::{Acceptor, Listener, TcpListener};
 use poem::middleware::Cors;
-use poem::{EndpointExt, Server};
+use poem::{Endpoint, EndpointExt, IntoResponse, Server};
 use ringline_api::{
     CallApiParts, JwtAuthenticator, NoDelayAcceptor, ServerParts, Vapid, WebPushObserver, WebPushSender, WebhookSender,
     WebhookWaker,
@@ -270,7 +270,27 @@ impl Application {
             trusted_proxies: settings.trusted_proxies.clone(),
         };
         let app = ringline_api::server_routes(parts);
-        let app = app.with_if(!settings.cors_allowed_origins.is_empty(), cors(&settings.cors_allowed_origins));
+        let app = app.with_if(!settings.cors_allowed_origins.is_empty(), cors(&settings.cors_allowed_origins)).around(
+            |endpoint, mut req| async move {
+                // The web client served at `/` calls from the server's own origin: not a
+                // cross-origin request, whatever the allowed list says.
+                if same_origin(&req) {
+                    req.headers_mut().remove(poem::http::header::ORIGIN);
+                }
+                match endpoint.call(req).await {
+                    Ok(response) => Ok(response.into_response()),
+                    Err(error) if error.is::<poem::error::CorsError>() => Ok((
+                        poem::http::StatusCode::FORBIDDEN,
+                        poem::web::Json(serde_json::json!({
+                            "detail": "Requests from this origin are not allowed (RINGLINE_CORS_ALLOWED_ORIGINS).",
+                            "code": "origin_not_allowed",
+                        })),
+                    )
+                        .into_response()),
+                    Err(error) => Err(error),
+                }
+            },
+        );
 
         let background =
             if sweeps { Background::start(signaling.clone()) } else { Background::without_sweeps(signaling.clone()) };
@@ -338,6 +358,15 @@ pub async fn open_storage(settings: &Settings) -> anyhow::Result<Storage> {
 
 /// Browsers may call the API from these origins only (the original web client is served from
 /// another origin than its API).
+/// Whether the request's `Origin` is the server itself (the authority the client addressed).
+fn same_origin(req: &poem::Request) -> bool {
+    let header = |name| req.headers().get(name).and_then(|value: &poem::http::HeaderValue| value.to_str().ok());
+    let (Some(origin), Some(host)) = (header(poem::http::header::ORIGIN), header(poem::http::header::HOST)) else {
+        return false;
+    };
+    origin.split_once("://").is_some_and(|(scheme, authority)| matches!(scheme, "http" | "https") && authority == host)
+}
+
 fn cors(origins: &[String]) -> Cors {
     Cors::new()
         .allow_origins(origins.iter().map(String::as_str))
