@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use ringline_domain::{Call, CallId, UserProfile};
+use ringline_domain::{Call, CallId, DeviceId, UserProfile};
 
 /// Routes kept for finished calls (late ICE candidates and retried hang-ups are answered from
 /// memory); beyond this many cached routes, finished ones are forgotten.
@@ -27,6 +27,10 @@ pub(crate) type Route = Arc<Call>;
 struct Cached {
     route: Route,
     parties: Option<Arc<[UserProfile]>>,
+    /// The callee's device the call belongs to once answered: the first of the callee's
+    /// devices to send SDP (its `call.answer` accepting the call, or, after an accept over
+    /// REST, its first frame). The callee's other devices may not signal in it.
+    callee_device: Option<DeviceId>,
 }
 
 #[derive(Debug, Default)]
@@ -68,8 +72,42 @@ impl CallCache {
             map.retain(|_, cached| cached.route.status().is_open());
         }
         let route = Arc::new(call.clone());
-        map.insert(call.id(), Cached { route: Arc::clone(&route), parties });
+        map.insert(call.id(), Cached { route: Arc::clone(&route), parties, callee_device: None });
         route
+    }
+
+    /// Makes `device` the callee's device of call `id` unless another one is: `Ok` when it is
+    /// (now or already), else the device that is. A call not cached is claimed once cached.
+    pub(crate) fn claim_callee_device(&self, id: CallId, device: DeviceId) -> Result<(), DeviceId> {
+        let mut map = self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(cached) = map.get_mut(&id) else { return Ok(()) };
+        match cached.callee_device {
+            Some(owner) if owner != device => Err(owner),
+            _ => {
+                cached.callee_device = Some(device);
+                Ok(())
+            }
+        }
+    }
+
+    /// Hands call `id` from the callee's device `from` (gone) to `to`, unless it changed hands.
+    pub(crate) fn transfer_callee_device(&self, id: CallId, from: DeviceId, to: DeviceId) {
+        let mut map = self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(cached) = map.get_mut(&id)
+            && cached.callee_device == Some(from)
+        {
+            cached.callee_device = Some(to);
+        }
+    }
+
+    /// Gives up `device`'s claim on call `id` (its answer did not accept the call).
+    pub(crate) fn release_callee_device(&self, id: CallId, device: DeviceId) {
+        let mut map = self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(cached) = map.get_mut(&id)
+            && cached.callee_device == Some(device)
+        {
+            cached.callee_device = None;
+        }
     }
 
     /// Forgets the cached copy of call `id` if it is at an earlier stage than `stage` (another
@@ -121,6 +159,23 @@ mod tests {
         let kept = cache.remember(&ringing);
         assert_eq!(kept.status(), CallStatus::Active, "the stale copy is ignored and the newer one returned");
         assert_eq!(cache.get(ringing.id()).map(|route| route.status()), Some(CallStatus::Active));
+    }
+
+    #[test]
+    fn one_callee_device_claims_a_call_and_keeps_it_across_updates() {
+        let cache = CallCache::default();
+        let ringing = ringing();
+        cache.remember(&ringing);
+        let (phone, laptop) = (DeviceId::new(1, 1), DeviceId::new(1, 2));
+        assert_eq!(cache.claim_callee_device(ringing.id(), phone), Ok(()));
+        assert_eq!(cache.claim_callee_device(ringing.id(), laptop), Err(phone), "taken");
+        assert_eq!(cache.claim_callee_device(ringing.id(), phone), Ok(()), "the owner again");
+        cache.remember(&accepted(&ringing));
+        assert_eq!(cache.claim_callee_device(ringing.id(), laptop), Err(phone), "kept when the call changes");
+        cache.release_callee_device(ringing.id(), laptop);
+        assert_eq!(cache.claim_callee_device(ringing.id(), laptop), Err(phone), "only the owner releases");
+        cache.release_callee_device(ringing.id(), phone);
+        assert_eq!(cache.claim_callee_device(ringing.id(), laptop), Ok(()));
     }
 
     #[test]

@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use ringline_domain::{
-    Audience, Call, CallAction, CallId, CallServiceError, ConversationId, DeviceId, Outcome, Signal, UserId,
+    Audience, Call, CallAction, CallId, CallServiceError, CallStatus, ConversationId, DeviceId, Outcome, Signal,
+    TransitionError, UserId,
 };
 
 use crate::call_cache::Route;
@@ -104,6 +105,7 @@ impl Signaling {
             }
             ClientFrame::Offer { call, offer } => {
                 let route = self.party_route(session, call, &frame).await?;
+                self.callee_device_only(&route, session)?;
                 let username = self.announcer.username(&route, &session.user).await;
                 self.to_other_party(&route, &session.user, |id| {
                     events::offer(id, &route, &session.user, &username, offer)
@@ -112,6 +114,7 @@ impl Signaling {
             }
             ClientFrame::IceCandidate { call, candidate } => {
                 let route = self.party_route(session, call, &frame).await?;
+                self.callee_device_only(&route, session)?;
                 self.to_other_party(&route, &session.user, |id| {
                     events::ice_candidate(id, &route, &session.user, candidate)
                 });
@@ -119,6 +122,7 @@ impl Signaling {
             }
             ClientFrame::MediaState { call, audio, video } => {
                 let route = self.party_route(session, call, &frame).await?;
+                self.callee_device_only(&route, session)?;
                 self.to_other_party(&route, &session.user, |id| {
                     events::media_state(id, &route, &session.user, audio, video)
                 });
@@ -126,6 +130,12 @@ impl Signaling {
             }
             ClientFrame::Answer { call, answer } => {
                 let route = self.party_route(session, call, &frame).await?;
+                let callee = route.receiver() == &session.user;
+                // One of the callee's devices takes the call with its first SDP; the others'
+                // answers are refused, never relayed (the caller's connection takes one answer).
+                if callee {
+                    self.claim_as_callee(&route, session)?;
+                }
                 let route = if route.status().is_unanswered() {
                     // The web client never calls accept/: the receiver's answer accepts the call,
                     // and the caller gets this answer in the acceptance's `call.answer`.
@@ -136,12 +146,32 @@ impl Signaling {
                         Some(session.device),
                         Some(answer),
                     ))
-                    .await
-                    .map_err(refusal)?;
+                    .await;
                     match outcome {
-                        Outcome::Changed(transition) => Arc::new(transition.call),
-                        // Not accepted by this answer: its device is not the one in the call.
-                        Outcome::AlreadyDone(_) => return Ok(None),
+                        Ok(Outcome::Changed(transition)) => Arc::new(transition.call),
+                        // Accepted meanwhile without SDP (over REST): this device holds the call,
+                        // so its answer is the one the caller needs.
+                        Ok(Outcome::AlreadyDone(accepted)) => {
+                            self.to_other_party(&accepted, &session.user, |id| {
+                                events::answer(id, &accepted, &session.user, Some(answer))
+                            });
+                            Arc::new(accepted)
+                        }
+                        // Accepted meanwhile over REST (no SDP, no device): likewise.
+                        Err(CallServiceError::Transition(TransitionError::InvalidState {
+                            status: CallStatus::Active,
+                            ..
+                        })) => {
+                            let accepted = self.route(call).await?.ok_or_else(elsewhere)?;
+                            self.to_other_party(&accepted, &session.user, |id| {
+                                events::answer(id, &accepted, &session.user, Some(answer))
+                            });
+                            accepted
+                        }
+                        Err(error) => {
+                            self.announcer.cache.release_callee_device(route.id(), session.device);
+                            return Err(refusal(error));
+                        }
                     }
                 } else {
                     self.to_other_party(&route, &session.user, |id| {
@@ -149,11 +179,36 @@ impl Signaling {
                     });
                     route
                 };
-                if route.receiver() == &session.user {
+                if callee {
                     self.answered_elsewhere(&route, session);
                 }
                 Ok(None)
             }
+        }
+    }
+
+    /// Refuses a frame from one of the callee's devices other than the one the answered call
+    /// belongs to (the first to send SDP claims it, after an accept over REST).
+    fn callee_device_only(&self, route: &Route, session: &SessionContext) -> Result<(), FrameError> {
+        if route.receiver() != &session.user || route.status().is_unanswered() {
+            return Ok(());
+        }
+        self.claim_as_callee(route, session)
+    }
+
+    /// Claims the call for `session`'s device on the callee's side. The device holding it keeps
+    /// it while it is connected; once its socket is gone (a reload, a reconnect: a new socket
+    /// is a new device) the next device takes it over. A device of another instance cannot be
+    /// checked from here and does not block (`docs/protocol.md`).
+    fn claim_as_callee(&self, route: &Route, session: &SessionContext) -> Result<(), FrameError> {
+        match self.announcer.cache.claim_callee_device(route.id(), session.device) {
+            Ok(()) => Ok(()),
+            Err(owner) if owner.instance() != self.local.instance() => Ok(()),
+            Err(owner) if !self.local.is_connected(&session.user, owner) => {
+                self.announcer.cache.transfer_callee_device(route.id(), owner, session.device);
+                Ok(())
+            }
+            Err(_) => Err(elsewhere()),
         }
     }
 
@@ -229,6 +284,10 @@ impl Signaling {
 }
 
 /// A refused socket action, as an error frame. Same codes as the REST API.
+fn elsewhere() -> FrameError {
+    FrameError::new("answered_elsewhere", "The call was answered on another of your devices.")
+}
+
 fn refusal(error: CallServiceError) -> FrameError {
     use ringline_domain::TransitionError;
     match error {

@@ -301,6 +301,11 @@ impl LocalRouter {
         self.read().by_user.get(user).map_or(0, Vec::len)
     }
 
+    /// Whether `user`'s session `device` is still open here.
+    pub fn is_connected(&self, user: &UserId, device: DeviceId) -> bool {
+        self.read().by_user.get(user).is_some_and(|slots| slots.iter().any(|slot| slot.device == device))
+    }
+
     /// Whether `user` has a notification socket open here (else their chat sockets stand in).
     pub fn has_notification_socket(&self, user: &UserId) -> bool {
         self.read()
