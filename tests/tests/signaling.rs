@@ -718,3 +718,26 @@ async fn still_up(socket: &mut WsClient) {
     socket.send_json(json!({"type": "ping"})).await;
     socket.expect("pong").await;
 }
+
+/// One user may hold only so many sockets on an instance: the next is refused with 4429, and a
+/// place freed is taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_with_too_many_sockets_is_refused_the_next_one() {
+    let app = TestApp::spawn_with(DatabaseBackend::Sqlite, |settings| settings.ws_max_per_user = 3).await;
+    let (alice, _bob) = two_users(&app).await;
+    let mut open = vec![
+        app.notifications_socket(&alice).await,
+        app.chat_socket(&alice, 7).await,
+        app.notifications_socket(&alice).await,
+    ];
+    let mut refused = WsClient::connect(&app.ws_url(&format!("/ws/notifications/?token={alice}"))).await;
+    assert_eq!(refused.closed_with().await, Some(4429));
+    // Another user is not affected.
+    let bob = app.token("bob");
+    app.notifications_socket(&bob).await;
+    let mut gone = open.pop().expect("a socket");
+    gone.close_and_read_reply(1000).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    still_up(&mut app.notifications_socket(&alice).await).await;
+    app.stop().await;
+}

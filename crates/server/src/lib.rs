@@ -139,7 +139,8 @@ impl Application {
         };
         let mut signaling = Signaling::new(service, Arc::new(storage.notifications()), router, local)
             .with_keepalive(settings.keepalive())
-            .with_frame_rate(settings.frame_rate());
+            .with_frame_rate(settings.frame_rate())
+            .with_max_sockets_per_user(settings.ws_max_per_user);
         if let Some(bus) = &bus {
             signaling = signaling.with_gate(bus.clone()).with_presence(bus.clone());
         }

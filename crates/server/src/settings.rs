@@ -72,6 +72,8 @@ pub struct Settings {
     pub ws_frames_per_sec: u32,
     #[serde(default = "defaults::ws_frame_burst")]
     pub ws_frame_burst: u32,
+    #[serde(default = "defaults::ws_max_per_user")]
+    pub ws_max_per_user: usize,
     #[serde(default, deserialize_with = "comma_list")]
     pub cors_allowed_origins: Vec<String>,
     #[serde(default)]
@@ -142,6 +144,9 @@ mod defaults {
     }
     pub fn ws_frame_burst() -> u32 {
         200
+    }
+    pub fn ws_max_per_user() -> usize {
+        ringline_signaling::hub::DEFAULT_MAX_SOCKETS_PER_USER
     }
     pub fn redis_prefix() -> String {
         "ringline".to_owned()
@@ -274,6 +279,8 @@ pub enum SettingsError {
          RINGLINE_WEBHOOK_RETENTION_HOURS 1–8760"
     )]
     WebhookLimits,
+    #[error("RINGLINE_WS_MAX_PER_USER must be between 1 and 10000")]
+    MaxPerUser,
     #[error("RINGLINE_VAPID_SUBJECT must be a mailto: or https:// URL")]
     VapidSubject,
 }
@@ -338,6 +345,9 @@ impl Settings {
             || !(self.ws_frames_per_sec..=10_000_000).contains(&self.ws_frame_burst)
         {
             return Err(SettingsError::FrameRate);
+        }
+        if !(1..=10_000).contains(&self.ws_max_per_user) {
+            return Err(SettingsError::MaxPerUser);
         }
         if self.jwt_user_claim.trim().is_empty() {
             return Err(SettingsError::UserClaim);
@@ -443,6 +453,7 @@ impl Settings {
             ws_idle_timeout_secs: defaults::ws_idle_timeout_secs(),
             ws_frames_per_sec: defaults::ws_frames_per_sec(),
             ws_frame_burst: defaults::ws_frame_burst(),
+            ws_max_per_user: defaults::ws_max_per_user(),
             cors_allowed_origins: Vec::new(),
             log_format: LogFormat::Text,
             redis_url: None,

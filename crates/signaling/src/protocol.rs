@@ -26,6 +26,9 @@ pub mod close {
     pub const IDLE_TIMEOUT: u16 = 4408;
     /// The peer did not read its events fast enough and its outgoing queue filled up.
     pub const SLOW_CONSUMER: u16 = 4409;
+    /// The user already has as many sockets open on this instance as it allows
+    /// (`RINGLINE_WS_MAX_PER_USER`); the newest is refused.
+    pub const TOO_MANY_SOCKETS: u16 = 4429;
     /// The server is shutting down; reconnect (to another instance).
     pub const GOING_AWAY: u16 = 1001;
 }

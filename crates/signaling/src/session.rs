@@ -147,6 +147,11 @@ pub async fn run<S, K>(
         close_and_wait(&mut inbound, &mut outbound, close::GOING_AWAY, "server shutting down").await;
         return;
     };
+    if signaling.local.sessions_of(&identity.user) >= signaling.max_sockets_per_user {
+        tracing::info!(user = %identity.user, "a socket refused: the user has too many open");
+        close_and_wait(&mut inbound, &mut outbound, close::TOO_MANY_SOCKETS, "too many sockets for this user").await;
+        return;
+    }
     let (slot, mut events, attached) = signaling.attach(&identity.user, identity.kind, identity.resume.as_deref());
     let context = SessionContext::new(slot.device, identity.user.clone(), identity.kind);
     tracing::info!(user = %context.user, device = %slot.device, kind = ?context.kind, "session opened");
