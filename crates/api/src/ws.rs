@@ -106,11 +106,24 @@ async fn upgrade(
     let upgraded = websocket.config(websocket_config()).on_upgrade(move |stream| async move {
         let (sink, stream) = stream.split();
         let mut sink = sink.with(|out: Outbound| futures_util::future::ready(Ok::<_, std::io::Error>(to_message(out))));
-        // A transport error ends the stream: the session then closes.
+        // A transport error ends the stream: the session then closes. A frame over the size limit
+        // is told apart (poem passes tungstenite's capacity error on as text), so that the
+        // session closes with 1009 rather than dropping the connection.
         let mut inbound = Box::pin(
             stream
-                .take_while(|message| futures_util::future::ready(message.is_ok()))
-                .filter_map(|message| futures_util::future::ready(message.ok().map(from_message))),
+                .scan(false, |ended, message| {
+                    let next = match message {
+                        _ if *ended => None,
+                        Ok(message) => Some(Some(from_message(message))),
+                        Err(error) if error.to_string().starts_with("Space limit exceeded") => {
+                            *ended = true;
+                            Some(Some(Inbound::TooLarge))
+                        }
+                        Err(_) => None,
+                    };
+                    futures_util::future::ready(next)
+                })
+                .filter_map(futures_util::future::ready),
         );
         match admitted {
             Err((code, reason)) => session::close_and_wait(&mut inbound, &mut sink, code, reason).await,

@@ -31,6 +31,8 @@ pub mod close {
     pub const TOO_MANY_SOCKETS: u16 = 4429;
     /// The server is shutting down; reconnect (to another instance).
     pub const GOING_AWAY: u16 = 1001;
+    /// A frame over [`super::MAX_CONNECTION_FRAME_BYTES`] (the WebSocket standard's "message too big").
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
 }
 
 /// The largest text frame the server acts on. Larger frames get a `frame_too_large` error

@@ -34,6 +34,9 @@ pub enum Inbound {
     Pong,
     /// The peer's Close frame, with its code if it gave one.
     Close(Option<u16>),
+    /// The peer sent a frame over [`crate::protocol::MAX_CONNECTION_FRAME_BYTES`]; nothing more
+    /// can be read from the connection.
+    TooLarge,
 }
 
 /// What to send to the peer.
@@ -255,6 +258,10 @@ pub async fn run<S, K>(
                         // a Close of our own now would be refused); a flush sends it.
                         tracing::debug!(user = %context.user, device = %slot.device, code, "peer closed");
                         let _ = tokio::time::timeout(CLOSE_REPLY_TIMEOUT, outbound.flush()).await;
+                        break;
+                    }
+                    Some(Inbound::TooLarge) => {
+                        close_and_wait(&mut inbound, &mut outbound, close::MESSAGE_TOO_BIG, "frame too large").await;
                         break;
                     }
                     Some(Inbound::Ping | Inbound::Pong) => {}
