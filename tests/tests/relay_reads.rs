@@ -105,3 +105,32 @@ async fn a_thousand_relayed_frames_read_the_call_at_most_once() {
     hub.sessions().unregister(&slot);
     database.cleanup().await;
 }
+
+/// Frames naming a call that does not exist read the database once per id, not once per frame:
+/// a client cannot make the server read at its full frame rate. A call created afterwards under
+/// such an id (here: made by "another instance") is found once the cache hears of it or the
+/// entry expires.
+#[tokio::test]
+async fn frames_naming_a_missing_call_read_the_database_once() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let storage = database.storage();
+    let counting = Arc::new(CountingReads { inner: storage.calls(), gets: AtomicUsize::new(0) });
+    let service = CallService::new(
+        counting.clone(),
+        Arc::new(storage.directory()),
+        Arc::new(SystemClock),
+        Duration::from_secs(45),
+    );
+    let hub = Signaling::local(service, Arc::new(storage.notifications()));
+    let alice = UserId::parse("alice").expect("id");
+    let sender = SessionContext::new(ringline_domain::DeviceId::new(0, 1), alice, SessionKind::Notifications);
+    for n in 0..500 {
+        let frame = format!(
+            r#"{{"type":"call.ice-candidate","call_id":"424242","candidate":{{"candidate":"candidate:{n} 1 udp 1 127.0.0.1 5000 typ host"}}}}"#
+        );
+        let reply = hub.handle_text(&sender, &frame).await.expect("an error");
+        assert!(reply.contains("call_not_found"), "{reply}");
+    }
+    assert_eq!(counting.gets.load(Ordering::Relaxed), 1, "one read for the missing id, none after");
+    database.cleanup().await;
+}

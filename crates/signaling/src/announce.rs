@@ -38,6 +38,8 @@ pub(crate) struct Announcer {
 impl CallObserver for Announcer {
     async fn ringing(&self, call: &Call, parties: &[UserProfile]) {
         self.cache.remember_with(call, Some(parties.into()));
+        // Other instances may have remembered this id as missing (a client probing ids).
+        self.router.call_changed(call);
         self.on_lines
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

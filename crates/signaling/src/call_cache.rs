@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use ringline_domain::{Call, CallId, DeviceId, UserProfile};
 
@@ -33,9 +34,19 @@ struct Cached {
     callee_device: Option<DeviceId>,
 }
 
+/// How long a call id found missing in the database is answered `call_not_found` from memory:
+/// long enough that a client naming ids that do not exist costs one read per id, not one per
+/// frame; short enough that a call another instance creates under an id probed just before is
+/// found soon (a change announced on the bus clears the entry at once).
+const MISSING_FOR: Duration = Duration::from_secs(10);
+
+/// Missing ids remembered at most; beyond, expired ones are dropped, then all.
+const MAX_MISSING: usize = 10_000;
+
 #[derive(Debug, Default)]
 pub(crate) struct CallCache {
     map: RwLock<HashMap<CallId, Cached>>,
+    missing: RwLock<HashMap<CallId, Instant>>,
 }
 
 impl CallCache {
@@ -47,6 +58,35 @@ impl CallCache {
         self.read().get(&id).and_then(|cached| cached.parties.clone())
     }
 
+    /// Whether call `id` was found missing in the database moments ago.
+    pub(crate) fn is_missing(&self, id: CallId) -> bool {
+        self.missing
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&id)
+            .is_some_and(|until| *until > Instant::now())
+    }
+
+    /// Remembers that call `id` is not in the database, for [`MISSING_FOR`].
+    pub(crate) fn remember_missing(&self, id: CallId) {
+        let mut missing = self.missing.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if missing.len() >= MAX_MISSING {
+            let now = Instant::now();
+            missing.retain(|_, until| *until > now);
+            if missing.len() >= MAX_MISSING {
+                missing.clear();
+            }
+        }
+        missing.insert(id, Instant::now() + MISSING_FOR);
+    }
+
+    fn found(&self, id: CallId) {
+        let mut missing = self.missing.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !missing.is_empty() {
+            missing.remove(&id);
+        }
+    }
+
     /// Keeps `call` unless a newer copy is cached; returns the copy kept.
     pub(crate) fn remember(&self, call: &Call) -> Route {
         self.remember_with(call, None)
@@ -54,6 +94,7 @@ impl CallCache {
 
     /// As [`CallCache::remember`], with the parties' profiles when they are known.
     pub(crate) fn remember_with(&self, call: &Call, parties: Option<Arc<[UserProfile]>>) -> Route {
+        self.found(call.id());
         let mut map = self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(cached) = map.get_mut(&call.id()) {
             if cached.route.status().stage() > call.status().stage() {
@@ -113,6 +154,7 @@ impl CallCache {
     /// Forgets the cached copy of call `id` if it is at an earlier stage than `stage` (another
     /// instance changed the call): the next frame reads it again.
     pub(crate) fn forget_older(&self, id: CallId, stage: u8) {
+        self.found(id);
         let mut map = self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         if map.get(&id).is_some_and(|cached| cached.route.status().stage() < stage) {
             map.remove(&id);

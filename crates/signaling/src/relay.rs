@@ -53,9 +53,15 @@ impl Signaling {
         if let Some(route) = self.announcer.cache.get(id) {
             return Ok(Some(route));
         }
+        if self.announcer.cache.is_missing(id) {
+            return Ok(None);
+        }
         match self.service.find(id).await {
             Ok(Some(call)) => Ok(Some(self.announcer.cache.remember(&call))),
-            Ok(None) => Ok(None),
+            Ok(None) => {
+                self.announcer.cache.remember_missing(id);
+                Ok(None)
+            }
             Err(error) => {
                 tracing::error!(%error, "cannot load a call for signaling");
                 Err(FrameError::new("internal_error", "The server could not load the call; try again."))
