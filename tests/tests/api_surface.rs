@@ -311,3 +311,46 @@ async fn a_failing_database_gives_a_500_that_reveals_nothing() {
     socket.expect("pong").await;
     app.stop().await;
 }
+
+/// A request refused before its body was read (no token) leaves the keep-alive connection
+/// usable: the next request on it is answered.
+#[tokio::test]
+async fn an_early_refusal_keeps_the_connection_alive() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn(DatabaseBackend::Sqlite).await;
+    let address = app.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.expect("connect");
+    let body = r#"{"receiver_id": "bob", "call_type": "video"}"#;
+    let head = format!(
+        "POST /api/calls/initiate/ HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    // The body comes a moment after the head, as it does from a client that writes them apart.
+    stream.write_all(head.as_bytes()).await.expect("send");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    stream.write_all(body.as_bytes()).await.expect("send the body");
+    let mut first = vec![0u8; 4096];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut first))
+        .await
+        .expect("answered")
+        .expect("read");
+    let first = String::from_utf8_lossy(&first[..read]).into_owned();
+    assert!(first.starts_with("HTTP/1.1 401"), "{first}");
+    let closing = first.to_ascii_lowercase().contains("connection: close");
+    let sent = stream.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {address}\r\n\r\n").as_bytes()).await;
+    let mut second = vec![0u8; 4096];
+    let read = match sent {
+        Ok(()) => tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut second))
+            .await
+            .expect("answered")
+            .unwrap_or(0),
+        Err(_) => 0,
+    };
+    let second = String::from_utf8_lossy(&second[..read]).into_owned();
+    assert!(
+        second.starts_with("HTTP/1.1 200") || closing,
+        "the connection was dropped without `Connection: close`: first {first:?}, then {second:?}"
+    );
+    assert!(second.starts_with("HTTP/1.1 200"), "the connection stays usable: {second:?}");
+    app.stop().await;
+}

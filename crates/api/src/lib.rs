@@ -271,12 +271,21 @@ pub fn http_conventions(endpoint: impl Endpoint + 'static) -> impl Endpoint + 's
 }
 
 /// Refuses bodies over [`MAX_BODY_BYTES`] with 413, whether announced by `Content-Length` or
-/// sent chunked (then read up to the limit, and no further).
+/// sent chunked (then read up to the limit, and no further), and reads the others before
+/// routing.
 async fn limit_body(req: &mut Request) -> poem::Result<()> {
     let too_large = || poem::Error::from_status(StatusCode::PAYLOAD_TOO_LARGE);
     let announced = req.headers().get("content-length").and_then(|value| value.to_str().ok()?.parse::<usize>().ok());
     match announced {
         Some(length) if length > MAX_BODY_BYTES => Err(too_large()),
+        // Read now (it is small): a request refused before its handler reads the body (no
+        // token, no route) would otherwise leave it unread, and the connection could not be
+        // kept alive for the client's next request.
+        Some(length) if length > 0 => {
+            let body = req.take_body().into_bytes_limit(MAX_BODY_BYTES).await.map_err(|_| too_large())?;
+            req.set_body(body);
+            Ok(())
+        }
         Some(_) => Ok(()),
         None if req.headers().contains_key("transfer-encoding") => {
             let body = req.take_body().into_bytes_limit(MAX_BODY_BYTES).await.map_err(|_| too_large())?;
