@@ -354,3 +354,27 @@ async fn an_early_refusal_keeps_the_connection_alive() {
     assert!(second.starts_with("HTTP/1.1 200"), "the connection stays usable: {second:?}");
     app.stop().await;
 }
+
+/// A participant removed from a conversation loses its chat sockets on it at once (4403): no
+/// more typing indicators either way. The others' stay.
+#[tokio::test]
+async fn a_removed_participant_loses_the_conversations_chat_sockets() {
+    let app = TestApp::spawn_with(DatabaseBackend::Sqlite, |settings| {
+        settings.admin_token = Some("operator-token".into());
+    })
+    .await;
+    let (alice, bob, carol) = (app.user("alice").await, app.user("bob").await, app.user("carol").await);
+    app.conversation(7, &["alice", "bob", "carol"]).await;
+    let mut alice_chat = app.chat_socket(&alice, 7).await;
+    let mut bob_chat = app.chat_socket(&bob, 7).await;
+    let mut carol_chat = app.chat_socket(&carol, 7).await;
+
+    admin(&app, Method::DELETE, "/api/admin/conversations/7/participants/bob/", None).await.expect(204);
+    assert_eq!(bob_chat.closed_with().await, Some(4403), "removed: closed as not a participant");
+    // Setting the members to alice alone removes carol the same way.
+    admin(&app, Method::PUT, "/api/admin/conversations/7/", Some(json!({"participants": ["alice"]}))).await.expect(200);
+    assert_eq!(carol_chat.closed_with().await, Some(4403));
+    alice_chat.send_json(json!({"type": "ping"})).await;
+    alice_chat.expect("pong").await;
+    app.stop().await;
+}

@@ -208,7 +208,11 @@ impl AdminApi {
         self.check(&auth)?;
         let id = conversation_id(&id.0)?;
         let participants = user_ids(body.0.participants)?;
+        let before = self.directory.conversation_participants(id).await.map_err(|error| ApiError::internal(&error))?;
         self.directory.set_conversation(id, &participants, self.clock.now()).await.map_err(write_error)?;
+        for removed in before.unwrap_or_default().iter().filter(|user| !participants.contains(user)) {
+            self.signaling.left_conversation(removed, id);
+        }
         self.conversation_json(id).await
     }
 
@@ -250,12 +254,10 @@ impl AdminApi {
         user_id: Path<String>,
     ) -> Result<Deleted, ApiError> {
         self.check(&auth)?;
-        let removed = self
-            .directory
-            .remove_participant(conversation_id(&id.0)?, &self::user_id(&user_id.0)?)
-            .await
-            .map_err(write_error)?;
+        let (conversation, user) = (conversation_id(&id.0)?, self::user_id(&user_id.0)?);
+        let removed = self.directory.remove_participant(conversation, &user).await.map_err(write_error)?;
         if removed {
+            self.signaling.left_conversation(&user, conversation);
             Ok(Deleted::Done)
         } else {
             Err(ApiError::not_found("Not a participant.", "participant_not_found"))

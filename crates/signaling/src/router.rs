@@ -42,6 +42,8 @@ pub struct SessionSlot {
     pub kind: SessionKind,
     queue: mpsc::Sender<Arc<str>>,
     kicked: Notify,
+    /// Set when the session is closed for a reason other than a full queue (the close code).
+    dismissed: std::sync::atomic::AtomicU16,
 }
 
 impl SessionSlot {
@@ -56,6 +58,18 @@ impl SessionSlot {
             // The session is ending; it unregisters itself.
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
+    }
+
+    /// Closes the session with `code` (it is no longer allowed where it is).
+    pub fn dismiss(&self, code: u16) {
+        self.dismissed.store(code, std::sync::atomic::Ordering::Relaxed);
+        self.kicked.notify_one();
+    }
+
+    /// The close code the session was dismissed with, if it was (else a kick means its queue
+    /// filled up).
+    pub fn dismissed_with(&self) -> Option<u16> {
+        Some(self.dismissed.load(std::sync::atomic::Ordering::Relaxed)).filter(|code| *code != 0)
     }
 
     /// Resolves when the router gave up on this session.
@@ -197,7 +211,14 @@ impl LocalRouter {
     pub fn register(&self, user: UserId, kind: SessionKind) -> (Arc<SessionSlot>, mpsc::Receiver<Arc<str>>) {
         let (queue, events) = mpsc::channel(QUEUE_CAPACITY);
         let device = DeviceId::new(self.instance, self.next_device.fetch_add(1, Ordering::Relaxed) + 1);
-        let slot = Arc::new(SessionSlot { device, user: user.clone(), kind, queue, kicked: Notify::new() });
+        let slot = Arc::new(SessionSlot {
+            device,
+            user: user.clone(),
+            kind,
+            queue,
+            kicked: Notify::new(),
+            dismissed: std::sync::atomic::AtomicU16::new(0),
+        });
         let mut registry = self.write();
         let slots = registry.by_user.entry(user.clone()).or_default();
         let first = slots.is_empty();
@@ -299,6 +320,18 @@ impl LocalRouter {
     /// How many sessions `user` has open (all kinds).
     pub fn sessions_of(&self, user: &UserId) -> usize {
         self.read().by_user.get(user).map_or(0, Vec::len)
+    }
+
+    /// Closes `user`'s chat sockets on `conversation` here with `code`; returns how many.
+    pub fn dismiss_chat_sockets(&self, user: &UserId, conversation: ConversationId, code: u16) -> usize {
+        let registry = self.read();
+        let slots = registry.by_user.get(user).map(Vec::as_slice).unwrap_or_default();
+        let mut dismissed = 0;
+        for slot in slots.iter().filter(|slot| slot.kind == SessionKind::Chat(conversation)) {
+            slot.dismiss(code);
+            dismissed += 1;
+        }
+        dismissed
     }
 
     /// Whether `user`'s session `device` is still open here.

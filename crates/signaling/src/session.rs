@@ -239,7 +239,12 @@ pub async fn run<S, K>(
                 break;
             }
             () = slot.kicked() => {
-                close_and_wait(&mut inbound, &mut outbound, close::SLOW_CONSUMER, "slow consumer: events were not read").await;
+                match slot.dismissed_with() {
+                    Some(code) => close_and_wait(&mut inbound, &mut outbound, code, "no longer allowed here").await,
+                    None => {
+                        close_and_wait(&mut inbound, &mut outbound, close::SLOW_CONSUMER, "slow consumer: events were not read").await;
+                    }
+                }
                 break;
             }
             event = events.recv() => match event {
