@@ -378,3 +378,32 @@ async fn a_removed_participant_loses_the_conversations_chat_sockets() {
     alice_chat.expect("pong").await;
     app.stop().await;
 }
+
+/// A connection that stalls halfway through its request is closed after the idle timeout
+/// instead of being held for ever; a WebSocket answering pings is not idle and stays.
+#[tokio::test]
+async fn a_stalled_connection_is_closed_and_a_live_socket_is_not() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn_with(DatabaseBackend::Sqlite, |settings| {
+        settings.ws_ping_interval_secs = 1;
+        settings.ws_idle_timeout_secs = 5;
+        settings.http_idle_timeout_secs = 2;
+    })
+    .await;
+    let alice = app.user("alice").await;
+    let mut socket = app.notifications_socket(&alice).await;
+    let address = app.base.trim_start_matches("http://").to_owned();
+    let mut stalled = tokio::net::TcpStream::connect(&address).await.expect("connect");
+    stalled.write_all(b"GET /healthz HTTP/1.1\r\nHost: ").await.expect("half a request");
+    let started = std::time::Instant::now();
+    let mut buffer = [0u8; 64];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), stalled.read(&mut buffer))
+        .await
+        .expect("closed before 10 s");
+    assert!(matches!(read, Ok(0) | Err(_)), "closed, not answered: {read:?}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1500), "after the idle timeout, not at once");
+    // Longer than the idle timeout: the socket, pinged every second, is still up.
+    socket.send_json(json!({"type": "ping"})).await;
+    socket.expect("pong").await;
+    app.stop().await;
+}

@@ -172,7 +172,8 @@ impl Application {
                 .into_acceptor()
                 .await
                 .with_context(|| format!("cannot listen on {}", settings.bind))?,
-        );
+        )
+        .with_idle_timeout(Duration::from_secs(settings.http_idle_timeout_secs));
         let local_addr = acceptor
             .local_addr()
             .first()

@@ -74,6 +74,11 @@ pub struct Settings {
     pub ws_frame_burst: u32,
     #[serde(default = "defaults::ws_max_per_user")]
     pub ws_max_per_user: usize,
+    /// A connection on which nothing is read or written for this long is closed: a client that
+    /// opened one and stalled (or sends its headers byte by byte, slower than this) does not
+    /// hold it for ever. Above the WebSocket ping interval, so live sockets never idle.
+    #[serde(default = "defaults::http_idle_timeout_secs")]
+    pub http_idle_timeout_secs: u64,
     #[serde(default, deserialize_with = "comma_list")]
     pub cors_allowed_origins: Vec<String>,
     #[serde(default)]
@@ -144,6 +149,9 @@ mod defaults {
     }
     pub fn ws_frame_burst() -> u32 {
         200
+    }
+    pub fn http_idle_timeout_secs() -> u64 {
+        75
     }
     pub fn ws_max_per_user() -> usize {
         ringline_signaling::hub::DEFAULT_MAX_SOCKETS_PER_USER
@@ -279,6 +287,8 @@ pub enum SettingsError {
          RINGLINE_WEBHOOK_RETENTION_HOURS 1–8760"
     )]
     WebhookLimits,
+    #[error("RINGLINE_HTTP_IDLE_TIMEOUT_SECS must be longer than RINGLINE_WS_PING_INTERVAL_SECS and at most 3600")]
+    HttpIdleTimeout,
     #[error("RINGLINE_WS_MAX_PER_USER must be between 1 and 10000")]
     MaxPerUser,
     #[error("RINGLINE_VAPID_SUBJECT must be a mailto: or https:// URL")]
@@ -345,6 +355,9 @@ impl Settings {
             || !(self.ws_frames_per_sec..=10_000_000).contains(&self.ws_frame_burst)
         {
             return Err(SettingsError::FrameRate);
+        }
+        if !(self.ws_ping_interval_secs + 1..=3600).contains(&self.http_idle_timeout_secs) {
+            return Err(SettingsError::HttpIdleTimeout);
         }
         if !(1..=10_000).contains(&self.ws_max_per_user) {
             return Err(SettingsError::MaxPerUser);
@@ -454,6 +467,7 @@ impl Settings {
             ws_frames_per_sec: defaults::ws_frames_per_sec(),
             ws_frame_burst: defaults::ws_frame_burst(),
             ws_max_per_user: defaults::ws_max_per_user(),
+            http_idle_timeout_secs: defaults::http_idle_timeout_secs(),
             cors_allowed_origins: Vec::new(),
             log_format: LogFormat::Text,
             redis_url: None,
