@@ -306,7 +306,8 @@ impl Settings {
             figment = figment.merge(Toml::file_exact(file));
         }
         // `RINGLINE_TEST_*` belongs to the test tools, not to the server.
-        let environment = Env::prefixed("RINGLINE_").filter(|key| !key.as_str().starts_with("test_"));
+        let environment =
+            Env::prefixed("RINGLINE_").filter(|key| !key.as_str().to_ascii_lowercase().starts_with("test_"));
         let figment = figment.merge(environment).merge(Serialized::defaults(overrides));
         let settings: Settings = figment.extract().map_err(unknown_or_invalid)?;
         settings.validate()?;

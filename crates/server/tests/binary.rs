@@ -406,6 +406,14 @@ async fn a_misspelt_setting_is_refused_with_the_closest_name() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("RINGLINE_RING_TIMOUT_SECS"), "{stderr}");
     assert!(stderr.contains("RINGLINE_RING_TIMEOUT_SECS"), "the closest name: {stderr}");
+    // The test tools' own variables are not settings, and not refused.
+    let output = Command::new(env!("CARGO_BIN_EXE_ringline"))
+        .arg("migrate")
+        .env("RINGLINE_DATABASE_URL", "sqlite::memory:")
+        .env("RINGLINE_TEST_SOMETHING_ELSE", "postgres://127.0.0.1/x")
+        .output()
+        .expect("run ringline");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 
     let file = std::env::temp_dir().join(format!("ringline_{}.toml", uuid::Uuid::new_v4().simple()));
     std::fs::write(&file, "database_url = \"sqlite::memory:\"\nwebhook_url = \"https://a.example/\"\n").expect("write");
