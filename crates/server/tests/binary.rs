@@ -39,17 +39,25 @@ fn cli(database_url: &str, secret: &str, args: &[&str]) -> String {
 
 /// Starts `ringline serve` with its log on a pipe, and waits until it answers.
 async fn start_logging(database_url: &str, secret: &str, rust_log: &str) -> (std::process::Child, String) {
-    let port = free_port();
+    serve_with(&[("RINGLINE_DATABASE_URL", database_url), ("RINGLINE_JWT_SECRET", secret), ("RUST_LOG", rust_log)])
+        .await
+}
+
+/// Starts `ringline serve` on a free port (unless `settings` names `RINGLINE_BIND`) with
+/// `settings` in its environment and its log on a pipe, and waits until it answers.
+async fn serve_with(settings: &[(&str, &str)]) -> (std::process::Child, String) {
+    let bind = settings
+        .iter()
+        .find(|(name, _)| *name == "RINGLINE_BIND")
+        .map_or_else(|| format!("127.0.0.1:{}", free_port()), |(_, bind)| (*bind).to_owned());
     let child = Command::new(env!("CARGO_BIN_EXE_ringline"))
-        .env("RINGLINE_DATABASE_URL", database_url)
-        .env("RINGLINE_BIND", format!("127.0.0.1:{port}"))
-        .env("RINGLINE_JWT_SECRET", secret)
-        .env("RUST_LOG", rust_log)
+        .env("RINGLINE_BIND", &bind)
+        .envs(settings.iter().copied())
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
         .expect("start ringline");
-    let base = format!("http://127.0.0.1:{port}");
+    let base = format!("http://{bind}");
     let deadline = Instant::now() + Duration::from_secs(20);
     while reqwest::get(format!("{base}/healthz")).await.is_err() {
         assert!(Instant::now() < deadline, "ringline did not start");
@@ -294,29 +302,17 @@ async fn a_webhook_event_survives_a_kill_between_the_change_and_its_delivery() {
     let alice = cli(&url, secret, &["token", "--user", "alice"]);
     let receiver_port = free_port(); // nobody listens there yet
     // The same port each time, as a restarted deployment has.
-    let port = free_port();
-    let serve = || {
-        let child = Command::new(env!("CARGO_BIN_EXE_ringline"))
-            .env("RINGLINE_DATABASE_URL", &url)
-            .env("RINGLINE_BIND", format!("127.0.0.1:{port}"))
-            .env("RINGLINE_JWT_SECRET", secret)
-            .env("RINGLINE_WEBHOOK_URLS", format!("http://127.0.0.1:{receiver_port}/hooks"))
-            .env("RINGLINE_WEBHOOK_SECRET", "whsec_kill-test")
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start ringline");
-        (child, format!("http://127.0.0.1:{port}"))
-    };
-    let up = |base: String| async move {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while reqwest::get(format!("{base}/healthz")).await.is_err() {
-            assert!(Instant::now() < deadline, "ringline did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    let (mut first, base) = serve();
-    up(base.clone()).await;
+    let bind = format!("127.0.0.1:{}", free_port());
+    let hooks_url = format!("http://127.0.0.1:{receiver_port}/hooks");
+    let settings = [
+        ("RINGLINE_DATABASE_URL", url.as_str()),
+        ("RINGLINE_BIND", bind.as_str()),
+        ("RINGLINE_JWT_SECRET", secret),
+        ("RINGLINE_WEBHOOK_URLS", hooks_url.as_str()),
+        ("RINGLINE_WEBHOOK_SECRET", "whsec_kill-test"),
+        ("RUST_LOG", "error"),
+    ];
+    let (mut first, base) = serve_with(&settings).await;
     let call: serde_json::Value = reqwest::Client::new()
         .post(format!("{base}/api/calls/initiate/"))
         .bearer_auth(&alice)
@@ -343,8 +339,7 @@ async fn a_webhook_event_survives_a_kill_between_the_change_and_its_delivery() {
     });
     let listener = poem::listener::TcpListener::bind(format!("127.0.0.1:{receiver_port}"));
     tokio::spawn(poem::Server::new(listener).run(poem::Route::new().at("/hooks", hooks)));
-    let (mut second, base) = serve();
-    up(base).await;
+    let (mut second, _) = serve_with(&settings).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let events = received.lock().expect("lock").clone();
@@ -370,23 +365,13 @@ async fn warns_at_start_when_no_stun_or_turn_server_is_configured() {
     let log = stop_and_read_log(child);
     assert!(log.contains("no STUN or TURN server is configured"), "{log}");
     assert!(!log.contains('\u{1b}'), "no colour codes in a log that is not a terminal: {log:?}");
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_ringline"))
-        .env("RINGLINE_DATABASE_URL", &url)
-        .env("RINGLINE_BIND", format!("127.0.0.1:{port}"))
-        .env("RINGLINE_JWT_SECRET", secret)
-        .env("RINGLINE_STUN_URLS", "stun:stun.example.org:3478")
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start ringline");
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while reqwest::get(format!("{base}/healthz")).await.is_err() {
-        assert!(Instant::now() < deadline, "ringline did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (child, _) = serve_with(&[
+        ("RINGLINE_DATABASE_URL", url.as_str()),
+        ("RINGLINE_JWT_SECRET", secret),
+        ("RINGLINE_STUN_URLS", "stun:stun.example.org:3478"),
+        ("RUST_LOG", "warn"),
+    ])
+    .await;
     let log = stop_and_read_log(child);
     assert!(!log.contains("no STUN or TURN server"), "{log}");
     ringline_storage::testing::remove_sqlite_files(&database);
