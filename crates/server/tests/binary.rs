@@ -138,13 +138,18 @@ async fn migrate_applies_the_schema_and_exits() {
     ringline_storage::testing::remove_sqlite_files(&database);
 }
 
+/// Runs `ringline migrate` with `settings` in its environment.
+fn migrate_with(settings: &[(&str, &str)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ringline"))
+        .arg("migrate")
+        .envs(settings.iter().copied())
+        .output()
+        .expect("run ringline migrate")
+}
+
 #[tokio::test]
 async fn refuses_an_unsupported_database_url_with_a_clear_error() {
-    let output = Command::new(env!("CARGO_BIN_EXE_ringline"))
-        .arg("migrate")
-        .env("RINGLINE_DATABASE_URL", "mysql://root@127.0.0.1/ringline")
-        .output()
-        .expect("run ringline");
+    let output = migrate_with(&[("RINGLINE_DATABASE_URL", "mysql://root@127.0.0.1/ringline")]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("only sqlite:// and postgres://"), "{stderr}");
@@ -381,23 +386,16 @@ async fn warns_at_start_when_no_stun_or_turn_server_is_configured() {
 /// the environment and in the configuration file alike.
 #[tokio::test]
 async fn a_misspelt_setting_is_refused_with_the_closest_name() {
-    let output = Command::new(env!("CARGO_BIN_EXE_ringline"))
-        .arg("migrate")
-        .env("RINGLINE_DATABASE_URL", "sqlite::memory:")
-        .env("RINGLINE_RING_TIMOUT_SECS", "30")
-        .output()
-        .expect("run ringline");
+    let output = migrate_with(&[("RINGLINE_DATABASE_URL", "sqlite::memory:"), ("RINGLINE_RING_TIMOUT_SECS", "30")]);
     assert!(!output.status.success(), "an unknown variable is not ignored");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("RINGLINE_RING_TIMOUT_SECS"), "{stderr}");
     assert!(stderr.contains("RINGLINE_RING_TIMEOUT_SECS"), "the closest name: {stderr}");
     // The test tools' own variables are not settings, and not refused.
-    let output = Command::new(env!("CARGO_BIN_EXE_ringline"))
-        .arg("migrate")
-        .env("RINGLINE_DATABASE_URL", "sqlite::memory:")
-        .env("RINGLINE_TEST_SOMETHING_ELSE", "postgres://127.0.0.1/x")
-        .output()
-        .expect("run ringline");
+    let output = migrate_with(&[
+        ("RINGLINE_DATABASE_URL", "sqlite::memory:"),
+        ("RINGLINE_TEST_SOMETHING_ELSE", "postgres://127.0.0.1/x"),
+    ]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 
     let file = std::env::temp_dir().join(format!("ringline_{}.toml", uuid::Uuid::new_v4().simple()));

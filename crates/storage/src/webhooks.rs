@@ -165,18 +165,30 @@ impl WebhookOutbox for SqlWebhookOutbox {
         limit: u32,
     ) -> Result<Vec<WebhookDelivery>, RepositoryError> {
         let (now, lease_until, sender) = (micros(now), micros(lease_until), sender.to_owned());
+        // Looked for on a reading connection: most seconds nothing is due, and then the writer
+        // (on SQLite, the only one) is not involved at all. The lease below re-checks each.
+        let backend = self.db.read.get_database_backend();
+        let due = self
+            .db
+            .read
+            .query_all(statement(backend, DUE, vec![now.into(), now.into(), i64::from(limit).into()]))
+            .await
+            .map_err(storage_failure)?
+            .iter()
+            .map(|row| row.try_get::<i64>("", "id"))
+            .collect::<Result<Vec<i64>, DbErr>>()
+            .map_err(storage_failure)?;
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
         let claimed: Vec<i64> = self
             .db
             .write
             .write(move |db| {
                 Box::pin(async move {
                     let backend = db.get_database_backend();
-                    let due = db
-                        .query_all(statement(backend, DUE, vec![now.into(), now.into(), i64::from(limit).into()]))
-                        .await?;
                     let mut claimed = Vec::with_capacity(due.len());
-                    for row in due {
-                        let id: i64 = row.try_get("", "id")?;
+                    for id in due {
                         let leased = db
                             .execute(statement(
                                 backend,
