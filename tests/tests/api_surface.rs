@@ -290,15 +290,31 @@ async fn the_docs_and_the_document_are_served() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// A database that refuses a statement (here: its table is gone) is a server fault: 500, with
+/// nothing of the cause in the answer.
+#[tokio::test]
 async fn a_failing_database_gives_a_500_that_reveals_nothing() {
+    let app = TestApp::spawn(DatabaseBackend::Postgres).await;
+    let alice = app.user("alice").await;
+    app.get("/api/calls/", &alice).await.expect(200);
+    app.database().execute("DROP TABLE calls CASCADE").await;
+    let body = app.get("/api/calls/", &alice).await.expect_error(500, "internal_error");
+    assert_eq!(body["detail"], "A server error occurred.");
+    assert_eq!(body.as_object().map(|o| o.len()), Some(2), "nothing but detail and code: {body}");
+    app.stop().await;
+}
+
+/// A database that cannot be reached (here: dropped under the server) is an outage, not a
+/// fault: 503 `database_unavailable` with `Retry-After`, revealing nothing of the cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_gives_a_503_that_reveals_nothing() {
     let app = TestApp::spawn(DatabaseBackend::Postgres).await;
     let alice = app.user("alice").await;
     app.get("/api/calls/", &alice).await.expect(200);
     app.database().drop_while_in_use().await;
     let failed = app.get("/api/calls/", &alice).await;
-    let body = failed.expect_error(500, "internal_error");
-    assert_eq!(body["detail"], "A server error occurred.");
+    let body = failed.expect_error(503, "database_unavailable");
+    assert_eq!(body["detail"], "The database is not reachable; try again shortly.");
     assert_eq!(body.as_object().map(|o| o.len()), Some(2), "nothing but detail and code: {body}");
     app.send(Method::GET, "/readyz", None, None).await.expect_error(503, "database_unavailable");
 

@@ -8,7 +8,7 @@
 use poem::http::StatusCode;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object};
-use ringline_domain::{Action, CallServiceError, InitiateRefusal, TransitionError};
+use ringline_domain::{Action, CallServiceError, InitiateRefusal, TransitionError, is_store_unavailable};
 
 /// The error body of every non-2xx response.
 #[derive(Debug, Clone, Object)]
@@ -44,10 +44,14 @@ pub enum ApiError {
     /// An unexpected server failure; details are in the server log only.
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
-    /// A dependency (the database) is unavailable.
+    /// A dependency (the database) is unavailable; retry after the seconds `Retry-After` gives.
     #[oai(status = 503)]
-    Unavailable(Json<ErrorBody>),
+    Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] u32),
 }
+
+/// What `Retry-After` says on a 503: long enough for a restarting database or a failover, short
+/// enough that a ringing call is not lost to the wait.
+pub(crate) const RETRY_AFTER_SECS: u32 = 2;
 
 fn body(detail: impl Into<String>, code: &str) -> Json<ErrorBody> {
     Json(ErrorBody { detail: detail.into(), code: code.to_owned() })
@@ -74,8 +78,20 @@ impl ApiError {
         Self::Conflict(body(detail, code))
     }
 
-    /// Logs `cause` and answers a generic 500.
-    pub fn internal(cause: &dyn std::error::Error) -> Self {
+    /// A dependency did not answer: `503` with `code` and a `Retry-After`.
+    pub fn unavailable(detail: impl Into<String>, code: &str) -> Self {
+        Self::Unavailable(body(detail, code), RETRY_AFTER_SECS)
+    }
+
+    /// Logs `cause` and answers a generic 500, or `503 database_unavailable` when the cause is
+    /// a store that could not be reached (nothing is wrong with the request or the server; the
+    /// client should retry shortly).
+    pub fn internal(cause: &(dyn std::error::Error + 'static)) -> Self {
+        if is_store_unavailable(cause) {
+            // One line per failed request: with the database down, that is the useful signal.
+            tracing::warn!(error = %cause, "request refused: the database is unavailable");
+            return Self::unavailable("The database is not reachable; try again shortly.", "database_unavailable");
+        }
         tracing::error!(error = %cause, "request failed on an internal error");
         Self::Internal(body("A server error occurred.", "internal_error"))
     }

@@ -28,7 +28,7 @@ pub enum ReadyResponse {
     Ready(Json<HealthStatus>),
     /// The database does not answer; do not route traffic here.
     #[oai(status = 503)]
-    Unavailable(Json<ErrorBody>),
+    Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] u32),
 }
 
 #[derive(Debug)]
@@ -64,10 +64,13 @@ impl HealthApi {
             Err(error) => {
                 // The cause goes to the log only: a probe response is readable by anyone.
                 tracing::warn!(%error, "readiness check failed: the database does not answer");
-                ReadyResponse::Unavailable(Json(ErrorBody {
-                    detail: "The database is not reachable.".into(),
-                    code: "database_unavailable".into(),
-                }))
+                ReadyResponse::Unavailable(
+                    Json(ErrorBody {
+                        detail: "The database is not reachable.".into(),
+                        code: "database_unavailable".into(),
+                    }),
+                    crate::error::RETRY_AFTER_SECS,
+                )
             }
         }
     }

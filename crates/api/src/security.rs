@@ -46,10 +46,7 @@ pub async fn authenticate(auth: &dyn Authenticator, req: &Request, bearer: &Bear
             Ok(user)
         }
         Err(AuthError::Unavailable) => {
-            Err(ApiError::Unavailable(poem_openapi::payload::Json(crate::error::ErrorBody {
-                detail: "Service temporarily unavailable.".into(),
-                code: "service_unavailable".into(),
-            })))
+            Err(ApiError::unavailable("Service temporarily unavailable.", "service_unavailable"))
         }
         Err(error) => Err(ApiError::unauthorized(error.to_string(), error.code())),
     }

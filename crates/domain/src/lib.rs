@@ -27,7 +27,7 @@ pub use call::{Call, CallEvent, CallParts, InvalidCall, NewCall, Outcome, Transi
 pub use ports::{
     Audience, CallListFilter, CallObserver, CallRepository, ChangeOrigin, Clock, Directory, DirectoryError,
     NewNotification, Notification, NotificationRepository, Page, PageRequest, PushSubscription, PushSubscriptions,
-    RepositoryError, Signal, SignalRouter, SystemClock, UserProfile,
+    RepositoryError, Signal, SignalRouter, StoreUnavailable, SystemClock, UserProfile, is_store_unavailable,
 };
 pub use rules::{InitiateDecision, InitiateRefusal, decide_initiate};
 pub use service::{CallAction, CallService, CallServiceError, InitiateCommand, Initiated, LivenessPolicy};

@@ -26,6 +26,26 @@ pub enum RepositoryError {
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// A store that could not be reached: it is down, restarting, or had no free connection in
+/// time. Adapters wrap such failures in this (inside [`RepositoryError::Storage`] or
+/// [`DirectoryError`]) so the edge can answer "try again shortly" (HTTP 503 with
+/// `Retry-After`) instead of reporting a server fault: nothing was lost and nothing is broken.
+#[derive(Debug, thiserror::Error)]
+#[error("the store is unavailable: {0}")]
+pub struct StoreUnavailable(#[source] pub Box<dyn std::error::Error + Send + Sync>);
+
+/// Whether `error` or anything it was caused by is a [`StoreUnavailable`].
+pub fn is_store_unavailable(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if error.is::<StoreUnavailable>() {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
 /// Which of a user's calls to list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CallListFilter {
@@ -375,4 +395,24 @@ pub trait PushSubscriptions: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// `Storage` when the store fails.
     async fn of_user(&self, user: &UserId) -> Result<Vec<PushSubscription>, RepositoryError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("connection refused")]
+    struct Refused;
+
+    /// The marker is found however deep the adapters wrapped it, and only where it is.
+    #[test]
+    fn an_unavailable_store_is_recognised_through_its_wrappers() {
+        let wrapped = RepositoryError::Storage(Box::new(StoreUnavailable(Box::new(Refused))));
+        assert!(is_store_unavailable(&wrapped));
+        let directory = DirectoryError(Box::new(StoreUnavailable(Box::new(Refused))));
+        assert!(is_store_unavailable(&directory));
+        assert!(!is_store_unavailable(&RepositoryError::Storage(Box::new(Refused))));
+        assert!(!is_store_unavailable(&RepositoryError::NotFound));
+    }
 }

@@ -26,7 +26,7 @@ use ringline_api::{
 };
 use ringline_domain::{CallService, Clock, SignalRouter, SystemClock, WebhookOutbox};
 use ringline_signaling::{Background, CancellationToken, LocalRouter, MemoryHub, SharedBus, Signaling};
-use ringline_storage::Storage;
+use ringline_storage::{ConnectSettings, Storage};
 
 pub use settings::Settings;
 
@@ -351,9 +351,11 @@ async fn checkpoint_every_second(storage: Storage, stop: CancellationToken) {
 /// # Errors
 /// When the database cannot be opened or migrated.
 pub async fn open_storage(settings: &Settings) -> anyhow::Result<Storage> {
-    let storage = Storage::connect_with(&settings.database_url, settings.sqlite_sync())
-        .await
-        .context("cannot open the database")?;
+    let connect = ConnectSettings {
+        sqlite_sync: settings.sqlite_sync(),
+        acquire_timeout: Duration::from_secs(settings.database_acquire_timeout_secs),
+    };
+    let storage = Storage::connect_with(&settings.database_url, connect).await.context("cannot open the database")?;
     storage.migrate().await.context("cannot migrate the database")?;
     Ok(storage)
 }

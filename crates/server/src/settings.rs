@@ -43,6 +43,11 @@ pub struct Settings {
     pub bind: SocketAddr,
     #[serde(default = "defaults::database_url")]
     pub database_url: String,
+    /// How long a request waits for a PostgreSQL connection before it is answered `503
+    /// database_unavailable`: short, so an outage fails requests at once instead of holding
+    /// them.
+    #[serde(default = "defaults::database_acquire_timeout_secs")]
+    pub database_acquire_timeout_secs: u64,
     /// `None`: `full` when `env` is production, `normal` otherwise ([`Settings::sqlite_sync`]).
     pub sqlite_synchronous: Option<SqliteSync>,
     #[serde(default)]
@@ -149,6 +154,9 @@ mod defaults {
     }
     pub fn ws_frame_burst() -> u32 {
         200
+    }
+    pub fn database_acquire_timeout_secs() -> u64 {
+        ringline_storage::ConnectSettings::DEFAULT_ACQUIRE_TIMEOUT.as_secs()
     }
     pub fn http_idle_timeout_secs() -> u64 {
         75
@@ -289,6 +297,8 @@ pub enum SettingsError {
     WebhookLimits,
     #[error("RINGLINE_HTTP_IDLE_TIMEOUT_SECS must be longer than RINGLINE_WS_PING_INTERVAL_SECS and at most 3600")]
     HttpIdleTimeout,
+    #[error("RINGLINE_DATABASE_ACQUIRE_TIMEOUT_SECS must be between 1 and 60")]
+    AcquireTimeout,
     #[error("RINGLINE_WS_MAX_PER_USER must be between 1 and 10000")]
     MaxPerUser,
     #[error("RINGLINE_VAPID_SUBJECT must be a mailto: or https:// URL")]
@@ -359,6 +369,9 @@ impl Settings {
         }
         if !(self.ws_ping_interval_secs + 1..=3600).contains(&self.http_idle_timeout_secs) {
             return Err(SettingsError::HttpIdleTimeout);
+        }
+        if !(1..=60).contains(&self.database_acquire_timeout_secs) {
+            return Err(SettingsError::AcquireTimeout);
         }
         if !(1..=10_000).contains(&self.ws_max_per_user) {
             return Err(SettingsError::MaxPerUser);
@@ -469,6 +482,7 @@ impl Settings {
             ws_frame_burst: defaults::ws_frame_burst(),
             ws_max_per_user: defaults::ws_max_per_user(),
             http_idle_timeout_secs: defaults::http_idle_timeout_secs(),
+            database_acquire_timeout_secs: defaults::database_acquire_timeout_secs(),
             cors_allowed_origins: Vec::new(),
             log_format: LogFormat::Text,
             redis_url: None,

@@ -62,6 +62,10 @@ impl Signaling {
                 self.announcer.cache.remember_missing(id);
                 Ok(None)
             }
+            Err(error) if ringline_domain::is_store_unavailable(&error) => {
+                tracing::warn!(%error, "cannot load a call for signaling: the database is unavailable");
+                Err(database_unavailable())
+            }
             Err(error) => {
                 tracing::error!(%error, "cannot load a call for signaling");
                 Err(FrameError::new("internal_error", "The server could not load the call; try again."))
@@ -294,6 +298,11 @@ fn elsewhere() -> FrameError {
     FrameError::new("answered_elsewhere", "The call was answered on another of your devices.")
 }
 
+/// The database did not answer: nothing was done, and the same frame can be sent again.
+fn database_unavailable() -> FrameError {
+    FrameError::new("database_unavailable", "The database is not reachable; try again shortly.")
+}
+
 fn refusal(error: CallServiceError) -> FrameError {
     use ringline_domain::TransitionError;
     match error {
@@ -307,6 +316,10 @@ fn refusal(error: CallServiceError) -> FrameError {
             FrameError::new("receiver_only", "Only the receiver may do that.")
         }
         CallServiceError::StillRacing => FrameError::new("call_conflict", "The call changed meanwhile; try again."),
+        other if ringline_domain::is_store_unavailable(&other) => {
+            tracing::warn!(error = %other, "a socket action failed: the database is unavailable");
+            database_unavailable()
+        }
         other => {
             tracing::error!(error = %other, "a socket action failed");
             FrameError::new("internal_error", "The server could not do that; try again.")

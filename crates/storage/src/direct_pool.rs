@@ -87,11 +87,13 @@ impl<D: Driver> Checkout<D> {
 
 impl<D: Driver> DirectPool<D> {
     /// A pool of up to `max_connections` opened with `options`; none opened yet.
-    pub(crate) fn new(options: Options<D>, max_connections: usize) -> Self {
+    /// A statement waits up to `acquire_timeout` for a connection (and a new connection as long
+    /// for the server).
+    pub(crate) fn new(options: Options<D>, max_connections: usize, acquire_timeout: Duration) -> Self {
         let pool = managed::Pool::builder(Connector { options })
             .max_size(max_connections)
-            .wait_timeout(Some(ACQUIRE_TIMEOUT))
-            .create_timeout(Some(ACQUIRE_TIMEOUT))
+            .wait_timeout(Some(acquire_timeout))
+            .create_timeout(Some(acquire_timeout))
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .expect("a runtime is set, so the timeouts are valid");
@@ -113,9 +115,6 @@ impl<D: Driver> DirectPool<D> {
         self.pool.close();
     }
 }
-
-/// How long a statement waits for a connection (and a new connection for the server).
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[async_trait::async_trait]
 impl<D: Driver> ConnectionTrait for DirectPool<D> {
@@ -165,7 +164,7 @@ mod tests {
     /// A pool of one connection to the test server.
     fn pool_of_one() -> DirectPool<sqlx::Postgres> {
         let url = std::env::var("RINGLINE_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_TEST_POSTGRES_URL.to_owned());
-        DirectPool::new(url.parse().expect("a PostgreSQL URL"), 1)
+        DirectPool::new(url.parse().expect("a PostgreSQL URL"), 1, Duration::from_secs(10))
     }
 
     async fn backend_pid(pool: &DirectPool<sqlx::Postgres>) -> i32 {

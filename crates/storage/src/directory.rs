@@ -15,7 +15,7 @@ pub struct SqlDirectory {
 }
 
 fn lookup_failed(error: impl std::error::Error + Send + Sync + 'static) -> DirectoryError {
-    DirectoryError(Box::new(error))
+    DirectoryError(crate::classified(error))
 }
 
 fn to_profile(row: user::Model) -> Result<UserProfile, DirectoryError> {

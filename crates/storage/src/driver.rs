@@ -73,6 +73,29 @@ pub(crate) fn is_database_error(error: &DbErr) -> bool {
     )
 }
 
+/// Whether `error` says the database could not be reached rather than that it refused a
+/// statement: no connection (refused, reset, timed out, none free in time), or a server that
+/// is shutting down, starting up or dropped the connection (PostgreSQL's class 08 and
+/// 57P01-57P03). Retrying later can succeed; nothing about the request was wrong.
+pub(crate) fn is_unavailable(error: &DbErr) -> bool {
+    let sqlx_error = match error {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => return true,
+        DbErr::Exec(RuntimeErr::SqlxError(error)) | DbErr::Query(RuntimeErr::SqlxError(error)) => error,
+        _ => return false,
+    };
+    match sqlx_error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(error) => {
+            error.code().is_some_and(|code| code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03"))
+        }
+        _ => false,
+    }
+}
+
 fn values(stmt: &Statement) -> SqlxValues {
     SqlxValues(stmt.values.clone().unwrap_or(Values(Vec::new())))
 }

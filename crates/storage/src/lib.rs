@@ -32,6 +32,7 @@ mod writer;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ringline_domain::StoreUnavailable;
 use sea_orm::sqlx::postgres::PgConnectOptions;
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::sqlx::{self, ConnectOptions as _};
@@ -48,6 +49,31 @@ pub use notifications::SqlNotifications;
 pub use push::{SqlPushSubscriptions, VapidKeys};
 pub use webhooks::SqlWebhookOutbox;
 use writer::Writer;
+
+/// How [`Storage::connect_with`] connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectSettings {
+    /// How SQLite trades durability for speed (ignored for PostgreSQL).
+    pub sqlite_sync: SqliteSync,
+    /// How long a statement waits for a PostgreSQL connection, and a new connection for the
+    /// server, before it fails as unavailable (SQLite always waits up to 10 s). Short, so that with the database down requests are answered
+    /// `503` at once instead of piling up for as long as the outage lasts.
+    pub acquire_timeout: Duration,
+}
+
+impl ConnectSettings {
+    /// The default [`ConnectSettings::acquire_timeout`].
+    pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+}
+
+/// How long a statement waits for a SQLite connection.
+const SQLITE_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Default for ConnectSettings {
+    fn default() -> Self {
+        Self { sqlite_sync: SqliteSync::default(), acquire_timeout: Self::DEFAULT_ACQUIRE_TIMEOUT }
+    }
+}
 
 /// The URL used when none is configured: a SQLite file in the working directory, created on
 /// first start.
@@ -201,16 +227,21 @@ impl Storage {
         if !is_sqlite && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
             return Err(StorageError::UnsupportedUrl);
         }
-        Self::connect_with(url, SqliteSync::default()).await
+        Self::connect_with(url, ConnectSettings::default()).await
     }
 
-    /// [`Storage::connect`], choosing how SQLite trades durability for speed (ignored for
-    /// PostgreSQL).
+    /// [`Storage::connect`] with [`ConnectSettings`]: how SQLite trades durability for speed,
+    /// and how soon a PostgreSQL that does not answer fails a statement.
     ///
     /// # Errors
     /// As [`Storage::connect`].
-    pub async fn connect_with(url: &str, sqlite_sync: SqliteSync) -> Result<Self, StorageError> {
+    pub async fn connect_with(url: &str, settings: ConnectSettings) -> Result<Self, StorageError> {
         let is_sqlite = url.starts_with("sqlite:");
+        // A SQLite file does not go down: a wait there is for the one writer under load, and
+        // failing it early would only turn a slow request into a failed one.
+        let settings =
+            if is_sqlite { ConnectSettings { acquire_timeout: SQLITE_ACQUIRE_TIMEOUT, ..settings } } else { settings };
+        let ConnectSettings { sqlite_sync, acquire_timeout } = settings;
         if !is_sqlite && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
             return Err(StorageError::UnsupportedUrl);
         }
@@ -218,31 +249,36 @@ impl Storage {
         let invalid_url = |e| DbErr::Conn(RuntimeErr::SqlxError(e));
         let (read, write_pool, write) = if !is_sqlite {
             let options = url.parse::<PgConnectOptions>().map_err(invalid_url)?;
-            let read =
-                Connection::Postgres(DirectPool::new(options.log_statements(tracing::log::LevelFilter::Debug), 16));
-            (read.clone(), Database::connect(Self::options(url, 4, sqlite_sync)).await?, Writer::Pool(read))
+            let read = Connection::Postgres(DirectPool::new(
+                options.log_statements(tracing::log::LevelFilter::Debug),
+                16,
+                acquire_timeout,
+            ));
+            let write_pool = Database::connect(Self::options(url, 4, settings)).await?;
+            (read.clone(), write_pool, Writer::Pool(read))
         } else if sqlite_file {
             let options = url.parse::<SqliteConnectOptions>().map_err(invalid_url)?;
             let options = sqlite_tuning(options, sqlite_sync).log_statements(tracing::log::LevelFilter::Debug);
             let writer = Writer::group_commit(options.clone()).await?;
-            let read = Connection::Sqlite(DirectPool::new(options, 8));
-            (read, Database::connect(Self::options(url, 1, sqlite_sync)).await?, writer)
+            let read = Connection::Sqlite(DirectPool::new(options, 8, acquire_timeout));
+            (read, Database::connect(Self::options(url, 1, settings)).await?, writer)
         } else {
             // An in-memory SQLite database exists once per pool, so it keeps a single pool.
-            let pool = Database::connect(Self::options(url, 1, sqlite_sync)).await?;
+            let pool = Database::connect(Self::options(url, 1, settings)).await?;
             (Connection::Pool(pool.clone()), pool.clone(), Writer::Pool(Connection::Pool(pool)))
         };
         Ok(Self { connections: Connections { read, write_pool, write } })
     }
 
     /// The pool settings for `url`, with up to `max_connections`.
-    fn options(url: &str, max_connections: u32, sqlite_sync: SqliteSync) -> ConnectOptions {
+    fn options(url: &str, max_connections: u32, settings: ConnectSettings) -> ConnectOptions {
+        let ConnectSettings { sqlite_sync, acquire_timeout } = settings;
         let mut options = ConnectOptions::new(url.to_owned());
         options
             .max_connections(max_connections)
             .min_connections(1)
-            .connect_timeout(Duration::from_secs(10))
-            .acquire_timeout(Duration::from_secs(10))
+            .connect_timeout(acquire_timeout)
+            .acquire_timeout(acquire_timeout)
             // sqlx pings every connection it hands out by default: a round trip per statement
             // or transaction, most of them for nothing. A connection that broke (the database
             // restarted) fails its next statement instead and is replaced.
@@ -387,7 +423,14 @@ fn statement(backend: DbBackend, sql: &str, values: Vec<sea_orm::Value>) -> Stat
 }
 
 fn storage_failure(error: impl std::error::Error + Send + Sync + 'static) -> ringline_domain::RepositoryError {
-    ringline_domain::RepositoryError::Storage(Box::new(error))
+    ringline_domain::RepositoryError::Storage(classified(error))
+}
+
+/// `error`, boxed; wrapped in [`StoreUnavailable`] when it says the database could not be
+/// reached, so the edge answers "try again shortly" instead of "server fault".
+fn classified(error: impl std::error::Error + Send + Sync + 'static) -> Box<dyn std::error::Error + Send + Sync> {
+    let unreachable = (&error as &dyn std::any::Any).downcast_ref::<DbErr>().is_some_and(driver::is_unavailable);
+    if unreachable { Box::new(StoreUnavailable(Box::new(error))) } else { Box::new(error) }
 }
 
 #[cfg(test)]

@@ -101,6 +101,15 @@ impl TestDatabase {
         admin.close().await.expect("close the admin connection");
     }
 
+    /// Runs `sql` on the test database (to break it in a way a test needs, say).
+    ///
+    /// # Panics
+    /// When the statement fails.
+    pub async fn execute(&self, sql: &str) {
+        use sea_orm::ConnectionTrait;
+        self.storage.connections.write_pool.execute_unprepared(sql).await.expect("the statement runs");
+    }
+
     /// Closes the connections and removes the database.
     pub async fn cleanup(self) {
         self.storage.close().await.expect("close the test database");
