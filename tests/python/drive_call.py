@@ -6,6 +6,7 @@ GENERATED_CLIENT (the directory holding the ringline_client package), RINGLINE_U
 CALLER_TOKEN, RECEIVER_TOKEN, RECEIVER_ID. Exits non-zero on the first failed check.
 """
 
+import inspect
 import os
 import sys
 
@@ -20,7 +21,7 @@ from ringline_client.api.calls import (  # noqa: E402
     calls_list,
     turn_ice_servers,
 )
-from ringline_client.models import CallJson, CallPage, CallStatusJson, ErrorBody, InitiateBody  # noqa: E402
+from ringline_client.models import CallJson, CallPage, CallStatusJson, CallTypeJson, ErrorBody, InitiateBody  # noqa: E402
 
 
 def check(condition, message):
@@ -34,13 +35,26 @@ caller = AuthenticatedClient(base_url=base, token=os.environ["CALLER_TOKEN"], ra
 receiver = AuthenticatedClient(base_url=base, token=os.environ["RECEIVER_TOKEN"], raise_on_unexpected_status=True)
 receiver_id = os.environ["RECEIVER_ID"]
 
-created = calls_initiate.sync_detailed(client=caller, body=InitiateBody(receiver_id=receiver_id, call_type="video"))
+# The generated types are the strict ones: receiver_id is required (a keyword without a
+# default), call_type is an enum, and path ids are integers.
+try:
+    InitiateBody()
+    check(False, "InitiateBody without receiver_id was allowed")
+except TypeError:
+    pass
+id_type = inspect.signature(calls_accept.sync_detailed).parameters["id"].annotation
+check(id_type in (int, "int"), f"path ids are typed {id_type!r}")
+created = calls_initiate.sync_detailed(
+    client=caller, body=InitiateBody(receiver_id=receiver_id, call_type=CallTypeJson.VIDEO)
+)
 check(created.status_code == 201, f"initiate answered {created.status_code}: {created.content!r}")
 call = created.parsed
 check(isinstance(call, CallJson), f"initiate parsed as {type(call)}")
 check(call.status == CallStatusJson.RINGING, f"status {call.status}")
 check(call.receiver.id == receiver_id, f"receiver {call.receiver.id}")
-call_id = str(call.id)
+check(call.call_type == CallTypeJson.VIDEO, f"call_type {call.call_type}")
+check(isinstance(call.id, int), f"id {call.id!r}")
+call_id = call.id
 
 denied = calls_accept.sync_detailed(call_id, client=caller)
 check(denied.status_code == 403, f"the caller accepting answered {denied.status_code}")

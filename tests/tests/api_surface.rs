@@ -95,7 +95,7 @@ async fn the_admin_api_provisions_users_and_conversations(backend: DatabaseBacke
     assert_eq!(conversation, json!({"id": 7, "participants": ["alice", "bob"]}));
     let unknown =
         admin(&app, Method::PUT, "/api/admin/conversations/7/", Some(json!({"participants": ["nobody"]}))).await;
-    unknown.expect_error(400, "unknown_user");
+    unknown.expect_error(409, "unknown_user");
     let added =
         admin(&app, Method::POST, "/api/admin/conversations/7/participants/", Some(json!({"user_ids": ["carol"]})))
             .await

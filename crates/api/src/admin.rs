@@ -16,21 +16,21 @@ use subtle::ConstantTimeEq;
 
 use crate::ApiTags;
 use crate::error::ApiError;
-use crate::models::{FlexibleId, UserJson};
+use crate::models::{FlexibleId, IntegerParam, JsonText, MAX_USERNAME_CHARS, UserIdParam, UserJson, UsernameField};
 use crate::security::AdminToken;
-
-/// Longest username accepted, as Django's `AbstractUser`.
-const MAX_USERNAME: usize = 150;
 
 /// Body of `PUT /api/admin/users/{id}/`.
 #[derive(Debug, Object)]
 pub struct AdminUserBody {
-    pub username: String,
-    #[oai(default)]
-    pub first_name: String,
-    #[oai(default)]
-    pub last_name: String,
-    pub profile_image_url: Option<String>,
+    pub username: UsernameField,
+    /// `null` or absent: empty.
+    #[oai(default, nullable)]
+    pub first_name: JsonText,
+    /// `null` or absent: empty.
+    #[oai(default, nullable)]
+    pub last_name: JsonText,
+    #[oai(nullable)]
+    pub profile_image_url: Option<JsonText>,
 }
 
 /// Body of `PUT /api/admin/conversations/{id}/`.
@@ -127,7 +127,8 @@ fn conversation_id(raw: &str) -> Result<ConversationId, ApiError> {
 fn write_error(error: DirectoryWriteError) -> ApiError {
     match error {
         DirectoryWriteError::UnknownUser(user) => {
-            ApiError::bad_request(format!("Unknown user {user}: create it first."), "unknown_user")
+            // 409: the request is fine; the directory lacks the user it refers to yet.
+            ApiError::conflict(format!("Unknown user {user}: create it first."), "unknown_user")
         }
         DirectoryWriteError::UnknownConversation => {
             ApiError::not_found("Conversation not found.", "conversation_not_found")
@@ -143,21 +144,22 @@ impl AdminApi {
     async fn put_user(
         &self,
         auth: AdminToken,
-        id: Path<String>,
+        id: Path<UserIdParam>,
         body: Json<AdminUserBody>,
     ) -> Result<Json<UserJson>, ApiError> {
         self.check(&auth)?;
         let body = body.0;
-        let username = body.username.trim();
-        if username.is_empty() || username.chars().count() > MAX_USERNAME {
+        // The limit applies to what was sent, as the schema says; the name kept is trimmed.
+        let username = body.username.0.trim();
+        if username.is_empty() || body.username.0.chars().count() > MAX_USERNAME_CHARS {
             return Err(ApiError::bad_request("username must be 1 to 150 characters.", "invalid_username"));
         }
         let profile = UserProfile {
-            id: user_id(&id.0)?,
+            id: user_id(&id.0.0)?,
             username: username.to_owned(),
-            first_name: body.first_name,
-            last_name: body.last_name,
-            profile_image_url: body.profile_image_url.filter(|url| !url.is_empty()),
+            first_name: body.first_name.0,
+            last_name: body.last_name.0,
+            profile_image_url: body.profile_image_url.map(|url| url.0).filter(|url| !url.is_empty()),
         };
         self.directory.upsert_user(&profile, self.clock.now()).await.map_err(|error| ApiError::internal(&error))?;
         Ok(Json(UserJson::from_profile(&profile)))
@@ -165,9 +167,9 @@ impl AdminApi {
 
     /// Read a user
     #[oai(path = "/api/admin/users/:id/", method = "get", operation_id = "admin_get_user")]
-    async fn get_user(&self, auth: AdminToken, id: Path<String>) -> Result<Json<UserJson>, ApiError> {
+    async fn get_user(&self, auth: AdminToken, id: Path<UserIdParam>) -> Result<Json<UserJson>, ApiError> {
         self.check(&auth)?;
-        let profile = self.directory.user(&user_id(&id.0)?).await.map_err(|error| ApiError::internal(&error))?;
+        let profile = self.directory.user(&user_id(&id.0.0)?).await.map_err(|error| ApiError::internal(&error))?;
         profile
             .map(|p| Json(UserJson::from_profile(&p)))
             .ok_or_else(|| ApiError::not_found("User not found.", "user_not_found"))
@@ -179,9 +181,9 @@ impl AdminApi {
     /// through Redis; an instance that died stops counting within 30 s). For a host
     /// application deciding whether to push a call to a phone.
     #[oai(path = "/api/admin/users/:id/presence/", method = "get", operation_id = "admin_user_presence")]
-    async fn presence(&self, auth: AdminToken, id: Path<String>) -> Result<Json<PresenceJson>, ApiError> {
+    async fn presence(&self, auth: AdminToken, id: Path<UserIdParam>) -> Result<Json<PresenceJson>, ApiError> {
         self.check(&auth)?;
-        let devices = self.signaling.devices_online(&user_id(&id.0)?).await;
+        let devices = self.signaling.devices_online(&user_id(&id.0.0)?).await;
         Ok(Json(PresenceJson { online: devices > 0, devices: u64::try_from(devices).unwrap_or(u64::MAX) }))
     }
 
@@ -189,9 +191,9 @@ impl AdminApi {
     ///
     /// Removes the user and their conversation memberships; their call history stays.
     #[oai(path = "/api/admin/users/:id/", method = "delete", operation_id = "admin_delete_user")]
-    async fn delete_user(&self, auth: AdminToken, id: Path<String>) -> Result<Deleted, ApiError> {
+    async fn delete_user(&self, auth: AdminToken, id: Path<UserIdParam>) -> Result<Deleted, ApiError> {
         self.check(&auth)?;
-        match self.directory.delete_user(&user_id(&id.0)?).await.map_err(write_error)? {
+        match self.directory.delete_user(&user_id(&id.0.0)?).await.map_err(write_error)? {
             true => Ok(Deleted::Done),
             false => Err(ApiError::not_found("User not found.", "user_not_found")),
         }
@@ -202,11 +204,11 @@ impl AdminApi {
     async fn put_conversation(
         &self,
         auth: AdminToken,
-        id: Path<String>,
+        id: Path<IntegerParam>,
         body: Json<ConversationBody>,
     ) -> Result<Json<ConversationJson>, ApiError> {
         self.check(&auth)?;
-        let id = conversation_id(&id.0)?;
+        let id = conversation_id(&id.0.0)?;
         let participants = user_ids(body.0.participants)?;
         let before = self.directory.conversation_participants(id).await.map_err(|error| ApiError::internal(&error))?;
         self.directory.set_conversation(id, &participants, self.clock.now()).await.map_err(write_error)?;
@@ -218,9 +220,13 @@ impl AdminApi {
 
     /// Read a conversation
     #[oai(path = "/api/admin/conversations/:id/", method = "get", operation_id = "admin_get_conversation")]
-    async fn get_conversation(&self, auth: AdminToken, id: Path<String>) -> Result<Json<ConversationJson>, ApiError> {
+    async fn get_conversation(
+        &self,
+        auth: AdminToken,
+        id: Path<IntegerParam>,
+    ) -> Result<Json<ConversationJson>, ApiError> {
         self.check(&auth)?;
-        self.conversation_json(conversation_id(&id.0)?).await
+        self.conversation_json(conversation_id(&id.0.0)?).await
     }
 
     /// Add participants
@@ -232,11 +238,11 @@ impl AdminApi {
     async fn add_participants(
         &self,
         auth: AdminToken,
-        id: Path<String>,
+        id: Path<IntegerParam>,
         body: Json<ParticipantsBody>,
     ) -> Result<Json<ConversationJson>, ApiError> {
         self.check(&auth)?;
-        let id = conversation_id(&id.0)?;
+        let id = conversation_id(&id.0.0)?;
         self.directory.add_participants(id, &user_ids(body.0.user_ids)?).await.map_err(write_error)?;
         self.conversation_json(id).await
     }
@@ -250,11 +256,11 @@ impl AdminApi {
     async fn remove_participant(
         &self,
         auth: AdminToken,
-        id: Path<String>,
-        user_id: Path<String>,
+        id: Path<IntegerParam>,
+        user_id: Path<IntegerParam>,
     ) -> Result<Deleted, ApiError> {
         self.check(&auth)?;
-        let (conversation, user) = (conversation_id(&id.0)?, self::user_id(&user_id.0)?);
+        let (conversation, user) = (conversation_id(&id.0.0)?, self::user_id(&user_id.0.0)?);
         let removed = self.directory.remove_participant(conversation, &user).await.map_err(write_error)?;
         if removed {
             self.signaling.left_conversation(&user, conversation);

@@ -14,7 +14,7 @@ use ringline_signaling::Signaling;
 use crate::ApiTags;
 use crate::auth::Authenticator;
 use crate::error::ApiError;
-use crate::models::{CallJson, CallPage, InitiateBody};
+use crate::models::{CallJson, CallPage, InitiateBody, IntegerParam, UserIdFilter};
 use crate::pagination;
 use crate::security::{BearerAuth, authenticate};
 
@@ -80,13 +80,14 @@ impl CallsApi {
     ) -> Result<InitiateResponse, ApiError> {
         let caller = authenticate(self.auth.as_ref(), req, &auth).await?;
         let body = body.0;
-        let receiver = match body.receiver_id {
+        let receiver = match body.receiver_id.0 {
             Some(id) if !id.0.is_empty() => id.0,
             _ => return Err(ApiError::bad_request("receiver_id is required.", "receiver_id_required")),
         };
-        let call_type = match body.call_type.as_deref() {
+        let call_type = match body.call_type {
             None => CallType::default(),
             Some(raw) => raw
+                .0
                 .parse()
                 .map_err(|_| ApiError::bad_request("call_type must be 'voice' or 'video'.", "invalid_call_type"))?,
         };
@@ -111,8 +112,13 @@ impl CallsApi {
     ///
     /// Only the receiver may accept, and only while the call rings.
     #[oai(path = "/api/calls/:id/accept/", method = "post", operation_id = "calls_accept")]
-    async fn accept(&self, req: &Request, auth: BearerAuth, id: Path<String>) -> Result<Json<CallJson>, ApiError> {
-        self.act(req, auth, &id.0, CallAction::Accept).await
+    async fn accept(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        id: Path<IntegerParam>,
+    ) -> Result<Json<CallJson>, ApiError> {
+        self.act(req, auth, &id.0.0, CallAction::Accept).await
     }
 
     /// Decline a ringing call
@@ -120,8 +126,13 @@ impl CallsApi {
     /// Only the receiver may decline, and only while the call rings. Declining a call that is
     /// already declined succeeds and changes nothing.
     #[oai(path = "/api/calls/:id/reject/", method = "post", operation_id = "calls_reject")]
-    async fn reject(&self, req: &Request, auth: BearerAuth, id: Path<String>) -> Result<Json<CallJson>, ApiError> {
-        self.act(req, auth, &id.0, CallAction::Reject).await
+    async fn reject(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        id: Path<IntegerParam>,
+    ) -> Result<Json<CallJson>, ApiError> {
+        self.act(req, auth, &id.0.0, CallAction::Reject).await
     }
 
     /// Hang up
@@ -131,8 +142,8 @@ impl CallsApi {
     /// cancelled, by the receiver declined. Ending a call that is already over succeeds and
     /// changes nothing, so clients may retry.
     #[oai(path = "/api/calls/:id/end/", method = "post", operation_id = "calls_end")]
-    async fn end(&self, req: &Request, auth: BearerAuth, id: Path<String>) -> Result<Json<CallJson>, ApiError> {
-        self.act(req, auth, &id.0, CallAction::End(HangupReason::UserHangup)).await
+    async fn end(&self, req: &Request, auth: BearerAuth, id: Path<IntegerParam>) -> Result<Json<CallJson>, ApiError> {
+        self.act(req, auth, &id.0.0, CallAction::End(HangupReason::UserHangup)).await
     }
 
     /// List your calls
@@ -147,11 +158,11 @@ impl CallsApi {
         /// 1-based page number.
         page: Query<Option<String>>,
         /// Only calls with this user.
-        user_id: Query<Option<String>>,
+        user_id: Query<Option<UserIdFilter>>,
     ) -> Result<Json<CallPage>, ApiError> {
         let viewer = authenticate(self.auth.as_ref(), req, &auth).await?;
         let page = pagination::requested(page.0.as_deref())?;
-        let with_user = match user_id.0.as_deref() {
+        let with_user = match user_id.0.as_ref().map(|id| id.0.as_str()) {
             None | Some("") => None,
             Some(raw) => Some(
                 UserId::parse(raw)
@@ -179,9 +190,9 @@ impl CallsApi {
     ///
     /// 404 unless you are its caller or receiver: nobody learns that other calls exist.
     #[oai(path = "/api/calls/:id/", method = "get", operation_id = "calls_get")]
-    async fn get(&self, req: &Request, auth: BearerAuth, id: Path<String>) -> Result<Json<CallJson>, ApiError> {
+    async fn get(&self, req: &Request, auth: BearerAuth, id: Path<IntegerParam>) -> Result<Json<CallJson>, ApiError> {
         let viewer = authenticate(self.auth.as_ref(), req, &auth).await?;
-        let call = self.signaling.service().get(&viewer, parse_call_id(&id.0)?).await?;
+        let call = self.signaling.service().get(&viewer, parse_call_id(&id.0.0)?).await?;
         Ok(Json(self.to_json(&call).await?))
     }
 }

@@ -41,6 +41,9 @@ pub enum ApiError {
     /// The request body is larger than the server accepts.
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),
+    /// The request has a body that is not `application/json`, or none where one is required.
+    #[oai(status = 415)]
+    UnsupportedMediaType(Json<ErrorBody>),
     /// An unexpected server failure; details are in the server log only.
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
@@ -104,6 +107,7 @@ impl ApiError {
         match status {
             StatusCode::UNAUTHORIZED => Self::unauthorized(detail, code),
             StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge(body(detail, code)),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::UnsupportedMediaType(body(detail, code)),
             StatusCode::NOT_FOUND => Self::not_found(detail, code),
             status if status.is_server_error() => Self::internal(&error),
             _ => Self::bad_request(detail, code),

@@ -145,7 +145,18 @@ pub fn server_routes(parts: ServerParts) -> impl Endpoint + use<> {
     let spec_endpoint =
         poem::endpoint::make_sync(move |_| Response::builder().content_type("application/json").body(spec.clone()));
     let docs_endpoint = poem::endpoint::make_sync(move |_| Html(docs_html.clone()));
-    http_conventions(
+    let served_outside_the_document = [
+        ("/", "GET"),
+        ("/app.js", "GET"),
+        ("/style.css", "GET"),
+        ("/sw.js", "GET"),
+        ("/api/openapi.json", "GET"),
+        ("/api/docs", "GET"),
+        ("/ws/notifications", "GET"),
+        ("/ws/chat/{conversation_id}", "GET"),
+    ];
+    let allowed = AllowedMethods::from_spec(&generated, &served_outside_the_document);
+    let routes = http_conventions(
         Route::new()
             .at("/api/openapi.json", spec_endpoint)
             .at("/api/docs", docs_endpoint)
@@ -165,7 +176,8 @@ pub fn server_routes(parts: ServerParts) -> impl Endpoint + use<> {
                     routes.call(req).await.map(IntoResponse::into_response)
                 }
             }),
-    )
+    );
+    with_allow_header(routes, allowed)
 }
 
 /// Removes the forwarding headers of a request that did not come from a trusted proxy: links
@@ -192,7 +204,76 @@ pub fn call_routes(parts: CallApiParts) -> impl Endpoint + use<> {
         TurnApi::new(ice, authenticator, clock),
     );
     let api = describe(OpenApiService::new(apis, "Ringline calls", env!("CARGO_PKG_VERSION")));
-    http_conventions(Route::new().nest("/ws", sockets).nest("/", api))
+    let allowed =
+        AllowedMethods::from_spec(&api.spec(), &[("/ws/notifications", "GET"), ("/ws/chat/{conversation_id}", "GET")]);
+    with_allow_header(http_conventions(Route::new().nest("/ws", sockets).nest("/", api)), allowed)
+}
+
+/// Which methods each documented path answers, for the `Allow` header of a 405 (RFC 9110
+/// requires it). Read from the OpenAPI document, so it cannot drift from the routes.
+#[derive(Debug, Default)]
+struct AllowedMethods {
+    /// Path templates split into segments (`{id}` matches any one segment), with the methods.
+    paths: Vec<(Vec<String>, String)>,
+}
+
+impl AllowedMethods {
+    /// From `spec` (the document poem-openapi generated), plus `extra` paths served outside it.
+    fn from_spec(spec: &str, extra: &[(&str, &str)]) -> Self {
+        let document: serde_json::Value = serde_json::from_str(spec).unwrap_or_default();
+        let mut paths = Vec::new();
+        for (path, operations) in document["paths"].as_object().into_iter().flatten() {
+            let mut methods: Vec<String> = operations
+                .as_object()
+                .into_iter()
+                .flat_map(|operations| operations.keys())
+                .map(|method| method.to_ascii_uppercase())
+                .collect();
+            if methods.iter().any(|method| method == "GET") {
+                methods.push("HEAD".to_owned()); // poem answers HEAD wherever GET is routed
+            }
+            paths.push((Self::segments(path), methods.join(", ")));
+        }
+        for (path, methods) in extra {
+            paths.push((Self::segments(path), format!("{methods}, HEAD")));
+        }
+        Self { paths }
+    }
+
+    fn segments(path: &str) -> Vec<String> {
+        path.trim_matches('/').split('/').map(str::to_owned).collect()
+    }
+
+    /// The `Allow` value for a request path (with or without its trailing slash).
+    fn for_path(&self, path: &str) -> Option<&str> {
+        let wanted: Vec<&str> = path.trim_matches('/').split('/').collect();
+        self.paths
+            .iter()
+            .find(|(template, _)| {
+                template.len() == wanted.len()
+                    && template.iter().zip(&wanted).all(|(part, given)| part.starts_with('{') || part == given)
+            })
+            .map(|(_, methods)| methods.as_str())
+    }
+}
+
+/// Adds `Allow` to a 405 answered by `endpoint`.
+fn with_allow_header(endpoint: impl Endpoint + 'static, allowed: AllowedMethods) -> impl Endpoint + 'static {
+    let allowed = Arc::new(allowed);
+    endpoint.around(move |endpoint, req| {
+        let allowed = allowed.clone();
+        async move {
+            let path = req.uri().path().to_owned();
+            let mut response = endpoint.call(req).await?.into_response();
+            if response.status() == StatusCode::METHOD_NOT_ALLOWED
+                && let Some(methods) = allowed.for_path(&path)
+                && let Ok(value) = poem::http::HeaderValue::from_str(methods)
+            {
+                response.headers_mut().insert(poem::http::header::ALLOW, value);
+            }
+            Ok(response)
+        }
+    })
 }
 
 /// The OpenAPI document of the standalone server, as JSON, with the contract's paths.
@@ -263,7 +344,8 @@ pub fn http_conventions(endpoint: impl Endpoint + 'static) -> impl Endpoint + 's
             req.extensions_mut().insert(user.clone());
             let response = endpoint.call(req).await?;
             let status = response.status().as_u16();
-            let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+            // To a tenth of a millisecond: the digits beyond are noise, and make lines long.
+            let latency_ms = (started.elapsed().as_secs_f64() * 10_000.0).round() / 10.0;
             let user = user.get().map_or("-", |user| user.as_str());
             tracing::info!(target: "ringline::http", %method, %path, status, latency_ms, %user, "request");
             Ok(response)

@@ -3,8 +3,9 @@
 use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
+use poem_openapi::registry::Registry;
 use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
-use poem_openapi::types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type};
+use poem_openapi::types::{ParseError, ParseFromJSON, ParseFromParameter, ParseResult, ToJSON, Type};
 use poem_openapi::{Enum, Object};
 use ringline_domain::{Call, Timestamp, UserId, UserProfile};
 use serde_json::Value;
@@ -25,7 +26,7 @@ impl Type for FlexibleId {
 
     fn schema_ref() -> MetaSchemaRef {
         MetaSchemaRef::Inline(Box::new(MetaSchema {
-            one_of: vec![String::schema_ref(), i64::schema_ref()],
+            one_of: vec![user_id_schema(), i64::schema_ref()],
             ..MetaSchema::ANY
         }))
     }
@@ -50,6 +51,328 @@ impl ParseFromJSON for FlexibleId {
 }
 
 impl ToJSON for FlexibleId {
+    fn to_json(&self) -> Option<Value> {
+        Some(Value::String(self.0.clone()))
+    }
+}
+
+/// What a user id may be, as a schema: 1 to 64 characters without whitespace or control
+/// characters (the rule of [`UserId::parse`]).
+fn user_id_schema() -> MetaSchemaRef {
+    MetaSchemaRef::Inline(Box::new(MetaSchema {
+        min_length: Some(1),
+        max_length: Some(UserId::MAX_LEN),
+        pattern: Some(USER_ID_PATTERN.to_owned()),
+        ..MetaSchema::new("string")
+    }))
+}
+
+/// `user_id` in `GET /api/calls/?user_id=`: a user id, or empty for none (the original app
+/// ignored an empty filter, and its clients may send one).
+fn user_id_filter_schema() -> MetaSchemaRef {
+    MetaSchemaRef::Inline(Box::new(MetaSchema {
+        max_length: Some(UserId::MAX_LEN),
+        pattern: Some(r"^[^\s\x00-\x1F\x7F-\x9F]*$".to_owned()),
+        ..MetaSchema::new("string")
+    }))
+}
+
+/// No whitespace (`\s` covers Unicode's) and no C0 or C1 control character.
+const USER_ID_PATTERN: &str = r"^[^\s\x00-\x1F\x7F-\x9F]+$";
+
+/// A database id (a call's, a notification's, a conversation's): a positive integer, also
+/// when sent as a string of digits, as the original app's clients do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlexibleNumber(pub String);
+
+impl Type for FlexibleNumber {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        "positive_integer_or_digits".into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Inline(Box::new(MetaSchema {
+            one_of: vec![positive_integer_schema(), digits_schema()],
+            ..MetaSchema::ANY
+        }))
+    }
+
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl ParseFromJSON for FlexibleNumber {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        FlexibleId::parse_from_json(value).map(|id| Self(id.0)).map_err(ParseError::propagate)
+    }
+}
+
+impl ToJSON for FlexibleNumber {
+    fn to_json(&self) -> Option<Value> {
+        Some(Value::String(self.0.clone()))
+    }
+}
+
+fn positive_integer_schema() -> MetaSchemaRef {
+    MetaSchemaRef::Inline(Box::new(MetaSchema {
+        minimum: Some(1.0),
+        ..MetaSchema::new_with_format("integer", "int64")
+    }))
+}
+
+/// Digits of a positive 64-bit integer, at most 18 so that every match fits; or empty, which
+/// the original app took as "none" and its clients may send.
+fn digits_schema() -> MetaSchemaRef {
+    MetaSchemaRef::Inline(Box::new(MetaSchema {
+        pattern: Some("^([1-9][0-9]{0,17})?$".to_owned()),
+        ..MetaSchema::new("string")
+    }))
+}
+
+/// A path parameter documented as a positive integer (`/api/calls/{id}/`). Any text is taken
+/// and judged by the handler, which answers a non-number `404`, as Django's `<int:pk>` routes
+/// did: no resource has that id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntegerParam(pub String);
+
+/// A path or query parameter documented as a user id ([`user_id_schema`]). Any text is
+/// taken and judged by the handler, with its own error code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserIdParam(pub String);
+
+/// A query parameter documented as a user id or empty ([`user_id_filter_schema`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserIdFilter(pub String);
+
+macro_rules! text_parameter {
+    ($type:ty, $name:literal, $schema:expr) => {
+        impl Type for $type {
+            const IS_REQUIRED: bool = true;
+            type RawValueType = Self;
+            type RawElementValueType = Self;
+
+            fn name() -> Cow<'static, str> {
+                $name.into()
+            }
+
+            fn schema_ref() -> MetaSchemaRef {
+                $schema
+            }
+
+            fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+                Some(self)
+            }
+
+            fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+                Box::new(self.as_raw_value().into_iter())
+            }
+        }
+
+        impl ParseFromParameter for $type {
+            fn parse_from_parameter(value: &str) -> ParseResult<Self> {
+                Ok(Self(value.to_owned()))
+            }
+        }
+    };
+}
+
+text_parameter!(IntegerParam, "integer_id", positive_integer_schema());
+text_parameter!(UserIdParam, "user_id", user_id_schema());
+text_parameter!(UserIdFilter, "user_id_or_empty", user_id_filter_schema());
+
+/// A field the schema marks required whose absence the handler reports with its own stable
+/// code (`receiver_id_required`, as the original app's message), rather than as a generic
+/// parse error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Required<T>(pub Option<T>);
+
+impl<T: Type> Type for Required<T> {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = T::RawValueType;
+    type RawElementValueType = T::RawElementValueType;
+
+    fn name() -> Cow<'static, str> {
+        T::name()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        T::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        self.0.as_ref().and_then(Type::as_raw_value)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        match &self.0 {
+            Some(value) => value.raw_element_iter(),
+            None => Box::new(std::iter::empty()),
+        }
+    }
+}
+
+impl<T: ParseFromJSON> ParseFromJSON for Required<T> {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        match value.unwrap_or_default() {
+            Value::Null => Ok(Self(None)),
+            value => T::parse_from_json(Some(value)).map(|value| Self(Some(value))).map_err(ParseError::propagate),
+        }
+    }
+}
+
+impl<T: ToJSON> ToJSON for Required<T> {
+    fn to_json(&self) -> Option<Value> {
+        self.0.as_ref().map_or(Some(Value::Null), ToJSON::to_json)
+    }
+}
+
+/// A username in a request: documented as 1 to 150 characters with at least one that is not
+/// whitespace, taken as any string and judged by the handler (400 `invalid_username`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsernameField(pub String);
+
+impl Type for UsernameField {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        "username".into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Inline(Box::new(MetaSchema {
+            min_length: Some(1),
+            max_length: Some(MAX_USERNAME_CHARS),
+            // Unanchored: somewhere a character that is not whitespace.
+            pattern: Some(r"\S".to_owned()),
+            ..MetaSchema::new("string")
+        }))
+    }
+
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl ParseFromJSON for UsernameField {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        match value {
+            Some(Value::String(text)) => Ok(Self(text)),
+            other => Err(ParseError::expected_type(other.unwrap_or_default())),
+        }
+    }
+}
+
+impl ToJSON for UsernameField {
+    fn to_json(&self) -> Option<Value> {
+        Some(Value::String(self.0.clone()))
+    }
+}
+
+/// A string field that takes only JSON strings (poem-openapi's `String` also takes numbers
+/// and booleans, turning `false` into `"false"`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JsonText(pub String);
+
+impl Type for JsonText {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        "string".into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        String::schema_ref()
+    }
+
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl ParseFromJSON for JsonText {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        match value {
+            Some(Value::String(text)) => Ok(Self(text)),
+            other => Err(ParseError::expected_type(other.unwrap_or_default())),
+        }
+    }
+}
+
+impl ToJSON for JsonText {
+    fn to_json(&self) -> Option<Value> {
+        Some(Value::String(self.0.clone()))
+    }
+}
+
+/// The longest username, in characters (Django's `AbstractUser.username`).
+pub const MAX_USERNAME_CHARS: usize = 150;
+
+/// `call_type` in a request: documented as [`CallTypeJson`] (`voice` or `video`), taken as
+/// any string and judged by the handler (400 `invalid_call_type`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallTypeField(pub String);
+
+impl Type for CallTypeField {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        CallTypeJson::name()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        CallTypeJson::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        CallTypeJson::register(registry);
+    }
+
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl ParseFromJSON for CallTypeField {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        match value {
+            Some(Value::String(text)) => Ok(Self(text)),
+            other => Err(ParseError::expected_type(other.unwrap_or_default())),
+        }
+    }
+}
+
+impl ToJSON for CallTypeField {
     fn to_json(&self) -> Option<Value> {
         Some(Value::String(self.0.clone()))
     }
@@ -105,12 +428,15 @@ impl ToJSON for UtcTime {
 /// Body of `POST /api/calls/initiate/`.
 #[derive(Debug, Object)]
 pub struct InitiateBody {
-    /// The user to call (required; a string or a number).
-    pub receiver_id: Option<FlexibleId>,
-    /// `voice` (default) or `video`.
-    pub call_type: Option<String>,
+    /// The user to call: a string or a number.
+    pub receiver_id: Required<FlexibleId>,
+    /// `voice` or `video`; `null` or absent: `voice`.
+    #[oai(nullable)]
+    pub call_type: Option<CallTypeField>,
     /// The conversation the call belongs to, if any; both users must be its participants.
-    pub conversation_id: Option<FlexibleId>,
+    /// `null` or `""`: none.
+    #[oai(nullable)]
+    pub conversation_id: Option<FlexibleNumber>,
 }
 
 /// A user as the other party of a call sees them. No email and no phone number.

@@ -14,7 +14,7 @@ use ringline_signaling::events::NotificationPayload;
 use crate::ApiTags;
 use crate::auth::Authenticator;
 use crate::error::ApiError;
-use crate::models::UserJson;
+use crate::models::{IntegerParam, UserJson};
 use crate::pagination;
 use crate::security::{BearerAuth, authenticate};
 
@@ -143,10 +143,15 @@ impl NotificationsApi {
 
     /// Mark one notification read
     #[oai(path = "/api/notifications/:id/read/", method = "post", operation_id = "notifications_read")]
-    async fn read(&self, req: &Request, auth: BearerAuth, id: Path<String>) -> Result<Json<MarkedRead>, ApiError> {
+    async fn read(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        id: Path<IntegerParam>,
+    ) -> Result<Json<MarkedRead>, ApiError> {
         let user = authenticate(self.auth.as_ref(), req, &auth).await?;
         let not_found = || ApiError::not_found("Not found.", "notification_not_found");
-        let id = id.0.parse::<i64>().map_err(|_| not_found())?;
+        let id = id.0.0.parse::<i64>().map_err(|_| not_found())?;
         let marked =
             self.signaling.notifications().mark_read(&user, id).await.map_err(|error| ApiError::internal(&error))?;
         if marked { Ok(Json(MarkedRead { status: "ok".into() })) } else { Err(not_found()) }

@@ -28,7 +28,8 @@ impl InvalidValue {
 pub struct UserId(String);
 
 impl UserId {
-    /// Longest id accepted; comfortably above a UUID or a numeric database id.
+    /// Longest id accepted, in characters (as the databases' `varchar(64)` counts, and the
+    /// OpenAPI document's `maxLength`); comfortably above a UUID or a numeric database id.
     pub const MAX_LEN: usize = 64;
 
     /// Parses a user id: 1 to 64 characters, none of them whitespace or control characters.
@@ -40,8 +41,8 @@ impl UserId {
         if raw.is_empty() {
             return Err(InvalidValue::new("user_id", "must not be empty"));
         }
-        if raw.len() > Self::MAX_LEN {
-            return Err(InvalidValue::new("user_id", "must be at most 64 bytes"));
+        if raw.chars().count() > Self::MAX_LEN {
+            return Err(InvalidValue::new("user_id", "must be at most 64 characters"));
         }
         if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(InvalidValue::new("user_id", "must not contain whitespace or control characters"));
@@ -449,6 +450,9 @@ mod tests {
         assert!(UserId::parse("a\u{0}").is_err());
         assert!(UserId::parse("x".repeat(65)).is_err());
         assert!(UserId::parse("x".repeat(64)).is_ok());
+        // Characters, not bytes, as PostgreSQL's varchar(64) and the schema's maxLength count.
+        assert!(UserId::parse("é".repeat(64)).is_ok());
+        assert!(UserId::parse("é".repeat(65)).is_err());
     }
 
     #[test]
