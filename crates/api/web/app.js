@@ -943,8 +943,16 @@ async function hangUp() {
 function failCall(message, reason) {
   const call = state.call;
   if (call) {
-    send(reason ? { type: "call.end", call_id: call.id, reason } : { type: "call.end", call_id: call.id });
-    api(`/api/calls/${call.id}/end/`, { method: "POST", body: {} }).catch(() => {});
+    // The socket carries the reason; the REST end (which records a plain hang-up) is only the
+    // safety net, sent once the socket's end has surely landed (ending an ended call changes
+    // nothing). Sent together, the REST end could win the race and lose the reason.
+    const endOverRest = () => api(`/api/calls/${call.id}/end/`, { method: "POST", body: {} }).catch(() => {});
+    if (state.socket?.readyState === WebSocket.OPEN) {
+      send(reason ? { type: "call.end", call_id: call.id, reason } : { type: "call.end", call_id: call.id });
+      setTimeout(endOverRest, 2000);
+    } else {
+      endOverRest();
+    }
   }
   endLocally(message, 0, { error: true });
 }
