@@ -44,6 +44,8 @@ pub struct SessionSlot {
     kicked: Notify,
     /// Set when the session is closed for a reason other than a full queue (the close code).
     dismissed: std::sync::atomic::AtomicU16,
+    /// Set when its queue first overflowed (the warning is logged once).
+    overflowed: std::sync::atomic::AtomicBool,
 }
 
 impl SessionSlot {
@@ -52,7 +54,11 @@ impl SessionSlot {
         match self.queue.try_send(Arc::clone(payload)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(device = %self.device, user = %self.user, "session is not reading its events: closing it");
+                // Once per session: until it is closed every further event is dropped too, and a
+                // line for each (hundreds a second under a burst) would flood the log.
+                if !self.overflowed.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(device = %self.device, user = %self.user, "session is not reading its events: closing it");
+                }
                 self.kicked.notify_one();
             }
             // The session is ending; it unregisters itself.
@@ -218,6 +224,7 @@ impl LocalRouter {
             queue,
             kicked: Notify::new(),
             dismissed: std::sync::atomic::AtomicU16::new(0),
+            overflowed: std::sync::atomic::AtomicBool::new(false),
         });
         let mut registry = self.write();
         let slots = registry.by_user.entry(user.clone()).or_default();
@@ -493,6 +500,38 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(1), slow.kicked())
             .await
             .expect("the slow session is kicked");
+    }
+
+    /// The log line when a session's queue overflows, in memory.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("not poisoned").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Hundreds of events dropped for a session that stopped reading make one warning, not one
+    /// each (a burst once logged 344).
+    #[test]
+    fn an_overflowing_session_is_warned_about_once() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let router = LocalRouter::new();
+            let (_slot, _events) = router.register(user("bob"), SessionKind::Notifications);
+            for i in 0..QUEUE_CAPACITY + 500 {
+                router.route(signal(Audience::User(user("bob")), &format!("e{i}")));
+            }
+        });
+        let log = String::from_utf8(captured.0.lock().expect("not poisoned").clone()).expect("UTF-8");
+        assert_eq!(log.matches("session is not reading its events").count(), 1, "{log}");
     }
 
     #[tokio::test]
