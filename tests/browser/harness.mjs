@@ -24,7 +24,7 @@ export function freePort() {
   });
 }
 
-async function waitForServer(url) {
+export async function waitForServer(url) {
   const deadline = Date.now() + 30_000;
   while (Date.now() < deadline) {
     try {

@@ -14,7 +14,7 @@ use ringline_signaling::Signaling;
 use crate::ApiTags;
 use crate::auth::Authenticator;
 use crate::error::ApiError;
-use crate::models::{CallJson, CallPage, InitiateBody, IntegerParam, UserIdFilter};
+use crate::models::{CallJson, CallPage, InitiateBody, IntegerParam, UserIdFilter, UserJson};
 use crate::pagination;
 use crate::security::{BearerAuth, authenticate};
 
@@ -184,6 +184,18 @@ impl CallsApi {
             previous,
             results: found.items.iter().map(|call| CallJson::new(call, &profiles)).collect(),
         }))
+    }
+
+    /// Who you are
+    ///
+    /// Your profile as the directory knows it (what the other party of your calls sees), for
+    /// a client to show who is signed in.
+    #[oai(path = "/api/users/me/", method = "get", operation_id = "users_me")]
+    async fn me(&self, req: &Request, auth: BearerAuth) -> Result<Json<UserJson>, ApiError> {
+        let viewer = authenticate(self.auth.as_ref(), req, &auth).await?;
+        let profile =
+            self.signaling.service().directory().user(&viewer).await.map_err(|error| ApiError::internal(&error))?;
+        Ok(Json(profile.map_or_else(|| UserJson::unknown(&viewer), |profile| UserJson::from_profile(&profile))))
     }
 
     /// One call

@@ -137,6 +137,7 @@ pub fn server_api(parts: ServerParts) -> OpenApiService<ServerApis, ()> {
 pub fn server_routes(parts: ServerParts) -> impl Endpoint + use<> {
     let sockets = websocket_routes(parts.calls.signaling.clone(), parts.calls.authenticator.clone());
     let trusted_proxies = parts.trusted_proxies.clone();
+    let index = Arc::new(web::index(parts.demo_login.is_some()));
     let api = server_api(parts);
     let generated = api.spec();
     let spec = published_spec(&generated);
@@ -169,9 +170,10 @@ pub fn server_routes(parts: ServerParts) -> impl Endpoint + use<> {
             // for exactly "/" before routing.
             .around(move |routes, mut req| {
                 untrusted_forwarding_removed(&mut req, &trusted_proxies);
+                let index = index.clone();
                 async move {
                     if req.uri().path() == "/" && req.method() == poem::http::Method::GET {
-                        return Ok(web::index().call(req).await?.into_response());
+                        return Ok(index.call(req).await?.into_response());
                     }
                     routes.call(req).await.map(IntoResponse::into_response)
                 }

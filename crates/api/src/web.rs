@@ -9,20 +9,29 @@ const SCRIPT: &str = include_str!("../web/app.js");
 const STYLE: &str = include_str!("../web/style.css");
 const WORKER: &str = include_str!("../web/sw.js");
 
-fn asset(body: &'static str, content_type: &'static str) -> impl poem::Endpoint {
+fn asset(
+    body: impl Into<poem::Body> + Clone + Send + Sync + 'static,
+    content_type: &'static str,
+) -> impl poem::Endpoint {
     poem::endpoint::make_sync(move |_| {
         Response::builder()
             .content_type(content_type)
             // Assets change with the binary; revalidating costs one request per page load.
             .header(header::CACHE_CONTROL, "no-cache")
             .header("x-content-type-options", "nosniff")
-            .body(body)
+            .body(body.clone())
     })
 }
 
-/// `/`: the page.
-pub fn index() -> impl poem::Endpoint {
-    asset(INDEX, "text/html; charset=utf-8")
+/// The page says whether demo sign-in is on in this tag, so that it asks the demo endpoints
+/// nothing when it is off.
+const DEMO_OFF: &str = r#"<meta name="ringline-demo" content="off">"#;
+
+/// `/`: the page; `demo`: whether demo sign-in (`ringline demo`) is on.
+pub fn index(demo: bool) -> impl poem::Endpoint {
+    let page =
+        if demo { INDEX.replace(DEMO_OFF, r#"<meta name="ringline-demo" content="on">"#) } else { INDEX.to_owned() };
+    asset(page, "text/html; charset=utf-8")
 }
 
 /// `/app.js`: the client.

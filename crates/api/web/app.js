@@ -160,8 +160,14 @@ const nameOf = (user) => [user.first_name, user.last_name].filter(Boolean).join(
 
 // ---------------------------------------------------------------- sign-in
 
+/// Whether the server runs demo sign-in (`ringline demo`): the page then lists the demo users;
+/// otherwise it asks the demo endpoints nothing.
+const demoEnabled = document.querySelector('meta[name="ringline-demo"]')?.content === "on";
+
 async function showSignIn() {
   render();
+  $("demo").hidden = true;
+  if (!demoEnabled) return;
   try {
     const { data } = await api("/api/demo/users/", { auth: false });
     const list = $("demo-users");
@@ -178,8 +184,9 @@ async function showSignIn() {
       }),
     );
     $("demo").hidden = data.users.length === 0;
+    $("token-help").hidden = data.users.length > 0;
   } catch {
-    $("demo").hidden = true; // demo sign-in is off: paste a token
+    $("demo").hidden = true;
   }
 }
 
@@ -212,6 +219,13 @@ async function signIn(token, me) {
     return;
   }
   state.me = me || userFromToken(token);
+  // The name the directory has, rather than what the token happens to carry.
+  try {
+    const { data } = await api("/api/users/me/");
+    state.me = { id: data.id, name: nameOf(data) };
+  } catch {
+    // An older server without /api/users/me/: the token's claims will do.
+  }
   sessionStorage.setItem("ringline.token", token);
   sessionStorage.setItem("ringline.me", JSON.stringify(state.me));
   notify("");
@@ -241,6 +255,10 @@ async function start() {
 // ---------------------------------------------------------------- contacts and history
 
 async function loadContacts() {
+  if (!demoEnabled) {
+    renderContacts(); // contacts come from the call history
+    return;
+  }
   try {
     const { data } = await api("/api/demo/users/", { auth: false });
     for (const user of data.users) state.contacts.set(user.id, { id: user.id, name: nameOf(user) });
