@@ -3,42 +3,132 @@
 use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
-use poem_openapi::registry::Registry;
-use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
+use poem_openapi::registry::{MetaSchema, MetaSchemaRef, Registry};
 use poem_openapi::types::{ParseError, ParseFromJSON, ParseFromParameter, ParseResult, ToJSON, Type};
 use poem_openapi::{Enum, Object};
 use ringline_domain::{Call, Timestamp, UserId, UserProfile};
 use serde_json::Value;
+
+/// Implements poem-openapi's `Type` for a `(pub String)` newtype that the document describes
+/// with `$schema` (and registers with `register`), but that takes text the schema refuses too:
+/// its handler judges it, with its own stable error code.
+macro_rules! text_type {
+    ($type:ty, $name:expr, $schema:expr $(, register = $register:path)?) => {
+        impl Type for $type {
+            const IS_REQUIRED: bool = true;
+            type RawValueType = Self;
+            type RawElementValueType = Self;
+
+            fn name() -> Cow<'static, str> {
+                $name.into()
+            }
+
+            fn schema_ref() -> MetaSchemaRef {
+                $schema
+            }
+
+            $(fn register(registry: &mut Registry) {
+                $register(registry);
+            })?
+
+            fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+                Some(self)
+            }
+
+            fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+                Box::new(self.as_raw_value().into_iter())
+            }
+        }
+    };
+}
+
+/// A [`text_type!`] taken from a path or query parameter: any text.
+macro_rules! parameter_text {
+    ($type:ty) => {
+        impl ParseFromParameter for $type {
+            fn parse_from_parameter(value: &str) -> ParseResult<Self> {
+                Ok(Self(value.to_owned()))
+            }
+        }
+    };
+}
+
+/// A [`text_type!`] taken from a JSON body: a JSON string, and nothing else (poem-openapi's
+/// `String` also takes numbers and booleans, turning `false` into `"false"`).
+macro_rules! json_text {
+    ($type:ty) => {
+        impl ParseFromJSON for $type {
+            fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+                match value {
+                    Some(Value::String(text)) => Ok(Self(text)),
+                    other => Err(ParseError::expected_type(other.unwrap_or_default())),
+                }
+            }
+        }
+
+        impl ToJSON for $type {
+            fn to_json(&self) -> Option<Value> {
+                Some(Value::String(self.0.clone()))
+            }
+        }
+    };
+}
+
+text_type!(IntegerParam, "integer_id", positive_integer_schema());
+parameter_text!(IntegerParam);
+text_type!(UserIdParam, "user_id", user_id_schema());
+parameter_text!(UserIdParam);
+text_type!(UserIdFilter, "user_id_or_empty", user_id_filter_schema());
+parameter_text!(UserIdFilter);
+
+/// A field the schema marks required whose absence the handler reports with its own stable
+/// code (`receiver_id_required`, as the original app's message), rather than as a generic
+/// parse error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Required<T>(pub Option<T>);
+
+impl<T: Type> Type for Required<T> {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = T::RawValueType;
+    type RawElementValueType = T::RawElementValueType;
+
+    fn name() -> Cow<'static, str> {
+        T::name()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        T::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        self.0.as_ref().and_then(Type::as_raw_value)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        match &self.0 {
+            Some(value) => value.raw_element_iter(),
+            None => Box::new(std::iter::empty()),
+        }
+    }
+}
 
 /// An id a client may send as a JSON string or a number (`"42"` and `42` are the same id),
 /// as the original app's clients do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlexibleId(pub String);
 
-impl Type for FlexibleId {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = Self;
-    type RawElementValueType = Self;
-
-    fn name() -> Cow<'static, str> {
-        "string_or_integer".into()
-    }
-
-    fn schema_ref() -> MetaSchemaRef {
-        MetaSchemaRef::Inline(Box::new(MetaSchema {
-            one_of: vec![user_id_schema(), i64::schema_ref()],
-            ..MetaSchema::ANY
-        }))
-    }
-
-    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
-        Some(self)
-    }
-
-    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
-        Box::new(self.as_raw_value().into_iter())
-    }
-}
+text_type!(
+    FlexibleId,
+    "string_or_integer",
+    MetaSchemaRef::Inline(Box::new(MetaSchema {
+        one_of: vec![user_id_schema(), i64::schema_ref()],
+        ..MetaSchema::ANY
+    }))
+);
 
 impl ParseFromJSON for FlexibleId {
     fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
@@ -85,30 +175,14 @@ const USER_ID_PATTERN: &str = r"^[^\s\x00-\x1F\x7F-\x9F]+$";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlexibleNumber(pub String);
 
-impl Type for FlexibleNumber {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = Self;
-    type RawElementValueType = Self;
-
-    fn name() -> Cow<'static, str> {
-        "positive_integer_or_digits".into()
-    }
-
-    fn schema_ref() -> MetaSchemaRef {
-        MetaSchemaRef::Inline(Box::new(MetaSchema {
-            one_of: vec![positive_integer_schema(), digits_schema()],
-            ..MetaSchema::ANY
-        }))
-    }
-
-    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
-        Some(self)
-    }
-
-    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
-        Box::new(self.as_raw_value().into_iter())
-    }
-}
+text_type!(
+    FlexibleNumber,
+    "positive_integer_or_digits",
+    MetaSchemaRef::Inline(Box::new(MetaSchema {
+        one_of: vec![positive_integer_schema(), digits_schema()],
+        ..MetaSchema::ANY
+    }))
+);
 
 impl ParseFromJSON for FlexibleNumber {
     fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
@@ -153,77 +227,6 @@ pub struct UserIdParam(pub String);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserIdFilter(pub String);
 
-macro_rules! text_parameter {
-    ($type:ty, $name:literal, $schema:expr) => {
-        impl Type for $type {
-            const IS_REQUIRED: bool = true;
-            type RawValueType = Self;
-            type RawElementValueType = Self;
-
-            fn name() -> Cow<'static, str> {
-                $name.into()
-            }
-
-            fn schema_ref() -> MetaSchemaRef {
-                $schema
-            }
-
-            fn as_raw_value(&self) -> Option<&Self::RawValueType> {
-                Some(self)
-            }
-
-            fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
-                Box::new(self.as_raw_value().into_iter())
-            }
-        }
-
-        impl ParseFromParameter for $type {
-            fn parse_from_parameter(value: &str) -> ParseResult<Self> {
-                Ok(Self(value.to_owned()))
-            }
-        }
-    };
-}
-
-text_parameter!(IntegerParam, "integer_id", positive_integer_schema());
-text_parameter!(UserIdParam, "user_id", user_id_schema());
-text_parameter!(UserIdFilter, "user_id_or_empty", user_id_filter_schema());
-
-/// A field the schema marks required whose absence the handler reports with its own stable
-/// code (`receiver_id_required`, as the original app's message), rather than as a generic
-/// parse error.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Required<T>(pub Option<T>);
-
-impl<T: Type> Type for Required<T> {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = T::RawValueType;
-    type RawElementValueType = T::RawElementValueType;
-
-    fn name() -> Cow<'static, str> {
-        T::name()
-    }
-
-    fn schema_ref() -> MetaSchemaRef {
-        T::schema_ref()
-    }
-
-    fn register(registry: &mut Registry) {
-        T::register(registry);
-    }
-
-    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
-        self.0.as_ref().and_then(Type::as_raw_value)
-    }
-
-    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
-        match &self.0 {
-            Some(value) => value.raw_element_iter(),
-            None => Box::new(std::iter::empty()),
-        }
-    }
-}
-
 impl<T: ParseFromJSON> ParseFromJSON for Required<T> {
     fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
         match value.unwrap_or_default() {
@@ -244,47 +247,17 @@ impl<T: ToJSON> ToJSON for Required<T> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsernameField(pub String);
 
-impl Type for UsernameField {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = Self;
-    type RawElementValueType = Self;
+text_type!(UsernameField, "username", username_schema());
+json_text!(UsernameField);
 
-    fn name() -> Cow<'static, str> {
-        "username".into()
-    }
-
-    fn schema_ref() -> MetaSchemaRef {
-        MetaSchemaRef::Inline(Box::new(MetaSchema {
-            min_length: Some(1),
-            max_length: Some(MAX_USERNAME_CHARS),
-            // Unanchored: somewhere a character that is not whitespace.
-            pattern: Some(r"\S".to_owned()),
-            ..MetaSchema::new("string")
-        }))
-    }
-
-    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
-        Some(self)
-    }
-
-    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
-        Box::new(self.as_raw_value().into_iter())
-    }
-}
-
-impl ParseFromJSON for UsernameField {
-    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
-        match value {
-            Some(Value::String(text)) => Ok(Self(text)),
-            other => Err(ParseError::expected_type(other.unwrap_or_default())),
-        }
-    }
-}
-
-impl ToJSON for UsernameField {
-    fn to_json(&self) -> Option<Value> {
-        Some(Value::String(self.0.clone()))
-    }
+fn username_schema() -> MetaSchemaRef {
+    MetaSchemaRef::Inline(Box::new(MetaSchema {
+        min_length: Some(1),
+        max_length: Some(MAX_USERNAME_CHARS),
+        // Unanchored: somewhere a character that is not whitespace.
+        pattern: Some(r"\S".to_owned()),
+        ..MetaSchema::new("string")
+    }))
 }
 
 /// A string field that takes only JSON strings (poem-openapi's `String` also takes numbers
@@ -292,42 +265,8 @@ impl ToJSON for UsernameField {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JsonText(pub String);
 
-impl Type for JsonText {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = Self;
-    type RawElementValueType = Self;
-
-    fn name() -> Cow<'static, str> {
-        "string".into()
-    }
-
-    fn schema_ref() -> MetaSchemaRef {
-        String::schema_ref()
-    }
-
-    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
-        Some(self)
-    }
-
-    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
-        Box::new(self.as_raw_value().into_iter())
-    }
-}
-
-impl ParseFromJSON for JsonText {
-    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
-        match value {
-            Some(Value::String(text)) => Ok(Self(text)),
-            other => Err(ParseError::expected_type(other.unwrap_or_default())),
-        }
-    }
-}
-
-impl ToJSON for JsonText {
-    fn to_json(&self) -> Option<Value> {
-        Some(Value::String(self.0.clone()))
-    }
-}
+text_type!(JsonText, "string", String::schema_ref());
+json_text!(JsonText);
 
 /// The longest username, in characters (Django's `AbstractUser.username`).
 pub const MAX_USERNAME_CHARS: usize = 150;
@@ -337,46 +276,8 @@ pub const MAX_USERNAME_CHARS: usize = 150;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallTypeField(pub String);
 
-impl Type for CallTypeField {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = Self;
-    type RawElementValueType = Self;
-
-    fn name() -> Cow<'static, str> {
-        CallTypeJson::name()
-    }
-
-    fn schema_ref() -> MetaSchemaRef {
-        CallTypeJson::schema_ref()
-    }
-
-    fn register(registry: &mut Registry) {
-        CallTypeJson::register(registry);
-    }
-
-    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
-        Some(self)
-    }
-
-    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
-        Box::new(self.as_raw_value().into_iter())
-    }
-}
-
-impl ParseFromJSON for CallTypeField {
-    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
-        match value {
-            Some(Value::String(text)) => Ok(Self(text)),
-            other => Err(ParseError::expected_type(other.unwrap_or_default())),
-        }
-    }
-}
-
-impl ToJSON for CallTypeField {
-    fn to_json(&self) -> Option<Value> {
-        Some(Value::String(self.0.clone()))
-    }
-}
+text_type!(CallTypeField, CallTypeJson::name(), CallTypeJson::schema_ref(), register = CallTypeJson::register);
+json_text!(CallTypeField);
 
 /// A moment as Django REST Framework writes one: RFC 3339 in UTC with a `Z`
 /// (`2026-12-01T21:15:51.123456Z`), never `+00:00`. poem-openapi's own `DateTime<Utc>` writes
