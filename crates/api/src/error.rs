@@ -91,8 +91,10 @@ impl ApiError {
     /// client should retry shortly).
     pub fn internal(cause: &(dyn std::error::Error + 'static)) -> Self {
         if is_store_unavailable(cause) {
-            // One line per failed request: with the database down, that is the useful signal.
-            tracing::warn!(error = %cause, "request refused: the database is unavailable");
+            // The first refusal of each second: under load an outage fails thousands.
+            if ringline_signaling::outage_log::database_outage_log_due() {
+                tracing::warn!(error = %cause, "request refused: the database is unavailable");
+            }
             return Self::unavailable("The database is not reachable; try again shortly.", "database_unavailable");
         }
         tracing::error!(error = %cause, "request failed on an internal error");

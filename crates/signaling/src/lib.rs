@@ -27,6 +27,7 @@ pub mod events;
 pub mod hub;
 mod lifecycle;
 pub mod liveness;
+pub mod outage_log;
 pub mod protocol;
 mod relay;
 pub mod replay;

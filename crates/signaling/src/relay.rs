@@ -63,7 +63,9 @@ impl Signaling {
                 Ok(None)
             }
             Err(error) if ringline_domain::is_store_unavailable(&error) => {
-                tracing::warn!(%error, "cannot load a call for signaling: the database is unavailable");
+                if crate::outage_log::database_outage_log_due() {
+                    tracing::warn!(%error, "cannot load a call for signaling: the database is unavailable");
+                }
                 Err(database_unavailable())
             }
             Err(error) => {
@@ -317,7 +319,9 @@ fn refusal(error: CallServiceError) -> FrameError {
         }
         CallServiceError::StillRacing => FrameError::new("call_conflict", "The call changed meanwhile; try again."),
         other if ringline_domain::is_store_unavailable(&other) => {
-            tracing::warn!(error = %other, "a socket action failed: the database is unavailable");
+            if crate::outage_log::database_outage_log_due() {
+                tracing::warn!(error = %other, "a socket action failed: the database is unavailable");
+            }
             database_unavailable()
         }
         other => {
