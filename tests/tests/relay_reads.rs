@@ -10,7 +10,7 @@ use ringline_domain::{
     Call, CallId, CallListFilter, CallRepository, CallService, CallType, Clock, NewCall, Page, PageRequest,
     RepositoryError, SystemClock, Timestamp, Transition, UserId,
 };
-use ringline_signaling::{SessionContext, SessionKind, Signaling};
+use ringline_signaling::{FrameRate, SessionContext, SessionKind, Signaling};
 use ringline_storage::testing::{Backend, TestDatabase};
 
 /// The real SQL repository, counting the reads of single calls.
@@ -90,7 +90,10 @@ async fn a_thousand_relayed_frames_read_the_call_at_most_once() {
         Arc::new(SystemClock),
         Duration::from_secs(45),
     );
-    let hub = Signaling::local(service, Arc::new(storage.notifications()));
+    // No fan-in limit in the way: this is about reads, and the frames do not come through a
+    // socket with its own limit.
+    let unlimited = FrameRate { per_second: 1e6, burst: 1e6 };
+    let hub = Signaling::local(service, Arc::new(storage.notifications())).with_frame_rate(unlimited);
     let (slot, mut bob_events) = hub.sessions().register(bob.clone(), SessionKind::Notifications);
     let sender = SessionContext::new(ringline_domain::DeviceId::new(0, 9_999), alice, SessionKind::Notifications);
     for n in 0..1000 {
@@ -132,5 +135,56 @@ async fn frames_naming_a_missing_call_read_the_database_once() {
         assert!(reply.contains("call_not_found"), "{reply}");
     }
     assert_eq!(counting.gets.load(Ordering::Relaxed), 1, "one read for the missing id, none after");
+    database.cleanup().await;
+}
+
+/// Frames naming ever new call ids each cost a read once, so a per-user budget bounds them: a
+/// user's frames cause at most 20 reads at once and 10 a second (answered `rate_limited`
+/// beyond), and another user's reads are not affected.
+#[tokio::test]
+async fn one_users_frames_may_cause_only_so_many_reads() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let storage = database.storage();
+    let counting = Arc::new(CountingReads { inner: storage.calls(), gets: AtomicUsize::new(0) });
+    let service = CallService::new(
+        counting.clone(),
+        Arc::new(storage.directory()),
+        Arc::new(SystemClock),
+        Duration::from_secs(45),
+    );
+    let hub = Signaling::local(service, Arc::new(storage.notifications()));
+    let frame = |id: u32| {
+        format!(
+            r#"{{"type":"call.ice-candidate","call_id":{id},"candidate":{{"candidate":"candidate:1 1 udp 1 127.0.0.1 5000 typ host"}}}}"#
+        )
+    };
+    let mallory = SessionContext::new(
+        ringline_domain::DeviceId::new(0, 1),
+        UserId::parse("mallory").expect("id"),
+        SessionKind::Notifications,
+    );
+    let started = std::time::Instant::now();
+    let (mut not_found, mut limited) = (0, 0);
+    for id in 1_000..1_200 {
+        let reply = hub.handle_text(&mallory, &frame(id)).await.expect("an error");
+        if reply.contains("call_not_found") {
+            not_found += 1;
+        } else {
+            assert!(reply.contains("rate_limited") && reply.contains(&id.to_string()), "{reply}");
+            limited += 1;
+        }
+    }
+    let reads = counting.gets.load(Ordering::Relaxed);
+    let allowed = 20.0 + 10.0 * started.elapsed().as_secs_f64() + 1.0;
+    assert!(reads >= 20 && reads as f64 <= allowed, "{reads} reads, at most {allowed:.0} allowed");
+    assert_eq!((not_found, limited), (reads, 200 - reads));
+
+    let alice = SessionContext::new(
+        ringline_domain::DeviceId::new(0, 2),
+        UserId::parse("alice").expect("id"),
+        SessionKind::Notifications,
+    );
+    let reply = hub.handle_text(&alice, &frame(5_000)).await.expect("an error");
+    assert!(reply.contains("call_not_found"), "another user's frame is still looked up: {reply}");
     database.cleanup().await;
 }

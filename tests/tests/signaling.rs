@@ -617,15 +617,20 @@ async fn calls_left_ringing_across_a_restart_are_expired_on_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_stops_reading_is_dropped_without_delaying_anyone_else() {
-    let app = TestApp::spawn(DatabaseBackend::Sqlite).await;
+    // A high frame rate, so that Bob's queue fills well before a write to him times out.
+    let app = TestApp::spawn_with(DatabaseBackend::Sqlite, |settings| {
+        settings.ws_frames_per_sec = 1000;
+        settings.ws_frame_burst = 1000;
+    })
+    .await;
     let (alice, bob) = two_users(&app).await;
     app.user("carol").await;
     app.user("dave").await;
     app.conversation(8, &["carol", "dave"]).await;
     let (carol, dave) = (app.token("carol"), app.token("dave"));
 
-    // Bob's socket is opened and then never read again.
-    let _stalled = app.notifications_socket(&bob).await;
+    // Bob's socket is opened and then not read until it is dropped.
+    let mut stalled = UnresponsivePeer::connect(&app.ws_url(&format!("/ws/notifications/?token={bob}"))).await;
     let mut caller = app.notifications_socket(&alice).await;
     let id = app.ring(&alice, "bob").await;
     caller.send_json(json!({"type": "call.offer", "call_id": id, "offer": offer_sdp()})).await;
@@ -634,12 +639,11 @@ async fn a_peer_that_stops_reading_is_dropped_without_delaying_anyone_else() {
     // Carol and Dave talk meanwhile; their events must keep flowing promptly.
     let mut carol_chat = app.chat_socket(&carol, 8).await;
     let mut dave_chat = app.chat_socket(&dave, 8).await;
-    // Large candidates, as fast as Alice's rate limit allows: more than the loopback's TCP
-    // buffers and Bob's queue can hold.
+    // Large candidates, more than the loopback's TCP buffers and Bob's queue can hold.
     let big = json!({"candidate": "x".repeat(60_000), "sdpMid": "0"});
     let mut dropped = false;
     for round in 0..100 {
-        for _ in 0..10 {
+        for _ in 0..30 {
             caller.send_json(json!({"type": "call.ice-candidate", "call_id": id, "candidate": big})).await;
         }
         let started = std::time::Instant::now();
@@ -657,6 +661,10 @@ async fn a_peer_that_stops_reading_is_dropped_without_delaying_anyone_else() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(dropped, "the stalled session was closed and unregistered");
+    // It was kicked while a write to it was pending (its socket was full): once it reads on,
+    // it gets what was already on its way and then the documented close code, not a bare drop.
+    let closed = stalled.read_until_dropped(Duration::from_secs(10)).await;
+    assert_eq!(closed.close_code, Some(4409), "{closed:?}");
     app.stop().await;
 }
 
@@ -739,5 +747,106 @@ async fn a_user_with_too_many_sockets_is_refused_the_next_one() {
     gone.close_and_read_reply(1000).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     still_up(&mut app.notifications_socket(&alice).await).await;
+    app.stop().await;
+}
+
+/// Counts the events of each type that arrive before `quiet` passes without one.
+async fn drain(socket: &mut WsClient, quiet: Duration) -> std::collections::HashMap<String, usize> {
+    let mut counts = std::collections::HashMap::new();
+    while let Some(event) = socket.next_event_within(quiet).await {
+        let kind = match event["type"].as_str() {
+            Some("error") => format!("error:{}", event["code"].as_str().unwrap_or_default()),
+            other => other.unwrap_or_default().to_owned(),
+        };
+        *counts.entry(kind).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Six of the caller's devices, each within its own frame limit, burst large ICE candidates at
+/// a callee who is not reading for the moment: together they once filled its queue and got it
+/// closed as a slow consumer. What one party relays to the other is limited as one socket's
+/// worth, the rest refused to the senders, so the callee keeps its socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_devices_together_cannot_flood_the_callee() {
+    const DEVICES: usize = 6;
+    const EACH: usize = 200; // a socket's whole burst
+    let app = TestApp::spawn(DatabaseBackend::Sqlite).await;
+    let (alice, bob) = two_users(&app).await;
+    let mut callee = app.notifications_socket(&bob).await;
+    let mut devices = Vec::new();
+    for _ in 0..DEVICES {
+        devices.push(app.notifications_socket(&alice).await);
+    }
+    let id = app.ring(&alice, "bob").await;
+    callee.expect("call.incoming").await;
+    for device in &mut devices {
+        drain(device, Duration::from_millis(200)).await;
+    }
+
+    let big = json!({"candidate": "x".repeat(60_000), "sdpMid": "0"});
+    let frame = json!({"type": "call.ice-candidate", "call_id": id, "candidate": big}).to_string();
+    let started = std::time::Instant::now();
+    for device in &mut devices {
+        for _ in 0..EACH {
+            device.send_text(frame.clone()).await;
+        }
+    }
+    let mut refused = 0;
+    for device in &mut devices {
+        let counts = drain(device, Duration::from_millis(300)).await;
+        refused += counts.get("error:rate_limited").copied().unwrap_or_default();
+        assert_eq!(counts.len(), usize::from(counts.contains_key("error:rate_limited")), "only refusals: {counts:?}");
+    }
+    let burst_took = started.elapsed().as_secs_f64();
+
+    // Only now does the callee read.
+    let counts = drain(&mut callee, Duration::from_millis(500)).await;
+    let relayed = counts.get("call.ice-candidate").copied().unwrap_or_default();
+    // The server may still be reading frames for a moment after the last was sent.
+    let allowed = EACH as f64 + 50.0 * (burst_took + 0.5);
+    assert!(
+        relayed >= EACH && relayed as f64 <= allowed,
+        "relayed {relayed}, allowed at most {allowed:.0}: {counts:?}"
+    );
+    assert_eq!(relayed + refused, DEVICES * EACH, "every frame was either relayed or refused");
+    still_up(&mut callee).await;
+    assert_eq!(app.signaling().sessions().sessions_of(&ringline_domain::UserId::parse("bob").expect("id")), 1);
+    app.stop().await;
+}
+
+/// A conversation's typing indicators, from all its members together, are limited as one
+/// socket's: five members bursting at once reach the sixth only that often.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversations_members_together_cannot_flood_one_member_with_typing() {
+    let app = TestApp::spawn(DatabaseBackend::Sqlite).await;
+    let members = ["m1", "m2", "m3", "m4", "m5", "m6"];
+    for member in members {
+        app.user(member).await;
+    }
+    app.conversation(9, &members).await;
+    let mut reader = app.chat_socket(&app.token("m6"), 9).await;
+    let mut typists = Vec::new();
+    for member in &members[..5] {
+        typists.push(app.chat_socket(&app.token(member), 9).await);
+    }
+    let started = std::time::Instant::now();
+    for typist in &mut typists {
+        for _ in 0..200 {
+            typist.send_json(json!({"type": "typing.start"})).await;
+        }
+    }
+    let burst_took = started.elapsed().as_secs_f64();
+    let counts = drain(&mut reader, Duration::from_millis(500)).await;
+    let typing = counts.get("typing.started").copied().unwrap_or_default();
+    let allowed = 200.0 + 50.0 * (burst_took + 0.5);
+    assert!(typing >= 200 && typing as f64 <= allowed, "{typing} typing events, allowed at most {allowed:.0}");
+    let mut refused = 0;
+    for typist in &mut typists {
+        refused +=
+            drain(typist, Duration::from_millis(100)).await.get("error:rate_limited").copied().unwrap_or_default();
+    }
+    assert_eq!(refused + typing, 1000, "each refused indicator was told to its typist");
+    still_up(&mut reader).await;
     app.stop().await;
 }

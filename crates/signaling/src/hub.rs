@@ -11,6 +11,8 @@
 //! - `relay.rs`: client frames (offer, answer, ICE candidates, typing), relayed without a
 //!   database read;
 //! - `call_cache.rs`: the calls this process knows, in memory, for the relay;
+//! - `limits.rs`: token buckets for what reaches one user from others' sockets, and for the
+//!   database reads a user's frames may cause;
 //! - `lifecycle.rs`: sessions joining and leaving, and shutdown;
 //! - `settings.rs`: keepalive and frame-rate settings for new sessions.
 
@@ -27,6 +29,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::announce::Announcer;
 use crate::call_cache::CallCache;
+use crate::limits::KeyedLimit;
 use crate::protocol::EventIds;
 use crate::replay::{InMemoryReplay, ReplayStore};
 use crate::router::{LocalRouter, Presence, SubscriptionGate};
@@ -35,6 +38,13 @@ use crate::settings::{FrameRate, Keepalive};
 /// Sockets one user may hold open on one instance unless configured: phones, laptops and many
 /// tabs, with each tab's chat socket.
 pub const DEFAULT_MAX_SOCKETS_PER_USER: usize = 32;
+
+/// Which way a call's frame goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Direction {
+    FromCaller,
+    FromReceiver,
+}
 
 /// The signaling hub: the calls facade, the relay, and the registry of live sessions. Its
 /// methods are spread over the files the module documentation lists.
@@ -50,6 +60,14 @@ pub struct Signaling {
     pub(crate) ids: EventIds,
     pub(crate) keepalive: Keepalive,
     pub(crate) frame_rate: FrameRate,
+    /// What one party of a call may relay to the other, from all its devices together: one
+    /// socket's [`FrameRate`] per direction (`limits.rs`).
+    pub(crate) relayed_per_call: KeyedLimit<(CallId, Direction)>,
+    /// Typing indicators in one conversation, from all its members together: one socket's
+    /// [`FrameRate`].
+    pub(crate) typing_per_conversation: KeyedLimit<ringline_domain::ConversationId>,
+    /// Database reads each user's frames may cause (`relay.rs`).
+    pub(crate) database_reads_per_user: KeyedLimit<UserId>,
     /// Sockets one user may hold open on this instance; the next is refused (4429).
     pub(crate) max_sockets_per_user: usize,
     pub(crate) sessions: TaskTracker,
@@ -88,6 +106,9 @@ impl Signaling {
             ids: EventIds::default(),
             keepalive: Keepalive::default(),
             frame_rate: FrameRate::default(),
+            relayed_per_call: KeyedLimit::default(),
+            typing_per_conversation: KeyedLimit::default(),
+            database_reads_per_user: KeyedLimit::default(),
             max_sockets_per_user: DEFAULT_MAX_SOCKETS_PER_USER,
             sessions: TaskTracker::new(),
             shutdown: CancellationToken::new(),
@@ -156,7 +177,8 @@ impl Signaling {
     }
 
     /// Replaces the default per-session frame rate (50 a second, bursts of 200) for the
-    /// sessions opened from now on.
+    /// sessions opened from now on, and the fan-in limits: a call party's frames to the other
+    /// party, and a conversation's typing indicators, are limited to one socket's rate.
     #[must_use]
     pub fn with_frame_rate(mut self, frame_rate: FrameRate) -> Self {
         self.frame_rate = frame_rate;

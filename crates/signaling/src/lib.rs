@@ -26,6 +26,7 @@ mod call_cache;
 pub mod events;
 pub mod hub;
 mod lifecycle;
+mod limits;
 pub mod liveness;
 pub mod outage_log;
 pub mod protocol;

@@ -12,9 +12,10 @@ use ringline_domain::{
 
 use crate::call_cache::Route;
 use crate::events;
-use crate::hub::Signaling;
+use crate::hub::{Direction, Signaling};
 use crate::protocol::{ClientFrame, FrameError, allowed_in};
 use crate::router::SessionKind;
+use crate::settings::FrameRate;
 
 /// The live session a frame came from.
 #[derive(Debug, Clone)]
@@ -47,14 +48,28 @@ impl SessionContext {
     }
 }
 
+/// Database reads that one user's frames may cause on this instance (a frame naming a call
+/// that is neither cached nor known to be missing). A client's frames name its own calls, and
+/// each is read once, so this is far above what any client needs; it stops a client that
+/// names ever new ids from making the server read the database at its full frame rate from
+/// each of its sockets.
+pub(crate) const DATABASE_READS_PER_USER: FrameRate = FrameRate { per_second: 10.0, burst: 20.0 };
+
 impl Signaling {
-    /// The route of call `id` from memory, or read once from the database.
-    pub(crate) async fn route(&self, id: CallId) -> Result<Option<Route>, FrameError> {
+    /// The route of call `id` from memory, or read once from the database for a frame of
+    /// `user`'s (within the user's [`DATABASE_READS_PER_USER`]).
+    pub(crate) async fn route(&self, id: CallId, user: &UserId) -> Result<Option<Route>, FrameError> {
         if let Some(route) = self.announcer.cache.get(id) {
             return Ok(Some(route));
         }
         if self.announcer.cache.is_missing(id) {
             return Ok(None);
+        }
+        if !self.database_reads_per_user.allow(user.clone(), DATABASE_READS_PER_USER) {
+            return Err(FrameError::new(
+                "rate_limited",
+                "Too many frames naming calls the server has to look up; this one was dropped. Slow down.",
+            ));
         }
         match self.service.find(id).await {
             Ok(Some(call)) => Ok(Some(self.announcer.cache.remember(&call))),
@@ -118,6 +133,7 @@ impl Signaling {
             ClientFrame::Offer { call, offer } => {
                 let route = self.party_route(session, call, &frame).await?;
                 self.callee_device_only(&route, session)?;
+                self.within_call_fan_in(&route, session)?;
                 let username = self.announcer.username(&route, &session.user).await;
                 self.to_other_party(&route, &session.user, |id| {
                     events::offer(id, &route, &session.user, &username, offer)
@@ -127,6 +143,7 @@ impl Signaling {
             ClientFrame::IceCandidate { call, candidate } => {
                 let route = self.party_route(session, call, &frame).await?;
                 self.callee_device_only(&route, session)?;
+                self.within_call_fan_in(&route, session)?;
                 self.to_other_party(&route, &session.user, |id| {
                     events::ice_candidate(id, &route, &session.user, candidate)
                 });
@@ -135,6 +152,7 @@ impl Signaling {
             ClientFrame::MediaState { call, audio, video } => {
                 let route = self.party_route(session, call, &frame).await?;
                 self.callee_device_only(&route, session)?;
+                self.within_call_fan_in(&route, session)?;
                 self.to_other_party(&route, &session.user, |id| {
                     events::media_state(id, &route, &session.user, audio, video)
                 });
@@ -148,6 +166,7 @@ impl Signaling {
                 if callee {
                     self.claim_as_callee(&route, session)?;
                 }
+                self.within_call_fan_in(&route, session)?;
                 let route = if route.status().is_unanswered() {
                     // The web client never calls accept/: the receiver's answer accepts the call,
                     // and the caller gets this answer in the acceptance's `call.answer`.
@@ -174,7 +193,7 @@ impl Signaling {
                             status: CallStatus::Active,
                             ..
                         })) => {
-                            let accepted = self.route(call).await?.ok_or_else(elsewhere)?;
+                            let accepted = self.route(call, &session.user).await?.ok_or_else(elsewhere)?;
                             self.to_other_party(&accepted, &session.user, |id| {
                                 events::answer(id, &accepted, &session.user, Some(answer))
                             });
@@ -206,6 +225,20 @@ impl Signaling {
             return Ok(());
         }
         self.claim_as_callee(route, session)
+    }
+
+    /// Refuses a frame over what `session`'s user may relay to the other party of the call,
+    /// from all of its devices together (`limits.rs`).
+    fn within_call_fan_in(&self, route: &Route, session: &SessionContext) -> Result<(), FrameError> {
+        let direction = if route.caller() == &session.user { Direction::FromCaller } else { Direction::FromReceiver };
+        if self.relayed_per_call.allow((route.id(), direction), self.frame_rate) {
+            Ok(())
+        } else {
+            Err(FrameError::new(
+                "rate_limited",
+                "Too many frames to the other party from all your devices together; this one was dropped. Slow down.",
+            ))
+        }
     }
 
     /// Claims the call for `session`'s device on the callee's side. The device holding it keeps
@@ -242,7 +275,7 @@ impl Signaling {
         frame: &ClientFrame<'_>,
     ) -> Result<Route, FrameError> {
         let not_found = || FrameError::new("call_not_found", "No such call, or not one of yours.");
-        let route = self.route(id).await?.ok_or_else(not_found)?;
+        let route = self.route(id, &session.user).await?.ok_or_else(not_found)?;
         if !route.is_party(&session.user) {
             return Err(not_found());
         }
@@ -269,6 +302,12 @@ impl Signaling {
         let SessionKind::Chat(conversation) = session.kind else {
             return Err(FrameError::new("wrong_socket", "Typing indicators belong on a chat socket."));
         };
+        if !self.typing_per_conversation.allow(conversation, self.frame_rate) {
+            return Err(FrameError::new(
+                "rate_limited",
+                "Too many typing indicators in this conversation; this one was dropped. Slow down.",
+            ));
+        }
         let username = session.username(self).await;
         let kind = if matches!(frame, ClientFrame::TypingStart) { "typing.started" } else { "typing.stopped" };
         let payload = events::typing(kind, &self.ids.next(), &session.user, username, &conversation.to_string());

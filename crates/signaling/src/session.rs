@@ -9,13 +9,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use ringline_domain::{Call, UserId};
 use serde_json::value::RawValue;
 use tokio::time::Instant as TimerInstant;
 
 use crate::events;
 use crate::hub::Signaling;
+use crate::limits::TokenBucket;
 use crate::protocol::{FrameError, MAX_FRAME_BYTES, close, error_event};
 use crate::relay::SessionContext;
 use crate::replay::Replay;
@@ -95,31 +96,21 @@ impl Replayed {
     }
 }
 
-/// A token bucket over a [`FrameRate`].
+/// A socket's own frame limit: a token bucket over a [`FrameRate`].
 #[derive(Debug)]
 struct RateLimit {
     rate: FrameRate,
-    tokens: f64,
-    refilled: Instant,
+    bucket: TokenBucket,
     last_warning: Option<Instant>,
 }
 
 impl RateLimit {
     fn new(rate: FrameRate) -> Self {
-        Self { rate, tokens: rate.burst, refilled: Instant::now(), last_warning: None }
+        Self { rate, bucket: TokenBucket::full(rate), last_warning: None }
     }
 
     fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        let refill = now.duration_since(self.refilled).as_secs_f64() * self.rate.per_second;
-        self.tokens = (self.tokens + refill).min(self.rate.burst);
-        self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.bucket.take(self.rate, Instant::now())
     }
 
     /// One `rate_limited` error a second is enough: answering every dropped frame would turn a
@@ -230,6 +221,7 @@ pub async fn run<S, K>(
     let mut last_heard = TimerInstant::now();
     let mut rate = RateLimit::new(signaling.frame_rate());
     let shutdown = signaling.shutdown.clone();
+    let mut kicked = false;
 
     while open {
         tokio::select! {
@@ -239,12 +231,7 @@ pub async fn run<S, K>(
                 break;
             }
             () = slot.kicked() => {
-                match slot.dismissed_with() {
-                    Some(code) => close_and_wait(&mut inbound, &mut outbound, code, "no longer allowed here").await,
-                    None => {
-                        close_and_wait(&mut inbound, &mut outbound, close::SLOW_CONSUMER, "slow consumer: events were not read").await;
-                    }
-                }
+                kicked = true;
                 break;
             }
             event = events.recv() => match event {
@@ -291,8 +278,29 @@ pub async fn run<S, K>(
         }
     }
 
+    // Kicked, or kicked while a write was pending (the write gave up and left the kick armed).
+    // Most often this is a slow consumer: its queue filled because it stopped reading, so its
+    // socket is full too, and the Close frame goes out after what the connection still holds.
+    // So the session waits as long as for any write, out of the router (it gets no more
+    // events), for the peer to read on: a client that only paused learns 4409, not a bare drop.
+    let kicked = kicked || slot.kicked().now_or_never().is_some();
     signaling.detach(&slot).await;
+    if kicked {
+        let (code, reason) = why_kicked(&slot);
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = close_within(&mut inbound, &mut outbound, code, reason, WRITE_TIMEOUT) => {}
+        }
+    }
     tracing::info!(user = %context.user, device = %slot.device, "session closed");
+}
+
+/// The close code and reason for a session the router gave up on.
+fn why_kicked(slot: &SessionSlot) -> (u16, &'static str) {
+    match slot.dismissed_with() {
+        Some(code) => (code, "no longer allowed here"),
+        None => (close::SLOW_CONSUMER, "slow consumer: events were not read"),
+    }
 }
 
 /// Applies the limits to one text frame, then hands it to the hub.
@@ -317,7 +325,17 @@ where
     S: Stream<Item = Inbound> + Unpin,
     K: Sink<Outbound> + Unpin,
 {
-    let sent = tokio::time::timeout(CLOSE_REPLY_TIMEOUT, outbound.send(Outbound::Close(code, reason))).await;
+    close_within(inbound, outbound, code, reason, CLOSE_REPLY_TIMEOUT).await;
+}
+
+/// [`close_and_wait`], giving the Close frame (and whatever is still buffered before it)
+/// `send_timeout` to go out.
+async fn close_within<S, K>(inbound: &mut S, outbound: &mut K, code: u16, reason: &'static str, send_timeout: Duration)
+where
+    S: Stream<Item = Inbound> + Unpin,
+    K: Sink<Outbound> + Unpin,
+{
+    let sent = tokio::time::timeout(send_timeout, outbound.send(Outbound::Close(code, reason))).await;
     if !matches!(sent, Ok(Ok(()))) {
         return;
     }
