@@ -36,3 +36,33 @@ fn poem_openapi_service(storage: ringline_storage::Storage) -> impl poem::Endpoi
             .nest("/", poem_openapi::OpenApiService::new(ringline_api::HealthApi::new(storage, None), "health", "1")),
     )
 }
+
+/// Connections over the cap are answered `503 too_many_connections` at once, with
+/// `Retry-After`, instead of using up the process's descriptors (1,100 half-open connections
+/// once left the probes and the API unanswered); a place freed is taken again.
+#[tokio::test]
+async fn connections_over_the_cap_are_answered_503_and_a_freed_place_is_taken_again() {
+    let app = TestApp::spawn_with(DatabaseBackend::Sqlite, |settings| settings.max_connections = Some(20)).await;
+    let address = app.base.trim_start_matches("http://").to_owned();
+    // Connected and silent, as a slowloris client holds them.
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(tokio::net::TcpStream::connect(&address).await.expect("connect"));
+    }
+    // Let the server accept them all before the probe.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let fresh = || reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
+    let refused = fresh().get(format!("{}/healthz", app.base)).send().await.expect("an answer, not a reset");
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "2");
+    let body: serde_json::Value = refused.json().await.expect("JSON");
+    assert_eq!(body["code"], "too_many_connections");
+    assert!(body["detail"].as_str().is_some_and(|detail| !detail.is_empty()));
+
+    held.truncate(15);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let live = fresh().get(format!("{}/healthz", app.base)).send().await.expect("healthz");
+    assert_eq!(live.status(), 200, "a freed place is taken");
+    drop(held);
+    app.stop().await;
+}

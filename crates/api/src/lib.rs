@@ -49,7 +49,7 @@ pub use auth::{AuthError, Authenticator, JwtAuthenticator, bearer_token};
 pub use calls::CallsApi;
 pub use demo::DemoApi;
 pub use health::HealthApi;
-pub use listener::{IdleClosing, NoDelayAcceptor};
+pub use listener::{ConnectionAcceptor, IdleClosing};
 pub use notifications::NotificationsApi;
 pub use pagination::PAGE_SIZE;
 pub use push::{PushApi, Vapid, WebPushObserver, WebPushSender};

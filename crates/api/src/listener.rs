@@ -1,34 +1,86 @@
-//! The TCP listener's per-connection settings.
+//! The TCP listener's per-connection settings and bounds.
 //!
 //! Signaling is many small frames (an ICE candidate is ~200 bytes): with Nagle's algorithm on,
 //! each waits for the previous one's ACK, which the peer delays by up to 40 ms. Measured from
 //! outside, turning `TCP_NODELAY` on lifted the relay from 6,000 to over 128,000 frames a
-//! second (`docs/benchmarks.md`). poem's `TcpAcceptor` has no such option, hence this wrapper.
+//! second (`docs/benchmarks.md`). poem's `TcpAcceptor` has no such option, hence this wrapper,
+//! which also bounds what connections may hold: an idle timeout (a client stalled mid-request
+//! is dropped), a cap on open connections (answered `503 too_many_connections` beyond it, so
+//! that the process keeps descriptors for its database and its health probes), and a quick
+//! drain on shutdown.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use poem::http::uri::Scheme;
 use poem::listener::{Acceptor, TcpAcceptor};
 use poem::web::{LocalAddr, RemoteAddr};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-/// A [`TcpAcceptor`] that turns `TCP_NODELAY` on for every accepted connection, and closes a
-/// connection on which nothing was read or written for its idle timeout.
-pub struct NoDelayAcceptor(TcpAcceptor, Option<Duration>);
+/// After the shutdown signal, a connection on which nothing moves for this long is closed: a
+/// request in progress finishes well within it (a database that does not answer is given up
+/// on after 2 s), while a client stalled in the middle of its headers would otherwise hold the
+/// exit for the whole grace period (10 s).
+pub const DRAIN_IDLE: Duration = Duration::from_secs(3);
 
-impl std::fmt::Debug for NoDelayAcceptor {
+/// Refusals (`503 too_many_connections`) being written at once; beyond, a connection over the
+/// cap is closed without an answer.
+const REFUSALS_IN_FLIGHT: usize = 64;
+
+/// How long a refused connection is given to take its answer.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The answer to a connection over the cap; the connection is closed after it.
+fn refusal() -> String {
+    let body = serde_json::json!({
+        "detail": "The server has too many open connections; try again shortly.",
+        "code": "too_many_connections",
+    })
+    .to_string();
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: {}\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        crate::error::RETRY_AFTER_SECS,
+        body.len()
+    )
+}
+
+/// A [`TcpAcceptor`] that turns `TCP_NODELAY` on for every accepted connection, closes a
+/// connection on which nothing was read or written for its idle timeout, refuses connections
+/// over a cap, and closes stalled connections quickly once shutdown begins.
+pub struct ConnectionAcceptor {
+    inner: TcpAcceptor,
+    idle_timeout: Option<Duration>,
+    /// One permit per open connection, when capped.
+    connections: Option<Arc<Semaphore>>,
+    refusals: Arc<Semaphore>,
+    /// When the last refusal was logged (one WARN a second at most).
+    last_refusal_logged: Option<Instant>,
+    draining: CancellationToken,
+}
+
+impl std::fmt::Debug for ConnectionAcceptor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("NoDelayAcceptor").field(&self.0.local_addr()).finish()
+        f.debug_struct("ConnectionAcceptor").field("local_addr", &self.inner.local_addr()).finish_non_exhaustive()
     }
 }
 
-impl NoDelayAcceptor {
+impl ConnectionAcceptor {
     pub fn new(inner: TcpAcceptor) -> Self {
-        Self(inner, None)
+        Self {
+            inner,
+            idle_timeout: None,
+            connections: None,
+            refusals: Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT)),
+            last_refusal_logged: None,
+            draining: CancellationToken::new(),
+        }
     }
 
     /// Closes connections idle for `timeout` (nothing read or written). poem's own idle
@@ -37,33 +89,138 @@ impl NoDelayAcceptor {
     /// delay shutdown. Here the connection's next read fails instead, and it is dropped.
     #[must_use]
     pub fn with_idle_timeout(mut self, timeout: Duration) -> Self {
-        self.1 = Some(timeout);
+        self.idle_timeout = Some(timeout);
         self
+    }
+
+    /// Keeps at most `max` connections (HTTP and WebSocket) open; one more is answered `503
+    /// too_many_connections` with `Retry-After` and closed. 1,100 half-open connections once
+    /// used up a 1,024-descriptor limit, and the health probes and the API stopped answering.
+    #[must_use]
+    pub fn with_max_connections(mut self, max: usize) -> Self {
+        self.connections = Some(Arc::new(Semaphore::new(max.max(1))));
+        self
+    }
+
+    /// Once `draining` is cancelled (the shutdown signal), connections on which nothing moves
+    /// for [`DRAIN_IDLE`] are closed.
+    #[must_use]
+    pub fn with_drain(mut self, draining: CancellationToken) -> Self {
+        self.draining = draining;
+        self
+    }
+
+    /// Answers a connection over the cap, off the accept loop.
+    fn refuse(&mut self, stream: TcpStream, remote: &RemoteAddr) {
+        let now = Instant::now();
+        if self.last_refusal_logged.is_none_or(|last| now.duration_since(last) >= Duration::from_secs(1)) {
+            self.last_refusal_logged = Some(now);
+            tracing::warn!(%remote, "refusing a connection: too many are open (RINGLINE_MAX_CONNECTIONS)");
+        }
+        let Ok(permit) = Arc::clone(&self.refusals).try_acquire_owned() else { return };
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = tokio::time::timeout(REFUSAL_TIMEOUT, answer_refused(stream)).await;
+        });
     }
 }
 
-impl Acceptor for NoDelayAcceptor {
+/// Reads the request's head, writes [`refusal`], then reads on until the client closes. An
+/// answer before the request confuses HTTP clients (hyper's reports an unexpected message),
+/// and closing with the request unread would reset the connection, losing the answer.
+async fn answer_refused(mut stream: TcpStream) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !head.windows(4).any(|window| window == b"\r\n\r\n") && head.len() < MAX_REFUSED_HEAD {
+        let read = stream.read(&mut chunk).await?;
+        if read == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&chunk[..read]);
+    }
+    stream.write_all(refusal().as_bytes()).await?;
+    stream.shutdown().await?;
+    while stream.read(&mut chunk).await? > 0 {}
+    Ok(())
+}
+
+/// How much of a refused connection's request is read before answering it.
+const MAX_REFUSED_HEAD: usize = 16 * 1024;
+
+impl Acceptor for ConnectionAcceptor {
     type Io = IdleClosing;
 
     fn local_addr(&self) -> Vec<LocalAddr> {
-        self.0.local_addr()
+        self.inner.local_addr()
     }
 
     async fn accept(&mut self) -> std::io::Result<(IdleClosing, LocalAddr, RemoteAddr, Scheme)> {
-        let (stream, local, remote, scheme) = self.0.accept().await?;
-        // A socket that refuses the option still works, only slower: keep it.
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::warn!(%error, "cannot turn TCP_NODELAY on for a connection");
+        loop {
+            let (stream, local, remote, scheme) = self.inner.accept().await?;
+            let permit = match &self.connections {
+                None => None,
+                Some(connections) => match Arc::clone(connections).try_acquire_owned() {
+                    Ok(permit) => Some(permit),
+                    Err(_) => {
+                        self.refuse(stream, &remote);
+                        continue;
+                    }
+                },
+            };
+            // A socket that refuses the option still works, only slower: keep it.
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::warn!(%error, "cannot turn TCP_NODELAY on for a connection");
+            }
+            let idle = self.idle_timeout.map(|timeout| (timeout, Box::pin(tokio::time::sleep(timeout))));
+            let draining = Drain::Unregistered(self.draining.clone());
+            let connection = IdleClosing { stream, idle, draining, _permit: permit };
+            return Ok((connection, local, remote, scheme));
         }
-        let idle = self.1.map(|timeout| (timeout, Box::pin(tokio::time::sleep(timeout))));
-        Ok((IdleClosing { stream, idle }, local, remote, scheme))
     }
 }
 
-/// An accepted connection whose reads fail once it has been idle for its timeout.
+/// An accepted connection whose reads fail once it has been idle for its timeout (or for
+/// [`DRAIN_IDLE`] after shutdown began). Holds its place under the connection cap.
 pub struct IdleClosing {
     stream: TcpStream,
     idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    draining: Drain,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Whether shutdown began, as one connection learns it.
+enum Drain {
+    /// Not asked yet.
+    Unregistered(CancellationToken),
+    /// The connection's task is woken when shutdown begins; until then an atomic load tells.
+    /// (Polling the token's future on every read would lock a mutex shared by every
+    /// connection; the first waker stays good, since a connection's reads all happen in its
+    /// one task. An upgraded WebSocket reads in a task of its own, but its session is closed
+    /// on the signal anyway.)
+    /// The future is kept only so that its waker stays registered.
+    Registered { token: CancellationToken, _registration: Pin<Box<WaitForCancellationFutureOwned>> },
+    /// Shutdown began and the idle deadline was brought forward.
+    Began,
+}
+
+impl Drain {
+    /// `true` once, when shutdown is first seen to have begun.
+    fn began(&mut self, cx: &mut Context<'_>) -> bool {
+        let cancelled = match self {
+            Self::Began => return false,
+            Self::Registered { token, .. } => token.is_cancelled(),
+            Self::Unregistered(token) => {
+                let mut future = Box::pin(token.clone().cancelled_owned());
+                let ready = future.as_mut().poll(cx).is_ready();
+                *self = Self::Registered { token: token.clone(), _registration: future };
+                ready
+            }
+        };
+        if cancelled {
+            *self = Self::Began;
+        }
+        cancelled
+    }
 }
 
 impl std::fmt::Debug for IdleClosing {
@@ -86,6 +243,17 @@ impl IdleClosing {
     }
 
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.draining.began(cx) {
+            // From now on the connection idles out after DRAIN_IDLE instead of its usual
+            // timeout (counted from the signal at the earliest: a request in progress finishes).
+            let drain_deadline = Instant::now() + DRAIN_IDLE;
+            let (timeout, sleep) =
+                self.idle.get_or_insert_with(|| (DRAIN_IDLE, Box::pin(tokio::time::sleep(DRAIN_IDLE))));
+            *timeout = DRAIN_IDLE;
+            if sleep.deadline() > drain_deadline {
+                sleep.as_mut().reset(drain_deadline);
+            }
+        }
         self.idle.as_mut().is_some_and(|(_, sleep)| sleep.as_mut().poll(cx).is_ready())
     }
 }
@@ -147,7 +315,8 @@ mod tests {
 
     #[tokio::test]
     async fn accepted_connections_have_nodelay_on() {
-        let mut acceptor = NoDelayAcceptor::new(TcpListener::bind("127.0.0.1:0").into_acceptor().await.expect("bind"));
+        let mut acceptor =
+            ConnectionAcceptor::new(TcpListener::bind("127.0.0.1:0").into_acceptor().await.expect("bind"));
         let address = acceptor.local_addr()[0].as_socket_addr().copied().expect("a socket address");
         let _client = TcpStream::connect(address).await.expect("connect");
         let (accepted, ..) = acceptor.accept().await.expect("accept");

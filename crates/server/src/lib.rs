@@ -21,8 +21,8 @@ use poem::listener::{Acceptor, Listener, TcpListener};
 use poem::middleware::Cors;
 use poem::{Endpoint, EndpointExt, IntoResponse, Server};
 use ringline_api::{
-    CallApiParts, JwtAuthenticator, NoDelayAcceptor, ServerParts, Vapid, WebPushObserver, WebPushSender, WebhookSender,
-    WebhookWaker,
+    CallApiParts, ConnectionAcceptor, JwtAuthenticator, ServerParts, Vapid, WebPushObserver, WebPushSender,
+    WebhookSender, WebhookWaker,
 };
 use ringline_domain::{CallService, Clock, SignalRouter, SystemClock, WebhookOutbox};
 use ringline_signaling::{Background, CancellationToken, LocalRouter, MemoryHub, SharedBus, Signaling};
@@ -43,7 +43,7 @@ pub struct Application {
     authenticator: Arc<JwtAuthenticator>,
     /// The server runs on the built-in development secret: demo sign-in is on.
     development_secret: bool,
-    acceptor: NoDelayAcceptor,
+    acceptor: ConnectionAcceptor,
     local_addr: SocketAddr,
     /// Whether `run_until` runs the ring timer and the liveness sweep (always, but in tests
     /// that count the database work of one request).
@@ -167,13 +167,14 @@ impl Application {
                 "RINGLINE_TURN_URLS is set but RINGLINE_TURN_SECRET is not: TURN servers are not handed out"
             );
         }
-        let acceptor = NoDelayAcceptor::new(
+        let acceptor = ConnectionAcceptor::new(
             TcpListener::bind(settings.bind)
                 .into_acceptor()
                 .await
                 .with_context(|| format!("cannot listen on {}", settings.bind))?,
         )
-        .with_idle_timeout(Duration::from_secs(settings.http_idle_timeout_secs));
+        .with_idle_timeout(Duration::from_secs(settings.http_idle_timeout_secs))
+        .with_max_connections(connection_cap(&settings));
         let local_addr = acceptor
             .local_addr()
             .first()
@@ -311,8 +312,13 @@ impl Application {
         // poem detaches upgraded connections, so the sessions are closed here, as soon as the
         // signal arrives: clients reconnect (to another instance) at once.
         let sessions = signaling.clone();
+        // Connections stalled mid-request are closed soon after the signal, rather than holding
+        // the exit for the whole grace period.
+        let draining = CancellationToken::new();
+        let acceptor = acceptor.with_drain(draining.clone());
         let shutdown = async move {
             shutdown.await;
+            draining.cancel();
             sessions.begin_shutdown();
         };
         let served =
@@ -325,6 +331,25 @@ impl Application {
         tracing::info!("ringline stopped");
         Ok(())
     }
+}
+
+/// The connection cap for `settings`, after raising this process's open-files limit as far as
+/// it may go (a service manager often starts processes at 1,024, far below what thousands of
+/// WebSockets need).
+fn connection_cap(settings: &Settings) -> usize {
+    let open_files = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read or raise the open-files limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _hard)| soft)
+        }
+    };
+    let cap = settings.connection_cap(open_files);
+    if u64::try_from(cap).unwrap_or(u64::MAX) > open_files {
+        tracing::warn!(cap, open_files, "RINGLINE_MAX_CONNECTIONS is above the open-files limit");
+    }
+    tracing::info!(cap, open_files, "connections are capped");
+    cap
 }
 
 /// Keeps SQLite's write-ahead log short from a background task, so that no request pays for a

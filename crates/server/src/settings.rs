@@ -84,6 +84,11 @@ pub struct Settings {
     /// hold it for ever. Above the WebSocket ping interval, so live sockets never idle.
     #[serde(default = "defaults::http_idle_timeout_secs")]
     pub http_idle_timeout_secs: u64,
+    /// Connections (HTTP and WebSocket together) kept open at most; one more is answered `503
+    /// too_many_connections` and closed. `None`: the open-files limit (raised to its maximum
+    /// at start) less [`RESERVED_DESCRIPTORS`], so the database, Redis and the log always have
+    /// descriptors left.
+    pub max_connections: Option<usize>,
     #[serde(default, deserialize_with = "comma_list")]
     pub cors_allowed_origins: Vec<String>,
     #[serde(default)]
@@ -301,11 +306,31 @@ pub enum SettingsError {
     AcquireTimeout,
     #[error("RINGLINE_WS_MAX_PER_USER must be between 1 and 10000")]
     MaxPerUser,
+    #[error("RINGLINE_MAX_CONNECTIONS must be between 1 and 10000000")]
+    MaxConnections,
     #[error("RINGLINE_VAPID_SUBJECT must be a mailto: or https:// URL")]
     VapidSubject,
 }
 
+/// Descriptors the default connection cap leaves for everything but connections: the database
+/// pool, Redis, the SQLite files, the log, the runtime's own.
+pub const RESERVED_DESCRIPTORS: usize = 64;
+
+/// The fewest connections the default cap allows, however low the open-files limit.
+const MIN_DEFAULT_CONNECTIONS: usize = 64;
+
 impl Settings {
+    /// The connection cap: the configured one, or the open-files limit less
+    /// [`RESERVED_DESCRIPTORS`]. `open_files` is that limit (after raising it).
+    pub fn connection_cap(&self, open_files: u64) -> usize {
+        self.max_connections.unwrap_or_else(|| {
+            usize::try_from(open_files)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(RESERVED_DESCRIPTORS)
+                .max(MIN_DEFAULT_CONNECTIONS)
+        })
+    }
+
     /// Reads defaults, then `file` (if given), then the environment, then `overrides`.
     ///
     /// # Errors
@@ -375,6 +400,9 @@ impl Settings {
         }
         if !(1..=10_000).contains(&self.ws_max_per_user) {
             return Err(SettingsError::MaxPerUser);
+        }
+        if self.max_connections.is_some_and(|max| !(1..=10_000_000).contains(&max)) {
+            return Err(SettingsError::MaxConnections);
         }
         if self.jwt_user_claim.trim().is_empty() {
             return Err(SettingsError::UserClaim);
@@ -482,6 +510,7 @@ impl Settings {
             ws_frame_burst: defaults::ws_frame_burst(),
             ws_max_per_user: defaults::ws_max_per_user(),
             http_idle_timeout_secs: defaults::http_idle_timeout_secs(),
+            max_connections: None,
             database_acquire_timeout_secs: defaults::database_acquire_timeout_secs(),
             cors_allowed_origins: Vec::new(),
             log_format: LogFormat::Text,
@@ -527,6 +556,17 @@ mod tests {
         let from_toml: Settings =
             Figment::new().merge(Toml::string("turn_urls = [\"turn:t:3478\"]")).extract().expect("parse");
         assert_eq!(from_toml.turn_urls, vec!["turn:t:3478"]);
+    }
+
+    #[test]
+    fn the_connection_cap_leaves_descriptors_for_the_rest_unless_configured() {
+        let mut settings = Settings::for_tests("sqlite::memory:", DEVELOPMENT_JWT_SECRET);
+        assert_eq!(settings.connection_cap(1024), 1024 - RESERVED_DESCRIPTORS);
+        assert_eq!(settings.connection_cap(100), MIN_DEFAULT_CONNECTIONS, "a floor however low the limit");
+        settings.max_connections = Some(5000);
+        assert_eq!(settings.connection_cap(1024), 5000, "the configured cap is taken as it is");
+        settings.max_connections = Some(0);
+        assert!(matches!(settings.validate(), Err(SettingsError::MaxConnections)));
     }
 
     #[test]

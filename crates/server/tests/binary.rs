@@ -119,6 +119,32 @@ async fn serves_health_probes_on_a_fresh_sqlite_file_and_stops_cleanly_on_sigter
     }
 }
 
+/// A client stalled in the middle of its request headers held the exit for the whole 10 s
+/// grace period; after the signal, a connection on which nothing moves for 3 s is closed.
+#[tokio::test]
+async fn a_connection_stalled_mid_request_does_not_hold_up_sigterm() {
+    use tokio::io::AsyncWriteExt;
+    let mut server = start(&[]).await;
+    let mut stalled = tokio::net::TcpStream::connect(server.base.trim_start_matches("http://")).await.expect("connect");
+    stalled.write_all(b"GET /healthz HTTP/1.1\r\nHost: ringline\r\nX-Slow: ").await.expect("half a request");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let signalled = Instant::now();
+    let killed = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().expect("kill");
+    assert!(killed.success());
+    loop {
+        if let Some(status) = server.child.try_wait().expect("wait") {
+            assert!(status.success(), "exit status after SIGTERM: {status}");
+            break;
+        }
+        assert!(signalled.elapsed() < Duration::from_secs(15), "ringline did not stop within 15 s of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = signalled.elapsed();
+    assert!(took < Duration::from_secs(6), "the stalled connection held the exit for {took:?}");
+    drop(stalled);
+}
+
 #[tokio::test]
 async fn migrate_applies_the_schema_and_exits() {
     let database = std::env::temp_dir().join(format!("ringline_migrate_{}.db", uuid::Uuid::new_v4().simple()));
