@@ -22,6 +22,7 @@ on_both_databases!(
     the_ring_timeout_turns_an_unanswered_call_to_missed,
     two_devices_accepting_at_once_have_one_winner,
     accept_racing_hang_up_leaves_a_consistent_call,
+    contacts_are_the_people_one_shares_a_conversation_with,
 );
 
 async fn a_call_runs_its_whole_lifecycle(backend: DatabaseBackend) {
@@ -519,4 +520,29 @@ async fn forwarded_headers_count_only_from_trusted_proxies() {
         }
         app.stop().await;
     }
+}
+
+/// `GET /api/users/me/contacts/`: the directory's people one shares a conversation with, as
+/// profiles, each once; nobody else; a token is required.
+async fn contacts_are_the_people_one_shares_a_conversation_with(backend: DatabaseBackend) {
+    let app = TestApp::spawn(backend).await;
+    let alice = app.user("alice").await;
+    app.user("bob").await;
+    app.user("carol").await;
+    app.user("mallory").await;
+    app.conversation(1, &["alice", "bob"]).await;
+    app.conversation(2, &["carol", "bob", "alice"]).await;
+    app.conversation(3, &["bob", "mallory"]).await;
+
+    let contacts = app.get("/api/users/me/contacts/", &alice).await.expect(200);
+    let ids: Vec<&str> =
+        contacts["results"].as_array().expect("a list").iter().filter_map(|u| u["id"].as_str()).collect();
+    assert_eq!(ids, ["bob", "carol"]);
+    assert_eq!(contacts["results"][0]["first_name"], "bob first");
+    assert_eq!(contacts["results"][0]["profile_image_url"], "https://img.example/bob.png");
+    let mallory = app.token("mallory");
+    let theirs = app.get("/api/users/me/contacts/", &mallory).await.expect(200);
+    assert_eq!(theirs["results"].as_array().map(Vec::len), Some(1), "{theirs}");
+    app.send(Method::GET, "/api/users/me/contacts/", None, None).await.expect_error(401, "not_authenticated");
+    app.stop().await;
 }

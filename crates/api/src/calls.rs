@@ -14,9 +14,12 @@ use ringline_signaling::Signaling;
 use crate::ApiTags;
 use crate::auth::Authenticator;
 use crate::error::ApiError;
-use crate::models::{CallJson, CallPage, InitiateBody, IntegerParam, UserIdFilter, UserJson};
+use crate::models::{CallJson, CallPage, ContactList, InitiateBody, IntegerParam, UserIdFilter, UserJson};
 use crate::pagination;
 use crate::security::{BearerAuth, authenticate};
+
+/// The most contacts `GET /api/users/me/contacts/` lists.
+const MAX_CONTACTS: u32 = 200;
 
 /// The call endpoints. Dependencies are fields, so a missing one is a compile error.
 #[derive(Debug)]
@@ -196,6 +199,23 @@ impl CallsApi {
         let profile =
             self.signaling.service().directory().user(&viewer).await.map_err(|error| ApiError::internal(&error))?;
         Ok(Json(profile.map_or_else(|| UserJson::unknown(&viewer), |profile| UserJson::from_profile(&profile))))
+    }
+
+    /// Your contacts
+    ///
+    /// The people you share a conversation with, from the directory, for a contact list: each
+    /// once, ordered by username, at most 200. Nobody else is listed.
+    #[oai(path = "/api/users/me/contacts/", method = "get", operation_id = "users_me_contacts")]
+    async fn contacts(&self, req: &Request, auth: BearerAuth) -> Result<Json<ContactList>, ApiError> {
+        let viewer = authenticate(self.auth.as_ref(), req, &auth).await?;
+        let contacts = self
+            .signaling
+            .service()
+            .directory()
+            .contacts_of(&viewer, MAX_CONTACTS)
+            .await
+            .map_err(|error| ApiError::internal(&error))?;
+        Ok(Json(ContactList { results: contacts.iter().map(UserJson::from_profile).collect() }))
     }
 
     /// One call

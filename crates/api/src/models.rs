@@ -484,6 +484,14 @@ impl CallJson {
     }
 }
 
+/// The people you may call from a contact list.
+#[derive(Debug, Object)]
+pub struct ContactList {
+    /// The other participants of your conversations, each once, ordered by username (at most
+    /// 200).
+    pub results: Vec<UserJson>,
+}
+
 /// A page of calls, as Django REST Framework's page-number pagination writes it.
 #[derive(Debug, Object)]
 pub struct CallPage {

@@ -213,6 +213,18 @@ pub trait Directory: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// `DirectoryError` when the lookup fails.
     async fn conversation_participants(&self, id: ConversationId) -> Result<Option<Vec<UserId>>, DirectoryError>;
+
+    /// The people `user` may call from a contact list: the other participants of every
+    /// conversation `user` is in, each once, ordered by username, at most `limit`. Nobody else
+    /// is revealed. A directory that cannot tell returns none (the default): clients then list
+    /// the people of the call history only.
+    ///
+    /// # Errors
+    /// `DirectoryError` when the lookup fails.
+    async fn contacts_of(&self, user: &UserId, limit: u32) -> Result<Vec<UserProfile>, DirectoryError> {
+        let _ = (user, limit);
+        Ok(Vec::new())
+    }
 }
 
 /// The current time. Passed in so that tests and the state machine never read a global clock.

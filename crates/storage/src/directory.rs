@@ -3,7 +3,10 @@
 use async_trait::async_trait;
 use ringline_domain::{ConversationId, Directory, DirectoryError, Timestamp, UserId, UserProfile};
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, Set, TransactionTrait};
+use sea_orm::{
+    ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Set,
+    TransactionTrait,
+};
 
 use crate::Connections;
 use crate::entity::{conversation, participant, user};
@@ -237,5 +240,30 @@ impl Directory for SqlDirectory {
             .map(|row| UserId::parse(row.user_id).map_err(lookup_failed))
             .collect::<Result<Vec<_>, _>>()
             .map(Some)
+    }
+
+    async fn contacts_of(&self, user: &UserId, limit: u32) -> Result<Vec<UserProfile>, DirectoryError> {
+        // Users with a participation in one of `user`'s conversations: one query, answered from
+        // the participants' primary key (conversation, user) and its user index.
+        let shared = participant::Entity::find()
+            .select_only()
+            .column(participant::Column::ConversationId)
+            .filter(participant::Column::UserId.eq(user.as_str()))
+            .into_query();
+        let others = participant::Entity::find()
+            .select_only()
+            .column(participant::Column::UserId)
+            .filter(participant::Column::ConversationId.in_subquery(shared))
+            .filter(participant::Column::UserId.ne(user.as_str()))
+            .into_query();
+        let rows = user::Entity::find()
+            .filter(user::Column::Id.in_subquery(others))
+            .order_by_asc(user::Column::Username)
+            .order_by_asc(user::Column::Id)
+            .limit(u64::from(limit))
+            .all(&self.db.read)
+            .await
+            .map_err(lookup_failed)?;
+        rows.into_iter().map(to_profile).collect()
     }
 }

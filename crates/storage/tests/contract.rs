@@ -25,6 +25,7 @@ on_both_databases!(
     open_calls_are_the_ringing_and_active_ones,
     the_ring_timeout_finds_old_unanswered_calls_oldest_first,
     the_directory_knows_users_and_conversations,
+    contacts_are_the_other_participants_of_ones_conversations,
     notifications_are_private_newest_first_and_can_be_read,
 );
 
@@ -248,6 +249,36 @@ async fn the_directory_knows_users_and_conversations(storage: Storage) {
     assert!(directory.delete_user(&user("alice")).await.expect("delete"));
     assert!(!directory.delete_user(&user("alice")).await.expect("delete again"));
     assert_eq!(directory.conversation_participants(conversation).await.expect("lookup"), Some(vec![]));
+}
+
+async fn contacts_are_the_other_participants_of_ones_conversations(storage: Storage) {
+    let directory = storage.directory();
+    for (id, username) in [("u1", "grace"), ("u2", "alan"), ("u3", "ada"), ("u4", "stranger"), ("u5", "zed")] {
+        let profile = UserProfile {
+            id: user(id),
+            username: username.into(),
+            first_name: String::new(),
+            last_name: String::new(),
+            profile_image_url: None,
+        };
+        directory.upsert_user(&profile, at(0)).await.expect("insert");
+    }
+    let conversation = |id| ConversationId::new(id).expect("positive");
+    directory.set_conversation(conversation(1), &[user("u1"), user("u2")], at(1)).await.expect("create");
+    directory.set_conversation(conversation(2), &[user("u3"), user("u1"), user("u2")], at(1)).await.expect("create");
+    directory.set_conversation(conversation(3), &[user("u2"), user("u4")], at(1)).await.expect("create");
+    directory.set_conversation(conversation(4), &[user("u5")], at(1)).await.expect("create");
+
+    let names = |contacts: Vec<UserProfile>| contacts.into_iter().map(|profile| profile.username).collect::<Vec<_>>();
+    let of = |who: &'static str, limit| {
+        let directory = directory.clone();
+        async move { directory.contacts_of(&user(who), limit).await.expect("lookup") }
+    };
+    assert_eq!(names(of("u1", 100).await), ["ada", "alan"], "each once, by username; not the stranger");
+    assert_eq!(names(of("u2", 100).await), ["ada", "grace", "stranger"]);
+    assert_eq!(names(of("u1", 1).await), ["ada"], "at most the limit");
+    assert!(of("u5", 100).await.is_empty(), "alone in a conversation: nobody");
+    assert!(of("nobody", 100).await.is_empty());
 }
 
 #[tokio::test]
