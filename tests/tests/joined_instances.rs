@@ -255,6 +255,29 @@ async fn presence_counts_a_users_sockets_on_every_instance() {
     stop(instances).await;
 }
 
+/// A participant removed from a conversation on one instance loses its chat sockets on it on
+/// every instance (4403), not only where the removal was made; the others' stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_participant_loses_its_chat_sockets_on_every_instance() {
+    let (instances, [alice, bob, _]) = joined(DatabaseBackend::Sqlite, 3, |settings| {
+        settings.admin_token = Some("operator-token".into());
+    })
+    .await;
+    let [a, b, c] = &instances[..] else { unreachable!() };
+    let mut bob_on_b = b.chat_socket(&bob, 7).await;
+    let mut bob_on_c = c.chat_socket(&bob, 7).await;
+    let mut alice_on_b = b.chat_socket(&alice, 7).await;
+
+    a.send(reqwest::Method::DELETE, "/api/admin/conversations/7/participants/bob/", Some("operator-token"), None)
+        .await
+        .expect(204);
+    assert_eq!(bob_on_b.closed_with().await, Some(4403), "closed on B");
+    assert_eq!(bob_on_c.closed_with().await, Some(4403), "closed on C");
+    alice_on_b.send_json(json!({"type": "ping"})).await;
+    alice_on_b.expect("pong").await;
+    stop(instances).await;
+}
+
 on_both_databases!(
     a_call_crosses_three_instances_exactly_as_on_one,
     the_ring_timeout_fires_once_across_instances,

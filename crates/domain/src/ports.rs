@@ -282,6 +282,11 @@ pub trait SignalRouter: Send + Sync + std::fmt::Debug {
     /// Tells the other instances that `call` changed, so that copies of it they keep (the
     /// relay's cache) follow. A single process has nobody to tell.
     fn call_changed(&self, _call: &Call) {}
+
+    /// `user` is no longer a participant of `conversation`: the sessions that joined it as
+    /// `user` (chat sockets), on every instance, are closed. A router without such sessions
+    /// has nothing to do.
+    fn participant_removed(&self, _conversation: ConversationId, _user: &UserId) {}
 }
 
 /// A notification about to be stored.

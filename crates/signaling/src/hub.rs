@@ -189,13 +189,11 @@ impl Signaling {
         self.frame_rate
     }
 
-    /// `user` is no longer a participant of `conversation`: their chat sockets on it here are
-    /// closed (4403), so they neither send nor receive its typing indicators any more.
+    /// `user` is no longer a participant of `conversation`: their chat sockets on it are
+    /// closed (4403), here and, through the bus, on every other instance, so they neither send
+    /// nor receive its typing indicators any more.
     pub fn left_conversation(&self, user: &UserId, conversation: ringline_domain::ConversationId) {
-        let closed = self.local.dismiss_chat_sockets(user, conversation, crate::protocol::close::NOT_A_PARTICIPANT);
-        if closed > 0 {
-            tracing::info!(%user, %conversation, closed, "closed the chat sockets of a removed participant");
-        }
+        self.announcer.router.participant_removed(conversation, user);
     }
 
     /// Sets how many sockets one user may hold open on this instance (one token opened 3,000

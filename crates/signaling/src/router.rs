@@ -383,6 +383,13 @@ fn remove<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<Arc<SessionSlot>>>, 
 }
 
 impl SignalRouter for LocalRouter {
+    fn participant_removed(&self, conversation: ConversationId, user: &UserId) {
+        let closed = self.dismiss_chat_sockets(user, conversation, crate::protocol::close::NOT_A_PARTICIPANT);
+        if closed > 0 {
+            tracing::info!(%user, %conversation, closed, "closed the chat sockets of a removed participant");
+        }
+    }
+
     fn route(&self, signal: Signal) {
         let registry = self.read();
         let slots = match &signal.audience {

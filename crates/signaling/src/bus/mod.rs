@@ -121,6 +121,10 @@ struct Wire<'a> {
     /// notification socket of the channel's user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     notification_sockets: Option<bool>,
+    /// On a conversation's channel instead of an event: this user was removed from the
+    /// conversation, and their chat sockets on it are to be closed.
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    removed_user: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// What the publishing task does, in order.
@@ -364,6 +368,7 @@ impl SignalRouter for SharedBus {
             except_user: signal.except_user.as_ref().map(|user| user.as_str().into()),
             payload: Some(signal.payload.as_ref().into()),
             notification_sockets: None,
+            removed_user: None,
         };
         let stream_user = match &signal.audience {
             Audience::User(user) if kept.is_some() => Some(user),
@@ -373,6 +378,21 @@ impl SignalRouter for SharedBus {
             self.lose(stream_user);
         }
         self.local.route(signal);
+    }
+
+    fn participant_removed(&self, conversation: ConversationId, user: &UserId) {
+        let wire = Wire {
+            from: self.local.instance(),
+            except_device: None,
+            except_user: None,
+            payload: None,
+            notification_sockets: None,
+            removed_user: Some(user.as_str().into()),
+        };
+        // Only instances with a chat socket on the conversation subscribe to its channel, and
+        // those are the ones with something to close.
+        self.publish(conversation_channel(&self.prefix, conversation), &wire, None, None);
+        self.local.participant_removed(conversation, user);
     }
 
     fn call_changed(&self, call: &Call) {

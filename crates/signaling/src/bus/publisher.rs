@@ -89,6 +89,7 @@ impl SharedBus {
             except_user: None,
             payload: None,
             notification_sockets: Some(present),
+            removed_user: None,
         };
         let message = serde_json::to_string(&wire).unwrap_or_default();
         let channel = user_channel(&self.prefix, user);

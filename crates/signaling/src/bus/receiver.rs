@@ -68,6 +68,12 @@ impl SharedBus {
             else {
                 return;
             };
+            if let Some(removed) = wire.removed_user {
+                if let Ok(removed) = UserId::parse(removed.as_ref()) {
+                    self.local.participant_removed(conversation, &removed);
+                }
+                return;
+            }
             Audience::Conversation(conversation)
         } else {
             return;
