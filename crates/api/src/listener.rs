@@ -6,8 +6,7 @@
 //! second (`docs/benchmarks.md`). poem's `TcpAcceptor` has no such option, hence this wrapper,
 //! which also bounds what connections may hold: an idle timeout (a client stalled mid-request
 //! is dropped), a cap on open connections (answered `503 too_many_connections` beyond it, so
-//! that the process keeps descriptors for its database and its health probes), and a quick
-//! drain on shutdown.
+//! that the process keeps descriptors for its database and its health probes).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,13 +20,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
-
-/// After the shutdown signal, a connection on which nothing moves for this long is closed: a
-/// request in progress finishes well within it (a database that does not answer is given up
-/// on after 2 s), while a client stalled in the middle of its headers would otherwise hold the
-/// exit for the whole grace period (10 s).
-pub const DRAIN_IDLE: Duration = Duration::from_secs(3);
 
 /// Refusals (`503 too_many_connections`) being written at once; beyond, a connection over the
 /// cap is closed without an answer.
@@ -52,8 +44,8 @@ fn refusal() -> String {
 }
 
 /// A [`TcpAcceptor`] that turns `TCP_NODELAY` on for every accepted connection, closes a
-/// connection on which nothing was read or written for its idle timeout, refuses connections
-/// over a cap, and closes stalled connections quickly once shutdown begins.
+/// connection on which nothing was read or written for its idle timeout, and refuses
+/// connections over a cap.
 pub struct ConnectionAcceptor {
     inner: TcpAcceptor,
     idle_timeout: Option<Duration>,
@@ -62,7 +54,6 @@ pub struct ConnectionAcceptor {
     refusals: Arc<Semaphore>,
     /// When the last refusal was logged (one WARN a second at most).
     last_refusal_logged: Option<Instant>,
-    draining: CancellationToken,
 }
 
 impl std::fmt::Debug for ConnectionAcceptor {
@@ -79,7 +70,6 @@ impl ConnectionAcceptor {
             connections: None,
             refusals: Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT)),
             last_refusal_logged: None,
-            draining: CancellationToken::new(),
         }
     }
 
@@ -99,14 +89,6 @@ impl ConnectionAcceptor {
     #[must_use]
     pub fn with_max_connections(mut self, max: usize) -> Self {
         self.connections = Some(Arc::new(Semaphore::new(max.max(1))));
-        self
-    }
-
-    /// Once `draining` is cancelled (the shutdown signal), connections on which nothing moves
-    /// for [`DRAIN_IDLE`] are closed.
-    #[must_use]
-    pub fn with_drain(mut self, draining: CancellationToken) -> Self {
-        self.draining = draining;
         self
     }
 
@@ -172,55 +154,18 @@ impl Acceptor for ConnectionAcceptor {
                 tracing::warn!(%error, "cannot turn TCP_NODELAY on for a connection");
             }
             let idle = self.idle_timeout.map(|timeout| (timeout, Box::pin(tokio::time::sleep(timeout))));
-            let draining = Drain::Unregistered(self.draining.clone());
-            let connection = IdleClosing { stream, idle, draining, _permit: permit };
+            let connection = IdleClosing { stream, idle, _permit: permit };
             return Ok((connection, local, remote, scheme));
         }
     }
 }
 
-/// An accepted connection whose reads fail once it has been idle for its timeout (or for
-/// [`DRAIN_IDLE`] after shutdown began). Holds its place under the connection cap.
+/// An accepted connection whose reads fail once it has been idle for its timeout. Holds its
+/// place under the connection cap.
 pub struct IdleClosing {
     stream: TcpStream,
     idle: Option<(Duration, Pin<Box<Sleep>>)>,
-    draining: Drain,
     _permit: Option<OwnedSemaphorePermit>,
-}
-
-/// Whether shutdown began, as one connection learns it.
-enum Drain {
-    /// Not asked yet.
-    Unregistered(CancellationToken),
-    /// The connection's task is woken when shutdown begins; until then an atomic load tells.
-    /// (Polling the token's future on every read would lock a mutex shared by every
-    /// connection; the first waker stays good, since a connection's reads all happen in its
-    /// one task. An upgraded WebSocket reads in a task of its own, but its session is closed
-    /// on the signal anyway.)
-    /// The future is kept only so that its waker stays registered.
-    Registered { token: CancellationToken, _registration: Pin<Box<WaitForCancellationFutureOwned>> },
-    /// Shutdown began and the idle deadline was brought forward.
-    Began,
-}
-
-impl Drain {
-    /// `true` once, when shutdown is first seen to have begun.
-    fn began(&mut self, cx: &mut Context<'_>) -> bool {
-        let cancelled = match self {
-            Self::Began => return false,
-            Self::Registered { token, .. } => token.is_cancelled(),
-            Self::Unregistered(token) => {
-                let mut future = Box::pin(token.clone().cancelled_owned());
-                let ready = future.as_mut().poll(cx).is_ready();
-                *self = Self::Registered { token: token.clone(), _registration: future };
-                ready
-            }
-        };
-        if cancelled {
-            *self = Self::Began;
-        }
-        cancelled
-    }
 }
 
 impl std::fmt::Debug for IdleClosing {
@@ -243,17 +188,6 @@ impl IdleClosing {
     }
 
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.draining.began(cx) {
-            // From now on the connection idles out after DRAIN_IDLE instead of its usual
-            // timeout (counted from the signal at the earliest: a request in progress finishes).
-            let drain_deadline = Instant::now() + DRAIN_IDLE;
-            let (timeout, sleep) =
-                self.idle.get_or_insert_with(|| (DRAIN_IDLE, Box::pin(tokio::time::sleep(DRAIN_IDLE))));
-            *timeout = DRAIN_IDLE;
-            if sleep.deadline() > drain_deadline {
-                sleep.as_mut().reset(drain_deadline);
-            }
-        }
         self.idle.as_mut().is_some_and(|(_, sleep)| sleep.as_mut().poll(cx).is_ready())
     }
 }

@@ -312,17 +312,24 @@ impl Application {
         // poem detaches upgraded connections, so the sessions are closed here, as soon as the
         // signal arrives: clients reconnect (to another instance) at once.
         let sessions = signaling.clone();
-        // Connections stalled mid-request are closed soon after the signal, rather than holding
-        // the exit for the whole grace period.
-        let draining = CancellationToken::new();
-        let acceptor = acceptor.with_drain(draining.clone());
-        let shutdown = async move {
-            shutdown.await;
-            draining.cancel();
-            sessions.begin_shutdown();
+        let signalled = CancellationToken::new();
+        let shutdown = {
+            let signalled = signalled.clone();
+            async move {
+                shutdown.await;
+                signalled.cancel();
+                sessions.begin_shutdown();
+            }
         };
-        let served =
-            Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(app, shutdown, Some(SHUTDOWN_GRACE)).await;
+        // poem's graceful shutdown waits for every connection, and a client stalled in the
+        // middle of its request headers never finishes one: it held the exit for the whole
+        // grace period. So the wait ends as soon as no request is in progress.
+        let in_flight = InFlight::default();
+        let app = in_flight.counting(app);
+        let served = tokio::select! {
+            served = Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(app, shutdown, Some(SHUTDOWN_GRACE)) => served,
+            () = in_flight.drained_after(signalled) => Ok(()),
+        };
         if !background.shutdown(SESSION_DRAIN).await {
             tracing::warn!("some WebSocket sessions did not close in time");
         }
@@ -330,6 +337,49 @@ impl Application {
         storage.close().await.context("closing the database")?;
         tracing::info!("ringline stopped");
         Ok(())
+    }
+}
+
+/// How many requests are being handled, so that shutdown waits for those and not for idle or
+/// stalled connections.
+#[derive(Debug, Clone, Default)]
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+/// Counts one request while it lives (also when its future is dropped midway).
+struct Handling(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Time for responses handed to their connections to be written once no request is in
+/// progress.
+const RESPONSE_FLUSH: Duration = Duration::from_millis(200);
+
+impl InFlight {
+    fn counting(&self, app: impl Endpoint + 'static) -> impl Endpoint + 'static {
+        let count = Arc::clone(&self.0);
+        app.around(move |endpoint, req| {
+            count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            let handling = Handling(Arc::clone(&count));
+            async move {
+                let response = endpoint.call(req).await.map(IntoResponse::into_response);
+                drop(handling);
+                response
+            }
+        })
+    }
+
+    /// Resolves once `signalled` is cancelled and then no request is in progress (checked every
+    /// 20 ms), after a moment for the last responses to be written.
+    async fn drained_after(&self, signalled: CancellationToken) {
+        signalled.cancelled().await;
+        while self.0.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(RESPONSE_FLUSH).await;
     }
 }
 
