@@ -4,20 +4,19 @@
 //! and the frames of an answered call are still relayed. When it returns, everything works
 //! again without a restart.
 
-use std::net::TcpListener;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::{Server, free_port};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "outage-test-secret-0123456789abcdef-0123456789";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().expect("address").port()
-}
 
 /// A throwaway PostgreSQL cluster on a free port, made with `initdb` (as the `postgres` user
 /// when the test runs as root, which `initdb` refuses to be).
@@ -102,46 +101,12 @@ impl Drop for Postgres {
 
 /// Runs a `ringline` subcommand against `url` and returns its stdout.
 fn cli(url: &str, args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_ringline"))
-        .args(args)
-        .env("RINGLINE_DATABASE_URL", url)
-        .env("RINGLINE_JWT_SECRET", SECRET)
-        .output()
-        .expect("run ringline");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    common::cli(&[("RINGLINE_DATABASE_URL", url), ("RINGLINE_JWT_SECRET", SECRET)], args)
 }
 
 async fn serve(url: &str, log: &Path) -> Server {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_ringline"))
-        .env("RINGLINE_DATABASE_URL", url)
-        .env("RINGLINE_JWT_SECRET", SECRET)
-        .env("RINGLINE_BIND", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).expect("a log file"))
-        .spawn()
-        .expect("start ringline");
-    let server = Server { child, base: format!("http://127.0.0.1:{port}") };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while reqwest::get(format!("{}/healthz", server.base)).await.is_err() {
-        assert!(Instant::now() < deadline, "ringline did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    server
+    let log = std::fs::File::create(log).expect("a log file");
+    Server::start(&[], &[("RINGLINE_DATABASE_URL", url), ("RINGLINE_JWT_SECRET", SECRET)], log).await
 }
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;

@@ -2,10 +2,13 @@
 //! binaries, a `redis-server` this test starts on a free port (so it can stop and restart
 //! it), real WebSocket clients.
 
+mod common;
+
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::free_port;
 use futures_util::{SinkExt, StreamExt};
 use ringline_storage::testing::{Backend, TestDatabase};
 use serde_json::{Value, json};
@@ -15,10 +18,6 @@ const SECRET: &str = "instances-test-secret-0123456789abcdef-0123456789";
 const WAIT: Duration = Duration::from_secs(5);
 /// How long a subscription made when a socket connects takes to reach Redis, with margin.
 const SUBSCRIBED: Duration = Duration::from_millis(300);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().expect("address").port()
-}
 
 /// A `redis-server` of this test's own, without persistence.
 struct Redis {
@@ -180,25 +179,15 @@ impl Drop for Instance {
 
 impl Instance {
     async fn start(database_url: &str, redis: &Redis, extra: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_ringline"))
-            .env("RINGLINE_DATABASE_URL", database_url)
-            .env("RINGLINE_BIND", format!("127.0.0.1:{port}"))
-            .env("RINGLINE_JWT_SECRET", SECRET)
-            .env("RINGLINE_REDIS_URL", redis.url())
-            .env("RUST_LOG", "warn")
-            .envs(extra.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start ringline");
-        let instance = Self { child, base: format!("http://127.0.0.1:{port}") };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while reqwest::get(format!("{}/healthz", instance.base)).await.is_err() {
-            assert!(Instant::now() < deadline, "ringline did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        instance
+        let redis_url = redis.url();
+        let mut env = vec![
+            ("RINGLINE_DATABASE_URL", database_url),
+            ("RINGLINE_JWT_SECRET", SECRET),
+            ("RINGLINE_REDIS_URL", redis_url.as_str()),
+        ];
+        env.extend_from_slice(extra);
+        let (child, base) = common::serve(&[], &env, Stdio::inherit()).await;
+        Self { child, base }
     }
 
     /// Opens `path` (with its query) as a WebSocket; the caller reads the ack.
@@ -323,17 +312,8 @@ impl Deployment {
 
 /// Creates the users (and conversation 7 of alice and bob) and returns their tokens.
 fn people(database_url: &str, users: &[&str]) -> Vec<String> {
-    let ringline = |args: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_ringline"))
-            .args(args)
-            .env("RINGLINE_DATABASE_URL", database_url)
-            .env("RINGLINE_JWT_SECRET", SECRET)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("run ringline");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8_lossy(&output.stdout).trim().to_owned()
-    };
+    let ringline =
+        |args: &[&str]| common::cli(&[("RINGLINE_DATABASE_URL", database_url), ("RINGLINE_JWT_SECRET", SECRET)], args);
     for user in users {
         ringline(&["users", "add", user, "--username", user]);
     }
