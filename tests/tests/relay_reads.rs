@@ -70,11 +70,22 @@ impl CallRepository for CountingReads {
     }
 }
 
+/// A hub on `storage` whose call reads are counted.
+fn counting_hub(storage: &ringline_storage::Storage) -> (Arc<CountingReads>, Signaling) {
+    let counting = Arc::new(CountingReads { inner: storage.calls(), gets: AtomicUsize::new(0) });
+    let service = CallService::new(
+        counting.clone(),
+        Arc::new(storage.directory()),
+        Arc::new(SystemClock),
+        Duration::from_secs(45),
+    );
+    (counting, Signaling::local(service, Arc::new(storage.notifications())))
+}
+
 #[tokio::test]
 async fn a_thousand_relayed_frames_read_the_call_at_most_once() {
     let database = TestDatabase::new(Backend::Sqlite).await;
     let storage = database.storage();
-    let counting = Arc::new(CountingReads { inner: storage.calls(), gets: AtomicUsize::new(0) });
     // The call is created by "another instance", so this hub has never seen it.
     let alice = UserId::parse("alice").expect("id");
     let bob = UserId::parse("bob").expect("id");
@@ -84,16 +95,10 @@ async fn a_thousand_relayed_frames_read_the_call_at_most_once() {
         .await
         .expect("create");
 
-    let service = CallService::new(
-        counting.clone(),
-        Arc::new(storage.directory()),
-        Arc::new(SystemClock),
-        Duration::from_secs(45),
-    );
+    let (counting, hub) = counting_hub(storage);
     // No fan-in limit in the way: this is about reads, and the frames do not come through a
     // socket with its own limit.
-    let unlimited = FrameRate { per_second: 1e6, burst: 1e6 };
-    let hub = Signaling::local(service, Arc::new(storage.notifications())).with_frame_rate(unlimited);
+    let hub = hub.with_frame_rate(FrameRate { per_second: 1e6, burst: 1e6 });
     let (slot, mut bob_events) = hub.sessions().register(bob.clone(), SessionKind::Notifications);
     let sender = SessionContext::new(ringline_domain::DeviceId::new(0, 9_999), alice, SessionKind::Notifications);
     for n in 0..1000 {
@@ -117,14 +122,7 @@ async fn a_thousand_relayed_frames_read_the_call_at_most_once() {
 async fn frames_naming_a_missing_call_read_the_database_once() {
     let database = TestDatabase::new(Backend::Sqlite).await;
     let storage = database.storage();
-    let counting = Arc::new(CountingReads { inner: storage.calls(), gets: AtomicUsize::new(0) });
-    let service = CallService::new(
-        counting.clone(),
-        Arc::new(storage.directory()),
-        Arc::new(SystemClock),
-        Duration::from_secs(45),
-    );
-    let hub = Signaling::local(service, Arc::new(storage.notifications()));
+    let (counting, hub) = counting_hub(storage);
     let alice = UserId::parse("alice").expect("id");
     let sender = SessionContext::new(ringline_domain::DeviceId::new(0, 1), alice, SessionKind::Notifications);
     for n in 0..500 {
@@ -145,14 +143,7 @@ async fn frames_naming_a_missing_call_read_the_database_once() {
 async fn one_users_frames_may_cause_only_so_many_reads() {
     let database = TestDatabase::new(Backend::Sqlite).await;
     let storage = database.storage();
-    let counting = Arc::new(CountingReads { inner: storage.calls(), gets: AtomicUsize::new(0) });
-    let service = CallService::new(
-        counting.clone(),
-        Arc::new(storage.directory()),
-        Arc::new(SystemClock),
-        Duration::from_secs(45),
-    );
-    let hub = Signaling::local(service, Arc::new(storage.notifications()));
+    let (counting, hub) = counting_hub(storage);
     let frame = |id: u32| {
         format!(
             r#"{{"type":"call.ice-candidate","call_id":{id},"candidate":{{"candidate":"candidate:1 1 udp 1 127.0.0.1 5000 typ host"}}}}"#
