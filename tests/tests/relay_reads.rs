@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ringline_domain::{
-    Call, CallId, CallListFilter, CallRepository, CallService, CallType, Clock, NewCall, Page, PageRequest,
-    RepositoryError, SystemClock, Timestamp, Transition, UserId,
+    Call, CallId, CallListFilter, CallRepository, CallService, CallType, Clock, DeviceClaim, DeviceId, NewCall, Page,
+    PageRequest, RepositoryError, SystemClock, Timestamp, Transition, UserId,
 };
 use ringline_signaling::{FrameRate, SessionContext, SessionKind, Signaling};
 use ringline_storage::testing::{Backend, TestDatabase};
@@ -67,6 +67,17 @@ impl CallRepository for CountingReads {
     }
     async fn apply_if_abandoned(&self, transition: &Transition, seen_before: Timestamp) -> Result<(), RepositoryError> {
         self.inner.apply_if_abandoned(transition, seen_before).await
+    }
+    async fn claim_callee_device(
+        &self,
+        id: CallId,
+        device: DeviceId,
+        replacing: Option<DeviceId>,
+    ) -> Result<DeviceClaim, RepositoryError> {
+        self.inner.claim_callee_device(id, device, replacing).await
+    }
+    async fn release_callee_device(&self, id: CallId, device: DeviceId) -> Result<(), RepositoryError> {
+        self.inner.release_callee_device(id, device).await
     }
 }
 

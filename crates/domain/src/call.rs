@@ -23,7 +23,9 @@
 
 use std::time::Duration;
 
-use crate::values::{Action, CallId, CallStatus, CallType, ConversationId, EndReason, HangupReason, Timestamp, UserId};
+use crate::values::{
+    Action, CallId, CallStatus, CallType, ConversationId, DeviceId, EndReason, HangupReason, Timestamp, UserId,
+};
 
 /// A call that has been decided on but not stored yet (it has no id).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +71,7 @@ impl NewCall {
             end_reason: None,
             created_at: self.started_at,
             updated_at: self.started_at,
+            callee_device: None,
         }
     }
 
@@ -106,6 +109,11 @@ pub struct Call {
     end_reason: Option<EndReason>,
     created_at: Timestamp,
     updated_at: Timestamp,
+    /// The receiver's device (socket) the answered call belongs to: the one whose SDP answer
+    /// accepted it, or, after an accept that named no device (REST), the first to claim it.
+    /// The caller's connection takes one answer, so the receiver's other devices may not
+    /// signal in the call. `None` until a device holds it, and again once it let go.
+    callee_device: Option<DeviceId>,
 }
 
 /// Every field of a call, as a storage layer holds it. [`Call::restore`] checks it.
@@ -124,6 +132,7 @@ pub struct CallParts {
     pub end_reason: Option<EndReason>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    pub callee_device: Option<DeviceId>,
 }
 
 /// A stored record that no sequence of transitions could have produced.
@@ -232,6 +241,9 @@ impl Call {
         if parts.updated_at < previous || parts.created_at > parts.updated_at {
             return broken("updated_at is earlier than another timestamp");
         }
+        if parts.callee_device.is_some() && !answered {
+            return broken("only an answered call belongs to one of the receiver's devices");
+        }
         Ok(Self {
             id: parts.id,
             conversation: parts.conversation,
@@ -246,6 +258,7 @@ impl Call {
             end_reason: parts.end_reason,
             created_at: parts.created_at,
             updated_at: parts.updated_at,
+            callee_device: parts.callee_device,
         })
     }
 
@@ -265,6 +278,7 @@ impl Call {
             end_reason: self.end_reason,
             created_at: self.created_at,
             updated_at: self.updated_at,
+            callee_device: self.callee_device,
         }
     }
 
@@ -309,6 +323,11 @@ impl Call {
     pub fn updated_at(&self) -> Timestamp {
         self.updated_at
     }
+    /// The receiver's device the answered call belongs to, as far as this copy knows (see the
+    /// field).
+    pub fn callee_device(&self) -> Option<DeviceId> {
+        self.callee_device
+    }
 
     /// True when `user` is the caller or the receiver.
     pub fn is_party(&self, user: &UserId) -> bool {
@@ -331,6 +350,21 @@ impl Call {
     /// # Errors
     /// `NotAParty`, `ReceiverOnly(Accept)` for the caller, `InvalidState` unless ringing.
     pub fn accept(&self, actor: &UserId, now: Timestamp) -> Result<Outcome, TransitionError> {
+        self.accept_on(actor, now, None)
+    }
+
+    /// [`Call::accept`] from `device`, the receiver's device that answered: the answered call
+    /// belongs to it. `None` when the accept names no device (REST); the first of the
+    /// receiver's devices to signal then claims the call.
+    ///
+    /// # Errors
+    /// As [`Call::accept`].
+    pub fn accept_on(
+        &self,
+        actor: &UserId,
+        now: Timestamp,
+        device: Option<DeviceId>,
+    ) -> Result<Outcome, TransitionError> {
         self.require_receiver(actor, Action::Accept)?;
         if self.status != CallStatus::Ringing {
             return Err(TransitionError::InvalidState { action: Action::Accept, status: self.status });
@@ -340,6 +374,7 @@ impl Call {
         next.status = CallStatus::Active;
         next.answered_at = Some(now);
         next.updated_at = now;
+        next.callee_device = device;
         Ok(self.changed(next, CallEvent::Accepted { by: actor.clone() }))
     }
 

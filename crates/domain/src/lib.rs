@@ -25,9 +25,10 @@ pub mod webhooks;
 
 pub use call::{Call, CallEvent, CallParts, InvalidCall, NewCall, Outcome, Transition, TransitionError};
 pub use ports::{
-    Audience, CallListFilter, CallObserver, CallRepository, ChangeOrigin, Clock, Directory, DirectoryError,
-    NewNotification, Notification, NotificationRepository, Page, PageRequest, PushSubscription, PushSubscriptions,
-    RepositoryError, Signal, SignalRouter, StoreUnavailable, SystemClock, UserProfile, is_store_unavailable,
+    Audience, CallListFilter, CallObserver, CallRepository, ChangeOrigin, Clock, DeviceClaim, Directory,
+    DirectoryError, NewNotification, Notification, NotificationRepository, Page, PageRequest, PushSubscription,
+    PushSubscriptions, RepositoryError, Signal, SignalRouter, StoreUnavailable, SystemClock, UserProfile,
+    is_store_unavailable,
 };
 pub use rules::{InitiateDecision, InitiateRefusal, decide_initiate};
 pub use service::{CallAction, CallService, CallServiceError, InitiateCommand, Initiated, LivenessPolicy};

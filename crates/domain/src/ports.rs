@@ -174,6 +174,38 @@ pub trait CallRepository: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// `Conflict` when the status changed or a party was seen since; as `apply` otherwise.
     async fn apply_if_abandoned(&self, transition: &Transition, seen_before: Timestamp) -> Result<(), RepositoryError>;
+
+    /// Makes `device` the receiver's device of active call `id` ([`Call::callee_device`]) if
+    /// no device holds it, `device` already does, or `replacing` does (a device the caller of
+    /// this method knows is gone), in one atomic step: of several instances claiming at once,
+    /// exactly one is granted.
+    ///
+    /// # Errors
+    /// `NotFound` when the call does not exist; `Storage` when the store fails.
+    async fn claim_callee_device(
+        &self,
+        id: CallId,
+        device: DeviceId,
+        replacing: Option<DeviceId>,
+    ) -> Result<DeviceClaim, RepositoryError>;
+
+    /// Lets go of call `id` if `device` holds it (its socket closed), so that the receiver's
+    /// next device may claim it. Nothing happens otherwise.
+    ///
+    /// # Errors
+    /// `Storage` when the store fails.
+    async fn release_callee_device(&self, id: CallId, device: DeviceId) -> Result<(), RepositoryError>;
+}
+
+/// What [`CallRepository::claim_callee_device`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceClaim {
+    /// The device holds the call now (or held it already).
+    Granted,
+    /// Another device holds it.
+    HeldBy(DeviceId),
+    /// The call is not active (not answered yet, or over): nobody holds it.
+    NotActive(CallStatus),
 }
 
 /// What the API shows of a user. Deliberately no email or phone number: the other party of a

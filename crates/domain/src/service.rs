@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use crate::call::{Call, NewCall, Outcome, Transition, TransitionError};
 use crate::ports::{
-    CallListFilter, CallObserver, CallRepository, ChangeOrigin, Clock, Directory, DirectoryError, Page, PageRequest,
-    RepositoryError, UserProfile,
+    CallListFilter, CallObserver, CallRepository, ChangeOrigin, Clock, DeviceClaim, Directory, DirectoryError, Page,
+    PageRequest, RepositoryError, UserProfile,
 };
 use crate::rules::{InitiateDecision, InitiateRefusal, decide_initiate};
-use crate::values::{CallId, CallType, ConversationId, HangupReason, Timestamp, UserId};
+use crate::values::{CallId, CallType, ConversationId, DeviceId, HangupReason, Timestamp, UserId};
 
 /// How many times a step is re-read and retried after losing a race. A call changes status at
 /// most twice (ringing → active → ended), so three attempts always see a settled state.
@@ -314,17 +314,44 @@ impl CallService {
         known: Option<Call>,
         origin: ChangeOrigin<'_>,
     ) -> Result<Outcome, CallServiceError> {
+        let device = origin.device;
         self.settle(id, known, origin, |call, now| {
             if !call.is_party(actor) {
                 return Err(CallServiceError::CallNotFound);
             }
             Ok(match action {
-                CallAction::Accept => call.accept(actor, now)?,
+                CallAction::Accept => call.accept_on(actor, now, device)?,
                 CallAction::Reject => call.reject(actor, now)?,
                 CallAction::End(reason) => call.end_because(actor, now, reason)?,
             })
         })
         .await
+    }
+
+    /// Makes `device` the receiver's device of active call `id`, unless another one holds it
+    /// (one the caller does not know to be gone: `replacing`). See
+    /// [`CallRepository::claim_callee_device`].
+    ///
+    /// # Errors
+    /// `CallNotFound`; `Repository` when storage fails.
+    pub async fn claim_callee_device(
+        &self,
+        id: CallId,
+        device: DeviceId,
+        replacing: Option<DeviceId>,
+    ) -> Result<DeviceClaim, CallServiceError> {
+        match self.calls.claim_callee_device(id, device, replacing).await {
+            Err(RepositoryError::NotFound) => Err(CallServiceError::CallNotFound),
+            claimed => Ok(claimed?),
+        }
+    }
+
+    /// Lets go of call `id` if the receiver's device `device` holds it (its socket closed).
+    ///
+    /// # Errors
+    /// `Repository` when storage fails.
+    pub async fn release_callee_device(&self, id: CallId, device: DeviceId) -> Result<(), CallServiceError> {
+        Ok(self.calls.release_callee_device(id, device).await?)
     }
 
     /// Expires call `id` if it is still unanswered after the ring timeout.

@@ -353,6 +353,23 @@ impl fmt::Display for DeviceId {
     }
 }
 
+/// Reads what [`DeviceId`]'s `Display` writes (a storage layer keeps device ids as text).
+impl FromStr for DeviceId {
+    type Err = InvalidValue;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let invalid =
+            || InvalidValue::new("device", "must be a 16-digit hexadecimal instance, '-', and a serial number");
+        let (instance, serial) = raw.split_once('-').ok_or_else(invalid)?;
+        if instance.len() != 16 {
+            return Err(invalid());
+        }
+        let instance = u64::from_str_radix(instance, 16).map_err(|_| invalid())?;
+        let serial = serial.parse().map_err(|_| invalid())?;
+        Ok(Self { instance, serial })
+    }
+}
+
 /// What a user (or the server's timer) tried to do to a call; named in errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use ringline_domain::{
-    Action, Call, CallEvent, CallId, CallStatus, CallType, ConversationId, EndReason, HangupReason, NewCall, Outcome,
-    Timestamp, TransitionError, UserId,
+    Action, Call, CallEvent, CallId, CallStatus, CallType, ConversationId, DeviceId, EndReason, HangupReason, NewCall,
+    Outcome, Timestamp, TransitionError, UserId,
 };
 
 const RING_TIMEOUT: Duration = Duration::from_secs(45);
@@ -216,7 +216,31 @@ fn restore_rejects_records_no_transition_could_produce() {
     let mut parts = active().to_parts();
     parts.answered_at = Some(at(-1));
     assert!(Call::restore(parts).is_err());
+    let mut parts = ringing().to_parts();
+    parts.callee_device = Some(DeviceId::new(1, 1));
+    assert!(Call::restore(parts).is_err(), "an unanswered call belongs to no device");
     assert_eq!(Call::restore(active().to_parts()), Ok(active()));
+}
+
+#[test]
+fn an_answered_call_belongs_to_the_device_that_answered_it() {
+    let phone = DeviceId::new(0xabc, 7);
+    let (call, _) = changed(ringing().accept_on(&user("bob"), at(3), Some(phone)));
+    assert_eq!(call.callee_device(), Some(phone));
+    assert_eq!(Call::restore(call.to_parts()), Ok(call.clone()));
+    let (ended, _) = changed(call.end(&user("alice"), at(9)));
+    assert_eq!(ended.callee_device(), Some(phone), "kept on the record");
+    assert_eq!(active().callee_device(), None, "an accept over REST names no device");
+}
+
+#[test]
+fn device_ids_read_back_what_they_write() {
+    let device = DeviceId::new(u64::MAX, 42);
+    assert_eq!(device.to_string().parse::<DeviceId>(), Ok(device));
+    assert_eq!("0000000000000abc-7".parse::<DeviceId>(), Ok(DeviceId::new(0xabc, 7)));
+    for bad in ["", "abc-7", "0000000000000abc", "0000000000000abc-", "000000000000zabc-7", "0000000000000abc--7"] {
+        assert!(bad.parse::<DeviceId>().is_err(), "{bad:?}");
+    }
 }
 
 #[derive(Debug, Clone)]

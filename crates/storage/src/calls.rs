@@ -12,8 +12,8 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use ringline_domain::{
-    Call, CallId, CallListFilter, CallParts, CallRepository, CallStatus, NewCall, Page, PageRequest, RepositoryError,
-    Timestamp, Transition, UserId,
+    Call, CallId, CallListFilter, CallParts, CallRepository, CallStatus, DeviceClaim, DeviceId, NewCall, Page,
+    PageRequest, RepositoryError, Timestamp, Transition, UserId,
 };
 use sea_orm::sea_query::{Expr, IntoCondition, Query};
 use sea_orm::{
@@ -81,6 +81,11 @@ fn to_call(row: call::Model) -> Result<Call, RepositoryError> {
             .map_err(|e: ringline_domain::InvalidValue| corrupt(e.to_string()))?,
         created_at: row.created_at.into(),
         updated_at: row.updated_at.into(),
+        callee_device: row
+            .callee_device
+            .map(|device| device.parse())
+            .transpose()
+            .map_err(|e: ringline_domain::InvalidValue| corrupt(e.to_string()))?,
     };
     Call::restore(parts).map_err(storage_failure)
 }
@@ -304,6 +309,73 @@ impl CallRepository for SqlCallRepository {
         let caller_only = transition.from.is_unanswered();
         self.compare_and_set(transition, Some(nobody_seen_since(seen_before, caller_only))).await
     }
+
+    async fn claim_callee_device(
+        &self,
+        id: CallId,
+        device: DeviceId,
+        replacing: Option<DeviceId>,
+    ) -> Result<DeviceClaim, RepositoryError> {
+        let mut claimable = Condition::any()
+            .add(call::Column::CalleeDevice.is_null())
+            .add(call::Column::CalleeDevice.eq(device.to_string()));
+        if let Some(gone) = replacing {
+            claimable = claimable.add(call::Column::CalleeDevice.eq(gone.to_string()));
+        }
+        let current = self
+            .db
+            .write
+            .write(move |db| {
+                Box::pin(async move {
+                    let claimed = call::Entity::update_many()
+                        .col_expr(call::Column::CalleeDevice, Expr::value(device.to_string()))
+                        .filter(call::Column::Id.eq(id.get()))
+                        .filter(call::Column::Status.eq(CallStatus::Active.as_str()))
+                        .filter(claimable)
+                        .exec(db)
+                        .await?;
+                    if claimed.rows_affected > 0 {
+                        return Ok(None);
+                    }
+                    let current: Option<(String, Option<String>)> = call::Entity::find_by_id(id.get())
+                        .select_only()
+                        .column(call::Column::Status)
+                        .column(call::Column::CalleeDevice)
+                        .into_tuple()
+                        .one(db)
+                        .await?;
+                    Ok(Some(current))
+                })
+            })
+            .await
+            .map_err(storage_failure)?;
+        let Some(current) = current else { return Ok(DeviceClaim::Granted) };
+        let (status, holder) = current.ok_or(RepositoryError::NotFound)?;
+        let status: CallStatus = status.parse().map_err(storage_failure)?;
+        match holder.map(|holder| holder.parse::<DeviceId>()).transpose().map_err(storage_failure)? {
+            Some(holder) if status == CallStatus::Active => Ok(DeviceClaim::HeldBy(holder)),
+            _ => Ok(DeviceClaim::NotActive(status)),
+        }
+    }
+
+    async fn release_callee_device(&self, id: CallId, device: DeviceId) -> Result<(), RepositoryError> {
+        self.db
+            .write
+            .write(move |db| {
+                Box::pin(async move {
+                    call::Entity::update_many()
+                        .col_expr(call::Column::CalleeDevice, Expr::value(Option::<String>::None))
+                        .filter(call::Column::Id.eq(id.get()))
+                        .filter(call::Column::Status.eq(CallStatus::Active.as_str()))
+                        .filter(call::Column::CalleeDevice.eq(device.to_string()))
+                        .exec(db)
+                        .await?;
+                    Ok(())
+                })
+            })
+            .await
+            .map_err(storage_failure)
+    }
 }
 
 /// Users per `mark_seen` statement.
@@ -416,9 +488,13 @@ async fn update_if_unchanged<C: ConnectionTrait>(
         .col_expr(call::Column::EndedAt, Expr::value(next.ended_at().map(datetime)))
         .col_expr(call::Column::DurationSeconds, Expr::value(duration_column(next.duration_seconds())))
         .col_expr(call::Column::EndReason, Expr::value(next.end_reason().map(|r| r.as_str())))
-        .col_expr(call::Column::UpdatedAt, Expr::value(datetime(next.updated_at())))
-        .filter(compare_and_set.into_condition())
-        .exec(db)
-        .await?;
+        .col_expr(call::Column::UpdatedAt, Expr::value(datetime(next.updated_at())));
+    // Written only by the accept that names it: a later change computed from a copy that
+    // missed a claim must not clear the claim.
+    let updated = match next.callee_device() {
+        Some(device) => updated.col_expr(call::Column::CalleeDevice, Expr::value(device.to_string())),
+        None => updated,
+    };
+    let updated = updated.filter(compare_and_set.into_condition()).exec(db).await?;
     Ok(updated.rows_affected)
 }

@@ -20,6 +20,8 @@ pub mod call {
         pub end_reason: Option<String>,
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
+        /// The receiver's device the answered call belongs to (`DeviceId`'s text form).
+        pub callee_device: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

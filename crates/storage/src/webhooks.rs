@@ -102,6 +102,8 @@ fn to_delivery(row: &QueryResult) -> Result<WebhookDelivery, RepositoryError> {
             .map_err(|e: ringline_domain::InvalidValue| corrupt(e.to_string()))?,
         created_at: time("call_created_at")?,
         updated_at: time("updated_at")?,
+        // Not part of a webhook's payload.
+        callee_device: None,
     };
     let call = Call::restore(parts).map_err(storage_failure)?;
     Ok(WebhookDelivery {

@@ -4,8 +4,8 @@ mod common;
 
 use common::{RING_TIMEOUT, at, call_id, new_call, ring, transition, user};
 use ringline_domain::{
-    Call, CallListFilter, CallRepository, CallStatus, ConversationId, Directory, EndReason, NewNotification,
-    NotificationRepository, NotificationVerb, Page, PageRequest, RepositoryError, UserProfile,
+    Call, CallListFilter, CallRepository, CallStatus, ConversationId, DeviceClaim, DeviceId, Directory, EndReason,
+    NewNotification, NotificationRepository, NotificationVerb, Page, PageRequest, RepositoryError, UserProfile,
 };
 use ringline_storage::{DirectoryWriteError, Storage};
 use sea_orm::prelude::*;
@@ -27,6 +27,7 @@ on_both_databases!(
     the_directory_knows_users_and_conversations,
     contacts_are_the_other_participants_of_ones_conversations,
     notifications_are_private_newest_first_and_can_be_read,
+    an_answered_call_belongs_to_one_device_until_it_lets_go,
 );
 
 async fn migrations_are_idempotent(storage: Storage) {
@@ -55,6 +56,48 @@ async fn transitions_round_trip_every_field(storage: Storage) {
     assert_eq!(stored, ended.call);
     assert_eq!(stored.duration_seconds(), Some(90));
     assert_eq!(stored.end_reason(), Some(EndReason::UserHangup));
+}
+
+async fn an_answered_call_belongs_to_one_device_until_it_lets_go(storage: Storage) {
+    let repo = storage.calls();
+    let (phone, laptop, tablet) = (DeviceId::new(0xa, 1), DeviceId::new(0xb, 1), DeviceId::new(0xa, 2));
+    let ringing = ring(&repo, "alice", "bob", 0).await;
+    let unanswered = repo.claim_callee_device(ringing.id(), phone, None).await.expect("claim");
+    assert_eq!(unanswered, DeviceClaim::NotActive(CallStatus::Ringing), "nothing to hold before the answer");
+
+    // The accept that names its device records it in the same write.
+    let accepted = transition(ringing.accept_on(&user("bob"), at(2), Some(phone)).expect("receiver accepts"));
+    repo.apply(&accepted).await.expect("accept");
+    let stored = repo.get(ringing.id()).await.expect("read").expect("exists");
+    assert_eq!(stored.callee_device(), Some(phone));
+    let claim = |device, replacing| repo.claim_callee_device(ringing.id(), device, replacing);
+    assert_eq!(claim(phone, None).await.expect("claim"), DeviceClaim::Granted, "the holder again");
+    assert_eq!(claim(laptop, None).await.expect("claim"), DeviceClaim::HeldBy(phone));
+    assert_eq!(claim(laptop, Some(tablet)).await.expect("claim"), DeviceClaim::HeldBy(phone), "not whom it replaces");
+    // Replacing a device known to be gone.
+    assert_eq!(claim(laptop, Some(phone)).await.expect("claim"), DeviceClaim::Granted);
+    // Only the holder lets go; then the next device claims it.
+    repo.release_callee_device(ringing.id(), phone).await.expect("release");
+    assert_eq!(claim(tablet, None).await.expect("claim"), DeviceClaim::HeldBy(laptop));
+    repo.release_callee_device(ringing.id(), laptop).await.expect("release");
+    assert_eq!(repo.get(ringing.id()).await.expect("read").expect("exists").callee_device(), None);
+    assert_eq!(claim(tablet, None).await.expect("claim"), DeviceClaim::Granted);
+
+    // A change computed from a copy that missed the claim does not clear it.
+    let ended = transition(accepted.call.end(&user("alice"), at(9)).expect("hang up"));
+    let ended_without_device = transition(
+        Call::restore(ringline_domain::CallParts { callee_device: None, ..accepted.call.to_parts() })
+            .expect("valid")
+            .end(&user("alice"), at(9))
+            .expect("hang up"),
+    );
+    repo.apply(&ended_without_device).await.expect("end");
+    let stored = repo.get(ringing.id()).await.expect("read").expect("exists");
+    assert_eq!(stored.callee_device(), Some(tablet));
+    assert_eq!(stored.status(), ended.call.status());
+    assert_eq!(claim(laptop, Some(tablet)).await.expect("claim"), DeviceClaim::NotActive(CallStatus::Ended));
+    let missing = repo.claim_callee_device(call_id(ringing.id().get() + 1000), phone, None).await;
+    assert!(matches!(missing, Err(RepositoryError::NotFound)), "{missing:?}");
 }
 
 async fn a_busy_receiver_cannot_be_rung_and_nothing_is_stored(storage: Storage) {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use common::{RING_TIMEOUT, at, new_call, ring, user};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
-use ringline_domain::{Call, CallRepository, CallStatus, Outcome, RepositoryError, Transition};
+use ringline_domain::{Call, CallRepository, CallStatus, DeviceClaim, DeviceId, Outcome, RepositoryError, Transition};
 use ringline_storage::Storage;
 use tokio::sync::Barrier;
 
@@ -17,6 +17,7 @@ on_both_databases!(
     racing_call_attempts_to_one_receiver_ring_it_once,
     crossing_calls_racing_each_other_leave_one_call,
     random_action_sequences_store_what_the_domain_computed,
+    devices_claiming_an_answered_call_at_once_leave_one_holder,
 );
 
 /// Every action the two parties and the ring timer can take on a ringing call, each computed
@@ -85,6 +86,45 @@ async fn racing_transitions_on_one_call_have_exactly_one_winner(storage: Storage
         } else {
             next.expect("a finished call frees its lines");
         }
+    }
+}
+
+/// The receiver's devices claiming a call answered over REST, all at once (as from several
+/// instances): exactly one is granted, and every other is told which one holds it.
+async fn devices_claiming_an_answered_call_at_once_leave_one_holder(storage: Storage) {
+    const DEVICES: u64 = 12;
+    for round in 0..8 {
+        let repo = storage.calls();
+        let (caller, receiver) = (format!("caller{round}"), format!("receiver{round}"));
+        let call = ring(&repo, &caller, &receiver, 0).await;
+        let id = call.id();
+        let Ok(Outcome::Changed(accepted)) = call.accept(&user(&receiver), at(1)) else { panic!("accepts") };
+        repo.apply(&accepted).await.expect("accept");
+        let barrier = Arc::new(Barrier::new(usize::try_from(DEVICES).expect("few")));
+        let tasks: Vec<_> = (0..DEVICES)
+            .map(|n| {
+                let repo = storage.calls();
+                let barrier = Arc::clone(&barrier);
+                let device = DeviceId::new(n % 3, n);
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    (device, repo.claim_callee_device(id, device, None).await.expect("claim"))
+                })
+            })
+            .collect();
+        let mut granted = Vec::new();
+        let mut told = Vec::new();
+        for task in tasks {
+            match task.await.expect("task") {
+                (device, DeviceClaim::Granted) => granted.push(device),
+                (_, DeviceClaim::HeldBy(holder)) => told.push(holder),
+                (_, other) => panic!("the call is active: {other:?}"),
+            }
+        }
+        assert_eq!(granted.len(), 1, "round {round}: exactly one device holds the call");
+        assert!(told.iter().all(|holder| *holder == granted[0]), "every other is told the holder");
+        let stored = repo.get(id).await.expect("read").expect("exists");
+        assert_eq!(stored.callee_device(), Some(granted[0]));
     }
 }
 

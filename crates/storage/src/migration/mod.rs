@@ -13,6 +13,7 @@ mod m20261201_000004_add_line_last_seen;
 mod m20261203_000005_lines_follow_calls;
 mod m20261204_000006_webhook_outbox;
 mod m20261204_000007_web_push;
+mod m20261205_000008_callee_device;
 
 /// Every migration of the Ringline schema, oldest first.
 #[derive(Debug)]
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000005_lines_follow_calls::Migration),
             Box::new(m20261204_000006_webhook_outbox::Migration),
             Box::new(m20261204_000007_web_push::Migration),
+            Box::new(m20261205_000008_callee_device::Migration),
         ]
     }
 }
