@@ -28,10 +28,26 @@ pub(crate) type Route = Arc<Call>;
 struct Cached {
     route: Route,
     parties: Option<Arc<[UserProfile]>>,
-    /// The callee's device the call belongs to once answered: the first of the callee's
-    /// devices to send SDP (its `call.answer` accepting the call, or, after an accept over
-    /// REST, its first frame). The callee's other devices may not signal in it.
-    callee_device: Option<DeviceId>,
+    /// The callee's device the call belongs to once answered, as far as this process knows
+    /// (`Call::callee_device`; the database decides). While the call rings, the device of this
+    /// process whose answer is being accepted (so that only one of them tries).
+    callee_device: Option<Holder>,
+}
+
+/// A callee's device holding a call, and when the database last said so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Holder {
+    pub(crate) device: DeviceId,
+    /// When a claim found this device holding the call; `None` when it was only read with the
+    /// call (or reserved while ringing): a claim is then worth trying before refusing.
+    pub(crate) confirmed: Option<Instant>,
+}
+
+impl Holder {
+    /// Whether the database said so within `period`.
+    pub(crate) fn confirmed_within(&self, period: Duration) -> bool {
+        self.confirmed.is_some_and(|at| at.elapsed() < period)
+    }
 }
 
 /// How long a call id found missing in the database is answered `call_not_found` from memory:
@@ -107,45 +123,56 @@ impl CallCache {
             if parties.is_some() {
                 cached.parties = parties;
             }
+            if let Some(device) = call.callee_device() {
+                // A copy names the holder as a hint; whether the database confirmed it stays.
+                let confirmed = cached.callee_device.filter(|holder| holder.device == device).and_then(|h| h.confirmed);
+                cached.callee_device = Some(Holder { device, confirmed });
+            }
             return Arc::clone(&cached.route);
         }
         if map.len() >= MAX_CACHED_ROUTES {
             map.retain(|_, cached| cached.route.status().is_open());
         }
         let route = Arc::new(call.clone());
-        map.insert(call.id(), Cached { route: Arc::clone(&route), parties, callee_device: None });
+        let callee_device = call.callee_device().map(|device| Holder { device, confirmed: None });
+        map.insert(call.id(), Cached { route: Arc::clone(&route), parties, callee_device });
         route
     }
 
-    /// Makes `device` the callee's device of call `id` unless another one is: `Ok` when it is
-    /// (now or already), else the device that is. A call not cached is claimed once cached.
-    pub(crate) fn claim_callee_device(&self, id: CallId, device: DeviceId) -> Result<(), DeviceId> {
+    /// The callee's device holding call `id`, as far as this process knows.
+    pub(crate) fn callee_device(&self, id: CallId) -> Option<Holder> {
+        self.read().get(&id).and_then(|cached| cached.callee_device)
+    }
+
+    /// While call `id` rings: makes `device` the one of this process's callee devices whose
+    /// answer is accepted, unless another one is: `Ok` when it is (now or already), else the
+    /// device that is. A call not cached is reserved once cached.
+    pub(crate) fn reserve_callee_device(&self, id: CallId, device: DeviceId) -> Result<(), DeviceId> {
         let mut map = self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(cached) = map.get_mut(&id) else { return Ok(()) };
         match cached.callee_device {
-            Some(owner) if owner != device => Err(owner),
+            Some(holder) if holder.device != device => Err(holder.device),
             _ => {
-                cached.callee_device = Some(device);
+                cached.callee_device = Some(Holder { device, confirmed: None });
                 Ok(())
             }
         }
     }
 
-    /// Hands call `id` from the callee's device `from` (gone) to `to`, unless it changed hands.
-    pub(crate) fn transfer_callee_device(&self, id: CallId, from: DeviceId, to: DeviceId) {
+    /// The database says `device` holds call `id` (a claim was granted, or found it held).
+    pub(crate) fn confirm_callee_device(&self, id: CallId, device: DeviceId) {
         let mut map = self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(cached) = map.get_mut(&id)
-            && cached.callee_device == Some(from)
-        {
-            cached.callee_device = Some(to);
+        if let Some(cached) = map.get_mut(&id) {
+            cached.callee_device = Some(Holder { device, confirmed: Some(Instant::now()) });
         }
     }
 
-    /// Gives up `device`'s claim on call `id` (its answer did not accept the call).
+    /// Forgets that `device` holds call `id` (its answer did not accept the call, or it let
+    /// go), unless another device does.
     pub(crate) fn release_callee_device(&self, id: CallId, device: DeviceId) {
         let mut map = self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(cached) = map.get_mut(&id)
-            && cached.callee_device == Some(device)
+            && cached.callee_device.is_some_and(|holder| holder.device == device)
         {
             cached.callee_device = None;
         }
@@ -204,20 +231,39 @@ mod tests {
     }
 
     #[test]
-    fn one_callee_device_claims_a_call_and_keeps_it_across_updates() {
+    fn one_callee_device_reserves_a_ringing_call_and_keeps_it_across_updates() {
         let cache = CallCache::default();
         let ringing = ringing();
         cache.remember(&ringing);
         let (phone, laptop) = (DeviceId::new(1, 1), DeviceId::new(1, 2));
-        assert_eq!(cache.claim_callee_device(ringing.id(), phone), Ok(()));
-        assert_eq!(cache.claim_callee_device(ringing.id(), laptop), Err(phone), "taken");
-        assert_eq!(cache.claim_callee_device(ringing.id(), phone), Ok(()), "the owner again");
+        assert_eq!(cache.reserve_callee_device(ringing.id(), phone), Ok(()));
+        assert_eq!(cache.reserve_callee_device(ringing.id(), laptop), Err(phone), "taken");
+        assert_eq!(cache.reserve_callee_device(ringing.id(), phone), Ok(()), "the holder again");
         cache.remember(&accepted(&ringing));
-        assert_eq!(cache.claim_callee_device(ringing.id(), laptop), Err(phone), "kept when the call changes");
+        assert_eq!(cache.reserve_callee_device(ringing.id(), laptop), Err(phone), "kept when the call changes");
         cache.release_callee_device(ringing.id(), laptop);
-        assert_eq!(cache.claim_callee_device(ringing.id(), laptop), Err(phone), "only the owner releases");
+        assert_eq!(cache.reserve_callee_device(ringing.id(), laptop), Err(phone), "only the holder lets go");
         cache.release_callee_device(ringing.id(), phone);
-        assert_eq!(cache.claim_callee_device(ringing.id(), laptop), Ok(()));
+        assert_eq!(cache.reserve_callee_device(ringing.id(), laptop), Ok(()));
+    }
+
+    #[test]
+    fn the_holder_a_copy_names_is_a_hint_until_the_database_confirms_it() {
+        let cache = CallCache::default();
+        let ringing = ringing();
+        let phone = DeviceId::new(1, 1);
+        let answered = match ringing.accept_on(ringing.receiver(), ringing.started_at(), Some(phone)).expect("accepts")
+        {
+            Outcome::Changed(transition) => transition.call,
+            Outcome::AlreadyDone(call) => call,
+        };
+        cache.remember(&answered);
+        let holder = cache.callee_device(answered.id()).expect("named by the copy");
+        assert_eq!((holder.device, holder.confirmed), (phone, None));
+        cache.confirm_callee_device(answered.id(), phone);
+        assert!(cache.callee_device(answered.id()).expect("held").confirmed_within(Duration::from_secs(1)));
+        cache.remember(&answered);
+        assert!(cache.callee_device(answered.id()).expect("held").confirmed.is_some(), "a copy keeps the confirmation");
     }
 
     #[test]

@@ -74,8 +74,8 @@ pub struct Signaling {
     pub(crate) shutdown: CancellationToken,
     /// What a new session waits for before reading its snapshot (a bus's subscription).
     pub(crate) gate: Option<Arc<dyn SubscriptionGate>>,
-    /// Where a user's devices on other instances are counted (a bus).
-    presence: Option<Arc<dyn Presence>>,
+    /// Where a user's devices on other instances are counted, and which instances live (a bus).
+    pub(crate) presence: Option<Arc<dyn Presence>>,
 }
 
 impl Signaling {

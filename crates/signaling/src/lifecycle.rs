@@ -7,6 +7,7 @@ use std::sync::Arc;
 use ringline_domain::{Call, CallServiceError, EndReason, UserId};
 
 use crate::hub::Signaling;
+use crate::relay::SessionContext;
 use crate::replay::Attached;
 use crate::router::{SessionKind, SessionSlot};
 
@@ -52,11 +53,13 @@ impl Signaling {
         (slot, events, attached)
     }
 
-    /// Unregisters a session. When it was its user's last one here and the user is in a call,
-    /// the moment is recorded as their last-seen, so a call both parties left ends measured
-    /// up to when the last of them went (not up to the last heartbeat before).
-    pub(crate) async fn detach(&self, slot: &SessionSlot) {
+    /// Unregisters a session and lets go of the answered calls its device held as the callee's.
+    /// When it was its user's last one here and the user is in a call, the moment is recorded
+    /// as their last-seen, so a call both parties left ends measured up to when the last of
+    /// them went (not up to the last heartbeat before).
+    pub(crate) async fn detach(&self, slot: &SessionSlot, context: &SessionContext) {
         self.local.unregister(slot);
+        self.release_held_calls(context).await;
         let on_line =
             self.announcer.on_lines.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&slot.user);
         if on_line

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use ringline_domain::{
-    Audience, Call, CallAction, CallId, CallServiceError, CallStatus, ConversationId, DeviceId, Outcome, Signal,
-    TransitionError, UserId,
+    Audience, Call, CallAction, CallId, CallServiceError, CallStatus, ConversationId, DeviceClaim, DeviceId, Outcome,
+    Signal, TransitionError, UserId,
 };
 
 use crate::call_cache::Route;
@@ -18,7 +18,7 @@ use crate::router::SessionKind;
 use crate::settings::FrameRate;
 
 /// The live session a frame came from.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SessionContext {
     pub device: DeviceId,
     pub user: UserId,
@@ -26,11 +26,26 @@ pub struct SessionContext {
     /// Looked up on first use (a typing indicator): most sessions never need it, and a lookup
     /// per connect would be a database read per page load.
     username: std::sync::OnceLock<String>,
+    /// Answered calls this device holds as the callee's device: let go when it closes, so that
+    /// the callee's next device (a reloaded page) may take them over on any instance.
+    held_calls: std::sync::Mutex<Vec<CallId>>,
 }
 
 impl SessionContext {
     pub fn new(device: DeviceId, user: UserId, kind: SessionKind) -> Self {
-        Self { device, user, kind, username: std::sync::OnceLock::new() }
+        Self { device, user, kind, username: std::sync::OnceLock::new(), held_calls: std::sync::Mutex::default() }
+    }
+
+    fn holds(&self, call: CallId) {
+        let mut held = self.held_calls.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !held.contains(&call) {
+            held.push(call);
+        }
+    }
+
+    /// The answered calls this device holds (see the field), emptied.
+    pub(crate) fn take_held_calls(&self) -> Vec<CallId> {
+        std::mem::take(&mut self.held_calls.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     pub(crate) async fn username(&self, signaling: &Signaling) -> &str {
@@ -132,7 +147,7 @@ impl Signaling {
             }
             ClientFrame::Offer { call, offer } => {
                 let route = self.party_route(session, call, &frame).await?;
-                self.callee_device_only(&route, session)?;
+                self.callee_device_only(&route, session).await?;
                 self.within_call_fan_in(&route, session)?;
                 let username = self.announcer.username(&route, &session.user).await;
                 self.to_other_party(&route, &session.user, |id| {
@@ -142,7 +157,7 @@ impl Signaling {
             }
             ClientFrame::IceCandidate { call, candidate } => {
                 let route = self.party_route(session, call, &frame).await?;
-                self.callee_device_only(&route, session)?;
+                self.callee_device_only(&route, session).await?;
                 self.within_call_fan_in(&route, session)?;
                 self.to_other_party(&route, &session.user, |id| {
                     events::ice_candidate(id, &route, &session.user, candidate)
@@ -151,7 +166,7 @@ impl Signaling {
             }
             ClientFrame::MediaState { call, audio, video } => {
                 let route = self.party_route(session, call, &frame).await?;
-                self.callee_device_only(&route, session)?;
+                self.callee_device_only(&route, session).await?;
                 self.within_call_fan_in(&route, session)?;
                 self.to_other_party(&route, &session.user, |id| {
                     events::media_state(id, &route, &session.user, audio, video)
@@ -164,7 +179,7 @@ impl Signaling {
                 // One of the callee's devices takes the call with its first SDP; the others'
                 // answers are refused, never relayed (the caller's connection takes one answer).
                 if callee {
-                    self.claim_as_callee(&route, session)?;
+                    self.claim_as_callee(&route, session).await?;
                 }
                 self.within_call_fan_in(&route, session)?;
                 let route = if route.status().is_unanswered() {
@@ -179,20 +194,22 @@ impl Signaling {
                     ))
                     .await;
                     match outcome {
-                        Ok(Outcome::Changed(transition)) => Arc::new(transition.call),
-                        // Accepted meanwhile without SDP (over REST): this device holds the call,
-                        // so its answer is the one the caller needs.
-                        Ok(Outcome::AlreadyDone(accepted)) => {
-                            self.to_other_party(&accepted, &session.user, |id| {
-                                events::answer(id, &accepted, &session.user, Some(answer))
-                            });
-                            Arc::new(accepted)
+                        Ok(Outcome::Changed(transition)) => {
+                            // The accept recorded this device: as good as a granted claim.
+                            self.announcer.cache.confirm_callee_device(call, session.device);
+                            session.holds(call);
+                            Arc::new(transition.call)
                         }
-                        // Accepted meanwhile over REST (no SDP, no device): likewise.
-                        Err(CallServiceError::Transition(TransitionError::InvalidState {
+                        // Answered meanwhile: over REST (no device: this one may claim the call,
+                        // and its answer is the one the caller needs), or by another device
+                        // (then this one is refused).
+                        Ok(Outcome::AlreadyDone(_))
+                        | Err(CallServiceError::Transition(TransitionError::InvalidState {
                             status: CallStatus::Active,
                             ..
                         })) => {
+                            self.announcer.cache.release_callee_device(route.id(), session.device);
+                            self.hold_answered_call(call, session).await?;
                             let accepted = self.route(call, &session.user).await?.ok_or_else(elsewhere)?;
                             self.to_other_party(&accepted, &session.user, |id| {
                                 events::answer(id, &accepted, &session.user, Some(answer))
@@ -220,11 +237,11 @@ impl Signaling {
 
     /// Refuses a frame from one of the callee's devices other than the one the answered call
     /// belongs to (the first to send SDP claims it, after an accept over REST).
-    fn callee_device_only(&self, route: &Route, session: &SessionContext) -> Result<(), FrameError> {
+    async fn callee_device_only(&self, route: &Route, session: &SessionContext) -> Result<(), FrameError> {
         if route.receiver() != &session.user || route.status().is_unanswered() {
             return Ok(());
         }
-        self.claim_as_callee(route, session)
+        self.hold_answered_call(route.id(), session).await
     }
 
     /// Refuses a frame over what `session`'s user may relay to the other party of the call,
@@ -241,19 +258,128 @@ impl Signaling {
         }
     }
 
-    /// Claims the call for `session`'s device on the callee's side. The device holding it keeps
-    /// it while it is connected; once its socket is gone (a reload, a reconnect: a new socket
-    /// is a new device) the next device takes it over. A device of another instance cannot be
-    /// checked from here and does not block (`docs/protocol.md`).
-    fn claim_as_callee(&self, route: &Route, session: &SessionContext) -> Result<(), FrameError> {
-        match self.announcer.cache.claim_callee_device(route.id(), session.device) {
+    /// Claims the call for `session`'s device on the callee's side. While it rings, one of this
+    /// process's devices at a time may try to accept it (the accept records the device, and of
+    /// several instances' devices the accept's compare-and-set picks one); once answered, see
+    /// [`Signaling::hold_answered_call`].
+    async fn claim_as_callee(&self, route: &Route, session: &SessionContext) -> Result<(), FrameError> {
+        if !route.status().is_unanswered() {
+            return self.hold_answered_call(route.id(), session).await;
+        }
+        match self.announcer.cache.reserve_callee_device(route.id(), session.device) {
             Ok(()) => Ok(()),
-            Err(owner) if owner.instance() != self.local.instance() => Ok(()),
-            Err(owner) if !self.local.is_connected(&session.user, owner) => {
-                self.announcer.cache.transfer_callee_device(route.id(), owner, session.device);
-                Ok(())
+            Err(holder) if !self.local.is_connected(&session.user, holder) => {
+                self.announcer.cache.release_callee_device(route.id(), holder);
+                self.announcer.cache.reserve_callee_device(route.id(), session.device).map_err(|_| elsewhere())
             }
             Err(_) => Err(elsewhere()),
+        }
+    }
+
+    /// Lets `session`'s device signal in answered call `id` if it holds the call, or takes the
+    /// call: when no device holds it (accepted over REST, or the holder let go when its socket
+    /// closed) or the holder is gone (its instance stopped). The database decides, so the rule
+    /// holds across instances; a device that holds the call, and a refusal the database gave
+    /// within [`RECHECK_HOLDER`], are answered from memory.
+    async fn hold_answered_call(&self, id: CallId, session: &SessionContext) -> Result<(), FrameError> {
+        let cache = &self.announcer.cache;
+        let mut replacing = None;
+        match cache.callee_device(id) {
+            Some(holder) if holder.device == session.device && holder.confirmed.is_some() => return Ok(()),
+            Some(holder) if holder.device == session.device => {}
+            Some(holder) if holder.device.instance() == self.local.instance() => {
+                if self.local.is_connected(&session.user, holder.device) {
+                    return Err(elsewhere());
+                }
+                replacing = Some(holder.device);
+            }
+            Some(holder) if holder.confirmed_within(RECHECK_HOLDER) => return Err(elsewhere()),
+            _ => {}
+        }
+        // Twice at most: a claim that finds the call held by a device that is gone replaces it.
+        for _ in 0..2 {
+            match self.service.claim_callee_device(id, session.device, replacing).await {
+                Ok(DeviceClaim::Granted) => {
+                    cache.confirm_callee_device(id, session.device);
+                    session.holds(id);
+                    return Ok(());
+                }
+                Ok(DeviceClaim::HeldBy(holder)) => {
+                    cache.confirm_callee_device(id, holder);
+                    if replacing == Some(holder) || !self.device_gone(&session.user, holder).await {
+                        return Err(elsewhere());
+                    }
+                    replacing = Some(holder);
+                }
+                Ok(DeviceClaim::NotActive(status)) => {
+                    return Err(FrameError::new("invalid_call_state", format!("Call is already {status}.")));
+                }
+                Err(error) if ringline_domain::is_store_unavailable(&error) => {
+                    if crate::outage_log::database_outage_log_due() {
+                        tracing::warn!(%error, "cannot claim a call for a device: the database is unavailable");
+                    }
+                    return self.hold_without_database(id, session, replacing);
+                }
+                Err(error) => return Err(refusal(error)),
+            }
+        }
+        Err(elsewhere())
+    }
+
+    /// [`Signaling::hold_answered_call`] while the database is unreachable: an answered call's
+    /// frames keep flowing (the relay needs no database), so this process decides alone, as
+    /// if it were the only instance: the device takes the call unless another device it knows
+    /// of holds it. Its claim is not stored, so during an outage a device on another instance
+    /// may take the call too.
+    fn hold_without_database(
+        &self,
+        id: CallId,
+        session: &SessionContext,
+        replacing: Option<DeviceId>,
+    ) -> Result<(), FrameError> {
+        let cache = &self.announcer.cache;
+        match cache.callee_device(id) {
+            Some(holder) if holder.device != session.device && Some(holder.device) != replacing => Err(elsewhere()),
+            _ => {
+                // Confirmed here, so that its next frames do not wait on the database again.
+                cache.confirm_callee_device(id, session.device);
+                session.holds(id);
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether the callee's device `device`, which holds a call, is gone without letting go:
+    /// its socket here closed, or its instance stopped. A device of a live instance lets go
+    /// when its socket closes; when the bus cannot tell whether an instance lives, the device
+    /// is taken to be there (two answers would break the caller's call; a refused device can
+    /// call back).
+    async fn device_gone(&self, user: &UserId, device: DeviceId) -> bool {
+        if device.instance() == self.local.instance() {
+            return !self.local.is_connected(user, device);
+        }
+        match &self.presence {
+            Some(presence) => presence.instance_alive(device.instance()).await == Some(false),
+            // No bus: another instance id is an earlier run of this process.
+            None => true,
+        }
+    }
+
+    /// Lets go of the answered calls `session`'s device holds (its socket closed), so that the
+    /// callee's next device may take them over on any instance.
+    pub(crate) async fn release_held_calls(&self, session: &SessionContext) {
+        for id in session.take_held_calls() {
+            let held_here = self.announcer.cache.get(id).is_some_and(|route| route.status().is_open())
+                && self.announcer.cache.callee_device(id).is_some_and(|holder| holder.device == session.device);
+            if !held_here {
+                continue;
+            }
+            self.announcer.cache.release_callee_device(id, session.device);
+            if let Err(error) = self.service.release_callee_device(id, session.device).await
+                && (!ringline_domain::is_store_unavailable(&error) || crate::outage_log::database_outage_log_due())
+            {
+                tracing::warn!(%error, call = %id, "cannot let go of a call a closed device held");
+            }
         }
     }
 
@@ -333,6 +459,10 @@ impl Signaling {
         Ok(participants.is_some_and(|participants| participants.contains(user)))
     }
 }
+
+/// How long a refusal the database gave (another device holds the call) is repeated from
+/// memory before the next frame asks again: the holder may have let go meanwhile.
+const RECHECK_HOLDER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A refused socket action, as an error frame. Same codes as the REST API.
 fn elsewhere() -> FrameError {

@@ -134,9 +134,13 @@ pub trait RegistryListener: Send + Sync + std::fmt::Debug {
     fn changed(&self, change: RegistryChange);
 }
 
-/// How many sessions (devices: tabs, phones) a user has open on every instance together.
+/// How many sessions (devices: tabs, phones) a user has open on every instance together, and
+/// which instances are alive.
 pub trait Presence: Send + Sync + std::fmt::Debug {
     fn devices<'a>(&'a self, user: &'a UserId) -> futures_util::future::BoxFuture<'a, usize>;
+
+    /// Whether the instance with this id is running; `None` when it cannot be told.
+    fn instance_alive(&self, instance: u64) -> futures_util::future::BoxFuture<'_, Option<bool>>;
 }
 
 /// An event of a user's stream with its `event_id`.

@@ -284,7 +284,7 @@ pub async fn run<S, K>(
     // So the session waits as long as for any write, out of the router (it gets no more
     // events), for the peer to read on: a client that only paused learns 4409, not a bare drop.
     let kicked = kicked || slot.kicked().now_or_never().is_some();
-    signaling.detach(&slot).await;
+    signaling.detach(&slot, &context).await;
     if kicked {
         let (code, reason) = why_kicked(&slot);
         tokio::select! {

@@ -31,4 +31,16 @@ impl Presence for SharedBus {
         // The backplane unreadable: what this instance knows is the best answer there is.
         Box::pin(async move { self.devices_everywhere(user).await.unwrap_or_else(|| self.local.sessions_of(user)) })
     }
+
+    fn instance_alive(&self, instance: u64) -> BoxFuture<'_, Option<bool>> {
+        Box::pin(async move {
+            if instance == self.local.instance() {
+                return Some(true);
+            }
+            SharedBus::instance_alive(self, instance)
+                .await
+                .map_err(|error| tracing::warn!(%error, "cannot tell whether an instance is alive"))
+                .ok()
+        })
+    }
 }
