@@ -92,7 +92,7 @@ impl ApiError {
     pub fn internal(cause: &(dyn std::error::Error + 'static)) -> Self {
         if is_store_unavailable(cause) {
             // The first refusal of each second: under load an outage fails thousands.
-            if ringline_signaling::outage_log::database_outage_log_due() {
+            if ringline_signaling::throttle::database_outage_log_due() {
                 tracing::warn!(error = %cause, "request refused: the database is unavailable");
             }
             return Self::unavailable("The database is not reachable; try again shortly.", "database_unavailable");

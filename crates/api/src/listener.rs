@@ -16,6 +16,7 @@ use std::time::Duration;
 use poem::http::uri::Scheme;
 use poem::listener::{Acceptor, TcpAcceptor};
 use poem::web::{LocalAddr, RemoteAddr};
+use ringline_signaling::throttle::OncePerSecond;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -52,8 +53,8 @@ pub struct ConnectionAcceptor {
     /// One permit per open connection, when capped.
     connections: Option<Arc<Semaphore>>,
     refusals: Arc<Semaphore>,
-    /// When the last refusal was logged (one WARN a second at most).
-    last_refusal_logged: Option<Instant>,
+    /// One WARN a second at most, however many connections are refused.
+    refusals_logged: OncePerSecond,
 }
 
 impl std::fmt::Debug for ConnectionAcceptor {
@@ -69,7 +70,7 @@ impl ConnectionAcceptor {
             idle_timeout: None,
             connections: None,
             refusals: Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT)),
-            last_refusal_logged: None,
+            refusals_logged: OncePerSecond::new(),
         }
     }
 
@@ -94,9 +95,7 @@ impl ConnectionAcceptor {
 
     /// Answers a connection over the cap, off the accept loop.
     fn refuse(&mut self, stream: TcpStream, remote: &RemoteAddr) {
-        let now = Instant::now();
-        if self.last_refusal_logged.is_none_or(|last| now.duration_since(last) >= Duration::from_secs(1)) {
-            self.last_refusal_logged = Some(now);
+        if self.refusals_logged.due() {
             tracing::warn!(%remote, "refusing a connection: too many are open (RINGLINE_MAX_CONNECTIONS)");
         }
         let Ok(permit) = Arc::clone(&self.refusals).try_acquire_owned() else { return };

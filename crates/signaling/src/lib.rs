@@ -28,7 +28,6 @@ pub mod hub;
 mod lifecycle;
 mod limits;
 pub mod liveness;
-pub mod outage_log;
 pub mod protocol;
 mod relay;
 pub mod replay;
@@ -36,6 +35,7 @@ pub mod ring_timer;
 pub mod router;
 pub mod session;
 pub mod settings;
+pub mod throttle;
 
 pub use background::Background;
 pub use bus::{BusHealth, MemoryHub, RedisSettings, RedisTopology, SharedBus};

@@ -93,7 +93,7 @@ impl Signaling {
                 Ok(None)
             }
             Err(error) if ringline_domain::is_store_unavailable(&error) => {
-                if crate::outage_log::database_outage_log_due() {
+                if crate::throttle::database_outage_log_due() {
                     tracing::warn!(%error, "cannot load a call for signaling: the database is unavailable");
                 }
                 Err(database_unavailable())
@@ -315,7 +315,7 @@ impl Signaling {
                     return Err(FrameError::new("invalid_call_state", format!("Call is already {status}.")));
                 }
                 Err(error) if ringline_domain::is_store_unavailable(&error) => {
-                    if crate::outage_log::database_outage_log_due() {
+                    if crate::throttle::database_outage_log_due() {
                         tracing::warn!(%error, "cannot claim a call for a device: the database is unavailable");
                     }
                     return self.hold_without_database(id, session, replacing);
@@ -376,7 +376,7 @@ impl Signaling {
             }
             self.announcer.cache.release_callee_device(id, session.device);
             if let Err(error) = self.service.release_callee_device(id, session.device).await
-                && (!ringline_domain::is_store_unavailable(&error) || crate::outage_log::database_outage_log_due())
+                && (!ringline_domain::is_store_unavailable(&error) || crate::throttle::database_outage_log_due())
             {
                 tracing::warn!(%error, call = %id, "cannot let go of a call a closed device held");
             }
@@ -488,7 +488,7 @@ fn refusal(error: CallServiceError) -> FrameError {
         }
         CallServiceError::StillRacing => FrameError::new("call_conflict", "The call changed meanwhile; try again."),
         other if ringline_domain::is_store_unavailable(&other) => {
-            if crate::outage_log::database_outage_log_due() {
+            if crate::throttle::database_outage_log_due() {
                 tracing::warn!(error = %other, "a socket action failed: the database is unavailable");
             }
             database_unavailable()

@@ -22,6 +22,7 @@ use crate::relay::SessionContext;
 use crate::replay::Replay;
 use crate::router::{SessionKind, SessionSlot};
 use crate::settings::{FrameRate, Keepalive};
+use crate::throttle::OncePerSecond;
 
 /// A write that takes longer than this means the peer stopped reading; the session ends.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -101,27 +102,22 @@ impl Replayed {
 struct RateLimit {
     rate: FrameRate,
     bucket: TokenBucket,
-    last_warning: Option<Instant>,
+    /// One `rate_limited` error a second is enough: answering every dropped frame would turn a
+    /// flood from the peer into a flood to the peer.
+    warnings: OncePerSecond,
 }
 
 impl RateLimit {
     fn new(rate: FrameRate) -> Self {
-        Self { rate, bucket: TokenBucket::full(rate), last_warning: None }
+        Self { rate, bucket: TokenBucket::full(rate), warnings: OncePerSecond::new() }
     }
 
     fn allow(&mut self) -> bool {
         self.bucket.take(self.rate, Instant::now())
     }
 
-    /// One `rate_limited` error a second is enough: answering every dropped frame would turn a
-    /// flood from the peer into a flood to the peer.
-    fn should_warn(&mut self) -> bool {
-        let now = Instant::now();
-        let warn = self.last_warning.is_none_or(|last| now.duration_since(last) >= Duration::from_secs(1));
-        if warn {
-            self.last_warning = Some(now);
-        }
-        warn
+    fn should_warn(&self) -> bool {
+        self.warnings.due()
     }
 }
 

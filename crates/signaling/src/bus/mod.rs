@@ -40,7 +40,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ringline_domain::{Audience, Call, ConversationId, Signal, SignalRouter, UserId};
 use serde::{Deserialize, Serialize};
@@ -50,6 +50,7 @@ use tokio_util::sync::CancellationToken;
 use crate::events;
 use crate::hub::Signaling;
 use crate::router::LocalRouter;
+use crate::throttle::OncePerSecond;
 
 pub mod backplane;
 mod memory_backplane;
@@ -156,7 +157,7 @@ pub struct BusHealth {
     /// Set by any failure, cleared once the instance has recovered from it (resync sent).
     outage: AtomicBool,
     dropped: AtomicU64,
-    last_warning: Mutex<Option<Instant>>,
+    warnings: OncePerSecond,
 }
 
 impl BusHealth {
@@ -173,9 +174,7 @@ impl BusHealth {
     /// At most one warning a second, however many messages are dropped.
     fn warn_dropped(&self, why: &str) {
         self.dropped.fetch_add(1, Ordering::Relaxed);
-        let mut last = self.last_warning.lock().unwrap_or_else(PoisonError::into_inner);
-        if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-            *last = Some(Instant::now());
+        if self.warnings.due() {
             tracing::warn!(dropped = self.dropped(), "cross-instance message dropped: {why}");
         }
     }
