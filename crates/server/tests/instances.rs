@@ -571,6 +571,27 @@ async fn a_killed_instance_loses_no_call() {
     // Frames cross from A to the callee's new instance.
     caller.send(json!({"type": "call.ice-candidate", "call_id": id, "candidate": candidate(7)})).await;
     assert_eq!(back.find("call.ice-candidate").await["candidate"]["candidate"], candidate(7)["candidate"]);
+    // The call belonged to the callee's socket on B, which never let go: once B's liveness key
+    // expires (10 s), the callee's new socket takes the call over and signals again. Until
+    // then it is refused, never relayed.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut refusals = 0;
+    'takeover: loop {
+        assert!(Instant::now() < deadline, "the callee never took its call over");
+        back.send(json!({"type": "call.ice-candidate", "call_id": id, "candidate": candidate(8)})).await;
+        while let Some(event) = back.next(Duration::from_millis(300)).await {
+            assert!(event["type"] != "error" || event["code"] == "answered_elsewhere", "{event}");
+            refusals += usize::from(event["type"] == "error");
+        }
+        while let Some(event) = caller.next(Duration::from_millis(200)).await {
+            if event["type"] == "call.ice-candidate" {
+                assert_eq!(event["candidate"]["candidate"], candidate(8)["candidate"]);
+                break 'takeover;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    assert!(refusals > 0, "refused while B's liveness key lived");
 
     // Both parties leave: a surviving instance ends the call as connection_lost.
     drop((back, caller));

@@ -18,7 +18,7 @@
 //! for them ([`ringline_domain::Audience::User`]): the set `{prefix}:notif:{<user>}` (read when
 //! a user's first session arrives) and `presence` messages on the user's channel (for
 //! changes) keep each instance's view; an instance proves it is alive with the key
-//! `{prefix}:instance:{id}` (30 s, refreshed every 10 s), so the view heals when one dies.
+//! `{prefix}:instance:{id}` (10 s, refreshed every 3 s), so the view heals when one dies.
 //!
 //! **The bus may lose messages**; the database stays the source of truth. Publishing never
 //! blocks a request or a frame: messages wait in a bounded queue
@@ -67,9 +67,11 @@ pub use memory_backplane::{MemoryBackplane, MemoryHub};
 pub use redis_backplane::{RedisBackplane, RedisTopology};
 use subscriptions::{Listener, Subscriptions};
 
-/// How long an instance's liveness key lives, and how often it is refreshed.
-const INSTANCE_TTL: Duration = Duration::from_secs(30);
-const INSTANCE_REFRESH: Duration = Duration::from_secs(10);
+/// How long an instance's liveness key lives, and how often it is refreshed: how soon the
+/// others notice that an instance died (its sockets are forgotten, and a call one of its
+/// devices held is taken over by the callee's next device). One small write every 3 s.
+const INSTANCE_TTL: Duration = Duration::from_secs(10);
+const INSTANCE_REFRESH: Duration = Duration::from_secs(3);
 
 /// How long an instance stays subscribed to a user after their last session here left: the
 /// replay window's age, so that a session coming back here within it resumes without a gap.

@@ -14,7 +14,7 @@ use crate::events;
 use crate::hub::Signaling;
 
 impl SharedBus {
-    /// Every 10 s (every second during an outage): proves this instance is alive, forgets
+    /// Every 3 s (every second during an outage): proves this instance is alive, forgets
     /// instances that are not, and after an outage writes this instance's presence again and
     /// tells every local session to resync.
     pub(super) async fn keep_alive(self: Arc<Self>, signaling: Arc<Signaling>, stop: CancellationToken) {
