@@ -103,6 +103,49 @@ async fn a_connection_stalled_mid_request_does_not_hold_up_sigterm() {
     drop(stalled);
 }
 
+/// A request in progress when SIGTERM arrives is still served (within the 10 s grace period):
+/// here a call started with its body still on its way, finished a second after the signal.
+#[tokio::test]
+async fn a_request_in_progress_at_sigterm_is_still_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut server = start(&[]).await;
+    let url = format!("sqlite://{}?mode=rwc", server.database.display());
+    let env = [("RINGLINE_DATABASE_URL", url.as_str())];
+    common::cli(&env, &["users", "add", "alice", "--username", "alice"]);
+    common::cli(&env, &["users", "add", "bob", "--username", "bob"]);
+    let token = common::cli(&env, &["token", "--user", "alice"]);
+    let body = br#"{"receiver_id": "bob", "call_type": "voice"}"#;
+    let (first, rest) = body.split_at(10);
+    let mut request = tokio::net::TcpStream::connect(server.base.trim_start_matches("http://")).await.expect("connect");
+    let head = format!(
+        "POST /api/calls/initiate/ HTTP/1.1\r\nHost: ringline\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    request.write_all(head.as_bytes()).await.expect("the head");
+    request.write_all(first).await.expect("part of the body");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let killed = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().expect("kill");
+    assert!(killed.success());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(server.child.try_wait().expect("wait").is_none(), "it waits for the request in progress");
+    request.write_all(rest).await.expect("the rest of the body");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), request.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 201"), "the call was started: {answer}");
+    let signalled = Instant::now();
+    loop {
+        if let Some(status) = server.child.try_wait().expect("wait") {
+            assert!(status.success(), "exit status after SIGTERM: {status}");
+            break;
+        }
+        assert!(signalled.elapsed() < Duration::from_secs(10), "ringline did not stop after the request");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn migrate_applies_the_schema_and_exits() {
     let database = std::env::temp_dir().join(format!("ringline_migrate_{}.db", uuid::Uuid::new_v4().simple()));
