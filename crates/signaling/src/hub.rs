@@ -11,6 +11,8 @@
 //! - `relay.rs`: client frames (offer, answer, ICE candidates, typing), relayed without a
 //!   database read;
 //! - `call_cache.rs`: the calls this process knows, in memory, for the relay;
+//! - `callee_device.rs`: which of the callee's devices an answered call belongs to (decided in
+//!   the database, so across instances);
 //! - `limits.rs`: token buckets for what reaches one user from others' sockets, and for the
 //!   database reads a user's frames may cause;
 //! - `lifecycle.rs`: sessions joining and leaving, and shutdown;

@@ -23,6 +23,7 @@ mod announce;
 pub mod background;
 pub mod bus;
 mod call_cache;
+mod callee_device;
 pub mod events;
 pub mod hub;
 mod lifecycle;
