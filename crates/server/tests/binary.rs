@@ -54,6 +54,26 @@ async fn start(args: &[&str]) -> Running {
     Running { child, base, database }
 }
 
+/// Sends SIGTERM to the server.
+fn terminate(server: &Running) {
+    let killed = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().expect("kill");
+    assert!(killed.success());
+}
+
+/// Waits up to `within` for the server to exit, asserts it exited 0, and returns how long it
+/// took.
+async fn exited_cleanly(server: &mut Running, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = server.child.try_wait().expect("wait") {
+            assert!(status.success(), "exit status after SIGTERM: {status}");
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < within, "ringline did not stop within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn serves_health_probes_on_a_fresh_sqlite_file_and_stops_cleanly_on_sigterm() {
     let mut server = start(&[]).await;
@@ -64,17 +84,8 @@ async fn serves_health_probes_on_a_fresh_sqlite_file_and_stops_cleanly_on_sigter
     assert_eq!(ready.status(), 200);
     assert!(server.database.exists(), "the SQLite file was created");
 
-    let killed = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().expect("kill");
-    assert!(killed.success());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(status) = server.child.try_wait().expect("wait") {
-            assert!(status.success(), "exit status after SIGTERM: {status}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "ringline did not stop within 15 s of SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    terminate(&server);
+    exited_cleanly(&mut server, Duration::from_secs(15)).await;
 }
 
 /// A client stalled in the middle of its request headers held the exit for the whole 10 s
@@ -87,18 +98,8 @@ async fn a_connection_stalled_mid_request_does_not_hold_up_sigterm() {
     stalled.write_all(b"GET /healthz HTTP/1.1\r\nHost: ringline\r\nX-Slow: ").await.expect("half a request");
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let signalled = Instant::now();
-    let killed = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().expect("kill");
-    assert!(killed.success());
-    loop {
-        if let Some(status) = server.child.try_wait().expect("wait") {
-            assert!(status.success(), "exit status after SIGTERM: {status}");
-            break;
-        }
-        assert!(signalled.elapsed() < Duration::from_secs(15), "ringline did not stop within 15 s of SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let took = signalled.elapsed();
+    terminate(&server);
+    let took = exited_cleanly(&mut server, Duration::from_secs(15)).await;
     assert!(took < Duration::from_secs(3), "the stalled connection held the exit for {took:?}");
     drop(stalled);
 }
@@ -126,8 +127,7 @@ async fn a_request_in_progress_at_sigterm_is_still_answered() {
     request.write_all(first).await.expect("part of the body");
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let killed = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().expect("kill");
-    assert!(killed.success());
+    terminate(&server);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(server.child.try_wait().expect("wait").is_none(), "it waits for the request in progress");
     request.write_all(rest).await.expect("the rest of the body");
@@ -135,15 +135,7 @@ async fn a_request_in_progress_at_sigterm_is_still_answered() {
     let _ = tokio::time::timeout(Duration::from_secs(5), request.read_to_end(&mut answer)).await;
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 201"), "the call was started: {answer}");
-    let signalled = Instant::now();
-    loop {
-        if let Some(status) = server.child.try_wait().expect("wait") {
-            assert!(status.success(), "exit status after SIGTERM: {status}");
-            break;
-        }
-        assert!(signalled.elapsed() < Duration::from_secs(10), "ringline did not stop after the request");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    exited_cleanly(&mut server, Duration::from_secs(10)).await;
 }
 
 #[tokio::test]
