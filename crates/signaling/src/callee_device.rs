@@ -74,7 +74,7 @@ impl Signaling {
             match self.service.claim_callee_device(id, session.device, replacing).await {
                 Ok(DeviceClaim::Granted) => {
                     cache.confirm_callee_device(id, session.device);
-                    session.holds(id);
+                    self.remember_held(session, id);
                     return Ok(());
                 }
                 Ok(DeviceClaim::HeldBy(holder)) => {
@@ -116,7 +116,7 @@ impl Signaling {
             _ => {
                 // Confirmed here, so that its next frames do not wait on the database again.
                 cache.confirm_callee_device(id, session.device);
-                session.holds(id);
+                self.remember_held(session, id);
                 Ok(())
             }
         }
@@ -138,13 +138,23 @@ impl Signaling {
         }
     }
 
+    /// Records that `session`'s device holds call `id`, to let go of it when the socket closes.
+    pub(crate) fn remember_held(&self, session: &SessionContext, id: CallId) {
+        session.holds(id, |earlier| self.known_finished(earlier));
+    }
+
+    /// Whether this process knows call `id` to be over.
+    fn known_finished(&self, id: CallId) -> bool {
+        self.announcer.cache.get(id).is_some_and(|route| !route.status().is_open())
+    }
+
     /// Lets go of the answered calls `session`'s device holds (its socket closed), so that the
-    /// callee's next device may take them over on any instance.
+    /// callee's next device may take them over on any instance. The database lets go only if
+    /// this device still holds the call; this process's copy is not asked (a copy read
+    /// meanwhile may name an earlier holder), only whether the call is known to be over.
     pub(crate) async fn release_held_calls(&self, session: &SessionContext) {
         for id in session.take_held_calls() {
-            let held_here = self.announcer.cache.get(id).is_some_and(|route| route.status().is_open())
-                && self.announcer.cache.callee_device(id).is_some_and(|holder| holder.device == session.device);
-            if !held_here {
+            if self.known_finished(id) {
                 continue;
             }
             self.announcer.cache.release_callee_device(id, session.device);

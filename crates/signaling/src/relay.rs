@@ -36,8 +36,11 @@ impl SessionContext {
         Self { device, user, kind, username: std::sync::OnceLock::new(), held_calls: std::sync::Mutex::default() }
     }
 
-    pub(crate) fn holds(&self, call: CallId) {
+    /// Records that this device holds `call`, forgetting the calls it held that `finished`
+    /// says are over (a device that lives for days takes many calls).
+    pub(crate) fn holds(&self, call: CallId, finished: impl Fn(CallId) -> bool) {
         let mut held = self.held_calls.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        held.retain(|earlier| !finished(*earlier));
         if !held.contains(&call) {
             held.push(call);
         }
@@ -197,7 +200,7 @@ impl Signaling {
                         Ok(Outcome::Changed(transition)) => {
                             // The accept recorded this device: as good as a granted claim.
                             self.announcer.cache.confirm_callee_device(call, session.device);
-                            session.holds(call);
+                            self.remember_held(session, call);
                             Arc::new(transition.call)
                         }
                         // Answered meanwhile: over REST (no device: this one may claim the call,
@@ -359,5 +362,24 @@ pub(crate) fn refusal(error: CallServiceError) -> FrameError {
             tracing::error!(error = %other, "a socket action failed");
             FrameError::new("internal_error", "The server could not do that; try again.")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_remembers_the_calls_it_holds_until_they_are_over() {
+        let user = UserId::parse("bob").expect("an id");
+        let session = SessionContext::new(DeviceId::new(1, 1), user, SessionKind::Notifications);
+        let call = |id| CallId::new(id).expect("an id");
+        session.holds(call(1), |_| false);
+        session.holds(call(1), |_| false);
+        session.holds(call(2), |_| false);
+        // Holding a third call forgets the one that is over.
+        session.holds(call(3), |id| id == call(1));
+        assert_eq!(session.take_held_calls(), vec![call(2), call(3)]);
+        assert!(session.take_held_calls().is_empty(), "taken once");
     }
 }
