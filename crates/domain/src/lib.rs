@@ -31,7 +31,9 @@ pub use ports::{
     is_store_unavailable,
 };
 pub use rules::{InitiateDecision, InitiateRefusal, decide_initiate};
-pub use service::{CallAction, CallService, CallServiceError, InitiateCommand, Initiated, LivenessPolicy};
+pub use service::{
+    CallAction, CallService, CallServiceError, DEFAULT_RING_TIMEOUT, InitiateCommand, Initiated, LivenessPolicy,
+};
 pub use values::{
     Action, CallId, CallStatus, CallType, ConversationId, DeviceId, EndReason, HangupReason, InvalidValue,
     NotificationVerb, Timestamp, UserId,

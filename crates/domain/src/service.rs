@@ -100,6 +100,12 @@ pub enum CallServiceError {
     Directory(#[from] DirectoryError),
 }
 
+/// How long a call rings before it is `missed`, unless configured otherwise. Below 30 s on
+/// purpose: the original web client declines an incoming call by itself after 30 s (`POST
+/// reject/`), so with a longer ring a call to an open tab would be recorded as declined by the
+/// callee and never as missed (with no missed-call notification).
+pub const DEFAULT_RING_TIMEOUT: Duration = Duration::from_secs(28);
+
 /// The call use cases over injected ports. Every change it stores is told to its
 /// [`CallObserver`]s before the use case returns.
 #[derive(Debug, Clone)]

@@ -167,12 +167,17 @@ impl Application {
                 "RINGLINE_TURN_URLS is set but RINGLINE_TURN_SECRET is not: TURN servers are not handed out"
             );
         }
-        let acceptor = ConnectionAcceptor::new(
-            TcpListener::bind(settings.bind)
-                .into_acceptor()
-                .await
-                .with_context(|| format!("cannot listen on {}", settings.bind))?,
-        )
+        let acceptor = ConnectionAcceptor::new(TcpListener::bind(settings.bind).into_acceptor().await.map_err(
+            |error| {
+                let hint = if error.kind() == std::io::ErrorKind::AddrInUse {
+                    " (another program is listening there: choose another address with RINGLINE_BIND=127.0.0.1:8001 \
+                     or --bind 127.0.0.1:8001)"
+                } else {
+                    " (choose another address with RINGLINE_BIND or --bind)"
+                };
+                anyhow::Error::new(error).context(format!("cannot listen on {}{hint}", settings.bind))
+            },
+        )?)
         .with_idle_timeout(Duration::from_secs(settings.http_idle_timeout_secs))
         .with_max_connections(connection_cap(&settings));
         let local_addr = acceptor
@@ -467,7 +472,7 @@ pub async fn openapi_document() -> anyhow::Result<String> {
         Arc::new(storage.calls()),
         Arc::new(storage.directory()),
         clock.clone(),
-        Duration::from_secs(45),
+        ringline_domain::DEFAULT_RING_TIMEOUT,
     );
     let signaling = Arc::new(Signaling::local(service, Arc::new(storage.notifications())));
     let authenticator = Arc::new(JwtAuthenticator::new(&"unused".to_owned().into(), "user_id", clock.clone()));

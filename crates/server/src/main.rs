@@ -117,8 +117,13 @@ async fn main() -> anyhow::Result<()> {
                     "RINGLINE_JWT_SECRET is set: demo sign-in stays off; paste tokens from `ringline token`"
                 );
             }
-            tracing::info!(url = %format!("http://{}", settings.bind), "demo users ready: open the URL in two windows");
-            Application::build(settings).await?.run_until(telemetry::shutdown_signal()).await
+            // Bound before saying where to go: an address in use fails here, with how to pick another.
+            let application = Application::build(settings).await?;
+            tracing::info!(
+                url = %format!("http://{}", application.local_addr()),
+                "demo users ready: open the URL in two windows"
+            );
+            application.run_until(telemetry::shutdown_signal()).await
         }
         Command::Migrate => {
             let storage = open_storage(&settings).await?;

@@ -137,7 +137,7 @@ mod defaults {
         "user_id".to_owned()
     }
     pub fn ring_timeout_secs() -> u64 {
-        45
+        ringline_domain::DEFAULT_RING_TIMEOUT.as_secs()
     }
     pub fn liveness_grace_secs() -> u64 {
         30
@@ -567,6 +567,16 @@ mod tests {
         assert_eq!(settings.connection_cap(1024), 5000, "the configured cap is taken as it is");
         settings.max_connections = Some(0);
         assert!(matches!(settings.validate(), Err(SettingsError::MaxConnections)));
+    }
+
+    #[test]
+    fn an_unanswered_call_to_an_original_web_client_is_missed_before_the_client_declines_it() {
+        // The original web client POSTs reject/ after ringing for 30 s: the server's own ring
+        // timeout must come first, or such calls are recorded as declined, never missed.
+        let settings = Settings::for_tests("sqlite::memory:", "x");
+        assert!(settings.ring_timeout() < Duration::from_secs(30), "{:?}", settings.ring_timeout());
+        let parsed: Settings = Figment::new().extract().expect("defaults");
+        assert_eq!(parsed.ring_timeout(), ringline_domain::DEFAULT_RING_TIMEOUT);
     }
 
     #[test]

@@ -433,3 +433,23 @@ async fn a_misspelt_setting_is_refused_with_the_closest_name() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("webhook_url") && stderr.contains("webhook_urls"), "{stderr}");
 }
+
+/// `ringline demo` on an address in use says so, names the setting that picks another, and
+/// never tells anyone to open a URL it does not serve.
+#[tokio::test]
+async fn demo_on_an_address_in_use_names_the_setting_that_picks_another() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = taken.local_addr().expect("address").to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_ringline"))
+        .arg("demo")
+        .env("RINGLINE_DATABASE_URL", "sqlite::memory:")
+        .env("RINGLINE_BIND", &address)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run ringline demo");
+    assert!(!output.status.success(), "an address in use is an error");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("cannot listen on {address}")), "{stderr}");
+    assert!(stderr.contains("RINGLINE_BIND") && stderr.contains("--bind"), "how to choose another: {stderr}");
+    assert!(!stderr.contains("open the URL"), "no invitation to a URL that is not served: {stderr}");
+}
