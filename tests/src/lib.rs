@@ -407,6 +407,32 @@ impl WsClient {
         self.closed_with().await
     }
 
+    /// Writes one frame of `opcode` (1: text) carrying `payload`, whatever it holds, straight
+    /// onto the connection in one write, as a hostile client would: a frame too large to take,
+    /// or text that is not UTF-8. `false` when the server closed before it was all written.
+    pub async fn send_raw_frame(&mut self, opcode: u8, payload: &[u8]) -> bool {
+        use tokio::io::AsyncWriteExt;
+        let mut frame = vec![0x80 | opcode];
+        // Masked (as a client must), with the zero key: the payload goes as it is.
+        match payload.len() {
+            len if len < 126 => frame.push(0x80 | u8::try_from(len).expect("small")),
+            len if len <= usize::from(u16::MAX) => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&u16::try_from(len).expect("fits").to_be_bytes());
+            }
+            len => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&[0, 0, 0, 0]);
+        frame.extend_from_slice(payload);
+        let tokio_tungstenite::MaybeTlsStream::Plain(stream) = self.socket.get_mut() else {
+            panic!("tests speak plain TCP")
+        };
+        stream.write_all(&frame).await.is_ok()
+    }
+
     /// Waits for the server's Close frame and returns its code; `None` when the connection ended
     /// without one.
     pub async fn closed_with(&mut self) -> Option<u16> {

@@ -66,3 +66,45 @@ async fn connections_over_the_cap_are_answered_503_and_a_freed_place_is_taken_ag
     drop(held);
     app.stop().await;
 }
+
+/// Behind a trusted proxy every client shares the proxy's address, so the cap per address
+/// applies to the client the proxy names instead: its sockets and requests together, a socket
+/// for as long as it stays open. Another client behind the same proxy is not affected.
+#[tokio::test]
+async fn a_client_behind_a_trusted_proxy_holds_at_most_its_share() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let app = TestApp::spawn_with(DatabaseBackend::Sqlite, |settings| {
+        settings.trusted_proxies = vec!["127.0.0.1".parse().expect("ip")];
+        settings.max_connections_per_address = Some(2);
+    })
+    .await;
+    let token = app.token("alice");
+    app.user("alice").await;
+    let socket_for = |client: &str| {
+        let mut request =
+            app.ws_url(&format!("/ws/notifications/?token={token}")).into_client_request().expect("request");
+        request.headers_mut().insert("x-forwarded-for", client.parse().expect("header"));
+        request
+    };
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(tokio_tungstenite::connect_async(socket_for("198.51.100.7")).await.expect("within the share").0);
+    }
+    let refused = tokio_tungstenite::connect_async(socket_for("198.51.100.7")).await.expect_err("over the share");
+    let tokio_tungstenite::tungstenite::Error::Http(response) = refused else { panic!("{refused:?}") };
+    assert_eq!(response.status(), 429);
+    let body: serde_json::Value = serde_json::from_slice(response.body().as_deref().unwrap_or_default()).expect("JSON");
+    assert_eq!(body["code"], "too_many_connections_from_address");
+    let plain = app.http.get(format!("{}/healthz", app.base)).header("x-forwarded-for", "198.51.100.7").send().await;
+    assert_eq!(plain.expect("an answer").status(), 429, "requests count too");
+
+    let other = tokio_tungstenite::connect_async(socket_for("198.51.100.8")).await;
+    assert!(other.is_ok(), "another client behind the same proxy is not affected");
+    held.pop();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        tokio_tungstenite::connect_async(socket_for("198.51.100.7")).await.is_ok(),
+        "a closed socket frees its place"
+    );
+    app.stop().await;
+}

@@ -483,6 +483,28 @@ async fn bad_frames_get_error_frames_and_the_session_stays_up() {
     app.stop().await;
 }
 
+/// A hostile client writes a frame over the connection's limit whole, in one write (its
+/// write used to fail with a connection reset: the server closed with the rest of the frame
+/// unread, and a client that stops at a failed write never reads the 1009 it was sent), or a
+/// text frame that is not UTF-8 (the connection used to drop without a Close frame; the
+/// standard says 1007). Each learns the standard's code, and its write goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_the_connection_cannot_take_are_closed_with_the_standards_codes() {
+    let app = TestApp::spawn(DatabaseBackend::Sqlite).await;
+    let (alice, _bob) = two_users(&app).await;
+    let mut bystander = app.notifications_socket(&alice).await;
+    for size in [1536 * 1024, 8 << 20] {
+        let mut huge = app.notifications_socket(&alice).await;
+        assert!(huge.send_raw_frame(1, &vec![b'x'; size]).await, "{size} bytes: the write is not reset");
+        assert_eq!(huge.closed_with().await, Some(1009), "{size} bytes, sent whole");
+    }
+    let mut garbled = app.notifications_socket(&alice).await;
+    assert!(garbled.send_raw_frame(1, &[b'{', 0xff, 0xfe, b'}']).await);
+    assert_eq!(garbled.closed_with().await, Some(1007), "text that is not UTF-8");
+    still_up(&mut bystander).await;
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_is_rate_limited_without_dropping_the_session() {
     let app = TestApp::spawn(DatabaseBackend::Sqlite).await;

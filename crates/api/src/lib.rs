@@ -20,6 +20,7 @@ pub mod auth;
 mod calls;
 mod demo;
 pub mod error;
+mod forwarded;
 mod health;
 mod listener;
 pub mod models;
@@ -49,7 +50,7 @@ pub use auth::{AuthError, Authenticator, JwtAuthenticator, bearer_token};
 pub use calls::CallsApi;
 pub use demo::DemoApi;
 pub use health::HealthApi;
-pub use listener::{ConnectionAcceptor, IdleClosing};
+pub use listener::{AddressCap, AddressPlace, BoundedConnection, ConnectionAcceptor};
 pub use notifications::NotificationsApi;
 pub use pagination::PAGE_SIZE;
 pub use push::{PushApi, Vapid, WebPushObserver, WebPushSender};
@@ -100,6 +101,8 @@ pub struct ServerParts {
     pub vapid: Vapid,
     /// Proxies whose forwarding headers are believed; anyone else's are removed.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Requests and WebSockets one client behind a trusted proxy may hold at once.
+    pub max_per_forwarded_client: usize,
 }
 
 type ServerApis = (CallsApi, NotificationsApi, TurnApi, PushApi, AdminApi, HealthApi, DemoApi);
@@ -136,7 +139,7 @@ pub fn server_api(parts: ServerParts) -> OpenApiService<ServerApis, ()> {
 /// envelope, the body limit and the request log.
 pub fn server_routes(parts: ServerParts) -> impl Endpoint + use<> {
     let sockets = websocket_routes(parts.calls.signaling.clone(), parts.calls.authenticator.clone());
-    let trusted_proxies = parts.trusted_proxies.clone();
+    let forwarding = forwarded::Forwarding::new(parts.trusted_proxies.clone(), parts.max_per_forwarded_client);
     let index = Arc::new(web::index(parts.demo_login.is_some()));
     let api = server_api(parts);
     let generated = api.spec();
@@ -169,9 +172,12 @@ pub fn server_routes(parts: ServerParts) -> impl Endpoint + use<> {
             // The API nested at "/" owns the root path in poem's router; the page is served
             // for exactly "/" before routing.
             .around(move |routes, mut req| {
-                untrusted_forwarding_removed(&mut req, &trusted_proxies);
+                let admitted = forwarding.admit(&mut req);
                 let index = index.clone();
                 async move {
+                    if let Err(refused) = admitted {
+                        return Ok(refused);
+                    }
                     if req.uri().path() == "/" && req.method() == poem::http::Method::GET {
                         return Ok(index.call(req).await?.into_response());
                     }
@@ -180,18 +186,6 @@ pub fn server_routes(parts: ServerParts) -> impl Endpoint + use<> {
             }),
     );
     with_allow_header(routes, allowed)
-}
-
-/// Removes the forwarding headers of a request that did not come from a trusted proxy: links
-/// built from `X-Forwarded-Host` would otherwise point wherever a client says.
-fn untrusted_forwarding_removed(req: &mut Request, trusted_proxies: &[std::net::IpAddr]) {
-    let peer = req.remote_addr().as_socket_addr().map(std::net::SocketAddr::ip);
-    if peer.is_some_and(|peer| trusted_proxies.contains(&peer)) {
-        return;
-    }
-    for name in ["x-forwarded-host", "x-forwarded-proto", "x-forwarded-for", "forwarded"] {
-        req.headers_mut().remove(name);
-    }
 }
 
 /// The call API alone (`/api/calls/…`, `/api/notifications/…`, `/api/turn/ice-servers/` and the

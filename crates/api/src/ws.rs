@@ -103,23 +103,26 @@ async fn upgrade(
 ) -> poem::Result<Response> {
     let websocket = WebSocket::from_request_without_body(&req).await?;
     let admitted = admit(&req, &signaling, auth.as_ref(), socket).await;
+    // A client behind a trusted proxy holds its place for as long as the session lives.
+    let client_place = req.extensions().get::<crate::forwarded::ClientPlace>().cloned();
     let upgraded = websocket.config(websocket_config()).on_upgrade(move |stream| async move {
+        let _client_place = client_place;
         let (sink, stream) = stream.split();
         let mut sink = sink.with(|out: Outbound| futures_util::future::ready(Ok::<_, std::io::Error>(to_message(out))));
-        // A transport error ends the stream: the session then closes. A frame over the size limit
-        // is told apart (poem passes tungstenite's capacity error on as text), so that the
-        // session closes with 1009 rather than dropping the connection.
+        // A transport error ends the stream: the session then closes. What the peer sent wrong
+        // is told apart (poem passes tungstenite's error on as text), so that the session
+        // closes with the standard's code rather than dropping the connection; the listener
+        // then drains what the peer still sends, so its Close frame is not lost to a reset.
         let mut inbound = Box::pin(
             stream
                 .scan(false, |ended, message| {
                     let next = match message {
                         _ if *ended => None,
                         Ok(message) => Some(Some(from_message(message))),
-                        Err(error) if error.to_string().starts_with("Space limit exceeded") => {
+                        Err(error) => {
                             *ended = true;
-                            Some(Some(Inbound::TooLarge))
+                            unreadable(&error.to_string()).map(Some)
                         }
-                        Err(_) => None,
                     };
                     futures_util::future::ready(next)
                 })
@@ -180,6 +183,19 @@ impl CallPresenter for RestCallShape {
     }
 }
 
+/// The close for a read error caused by what the peer sent; `None` for a broken transport.
+fn unreadable(error: &str) -> Option<Inbound> {
+    if error.starts_with("Space limit exceeded") {
+        Some(Inbound::Unreadable(close::MESSAGE_TOO_BIG, "frame too large"))
+    } else if error.starts_with("UTF-8 encoding error") {
+        Some(Inbound::Unreadable(close::INVALID_PAYLOAD, "text frame is not UTF-8"))
+    } else if error.starts_with("WebSocket protocol error") {
+        Some(Inbound::Unreadable(close::PROTOCOL_ERROR, "protocol error"))
+    } else {
+        None
+    }
+}
+
 fn from_message(message: Message) -> Inbound {
     match message {
         Message::Text(text) => Inbound::Text(text),
@@ -201,6 +217,19 @@ fn to_message(out: Outbound) -> Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_the_peer_sent_wrong_closes_with_the_standards_code() {
+        // The texts as poem passes tungstenite's errors on.
+        for (error, code) in [
+            ("Space limit exceeded: Message too long: 2097152 > 1048576", close::MESSAGE_TOO_BIG),
+            ("UTF-8 encoding error: invalid utf-8 sequence of 1 bytes from index 0", close::INVALID_PAYLOAD),
+            ("WebSocket protocol error: Received an unmasked frame from client", close::PROTOCOL_ERROR),
+        ] {
+            assert!(matches!(unreadable(error), Some(Inbound::Unreadable(got, _)) if got == code), "{error}");
+        }
+        assert!(unreadable("IO error: Connection reset by peer").is_none());
+    }
 
     #[test]
     fn sockets_read_and_write_in_small_buffers_and_refuse_huge_frames() {

@@ -21,7 +21,7 @@ use poem::listener::{Acceptor, Listener, TcpListener};
 use poem::middleware::Cors;
 use poem::{Endpoint, EndpointExt, IntoResponse, Server};
 use ringline_api::{
-    CallApiParts, ConnectionAcceptor, JwtAuthenticator, ServerParts, Vapid, WebPushObserver, WebPushSender,
+    AddressCap, CallApiParts, ConnectionAcceptor, JwtAuthenticator, ServerParts, Vapid, WebPushObserver, WebPushSender,
     WebhookSender, WebhookWaker,
 };
 use ringline_domain::{CallService, Clock, SignalRouter, SystemClock, WebhookOutbox};
@@ -44,6 +44,8 @@ pub struct Application {
     /// The server runs on the built-in development secret: demo sign-in is on.
     development_secret: bool,
     acceptor: ConnectionAcceptor,
+    /// What one client address may hold; behind a trusted proxy, one forwarded client.
+    per_address: usize,
     local_addr: SocketAddr,
     /// Whether `run_until` runs the ring timer and the liveness sweep (always, but in tests
     /// that count the database work of one request).
@@ -167,8 +169,11 @@ impl Application {
                 "RINGLINE_TURN_URLS is set but RINGLINE_TURN_SECRET is not: TURN servers are not handed out"
             );
         }
-        let acceptor = ConnectionAcceptor::new(TcpListener::bind(settings.bind).into_acceptor().await.map_err(
-            |error| {
+        let cap = connection_cap(&settings);
+        let per_address = settings.connection_cap_per_address(cap);
+        tracing::info!(per_address, "connections from one address are capped");
+        let acceptor =
+            ConnectionAcceptor::new(TcpListener::bind(settings.bind).into_acceptor().await.map_err(|error| {
                 let hint = if error.kind() == std::io::ErrorKind::AddrInUse {
                     " (another program is listening there: choose another address with RINGLINE_BIND=127.0.0.1:8001 \
                      or --bind 127.0.0.1:8001)"
@@ -176,10 +181,14 @@ impl Application {
                     " (choose another address with RINGLINE_BIND or --bind)"
                 };
                 anyhow::Error::new(error).context(format!("cannot listen on {}{hint}", settings.bind))
-            },
-        )?)
-        .with_idle_timeout(Duration::from_secs(settings.http_idle_timeout_secs))
-        .with_max_connections(connection_cap(&settings));
+            })?)
+            .with_idle_timeout(Duration::from_secs(settings.http_idle_timeout_secs))
+            .with_header_timeout(Duration::from_secs(settings.http_header_timeout_secs))
+            .with_max_connections(cap)
+            .with_address_cap(AddressCap::new(
+                per_address,
+                settings.max_connections_per_address_exempt.iter().chain(&settings.trusted_proxies).copied(),
+            ));
         let local_addr = acceptor
             .local_addr()
             .first()
@@ -209,6 +218,7 @@ impl Application {
             signaling,
             authenticator,
             acceptor,
+            per_address,
             local_addr,
             development_secret: is_default,
             sweeps: true,
@@ -255,6 +265,7 @@ impl Application {
             signaling,
             authenticator,
             acceptor,
+            per_address,
             local_addr,
             development_secret,
             sweeps,
@@ -276,6 +287,7 @@ impl Application {
             bus: bus.as_ref().map(|bus| bus.health()),
             vapid,
             trusted_proxies: settings.trusted_proxies.clone(),
+            max_per_forwarded_client: per_address,
         };
         let app = ringline_api::server_routes(parts);
         let app = app.with_if(!settings.cors_allowed_origins.is_empty(), cors(&settings.cors_allowed_origins)).around(
@@ -484,6 +496,7 @@ pub async fn openapi_document() -> anyhow::Result<String> {
         bus: None,
         vapid: Vapid::new(&Vapid::generate(), "mailto:ringline@localhost")?,
         trusted_proxies: Vec::new(),
+        max_per_forwarded_client: 1,
     };
     let document = ringline_api::openapi_json(parts);
     storage.close().await?;

@@ -84,6 +84,20 @@ pub struct Settings {
     /// hold it for ever. Above the WebSocket ping interval, so live sockets never idle.
     #[serde(default = "defaults::http_idle_timeout_secs")]
     pub http_idle_timeout_secs: u64,
+    /// How long a request's headers (a WebSocket upgrade's included) may take to arrive, from
+    /// their first byte (from the accept, for a connection's first request), however slowly
+    /// they trickle: the idle timeout alone restarts on every byte.
+    #[serde(default = "defaults::http_header_timeout_secs")]
+    pub http_header_timeout_secs: u64,
+    /// Connections one client address may hold at once (an IPv6 address: its /64); one more is
+    /// answered `429 too_many_connections_from_address`. `None`: a quarter of the connection
+    /// cap, so that one address always leaves most places to everyone else.
+    pub max_connections_per_address: Option<usize>,
+    /// Addresses not counted per address (they still count against the overall cap): the
+    /// server's own machine by default, where a local proxy or probe connects from. Trusted
+    /// proxies are never counted per address: their clients are, by forwarded address.
+    #[serde(default = "defaults::max_connections_per_address_exempt", deserialize_with = "comma_list_of_addresses")]
+    pub max_connections_per_address_exempt: Vec<std::net::IpAddr>,
     /// Connections (HTTP and WebSocket together) kept open at most; one more is answered `503
     /// too_many_connections` and closed. `None`: the open-files limit (raised to its maximum
     /// at start) less [`RESERVED_DESCRIPTORS`], so the database, Redis and the log always have
@@ -166,6 +180,12 @@ mod defaults {
     pub fn http_idle_timeout_secs() -> u64 {
         75
     }
+    pub fn http_header_timeout_secs() -> u64 {
+        5
+    }
+    pub fn max_connections_per_address_exempt() -> Vec<std::net::IpAddr> {
+        vec![std::net::Ipv4Addr::LOCALHOST.into(), std::net::Ipv6Addr::LOCALHOST.into()]
+    }
     pub fn ws_max_per_user() -> usize {
         ringline_signaling::hub::DEFAULT_MAX_SOCKETS_PER_USER
     }
@@ -224,9 +244,7 @@ fn comma_list_of_addresses<'de, D: Deserializer<'de>>(deserializer: D) -> Result
     comma_list(deserializer)?
         .iter()
         .map(|address| {
-            address.parse().map_err(|_| {
-                serde::de::Error::custom(format!("{address:?} is not an IP address (RINGLINE_TRUSTED_PROXIES)"))
-            })
+            address.parse().map_err(|_| serde::de::Error::custom(format!("{address:?} is not an IP address")))
         })
         .collect()
 }
@@ -308,6 +326,10 @@ pub enum SettingsError {
     MaxPerUser,
     #[error("RINGLINE_MAX_CONNECTIONS must be between 1 and 10000000")]
     MaxConnections,
+    #[error("RINGLINE_MAX_CONNECTIONS_PER_ADDRESS must be between 1 and 10000000")]
+    MaxConnectionsPerAddress,
+    #[error("RINGLINE_HTTP_HEADER_TIMEOUT_SECS must be at least 1 and at most RINGLINE_HTTP_IDLE_TIMEOUT_SECS")]
+    HeaderTimeout,
     #[error("RINGLINE_VAPID_SUBJECT must be a mailto: or https:// URL")]
     VapidSubject,
 }
@@ -329,6 +351,12 @@ impl Settings {
                 .saturating_sub(RESERVED_DESCRIPTORS)
                 .max(MIN_DEFAULT_CONNECTIONS)
         })
+    }
+
+    /// The cap per client address, for a connection cap of `cap`: the configured one, or a
+    /// quarter of `cap`.
+    pub fn connection_cap_per_address(&self, cap: usize) -> usize {
+        self.max_connections_per_address.unwrap_or((cap / 4).max(1))
     }
 
     /// Reads defaults, then `file` (if given), then the environment, then `overrides`.
@@ -403,6 +431,12 @@ impl Settings {
         }
         if self.max_connections.is_some_and(|max| !(1..=10_000_000).contains(&max)) {
             return Err(SettingsError::MaxConnections);
+        }
+        if self.max_connections_per_address.is_some_and(|max| !(1..=10_000_000).contains(&max)) {
+            return Err(SettingsError::MaxConnectionsPerAddress);
+        }
+        if !(1..=self.http_idle_timeout_secs).contains(&self.http_header_timeout_secs) {
+            return Err(SettingsError::HeaderTimeout);
         }
         if self.jwt_user_claim.trim().is_empty() {
             return Err(SettingsError::UserClaim);
@@ -510,6 +544,9 @@ impl Settings {
             ws_frame_burst: defaults::ws_frame_burst(),
             ws_max_per_user: defaults::ws_max_per_user(),
             http_idle_timeout_secs: defaults::http_idle_timeout_secs(),
+            http_header_timeout_secs: defaults::http_header_timeout_secs(),
+            max_connections_per_address: None,
+            max_connections_per_address_exempt: defaults::max_connections_per_address_exempt(),
             max_connections: None,
             database_acquire_timeout_secs: defaults::database_acquire_timeout_secs(),
             cors_allowed_origins: Vec::new(),
@@ -567,6 +604,27 @@ mod tests {
         assert_eq!(settings.connection_cap(1024), 5000, "the configured cap is taken as it is");
         settings.max_connections = Some(0);
         assert!(matches!(settings.validate(), Err(SettingsError::MaxConnections)));
+    }
+
+    #[test]
+    fn one_address_gets_a_quarter_of_the_connection_cap_unless_configured() {
+        let mut settings = Settings::for_tests("sqlite::memory:", DEVELOPMENT_JWT_SECRET);
+        assert_eq!(settings.connection_cap_per_address(100), 25);
+        assert_eq!(settings.connection_cap_per_address(2), 1, "at least one");
+        settings.max_connections_per_address = Some(7);
+        assert_eq!(settings.connection_cap_per_address(100), 7);
+        let parsed: Settings = Figment::new()
+            .merge(Serialized::defaults(serde_json::json!({"max_connections_per_address_exempt": "10.0.0.5, ::1"})))
+            .extract()
+            .expect("parse");
+        assert_eq!(
+            parsed.max_connections_per_address_exempt,
+            vec!["10.0.0.5".parse::<std::net::IpAddr>().expect("ip"), "::1".parse().expect("ip")]
+        );
+        let defaults: Settings = Figment::new().extract().expect("parse");
+        assert_eq!(defaults.max_connections_per_address_exempt.len(), 2, "the machine's own addresses");
+        settings.http_header_timeout_secs = settings.http_idle_timeout_secs + 1;
+        assert!(matches!(settings.validate(), Err(SettingsError::HeaderTimeout)));
     }
 
     #[test]

@@ -48,9 +48,16 @@ fn stop_and_read_log(child: std::process::Child) -> String {
 }
 
 async fn start(args: &[&str]) -> Running {
+    start_with(args, &[]).await
+}
+
+/// [`start`] with `settings` in the server's environment too.
+async fn start_with(args: &[&str], settings: &[(&str, &str)]) -> Running {
     let database = std::env::temp_dir().join(format!("ringline_bin_{}.db", uuid::Uuid::new_v4().simple()));
     let url = format!("sqlite://{}?mode=rwc", database.display());
-    let (child, base) = common::serve(args, &[("RINGLINE_DATABASE_URL", url.as_str())], Stdio::inherit()).await;
+    let mut env = vec![("RINGLINE_DATABASE_URL", url.as_str())];
+    env.extend_from_slice(settings);
+    let (child, base) = common::serve(args, &env, Stdio::inherit()).await;
     Running { child, base, database }
 }
 
@@ -452,4 +459,97 @@ async fn demo_on_an_address_in_use_names_the_setting_that_picks_another() {
     assert!(stderr.contains(&format!("cannot listen on {address}")), "{stderr}");
     assert!(stderr.contains("RINGLINE_BIND") && stderr.contains("--bind"), "how to choose another: {stderr}");
     assert!(!stderr.contains("open the URL"), "no invitation to a URL that is not served: {stderr}");
+}
+
+/// Opens a connection to `address` from the loopback address `from` (127.0.0.0/8 is all this
+/// machine's, so each such address is another client to the server).
+async fn connect_from(from: [u8; 4], address: &str) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::from((from, 0)))?;
+    socket.connect(address.parse().expect("a socket address")).await
+}
+
+/// Sends `head` a byte every `pause` until the server closes the connection; returns how long
+/// the connection lived.
+async fn trickle(mut connection: tokio::net::TcpStream, head: &'static [u8], pause: Duration) -> Duration {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let opened = Instant::now();
+    let mut answer = [0u8; 512];
+    for byte in head.iter().cycle() {
+        if connection.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        match tokio::time::timeout(pause, connection.read(&mut answer)).await {
+            Err(_elapsed) => {}
+            Ok(Ok(0) | Err(_)) => break,
+            // A refusal's answer; the server closes after it.
+            Ok(Ok(_)) => {}
+        }
+    }
+    opened.elapsed()
+}
+
+/// Slowloris from one address, against the real binary with the cap of 100: headers
+/// trickled a byte at a time are cut off at their deadline, however steady the trickle, and the
+/// attacking address holds no more than its share meanwhile, so that health probes and a call
+/// from other addresses are answered at once. Before: 100 of 110 trickling connections held
+/// every place for as long as they trickled, and everyone else was answered 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_from_one_address_is_cut_off_and_starves_nobody() {
+    let server = start_with(
+        &[],
+        &[
+            ("RINGLINE_MAX_CONNECTIONS", "100"),
+            ("RINGLINE_HTTP_HEADER_TIMEOUT_SECS", "2"),
+            ("RINGLINE_JWT_SECRET", "a-secret-for-the-slowloris-test"),
+        ],
+    )
+    .await;
+    let url = format!("sqlite://{}?mode=rwc", server.database.display());
+    let env = [("RINGLINE_DATABASE_URL", url.as_str()), ("RINGLINE_JWT_SECRET", "a-secret-for-the-slowloris-test")];
+    common::cli(&env, &["users", "add", "alice", "--username", "alice"]);
+    common::cli(&env, &["users", "add", "bob", "--username", "bob"]);
+    let token = common::cli(&env, &["token", "--user", "alice"]);
+    let address = server.base.trim_start_matches("http://").to_owned();
+
+    let mut attack = tokio::task::JoinSet::new();
+    for _ in 0..110 {
+        let connection = connect_from([127, 0, 0, 2], &address).await.expect("connect");
+        attack.spawn(trickle(connection, b"GET /healthz HTTP/1.1\r\nX-Slow: abcdefghij", Duration::from_millis(300)));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The probes, from the machine itself, and a call from yet another address.
+    let probe = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
+    for path in ["/healthz", "/readyz"] {
+        let asked = Instant::now();
+        let answer = probe.get(format!("{}{path}", server.base)).send().await.expect("an answer");
+        assert_eq!(answer.status(), 200, "{path} during the attack");
+        assert!(asked.elapsed() < Duration::from_secs(1), "{path} took {:?}", asked.elapsed());
+    }
+    let caller =
+        reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, 3])).build().expect("client");
+    let asked = Instant::now();
+    let call = caller
+        .post(format!("{}/api/calls/initiate/", server.base))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"receiver_id": "bob", "call_type": "voice"}))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(call.status(), 201, "a call during the attack");
+    assert!(asked.elapsed() < Duration::from_secs(1), "the call took {:?}", asked.elapsed());
+
+    // Every attacking connection is closed within the header deadline (2 s), with a margin for
+    // this busy machine; refused ones sooner.
+    let mut lived = Vec::new();
+    while let Some(life) = attack.join_next().await {
+        lived.push(life.expect("the trickling task"));
+    }
+    let longest = lived.iter().max().copied().unwrap_or_default();
+    assert!(longest < Duration::from_secs(4), "an attacking connection lived {longest:?}");
+    assert!(
+        lived.iter().filter(|life| **life >= Duration::from_millis(1500)).count() <= 25,
+        "at most the address's share (a quarter of 100) got as far as the header deadline"
+    );
 }

@@ -33,6 +33,10 @@ pub mod close {
     pub const GOING_AWAY: u16 = 1001;
     /// A frame over [`super::MAX_CONNECTION_FRAME_BYTES`] (the WebSocket standard's "message too big").
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// A text frame that is not UTF-8 (the standard's "invalid frame payload data").
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// A frame that breaks the WebSocket protocol (unmasked, reserved bits set, …).
+    pub const PROTOCOL_ERROR: u16 = 1002;
 }
 
 /// The largest text frame the server acts on. Larger frames get a `frame_too_large` error

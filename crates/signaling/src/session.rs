@@ -36,9 +36,10 @@ pub enum Inbound {
     Pong,
     /// The peer's Close frame, with its code if it gave one.
     Close(Option<u16>),
-    /// The peer sent a frame over [`crate::protocol::MAX_CONNECTION_FRAME_BYTES`]; nothing more
-    /// can be read from the connection.
-    TooLarge,
+    /// The peer sent what the connection cannot read on from, to be closed with this code and
+    /// reason: a frame over [`crate::protocol::MAX_CONNECTION_FRAME_BYTES`] (1009), a text frame
+    /// that is not UTF-8 (1007), a protocol violation (1002).
+    Unreadable(u16, &'static str),
 }
 
 /// What to send to the peer.
@@ -248,8 +249,8 @@ pub async fn run<S, K>(
                         let _ = tokio::time::timeout(CLOSE_REPLY_TIMEOUT, outbound.flush()).await;
                         break;
                     }
-                    Some(Inbound::TooLarge) => {
-                        close_and_wait(&mut inbound, &mut outbound, close::MESSAGE_TOO_BIG, "frame too large").await;
+                    Some(Inbound::Unreadable(code, reason)) => {
+                        close_and_wait(&mut inbound, &mut outbound, code, reason).await;
                         break;
                     }
                     Some(Inbound::Ping | Inbound::Pong) => {}
