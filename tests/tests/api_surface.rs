@@ -12,6 +12,8 @@ on_both_databases!(
     ice_servers_carry_turn_credentials_in_coturns_scheme,
     the_admin_api_provisions_users_and_conversations,
     a_token_with_a_username_makes_its_user_known,
+    a_removed_or_deactivated_user_is_refused_and_disconnected,
+    unknown_users_are_refused_when_registration_is_off,
     the_user_claim_is_configurable,
     crossing_call_attempts_at_once_leave_one_answered_call,
 );
@@ -167,6 +169,77 @@ async fn a_token_with_a_username_makes_its_user_known(backend: DatabaseBackend) 
     let call = app.post("/api/calls/initiate/", &alice, json!({"receiver_id": 5001})).await.expect(201);
     assert_eq!(call["receiver"]["username"], "newcomer");
     assert_eq!(call["receiver"]["first_name"], "New");
+    app.stop().await;
+}
+
+/// A deleted user's still-valid token placed calls and opened sockets, and its `username`
+/// claim registered them again; simplejwt refuses the tokens of users that are gone or
+/// inactive, and the original app relies on that. Now: 401 with simplejwt's codes, 4401 on
+/// sockets, their open sockets closed, their call ended, and no registering them again.
+async fn a_removed_or_deactivated_user_is_refused_and_disconnected(backend: DatabaseBackend) {
+    let app =
+        TestApp::spawn_with(backend, |settings| settings.admin_token = Some(SecretString::from("operator-token")))
+            .await;
+    let (alice, bob, carol) = (app.user("alice").await, app.user("bob").await, app.user("carol").await);
+    let mut bob_phone = app.notifications_socket(&bob).await;
+    let mut alice_tab = app.notifications_socket(&alice).await;
+    let call = app.ring(&alice, "bob").await;
+    bob_phone.expect("call.incoming").await;
+
+    admin(&app, Method::DELETE, "/api/admin/users/bob/", None).await.expect(204);
+    assert_eq!(bob_phone.closed_with().await, Some(4401), "the removed user's socket is closed");
+    let ended = app.get(&format!("/api/calls/{call}/"), &alice).await.expect(200);
+    assert_ne!(ended["status"], "ringing", "their ringing call ended: {ended}");
+    assert!(alice_tab.next_event_within(std::time::Duration::from_secs(5)).await.is_some(), "the caller is told");
+    app.get("/api/calls/", &bob).await.expect_error(401, "user_not_found");
+    app.post("/api/calls/initiate/", &bob, json!({"receiver_id": "alice"})).await.expect_error(401, "user_not_found");
+    let mut refused = ringline_tests::WsClient::connect(&app.ws_url(&format!("/ws/notifications/?token={bob}"))).await;
+    assert_eq!(refused.closed_with().await, Some(4401));
+    // A token that carries a username would register a new user: not a removed one.
+    let reregistering = token_with(
+        json!({"user_id": "bob", "username": "bob", "token_type": "access", "jti": "j", "exp": unix_now() + 60}),
+        TEST_JWT_SECRET,
+    );
+    app.get("/api/calls/", &reregistering).await.expect_error(401, "user_not_found");
+    admin(&app, Method::GET, "/api/admin/users/bob/", None).await.expect_error(404, "user_not_found");
+    app.post("/api/calls/initiate/", &alice, json!({"receiver_id": "bob"}))
+        .await
+        .expect_error(404, "receiver_not_found");
+
+    // Deactivated: refused and disconnected the same way, and let back in when reactivated.
+    let mut carol_tab = app.notifications_socket(&carol).await;
+    let off =
+        admin(&app, Method::PUT, "/api/admin/users/carol/", Some(json!({"username": "carol", "is_active": false})));
+    assert_eq!(off.await.expect(200)["is_active"], false);
+    assert_eq!(carol_tab.closed_with().await, Some(4401));
+    app.get("/api/calls/", &carol).await.expect_error(401, "user_inactive");
+    assert_eq!(admin(&app, Method::GET, "/api/admin/users/carol/", None).await.expect(200)["is_active"], false);
+    admin(&app, Method::PUT, "/api/admin/users/carol/", Some(json!({"username": "carol"}))).await.expect(200);
+    app.get("/api/calls/", &carol).await.expect(200);
+    // And a removed user comes back only through the operator.
+    admin(&app, Method::PUT, "/api/admin/users/bob/", Some(json!({"username": "bob"}))).await.expect(200);
+    app.get("/api/calls/", &bob).await.expect(200);
+    app.stop().await;
+}
+
+/// For apps that sync their users: a token naming a user the directory never had is refused
+/// (`user_not_found`), whatever its claims; by default it registers them.
+async fn unknown_users_are_refused_when_registration_is_off(backend: DatabaseBackend) {
+    let app = TestApp::spawn_with(backend, |settings| settings.register_on_first_use = false).await;
+    let known = app.user("alice").await;
+    app.get("/api/calls/", &known).await.expect(200);
+    let newcomer = token_with(
+        json!({"user_id": "5002", "username": "newcomer", "token_type": "access", "jti": "j", "exp": unix_now() + 60}),
+        TEST_JWT_SECRET,
+    );
+    app.get("/api/calls/", &newcomer).await.expect_error(401, "user_not_found");
+    app.get("/api/calls/", &app.token("5003")).await.expect_error(401, "user_not_found");
+    let mut socket =
+        ringline_tests::WsClient::connect(&app.ws_url(&format!("/ws/notifications/?token={newcomer}"))).await;
+    assert_eq!(socket.closed_with().await, Some(4401));
+    app.post("/api/calls/initiate/", &known, json!({"receiver_id": "5002"}))
+        .await
+        .expect_error(404, "receiver_not_found");
     app.stop().await;
 }
 

@@ -129,7 +129,11 @@ async fn vapid_key(app: &TestApp) -> String {
 /// A ring reaches the callee's browser, encrypted and signed, and the end of the ring follows
 /// under the same topic.
 async fn a_ring_reaches_the_browser_and_its_end_follows(backend: DatabaseBackend) {
-    let app = TestApp::spawn_with(backend, |settings| settings.ring_timeout_secs = 30).await;
+    let app = TestApp::spawn_with(backend, |settings| {
+        settings.ring_timeout_secs = 30;
+        settings.web_push_allow_loopback = true;
+    })
+    .await;
     let (alice, bob) = (app.user("alice").await, app.user("bob").await);
     let browser = Arc::new(Browser::new());
     let service = PushService::start(vapid_key(&app).await, Arc::clone(&browser)).await;
@@ -159,7 +163,7 @@ async fn a_ring_reaches_the_browser_and_its_end_follows(backend: DatabaseBackend
 
 /// A push service that answers 410 has dropped the subscription: it is removed.
 async fn an_expired_subscription_is_removed(backend: DatabaseBackend) {
-    let app = TestApp::spawn(backend).await;
+    let app = TestApp::spawn_with(backend, |settings| settings.web_push_allow_loopback = true).await;
     let (alice, bob) = (app.user("alice").await, app.user("bob").await);
     let browser = Arc::new(Browser::new());
     let service = PushService::start(vapid_key(&app).await, Arc::clone(&browser)).await;
@@ -188,10 +192,18 @@ async fn subscriptions_are_checked_and_the_key_is_kept(backend: DatabaseBackend)
     let eve = app.user("eve").await;
     let key = vapid_key(&app).await;
     let browser = Browser::new();
-    let good = browser.subscription("https://push.example/abc");
+    let good = browser.subscription("https://fcm.googleapis.com/fcm/send/abc");
     for (bad, why) in [
         (json!({"endpoint": "not a url", "keys": good["keys"]}), "endpoint"),
-        (json!({"endpoint": "http://push.example/abc", "keys": good["keys"]}), "plain http elsewhere than loopback"),
+        (json!({"endpoint": "http://fcm.googleapis.com/fcm/send/abc", "keys": good["keys"]}), "plain http"),
+        (
+            json!({"endpoint": good["endpoint"], "keys": {"p256dh": "A".repeat(5000), "auth": good["keys"]["auth"]}}),
+            "size",
+        ),
+        (
+            json!({"endpoint": format!("https://fcm.googleapis.com/{}", "a".repeat(3000)), "keys": good["keys"]}),
+            "length",
+        ),
         (json!({"endpoint": good["endpoint"], "keys": {"p256dh": "AAAA", "auth": good["keys"]["auth"]}}), "p256dh"),
         (json!({"endpoint": good["endpoint"], "keys": {"p256dh": good["keys"]["p256dh"], "auth": "AAAA"}}), "auth"),
     ] {
@@ -201,7 +213,7 @@ async fn subscriptions_are_checked_and_the_key_is_kept(backend: DatabaseBackend)
     }
     app.send(reqwest::Method::POST, "/api/push/subscriptions/", None, Some(good.clone())).await.expect(401);
     app.post("/api/push/subscriptions/", &bob, good.clone()).await.expect(201);
-    let endpoint = json!({"endpoint": "https://push.example/abc"});
+    let endpoint = json!({"endpoint": "https://fcm.googleapis.com/fcm/send/abc"});
     app.send(reqwest::Method::DELETE, "/api/push/subscriptions/", Some(&eve), Some(endpoint.clone()))
         .await
         .expect_error(404, "push_subscription_not_found");
@@ -216,8 +228,133 @@ async fn subscriptions_are_checked_and_the_key_is_kept(backend: DatabaseBackend)
     app.stop().await;
 }
 
+/// Any signed-in user could store an endpoint inside the server's network, and the server
+/// POSTed to it at every ring: loopback, private, link-local and metadata addresses, in every
+/// spelling, and hosts that are no browser's push service, are refused with 400.
+async fn endpoints_inside_the_network_are_refused(backend: DatabaseBackend) {
+    let app = TestApp::spawn(backend).await;
+    let bob = app.user("bob").await;
+    let browser = Browser::new();
+    for endpoint in [
+        "http://127.0.0.1:6379/",
+        "http://localhost/admin",
+        "http://[::1]/x",
+        "https://127.0.0.1/x",
+        "https://localhost/x",
+        "https://localhost./x",
+        "https://api.localhost/x",
+        "https://[::1]/x",
+        "https://[::ffff:127.0.0.1]/x",
+        "https://[::ffff:a9fe:a9fe]/latest/meta-data/",
+        "https://2130706433/x",
+        "https://0x7f000001/x",
+        "https://169.254.169.254/latest/meta-data/",
+        "https://10.0.0.1/x",
+        "https://192.168.1.1/x",
+        "https://[fd00::1]/x",
+        "https://[fe80::1]/x",
+        "https://0.0.0.0/x",
+        "https://metadata.google.internal/computeMetadata/v1/",
+        "https://push.example/x",
+        "https://fcm.googleapis.com.attacker.example/x",
+        "https://user:secret@fcm.googleapis.com/fcm/send/x",
+    ] {
+        let reply = app.post("/api/push/subscriptions/", &bob, browser.subscription(endpoint)).await;
+        assert_eq!(reply.status.as_u16(), 400, "{endpoint}: {}", reply.body);
+        assert_eq!(reply.body["code"], "invalid_push_subscription", "{endpoint}");
+        assert!(reply.body["detail"].as_str().is_some_and(|detail| detail.starts_with("endpoint ")), "{}", reply.body);
+    }
+    let store = app.storage().push_subscriptions();
+    assert!(store.of_user(&UserId::parse("bob").expect("an id")).await.expect("read").is_empty(), "none stored");
+    for endpoint in ["https://fcm.googleapis.com/fcm/send/x", "https://updates.push.services.mozilla.com/wpush/v2/x"] {
+        app.post("/api/push/subscriptions/", &bob, browser.subscription(endpoint)).await.expect(201);
+    }
+    app.stop().await;
+}
+
+/// A name is checked as it resolves when the message is sent (the classic bypass: a name that
+/// passes when stored and leads to 127.0.0.1). This machine's own name resolves to loopback,
+/// as /etc/hosts has it on Debian and in containers: with every host allowed, the endpoint is
+/// stored, and yet the listener behind it is never contacted.
+async fn a_name_that_resolves_to_loopback_is_never_contacted(backend: DatabaseBackend) {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("the machine's name").trim().to_owned();
+    let resolved: Vec<_> = tokio::net::lookup_host((name.as_str(), 0)).await.expect("the name resolves").collect();
+    assert!(
+        !resolved.is_empty() && resolved.iter().all(|address| address.ip().is_loopback()),
+        "this test needs the machine's name ({name}) to resolve to loopback: {resolved:?}"
+    );
+    let app = TestApp::spawn_with(backend, |settings| settings.web_push_allowed_hosts = vec!["*".to_owned()]).await;
+    let (alice, bob) = (app.user("alice").await, app.user("bob").await);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let subscription = Browser::new().subscription(&format!("https://{name}:{port}/push/bob"));
+    app.post("/api/push/subscriptions/", &bob, subscription).await.expect(201);
+
+    let id = app.ring(&alice, "bob").await;
+    let contacted = tokio::time::timeout(Duration::from_secs(2), listener.accept()).await;
+    assert!(contacted.is_err(), "the server connected to a loopback listener through {name}");
+    app.post(&format!("/api/calls/{id}/end/"), &alice, json!({})).await.expect(200);
+    app.stop().await;
+}
+
+/// A push service's redirect is never followed: the server would go wherever it says.
+async fn a_redirect_is_not_followed(backend: DatabaseBackend) {
+    let app = TestApp::spawn_with(backend, |settings| settings.web_push_allow_loopback = true).await;
+    let (alice, bob) = (app.user("alice").await, app.user("bob").await);
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let location = format!("http://{}/internal", target.local_addr().expect("address"));
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = Arc::clone(&asked);
+    let redirecting = spawn_http(poem::endpoint::make(move |_: Request| {
+        let (location, count) = (location.clone(), Arc::clone(&count));
+        async move {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            poem::Response::builder().status(StatusCode::TEMPORARY_REDIRECT).header("location", location).finish()
+        }
+    }))
+    .await;
+    let subscription = Browser::new().subscription(&format!("{redirecting}/push/bob"));
+    app.post("/api/push/subscriptions/", &bob, subscription).await.expect(201);
+
+    let id = app.ring(&alice, "bob").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while asked.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the push service was not asked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let followed = tokio::time::timeout(Duration::from_secs(1), target.accept()).await;
+    assert!(followed.is_err(), "the redirect was followed");
+    app.post(&format!("/api/calls/{id}/end/"), &alice, json!({})).await.expect(200);
+    app.stop().await;
+}
+
+/// One user stored 300 subscriptions and made one call send 600 requests: a user's newest
+/// five browsers are rung, no more.
+async fn a_ring_reaches_at_most_five_browsers(backend: DatabaseBackend) {
+    let app = TestApp::spawn_with(backend, |settings| settings.web_push_allow_loopback = true).await;
+    let (alice, bob) = (app.user("alice").await, app.user("bob").await);
+    let browser = Arc::new(Browser::new());
+    let service = PushService::start(vapid_key(&app).await, Arc::clone(&browser)).await;
+    for n in 0..30 {
+        let subscription = browser.subscription(&format!("{}/push/{n}", service.base));
+        app.post("/api/push/subscriptions/", &bob, subscription).await.expect(201);
+    }
+    let _id = app.ring(&alice, "bob").await;
+    service.wait_for(5).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut paths: Vec<String> =
+        service.pushed.lock().expect("lock").iter().map(|pushed| pushed.path.clone()).collect();
+    paths.sort();
+    assert_eq!(paths, ["/push/25", "/push/26", "/push/27", "/push/28", "/push/29"], "the five newest, once each");
+    app.stop().await;
+}
+
 on_both_databases!(
     a_ring_reaches_the_browser_and_its_end_follows,
     an_expired_subscription_is_removed,
     subscriptions_are_checked_and_the_key_is_kept,
+    endpoints_inside_the_network_are_refused,
+    a_name_that_resolves_to_loopback_is_never_contacted,
+    a_redirect_is_not_followed,
+    a_ring_reaches_at_most_five_browsers,
 );

@@ -7,7 +7,7 @@
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
-use ringline_domain::{Clock, ConversationId, Directory, UserId, UserProfile};
+use ringline_domain::{AccountStatus, Clock, ConversationId, Directory, UserId, UserProfile};
 use ringline_signaling::Signaling;
 use ringline_storage::{DirectoryWriteError, SqlDirectory};
 use secrecy::{ExposeSecret, SecretString};
@@ -31,6 +31,18 @@ pub struct AdminUserBody {
     pub last_name: JsonText,
     #[oai(nullable)]
     pub profile_image_url: Option<JsonText>,
+    /// Whether the user may sign in; absent: `true`. `false` closes their sockets, ends their
+    /// ringing and active calls, and refuses their tokens (`user_inactive`) until set back.
+    pub is_active: Option<bool>,
+}
+
+/// A user as the admin API shows them.
+#[derive(Debug, Object)]
+pub struct AdminUserJson {
+    #[oai(flatten)]
+    pub user: UserJson,
+    /// Whether the user may sign in.
+    pub is_active: bool,
 }
 
 /// Body of `PUT /api/admin/conversations/{id}/`.
@@ -98,6 +110,13 @@ impl AdminApi {
         if matches { Ok(()) } else { Err(ApiError::unauthorized("Invalid admin token.", "admin_token_invalid")) }
     }
 
+    /// What follows a removal or deactivation: sockets closed everywhere, calls ended.
+    async fn removed(&self, user: &UserId) -> Result<(), ApiError> {
+        let ended = self.signaling.remove_user(user).await?;
+        tracing::info!(%user, ended_calls = ended, "a user was removed or deactivated");
+        Ok(())
+    }
+
     async fn conversation_json(&self, id: ConversationId) -> Result<Json<ConversationJson>, ApiError> {
         let participants = self
             .directory
@@ -146,7 +165,7 @@ impl AdminApi {
         auth: AdminToken,
         id: Path<UserIdParam>,
         body: Json<AdminUserBody>,
-    ) -> Result<Json<UserJson>, ApiError> {
+    ) -> Result<Json<AdminUserJson>, ApiError> {
         self.check(&auth)?;
         let body = body.0;
         // The limit applies to what was sent, as the schema says; the name kept is trimmed.
@@ -161,18 +180,25 @@ impl AdminApi {
             last_name: body.last_name.0,
             profile_image_url: body.profile_image_url.map(|url| url.0).filter(|url| !url.is_empty()),
         };
-        self.directory.upsert_user(&profile, self.clock.now()).await.map_err(|error| ApiError::internal(&error))?;
-        Ok(Json(UserJson::from_profile(&profile)))
+        let now = self.clock.now();
+        self.directory.upsert_user(&profile, now).await.map_err(|error| ApiError::internal(&error))?;
+        let is_active = body.is_active.unwrap_or(true);
+        if !is_active {
+            self.directory.set_active(&profile.id, false, now).await.map_err(write_error)?;
+            self.removed(&profile.id).await?;
+        }
+        Ok(Json(AdminUserJson { user: UserJson::from_profile(&profile), is_active }))
     }
 
     /// Read a user
     #[oai(path = "/api/admin/users/:id/", method = "get", operation_id = "admin_get_user")]
-    async fn get_user(&self, auth: AdminToken, id: Path<UserIdParam>) -> Result<Json<UserJson>, ApiError> {
+    async fn get_user(&self, auth: AdminToken, id: Path<UserIdParam>) -> Result<Json<AdminUserJson>, ApiError> {
         self.check(&auth)?;
-        let profile = self.directory.user(&user_id(&id.0.0)?).await.map_err(|error| ApiError::internal(&error))?;
-        profile
-            .map(|p| Json(UserJson::from_profile(&p)))
-            .ok_or_else(|| ApiError::not_found("User not found.", "user_not_found"))
+        let id = user_id(&id.0.0)?;
+        let profile = self.directory.user(&id).await.map_err(|error| ApiError::internal(&error))?;
+        let profile = profile.ok_or_else(|| ApiError::not_found("User not found.", "user_not_found"))?;
+        let status = self.directory.account_status(&id).await.map_err(|error| ApiError::internal(&error))?;
+        Ok(Json(AdminUserJson { user: UserJson::from_profile(&profile), is_active: status == AccountStatus::Active }))
     }
 
     /// Where a user is connected
@@ -189,11 +215,21 @@ impl AdminApi {
 
     /// Delete a user
     ///
-    /// Removes the user and their conversation memberships; their call history stays.
+    /// Removes the user: their profile, conversation memberships and push subscriptions go;
+    /// their sockets are closed (4401) on every instance, their ringing and active calls end,
+    /// and their tokens are refused from now on (`user_not_found`), also for first-use
+    /// registration. Their call history stays. `PUT` brings them back. Deleting a user again
+    /// answers 404 (after making sure the removal is complete).
     #[oai(path = "/api/admin/users/:id/", method = "delete", operation_id = "admin_delete_user")]
     async fn delete_user(&self, auth: AdminToken, id: Path<UserIdParam>) -> Result<Deleted, ApiError> {
         self.check(&auth)?;
-        match self.directory.delete_user(&user_id(&id.0.0)?).await.map_err(write_error)? {
+        let id = user_id(&id.0.0)?;
+        let deleted = self.directory.delete_user(&id, self.clock.now()).await.map_err(write_error)?;
+        let status = self.directory.account_status(&id).await.map_err(|error| ApiError::internal(&error))?;
+        if status == AccountStatus::Removed {
+            self.removed(&id).await?;
+        }
+        match deleted {
             true => Ok(Deleted::Done),
             false => Err(ApiError::not_found("User not found.", "user_not_found")),
         }

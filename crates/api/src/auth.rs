@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use ringline_domain::{Clock, Directory, UserId, UserProfile};
+use ringline_domain::{AccountStatus, Accounts, Clock, UserId, UserProfile};
+use ringline_signaling::throttle::OncePerSecond;
 use ringline_storage::SqlDirectory;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
@@ -24,15 +25,24 @@ pub enum AuthError {
     Invalid,
     #[error("Token is expired")]
     Expired,
+    /// The token's user was removed, or was never known and may not be registered from it.
+    #[error("User not found")]
+    UserNotFound,
+    /// The token's user was turned off by the operator.
+    #[error("User is inactive")]
+    Inactive,
     #[error("the user directory is unavailable")]
     Unavailable,
 }
 
 impl AuthError {
+    /// The stable code; simplejwt's own where it has one (`user_not_found`, `user_inactive`).
     pub fn code(&self) -> &'static str {
         match self {
             Self::Missing => "not_authenticated",
             Self::Invalid | Self::Expired => "token_not_valid",
+            Self::UserNotFound => "user_not_found",
+            Self::Inactive => "user_inactive",
             Self::Unavailable => "service_unavailable",
         }
     }
@@ -52,9 +62,15 @@ pub struct JwtAuthenticator {
     encoding: EncodingKey,
     validation: Validation,
     user_claim: String,
-    /// Where users named by a token's `username` claim are registered on first use.
+    /// Whether the token's user may still use the service; `None`: any validly signed token
+    /// is taken (an embedding application checks its users itself).
+    accounts: Option<Arc<Accounts>>,
+    /// Where users named by a token's `username` claim are registered on first use; `None`:
+    /// with `accounts`, users the directory does not know are refused.
     provision_into: Option<SqlDirectory>,
     clock: Arc<dyn Clock>,
+    /// One WARN a second at most while the directory cannot be read.
+    outage_logged: OncePerSecond,
 }
 
 impl std::fmt::Debug for JwtAuthenticator {
@@ -75,13 +91,27 @@ impl JwtAuthenticator {
             encoding: EncodingKey::from_secret(bytes),
             validation,
             user_claim: user_claim.into(),
+            accounts: None,
             provision_into: None,
             clock,
+            outage_logged: OncePerSecond::new(),
         }
     }
 
+    /// Refuses the tokens of users that `accounts` says were removed (`user_not_found`) or
+    /// deactivated (`user_inactive`), as simplejwt does; users the directory never knew are
+    /// refused too (`user_not_found`), unless [`JwtAuthenticator::provisioning_into`] registers
+    /// them. While the directory cannot be read, a validly signed token is taken (see
+    /// `docs/api.md`).
+    #[must_use]
+    pub fn checking_accounts(mut self, accounts: Arc<Accounts>) -> Self {
+        self.accounts = Some(accounts);
+        self
+    }
+
     /// Registers unknown users whose token carries a `username` claim (and optionally
-    /// `first_name`, `last_name`) in `directory` the first time they are seen.
+    /// `first_name`, `last_name`) in `directory` the first time they are seen; an unknown user
+    /// whose token has none is let in unregistered. Never a removed user: their row stays.
     #[must_use]
     pub fn provisioning_into(mut self, directory: SqlDirectory) -> Self {
         self.provision_into = Some(directory);
@@ -127,18 +157,40 @@ impl JwtAuthenticator {
         Ok((user, claims))
     }
 
-    async fn provision(&self, user: &UserId, claims: &Map<String, Value>) -> Result<(), AuthError> {
-        let (Some(directory), Some(username)) = (&self.provision_into, claims.get("username").and_then(Value::as_str))
-        else {
+    /// Whether `user` may come in: known and active, or unknown and registered now.
+    async fn admit(&self, user: &UserId, claims: &Map<String, Value>) -> Result<(), AuthError> {
+        let Some(accounts) = &self.accounts else { return Ok(()) };
+        let status = match accounts.status(user).await {
+            Ok(status) => status,
+            Err(error) => {
+                // Fail open: with the database down nothing that needs the account works
+                // anyway, and refusing would tell clients their token is bad.
+                if self.outage_logged.due() {
+                    tracing::warn!(%error, "cannot check a token's user: letting validly signed tokens in meanwhile");
+                }
+                return Ok(());
+            }
+        };
+        match status {
+            AccountStatus::Active => Ok(()),
+            AccountStatus::Inactive => Err(AuthError::Inactive),
+            AccountStatus::Removed => Err(AuthError::UserNotFound),
+            AccountStatus::Unknown => match &self.provision_into {
+                Some(directory) => self.provision(directory, user, claims).await,
+                None => Err(AuthError::UserNotFound),
+            },
+        }
+    }
+
+    async fn provision(
+        &self,
+        directory: &SqlDirectory,
+        user: &UserId,
+        claims: &Map<String, Value>,
+    ) -> Result<(), AuthError> {
+        let Some(username) = claims.get("username").and_then(Value::as_str) else {
             return Ok(());
         };
-        let known = directory.user(user).await.map_err(|error| {
-            tracing::error!(%error, "cannot look up a token's user");
-            AuthError::Unavailable
-        })?;
-        if known.is_some() {
-            return Ok(());
-        }
         let text = |name: &str| claims.get(name).and_then(Value::as_str).unwrap_or_default().to_owned();
         let profile = UserProfile {
             id: user.clone(),
@@ -160,7 +212,7 @@ impl JwtAuthenticator {
 impl Authenticator for JwtAuthenticator {
     async fn authenticate(&self, token: &str) -> Result<UserId, AuthError> {
         let (user, claims) = self.verify(token)?;
-        self.provision(&user, &claims).await?;
+        self.admit(&user, &claims).await?;
         Ok(user)
     }
 }

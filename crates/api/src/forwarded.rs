@@ -47,14 +47,14 @@ impl Forwarding {
     /// place for the client it names (into the request's extensions), or refuses it.
     ///
     /// # Errors
-    /// The `429 too_many_connections_from_address` answer when that client holds its cap.
-    pub(crate) fn admit(&self, req: &mut Request) -> Result<(), Response> {
+    /// [`ClientOverCap`] when that client holds its cap.
+    pub(crate) fn admit(&self, req: &mut Request) -> Result<(), ClientOverCap> {
         let peer = req.remote_addr().as_socket_addr().map(std::net::SocketAddr::ip);
         self.admit_from(peer, req)
     }
 
     /// [`Forwarding::admit`] of a request from `peer`.
-    fn admit_from(&self, peer: Option<IpAddr>, req: &mut Request) -> Result<(), Response> {
+    fn admit_from(&self, peer: Option<IpAddr>, req: &mut Request) -> Result<(), ClientOverCap> {
         if !peer.is_some_and(|peer| self.trusts(peer)) {
             for name in FORWARDING_HEADERS {
                 req.headers_mut().remove(name);
@@ -68,7 +68,7 @@ impl Forwarding {
                 Ok(())
             }
             Ok(None) => Ok(()),
-            Err(()) => Err(too_many_from_address()),
+            Err(()) => Err(ClientOverCap),
         }
     }
 
@@ -107,14 +107,21 @@ fn parse_node(node: &str) -> Option<IpAddr> {
     node.strip_prefix('[')?.split_once(']')?.0.parse().ok()
 }
 
-fn too_many_from_address() -> Response {
-    let body = serde_json::json!({
-        "detail": "Too many connections are open from your address; close some and try again.",
-        "code": "too_many_connections_from_address",
-    });
-    (StatusCode::TOO_MANY_REQUESTS, poem::web::Json(body))
-        .with_header("retry-after", crate::error::RETRY_AFTER_SECS.to_string())
-        .into_response()
+/// A client behind a trusted proxy holds its cap: answered `429
+/// too_many_connections_from_address`, as the listener answers a direct client.
+#[derive(Debug)]
+pub(crate) struct ClientOverCap;
+
+impl IntoResponse for ClientOverCap {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "detail": "Too many connections are open from your address; close some and try again.",
+            "code": "too_many_connections_from_address",
+        });
+        (StatusCode::TOO_MANY_REQUESTS, poem::web::Json(body))
+            .with_header("retry-after", crate::error::RETRY_AFTER_SECS.to_string())
+            .into_response()
+    }
 }
 
 #[cfg(test)]
@@ -155,7 +162,7 @@ mod tests {
         let mut second = via_proxy("198.51.100.7");
         assert!(forwarding.admit_from(proxy, &mut first).is_ok() && forwarding.admit_from(proxy, &mut second).is_ok());
         let refused = forwarding.admit_from(proxy, &mut via_proxy("198.51.100.7")).expect_err("the third is refused");
-        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.into_response().status(), StatusCode::TOO_MANY_REQUESTS);
         assert!(forwarding.admit_from(proxy, &mut via_proxy("198.51.100.8")).is_ok(), "another client is not");
         drop(first);
         assert!(

@@ -29,6 +29,7 @@ mod pagination;
 pub mod push;
 mod security;
 mod turn;
+pub mod user_urls;
 mod web;
 pub mod webhooks;
 mod ws;
@@ -56,6 +57,7 @@ pub use pagination::PAGE_SIZE;
 pub use push::{PushApi, Vapid, WebPushObserver, WebPushSender};
 pub use security::RequestUser;
 pub use turn::{IceSettings, TurnApi, turn_credential};
+pub use user_urls::{AllowedHosts, UserUrlRules};
 pub use webhooks::{WebhookSender, WebhookSettings, WebhookWaker};
 pub use ws::{READ_BUFFER_BYTES, WRITE_BUFFER_BYTES, websocket_config, websocket_routes};
 
@@ -103,6 +105,8 @@ pub struct ServerParts {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Requests and WebSockets one client behind a trusted proxy may hold at once.
     pub max_per_forwarded_client: usize,
+    /// What a Web Push subscription's endpoint may be.
+    pub web_push_rules: user_urls::UserUrlRules,
 }
 
 type ServerApis = (CallsApi, NotificationsApi, TurnApi, PushApi, AdminApi, HealthApi, DemoApi);
@@ -126,7 +130,13 @@ pub fn server_api(parts: ServerParts) -> OpenApiService<ServerApis, ()> {
         CallsApi::new(signaling.clone(), authenticator.clone()),
         NotificationsApi::new(signaling.clone(), authenticator.clone()),
         TurnApi::new(ice, authenticator.clone(), clock.clone()),
-        PushApi::new(Arc::new(parts.storage.push_subscriptions()), &parts.vapid, authenticator, clock.clone()),
+        PushApi::new(
+            Arc::new(parts.storage.push_subscriptions()),
+            &parts.vapid,
+            parts.web_push_rules,
+            authenticator,
+            clock.clone(),
+        ),
         AdminApi::new(parts.storage.directory(), parts.admin_token, clock, signaling),
         HealthApi::new(parts.storage.clone(), parts.bus.clone()),
         DemoApi::new(parts.demo_login.map(|authenticator| (parts.storage.directory(), authenticator))),
@@ -176,7 +186,7 @@ pub fn server_routes(parts: ServerParts) -> impl Endpoint + use<> {
                 let index = index.clone();
                 async move {
                     if let Err(refused) = admitted {
-                        return Ok(refused);
+                        return Ok(refused.into_response());
                     }
                     if req.uri().path() == "/" && req.method() == poem::http::Method::GET {
                         return Ok(index.call(req).await?.into_response());

@@ -19,7 +19,7 @@ use ringline_signaling::session::{self, Inbound, Outbound, SessionIdentity};
 use ringline_signaling::{CallPresenter, SessionKind, Signaling};
 use serde_json::value::RawValue;
 
-use crate::auth::{Authenticator, bearer_token};
+use crate::auth::{AuthError, Authenticator, bearer_token};
 use crate::models::CallJson;
 
 /// Which socket was asked for.
@@ -75,8 +75,14 @@ async fn admit(
         }
     };
     let token = token(req).ok_or((close::NOT_AUTHENTICATED, "authentication required"))?;
-    let user: UserId =
-        auth.authenticate(&token).await.map_err(|_| (close::NOT_AUTHENTICATED, "invalid or expired token"))?;
+    let user: UserId = auth.authenticate(&token).await.map_err(|error| {
+        let reason = match error {
+            AuthError::UserNotFound => "user not found",
+            AuthError::Inactive => "user is inactive",
+            _ => "invalid or expired token",
+        };
+        (close::NOT_AUTHENTICATED, reason)
+    })?;
     if let SessionKind::Chat(conversation) = kind {
         match signaling.may_join(&user, conversation).await {
             Ok(true) => {}

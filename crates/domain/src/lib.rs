@@ -10,12 +10,15 @@
 //! - [`ports`]: the traits that the outer crates implement (call repository, notification
 //!   repository, directory of users and conversations, signal router, clock, and the
 //!   observers the service tells of every call change);
+//! - [`accounts`]: [`Accounts`], whether the user a valid token names may still use the
+//!   service (removed and deactivated users may not), with active users remembered briefly;
 //! - [`service`]: [`CallService`], the use cases (initiate, accept, reject, end, expire, read)
 //!   written once over the ports for every entry point (REST, WebSocket, timer).
 //!
 //! This crate depends on no runtime, database, HTTP or Redis crate; CI checks that with
 //! `cargo tree`.
 
+pub mod accounts;
 pub mod call;
 pub mod ports;
 pub mod rules;
@@ -23,12 +26,13 @@ pub mod service;
 pub mod values;
 pub mod webhooks;
 
+pub use accounts::{AccountStatus, Accounts};
 pub use call::{Call, CallEvent, CallParts, InvalidCall, NewCall, Outcome, Transition, TransitionError};
 pub use ports::{
     Audience, CallListFilter, CallObserver, CallRepository, ChangeOrigin, Clock, DeviceClaim, Directory,
-    DirectoryError, NewNotification, Notification, NotificationRepository, Page, PageRequest, PushSubscription,
-    PushSubscriptions, RepositoryError, Signal, SignalRouter, StoreUnavailable, SystemClock, UserProfile,
-    is_store_unavailable,
+    DirectoryError, MAX_PUSH_SUBSCRIPTIONS_PER_USER, NewNotification, Notification, NotificationRepository, Page,
+    PageRequest, PushSubscription, PushSubscriptions, RepositoryError, Signal, SignalRouter, StoreUnavailable,
+    SystemClock, UserProfile, is_store_unavailable,
 };
 pub use rules::{InitiateDecision, InitiateRefusal, decide_initiate};
 pub use service::{

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::accounts::AccountStatus;
 use crate::call::{Call, NewCall, Transition};
 use crate::values::{CallId, CallStatus, ConversationId, DeviceId, NotificationVerb, Timestamp, UserId};
 
@@ -257,6 +258,15 @@ pub trait Directory: Send + Sync + std::fmt::Debug {
         let _ = (user, limit);
         Ok(Vec::new())
     }
+
+    /// Whether `id` may use the service ([`AccountStatus`]). The default knows only whether the
+    /// user is known: a directory that removes or deactivates users says so.
+    ///
+    /// # Errors
+    /// `DirectoryError` when the lookup fails.
+    async fn account_status(&self, id: &UserId) -> Result<AccountStatus, DirectoryError> {
+        Ok(if self.user(id).await?.is_some() { AccountStatus::Active } else { AccountStatus::Unknown })
+    }
 }
 
 /// The current time. Passed in so that tests and the state machine never read a global clock.
@@ -319,6 +329,11 @@ pub trait SignalRouter: Send + Sync + std::fmt::Debug {
     /// `user` (chat sockets), on every instance, are closed. A router without such sessions
     /// has nothing to do.
     fn participant_removed(&self, _conversation: ConversationId, _user: &UserId) {}
+
+    /// `user` was removed or deactivated: every session of theirs, on every instance, is
+    /// closed, and every instance forgets that they were active. A router without such
+    /// sessions has nothing to do.
+    fn user_removed(&self, _user: &UserId) {}
 }
 
 /// A notification about to be stored.
@@ -411,11 +426,18 @@ pub struct PushSubscription {
     pub auth: String,
 }
 
+/// The most browsers one user's calls ring by Web Push: a user signs in on a handful, and
+/// each ring costs a request per browser, so a user must not be able to make one call fan out
+/// into hundreds of requests.
+pub const MAX_PUSH_SUBSCRIPTIONS_PER_USER: usize = 5;
+
 /// The Web Push subscriptions of users' browsers (several per user).
 #[async_trait]
 pub trait PushSubscriptions: Send + Sync + std::fmt::Debug {
     /// Stores `subscription` for `user`; an endpoint stored before (for anyone) is replaced:
-    /// a browser has one subscription, for whoever signed in last.
+    /// a browser has one subscription, for whoever signed in last. Keeps the user's
+    /// [`MAX_PUSH_SUBSCRIPTIONS_PER_USER`] most recently stored subscriptions, removing older
+    /// ones.
     ///
     /// # Errors
     /// `Storage` when the store fails.

@@ -296,6 +296,14 @@ impl CallService {
         Ok(self.calls.list_for_user(viewer, filter, page).await?)
     }
 
+    /// `user`'s ringing and active calls.
+    ///
+    /// # Errors
+    /// `Repository` when storage fails.
+    pub async fn open_calls_of(&self, user: &UserId) -> Result<Vec<Call>, CallServiceError> {
+        Ok(self.calls.open_calls_of(user).await?)
+    }
+
     /// `actor` accepts, rejects or ends call `id`. Returns `AlreadyDone` for deliberate
     /// repeats, which change nothing and must notify nobody.
     ///

@@ -56,6 +56,7 @@ pub struct Application {
     /// Sends call webhooks, when `RINGLINE_WEBHOOK_URLS` is set.
     webhooks: Option<Arc<WebhookSender>>,
     vapid: Vapid,
+    web_push: Arc<WebPushSender>,
 }
 
 impl std::fmt::Debug for Application {
@@ -113,14 +114,20 @@ impl Application {
         let vapid_keys =
             storage.push_subscriptions().vapid_keys(Vapid::generate).await.context("cannot read the VAPID key")?;
         let vapid = Vapid::new(&vapid_keys, settings.vapid_subject.clone()).context("the stored VAPID key")?;
-        let web_push = WebPushSender::new(
-            Arc::new(storage.push_subscriptions()),
-            vapid.clone(),
-            clock.clone(),
-            settings.ring_timeout(),
-        )
-        .context("cannot build the Web Push HTTP client")?;
-        service = service.observed_by(Arc::new(WebPushObserver(Arc::new(web_push))));
+        let web_push = Arc::new(
+            WebPushSender::new(
+                Arc::new(storage.push_subscriptions()),
+                vapid.clone(),
+                settings.web_push_rules(),
+                clock.clone(),
+                settings.ring_timeout(),
+            )
+            .context("cannot build the Web Push HTTP client")?,
+        );
+        service = service.observed_by(Arc::new(WebPushObserver(web_push.clone())));
+        if settings.web_push_allow_loopback {
+            tracing::warn!("RINGLINE_WEB_PUSH_ALLOW_LOOPBACK is on: users can make this server POST to this machine");
+        }
         let local = Arc::new(LocalRouter::new());
         let bus = match (hub, settings.redis()) {
             (Some(hub), _) => Some(SharedBus::join(hub, local.clone())),
@@ -154,10 +161,12 @@ impl Application {
                  for this server. Set RINGLINE_JWT_SECRET (the same secret as your Django SIMPLE_JWT signing key)."
             );
         }
-        let authenticator = Arc::new(
-            JwtAuthenticator::new(&secret, settings.jwt_user_claim.clone(), clock.clone())
-                .provisioning_into(storage.directory()),
-        );
+        let mut authenticator = JwtAuthenticator::new(&secret, settings.jwt_user_claim.clone(), clock.clone())
+            .checking_accounts(signaling.accounts().clone());
+        if settings.register_on_first_use {
+            authenticator = authenticator.provisioning_into(storage.directory());
+        }
+        let authenticator = Arc::new(authenticator);
         if settings.stun_urls.is_empty() && settings.turn_urls.is_empty() {
             tracing::warn!(
                 "no STUN or TURN server is configured (RINGLINE_STUN_URLS, RINGLINE_TURN_URLS): calls between \
@@ -225,6 +234,7 @@ impl Application {
             bus,
             webhooks,
             vapid,
+            web_push,
         })
     }
 
@@ -272,6 +282,7 @@ impl Application {
             bus,
             webhooks,
             vapid,
+            web_push,
         } = self;
         let demo_login = development_secret.then(|| authenticator.clone());
         let parts = ServerParts {
@@ -288,6 +299,7 @@ impl Application {
             vapid,
             trusted_proxies: settings.trusted_proxies.clone(),
             max_per_forwarded_client: per_address,
+            web_push_rules: settings.web_push_rules(),
         };
         let app = ringline_api::server_routes(parts);
         let app = app.with_if(!settings.cors_allowed_origins.is_empty(), cors(&settings.cors_allowed_origins)).around(
@@ -325,6 +337,7 @@ impl Application {
         if let Some(webhooks) = webhooks {
             background.spawn(|stop| webhooks.run(stop));
         }
+        background.spawn(|stop| web_push.run(stop));
         tracing::info!(address = %local_addr, backend = storage.backend_name(), "ringline is serving");
         // poem detaches upgraded connections, so the sessions are closed here, as soon as the
         // signal arrives: clients reconnect (to another instance) at once.
@@ -497,6 +510,7 @@ pub async fn openapi_document() -> anyhow::Result<String> {
         vapid: Vapid::new(&Vapid::generate(), "mailto:ringline@localhost")?,
         trusted_proxies: Vec::new(),
         max_per_forwarded_client: 1,
+        web_push_rules: ringline_api::UserUrlRules::default(),
     };
     let document = ringline_api::openapi_json(parts);
     storage.close().await?;

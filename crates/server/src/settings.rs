@@ -55,6 +55,10 @@ pub struct Settings {
     pub jwt_secret: Option<SecretString>,
     #[serde(default = "defaults::jwt_user_claim")]
     pub jwt_user_claim: String,
+    /// A token naming a user the directory never had registers them from its `username`
+    /// claim; `false` refuses such tokens (`user_not_found`), for apps that sync their users.
+    #[serde(default = "defaults::register_on_first_use")]
+    pub register_on_first_use: bool,
     #[serde(default = "defaults::ring_timeout_secs")]
     pub ring_timeout_secs: u64,
     #[serde(default = "defaults::liveness_grace_secs")]
@@ -132,6 +136,14 @@ pub struct Settings {
     /// are removed before routing.
     #[serde(default, deserialize_with = "comma_list_of_addresses")]
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Hosts a Web Push subscription's endpoint may name (each with its subdomains; `*`: any
+    /// host with a public address). By default the browsers' push services.
+    #[serde(default = "defaults::web_push_allowed_hosts", deserialize_with = "comma_list")]
+    pub web_push_allowed_hosts: Vec<String>,
+    /// Lets Web Push endpoints on loopback through (push-service stand-ins in tests); refused
+    /// in production.
+    #[serde(default)]
+    pub web_push_allow_loopback: bool,
     /// Who push services may contact about this server's Web Push messages (VAPID `sub`): a
     /// `mailto:` or `https:` URL.
     #[serde(default = "defaults::vapid_subject")]
@@ -149,6 +161,9 @@ mod defaults {
     }
     pub fn jwt_user_claim() -> String {
         "user_id".to_owned()
+    }
+    pub fn register_on_first_use() -> bool {
+        true
     }
     pub fn ring_timeout_secs() -> u64 {
         ringline_domain::DEFAULT_RING_TIMEOUT.as_secs()
@@ -200,6 +215,9 @@ mod defaults {
     }
     pub fn webhook_retention_hours() -> u64 {
         72
+    }
+    pub fn web_push_allowed_hosts() -> Vec<String> {
+        ringline_api::AllowedHosts::BROWSER_PUSH_SERVICES.iter().map(|host| (*host).to_owned()).collect()
     }
     pub fn vapid_subject() -> String {
         "mailto:ringline@localhost".to_owned()
@@ -332,6 +350,13 @@ pub enum SettingsError {
     HeaderTimeout,
     #[error("RINGLINE_VAPID_SUBJECT must be a mailto: or https:// URL")]
     VapidSubject,
+    #[error(
+        "RINGLINE_WEB_PUSH_ALLOW_LOOPBACK=true is for tests: it lets users make the server send requests to this \
+         machine, and is refused when RINGLINE_ENV=production"
+    )]
+    LoopbackPushInProduction,
+    #[error("RINGLINE_WEB_PUSH_ALLOWED_HOSTS must name at least one host (or *)")]
+    NoPushHosts,
 }
 
 /// Descriptors the default connection cap leaves for everything but connections: the database
@@ -447,6 +472,12 @@ impl Settings {
         if !(self.vapid_subject.starts_with("mailto:") || self.vapid_subject.starts_with("https://")) {
             return Err(SettingsError::VapidSubject);
         }
+        if self.web_push_allow_loopback && self.env == Environment::Production {
+            return Err(SettingsError::LoopbackPushInProduction);
+        }
+        if self.web_push_allowed_hosts.is_empty() {
+            return Err(SettingsError::NoPushHosts);
+        }
         if !self.webhook_urls.is_empty() && self.webhook_secret.is_none() {
             return Err(SettingsError::WebhookSecret);
         }
@@ -530,6 +561,7 @@ impl Settings {
             env: Environment::Development,
             jwt_secret: Some(SecretString::from(jwt_secret)),
             jwt_user_claim: defaults::jwt_user_claim(),
+            register_on_first_use: defaults::register_on_first_use(),
             ring_timeout_secs: defaults::ring_timeout_secs(),
             liveness_grace_secs: defaults::liveness_grace_secs(),
             max_call_secs: defaults::max_call_secs(),
@@ -560,7 +592,17 @@ impl Settings {
             webhook_give_up_hours: defaults::webhook_give_up_hours(),
             webhook_retention_hours: defaults::webhook_retention_hours(),
             vapid_subject: defaults::vapid_subject(),
+            web_push_allowed_hosts: defaults::web_push_allowed_hosts(),
+            web_push_allow_loopback: false,
             trusted_proxies: Vec::new(),
+        }
+    }
+
+    /// What a user's Web Push endpoint may be.
+    pub fn web_push_rules(&self) -> ringline_api::UserUrlRules {
+        ringline_api::UserUrlRules {
+            allowed_hosts: ringline_api::AllowedHosts::new(&self.web_push_allowed_hosts),
+            allow_loopback: self.web_push_allow_loopback,
         }
     }
 
@@ -635,6 +677,18 @@ mod tests {
         assert!(settings.ring_timeout() < Duration::from_secs(30), "{:?}", settings.ring_timeout());
         let parsed: Settings = Figment::new().extract().expect("defaults");
         assert_eq!(parsed.ring_timeout(), ringline_domain::DEFAULT_RING_TIMEOUT);
+    }
+
+    #[test]
+    fn loopback_push_endpoints_are_refused_in_production() {
+        let mut settings = Settings::for_tests("sqlite::memory:", "a real secret of thirty-two bytes");
+        settings.web_push_allow_loopback = true;
+        assert!(settings.validate().is_ok(), "for tests");
+        settings.env = Environment::Production;
+        assert!(matches!(settings.validate(), Err(SettingsError::LoopbackPushInProduction)));
+        let parsed: Settings = Figment::new().extract().expect("defaults");
+        assert!(!parsed.web_push_allow_loopback, "off by default");
+        assert_eq!(parsed.web_push_rules().allowed_hosts, ringline_api::AllowedHosts::browser_push_services());
     }
 
     #[test]

@@ -22,8 +22,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
 use ringline_domain::{
-    Call, CallAction, CallId, CallService, CallServiceError, ChangeOrigin, DeviceId, InitiateCommand, Initiated,
-    NotificationRepository, Outcome, SignalRouter, UserId, UserProfile,
+    Accounts, Call, CallAction, CallId, CallService, CallServiceError, ChangeOrigin, DeviceId, HangupReason,
+    InitiateCommand, Initiated, NotificationRepository, Outcome, SignalRouter, UserId, UserProfile,
 };
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
@@ -78,6 +78,8 @@ pub struct Signaling {
     pub(crate) gate: Option<Arc<dyn SubscriptionGate>>,
     /// Where a user's devices on other instances are counted, and which instances live (a bus).
     pub(crate) presence: Option<Arc<dyn Presence>>,
+    /// Whether the users tokens name may still use the service.
+    pub(crate) accounts: Arc<Accounts>,
 }
 
 impl Signaling {
@@ -100,7 +102,9 @@ impl Signaling {
             cache: CallCache::default(),
             on_lines: RwLock::default(),
         });
+        let accounts = Arc::new(Accounts::new(service.directory().clone(), service.clock().clone()));
         Self {
+            accounts,
             service: service.clone().observed_by(announcer.clone()),
             unobserved: service,
             announcer,
@@ -196,6 +200,34 @@ impl Signaling {
     /// nor receive its typing indicators any more.
     pub fn left_conversation(&self, user: &UserId, conversation: ringline_domain::ConversationId) {
         self.announcer.router.participant_removed(conversation, user);
+    }
+
+    /// Whether the users tokens name may still use the service (the authenticator asks it).
+    pub fn accounts(&self) -> &Arc<Accounts> {
+        &self.accounts
+    }
+
+    /// `user` was removed or deactivated in the directory: every instance forgets that they
+    /// were active and closes their sockets (4401), and their ringing and active calls end as
+    /// if they hung up (a ringing call they made is cancelled, one they were rung by declined).
+    /// Returns how many calls ended.
+    ///
+    /// # Errors
+    /// As [`CallService::act`]; the sockets are closed whatever happens to the calls.
+    pub async fn remove_user(&self, user: &UserId) -> Result<usize, CallServiceError> {
+        self.accounts.forget(user);
+        self.announcer.router.user_removed(user);
+        let mut ended = 0;
+        for call in self.service.open_calls_of(user).await? {
+            match self.act(user, call.id(), CallAction::End(HangupReason::UserHangup), None).await {
+                Ok(Outcome::Changed(_)) => ended += 1,
+                // Finished meanwhile, by someone else.
+                Ok(Outcome::AlreadyDone(_)) | Err(CallServiceError::CallNotFound | CallServiceError::Transition(_)) => {
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(ended)
     }
 
     /// Sets how many sockets one user may hold open on this instance (one token opened 3,000

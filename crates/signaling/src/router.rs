@@ -345,6 +345,16 @@ impl LocalRouter {
         dismissed
     }
 
+    /// Dismisses every session of `user` here with `code`. Returns how many.
+    pub fn dismiss_sessions_of(&self, user: &UserId, code: u16) -> usize {
+        let registry = self.read();
+        let slots = registry.by_user.get(user).map(Vec::as_slice).unwrap_or_default();
+        for slot in slots {
+            slot.dismiss(code);
+        }
+        slots.len()
+    }
+
     /// Whether `user`'s session `device` is still open here.
     pub fn is_connected(&self, user: &UserId, device: DeviceId) -> bool {
         self.read().by_user.get(user).is_some_and(|slots| slots.iter().any(|slot| slot.device == device))
@@ -391,6 +401,13 @@ impl SignalRouter for LocalRouter {
         let closed = self.dismiss_chat_sockets(user, conversation, crate::protocol::close::NOT_A_PARTICIPANT);
         if closed > 0 {
             tracing::info!(%user, %conversation, closed, "closed the chat sockets of a removed participant");
+        }
+    }
+
+    fn user_removed(&self, user: &UserId) {
+        let closed = self.dismiss_sessions_of(user, crate::protocol::close::NOT_AUTHENTICATED);
+        if closed > 0 {
+            tracing::info!(%user, closed, "closed the sockets of a removed or deactivated user");
         }
     }
 

@@ -1,11 +1,11 @@
 //! [`SqlDirectory`]: the standalone server's users and conversations.
 
 use async_trait::async_trait;
-use ringline_domain::{ConversationId, Directory, DirectoryError, Timestamp, UserId, UserProfile};
-use sea_orm::sea_query::OnConflict;
+use ringline_domain::{AccountStatus, ConversationId, Directory, DirectoryError, Timestamp, UserId, UserProfile};
+use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
-    ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Set,
-    TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    Set, TransactionTrait,
 };
 
 use crate::Connections;
@@ -36,7 +36,8 @@ impl SqlDirectory {
         Self { db }
     }
 
-    /// Creates the user, or updates every profile field of an existing one.
+    /// Creates the user, or updates every profile field of an existing one; either way the
+    /// user is active (an operator's act: it restores a removed or deactivated user).
     ///
     /// # Errors
     /// `DirectoryError` when the write fails.
@@ -49,6 +50,8 @@ impl SqlDirectory {
             profile_image_url: Set(profile.profile_image_url.clone()),
             created_at: Set(now.as_datetime()),
             updated_at: Set(now.as_datetime()),
+            is_active: Set(true),
+            removed_at: Set(None),
         };
         user::Entity::insert(row)
             .on_conflict(
@@ -59,6 +62,8 @@ impl SqlDirectory {
                         user::Column::LastName,
                         user::Column::ProfileImageUrl,
                         user::Column::UpdatedAt,
+                        user::Column::IsActive,
+                        user::Column::RemovedAt,
                     ])
                     .to_owned(),
             )
@@ -75,6 +80,7 @@ impl SqlDirectory {
     pub async fn list_users(&self, limit: u64) -> Result<Vec<UserProfile>, DirectoryError> {
         use sea_orm::{QueryOrder, QuerySelect};
         let rows = user::Entity::find()
+            .filter(user::Column::RemovedAt.is_null())
             .order_by_asc(user::Column::Username)
             .limit(limit)
             .all(&self.db.read)
@@ -83,13 +89,60 @@ impl SqlDirectory {
         rows.into_iter().map(to_profile).collect()
     }
 
-    /// Removes a user and their conversation memberships. Their call history stays.
+    /// Removes a user: their profile is emptied, their conversation memberships and push
+    /// subscriptions are deleted, and they can no longer sign in. Their row stays as a marker,
+    /// so that a token that outlived them cannot register them again; their call history
+    /// stays. [`SqlDirectory::upsert_user`] brings them back.
     ///
     /// # Errors
-    /// `DirectoryWriteError::Storage` when the write fails. Returns whether the user existed.
-    pub async fn delete_user(&self, id: &UserId) -> Result<bool, DirectoryWriteError> {
-        let deleted = user::Entity::delete_by_id(id.as_str()).exec(&self.db.write_pool).await.map_err(write_failed)?;
-        Ok(deleted.rows_affected > 0)
+    /// `DirectoryWriteError::Storage` when the write fails. Returns whether the user existed (and
+    /// was not removed already).
+    pub async fn delete_user(&self, id: &UserId, now: Timestamp) -> Result<bool, DirectoryWriteError> {
+        let txn = self.db.write_pool.begin().await.map_err(write_failed)?;
+        let removed = user::Entity::update_many()
+            .col_expr(user::Column::Username, Expr::value(""))
+            .col_expr(user::Column::FirstName, Expr::value(""))
+            .col_expr(user::Column::LastName, Expr::value(""))
+            .col_expr(user::Column::ProfileImageUrl, Expr::value(Option::<String>::None))
+            .col_expr(user::Column::IsActive, Expr::value(false))
+            .col_expr(user::Column::RemovedAt, Expr::value(now.as_datetime()))
+            .col_expr(user::Column::UpdatedAt, Expr::value(now.as_datetime()))
+            .filter(user::Column::Id.eq(id.as_str()))
+            .filter(user::Column::RemovedAt.is_null())
+            .exec(&txn)
+            .await
+            .map_err(write_failed)?;
+        participant::Entity::delete_many()
+            .filter(participant::Column::UserId.eq(id.as_str()))
+            .exec(&txn)
+            .await
+            .map_err(write_failed)?;
+        txn.execute(crate::statement(
+            txn.get_database_backend(),
+            "DELETE FROM push_subscriptions WHERE user_id = ?",
+            vec![id.as_str().into()],
+        ))
+        .await
+        .map_err(write_failed)?;
+        txn.commit().await.map_err(write_failed)?;
+        Ok(removed.rows_affected > 0)
+    }
+
+    /// Turns a known user off (`false`: they can no longer sign in; their profile, history and
+    /// memberships stay) or on again. Returns whether such a user exists (and is not removed).
+    ///
+    /// # Errors
+    /// `DirectoryWriteError::Storage` when the write fails.
+    pub async fn set_active(&self, id: &UserId, active: bool, now: Timestamp) -> Result<bool, DirectoryWriteError> {
+        let changed = user::Entity::update_many()
+            .col_expr(user::Column::IsActive, Expr::value(active))
+            .col_expr(user::Column::UpdatedAt, Expr::value(now.as_datetime()))
+            .filter(user::Column::Id.eq(id.as_str()))
+            .filter(user::Column::RemovedAt.is_null())
+            .exec(&self.db.write_pool)
+            .await
+            .map_err(write_failed)?;
+        Ok(changed.rows_affected > 0)
     }
 
     /// Creates conversation `id` if needed and makes `participants` exactly its members.
@@ -174,6 +227,7 @@ fn write_failed(error: sea_orm::DbErr) -> DirectoryWriteError {
 async fn require_known_users(txn: &DatabaseTransaction, users: &[UserId]) -> Result<(), DirectoryWriteError> {
     let known: Vec<String> = user::Entity::find()
         .filter(user::Column::Id.is_in(users.iter().map(UserId::as_str)))
+        .filter(user::Column::RemovedAt.is_null())
         .all(txn)
         .await
         .map_err(write_failed)?
@@ -210,8 +264,29 @@ async fn insert_participants(
 #[async_trait]
 impl Directory for SqlDirectory {
     async fn user(&self, id: &UserId) -> Result<Option<UserProfile>, DirectoryError> {
-        let row = user::Entity::find_by_id(id.as_str()).one(&self.db.read).await.map_err(lookup_failed)?;
+        let row = user::Entity::find_by_id(id.as_str())
+            .filter(user::Column::RemovedAt.is_null())
+            .one(&self.db.read)
+            .await
+            .map_err(lookup_failed)?;
         row.map(to_profile).transpose()
+    }
+
+    async fn account_status(&self, id: &UserId) -> Result<AccountStatus, DirectoryError> {
+        let row = user::Entity::find_by_id(id.as_str())
+            .select_only()
+            .column(user::Column::IsActive)
+            .column(user::Column::RemovedAt)
+            .into_tuple::<(bool, Option<chrono::DateTime<chrono::Utc>>)>()
+            .one(&self.db.read)
+            .await
+            .map_err(lookup_failed)?;
+        Ok(match row {
+            None => AccountStatus::Unknown,
+            Some((_, Some(_removed))) => AccountStatus::Removed,
+            Some((false, None)) => AccountStatus::Inactive,
+            Some((true, None)) => AccountStatus::Active,
+        })
     }
 
     async fn users(&self, ids: &[UserId]) -> Result<Vec<UserProfile>, DirectoryError> {
@@ -220,6 +295,7 @@ impl Directory for SqlDirectory {
         }
         let rows = user::Entity::find()
             .filter(user::Column::Id.is_in(ids.iter().map(UserId::as_str)))
+            .filter(user::Column::RemovedAt.is_null())
             .all(&self.db.read)
             .await
             .map_err(lookup_failed)?;

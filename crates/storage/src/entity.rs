@@ -63,6 +63,8 @@ pub mod user {
         pub profile_image_url: Option<String>,
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
+        pub is_active: bool,
+        pub removed_at: Option<DateTimeUtc>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

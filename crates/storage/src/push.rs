@@ -2,7 +2,9 @@
 //! `PushSubscriptions`), and the server's VAPID key pair ([`SqlPushSubscriptions::vapid_keys`]).
 
 use async_trait::async_trait;
-use ringline_domain::{PushSubscription, PushSubscriptions, RepositoryError, Timestamp, UserId};
+use ringline_domain::{
+    MAX_PUSH_SUBSCRIPTIONS_PER_USER, PushSubscription, PushSubscriptions, RepositoryError, Timestamp, UserId,
+};
 use sea_orm::{ConnectionTrait, Value};
 
 use crate::{Connections, statement, storage_failure};
@@ -83,15 +85,24 @@ impl PushSubscriptions for SqlPushSubscriptions {
             subscription.auth.clone().into(),
             now.as_datetime().into(),
         ];
+        let keep = i64::try_from(MAX_PUSH_SUBSCRIPTIONS_PER_USER).unwrap_or(i64::MAX);
+        let older: Vec<Value> = vec![user.as_str().into(), user.as_str().into(), keep.into()];
         self.db
             .write
             .write(move |db| {
                 Box::pin(async move {
+                    let backend = db.get_database_backend();
                     let sql = "INSERT INTO push_subscriptions (user_id, endpoint, p256dh, auth, created_at)
                                VALUES (?, ?, ?, ?, ?)
                                ON CONFLICT (endpoint) DO UPDATE SET user_id = excluded.user_id,
                                  p256dh = excluded.p256dh, auth = excluded.auth, created_at = excluded.created_at";
-                    db.execute(statement(db.get_database_backend(), sql, values)).await?;
+                    db.execute(statement(backend, sql, values)).await?;
+                    // Whatever ran meanwhile, the last of these runs after every insert: at most
+                    // the cap is left.
+                    let sql = "DELETE FROM push_subscriptions WHERE user_id = ? AND id NOT IN (
+                                 SELECT id FROM push_subscriptions WHERE user_id = ?
+                                 ORDER BY created_at DESC, id DESC LIMIT ?)";
+                    db.execute(statement(backend, sql, older)).await?;
                     Ok(())
                 })
             })

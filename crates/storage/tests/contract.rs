@@ -5,7 +5,8 @@ mod common;
 use common::{RING_TIMEOUT, at, call_id, new_call, ring, transition, user};
 use ringline_domain::{
     Call, CallListFilter, CallRepository, CallStatus, ConversationId, DeviceClaim, DeviceId, Directory, EndReason,
-    NewNotification, NotificationRepository, NotificationVerb, Page, PageRequest, RepositoryError, UserProfile,
+    MAX_PUSH_SUBSCRIPTIONS_PER_USER, NewNotification, NotificationRepository, NotificationVerb, Page, PageRequest,
+    PushSubscription, PushSubscriptions, RepositoryError, UserProfile,
 };
 use ringline_storage::{DirectoryWriteError, Storage};
 use sea_orm::prelude::*;
@@ -28,6 +29,8 @@ on_both_databases!(
     contacts_are_the_other_participants_of_ones_conversations,
     notifications_are_private_newest_first_and_can_be_read,
     an_answered_call_belongs_to_one_device_until_it_lets_go,
+    a_user_keeps_only_their_newest_push_subscriptions,
+    removed_and_deactivated_users_are_told_apart_from_unknown_ones,
 );
 
 async fn migrations_are_idempotent(storage: Storage) {
@@ -289,9 +292,60 @@ async fn the_directory_knows_users_and_conversations(storage: Storage) {
     ));
 
     // Removing a user removes their memberships, not the conversation.
-    assert!(directory.delete_user(&user("alice")).await.expect("delete"));
-    assert!(!directory.delete_user(&user("alice")).await.expect("delete again"));
+    assert!(directory.delete_user(&user("alice"), at(5)).await.expect("delete"));
+    assert!(!directory.delete_user(&user("alice"), at(6)).await.expect("delete again"));
     assert_eq!(directory.conversation_participants(conversation).await.expect("lookup"), Some(vec![]));
+}
+
+/// A removed user is gone from every lookup but stays known as removed, so that a token cannot
+/// register them again; a deactivated one keeps everything but may not sign in; the operator
+/// brings either back.
+async fn removed_and_deactivated_users_are_told_apart_from_unknown_ones(storage: Storage) {
+    use ringline_domain::{AccountStatus, PushSubscription, PushSubscriptions};
+    let directory = storage.directory();
+    let profile = |id: &str| UserProfile {
+        id: user(id),
+        username: format!("{id}-name"),
+        first_name: "First".into(),
+        last_name: "Last".into(),
+        profile_image_url: Some("https://img.example/p.png".into()),
+    };
+    for id in ["alice", "bob"] {
+        directory.upsert_user(&profile(id), at(0)).await.expect("insert");
+    }
+    let conversation = ConversationId::new(9).expect("positive");
+    directory.set_conversation(conversation, &[user("alice"), user("bob")], at(1)).await.expect("create");
+    let push = PushSubscription {
+        endpoint: "https://fcm.googleapis.com/fcm/send/a".into(),
+        p256dh: "k".into(),
+        auth: "a".into(),
+    };
+    storage.push_subscriptions().subscribe(&user("alice"), &push, at(1)).await.expect("subscribe");
+    assert_eq!(directory.account_status(&user("alice")).await.expect("read"), AccountStatus::Active);
+    assert_eq!(directory.account_status(&user("nobody")).await.expect("read"), AccountStatus::Unknown);
+
+    assert!(directory.set_active(&user("bob"), false, at(2)).await.expect("deactivate"));
+    assert_eq!(directory.account_status(&user("bob")).await.expect("read"), AccountStatus::Inactive);
+    assert_eq!(directory.user(&user("bob")).await.expect("read"), Some(profile("bob")), "the profile stays");
+    assert!(!directory.set_active(&user("nobody"), false, at(2)).await.expect("no such user"));
+
+    assert!(directory.delete_user(&user("alice"), at(3)).await.expect("delete"));
+    assert_eq!(directory.account_status(&user("alice")).await.expect("read"), AccountStatus::Removed);
+    assert_eq!(directory.user(&user("alice")).await.expect("read"), None);
+    assert!(directory.users(&[user("alice"), user("bob")]).await.expect("read").iter().all(|p| p.id != user("alice")));
+    assert!(directory.list_users(100).await.expect("read").iter().all(|p| p.id != user("alice")));
+    assert!(storage.push_subscriptions().of_user(&user("alice")).await.expect("read").is_empty(), "no pushes either");
+    assert!(!directory.set_active(&user("alice"), true, at(4)).await.expect("not for a removed user"));
+    assert!(matches!(
+        directory.add_participants(conversation, &[user("alice")]).await,
+        Err(DirectoryWriteError::UnknownUser(_))
+    ));
+
+    directory.upsert_user(&profile("alice"), at(5)).await.expect("the operator restores her");
+    directory.upsert_user(&profile("bob"), at(5)).await.expect("and him");
+    for id in ["alice", "bob"] {
+        assert_eq!(directory.account_status(&user(id)).await.expect("read"), AccountStatus::Active, "{id}");
+    }
 }
 
 async fn contacts_are_the_other_participants_of_ones_conversations(storage: Storage) {
@@ -322,6 +376,38 @@ async fn contacts_are_the_other_participants_of_ones_conversations(storage: Stor
     assert_eq!(names(of("u1", 1).await), ["ada"], "at most the limit");
     assert!(of("u5", 100).await.is_empty(), "alone in a conversation: nobody");
     assert!(of("nobody", 100).await.is_empty());
+}
+
+/// One user cannot make a call fan out into hundreds of pushes: each new subscription past
+/// the cap replaces their oldest; renewing one makes it the newest; others' are untouched.
+async fn a_user_keeps_only_their_newest_push_subscriptions(storage: Storage) {
+    let store = storage.push_subscriptions();
+    let subscription = |n: usize| PushSubscription {
+        endpoint: format!("https://fcm.googleapis.com/fcm/send/{n}"),
+        p256dh: "key".into(),
+        auth: "auth".into(),
+    };
+    let endpoints = |subscriptions: Vec<PushSubscription>| {
+        let mut endpoints: Vec<String> = subscriptions.into_iter().map(|s| s.endpoint).collect();
+        endpoints.sort();
+        endpoints
+    };
+    store.subscribe(&user("carol"), &subscription(1000), at(0)).await.expect("store");
+    for n in 0..300 {
+        store
+            .subscribe(&user("mallory"), &subscription(n), at(i64::try_from(n).expect("small") + 1))
+            .await
+            .expect("store");
+    }
+    let kept = endpoints(store.of_user(&user("mallory")).await.expect("read"));
+    assert_eq!(kept.len(), MAX_PUSH_SUBSCRIPTIONS_PER_USER);
+    assert_eq!(kept, endpoints((295..300).map(subscription).collect()), "the newest");
+    // Renewing the oldest kept one makes it the newest: the next one replaces another.
+    store.subscribe(&user("mallory"), &subscription(295), at(400)).await.expect("renew");
+    store.subscribe(&user("mallory"), &subscription(500), at(401)).await.expect("store");
+    let kept = endpoints(store.of_user(&user("mallory")).await.expect("read"));
+    assert!(kept.contains(&subscription(295).endpoint) && !kept.contains(&subscription(296).endpoint), "{kept:?}");
+    assert_eq!(store.of_user(&user("carol")).await.expect("read").len(), 1, "another user's are untouched");
 }
 
 #[tokio::test]

@@ -63,11 +63,11 @@ impl Phase {
             self.state = State::Head { deadline: now + timeout, matched: 0 };
             began = true;
         }
-        if let State::Head { matched, .. } = &mut self.state {
-            if head_ends_in(matched, bytes) {
-                self.state = State::Request { status: [0; STATUS_LINE_START], seen: 0 };
-                return false;
-            }
+        if let State::Head { matched, .. } = &mut self.state
+            && head_ends_in(matched, bytes)
+        {
+            self.state = State::Request { status: [0; STATUS_LINE_START], seen: 0 };
+            return false;
         }
         began
     }

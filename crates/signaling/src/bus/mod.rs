@@ -11,6 +11,7 @@
 //! | `{prefix}:u:{<user>}` | the user's events; which instances hold their notification sockets | instances with a session of the user |
 //! | `{prefix}:c:{<conversation>}` | typing indicators | instances with a chat socket on the conversation |
 //! | `{prefix}:calls` | "call N reached stage S", so cached copies follow | every instance |
+//! | `{prefix}:accounts` | a user who was removed or deactivated: their sockets close, and every instance forgets they were active | every instance |
 //!
 //! (The braces are Redis Cluster hash tags: a user's channel and keys live on one shard.)
 //!
@@ -280,7 +281,9 @@ impl SharedBus {
         });
         // Subscribe the calls channel first, so every instance hears of every change; then
         // whatever sessions registered before (none in the server).
-        let _ = control_sender.send(Job::Subscribe(format!("{prefix}:calls")));
+        for channel in broadcast_channels(prefix) {
+            let _ = control_sender.send(Job::Subscribe(channel));
+        }
         for (user, notification) in local.users() {
             let _ = control_sender.send(Job::Subscribe(user_channel(prefix, &user)));
             if notification {
@@ -396,6 +399,15 @@ impl SignalRouter for SharedBus {
         self.local.participant_removed(conversation, user);
     }
 
+    fn user_removed(&self, user: &UserId) {
+        let outgoing =
+            Outgoing { channel: format!("{}:accounts", self.prefix), message: user.as_str().to_owned(), kept: None };
+        if self.jobs.try_send(Job::Publish(outgoing, None)).is_err() {
+            self.health.warn_dropped("the publishing queue is full");
+        }
+        self.local.user_removed(user);
+    }
+
     fn call_changed(&self, call: &Call) {
         let message = format!("{} {}", call.id().get(), call.status().stage());
         let channel = format!("{}:calls", self.prefix);
@@ -403,6 +415,11 @@ impl SignalRouter for SharedBus {
             self.health.warn_dropped("the publishing queue is full");
         }
     }
+}
+
+/// The channels every instance subscribes to, whatever its sessions.
+pub(super) fn broadcast_channels(prefix: &str) -> [String; 2] {
+    [format!("{prefix}:calls"), format!("{prefix}:accounts")]
 }
 
 #[cfg(test)]

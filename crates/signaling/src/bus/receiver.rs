@@ -38,6 +38,14 @@ impl SharedBus {
         let Some(rest) = channel.strip_prefix(self.prefix.as_str()).and_then(|rest| rest.strip_prefix(':')) else {
             return;
         };
+        if rest == "accounts" {
+            if let Ok(user) = UserId::parse(message) {
+                // Forgotten first: a socket closed here reconnects, and must be refused.
+                signaling.accounts().forget(&user);
+                self.local.user_removed(&user);
+            }
+            return;
+        }
         if rest == "calls" {
             if let Some((id, stage)) = message.split_once(' ')
                 && let (Ok(id), Ok(stage)) = (id.parse::<i64>(), stage.parse::<u8>())

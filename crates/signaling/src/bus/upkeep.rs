@@ -70,7 +70,9 @@ impl SharedBus {
         let users = self.local.users();
         tracing::warn!(sessions_users = users.len(), "the bus is back: telling local sessions to resync");
         // Subscriptions asked for during the outage may have failed; asking again is harmless.
-        let _ = self.control.send(Job::Subscribe(format!("{}:calls", self.prefix)));
+        for channel in super::broadcast_channels(&self.prefix) {
+            let _ = self.control.send(Job::Subscribe(channel));
+        }
         for conversation in self.local.conversations() {
             let _ = self.control.send(Job::Subscribe(conversation_channel(&self.prefix, conversation)));
         }

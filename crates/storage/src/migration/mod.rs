@@ -14,6 +14,7 @@ mod m20261203_000005_lines_follow_calls;
 mod m20261204_000006_webhook_outbox;
 mod m20261204_000007_web_push;
 mod m20261205_000008_callee_device;
+mod m20261207_000009_account_status;
 
 /// Every migration of the Ringline schema, oldest first.
 #[derive(Debug)]
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000006_webhook_outbox::Migration),
             Box::new(m20261204_000007_web_push::Migration),
             Box::new(m20261205_000008_callee_device::Migration),
+            Box::new(m20261207_000009_account_status::Migration),
         ]
     }
 }
