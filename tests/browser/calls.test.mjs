@@ -96,6 +96,15 @@ test("a video call: ring, accept, media both ways, hang up, history", async () =
   assert.equal(await ada.evaluate(() => window.ringline.state.localStream.getAudioTracks()[0].enabled), false);
   await ada.locator("#camera").click();
   assert.equal(await ada.evaluate(() => window.ringline.state.localStream.getVideoTracks()[0].enabled), false);
+  // Grace sees who turned the camera off and that she is muted, not a black frame.
+  await grace.waitForFunction(() => document.getElementById("in-call").classList.contains("peer-camera-off"));
+  assert.ok(await grace.locator("#call-avatar").isVisible(), "the peer's initials stand in for the video");
+  assert.equal(await grace.locator("#call-avatar").textContent(), "AL");
+  assert.equal(await grace.locator("#remote-video").evaluate((video) => getComputedStyle(video).visibility), "hidden");
+  assert.match(await grace.locator("#peer-media").textContent(), /muted, camera off/);
+  await shot(grace, "peer-camera-off");
+  await ada.locator("#camera").click();
+  await grace.waitForFunction(() => !document.getElementById("in-call").classList.contains("peer-camera-off"));
 
   await ada.locator("#hang-up").click();
   await notice(grace, /Call ended/);
@@ -267,4 +276,36 @@ test("denied camera and microphone: a clear message, and no call is placed", asy
   } finally {
     await strict.close();
   }
+});
+
+test("the page has an icon, and a notice fits a phone's screen", async () => {
+  const page = await browser.newPage({ viewport: { width: 360, height: 640 } });
+  const failed = [];
+  page.on("response", (response) => response.status() >= 400 && failed.push(`${response.status()} ${response.url()}`));
+  await page.goto(base);
+  const icon = await page.evaluate(async () => {
+    const href = document.querySelector('link[rel="icon"]')?.href;
+    const [linked, conventional] = await Promise.all([fetch(href), fetch("/favicon.ico")]);
+    return { href, linked: linked.status, type: linked.headers.get("content-type"), conventional: conventional.status };
+  });
+  assert.deepEqual(
+    { linked: icon.linked, type: icon.type, conventional: icon.conventional },
+    { linked: 200, type: "image/svg+xml", conventional: 200 },
+    JSON.stringify(icon),
+  );
+  // A long notice (an unbroken token-like word) stays inside the screen and the column.
+  await page.locator("#token-input").fill(`not-a-token-${"x".repeat(200)}`);
+  await page.locator("#token-form button").click();
+  await notice(page, /not valid/);
+  await page.evaluate(() => {
+    document.getElementById("notice").textContent = `Could not sign in: ${"y".repeat(300)}`;
+  });
+  const box = await page.locator("#notice").boundingBox();
+  const column = await page.locator("main > section:not([hidden])").boundingBox();
+  assert.ok(box.x >= 0 && box.x + box.width <= 360, `inside the screen: ${JSON.stringify(box)}`);
+  assert.ok(box.width <= column.width + 0.5, `no wider than the column (${box.width} > ${column.width})`);
+  const wide = await page.evaluate(() => document.documentElement.scrollWidth);
+  assert.ok(wide <= 360, `nothing runs off the page (${wide}px wide)`);
+  assert.deepEqual(failed, [], "no request of the page failed");
+  await page.close();
 });

@@ -278,6 +278,29 @@ async fn a_removed_participant_loses_its_chat_sockets_on_every_instance() {
     stop(instances).await;
 }
 
+/// A user removed through one instance loses their sockets on the others too, and those
+/// instances, which had just let the user in (and remember that for a few seconds), refuse
+/// the reconnection at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_user_is_disconnected_and_refused_on_every_instance() {
+    let (instances, [_alice, bob, _]) = joined(DatabaseBackend::Sqlite, 3, |settings| {
+        settings.admin_token = Some("operator-token".into());
+    })
+    .await;
+    let [a, b, c] = &instances[..] else { unreachable!() };
+    let mut bob_on_b = b.notifications_socket(&bob).await;
+    let mut bob_on_c = c.chat_socket(&bob, 7).await;
+    b.get("/api/calls/", &bob).await.expect(200);
+
+    a.send(reqwest::Method::DELETE, "/api/admin/users/bob/", Some("operator-token"), None).await.expect(204);
+    assert_eq!(bob_on_b.closed_with().await, Some(4401), "closed on B");
+    assert_eq!(bob_on_c.closed_with().await, Some(4401), "closed on C");
+    b.get("/api/calls/", &bob).await.expect_error(401, "user_not_found");
+    let mut again = ringline_tests::WsClient::connect(&c.ws_url(&format!("/ws/notifications/?token={bob}"))).await;
+    assert_eq!(again.closed_with().await, Some(4401), "refused on C");
+    stop(instances).await;
+}
+
 on_both_databases!(
     a_call_crosses_three_instances_exactly_as_on_one,
     the_ring_timeout_fires_once_across_instances,

@@ -31,8 +31,10 @@ pub struct AdminUserBody {
     pub last_name: JsonText,
     #[oai(nullable)]
     pub profile_image_url: Option<JsonText>,
-    /// Whether the user may sign in; absent: `true`. `false` closes their sockets, ends their
-    /// ringing and active calls, and refuses their tokens (`user_inactive`) until set back.
+    /// Whether the user may sign in; `null` or absent: `true`. `false` closes their sockets,
+    /// ends their ringing and active calls, and refuses their tokens (`user_inactive`) until set
+    /// back.
+    #[oai(nullable)]
     pub is_active: Option<bool>,
 }
 
@@ -55,7 +57,8 @@ pub struct ConversationBody {
 /// Body of `POST /api/admin/conversations/{id}/participants/`.
 #[derive(Debug, Object)]
 pub struct ParticipantsBody {
-    /// Users to add (kept if already members).
+    /// Users to add (kept if already members); at least one.
+    #[oai(validator(min_items = 1))]
     pub user_ids: Vec<FlexibleId>,
 }
 

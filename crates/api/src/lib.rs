@@ -164,6 +164,8 @@ pub fn server_routes(parts: ServerParts) -> impl Endpoint + use<> {
         ("/app.js", "GET"),
         ("/style.css", "GET"),
         ("/sw.js", "GET"),
+        ("/favicon.svg", "GET"),
+        ("/favicon.ico", "GET"),
         ("/api/openapi.json", "GET"),
         ("/api/docs", "GET"),
         ("/ws/notifications", "GET"),
@@ -178,6 +180,8 @@ pub fn server_routes(parts: ServerParts) -> impl Endpoint + use<> {
             .at("/app.js", web::script())
             .at("/style.css", web::style())
             .at("/sw.js", web::service_worker())
+            .at("/favicon.svg", web::icon())
+            .at("/favicon.ico", web::icon())
             .nest("/", api)
             // The API nested at "/" owns the root path in poem's router; the page is served
             // for exactly "/" before routing.

@@ -1,4 +1,4 @@
-//! The web client, embedded in the binary: `/`, its two assets and its service worker. Written against
+//! The web client, embedded in the binary: `/`, its two assets, its icon and its service worker. Written against
 //! `docs/protocol.md` and the REST API only; no build step.
 
 use poem::Response;
@@ -8,6 +8,7 @@ const INDEX: &str = include_str!("../web/index.html");
 const SCRIPT: &str = include_str!("../web/app.js");
 const STYLE: &str = include_str!("../web/style.css");
 const WORKER: &str = include_str!("../web/sw.js");
+const ICON: &str = include_str!("../web/favicon.svg");
 
 fn asset(
     body: impl Into<poem::Body> + Clone + Send + Sync + 'static,
@@ -47,4 +48,10 @@ pub fn service_worker() -> impl poem::Endpoint {
 /// `/style.css`.
 pub fn style() -> impl poem::Endpoint {
     asset(STYLE, "text/css; charset=utf-8")
+}
+
+/// `/favicon.svg`, also answered at `/favicon.ico` (where browsers and tools look without a
+/// `<link rel="icon">`), so that no page load logs a 404.
+pub fn icon() -> impl poem::Endpoint {
+    asset(ICON, "image/svg+xml")
 }

@@ -155,7 +155,9 @@ function notify(text, { error = false } = {}) {
   notice.hidden = !text;
 }
 
-const initials = (name) => (name || "?").trim().slice(0, 1);
+/// "Ada Lovelace" → "AL"; one word → its first letter.
+const initials = (name) =>
+  (name || "?").trim().split(/\s+/).slice(0, 2).map((word) => Array.from(word)[0] ?? "").join("") || "?";
 const nameOf = (user) => [user.first_name, user.last_name].filter(Boolean).join(" ") || user.username || user.id;
 
 // ---------------------------------------------------------------- sign-in
@@ -1100,9 +1102,11 @@ function render() {
   $("in-call").classList.toggle("peer-dropped", call.status === "peer-dropped");
   if (!call.answeredAt) $("call-timer").textContent = "00:00";
   const media = call.peerMedia || { audio: true, video: true };
-  const off = [!media.audio && "muted", kind === "video" && !media.video && "camera off"].filter(Boolean);
+  const cameraOff = kind === "video" && !media.video;
+  const off = [!media.audio && "muted", cameraOff && "camera off"].filter(Boolean);
   $("peer-media").textContent = off.length ? `${call.peerName}: ${off.join(", ")}` : "";
   $("peer-media").hidden = off.length === 0;
+  $("in-call").classList.toggle("peer-camera-off", cameraOff);
 }
 
 // ---------------------------------------------------------------- wiring
