@@ -293,6 +293,7 @@ test("the page has an icon, and a notice fits a phone's screen", async () => {
     { linked: 200, type: "image/svg+xml", conventional: 200 },
     JSON.stringify(icon),
   );
+  assert.deepEqual(failed, [], "no request of the page load failed");
   // A long notice (an unbroken token-like word) stays inside the screen and the column.
   await page.locator("#token-input").fill(`not-a-token-${"x".repeat(200)}`);
   await page.locator("#token-form button").click();
@@ -306,6 +307,5 @@ test("the page has an icon, and a notice fits a phone's screen", async () => {
   assert.ok(box.width <= column.width + 0.5, `no wider than the column (${box.width} > ${column.width})`);
   const wide = await page.evaluate(() => document.documentElement.scrollWidth);
   assert.ok(wide <= 360, `nothing runs off the page (${wide}px wide)`);
-  assert.deepEqual(failed, [], "no request of the page failed");
   await page.close();
 });

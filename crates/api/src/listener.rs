@@ -436,13 +436,19 @@ mod tests {
         assert!(accepted.stream().nodelay().expect("read the option"), "TCP_NODELAY is on");
     }
 
+    /// A client and the server's side of its connection, whose headers are due within
+    /// `header_timeout` (the idle timeout is a minute).
+    async fn connected(header_timeout: Duration) -> (TcpStream, BoundedConnection) {
+        let (acceptor, address) = acceptor().await;
+        let mut acceptor = acceptor.with_idle_timeout(Duration::from_secs(60)).with_header_timeout(header_timeout);
+        let client = TcpStream::connect(address).await.expect("connect");
+        let (accepted, ..) = acceptor.accept().await.expect("accept");
+        (client, accepted)
+    }
+
     #[tokio::test]
     async fn headers_trickled_past_their_deadline_fail_the_read_though_each_byte_was_in_time() {
-        let (acceptor, address) = acceptor().await;
-        let mut acceptor =
-            acceptor.with_idle_timeout(Duration::from_secs(60)).with_header_timeout(Duration::from_millis(600));
-        let mut client = TcpStream::connect(address).await.expect("connect");
-        let (mut accepted, ..) = acceptor.accept().await.expect("accept");
+        let (mut client, mut accepted) = connected(Duration::from_millis(600)).await;
         let trickle = tokio::spawn(async move {
             for byte in b"GET / HTTP/1.1\r\nHost: x\r\n" {
                 if client.write_all(&[*byte]).await.is_err() {
@@ -469,11 +475,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_websocket_after_its_upgrade_is_not_held_to_the_header_deadline() {
-        let (acceptor, address) = acceptor().await;
-        let mut acceptor =
-            acceptor.with_idle_timeout(Duration::from_secs(60)).with_header_timeout(Duration::from_millis(300));
-        let mut client = TcpStream::connect(address).await.expect("connect");
-        let (mut accepted, ..) = acceptor.accept().await.expect("accept");
+        let (mut client, mut accepted) = connected(Duration::from_millis(300)).await;
         client.write_all(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n").await.expect("write");
         let mut buf = [0u8; 256];
         let _ = accepted.read(&mut buf).await.expect("the head");
@@ -488,11 +490,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_keep_alive_connections_next_request_gets_its_own_header_deadline() {
-        let (acceptor, address) = acceptor().await;
-        let mut acceptor =
-            acceptor.with_idle_timeout(Duration::from_secs(60)).with_header_timeout(Duration::from_millis(400));
-        let mut client = TcpStream::connect(address).await.expect("connect");
-        let (mut accepted, ..) = acceptor.accept().await.expect("accept");
+        let (mut client, mut accepted) = connected(Duration::from_millis(400)).await;
         client.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
         let mut buf = [0u8; 256];
         let _ = accepted.read(&mut buf).await.expect("the first head");
