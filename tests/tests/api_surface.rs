@@ -222,6 +222,34 @@ async fn a_removed_or_deactivated_user_is_refused_and_disconnected(backend: Data
     app.stop().await;
 }
 
+/// A user turned off in the database itself, not through Ringline (another tool, a SQL
+/// console), is refused too, once the server reads the refused users again (every 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_deactivated_outside_ringline_is_refused_within_the_reload_period() {
+    let app = TestApp::spawn(DatabaseBackend::Sqlite).await;
+    let dave = app.user("dave").await;
+    app.get("/api/calls/", &dave).await.expect(200);
+    let user = ringline_domain::UserId::parse("dave").expect("an id");
+    assert!(
+        app.storage()
+            .directory()
+            .set_active(&user, false, ringline_domain::Clock::now(&ringline_domain::SystemClock))
+            .await
+            .expect("write")
+    );
+    let changed = std::time::Instant::now();
+    loop {
+        let reply = app.get("/api/calls/", &dave).await;
+        if reply.status.as_u16() == 401 {
+            reply.expect_error(401, "user_inactive");
+            break;
+        }
+        assert!(changed.elapsed() < std::time::Duration::from_secs(15), "still let in after {:?}", changed.elapsed());
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    app.stop().await;
+}
+
 /// For apps that sync their users: a token naming a user the directory never had is refused
 /// (`user_not_found`), whatever its claims; by default it registers them.
 async fn unknown_users_are_refused_when_registration_is_off(backend: DatabaseBackend) {

@@ -66,13 +66,12 @@ async fn a_socket_connect_reads_the_database_once(backend: DatabaseBackend) {
     let (alice, bob) = (app.user("alice").await, app.user("bob").await);
     settled(&counter).await;
 
-    // Idle: whether bob may still sign in (read once, then remembered for 10 s) and the newest
-    // call (for `open_calls` and a call that ended while away), nothing else.
+    // Idle: the newest call (for `open_calls` and a call that ended while away), nothing else
+    // (whether bob may still sign in is known from memory: the refused users are kept there).
     let _idle = app.notifications_socket(&bob).await;
-    assert_eq!(settled(&counter).await, 2, "an idle user's first connect");
+    assert_eq!(settled(&counter).await, 1, "an idle user's connect");
 
-    // In a call: the newest call, and the record that the party is back; the account check is
-    // remembered from the first connect.
+    // In a call: the same read, and the record that the party is back.
     let id = app.ring(&alice, "bob").await;
     settled(&counter).await;
     let (_ringing, ack) = app.notifications_socket_resuming(&bob, None).await;

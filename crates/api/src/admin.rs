@@ -113,10 +113,13 @@ impl AdminApi {
         if matches { Ok(()) } else { Err(ApiError::unauthorized("Invalid admin token.", "admin_token_invalid")) }
     }
 
-    /// What follows a removal or deactivation: sockets closed everywhere, calls ended.
-    async fn removed(&self, user: &UserId) -> Result<(), ApiError> {
-        let ended = self.signaling.remove_user(user).await?;
-        tracing::info!(%user, ended_calls = ended, "a user was removed or deactivated");
+    /// What follows a change of `user`'s account: every instance learns it; a removed or
+    /// deactivated user's sockets are closed everywhere and their calls end.
+    async fn account_changed(&self, user: &UserId, status: AccountStatus) -> Result<(), ApiError> {
+        let ended = self.signaling.account_changed(user, status).await?;
+        if status.is_refused() {
+            tracing::info!(%user, ended_calls = ended, "a user was removed or deactivated");
+        }
         Ok(())
     }
 
@@ -188,8 +191,9 @@ impl AdminApi {
         let is_active = body.is_active.unwrap_or(true);
         if !is_active {
             self.directory.set_active(&profile.id, false, now).await.map_err(write_error)?;
-            self.removed(&profile.id).await?;
         }
+        let status = if is_active { AccountStatus::Active } else { AccountStatus::Inactive };
+        self.account_changed(&profile.id, status).await?;
         Ok(Json(AdminUserJson { user: UserJson::from_profile(&profile), is_active }))
     }
 
@@ -230,7 +234,7 @@ impl AdminApi {
         let deleted = self.directory.delete_user(&id, self.clock.now()).await.map_err(write_error)?;
         let status = self.directory.account_status(&id).await.map_err(|error| ApiError::internal(&error))?;
         if status == AccountStatus::Removed {
-            self.removed(&id).await?;
+            self.account_changed(&id, status).await?;
         }
         match deleted {
             true => Ok(Deleted::Done),

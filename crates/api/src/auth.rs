@@ -160,6 +160,17 @@ impl JwtAuthenticator {
     /// Whether `user` may come in: known and active, or unknown and registered now.
     async fn admit(&self, user: &UserId, claims: &Map<String, Value>) -> Result<(), AuthError> {
         let Some(accounts) = &self.accounts else { return Ok(()) };
+        match accounts.refused(user) {
+            Some(AccountStatus::Inactive) => return Err(AuthError::Inactive),
+            Some(_) => return Err(AuthError::UserNotFound),
+            None => {}
+        }
+        // Not refused: the directory is asked only when it matters whether it knows the user,
+        // to register them, or to refuse the unknown.
+        let may_register = self.provision_into.is_some();
+        if may_register && !claims.contains_key("username") {
+            return Ok(());
+        }
         let status = match accounts.status(user).await {
             Ok(status) => status,
             Err(error) => {

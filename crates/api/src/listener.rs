@@ -306,21 +306,29 @@ impl BoundedConnection {
                 return false;
             }
             match self.deadline() {
-                Some(deadline) if deadline > Instant::now() => {
+                Some(deadline) if deadline <= Instant::now() => return true,
+                Some(deadline) => {
                     if let Some(timer) = &mut self.timer {
                         timer.as_mut().reset(deadline);
                     }
                 }
-                _ => return true,
+                // No idle timeout, and the headers are in: nothing to wait for.
+                None => {
+                    self.timer = None;
+                    return false;
+                }
             }
         }
     }
 
-    /// A header deadline that just began must not wait for a timer armed for the idle one.
+    /// A header deadline that just began must not wait for a timer armed for the idle one (or
+    /// for none, without an idle timeout).
     fn arm_for_headers(&mut self) {
-        let (Some(headers), Some(timer)) = (self.phase.header_deadline(), &mut self.timer) else { return };
-        if headers < timer.deadline() {
-            timer.as_mut().reset(headers);
+        let Some(headers) = self.phase.header_deadline() else { return };
+        match &mut self.timer {
+            Some(timer) if headers < timer.deadline() => timer.as_mut().reset(headers),
+            Some(_) => {}
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(headers))),
         }
     }
 }
@@ -486,6 +494,26 @@ mod tests {
             client.write_all(b"x").await.expect("write");
             assert_eq!(accepted.read(&mut buf).await.expect("still open"), 1);
         }
+    }
+
+    #[tokio::test]
+    async fn without_an_idle_timeout_only_the_headers_have_a_deadline() {
+        let (acceptor, address) = acceptor().await;
+        let mut acceptor = acceptor.with_header_timeout(Duration::from_millis(200));
+        let mut client = TcpStream::connect(address).await.expect("connect");
+        let (mut accepted, ..) = acceptor.accept().await.expect("accept");
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
+        let mut buf = [0u8; 64];
+        let _ = accepted.read(&mut buf).await.expect("the head");
+        accepted.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await.expect("answer");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
+        assert!(accepted.read(&mut buf).await.expect("still open") > 0, "quiet between requests is fine");
+        accepted.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await.expect("answer");
+        client.write_all(b"G").await.expect("write");
+        assert_eq!(accepted.read(&mut buf).await.expect("the next head begins"), 1);
+        let failed = accepted.read(&mut buf).await.expect_err("and has its deadline");
+        assert_eq!(failed.kind(), std::io::ErrorKind::TimedOut);
     }
 
     #[tokio::test]

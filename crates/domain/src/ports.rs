@@ -267,6 +267,15 @@ pub trait Directory: Send + Sync + std::fmt::Debug {
     async fn account_status(&self, id: &UserId) -> Result<AccountStatus, DirectoryError> {
         Ok(if self.user(id).await?.is_some() { AccountStatus::Active } else { AccountStatus::Unknown })
     }
+
+    /// Every user whose tokens are refused ([`AccountStatus::Inactive`] or
+    /// [`AccountStatus::Removed`]). The default knows none.
+    ///
+    /// # Errors
+    /// `DirectoryError` when the lookup fails.
+    async fn refused_accounts(&self) -> Result<Vec<(UserId, AccountStatus)>, DirectoryError> {
+        Ok(Vec::new())
+    }
 }
 
 /// The current time. Passed in so that tests and the state machine never read a global clock.
@@ -330,10 +339,10 @@ pub trait SignalRouter: Send + Sync + std::fmt::Debug {
     /// has nothing to do.
     fn participant_removed(&self, _conversation: ConversationId, _user: &UserId) {}
 
-    /// `user` was removed or deactivated: every session of theirs, on every instance, is
-    /// closed, and every instance forgets that they were active. A router without such
-    /// sessions has nothing to do.
-    fn user_removed(&self, _user: &UserId) {}
+    /// `user`'s account is now `status` (removed, deactivated or restored): every instance
+    /// updates its [`crate::Accounts`], and a refused user's sessions, on every instance, are
+    /// closed. A single process has nobody to tell and, without sessions, nothing to close.
+    fn account_changed(&self, _user: &UserId, _status: AccountStatus) {}
 }
 
 /// A notification about to be stored.

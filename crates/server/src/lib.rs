@@ -154,6 +154,8 @@ impl Application {
             signaling = signaling.with_gate(bus.clone()).with_presence(bus.clone());
         }
         let signaling = Arc::new(signaling);
+        // Before serving: a removed user's token must not get in during the first seconds.
+        signaling.accounts().reload().await.context("cannot read the removed and inactive users")?;
         let (secret, is_default) = settings.jwt_secret_or_default();
         if is_default {
             tracing::warn!(

@@ -4,7 +4,9 @@
 //!
 //! Without it nothing expires: unanswered calls would ring for ever and keep both users busy,
 //! and calls whose parties vanished would never end. So [`Background::start`] runs the ring
-//! timer and the liveness sweep; further work (the server's SQLite checkpoints, a bus
+//! timer and the liveness sweep, and reads the refused users again every few seconds
+//! ([`ringline_domain::Accounts::reload`]: changes made to the directory outside Ringline);
+//! further work (the server's SQLite checkpoints, a bus
 //! subscriber) joins with [`Background::spawn`]. On shutdown, [`Background::begin_shutdown`]
 //! asks every WebSocket session to close (1001: clients reconnect, to another instance if
 //! there is one) as soon as the signal arrives, and [`Background::shutdown`] waits for the
@@ -26,8 +28,31 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use ringline_domain::Accounts;
+
 use crate::hub::Signaling;
+use crate::throttle::OncePerSecond;
 use crate::{liveness, ring_timer};
+
+/// Reads the refused users every [`Accounts::RELOAD_EVERY`] (the first read is the caller's,
+/// before serving).
+async fn reload_accounts(signaling: Arc<Signaling>, stop: CancellationToken) {
+    let failed_logged = OncePerSecond::new();
+    let mut ticker = tokio::time::interval(Accounts::RELOAD_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        if let Err(error) = signaling.accounts().reload().await
+            && failed_logged.due()
+        {
+            tracing::warn!(%error, "cannot read the refused users; keeping what was known");
+        }
+    }
+}
 
 /// The background work of one process; see the module documentation.
 #[derive(Debug)]
@@ -49,6 +74,10 @@ impl Background {
         background.spawn({
             let signaling = signaling.clone();
             |stop| liveness::run(signaling, stop)
+        });
+        background.spawn({
+            let signaling = signaling.clone();
+            |stop| reload_accounts(signaling, stop)
         });
         background
     }

@@ -22,8 +22,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
 use ringline_domain::{
-    Accounts, Call, CallAction, CallId, CallService, CallServiceError, ChangeOrigin, DeviceId, HangupReason,
-    InitiateCommand, Initiated, NotificationRepository, Outcome, SignalRouter, UserId, UserProfile,
+    AccountStatus, Accounts, Call, CallAction, CallId, CallService, CallServiceError, ChangeOrigin, DeviceId,
+    HangupReason, InitiateCommand, Initiated, NotificationRepository, Outcome, SignalRouter, UserId, UserProfile,
 };
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
@@ -207,16 +207,19 @@ impl Signaling {
         &self.accounts
     }
 
-    /// `user` was removed or deactivated in the directory: every instance forgets that they
-    /// were active and closes their sockets (4401), and their ringing and active calls end as
-    /// if they hung up (a ringing call they made is cancelled, one they were rung by declined).
-    /// Returns how many calls ended.
+    /// `user`'s account is now `status` in the directory (removed, deactivated or restored):
+    /// every instance learns it, and a refused user's sockets are closed (4401) and their
+    /// ringing and active calls end as if they hung up (a ringing call they made is cancelled,
+    /// one they were rung by declined). Returns how many calls ended.
     ///
     /// # Errors
     /// As [`CallService::act`]; the sockets are closed whatever happens to the calls.
-    pub async fn remove_user(&self, user: &UserId) -> Result<usize, CallServiceError> {
-        self.accounts.forget(user);
-        self.announcer.router.user_removed(user);
+    pub async fn account_changed(&self, user: &UserId, status: AccountStatus) -> Result<usize, CallServiceError> {
+        self.accounts.changed(user, status);
+        self.announcer.router.account_changed(user, status);
+        if !status.is_refused() {
+            return Ok(0);
+        }
         let mut ended = 0;
         for call in self.service.open_calls_of(user).await? {
             match self.act(user, call.id(), CallAction::End(HangupReason::UserHangup), None).await {

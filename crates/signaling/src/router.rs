@@ -404,7 +404,10 @@ impl SignalRouter for LocalRouter {
         }
     }
 
-    fn user_removed(&self, user: &UserId) {
+    fn account_changed(&self, user: &UserId, status: ringline_domain::AccountStatus) {
+        if !status.is_refused() {
+            return;
+        }
         let closed = self.dismiss_sessions_of(user, crate::protocol::close::NOT_AUTHENTICATED);
         if closed > 0 {
             tracing::info!(%user, closed, "closed the sockets of a removed or deactivated user");

@@ -272,6 +272,25 @@ impl Directory for SqlDirectory {
         row.map(to_profile).transpose()
     }
 
+    async fn refused_accounts(&self) -> Result<Vec<(UserId, AccountStatus)>, DirectoryError> {
+        // Answered from the partial index `users_refused` (migration 9), not a scan of users.
+        let rows = user::Entity::find()
+            .select_only()
+            .column(user::Column::Id)
+            .column(user::Column::RemovedAt)
+            .filter(user::Column::IsActive.eq(false).or(user::Column::RemovedAt.is_not_null()))
+            .into_tuple::<(String, Option<chrono::DateTime<chrono::Utc>>)>()
+            .all(&self.db.read)
+            .await
+            .map_err(lookup_failed)?;
+        rows.into_iter()
+            .map(|(id, removed)| {
+                let status = if removed.is_some() { AccountStatus::Removed } else { AccountStatus::Inactive };
+                Ok((UserId::parse(id).map_err(lookup_failed)?, status))
+            })
+            .collect()
+    }
+
     async fn account_status(&self, id: &UserId) -> Result<AccountStatus, DirectoryError> {
         let row = user::Entity::find_by_id(id.as_str())
             .select_only()

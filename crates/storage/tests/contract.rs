@@ -340,12 +340,16 @@ async fn removed_and_deactivated_users_are_told_apart_from_unknown_ones(storage:
         directory.add_participants(conversation, &[user("alice")]).await,
         Err(DirectoryWriteError::UnknownUser(_))
     ));
+    let mut refused = directory.refused_accounts().await.expect("read");
+    refused.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(refused, vec![(user("alice"), AccountStatus::Removed), (user("bob"), AccountStatus::Inactive)]);
 
     directory.upsert_user(&profile("alice"), at(5)).await.expect("the operator restores her");
     directory.upsert_user(&profile("bob"), at(5)).await.expect("and him");
     for id in ["alice", "bob"] {
         assert_eq!(directory.account_status(&user(id)).await.expect("read"), AccountStatus::Active, "{id}");
     }
+    assert!(directory.refused_accounts().await.expect("read").is_empty());
 }
 
 async fn contacts_are_the_other_participants_of_ones_conversations(storage: Storage) {

@@ -11,7 +11,7 @@
 //! | `{prefix}:u:{<user>}` | the user's events; which instances hold their notification sockets | instances with a session of the user |
 //! | `{prefix}:c:{<conversation>}` | typing indicators | instances with a chat socket on the conversation |
 //! | `{prefix}:calls` | "call N reached stage S", so cached copies follow | every instance |
-//! | `{prefix}:accounts` | a user who was removed or deactivated: their sockets close, and every instance forgets they were active | every instance |
+//! | `{prefix}:accounts` | "`<status> <user>`": a user removed, deactivated or restored; every instance updates what it knows, and closes a refused user's sockets | every instance |
 //!
 //! (The braces are Redis Cluster hash tags: a user's channel and keys live on one shard.)
 //!
@@ -43,7 +43,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use ringline_domain::{Audience, Call, ConversationId, Signal, SignalRouter, UserId};
+use ringline_domain::{AccountStatus, Audience, Call, ConversationId, Signal, SignalRouter, UserId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -399,13 +399,13 @@ impl SignalRouter for SharedBus {
         self.local.participant_removed(conversation, user);
     }
 
-    fn user_removed(&self, user: &UserId) {
-        let outgoing =
-            Outgoing { channel: format!("{}:accounts", self.prefix), message: user.as_str().to_owned(), kept: None };
+    fn account_changed(&self, user: &UserId, status: AccountStatus) {
+        let message = format!("{} {user}", account_status_name(status));
+        let outgoing = Outgoing { channel: format!("{}:accounts", self.prefix), message, kept: None };
         if self.jobs.try_send(Job::Publish(outgoing, None)).is_err() {
             self.health.warn_dropped("the publishing queue is full");
         }
-        self.local.user_removed(user);
+        self.local.account_changed(user, status);
     }
 
     fn call_changed(&self, call: &Call) {
@@ -415,6 +415,23 @@ impl SignalRouter for SharedBus {
             self.health.warn_dropped("the publishing queue is full");
         }
     }
+}
+
+/// An account status as the `accounts` channel spells it.
+pub(super) fn account_status_name(status: AccountStatus) -> &'static str {
+    match status {
+        AccountStatus::Active => "active",
+        AccountStatus::Inactive => "inactive",
+        AccountStatus::Removed => "removed",
+        AccountStatus::Unknown => "unknown",
+    }
+}
+
+/// [`account_status_name`] read back.
+pub(super) fn parse_account_status(name: &str) -> Option<AccountStatus> {
+    [AccountStatus::Active, AccountStatus::Inactive, AccountStatus::Removed, AccountStatus::Unknown]
+        .into_iter()
+        .find(|status| account_status_name(*status) == name)
 }
 
 /// The channels every instance subscribes to, whatever its sessions.

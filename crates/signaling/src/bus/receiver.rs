@@ -39,10 +39,12 @@ impl SharedBus {
             return;
         };
         if rest == "accounts" {
-            if let Ok(user) = UserId::parse(message) {
-                // Forgotten first: a socket closed here reconnects, and must be refused.
-                signaling.accounts().forget(&user);
-                self.local.user_removed(&user);
+            if let Some((status, user)) = message.split_once(' ')
+                && let (Some(status), Ok(user)) = (super::parse_account_status(status), UserId::parse(user))
+            {
+                // Known first: a socket closed here reconnects, and must be refused.
+                signaling.accounts().changed(&user, status);
+                self.local.account_changed(&user, status);
             }
             return;
         }
