@@ -665,6 +665,11 @@ mod tests {
         );
         let defaults: Settings = Figment::new().extract().expect("parse");
         assert_eq!(defaults.max_connections_per_address_exempt.len(), 2, "the machine's own addresses");
+        let none: Settings = Figment::new()
+            .merge(Serialized::defaults(serde_json::json!({"max_connections_per_address_exempt": ""})))
+            .extract()
+            .expect("parse");
+        assert!(none.max_connections_per_address_exempt.is_empty(), "set empty, every address is counted");
         settings.http_header_timeout_secs = settings.http_idle_timeout_secs + 1;
         assert!(matches!(settings.validate(), Err(SettingsError::HeaderTimeout)));
     }

@@ -62,8 +62,9 @@ impl AddressCap {
         Ok(Some(AddressPlace { cap: Arc::clone(self), client }))
     }
 
-    /// Connections open from `address`, for tests and logs.
-    pub fn open_from(&self, address: IpAddr) -> usize {
+    /// Connections open from `address`.
+    #[cfg(test)]
+    fn open_from(&self, address: IpAddr) -> usize {
         self.open.lock().unwrap_or_else(PoisonError::into_inner).get(&Client::of(address)).copied().unwrap_or(0)
     }
 }
