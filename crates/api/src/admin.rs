@@ -7,7 +7,7 @@
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
-use ringline_domain::{AccountStatus, Clock, ConversationId, Directory, UserId, UserProfile};
+use ringline_domain::{AccountStatus, Clock, ConversationId, Directory, ErrorCode, UserId, UserProfile};
 use ringline_signaling::Signaling;
 use ringline_storage::{DirectoryWriteError, SqlDirectory};
 use secrecy::{ExposeSecret, SecretString};
@@ -104,13 +104,10 @@ impl AdminApi {
 
     fn check(&self, presented: &AdminToken) -> Result<(), ApiError> {
         let Some(expected) = &self.token else {
-            return Err(ApiError::forbidden(
-                "The admin API is disabled: set RINGLINE_ADMIN_TOKEN to enable it.",
-                "admin_disabled",
-            ));
+            return Err(ApiError::new(ErrorCode::AdminDisabled));
         };
         let matches: bool = presented.0.token.as_bytes().ct_eq(expected.expose_secret().as_bytes()).into();
-        if matches { Ok(()) } else { Err(ApiError::unauthorized("Invalid admin token.", "admin_token_invalid")) }
+        if matches { Ok(()) } else { Err(ApiError::new(ErrorCode::AdminTokenInvalid)) }
     }
 
     /// What follows a change of `user`'s account: every instance learns it; a removed or
@@ -129,7 +126,7 @@ impl AdminApi {
             .conversation_participants(id)
             .await
             .map_err(|error| ApiError::internal(&error))?
-            .ok_or_else(|| ApiError::not_found("Conversation not found.", "conversation_not_found"))?;
+            .ok_or_else(|| ApiError::new(ErrorCode::ConversationNotFound))?;
         let mut participants: Vec<String> = participants.into_iter().map(String::from).collect();
         participants.sort();
         Ok(Json(ConversationJson { id: id.get(), participants }))
@@ -138,7 +135,7 @@ impl AdminApi {
 
 fn user_id(raw: &str) -> Result<UserId, ApiError> {
     UserId::parse(raw)
-        .map_err(|error| ApiError::bad_request(format!("Invalid user id: {}.", error.rule), "invalid_user_id"))
+        .map_err(|error| ApiError::with_detail(ErrorCode::InvalidUserId, format!("Invalid user id: {}.", error.rule)))
 }
 
 fn user_ids(raw: Vec<FlexibleId>) -> Result<Vec<UserId>, ApiError> {
@@ -146,18 +143,16 @@ fn user_ids(raw: Vec<FlexibleId>) -> Result<Vec<UserId>, ApiError> {
 }
 
 fn conversation_id(raw: &str) -> Result<ConversationId, ApiError> {
-    raw.parse().map_err(|_| ApiError::not_found("Conversation not found.", "conversation_not_found"))
+    raw.parse().map_err(|_| ApiError::new(ErrorCode::ConversationNotFound))
 }
 
 fn write_error(error: DirectoryWriteError) -> ApiError {
     match error {
         DirectoryWriteError::UnknownUser(user) => {
             // 409: the request is fine; the directory lacks the user it refers to yet.
-            ApiError::conflict(format!("Unknown user {user}: create it first."), "unknown_user")
+            ApiError::with_detail(ErrorCode::UnknownUser, format!("Unknown user {user}: create it first."))
         }
-        DirectoryWriteError::UnknownConversation => {
-            ApiError::not_found("Conversation not found.", "conversation_not_found")
-        }
+        DirectoryWriteError::UnknownConversation => ApiError::new(ErrorCode::ConversationNotFound),
         DirectoryWriteError::Storage(error) => ApiError::internal(&error),
     }
 }
@@ -177,7 +172,7 @@ impl AdminApi {
         // The limit applies to what was sent, as the schema says; the name kept is trimmed.
         let username = body.username.0.trim();
         if username.is_empty() || body.username.0.chars().count() > MAX_USERNAME_CHARS {
-            return Err(ApiError::bad_request("username must be 1 to 150 characters.", "invalid_username"));
+            return Err(ApiError::new(ErrorCode::InvalidUsername));
         }
         let profile = UserProfile {
             id: user_id(&id.0.0)?,
@@ -203,7 +198,7 @@ impl AdminApi {
         self.check(&auth)?;
         let id = user_id(&id.0.0)?;
         let profile = self.directory.user(&id).await.map_err(|error| ApiError::internal(&error))?;
-        let profile = profile.ok_or_else(|| ApiError::not_found("User not found.", "user_not_found"))?;
+        let profile = profile.ok_or_else(|| ApiError::new(ErrorCode::UserNotFound))?;
         let status = self.directory.account_status(&id).await.map_err(|error| ApiError::internal(&error))?;
         Ok(Json(AdminUserJson { user: UserJson::from_profile(&profile), is_active: status == AccountStatus::Active }))
     }
@@ -238,7 +233,7 @@ impl AdminApi {
         }
         match deleted {
             true => Ok(Deleted::Done),
-            false => Err(ApiError::not_found("User not found.", "user_not_found")),
+            false => Err(ApiError::new(ErrorCode::UserNotFound)),
         }
     }
 
@@ -309,7 +304,7 @@ impl AdminApi {
             self.signaling.left_conversation(&user, conversation);
             Ok(Deleted::Done)
         } else {
-            Err(ApiError::not_found("Not a participant.", "participant_not_found"))
+            Err(ApiError::new(ErrorCode::ParticipantNotFound))
         }
     }
 }

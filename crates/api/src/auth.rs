@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use ringline_domain::{AccountStatus, Accounts, Clock, UserId, UserProfile};
+use ringline_domain::{AccountStatus, Accounts, Clock, ErrorCode, UserId, UserProfile};
 use ringline_signaling::throttle::OncePerSecond;
 use ringline_storage::SqlDirectory;
 use secrecy::{ExposeSecret, SecretString};
@@ -36,14 +36,14 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    /// The stable code; simplejwt's own where it has one (`user_not_found`, `user_inactive`).
-    pub fn code(&self) -> &'static str {
+    /// The catalogue's code; simplejwt's own where it has one (`user_not_found`, `user_inactive`).
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Self::Missing => "not_authenticated",
-            Self::Invalid | Self::Expired => "token_not_valid",
-            Self::UserNotFound => "user_not_found",
-            Self::Inactive => "user_inactive",
-            Self::Unavailable => "service_unavailable",
+            Self::Missing => ErrorCode::NotAuthenticated,
+            Self::Invalid | Self::Expired => ErrorCode::TokenNotValid,
+            Self::UserNotFound => ErrorCode::AccountNotFound,
+            Self::Inactive => ErrorCode::UserInactive,
+            Self::Unavailable => ErrorCode::ServiceUnavailable,
         }
     }
 }

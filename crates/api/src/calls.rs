@@ -7,7 +7,8 @@ use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 use ringline_domain::{
-    CallAction, CallId, CallListFilter, CallType, ConversationId, HangupReason, InitiateCommand, Initiated, UserId,
+    CallAction, CallId, CallListFilter, CallType, ConversationId, ErrorCode, HangupReason, InitiateCommand, Initiated,
+    UserId,
 };
 use ringline_signaling::Signaling;
 
@@ -53,7 +54,7 @@ impl CallsApi {
 }
 
 fn parse_call_id(raw: &str) -> Result<CallId, ApiError> {
-    raw.parse().map_err(|_| ApiError::not_found("Not found.", "call_not_found"))
+    raw.parse().map_err(|_| ApiError::new(ErrorCode::CallNotFound))
 }
 
 #[derive(Debug, ApiResponse)]
@@ -85,24 +86,20 @@ impl CallsApi {
         let body = body.0;
         let receiver = match body.receiver_id.0 {
             Some(id) if !id.0.is_empty() => id.0,
-            _ => return Err(ApiError::bad_request("receiver_id is required.", "receiver_id_required")),
+            _ => return Err(ApiError::new(ErrorCode::ReceiverIdRequired)),
         };
         let call_type = match body.call_type {
             None => CallType::default(),
-            Some(raw) => raw
-                .0
-                .parse()
-                .map_err(|_| ApiError::bad_request("call_type must be 'voice' or 'video'.", "invalid_call_type"))?,
+            Some(raw) => raw.0.parse().map_err(|_| ApiError::new(ErrorCode::InvalidCallType))?,
         };
         let conversation = match body.conversation_id {
-            Some(id) if !id.0.is_empty() => Some(id.0.parse::<ConversationId>().map_err(|_| {
-                ApiError::bad_request("conversation_id must be a positive integer.", "invalid_conversation_id")
-            })?),
+            Some(id) if !id.0.is_empty() => {
+                Some(id.0.parse::<ConversationId>().map_err(|_| ApiError::new(ErrorCode::InvalidConversationId))?)
+            }
             _ => None,
         };
         // An id that cannot exist is, to the caller, a receiver that does not exist.
-        let receiver =
-            UserId::parse(receiver).map_err(|_| ApiError::not_found("Receiver not found.", "receiver_not_found"))?;
+        let receiver = UserId::parse(receiver).map_err(|_| ApiError::new(ErrorCode::ReceiverNotFound))?;
         let initiated = self.signaling.initiate(&caller, InitiateCommand { receiver, call_type, conversation }).await?;
         let json = Json(self.to_json(initiated.call()).await?);
         Ok(match initiated {
@@ -167,10 +164,7 @@ impl CallsApi {
         let page = pagination::requested(page.0.as_deref())?;
         let with_user = match user_id.0.as_ref().map(|id| id.0.as_str()) {
             None | Some("") => None,
-            Some(raw) => Some(
-                UserId::parse(raw)
-                    .map_err(|_| ApiError::bad_request("user_id is not a valid user id.", "invalid_user_id"))?,
-            ),
+            Some(raw) => Some(UserId::parse(raw).map_err(|_| ApiError::new(ErrorCode::InvalidUserId))?),
         };
         let filter = CallListFilter { with_user: with_user.clone() };
         let found = self.signaling.service().list(&viewer, &filter, page).await?;

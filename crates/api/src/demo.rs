@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
-use ringline_domain::{Directory, UserId};
+use ringline_domain::{Directory, ErrorCode, UserId};
 use ringline_storage::SqlDirectory;
 
 use crate::ApiTags;
@@ -50,9 +50,7 @@ impl DemoApi {
     }
 
     fn enabled(&self) -> Result<&(SqlDirectory, Arc<JwtAuthenticator>), ApiError> {
-        self.enabled.as_ref().ok_or_else(|| {
-            ApiError::not_found("Demo sign-in is off: it exists only with the development JWT secret.", "demo_disabled")
-        })
+        self.enabled.as_ref().ok_or_else(|| ApiError::new(ErrorCode::DemoDisabled))
     }
 }
 
@@ -70,7 +68,7 @@ impl DemoApi {
     #[oai(path = "/api/demo/token/", method = "post", operation_id = "demo_token")]
     async fn token(&self, body: Json<DemoTokenRequest>) -> Result<Json<DemoToken>, ApiError> {
         let (directory, authenticator) = self.enabled()?;
-        let not_found = || ApiError::not_found("User not found.", "user_not_found");
+        let not_found = || ApiError::new(ErrorCode::UserNotFound);
         let user = UserId::parse(body.0.user_id.0).map_err(|_| not_found())?;
         let profile = directory.user(&user).await.map_err(|error| ApiError::internal(&error))?.ok_or_else(not_found)?;
         let token = authenticator.mint(&user, DEMO_TOKEN_TTL).map_err(|error| ApiError::internal(&error))?;

@@ -2,13 +2,16 @@
 //!
 //! `detail` keeps Django REST Framework's wording where the original app had one, so its
 //! clients show the same messages; `code` is new, snake_case, and never changes once
-//! published. This is the only place that turns domain errors into HTTP statuses. Internal
-//! causes are logged here, once, and never sent to the client.
+//! published. Codes, statuses and messages come from the domain's catalogue
+//! ([`ringline_domain::ErrorCode`]); this is the only place that turns them into HTTP
+//! responses. Internal causes are logged here, once, and never sent to the client.
 
 use poem::http::StatusCode;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object};
-use ringline_domain::{Action, CallServiceError, InitiateRefusal, TransitionError, is_store_unavailable};
+use std::borrow::Cow;
+
+use ringline_domain::{CallServiceError, ErrorCode, Refusal, is_store_unavailable};
 
 /// The error body of every non-2xx response.
 #[derive(Debug, Clone, Object)]
@@ -56,34 +59,15 @@ pub enum ApiError {
 /// enough that a ringing call is not lost to the wait.
 pub(crate) const RETRY_AFTER_SECS: u32 = 2;
 
-fn body(detail: impl Into<String>, code: &str) -> Json<ErrorBody> {
-    Json(ErrorBody { detail: detail.into(), code: code.to_owned() })
-}
-
 impl ApiError {
-    pub fn bad_request(detail: impl Into<String>, code: &str) -> Self {
-        Self::BadRequest(body(detail, code))
+    /// `code` with its catalogue message.
+    pub fn new(code: ErrorCode) -> Self {
+        Refusal::new(code).into()
     }
 
-    pub fn unauthorized(detail: impl Into<String>, code: &str) -> Self {
-        Self::Unauthorized(body(detail, code), "Bearer realm=\"api\"".to_owned())
-    }
-
-    pub fn forbidden(detail: impl Into<String>, code: &str) -> Self {
-        Self::Forbidden(body(detail, code))
-    }
-
-    pub fn not_found(detail: impl Into<String>, code: &str) -> Self {
-        Self::NotFound(body(detail, code))
-    }
-
-    pub fn conflict(detail: impl Into<String>, code: &str) -> Self {
-        Self::Conflict(body(detail, code))
-    }
-
-    /// A dependency did not answer: `503` with `code` and a `Retry-After`.
-    pub fn unavailable(detail: impl Into<String>, code: &str) -> Self {
-        Self::Unavailable(body(detail, code), RETRY_AFTER_SECS)
+    /// `code` with a more specific `detail`.
+    pub fn with_detail(code: ErrorCode, detail: impl Into<Cow<'static, str>>) -> Self {
+        Refusal::with_detail(code, detail).into()
     }
 
     /// Logs `cause` and answers a generic 500, or `503 database_unavailable` when the cause is
@@ -91,46 +75,98 @@ impl ApiError {
     /// client should retry shortly).
     pub fn internal(cause: &(dyn std::error::Error + 'static)) -> Self {
         if is_store_unavailable(cause) {
-            // The first refusal of each second: under load an outage fails thousands.
-            if ringline_signaling::throttle::database_outage_log_due() {
-                tracing::warn!(error = %cause, "request refused: the database is unavailable");
-            }
-            return Self::unavailable("The database is not reachable; try again shortly.", "database_unavailable");
+            log_outage(cause);
+            return Self::new(ErrorCode::DatabaseUnavailable);
         }
         tracing::error!(error = %cause, "request failed on an internal error");
-        Self::Internal(body("A server error occurred.", "internal_error"))
+        Self::new(ErrorCode::InternalError)
     }
 
     /// A request that poem-openapi could not parse (bad JSON, wrong types, missing token).
     fn from_request_error(error: poem::Error) -> Self {
         let status = error.status();
-        let text = error.to_string();
-        let (detail, code) = envelope_for(status, &text);
+        if status.is_server_error() {
+            return Self::internal(&error);
+        }
+        refusal_for(status, &error.to_string()).into()
+    }
+}
+
+/// The first refusal of each second is logged: under load an outage fails thousands.
+fn log_outage(cause: &dyn std::fmt::Display) {
+    if ringline_signaling::throttle::database_outage_log_due() {
+        tracing::warn!(error = %cause, "request refused: the database is unavailable");
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        let status = refusal.code.http_status();
+        let body = Json(ErrorBody { detail: refusal.detail.into_owned(), code: refusal.code.as_str().to_owned() });
         match status {
-            StatusCode::UNAUTHORIZED => Self::unauthorized(detail, code),
-            StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge(body(detail, code)),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::UnsupportedMediaType(body(detail, code)),
-            StatusCode::NOT_FOUND => Self::not_found(detail, code),
-            status if status.is_server_error() => Self::internal(&error),
-            _ => Self::bad_request(detail, code),
+            400 => Self::BadRequest(body),
+            401 => Self::Unauthorized(body, WWW_AUTHENTICATE.to_owned()),
+            403 => Self::Forbidden(body),
+            404 => Self::NotFound(body),
+            409 => Self::Conflict(body),
+            413 => Self::PayloadTooLarge(body),
+            415 => Self::UnsupportedMediaType(body),
+            503 => Self::Unavailable(body, RETRY_AFTER_SECS),
+            // The statuses no handler answers with (405, 429) are poem's and the listener's.
+            _ => Self::Internal(body),
         }
     }
 }
 
-/// Detail and code for an error poem raised outside our handlers (routing, parsing, limits).
-pub(crate) fn envelope_for(status: StatusCode, text: &str) -> (String, &'static str) {
-    match status {
-        StatusCode::UNAUTHORIZED => ("Authentication credentials were not provided.".to_owned(), "not_authenticated"),
-        StatusCode::NOT_FOUND => ("Not found.".to_owned(), "not_found"),
-        StatusCode::METHOD_NOT_ALLOWED => ("Method not allowed.".to_owned(), "method_not_allowed"),
-        StatusCode::PAYLOAD_TOO_LARGE => ("Request body is too large.".to_owned(), "payload_too_large"),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-            ("Unsupported media type; send application/json.".to_owned(), "unsupported_media_type")
+impl From<CallServiceError> for ApiError {
+    fn from(error: CallServiceError) -> Self {
+        let refusal = Refusal::from(&error);
+        match refusal.code {
+            ErrorCode::DatabaseUnavailable => log_outage(&error),
+            ErrorCode::InternalError => tracing::error!(%error, "request failed on an internal error"),
+            _ => {}
         }
-        status if status.is_server_error() => ("A server error occurred.".to_owned(), "internal_error"),
-        // Parse errors name the field and what was expected, never echo the value.
-        _ => (format!("Malformed request: {}", without_values(text)), "parse_error"),
+        refusal.into()
     }
+}
+
+/// What `WWW-Authenticate` says on a 401.
+const WWW_AUTHENTICATE: &str = "Bearer realm=\"api\"";
+
+/// The refusal for an error poem raised outside our handlers (routing, parsing, limits).
+pub(crate) fn refusal_for(status: StatusCode, text: &str) -> Refusal {
+    match status {
+        StatusCode::UNAUTHORIZED => Refusal::new(ErrorCode::NotAuthenticated),
+        StatusCode::NOT_FOUND => Refusal::new(ErrorCode::NotFound),
+        StatusCode::METHOD_NOT_ALLOWED => Refusal::new(ErrorCode::MethodNotAllowed),
+        StatusCode::PAYLOAD_TOO_LARGE => Refusal::new(ErrorCode::PayloadTooLarge),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => Refusal::new(ErrorCode::UnsupportedMediaType),
+        status if status.is_server_error() => Refusal::new(ErrorCode::InternalError),
+        // Parse errors name the field and what was expected, never echo the value.
+        _ => Refusal::with_detail(ErrorCode::ParseError, format!("Malformed request: {}", without_values(text))),
+    }
+}
+
+/// A whole response for `refusal`, for the places outside poem-openapi's operations (routing
+/// errors, CORS, connection caps): the same envelope with the catalogue's status, and the
+/// headers that status calls for (`Retry-After` on 429 and 503, `WWW-Authenticate` on 401).
+pub fn refusal_response(refusal: &Refusal) -> poem::Response {
+    let status = StatusCode::from_u16(refusal.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response =
+        poem::Response::builder().status(status).content_type("application/json").body(envelope_json(refusal));
+    let headers = response.headers_mut();
+    if status == StatusCode::UNAUTHORIZED {
+        headers.insert("www-authenticate", poem::http::HeaderValue::from_static(WWW_AUTHENTICATE));
+    }
+    if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
+        headers.insert("retry-after", poem::http::HeaderValue::from(RETRY_AFTER_SECS));
+    }
+    response
+}
+
+/// `{"detail": …, "code": …}` as JSON text.
+pub fn envelope_json(refusal: &Refusal) -> String {
+    serde_json::json!({ "detail": refusal.detail, "code": refusal.code.as_str() }).to_string()
 }
 
 /// poem-openapi's parse errors quote the value they rejected (`…, found <value>. (occurred
@@ -150,61 +186,6 @@ fn without_values(text: &str) -> String {
     }
     out.push_str(rest);
     out
-}
-
-impl From<CallServiceError> for ApiError {
-    fn from(error: CallServiceError) -> Self {
-        match error {
-            CallServiceError::ReceiverNotFound => Self::not_found("Receiver not found.", "receiver_not_found"),
-            CallServiceError::ConversationNotFound => {
-                Self::not_found("Conversation not found.", "conversation_not_found")
-            }
-            CallServiceError::NotInConversation => {
-                Self::forbidden("You are not a participant in this conversation.", "not_conversation_participant")
-            }
-            CallServiceError::ReceiverNotInConversation => Self::bad_request(
-                "The receiver is not a participant in this conversation.",
-                "receiver_not_in_conversation",
-            ),
-            CallServiceError::Refused(InitiateRefusal::SelfCall) => {
-                Self::bad_request("You cannot call yourself.", "self_call")
-            }
-            CallServiceError::Refused(InitiateRefusal::CallerBusy) => {
-                Self::conflict("You are already in a call.", "caller_busy")
-            }
-            CallServiceError::Refused(InitiateRefusal::ReceiverBusy) => {
-                Self::conflict("The user is busy on another call.", "user_busy")
-            }
-            CallServiceError::CallNotFound => Self::not_found("Not found.", "call_not_found"),
-            CallServiceError::Transition(transition) => transition.into(),
-            CallServiceError::StillRacing => {
-                Self::conflict("The call changed while it was being updated; try again.", "call_conflict")
-            }
-            CallServiceError::Repository(error) => Self::internal(&error),
-            CallServiceError::Directory(error) => Self::internal(&error),
-        }
-    }
-}
-
-impl From<TransitionError> for ApiError {
-    fn from(error: TransitionError) -> Self {
-        match error {
-            TransitionError::SelfCall => Self::bad_request("You cannot call yourself.", "self_call"),
-            TransitionError::NotAParty => Self::not_found("Not found.", "call_not_found"),
-            TransitionError::ReceiverOnly(action) => {
-                let verb = match action {
-                    Action::Accept => "accept",
-                    Action::Reject => "reject",
-                    Action::End | Action::Expire | Action::Abandon => "end",
-                };
-                Self::forbidden(format!("You can only {verb} calls where you are the receiver."), "receiver_only")
-            }
-            TransitionError::InvalidState { status, .. } => {
-                Self::bad_request(format!("Call is already {status}."), "invalid_call_state")
-            }
-            TransitionError::NotYetDue => Self::bad_request("The call is still ringing.", "invalid_call_state"),
-        }
-    }
 }
 
 #[cfg(test)]

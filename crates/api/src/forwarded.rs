@@ -11,7 +11,6 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use poem::http::StatusCode;
 use poem::{IntoResponse, Request, Response};
 
 use crate::listener::{AddressCap, AddressPlace};
@@ -114,13 +113,9 @@ pub(crate) struct ClientOverCap;
 
 impl IntoResponse for ClientOverCap {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
-            "detail": "Too many connections are open from your address; close some and try again.",
-            "code": "too_many_connections_from_address",
-        });
-        (StatusCode::TOO_MANY_REQUESTS, poem::web::Json(body))
-            .with_header("retry-after", crate::error::RETRY_AFTER_SECS.to_string())
-            .into_response()
+        crate::error::refusal_response(&ringline_domain::Refusal::new(
+            ringline_domain::ErrorCode::TooManyConnectionsFromAddress,
+        ))
     }
 }
 
@@ -162,7 +157,7 @@ mod tests {
         let mut second = via_proxy("198.51.100.7");
         assert!(forwarding.admit_from(proxy, &mut first).is_ok() && forwarding.admit_from(proxy, &mut second).is_ok());
         let refused = forwarding.admit_from(proxy, &mut via_proxy("198.51.100.7")).expect_err("the third is refused");
-        assert_eq!(refused.into_response().status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.into_response().status(), poem::http::StatusCode::TOO_MANY_REQUESTS);
         assert!(forwarding.admit_from(proxy, &mut via_proxy("198.51.100.8")).is_ok(), "another client is not");
         drop(first);
         assert!(

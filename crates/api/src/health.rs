@@ -4,6 +4,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use std::sync::Arc;
 
+use ringline_domain::ErrorCode;
 use ringline_signaling::BusHealth;
 use ringline_storage::Storage;
 
@@ -67,7 +68,7 @@ impl HealthApi {
                 ReadyResponse::Unavailable(
                     Json(ErrorBody {
                         detail: "The database is not reachable.".into(),
-                        code: "database_unavailable".into(),
+                        code: ErrorCode::DatabaseUnavailable.as_str().into(),
                     }),
                     crate::error::RETRY_AFTER_SECS,
                 )

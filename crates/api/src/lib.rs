@@ -50,6 +50,7 @@ pub use admin::AdminApi;
 pub use auth::{AuthError, Authenticator, JwtAuthenticator, bearer_token};
 pub use calls::CallsApi;
 pub use demo::DemoApi;
+pub use error::{envelope_json, refusal_response};
 pub use health::HealthApi;
 pub use listener::{AddressCap, AddressPlace, BoundedConnection, ConnectionAcceptor};
 pub use notifications::NotificationsApi;
@@ -428,11 +429,8 @@ async fn error_response(error: poem::Error) -> Response {
     if status.is_server_error() {
         tracing::error!(error = %text, "request failed outside a handler");
     }
-    let (detail, code) = error::envelope_for(status, &text);
-    let body = serde_json::json!({ "detail": detail, "code": code });
-    let mut response = (status, poem::web::Json(body)).into_response();
-    if status == StatusCode::UNAUTHORIZED {
-        response.headers_mut().insert("www-authenticate", poem::http::HeaderValue::from_static("Bearer realm=\"api\""));
-    }
+    // poem's status stays (a parse error may be 400 or another 4xx); the body is the catalogue's.
+    let mut response = error::refusal_response(&error::refusal_for(status, &text));
+    response.set_status(status);
     response
 }

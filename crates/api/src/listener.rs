@@ -34,6 +34,7 @@ use std::time::Duration;
 use poem::http::uri::Scheme;
 use poem::listener::{Acceptor, TcpAcceptor};
 use poem::web::{LocalAddr, RemoteAddr};
+use ringline_domain::ErrorCode;
 use ringline_signaling::throttle::OncePerSecond;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -63,21 +64,16 @@ enum Refusal {
 }
 
 impl Refusal {
-    /// The answer, after which the connection is closed.
+    /// The answer, after which the connection is closed. Written by hand: the connection is
+    /// refused before any HTTP is read, so no HTTP stack answers it.
     fn response(self) -> String {
-        let (status, detail, code) = match self {
-            Self::Full => (
-                "503 Service Unavailable",
-                "The server has too many open connections; try again shortly.",
-                "too_many_connections",
-            ),
-            Self::AddressFull => (
-                "429 Too Many Requests",
-                "Too many connections are open from your address; close some and try again.",
-                "too_many_connections_from_address",
-            ),
+        let code = match self {
+            Self::Full => ErrorCode::TooManyConnections,
+            Self::AddressFull => ErrorCode::TooManyConnectionsFromAddress,
         };
-        let body = serde_json::json!({"detail": detail, "code": code}).to_string();
+        let status =
+            poem::http::StatusCode::from_u16(code.http_status()).unwrap_or(poem::http::StatusCode::SERVICE_UNAVAILABLE);
+        let body = crate::error::envelope_json(&ringline_domain::Refusal::new(code));
         format!(
             "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nretry-after: {}\r\n\
              connection: close\r\ncontent-length: {}\r\n\r\n{body}",

@@ -7,7 +7,7 @@ use poem::Request;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
-use ringline_domain::UserId;
+use ringline_domain::{ErrorCode, UserId};
 use ringline_signaling::Signaling;
 use ringline_signaling::events::NotificationPayload;
 
@@ -150,7 +150,7 @@ impl NotificationsApi {
         id: Path<IntegerParam>,
     ) -> Result<Json<MarkedRead>, ApiError> {
         let user = authenticate(self.auth.as_ref(), req, &auth).await?;
-        let not_found = || ApiError::not_found("Not found.", "notification_not_found");
+        let not_found = || ApiError::new(ErrorCode::NotificationNotFound);
         let id = id.0.0.parse::<i64>().map_err(|_| not_found())?;
         let marked =
             self.signaling.notifications().mark_read(&user, id).await.map_err(|error| ApiError::internal(&error))?;

@@ -2,7 +2,7 @@
 //! `{count, next, previous, results}` with absolute links, and 404 `invalid_page` past the end.
 
 use poem::Request;
-use ringline_domain::{PageRequest, UserId};
+use ringline_domain::{ErrorCode, PageRequest, UserId};
 
 use crate::error::ApiError;
 
@@ -10,7 +10,7 @@ use crate::error::ApiError;
 pub const PAGE_SIZE: u32 = 10;
 
 fn invalid_page() -> ApiError {
-    ApiError::not_found("Invalid page.", "invalid_page")
+    ApiError::new(ErrorCode::InvalidPage)
 }
 
 /// The page asked for by `?page=` (absent or empty: the first).

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use poem::Request;
 use poem_openapi::SecurityScheme;
 use poem_openapi::auth::Bearer;
-use ringline_domain::UserId;
+use ringline_domain::{ErrorCode, UserId};
 
 use crate::auth::{AuthError, Authenticator};
 use crate::error::ApiError;
@@ -45,9 +45,7 @@ pub async fn authenticate(auth: &dyn Authenticator, req: &Request, bearer: &Bear
             }
             Ok(user)
         }
-        Err(AuthError::Unavailable) => {
-            Err(ApiError::unavailable("Service temporarily unavailable.", "service_unavailable"))
-        }
-        Err(error) => Err(ApiError::unauthorized(error.to_string(), error.code())),
+        Err(AuthError::Unavailable) => Err(ApiError::new(ErrorCode::ServiceUnavailable)),
+        Err(error) => Err(ApiError::with_detail(error.code(), error.to_string())),
     }
 }

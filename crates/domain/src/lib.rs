@@ -13,13 +13,17 @@
 //! - [`accounts`]: [`Accounts`], whether the user a valid token names may still use the
 //!   service (removed and deactivated users may not), with active users remembered briefly;
 //! - [`service`]: [`CallService`], the use cases (initiate, accept, reject, end, expire, read)
-//!   written once over the ports for every entry point (REST, WebSocket, timer).
+//!   written once over the ports for every entry point (REST, WebSocket, timer);
+//! - [`error_codes`]: [`ErrorCode`], the catalogue of every error code clients see (with its
+//!   HTTP status and message), and [`Refusal`], the one mapping of the use cases' errors that
+//!   REST and sockets share.
 //!
 //! This crate depends on no runtime, database, HTTP or Redis crate; CI checks that with
 //! `cargo tree`.
 
 pub mod accounts;
 pub mod call;
+pub mod error_codes;
 pub mod ports;
 pub mod rules;
 pub mod service;
@@ -28,6 +32,7 @@ pub mod webhooks;
 
 pub use accounts::{AccountStatus, Accounts};
 pub use call::{Call, CallEvent, CallParts, InvalidCall, NewCall, Outcome, Transition, TransitionError};
+pub use error_codes::{ErrorCode, Refusal};
 pub use ports::{
     Audience, CallListFilter, CallObserver, CallRepository, ChangeOrigin, Clock, DeviceClaim, Directory,
     DirectoryError, MAX_PUSH_SUBSCRIPTIONS_PER_USER, NewNotification, Notification, NotificationRepository, Page,

@@ -80,6 +80,12 @@ pub struct Page<T> {
 /// Implementations must make [`CallRepository::create`] and [`CallRepository::apply`] atomic
 /// with respect to each other across every process that shares the store: that is what makes
 /// "exactly one wins" hold when two devices, two requests or two server instances race.
+///
+/// A change stores the notification it causes ([`NotificationVerb::caused_by`]) in the same
+/// atomic step: the receiver's incoming-call notification with a new ringing call, the
+/// missed-call notification with the change to `missed`. Observers hear of a change after it
+/// is stored, so whoever reads notifications after any event of the change finds it, and no
+/// crash between the two can lose it; [`NotificationRepository::caused_by`] reads it back.
 #[async_trait]
 pub trait CallRepository: Send + Sync + std::fmt::Debug {
     /// Stores a new ringing call and claims both parties' lines in the same atomic step.
@@ -375,6 +381,18 @@ pub trait NotificationRepository: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// `Storage` when the store fails.
     async fn create(&self, notification: NewNotification) -> Result<Notification, RepositoryError>;
+
+    /// The notification that `call`'s change to its current status stored for `recipient`
+    /// with `verb` (see [`CallRepository`]), if any.
+    ///
+    /// # Errors
+    /// `Storage` when the store fails.
+    async fn caused_by(
+        &self,
+        recipient: &UserId,
+        call: CallId,
+        verb: NotificationVerb,
+    ) -> Result<Option<Notification>, RepositoryError>;
 
     /// `recipient`'s notifications, newest first.
     ///

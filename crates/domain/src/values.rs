@@ -313,6 +313,16 @@ impl NotificationVerb {
         }
     }
 
+    /// The notification a call's entering `status` causes for its receiver: ringing rings
+    /// them (incoming), missed tells them they missed it; nothing else notifies.
+    pub const fn caused_by(status: CallStatus, call_type: CallType) -> Option<Self> {
+        match status {
+            CallStatus::Ringing => Some(Self::incoming(call_type)),
+            CallStatus::Missed => Some(Self::missed(call_type)),
+            _ => None,
+        }
+    }
+
     pub const fn call_type(self) -> CallType {
         match self {
             Self::IncomingVoiceCall | Self::MissedVoiceCall => CallType::Voice,

@@ -24,7 +24,7 @@ use ringline_api::{
     AddressCap, CallApiParts, ConnectionAcceptor, JwtAuthenticator, ServerParts, Vapid, WebPushObserver, WebPushSender,
     WebhookSender, WebhookWaker,
 };
-use ringline_domain::{CallService, Clock, SignalRouter, SystemClock, WebhookOutbox};
+use ringline_domain::{CallService, Clock, ErrorCode, SignalRouter, SystemClock, WebhookOutbox};
 use ringline_signaling::{Background, CancellationToken, LocalRouter, MemoryHub, SharedBus, Signaling};
 use ringline_storage::{ConnectSettings, Storage};
 
@@ -313,14 +313,9 @@ impl Application {
                 }
                 match endpoint.call(req).await {
                     Ok(response) => Ok(response.into_response()),
-                    Err(error) if error.is::<poem::error::CorsError>() => Ok((
-                        poem::http::StatusCode::FORBIDDEN,
-                        poem::web::Json(serde_json::json!({
-                            "detail": "Requests from this origin are not allowed (RINGLINE_CORS_ALLOWED_ORIGINS).",
-                            "code": "origin_not_allowed",
-                        })),
-                    )
-                        .into_response()),
+                    Err(error) if error.is::<poem::error::CorsError>() => {
+                        Ok(ringline_api::refusal_response(&ErrorCode::OriginNotAllowed.into()))
+                    }
                     Err(error) => Err(error),
                 }
             },

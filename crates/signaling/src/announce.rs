@@ -11,8 +11,8 @@ use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use ringline_domain::{
-    Audience, Call, CallEvent, CallObserver, ChangeOrigin, Clock, DeviceId, Directory, NewNotification,
-    NotificationRepository, NotificationVerb, Signal, SignalRouter, Transition, UserId, UserProfile,
+    Audience, Call, CallEvent, CallObserver, ChangeOrigin, Clock, DeviceId, Directory, NotificationRepository,
+    NotificationVerb, Signal, SignalRouter, Transition, UserId, UserProfile,
 };
 use serde_json::value::RawValue;
 
@@ -99,21 +99,16 @@ impl Announcer {
         self.party(call, user).await.map(|profile| profile.username).unwrap_or_default()
     }
 
-    /// Stores a notification for `call`'s receiver and pushes it as `notification.created`.
-    /// A storage failure is logged; the live event has already been sent.
+    /// Sends the notification that `call`'s change stored for its receiver (the repository
+    /// writes it with the change) as `notification.created`. A storage failure is logged; the
+    /// live event has already been sent, and the notification is in the list all the same.
     pub(crate) async fn notify_receiver(&self, call: &Call, verb: NotificationVerb) {
-        let new = NewNotification {
-            recipient: call.receiver().clone(),
-            actor: Some(call.caller().clone()),
-            verb,
-            call: call.id(),
-            conversation: call.conversation(),
-            created_at: self.clock.now(),
-        };
-        let stored = match self.notifications.create(new).await {
-            Ok(stored) => stored,
+        let stored = match self.notifications.caused_by(call.receiver(), call.id(), verb).await {
+            Ok(Some(stored)) => stored,
+            // A repository that stores none (an embedding application's own) has nothing to send.
+            Ok(None) => return,
             Err(error) => {
-                tracing::error!(%error, call = %call.id(), "cannot store a call notification");
+                tracing::error!(%error, call = %call.id(), "cannot read a call's notification");
                 return;
             }
         };

@@ -10,7 +10,7 @@
 //! whose instance stopped is replaced. `docs/protocol.md`, "Answered or declined on another
 //! device", says what clients see.
 
-use ringline_domain::{CallId, DeviceClaim, DeviceId, UserId};
+use ringline_domain::{CallId, DeviceClaim, DeviceId, ErrorCode, UserId};
 
 use crate::call_cache::Route;
 use crate::hub::Signaling;
@@ -85,7 +85,10 @@ impl Signaling {
                     replacing = Some(holder);
                 }
                 Ok(DeviceClaim::NotActive(status)) => {
-                    return Err(FrameError::new("invalid_call_state", format!("Call is already {status}.")));
+                    return Err(FrameError::with_detail(
+                        ErrorCode::InvalidCallState,
+                        format!("Call is already {status}."),
+                    ));
                 }
                 Err(error) if ringline_domain::is_store_unavailable(&error) => {
                     if crate::throttle::database_outage_log_due() {

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ringline_domain::{CallId, CallStatus, HangupReason};
+use ringline_domain::{CallId, CallStatus, ErrorCode, HangupReason};
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
@@ -126,18 +126,9 @@ pub enum ClientFrame<'a> {
     TypingStop,
 }
 
-/// Why a frame was refused; sent back as `{"type": "error", "code", "detail"}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FrameError {
-    pub code: &'static str,
-    pub detail: Cow<'static, str>,
-}
-
-impl FrameError {
-    pub fn new(code: &'static str, detail: impl Into<Cow<'static, str>>) -> Self {
-        Self { code, detail: detail.into() }
-    }
-}
+/// Why a frame was refused; sent back as `{"type": "error", "code", "detail"}`. A refusal from
+/// the domain's catalogue, as REST answers them.
+pub type FrameError = ringline_domain::Refusal;
 
 impl<'a> ClientFrame<'a> {
     /// # Errors
@@ -145,9 +136,13 @@ impl<'a> ClientFrame<'a> {
     pub fn parse(text: &'a str) -> Result<Self, FrameError> {
         let raw: RawFrame<'a> = serde_json::from_str(text).map_err(|error| {
             // serde_json's message names the line and column, never the content.
-            FrameError::new("malformed_frame", format!("The frame is not a valid JSON object: {error}."))
+            FrameError::with_detail(
+                ErrorCode::MalformedFrame,
+                format!("The frame is not a valid JSON object: {error}."),
+            )
         })?;
-        let kind = raw.kind.ok_or_else(|| FrameError::new("missing_field", "The frame has no \"type\"."))?;
+        let kind =
+            raw.kind.ok_or_else(|| FrameError::with_detail(ErrorCode::MissingField, "The frame has no \"type\"."))?;
         let call = || raw.call_id.map(|id| id.0).ok_or_else(|| missing("call_id"));
         Ok(match kind.as_ref() {
             "ping" => Self::Ping,
@@ -161,8 +156,8 @@ impl<'a> ClientFrame<'a> {
                 reason: match raw.reason.as_deref() {
                     None => HangupReason::UserHangup,
                     Some(reason) => reason.parse().map_err(|_| {
-                        FrameError::new(
-                            "invalid_reason",
+                        FrameError::with_detail(
+                            ErrorCode::InvalidReason,
                             "\"reason\" must be one of user_hangup, ice_failed, user_media_failed.",
                         )
                     })?,
@@ -175,7 +170,7 @@ impl<'a> ClientFrame<'a> {
             },
             "typing.start" => Self::TypingStart,
             "typing.stop" => Self::TypingStop,
-            _ => return Err(FrameError::new("unknown_type", "Unknown frame type.")),
+            _ => return Err(FrameError::new(ErrorCode::UnknownType)),
         })
     }
 
@@ -195,7 +190,7 @@ impl<'a> ClientFrame<'a> {
 }
 
 fn missing(field: &'static str) -> FrameError {
-    FrameError::new("missing_field", format!("The frame needs \"{field}\"."))
+    FrameError::with_detail(ErrorCode::MissingField, format!("The frame needs \"{field}\"."))
 }
 
 /// Unique event ids: a random per-process prefix and a counter, so that ids from different
@@ -230,7 +225,11 @@ impl EventIds {
 pub fn encode<T: Serialize>(event: &T) -> String {
     serde_json::to_string(event).unwrap_or_else(|error| {
         tracing::error!(%error, "failed to encode an event");
-        r#"{"type":"error","code":"internal_error","detail":"The server failed to encode an event."}"#.to_owned()
+        // By hand: encoding the error event cannot be allowed to fail in turn.
+        format!(
+            r#"{{"type":"error","code":"{}","detail":"The server failed to encode an event."}}"#,
+            ErrorCode::InternalError.as_str()
+        )
     })
 }
 
@@ -248,7 +247,7 @@ pub fn error_event(event_id: &str, error: &FrameError, call: Option<CallId>) -> 
     encode(&ErrorEvent {
         r#type: "error",
         event_id,
-        code: error.code,
+        code: error.code.as_str(),
         detail: &error.detail,
         call_id: call.map(|id| id.to_string()),
     })
@@ -308,7 +307,7 @@ mod tests {
 
     #[test]
     fn bad_frames_get_specific_codes() {
-        let code = |text: &str| ClientFrame::parse(text).err().map(|e| e.code);
+        let code = |text: &str| ClientFrame::parse(text).err().map(|e| e.code.as_str());
         assert_eq!(code("not json"), Some("malformed_frame"));
         assert_eq!(code("[1,2]"), Some("malformed_frame"));
         assert_eq!(code(r#"{"call_id":"1"}"#), Some("missing_field"));

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use ringline_domain::{
-    Audience, Call, CallAction, CallId, CallServiceError, CallStatus, ConversationId, DeviceId, Outcome, Signal,
-    TransitionError, UserId,
+    Audience, Call, CallAction, CallId, CallServiceError, CallStatus, ConversationId, DeviceId, ErrorCode, Outcome,
+    Signal, TransitionError, UserId,
 };
 
 use crate::call_cache::Route;
@@ -84,8 +84,8 @@ impl Signaling {
             return Ok(None);
         }
         if !self.database_reads_per_user.allow(user.clone(), DATABASE_READS_PER_USER) {
-            return Err(FrameError::new(
-                "rate_limited",
+            return Err(FrameError::with_detail(
+                ErrorCode::RateLimited,
                 "Too many frames naming calls the server has to look up; this one was dropped. Slow down.",
             ));
         }
@@ -103,7 +103,7 @@ impl Signaling {
             }
             Err(error) => {
                 tracing::error!(%error, "cannot load a call for signaling");
-                Err(FrameError::new("internal_error", "The server could not load the call; try again."))
+                Err(FrameError::with_detail(ErrorCode::InternalError, "The server could not load the call; try again."))
             }
         }
     }
@@ -126,7 +126,7 @@ impl Signaling {
         match self.handle_frame(session, frame).await {
             Ok(reply) => reply,
             Err(error) => {
-                tracing::debug!(user = %session.user, kind = frame.kind(), code = error.code, "frame refused");
+                tracing::debug!(user = %session.user, kind = frame.kind(), code = error.code.as_str(), "frame refused");
                 Some(crate::protocol::error_event(&self.ids.next(), &error, call_id))
             }
         }
@@ -245,8 +245,8 @@ impl Signaling {
         if self.relayed_per_call.allow((route.id(), direction), self.frame_rate) {
             Ok(())
         } else {
-            Err(FrameError::new(
-                "rate_limited",
+            Err(FrameError::with_detail(
+                ErrorCode::RateLimited,
                 "Too many frames to the other party from all your devices together; this one was dropped. Slow down.",
             ))
         }
@@ -269,14 +269,14 @@ impl Signaling {
         id: CallId,
         frame: &ClientFrame<'_>,
     ) -> Result<Route, FrameError> {
-        let not_found = || FrameError::new("call_not_found", "No such call, or not one of yours.");
+        let not_found = || FrameError::with_detail(ErrorCode::CallNotFound, "No such call, or not one of yours.");
         let route = self.route(id, &session.user).await?.ok_or_else(not_found)?;
         if !route.is_party(&session.user) {
             return Err(not_found());
         }
         if !allowed_in(route.status(), frame, route.caller() == &session.user) {
-            return Err(FrameError::new(
-                "invalid_call_state",
+            return Err(FrameError::with_detail(
+                ErrorCode::InvalidCallState,
                 format!("{} is not allowed while the call is {}.", frame.kind(), route.status()),
             ));
         }
@@ -295,11 +295,11 @@ impl Signaling {
         frame: ClientFrame<'_>,
     ) -> Result<Option<String>, FrameError> {
         let SessionKind::Chat(conversation) = session.kind else {
-            return Err(FrameError::new("wrong_socket", "Typing indicators belong on a chat socket."));
+            return Err(FrameError::new(ErrorCode::WrongSocket));
         };
         if !self.typing_per_conversation.allow(conversation, self.frame_rate) {
-            return Err(FrameError::new(
-                "rate_limited",
+            return Err(FrameError::with_detail(
+                ErrorCode::RateLimited,
                 "Too many typing indicators in this conversation; this one was dropped. Slow down.",
             ));
         }
@@ -331,38 +331,28 @@ impl Signaling {
 
 /// A refused socket action, as an error frame. Same codes as the REST API.
 pub(crate) fn elsewhere() -> FrameError {
-    FrameError::new("answered_elsewhere", "The call was answered on another of your devices.")
+    FrameError::new(ErrorCode::AnsweredElsewhere)
 }
 
 /// The database did not answer: nothing was done, and the same frame can be sent again.
 fn database_unavailable() -> FrameError {
-    FrameError::new("database_unavailable", "The database is not reachable; try again shortly.")
+    FrameError::new(ErrorCode::DatabaseUnavailable)
 }
 
+/// The refusal of a socket action the call use cases turned down: the catalogue's mapping, as
+/// REST answers it; a failure of the server is logged here.
 pub(crate) fn refusal(error: CallServiceError) -> FrameError {
-    use ringline_domain::TransitionError;
-    match error {
-        CallServiceError::CallNotFound | CallServiceError::Transition(TransitionError::NotAParty) => {
-            FrameError::new("call_not_found", "No such call, or not one of yours.")
-        }
-        CallServiceError::Transition(TransitionError::InvalidState { status, .. }) => {
-            FrameError::new("invalid_call_state", format!("Call is already {status}."))
-        }
-        CallServiceError::Transition(TransitionError::ReceiverOnly(_)) => {
-            FrameError::new("receiver_only", "Only the receiver may do that.")
-        }
-        CallServiceError::StillRacing => FrameError::new("call_conflict", "The call changed meanwhile; try again."),
-        other if ringline_domain::is_store_unavailable(&other) => {
+    let refusal = FrameError::from(&error);
+    match refusal.code {
+        ErrorCode::DatabaseUnavailable => {
             if crate::throttle::database_outage_log_due() {
-                tracing::warn!(error = %other, "a socket action failed: the database is unavailable");
+                tracing::warn!(error = %error, "a socket action failed: the database is unavailable");
             }
-            database_unavailable()
         }
-        other => {
-            tracing::error!(error = %other, "a socket action failed");
-            FrameError::new("internal_error", "The server could not do that; try again.")
-        }
+        ErrorCode::InternalError => tracing::error!(error = %error, "a socket action failed"),
+        _ => {}
     }
+    refusal
 }
 
 #[cfg(test)]

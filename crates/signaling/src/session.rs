@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
-use ringline_domain::{Call, UserId};
+use ringline_domain::{Call, ErrorCode, UserId};
 use serde_json::value::RawValue;
 use tokio::time::Instant as TimerInstant;
 
@@ -255,7 +255,7 @@ pub async fn run<S, K>(
                     }
                     Some(Inbound::Ping | Inbound::Pong) => {}
                     Some(Inbound::Binary) => {
-                        let error = FrameError::new("unsupported_frame", "Send JSON text frames.");
+                        let error = FrameError::new(ErrorCode::UnsupportedFrame);
                         open = write(&mut outbound, &slot, Outbound::Text(error_event(&signaling.next_event_id(), &error, None))).await;
                     }
                     Some(Inbound::Text(text)) => {
@@ -303,11 +303,14 @@ fn why_kicked(slot: &SessionSlot) -> (u16, &'static str) {
 /// Applies the limits to one text frame, then hands it to the hub.
 async fn receive(signaling: &Signaling, context: &SessionContext, rate: &mut RateLimit, text: &str) -> Option<String> {
     if !rate.allow() {
-        let error = FrameError::new("rate_limited", "Too many frames; some were dropped. Slow down.");
+        let error = FrameError::new(ErrorCode::RateLimited);
         return rate.should_warn().then(|| error_event(&signaling.next_event_id(), &error, None));
     }
     if text.len() > MAX_FRAME_BYTES {
-        let error = FrameError::new("frame_too_large", format!("Frames are limited to {MAX_FRAME_BYTES} bytes."));
+        let error = FrameError::with_detail(
+            ErrorCode::FrameTooLarge,
+            format!("Frames are limited to {MAX_FRAME_BYTES} bytes."),
+        );
         return Some(error_event(&signaling.next_event_id(), &error, None));
     }
     signaling.handle_text(context, text).await

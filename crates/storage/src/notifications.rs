@@ -4,8 +4,8 @@
 
 use async_trait::async_trait;
 use ringline_domain::{
-    CallId, ConversationId, NewNotification, Notification, NotificationRepository, Page, PageRequest, RepositoryError,
-    Timestamp, UserId,
+    CallId, ConversationId, NewNotification, Notification, NotificationRepository, NotificationVerb, Page, PageRequest,
+    RepositoryError, Timestamp, UserId,
 };
 use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set};
@@ -70,6 +70,25 @@ impl NotificationRepository for SqlNotifications {
         };
         let row = self.db.write.write(move |db| Box::pin(row.insert(db))).await.map_err(storage_failure)?;
         to_notification(row)
+    }
+
+    async fn caused_by(
+        &self,
+        recipient: &UserId,
+        call: CallId,
+        verb: NotificationVerb,
+    ) -> Result<Option<Notification>, RepositoryError> {
+        // The call's insert or update wrote it (m20261207_000010_notifications_follow_calls);
+        // the newest, should a store hold several (an operator's repair).
+        let row = notification::Entity::find()
+            .filter(notification::Column::ObjectId.eq(call.get()))
+            .filter(notification::Column::RecipientId.eq(recipient.as_str()))
+            .filter(notification::Column::Verb.eq(verb.as_str()))
+            .order_by_desc(notification::Column::Id)
+            .one(&self.db.read)
+            .await
+            .map_err(storage_failure)?;
+        row.map(to_notification).transpose()
     }
 
     async fn list(&self, recipient: &UserId, page: PageRequest) -> Result<Page<Notification>, RepositoryError> {

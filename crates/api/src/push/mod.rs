@@ -18,7 +18,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use poem::Request;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
-use ringline_domain::{Clock, PushSubscription, PushSubscriptions};
+use ringline_domain::{Clock, ErrorCode, PushSubscription, PushSubscriptions};
 use web_push_native::p256;
 
 pub use self::sender::{CONCURRENT_PUSHES, PUSH_QUEUE, WebPushObserver, WebPushSender};
@@ -85,7 +85,7 @@ enum Unsubscribed {
 /// Parses a subscription the way a push will need it: an allowed URL, a point on P-256, 16
 /// bytes.
 fn checked(json: &PushSubscriptionJson, rules: &UserUrlRules) -> Result<PushSubscription, ApiError> {
-    let invalid = |detail: String| ApiError::bad_request(detail, "invalid_push_subscription");
+    let invalid = |detail: String| ApiError::with_detail(ErrorCode::InvalidPushSubscription, detail);
     if json.endpoint.len() > MAX_ENDPOINT_LEN {
         return Err(invalid(format!("endpoint must be at most {MAX_ENDPOINT_LEN} characters.")));
     }
@@ -174,10 +174,6 @@ impl PushApi {
             .unsubscribe(&user, &body.0.endpoint)
             .await
             .map_err(|error| ApiError::internal(&error))?;
-        if removed {
-            Ok(Unsubscribed::Removed)
-        } else {
-            Err(ApiError::not_found("You have no push subscription at this endpoint.", "push_subscription_not_found"))
-        }
+        if removed { Ok(Unsubscribed::Removed) } else { Err(ApiError::new(ErrorCode::PushSubscriptionNotFound)) }
     }
 }

@@ -15,6 +15,7 @@ mod m20261204_000006_webhook_outbox;
 mod m20261204_000007_web_push;
 mod m20261205_000008_callee_device;
 mod m20261207_000009_account_status;
+mod m20261207_000010_notifications_follow_calls;
 
 /// Every migration of the Ringline schema, oldest first.
 #[derive(Debug)]
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000007_web_push::Migration),
             Box::new(m20261205_000008_callee_device::Migration),
             Box::new(m20261207_000009_account_status::Migration),
+            Box::new(m20261207_000010_notifications_follow_calls::Migration),
         ]
     }
 }

@@ -1,11 +1,9 @@
 //! Many writers, one call: exactly one transition wins, every other gets a clear conflict,
 //! and the stored record (and the busy lines) stay consistent. Run on SQLite and PostgreSQL.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{RING_TIMEOUT, at, new_call, ring, user};
+use crate::common::{RING_TIMEOUT, at, new_call, ring, user};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use ringline_domain::{Call, CallRepository, CallStatus, DeviceClaim, DeviceId, Outcome, RepositoryError, Transition};

@@ -4,13 +4,11 @@
 //! and the frames of an answered call are still relayed. When it returns, everything works
 //! again without a restart.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Server, free_port};
+use crate::common::{Server, free_port};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -101,7 +99,7 @@ impl Drop for Postgres {
 
 /// Runs a `ringline` subcommand against `url` and returns its stdout.
 fn cli(url: &str, args: &[&str]) -> String {
-    common::cli(&[("RINGLINE_DATABASE_URL", url), ("RINGLINE_JWT_SECRET", SECRET)], args)
+    crate::common::cli(&[("RINGLINE_DATABASE_URL", url), ("RINGLINE_JWT_SECRET", SECRET)], args)
 }
 
 async fn serve(url: &str, log: &Path) -> Server {

@@ -2,9 +2,7 @@
 //! (and only for active subscriptions), leased once, a call's events one at a time and in
 //! order, retention.
 
-mod common;
-
-use common::{at, ring, transition, user};
+use crate::common::{at, ring, transition, user};
 use ringline_domain::{CallRepository, DeliveryOutcome, WebhookEventType, WebhookOutbox};
 use ringline_storage::Storage;
 

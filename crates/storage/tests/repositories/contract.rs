@@ -1,12 +1,10 @@
 //! The repository and directory contract, run on SQLite and on PostgreSQL.
 
-mod common;
-
-use common::{RING_TIMEOUT, at, call_id, new_call, ring, transition, user};
+use crate::common::{RING_TIMEOUT, at, call_id, new_call, ring, transition, user};
 use ringline_domain::{
     Call, CallListFilter, CallRepository, CallStatus, ConversationId, DeviceClaim, DeviceId, Directory, EndReason,
     MAX_PUSH_SUBSCRIPTIONS_PER_USER, NewNotification, NotificationRepository, NotificationVerb, Page, PageRequest,
-    PushSubscription, PushSubscriptions, RepositoryError, UserProfile,
+    PushSubscription, PushSubscriptions, RepositoryError, UserId, UserProfile,
 };
 use ringline_storage::{DirectoryWriteError, Storage};
 use sea_orm::prelude::*;
@@ -28,6 +26,7 @@ on_both_databases!(
     the_directory_knows_users_and_conversations,
     contacts_are_the_other_participants_of_ones_conversations,
     notifications_are_private_newest_first_and_can_be_read,
+    a_calls_notifications_are_stored_by_the_change_itself,
     an_answered_call_belongs_to_one_device_until_it_lets_go,
     a_user_keeps_only_their_newest_push_subscriptions,
     removed_and_deactivated_users_are_told_apart_from_unknown_ones,
@@ -456,6 +455,49 @@ async fn notifications_are_private_newest_first_and_can_be_read(storage: Storage
     assert!(page.items.iter().all(|n| !n.unread));
     let carols = repo.list(&user("carol"), PageRequest { page: 1, per_page: 10 }).await.expect("list");
     assert!(carols.items[0].unread);
+}
+
+/// The receiver's incoming-call notification is stored by the statement that stores the
+/// ringing call, and the missed-call one by the change to `missed`: nothing else runs between
+/// the change and its notification, so no crash or early reader can fall between them. Other
+/// changes notify nobody.
+async fn a_calls_notifications_are_stored_by_the_change_itself(storage: Storage) {
+    let (calls, notifications) = (storage.calls(), storage.notifications());
+    let everything = PageRequest { page: 1, per_page: 10 };
+    let ringing = ring(&calls, "alice", "bob", 0).await;
+    let incoming = notifications
+        .caused_by(&user("bob"), ringing.id(), NotificationVerb::IncomingVideoCall)
+        .await
+        .expect("read")
+        .expect("stored with the call");
+    assert_eq!(
+        (incoming.recipient.as_str(), incoming.actor.as_ref().map(UserId::as_str), incoming.call, incoming.unread),
+        ("bob", Some("alice"), ringing.id(), true)
+    );
+    assert_eq!((incoming.conversation, incoming.created_at), (None, ringing.created_at()));
+    assert_eq!(notifications.list(&user("bob"), everything).await.expect("list").items, vec![incoming.clone()]);
+    assert_eq!(notifications.list(&user("alice"), everything).await.expect("list").total, 0, "not the caller's");
+
+    let missed = transition(ringing.expire(at(60), RING_TIMEOUT).expect("due"));
+    calls.apply(&missed).await.expect("expire");
+    let page = notifications.list(&user("bob"), everything).await.expect("list");
+    assert_eq!(page.items.len(), 2);
+    assert_eq!(page.items[0].verb, NotificationVerb::MissedVideoCall);
+    assert_eq!((page.items[0].call, page.items[0].created_at), (ringing.id(), at(60)));
+    assert_eq!(
+        notifications.caused_by(&user("bob"), ringing.id(), NotificationVerb::MissedVideoCall).await.expect("read"),
+        Some(page.items[0].clone())
+    );
+
+    // Answered and ended, declined: no notification.
+    let answered = ring(&calls, "alice", "bob", 100).await;
+    let accepted = transition(answered.accept(&user("bob"), at(101)).expect("accept"));
+    calls.apply(&accepted).await.expect("accept");
+    calls.apply(&transition(accepted.call.end(&user("bob"), at(110)).expect("end"))).await.expect("end");
+    let declined = ring(&calls, "alice", "bob", 200).await;
+    calls.apply(&transition(declined.reject(&user("bob"), at(201)).expect("reject"))).await.expect("reject");
+    let page = notifications.list(&user("bob"), everything).await.expect("list");
+    assert_eq!(page.total, 4, "one incoming-call notification each, and one missed: {:?}", page.items);
 }
 
 /// The database, not the repository, keeps the lines in step with the calls: a call written

@@ -1,12 +1,10 @@
 //! The `ringline` binary as a newcomer runs it: no configuration but a database URL and an
 //! address, so that the test does not touch the working directory or a fixed port.
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::free_port;
+use crate::common::free_port;
 
 struct Running {
     child: Child,
@@ -25,7 +23,7 @@ impl Drop for Running {
 
 /// Runs a `ringline` subcommand on `database_url` with `secret` and returns its stdout.
 fn cli(database_url: &str, secret: &str, args: &[&str]) -> String {
-    common::cli(&[("RINGLINE_DATABASE_URL", database_url), ("RINGLINE_JWT_SECRET", secret)], args)
+    crate::common::cli(&[("RINGLINE_DATABASE_URL", database_url), ("RINGLINE_JWT_SECRET", secret)], args)
 }
 
 /// Starts `ringline serve` with its log on a pipe, and waits until it answers.
@@ -37,7 +35,7 @@ async fn start_logging(database_url: &str, secret: &str, rust_log: &str) -> (std
 /// Starts `ringline serve` on a free port (unless `settings` names `RINGLINE_BIND`) with
 /// `settings` in its environment and its log on a pipe, and waits until it answers.
 async fn serve_with(settings: &[(&str, &str)]) -> (std::process::Child, String) {
-    common::serve(&[], settings, Stdio::piped()).await
+    crate::common::serve(&[], settings, Stdio::piped()).await
 }
 
 /// Stops a server started by [`start_logging`] and returns everything it logged.
@@ -57,7 +55,7 @@ async fn start_with(args: &[&str], settings: &[(&str, &str)]) -> Running {
     let url = format!("sqlite://{}?mode=rwc", database.display());
     let mut env = vec![("RINGLINE_DATABASE_URL", url.as_str())];
     env.extend_from_slice(settings);
-    let (child, base) = common::serve(args, &env, Stdio::inherit()).await;
+    let (child, base) = crate::common::serve(args, &env, Stdio::inherit()).await;
     Running { child, base, database }
 }
 
@@ -119,9 +117,9 @@ async fn a_request_in_progress_at_sigterm_is_still_answered() {
     let mut server = start(&[]).await;
     let url = format!("sqlite://{}?mode=rwc", server.database.display());
     let env = [("RINGLINE_DATABASE_URL", url.as_str())];
-    common::cli(&env, &["users", "add", "alice", "--username", "alice"]);
-    common::cli(&env, &["users", "add", "bob", "--username", "bob"]);
-    let token = common::cli(&env, &["token", "--user", "alice"]);
+    crate::common::cli(&env, &["users", "add", "alice", "--username", "alice"]);
+    crate::common::cli(&env, &["users", "add", "bob", "--username", "bob"]);
+    let token = crate::common::cli(&env, &["token", "--user", "alice"]);
     let body = br#"{"receiver_id": "bob", "call_type": "voice"}"#;
     let (first, rest) = body.split_at(10);
     let mut request = tokio::net::TcpStream::connect(server.base.trim_start_matches("http://")).await.expect("connect");
@@ -507,9 +505,9 @@ async fn a_slowloris_from_one_address_is_cut_off_and_starves_nobody() {
     .await;
     let url = format!("sqlite://{}?mode=rwc", server.database.display());
     let env = [("RINGLINE_DATABASE_URL", url.as_str()), ("RINGLINE_JWT_SECRET", "a-secret-for-the-slowloris-test")];
-    common::cli(&env, &["users", "add", "alice", "--username", "alice"]);
-    common::cli(&env, &["users", "add", "bob", "--username", "bob"]);
-    let token = common::cli(&env, &["token", "--user", "alice"]);
+    crate::common::cli(&env, &["users", "add", "alice", "--username", "alice"]);
+    crate::common::cli(&env, &["users", "add", "bob", "--username", "bob"]);
+    let token = crate::common::cli(&env, &["token", "--user", "alice"]);
     let address = server.base.trim_start_matches("http://").to_owned();
 
     let mut attack = tokio::task::JoinSet::new();

@@ -2,13 +2,11 @@
 //! binaries, a `redis-server` this test starts on a free port (so it can stop and restart
 //! it), real WebSocket clients.
 
-mod common;
-
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::free_port;
+use crate::common::free_port;
 use futures_util::{SinkExt, StreamExt};
 use ringline_storage::testing::{Backend, TestDatabase};
 use serde_json::{Value, json};
@@ -186,7 +184,7 @@ impl Instance {
             ("RINGLINE_REDIS_URL", redis_url.as_str()),
         ];
         env.extend_from_slice(extra);
-        let (child, base) = common::serve(&[], &env, Stdio::inherit()).await;
+        let (child, base) = crate::common::serve(&[], &env, Stdio::inherit()).await;
         Self { child, base }
     }
 
@@ -312,8 +310,9 @@ impl Deployment {
 
 /// Creates the users (and conversation 7 of alice and bob) and returns their tokens.
 fn people(database_url: &str, users: &[&str]) -> Vec<String> {
-    let ringline =
-        |args: &[&str]| common::cli(&[("RINGLINE_DATABASE_URL", database_url), ("RINGLINE_JWT_SECRET", SECRET)], args);
+    let ringline = |args: &[&str]| {
+        crate::common::cli(&[("RINGLINE_DATABASE_URL", database_url), ("RINGLINE_JWT_SECRET", SECRET)], args)
+    };
     for user in users {
         ringline(&["users", "add", user, "--username", user]);
     }

@@ -35,7 +35,7 @@ async fn the_published_document_matches_the_snapshot_in_docs() {
     let snapshot = std::fs::read_to_string(&snapshot_path).expect("docs/openapi.json exists");
     assert!(
         snapshot.trim_end() == generated.trim_end(),
-        "the API changed: review the difference, then run `UPDATE_SNAPSHOTS=1 cargo test -p ringline-tests --test openapi` \
+        "the API changed: review the difference, then run `UPDATE_SNAPSHOTS=1 cargo test -p ringline-tests --test end_to_end openapi` \
          and commit docs/openapi.json"
     );
 }

@@ -1,7 +1,7 @@
 //! Helpers shared by the storage test suites: every test body runs once on SQLite and once on
 //! PostgreSQL, each time on a fresh database.
 
-#![allow(dead_code)] // each test binary uses a different subset
+#![allow(dead_code)] // not every helper is used by every test module
 
 use std::future::Future;
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! Several instances in one process, on one database, joined by the in-memory bus
 //! (`MemoryHub`): every client sees exactly what it sees from one instance, event for event.
-//! These are fast, so they test sequences strictly; `crates/server/tests/instances.rs` runs
+//! These are fast, so they test sequences strictly; `crates/server/tests/processes/instances.rs` runs
 //! real binaries over a real Redis.
 
 use std::time::Duration;

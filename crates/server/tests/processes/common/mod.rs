@@ -1,7 +1,7 @@
 //! What the binary's test files share: free ports, `ringline` subcommands, and `ringline
 //! serve` started on a free port and waited for. Each test file is a crate of its own and uses
 //! part of this.
-#![allow(dead_code)]
+#![allow(dead_code)] // not every helper is used by every test module
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,22 @@
+//! Black-box tests of Ringline against real servers on 127.0.0.1, as one test binary: one link of
+//! the whole stack instead of one per file.
+
+mod api_surface;
+mod calls_api;
+mod device_races;
+mod embedding;
+mod error_codes;
+mod health;
+mod joined_instances;
+mod liveness;
+mod notifications;
+mod observers;
+mod old_clients;
+mod openapi;
+mod relay_reads;
+mod resume;
+mod schemathesis;
+mod signaling;
+mod statement_budget;
+mod web_push;
+mod webhooks;
