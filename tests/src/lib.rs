@@ -91,14 +91,14 @@ impl TestApp {
     /// instances in this process, as Redis joins them in production, without Redis. Stop
     /// each; the last one stopped removes the database.
     pub async fn spawn_joined(backend: Backend, count: usize, configure: impl Fn(&mut Settings)) -> Vec<Self> {
-        Self::spawn_joined_to(backend, count, &ringline_signaling::MemoryHub::new(), configure).await
+        Self::spawn_joined_to(backend, count, &ringline_bus::MemoryHub::new(), configure).await
     }
 
     /// [`TestApp::spawn_joined`] on a hub the test keeps, e.g. to play an outage of the bus.
     pub async fn spawn_joined_to(
         backend: Backend,
         count: usize,
-        hub: &std::sync::Arc<ringline_signaling::MemoryHub>,
+        hub: &std::sync::Arc<ringline_bus::MemoryHub>,
         configure: impl Fn(&mut Settings),
     ) -> Vec<Self> {
         let database = std::sync::Arc::new(TestDatabase::new(backend).await);
@@ -130,7 +130,7 @@ impl TestApp {
         database: std::sync::Arc<TestDatabase>,
         storage: ringline_storage::Storage,
         sweeps: bool,
-        hub: Option<&std::sync::Arc<ringline_signaling::MemoryHub>>,
+        hub: Option<&std::sync::Arc<ringline_bus::MemoryHub>>,
         configure: impl FnOnce(&mut Settings),
     ) -> Self {
         let mut settings = Settings::for_tests(database.url(), TEST_JWT_SECRET);

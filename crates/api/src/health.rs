@@ -5,7 +5,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use std::sync::Arc;
 
 use ringline_domain::ErrorCode;
-use ringline_signaling::BusHealth;
+use ringline_signaling::BusStatus;
 use ringline_storage::Storage;
 
 use crate::ApiTags;
@@ -35,11 +35,11 @@ pub enum ReadyResponse {
 #[derive(Debug)]
 pub struct HealthApi {
     storage: Storage,
-    bus: Option<Arc<BusHealth>>,
+    bus: Option<Arc<dyn BusStatus>>,
 }
 
 impl HealthApi {
-    pub fn new(storage: Storage, bus: Option<Arc<BusHealth>>) -> Self {
+    pub fn new(storage: Storage, bus: Option<Arc<dyn BusStatus>>) -> Self {
         Self { storage, bus }
     }
 }

@@ -99,7 +99,7 @@ pub struct ServerParts {
     /// Set to enable demo sign-in (only with the development JWT secret).
     pub demo_login: Option<Arc<JwtAuthenticator>>,
     /// The bus to other instances, when there is one: `/readyz` reports it.
-    pub bus: Option<Arc<ringline_signaling::BusHealth>>,
+    pub bus: Option<Arc<dyn ringline_signaling::BusStatus>>,
     /// The server's VAPID identity, for `/api/push/…`.
     pub vapid: Vapid,
     /// Proxies whose forwarding headers are believed; anyone else's are removed.

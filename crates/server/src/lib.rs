@@ -24,8 +24,9 @@ use ringline_api::{
     AddressCap, CallApiParts, ConnectionAcceptor, JwtAuthenticator, ServerParts, Vapid, WebPushObserver, WebPushSender,
     WebhookSender, WebhookWaker,
 };
+use ringline_bus::{MemoryHub, SharedBus};
 use ringline_domain::{CallService, Clock, ErrorCode, SignalRouter, SystemClock, WebhookOutbox};
-use ringline_signaling::{Background, CancellationToken, LocalRouter, MemoryHub, SharedBus, Signaling};
+use ringline_signaling::{Background, CancellationToken, LocalRouter, Signaling};
 use ringline_storage::{ConnectSettings, Storage};
 
 pub use settings::Settings;
@@ -297,7 +298,7 @@ impl Application {
             storage: storage.clone(),
             admin_token: settings.admin_token.clone(),
             demo_login,
-            bus: bus.as_ref().map(|bus| bus.health()),
+            bus: bus.as_ref().map(|bus| -> Arc<dyn ringline_signaling::BusStatus> { bus.health() }),
             vapid,
             trusted_proxies: settings.trusted_proxies.clone(),
             max_per_forwarded_client: per_address,

@@ -11,24 +11,22 @@ use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use ringline_domain::{
-    Audience, Call, CallEvent, CallObserver, ChangeOrigin, Clock, DeviceId, Directory, NotificationRepository,
-    NotificationVerb, Signal, SignalRouter, Transition, UserId, UserProfile,
+    Call, CallEvent, CallObserver, ChangeOrigin, DeviceId, Directory, NotificationRepository, NotificationVerb,
+    Transition, UserId, UserProfile,
 };
 use serde_json::value::RawValue;
 
 use crate::call_cache::CallCache;
 use crate::events::{self, NotificationPayload};
-use crate::replay::ReplayStore;
+use crate::streams::EventStreams;
 
 /// What announcing needs, shared by the hub and the call service that tells it of changes.
 #[derive(Debug)]
 pub(crate) struct Announcer {
     pub(crate) notifications: Arc<dyn NotificationRepository>,
-    pub(crate) router: Arc<dyn SignalRouter>,
-    pub(crate) replay: Arc<dyn ReplayStore>,
+    pub(crate) streams: Arc<EventStreams>,
     pub(crate) directory: Arc<dyn Directory>,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) cache: CallCache,
+    pub(crate) cache: Arc<CallCache>,
     /// Users who held a line at the last liveness sweep or were rung here since: the ones
     /// whose last socket closing is worth recording as their last-seen moment.
     pub(crate) on_lines: RwLock<HashSet<UserId>>,
@@ -39,7 +37,7 @@ impl CallObserver for Announcer {
     async fn ringing(&self, call: &Call, parties: &[UserProfile]) {
         self.cache.remember_with(call, Some(parties.into()));
         // Other instances may have remembered this id as missing (a client probing ids).
-        self.router.call_changed(call);
+        self.streams.router().call_changed(call);
         self.on_lines
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -49,7 +47,7 @@ impl CallObserver for Announcer {
 
     async fn changed(&self, transition: &Transition, origin: ChangeOrigin<'_>, parties: Option<&[UserProfile]>) {
         self.cache.remember_with(&transition.call, parties.map(Into::into));
-        self.router.call_changed(&transition.call);
+        self.streams.router().call_changed(&transition.call);
         // The answer was valid JSON when the frame was parsed; it is passed on as it came.
         let answer = origin.answer.and_then(|answer| serde_json::from_str::<&RawValue>(answer).ok());
         self.announce(&transition.call, &transition.event, origin.device, answer).await;
@@ -57,20 +55,6 @@ impl CallObserver for Announcer {
 }
 
 impl Announcer {
-    /// The next event of `user`'s stream, built by `event(event_id)`: kept for sockets that
-    /// resume, and one copy for each of `user`'s sessions but `except_device` (which sockets:
-    /// [`Audience::User`]).
-    pub(crate) fn to_user(&self, user: &UserId, except_device: Option<DeviceId>, event: impl Fn(&str) -> String) {
-        self.replay.append(user, &mut |event_id| event(event_id), &mut |payload| {
-            self.router.route(Signal {
-                audience: Audience::User(user.clone()),
-                except_device,
-                except_user: None,
-                payload,
-            });
-        });
-    }
-
     /// The profiles of `call`'s parties the directory knows: remembered from when this
     /// process started the call, or read now.
     ///
@@ -114,12 +98,12 @@ impl Announcer {
         };
         let actor = self.party(call, call.caller()).await;
         let payload = NotificationPayload::new(&stored, actor.as_ref());
-        self.to_user(call.receiver(), None, |id| events::notification_created(id, &payload));
+        self.streams.send(call.receiver(), None, |id| events::notification_created(id, &payload));
     }
 
     pub(crate) async fn ring(&self, call: &Call) {
         let caller_username = self.username(call, call.caller()).await;
-        self.to_user(call.receiver(), None, |id| events::incoming(id, call, &caller_username));
+        self.streams.send(call.receiver(), None, |id| events::incoming(id, call, &caller_username));
         self.notify_receiver(call, NotificationVerb::incoming(call.call_type())).await;
     }
 
@@ -135,38 +119,39 @@ impl Announcer {
         let (caller, receiver) = (call.caller(), call.receiver());
         match event {
             CallEvent::Accepted { by } => {
-                self.to_user(caller, None, |id| events::answer(id, call, by, answer));
-                self.to_user(caller, None, |id| events::party_event("call.accepted", id, call, "receiver_id", by));
+                self.streams.send(caller, None, |id| events::answer(id, call, by, answer));
+                self.streams.send(caller, None, |id| events::party_event("call.accepted", id, call, "receiver_id", by));
                 // The callee's other devices stop ringing (newer clients; the original web
                 // client needs the `call.end` that `answered_elsewhere` sends once the
                 // answering socket is known).
-                self.to_user(receiver, origin, |id| events::party_event("call.accepted", id, call, "receiver_id", by));
+                self.streams
+                    .send(receiver, origin, |id| events::party_event("call.accepted", id, call, "receiver_id", by));
             }
             CallEvent::Rejected { by } => {
                 let username = self.username(call, by).await;
                 // No `call.end` for the caller: both original clients handle `call.rejected`, and
                 // the web client's "Call Declined" screen would not survive one.
-                self.to_user(caller, None, |id| events::rejected(id, call, by, &username));
+                self.streams.send(caller, None, |id| events::rejected(id, call, by, &username));
                 // The callee's other devices stop ringing; the original web client does only on
                 // `call.end`.
-                self.to_user(receiver, origin, |id| events::rejected(id, call, by, &username));
-                self.to_user(receiver, origin, |id| events::end(id, call, Some(by)));
+                self.streams.send(receiver, origin, |id| events::rejected(id, call, by, &username));
+                self.streams.send(receiver, origin, |id| events::end(id, call, Some(by)));
             }
             CallEvent::Cancelled { by } => {
-                self.to_user(receiver, None, |id| events::end(id, call, Some(by)));
-                self.to_user(receiver, None, |id| events::party_event("call.cancelled", id, call, "user_id", by));
-                self.to_user(caller, origin, |id| events::party_event("call.cancelled", id, call, "user_id", by));
+                self.streams.send(receiver, None, |id| events::end(id, call, Some(by)));
+                self.streams.send(receiver, None, |id| events::party_event("call.cancelled", id, call, "user_id", by));
+                self.streams.send(caller, origin, |id| events::party_event("call.cancelled", id, call, "user_id", by));
             }
             CallEvent::Ended { by, .. } => {
                 // `by` is `None` when the server ended it; the `end_reason` says why.
                 for party in [caller, receiver] {
-                    self.to_user(party, origin, |id| events::end(id, call, by.as_ref()));
+                    self.streams.send(party, origin, |id| events::end(id, call, by.as_ref()));
                 }
             }
             CallEvent::Missed => {
                 for party in [caller, receiver] {
-                    self.to_user(party, None, |id| events::missed(id, call));
-                    self.to_user(party, None, |id| events::end(id, call, None));
+                    self.streams.send(party, None, |id| events::missed(id, call));
+                    self.streams.send(party, None, |id| events::end(id, call, None));
                 }
                 self.notify_receiver(call, NotificationVerb::missed(call.call_type())).await;
             }

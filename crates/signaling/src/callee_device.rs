@@ -39,11 +39,11 @@ impl Signaling {
         if !route.status().is_unanswered() {
             return self.hold_answered_call(route.id(), session).await;
         }
-        match self.announcer.cache.reserve_callee_device(route.id(), session.device) {
+        match self.calls.reserve_callee_device(route.id(), session.device) {
             Ok(()) => Ok(()),
             Err(holder) if !self.local.is_connected(&session.user, holder) => {
-                self.announcer.cache.release_callee_device(route.id(), holder);
-                self.announcer.cache.reserve_callee_device(route.id(), session.device).map_err(|_| elsewhere())
+                self.calls.release_callee_device(route.id(), holder);
+                self.calls.reserve_callee_device(route.id(), session.device).map_err(|_| elsewhere())
             }
             Err(_) => Err(elsewhere()),
         }
@@ -55,7 +55,7 @@ impl Signaling {
     /// holds across instances; a device that holds the call, and a refusal the database gave
     /// within [`RECHECK_HOLDER`], are answered from memory.
     pub(crate) async fn hold_answered_call(&self, id: CallId, session: &SessionContext) -> Result<(), FrameError> {
-        let cache = &self.announcer.cache;
+        let cache = &self.calls;
         let mut replacing = None;
         match cache.callee_device(id) {
             Some(holder) if holder.device == session.device && holder.confirmed.is_some() => return Ok(()),
@@ -113,7 +113,7 @@ impl Signaling {
         session: &SessionContext,
         replacing: Option<DeviceId>,
     ) -> Result<(), FrameError> {
-        let cache = &self.announcer.cache;
+        let cache = &self.calls;
         match cache.callee_device(id) {
             Some(holder) if holder.device != session.device && Some(holder.device) != replacing => Err(elsewhere()),
             _ => {
@@ -148,7 +148,7 @@ impl Signaling {
 
     /// Whether this process knows call `id` to be over.
     fn known_finished(&self, id: CallId) -> bool {
-        self.announcer.cache.get(id).is_some_and(|route| !route.status().is_open())
+        self.calls.get(id).is_some_and(|route| !route.status().is_open())
     }
 
     /// Lets go of the answered calls `session`'s device holds (its socket closed), so that the
@@ -160,7 +160,7 @@ impl Signaling {
             if self.known_finished(id) {
                 continue;
             }
-            self.announcer.cache.release_callee_device(id, session.device);
+            self.calls.release_callee_device(id, session.device);
             if let Err(error) = self.service.release_callee_device(id, session.device).await
                 && (!ringline_domain::is_store_unavailable(&error) || crate::throttle::database_outage_log_due())
             {

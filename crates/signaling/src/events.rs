@@ -328,7 +328,7 @@ pub fn pong(event_id: &str) -> String {
 }
 
 /// The `event_id` of an event of a user's stream (ids with a `.` are not part of a stream).
-pub(crate) fn stream_id(payload: &str) -> Option<String> {
+pub fn stream_id(payload: &str) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Event<'a> {
         #[serde(borrow)]

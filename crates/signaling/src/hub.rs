@@ -36,6 +36,7 @@ use crate::protocol::EventIds;
 use crate::replay::{InMemoryReplay, ReplayStore};
 use crate::router::{LocalRouter, Presence, SubscriptionGate};
 use crate::settings::{FrameRate, Keepalive};
+use crate::streams::EventStreams;
 
 /// Sockets one user may hold open on one instance unless configured: phones, laptops and many
 /// tabs, with each tab's chat socket.
@@ -58,6 +59,10 @@ pub struct Signaling {
     /// The service, telling `announcer` of every change it stores.
     pub(crate) service: CallService,
     pub(crate) announcer: Arc<Announcer>,
+    /// Users' event streams (shared with the announcer).
+    pub(crate) streams: Arc<EventStreams>,
+    /// The calls this process knows, for the relay (shared with the announcer).
+    pub(crate) calls: Arc<CallCache>,
     pub(crate) local: Arc<LocalRouter>,
     pub(crate) ids: EventIds,
     pub(crate) keepalive: Keepalive,
@@ -93,13 +98,13 @@ impl Signaling {
         router: Arc<dyn SignalRouter>,
         local: Arc<LocalRouter>,
     ) -> Self {
+        let streams = Arc::new(EventStreams::new(Arc::new(InMemoryReplay::default()), router));
+        let calls = Arc::new(CallCache::default());
         let announcer = Arc::new(Announcer {
             notifications,
-            router,
-            replay: Arc::new(InMemoryReplay::default()),
+            streams: streams.clone(),
             directory: service.directory().clone(),
-            clock: service.clock().clone(),
-            cache: CallCache::default(),
+            cache: calls.clone(),
             on_lines: RwLock::default(),
         });
         let accounts = Arc::new(Accounts::new(service.directory().clone(), service.clock().clone()));
@@ -108,6 +113,8 @@ impl Signaling {
             service: service.clone().observed_by(announcer.clone()),
             unobserved: service,
             announcer,
+            streams,
+            calls,
             local,
             ids: EventIds::default(),
             keepalive: Keepalive::default(),
@@ -145,15 +152,17 @@ impl Signaling {
     /// stream) with another store, for example a smaller window in tests or a shared one.
     #[must_use]
     pub fn with_replay(mut self, replay: Arc<dyn ReplayStore>) -> Self {
+        let streams = Arc::new(EventStreams::new(replay, self.streams.router().clone()));
+        let calls = Arc::new(CallCache::default());
         let announcer = Arc::new(Announcer {
             notifications: self.announcer.notifications.clone(),
-            router: self.announcer.router.clone(),
-            replay,
+            streams: streams.clone(),
             directory: self.announcer.directory.clone(),
-            clock: self.announcer.clock.clone(),
-            cache: CallCache::default(),
+            cache: calls.clone(),
             on_lines: RwLock::default(),
         });
+        self.streams = streams;
+        self.calls = calls;
         self.service = self.unobserved.clone().observed_by(announcer.clone());
         self.announcer = announcer;
         self
@@ -199,7 +208,7 @@ impl Signaling {
     /// closed (4403), here and, through the bus, on every other instance, so they neither send
     /// nor receive its typing indicators any more.
     pub fn left_conversation(&self, user: &UserId, conversation: ringline_domain::ConversationId) {
-        self.announcer.router.participant_removed(conversation, user);
+        self.streams.router().participant_removed(conversation, user);
     }
 
     /// Whether the users tokens name may still use the service (the authenticator asks it).
@@ -216,7 +225,7 @@ impl Signaling {
     /// As [`CallService::act`]; the sockets are closed whatever happens to the calls.
     pub async fn account_changed(&self, user: &UserId, status: AccountStatus) -> Result<usize, CallServiceError> {
         self.accounts.changed(user, status);
-        self.announcer.router.account_changed(user, status);
+        self.streams.router().account_changed(user, status);
         if !status.is_refused() {
             return Ok(0);
         }
@@ -239,6 +248,17 @@ impl Signaling {
     pub fn with_max_sockets_per_user(mut self, max: usize) -> Self {
         self.max_sockets_per_user = max.max(1);
         self
+    }
+
+    /// Users' event streams: what the bus keeps and delivers of events other instances sent.
+    pub fn streams(&self) -> &EventStreams {
+        &self.streams
+    }
+
+    /// Another instance saw call `id` reach `stage` ([`ringline_domain::CallStatus::stage`]):
+    /// a copy this process cached at an earlier stage is dropped, and read again when needed.
+    pub fn call_changed_elsewhere(&self, id: CallId, stage: u8) {
+        self.calls.forget_older(id, stage);
     }
 
     pub fn service(&self) -> &CallService {
@@ -274,7 +294,7 @@ impl Signaling {
     /// # Errors
     /// As [`CallService::end_abandoned`].
     pub async fn sweep_liveness(&self, limit: u32) -> Result<usize, CallServiceError> {
-        self.announcer.replay.prune();
+        self.streams.prune();
         let on_lines: HashSet<UserId> = self.service.users_on_lines().await?.into_iter().collect();
         let here: Vec<UserId> = on_lines.iter().filter(|user| self.local.sessions_of(user) > 0).cloned().collect();
         *self.announcer.on_lines.write().unwrap_or_else(std::sync::PoisonError::into_inner) = on_lines;
@@ -316,11 +336,11 @@ impl Signaling {
         device: Option<DeviceId>,
         answer: Option<&RawValue>,
     ) -> Result<Outcome, CallServiceError> {
-        let known = self.announcer.cache.get(id).map(|route| Call::clone(&route));
+        let known = self.calls.get(id).map(|route| Call::clone(&route));
         let origin = ChangeOrigin { device, answer: answer.map(RawValue::get) };
         let outcome = self.service.act_on(actor, id, action, known, origin).await?;
         // A change is cached by the announcer; a repeat refreshes the copy the relay checks.
-        self.announcer.cache.remember(outcome.call());
+        self.calls.remember(outcome.call());
         Ok(outcome)
     }
 

@@ -15,13 +15,15 @@
 //! - [`background`]: [`Background`], which runs both (and any further background work) and
 //!   closes the sessions on shutdown, the same way in the server and in embedding apps.
 //!
-//! - [`bus`]: [`SharedBus`], the `SignalRouter` for several instances: it delivers to this
-//!   instance's sessions and publishes to the others over a backplane: Redis pub/sub (one
-//!   server, or a cluster with sharded pub/sub), or [`MemoryHub`] for instances in one process.
+//! - [`streams`](EventStreams): every user's stream of events (numbered, kept for resume,
+//!   routed), the one way events leave;
+//!
+//! Several instances are joined by the `ringline-bus` crate, which implements this crate's
+//! ports ([`SignalRouter`](ringline_domain::SignalRouter), [`Presence`], [`SubscriptionGate`],
+//! [`BusStatus`]) over Redis and uses only the public surface of [`Signaling`].
 
 mod announce;
 pub mod background;
-pub mod bus;
 mod call_cache;
 mod callee_device;
 pub mod events;
@@ -36,14 +38,15 @@ pub mod ring_timer;
 pub mod router;
 pub mod session;
 pub mod settings;
+mod streams;
 pub mod throttle;
 
 pub use background::Background;
-pub use bus::{BusHealth, MemoryHub, RedisSettings, RedisTopology, SharedBus};
 pub use hub::Signaling;
 pub use relay::SessionContext;
 pub use replay::{InMemoryReplay, ReplayLimits, ReplayStore};
-pub use router::{LocalRouter, Presence, SessionKind, SubscriptionGate};
+pub use router::{BusStatus, LocalRouter, Presence, SessionKind, SubscriptionGate};
 pub use session::{CallPresenter, Inbound, Outbound, SessionIdentity};
 pub use settings::{FrameRate, Keepalive};
+pub use streams::EventStreams;
 pub use tokio_util::sync::CancellationToken;

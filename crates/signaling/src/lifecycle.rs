@@ -37,7 +37,7 @@ impl Signaling {
         resume: Option<&str>,
     ) -> (Arc<SessionSlot>, tokio::sync::mpsc::Receiver<Arc<str>>, Attached) {
         let mut registered = None;
-        let attached = self.announcer.replay.attach(user, resume, &mut || {
+        let attached = self.streams.attach(user, resume, &mut || {
             registered = Some(self.local.register(user.clone(), kind));
         });
         let (slot, events) = registered.unwrap_or_else(|| self.local.register(user.clone(), kind));
@@ -86,7 +86,7 @@ impl Signaling {
             if let Err(error) = self.service.mark_seen(std::slice::from_ref(user)).await {
                 tracing::warn!(%error, "cannot record that a party of a call is back");
             }
-            self.announcer.cache.remember(&newest);
+            self.calls.remember(&newest);
             return Ok(CallsOnConnect { open: Some(newest), recently_finished: None });
         }
         let told_for = if newest.end_reason() == Some(EndReason::ConnectionLost) {

@@ -77,10 +77,10 @@ impl Signaling {
     /// The route of call `id` from memory, or read once from the database for a frame of
     /// `user`'s (within the user's [`DATABASE_READS_PER_USER`]).
     pub(crate) async fn route(&self, id: CallId, user: &UserId) -> Result<Option<Route>, FrameError> {
-        if let Some(route) = self.announcer.cache.get(id) {
+        if let Some(route) = self.calls.get(id) {
             return Ok(Some(route));
         }
-        if self.announcer.cache.is_missing(id) {
+        if self.calls.is_missing(id) {
             return Ok(None);
         }
         if !self.database_reads_per_user.allow(user.clone(), DATABASE_READS_PER_USER) {
@@ -90,9 +90,9 @@ impl Signaling {
             ));
         }
         match self.service.find(id).await {
-            Ok(Some(call)) => Ok(Some(self.announcer.cache.remember(&call))),
+            Ok(Some(call)) => Ok(Some(self.calls.remember(&call))),
             Ok(None) => {
-                self.announcer.cache.remember_missing(id);
+                self.calls.remember_missing(id);
                 Ok(None)
             }
             Err(error) if ringline_domain::is_store_unavailable(&error) => {
@@ -199,7 +199,7 @@ impl Signaling {
                     match outcome {
                         Ok(Outcome::Changed(transition)) => {
                             // The accept recorded this device: as good as a granted claim.
-                            self.announcer.cache.confirm_callee_device(call, session.device);
+                            self.calls.confirm_callee_device(call, session.device);
                             self.remember_held(session, call);
                             Arc::new(transition.call)
                         }
@@ -211,7 +211,7 @@ impl Signaling {
                             status: CallStatus::Active,
                             ..
                         })) => {
-                            self.announcer.cache.release_callee_device(route.id(), session.device);
+                            self.calls.release_callee_device(route.id(), session.device);
                             self.hold_answered_call(call, session).await?;
                             let accepted = self.route(call, &session.user).await?.ok_or_else(elsewhere)?;
                             self.to_other_party(&accepted, &session.user, |id| {
@@ -220,7 +220,7 @@ impl Signaling {
                             accepted
                         }
                         Err(error) => {
-                            self.announcer.cache.release_callee_device(route.id(), session.device);
+                            self.calls.release_callee_device(route.id(), session.device);
                             return Err(refusal(error));
                         }
                     }
@@ -258,8 +258,8 @@ impl Signaling {
     /// that answered would hang it up. Sent on every answer from the callee (a renegotiation
     /// repeats it), which is harmless: a device that is not in the call has nothing to end.
     pub(crate) fn answered_elsewhere(&self, call: &Call, session: &SessionContext) {
-        self.announcer
-            .to_user(call.receiver(), Some(session.device), |id| events::answered_elsewhere(id, call, &session.user));
+        self.streams
+            .send(call.receiver(), Some(session.device), |id| events::answered_elsewhere(id, call, &session.user));
     }
 
     /// The call's route, if `session`'s user is a party and the frame fits the call's state.
@@ -285,7 +285,7 @@ impl Signaling {
 
     pub(crate) fn to_other_party(&self, call: &Call, sender: &UserId, event: impl Fn(&str) -> String) {
         if let Some(other) = call.other_party(sender) {
-            self.announcer.to_user(other, None, event);
+            self.streams.send(other, None, event);
         }
     }
 
@@ -306,7 +306,7 @@ impl Signaling {
         let username = session.username(self).await;
         let kind = if matches!(frame, ClientFrame::TypingStart) { "typing.started" } else { "typing.stopped" };
         let payload = events::typing(kind, &self.ids.next(), &session.user, username, &conversation.to_string());
-        self.announcer.router.route(Signal {
+        self.streams.router().route(Signal {
             audience: Audience::Conversation(conversation),
             except_device: None,
             except_user: Some(session.user.clone()),

@@ -146,6 +146,12 @@ pub trait Presence: Send + Sync + std::fmt::Debug {
 /// An event of a user's stream with its `event_id`.
 pub type IdentifiedEvent = (String, Arc<str>);
 
+/// How the link to the other instances is doing, for readiness probes (a bus implements it).
+pub trait BusStatus: Send + Sync + std::fmt::Debug {
+    /// Whether the last operation on the link succeeded.
+    fn connected(&self) -> bool;
+}
+
 /// Lets a new session wait until events for its user from every instance reach it (a bus
 /// subscribes when the user's first session arrives), so that nothing falls between the
 /// snapshot its `connection.ack` reads and the live events. The in-process router needs no

@@ -191,7 +191,7 @@ async fn a_socket_resumes_on_another_instance_without_a_gap(backend: DatabaseBac
 /// sessions that may have missed events get `resync`, and delivery across instances resumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bus_outage_keeps_local_delivery_and_heals_by_itself() {
-    let hub = ringline_signaling::MemoryHub::new();
+    let hub = ringline_bus::MemoryHub::new();
     let instances = TestApp::spawn_joined_to(DatabaseBackend::Sqlite, 2, &hub, |_| {}).await;
     let [a, b] = &instances[..] else { unreachable!() };
     let (alice, bob) = (a.user("alice").await, a.user("bob").await);

@@ -8,8 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::backplane::{BackplaneError, Incoming};
 use super::{SharedBus, Wire};
-use crate::events;
-use crate::hub::Signaling;
+use ringline_signaling::Signaling;
+use ringline_signaling::events;
 
 impl SharedBus {
     /// Delivers what other instances publish.
@@ -53,7 +53,7 @@ impl SharedBus {
                 && let (Ok(id), Ok(stage)) = (id.parse::<i64>(), stage.parse::<u8>())
                 && let Ok(id) = ringline_domain::CallId::new(id)
             {
-                signaling.announcer.cache.forget_older(id, stage);
+                signaling.call_changed_elsewhere(id, stage);
             }
             return;
         }
@@ -97,7 +97,7 @@ impl SharedBus {
         if let Audience::User(user) = &audience
             && let Some(id) = events::stream_id(&payload)
         {
-            signaling.announcer.replay.record(user, &id, Arc::clone(&payload), &mut |payload| {
+            signaling.streams().record(user, &id, Arc::clone(&payload), &mut |payload| {
                 self.local.route(Signal {
                     audience: audience.clone(),
                     except_device,

@@ -10,7 +10,7 @@ use ringline_domain::UserId;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Job, LINGER, SUBSCRIBE_WAIT, SharedBus, conversation_channel, user_channel};
-use crate::router::{IdentifiedEvent, RegistryChange, RegistryListener, SubscriptionGate};
+use ringline_signaling::router::{IdentifiedEvent, RegistryChange, RegistryListener, SubscriptionGate};
 
 /// The user channels this instance subscribes to, and who waits for a subscription to be made.
 #[derive(Debug, Default)]

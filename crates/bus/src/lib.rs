@@ -48,10 +48,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::events;
-use crate::hub::Signaling;
-use crate::router::LocalRouter;
-use crate::throttle::OncePerSecond;
+use ringline_signaling::Signaling;
+use ringline_signaling::events;
+use ringline_signaling::router::LocalRouter;
+use ringline_signaling::throttle::OncePerSecond;
 
 pub mod backplane;
 mod memory_backplane;
@@ -163,6 +163,12 @@ pub struct BusHealth {
     warnings: OncePerSecond,
 }
 
+impl ringline_signaling::BusStatus for BusHealth {
+    fn connected(&self) -> bool {
+        BusHealth::connected(self)
+    }
+}
+
 impl BusHealth {
     /// Whether the last operation on the backplane succeeded.
     pub fn connected(&self) -> bool {
@@ -234,7 +240,7 @@ fn instance_key(prefix: &str, instance: u64) -> String {
 
 impl SharedBus {
     /// Connects to Redis and starts listening to `local`'s registry. Nothing is received until
-    /// [`SharedBus::run`] runs (under [`crate::Background`]).
+    /// [`SharedBus::run`] runs (under [`ringline_signaling::Background`]).
     ///
     /// # Errors
     /// When a URL is invalid or Redis does not answer.
@@ -418,7 +424,7 @@ impl SignalRouter for SharedBus {
 }
 
 /// An account status as the `accounts` channel spells it.
-pub(super) fn account_status_name(status: AccountStatus) -> &'static str {
+pub(crate) fn account_status_name(status: AccountStatus) -> &'static str {
     match status {
         AccountStatus::Active => "active",
         AccountStatus::Inactive => "inactive",
@@ -428,14 +434,14 @@ pub(super) fn account_status_name(status: AccountStatus) -> &'static str {
 }
 
 /// [`account_status_name`] read back.
-pub(super) fn parse_account_status(name: &str) -> Option<AccountStatus> {
+pub(crate) fn parse_account_status(name: &str) -> Option<AccountStatus> {
     [AccountStatus::Active, AccountStatus::Inactive, AccountStatus::Removed, AccountStatus::Unknown]
         .into_iter()
         .find(|status| account_status_name(*status) == name)
 }
 
 /// The channels every instance subscribes to, whatever its sessions.
-pub(super) fn broadcast_channels(prefix: &str) -> [String; 2] {
+pub(crate) fn broadcast_channels(prefix: &str) -> [String; 2] {
     [format!("{prefix}:calls"), format!("{prefix}:accounts")]
 }
 

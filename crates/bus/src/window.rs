@@ -3,7 +3,7 @@
 use ringline_domain::UserId;
 
 use super::{SharedBus, window_key};
-use crate::router::IdentifiedEvent;
+use ringline_signaling::router::IdentifiedEvent;
 
 impl SharedBus {
     /// The events of `user`'s shared window after `resume`, oldest first, with their ids; `None`

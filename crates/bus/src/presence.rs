@@ -4,7 +4,7 @@ use futures_util::future::BoxFuture;
 use ringline_domain::UserId;
 
 use super::{SharedBus, devices_key};
-use crate::router::Presence;
+use ringline_signaling::router::Presence;
 
 impl SharedBus {
     /// How many sessions `user` has on every live instance: this one's counted here, the

@@ -10,8 +10,8 @@ use ringline_domain::{Audience, Signal, SignalRouter};
 use tokio_util::sync::CancellationToken;
 
 use super::{INSTANCE_REFRESH, INSTANCE_TTL, Job, SharedBus, conversation_channel, instance_key, user_channel};
-use crate::events;
-use crate::hub::Signaling;
+use ringline_signaling::Signaling;
+use ringline_signaling::events;
 
 impl SharedBus {
     /// Every 3 s (every second during an outage): proves this instance is alive, forgets
@@ -35,7 +35,7 @@ impl SharedBus {
                 // Told everywhere: the sessions that missed the event are on other instances.
                 let lost = std::mem::take(&mut *self.lost.lock().unwrap_or_else(PoisonError::into_inner));
                 for user in &lost {
-                    signaling.announcer.to_user(user, None, |id| events::resync(id, id));
+                    signaling.streams().send(user, None, |id| events::resync(id, id));
                 }
             }
             let recovering = self.health.outage.load(Ordering::Relaxed);
@@ -86,7 +86,7 @@ impl SharedBus {
             // Only the sessions here: every instance that saw the outage tells its own, so each
             // session hears one `resync`, not one per instance. (Events this instance failed to
             // publish meanwhile are resynced everywhere, as `lost`.)
-            signaling.announcer.replay.append(user, &mut |id| events::resync(id, id), &mut |payload| {
+            signaling.streams().send_with(user, &mut |id| events::resync(id, id), &mut |payload| {
                 let audience = Audience::User(user.clone());
                 self.local.route(Signal { audience, except_device: None, except_user: None, payload });
             });
