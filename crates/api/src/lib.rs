@@ -6,14 +6,16 @@
 //! - [`NotificationsApi`] (`/api/notifications/…`): notifications about calls;
 //! - [`HealthApi`] (`/healthz`, `/readyz`);
 //! - [`websocket_routes`] (`/ws/notifications/`, `/ws/chat/<id>/`): signaling sessions;
-//! - [`PushApi`] (`/api/push/…`) and [`push::WebPushSender`]: Web Push to browsers with no tab open;
-//! - [`webhooks`]: [`WebhookSender`], which posts call events, signed, to the host app.
+//! - [`PushApi`] (`/api/push/…`): browsers' Web Push subscriptions (the outbound crate sends
+//!   the pushes, and the webhooks);
+//! - [`call_json`]: a call as the API shows it, for whoever sends calls elsewhere.
 //!
 //! [`server_routes`] assembles all of them for the `ringline` binary; [`call_routes`] mounts
 //! just the call API inside another poem application that brings its own [`Authenticator`] and
 //! directory. Both answer every error, including unknown routes, wrong methods, oversized and
 //! malformed bodies, with one envelope: `{"detail", "code"}` ([`error`]). This is the only
-//! crate that knows HTTP status codes.
+//! crate that knows HTTP status codes, and it makes no request of its own: what leaves the
+//! server for other hosts is the outbound crate's.
 
 mod admin;
 pub mod auth;
@@ -26,12 +28,10 @@ mod listener;
 pub mod models;
 mod notifications;
 mod pagination;
-pub mod push;
+mod push;
 mod security;
 mod turn;
-pub mod user_urls;
 mod web;
-pub mod webhooks;
 mod ws;
 
 use std::sync::Arc;
@@ -55,12 +55,17 @@ pub use health::HealthApi;
 pub use listener::{AddressCap, AddressPlace, BoundedConnection, ConnectionAcceptor};
 pub use notifications::NotificationsApi;
 pub use pagination::PAGE_SIZE;
-pub use push::{PushApi, Vapid, WebPushObserver, WebPushSender};
+pub use push::PushApi;
 pub use security::RequestUser;
 pub use turn::{IceSettings, TurnApi, turn_credential};
-pub use user_urls::{AllowedHosts, UserUrlRules};
-pub use webhooks::{WebhookSender, WebhookSettings, WebhookWaker};
 pub use ws::{READ_BUFFER_BYTES, WRITE_BUFFER_BYTES, websocket_config, websocket_routes};
+
+/// `call` as the API shows it (the `CallJson` of `GET /api/calls/{id}/`), with `parties`'
+/// profiles: webhooks and pushes carry the same object.
+pub fn call_json(call: &ringline_domain::Call, parties: &[ringline_domain::UserProfile]) -> serde_json::Value {
+    use poem_openapi::types::ToJSON;
+    models::CallJson::new(call, parties).to_json().unwrap_or_default()
+}
 
 /// Largest request body accepted, in bytes. Call requests are a few hundred bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -100,14 +105,14 @@ pub struct ServerParts {
     pub demo_login: Option<Arc<JwtAuthenticator>>,
     /// The bus to other instances, when there is one: `/readyz` reports it.
     pub bus: Option<Arc<dyn ringline_signaling::BusStatus>>,
-    /// The server's VAPID identity, for `/api/push/…`.
-    pub vapid: Vapid,
+    /// The public half of the server's VAPID key, for `/api/push/config/`.
+    pub vapid_public_key: String,
     /// Proxies whose forwarding headers are believed; anyone else's are removed.
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Requests and WebSockets one client behind a trusted proxy may hold at once.
     pub max_per_forwarded_client: usize,
     /// What a Web Push subscription's endpoint may be.
-    pub web_push_rules: user_urls::UserUrlRules,
+    pub web_push_policy: Arc<dyn ringline_domain::UserUrlPolicy>,
 }
 
 type ServerApis = (CallsApi, NotificationsApi, TurnApi, PushApi, AdminApi, HealthApi, DemoApi);
@@ -133,8 +138,8 @@ pub fn server_api(parts: ServerParts) -> OpenApiService<ServerApis, ()> {
         TurnApi::new(ice, authenticator.clone(), clock.clone()),
         PushApi::new(
             Arc::new(parts.storage.push_subscriptions()),
-            &parts.vapid,
-            parts.web_push_rules,
+            parts.vapid_public_key,
+            parts.web_push_policy,
             authenticator,
             clock.clone(),
         ),

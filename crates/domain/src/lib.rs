@@ -37,7 +37,7 @@ pub use ports::{
     Audience, CallListFilter, CallObserver, CallRepository, ChangeOrigin, Clock, DeviceClaim, Directory,
     DirectoryError, MAX_PUSH_SUBSCRIPTIONS_PER_USER, NewNotification, Notification, NotificationRepository, Page,
     PageRequest, PushSubscription, PushSubscriptions, RepositoryError, Signal, SignalRouter, StoreUnavailable,
-    SystemClock, UserProfile, is_store_unavailable,
+    SystemClock, UserProfile, UserUrlPolicy, VapidKeys, is_store_unavailable,
 };
 pub use rules::{InitiateDecision, InitiateRefusal, decide_initiate};
 pub use service::{

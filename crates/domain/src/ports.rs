@@ -375,6 +375,25 @@ pub struct Notification {
     pub created_at: Timestamp,
 }
 
+/// The server's VAPID key pair (Web Push): the private key as PKCS#8 DER, base64 (standard
+/// alphabet), and the public key as the 65-byte uncompressed point, base64url without padding
+/// (what browsers' `applicationServerKey` takes). Made once, kept by the storage, shared by
+/// every instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VapidKeys {
+    pub private_pkcs8_base64: String,
+    pub public_key: String,
+}
+
+/// Whether the server may send requests to a URL a user gave it (a Web Push endpoint): the
+/// rules against server-side request forgery, asked when the URL is stored. (Whoever sends to
+/// it checks again, as the name then resolves.)
+pub trait UserUrlPolicy: Send + Sync + std::fmt::Debug {
+    /// # Errors
+    /// Why the URL is refused, for people, as a predicate: "must be an https:// URL".
+    fn check(&self, url: &str) -> Result<(), String>;
+}
+
 /// Where notifications live.
 #[async_trait]
 pub trait NotificationRepository: Send + Sync + std::fmt::Debug {

@@ -20,12 +20,10 @@ use anyhow::Context;
 use poem::listener::{Acceptor, Listener, TcpListener};
 use poem::middleware::Cors;
 use poem::{Endpoint, EndpointExt, IntoResponse, Server};
-use ringline_api::{
-    AddressCap, CallApiParts, ConnectionAcceptor, JwtAuthenticator, ServerParts, Vapid, WebPushObserver, WebPushSender,
-    WebhookSender, WebhookWaker,
-};
+use ringline_api::{AddressCap, CallApiParts, ConnectionAcceptor, JwtAuthenticator, ServerParts};
 use ringline_bus::{MemoryHub, SharedBus};
 use ringline_domain::{CallService, Clock, ErrorCode, SignalRouter, SystemClock, WebhookOutbox};
+use ringline_outbound::{Vapid, WebPushObserver, WebPushSender, WebhookSender, WebhookWaker};
 use ringline_signaling::{Background, CancellationToken, LocalRouter, Signaling};
 use ringline_storage::{ConnectSettings, Storage};
 
@@ -122,6 +120,7 @@ impl Application {
                 settings.web_push_rules(),
                 clock.clone(),
                 settings.ring_timeout(),
+                ringline_api::call_json,
             )
             .context("cannot build the Web Push HTTP client")?,
         );
@@ -219,6 +218,7 @@ impl Application {
                     clock.clone(),
                     webhook_settings,
                     &waker,
+                    ringline_api::call_json,
                 )
                 .context("cannot build the webhooks' HTTP client")?
             })),
@@ -299,10 +299,10 @@ impl Application {
             admin_token: settings.admin_token.clone(),
             demo_login,
             bus: bus.as_ref().map(|bus| -> Arc<dyn ringline_signaling::BusStatus> { bus.health() }),
-            vapid,
+            vapid_public_key: vapid.public_key().to_owned(),
             trusted_proxies: settings.trusted_proxies.clone(),
             max_per_forwarded_client: per_address,
-            web_push_rules: settings.web_push_rules(),
+            web_push_policy: Arc::new(settings.web_push_rules()),
         };
         let app = ringline_api::server_routes(parts);
         let app = app.with_if(!settings.cors_allowed_origins.is_empty(), cors(&settings.cors_allowed_origins)).around(
@@ -505,10 +505,10 @@ pub async fn openapi_document() -> anyhow::Result<String> {
         admin_token: None,
         demo_login: None,
         bus: None,
-        vapid: Vapid::new(&Vapid::generate(), "mailto:ringline@localhost")?,
+        vapid_public_key: Vapid::generate().public_key,
         trusted_proxies: Vec::new(),
         max_per_forwarded_client: 1,
-        web_push_rules: ringline_api::UserUrlRules::default(),
+        web_push_policy: Arc::new(ringline_outbound::UserUrlRules::default()),
     };
     let document = ringline_api::openapi_json(parts);
     storage.close().await?;

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use ringline_api::{IceSettings, WebhookSettings};
+use ringline_api::IceSettings;
 use ringline_bus::RedisSettings;
 use ringline_domain::LivenessPolicy;
+use ringline_outbound::WebhookSettings;
 use ringline_signaling::{FrameRate, Keepalive};
 use ringline_storage::SqliteSync;
 use secrecy::{ExposeSecret, SecretString};
@@ -218,7 +219,7 @@ mod defaults {
         72
     }
     pub fn web_push_allowed_hosts() -> Vec<String> {
-        ringline_api::AllowedHosts::BROWSER_PUSH_SERVICES.iter().map(|host| (*host).to_owned()).collect()
+        ringline_outbound::AllowedHosts::BROWSER_PUSH_SERVICES.iter().map(|host| (*host).to_owned()).collect()
     }
     pub fn vapid_subject() -> String {
         "mailto:ringline@localhost".to_owned()
@@ -467,7 +468,7 @@ impl Settings {
         if self.jwt_user_claim.trim().is_empty() {
             return Err(SettingsError::UserClaim);
         }
-        if let Some(url) = self.webhook_urls.iter().find(|url| !ringline_api::webhooks::is_valid_url(url)) {
+        if let Some(url) = self.webhook_urls.iter().find(|url| !ringline_outbound::webhooks::is_valid_url(url)) {
             return Err(SettingsError::WebhookUrl(url.clone()));
         }
         if !(self.vapid_subject.starts_with("mailto:") || self.vapid_subject.starts_with("https://")) {
@@ -600,9 +601,9 @@ impl Settings {
     }
 
     /// What a user's Web Push endpoint may be.
-    pub fn web_push_rules(&self) -> ringline_api::UserUrlRules {
-        ringline_api::UserUrlRules {
-            allowed_hosts: ringline_api::AllowedHosts::new(&self.web_push_allowed_hosts),
+    pub fn web_push_rules(&self) -> ringline_outbound::UserUrlRules {
+        ringline_outbound::UserUrlRules {
+            allowed_hosts: ringline_outbound::AllowedHosts::new(&self.web_push_allowed_hosts),
             allow_loopback: self.web_push_allow_loopback,
         }
     }
@@ -694,7 +695,7 @@ mod tests {
         assert!(matches!(settings.validate(), Err(SettingsError::LoopbackPushInProduction)));
         let parsed: Settings = Figment::new().extract().expect("defaults");
         assert!(!parsed.web_push_allow_loopback, "off by default");
-        assert_eq!(parsed.web_push_rules().allowed_hosts, ringline_api::AllowedHosts::browser_push_services());
+        assert_eq!(parsed.web_push_rules().allowed_hosts, ringline_outbound::AllowedHosts::browser_push_services());
     }
 
     #[test]

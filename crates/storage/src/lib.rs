@@ -46,7 +46,8 @@ pub use calls::SqlCallRepository;
 use direct_pool::DirectPool;
 pub use directory::{DirectoryWriteError, SqlDirectory};
 pub use notifications::SqlNotifications;
-pub use push::{SqlPushSubscriptions, VapidKeys};
+pub use push::SqlPushSubscriptions;
+pub use ringline_domain::VapidKeys;
 pub use webhooks::SqlWebhookOutbox;
 use writer::Writer;
 

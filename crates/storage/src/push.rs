@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use ringline_domain::{
-    MAX_PUSH_SUBSCRIPTIONS_PER_USER, PushSubscription, PushSubscriptions, RepositoryError, Timestamp, UserId,
+    MAX_PUSH_SUBSCRIPTIONS_PER_USER, PushSubscription, PushSubscriptions, RepositoryError, Timestamp, UserId, VapidKeys,
 };
 use sea_orm::{ConnectionTrait, Value};
 
@@ -13,15 +13,6 @@ use crate::{Connections, statement, storage_failure};
 #[derive(Debug, Clone)]
 pub struct SqlPushSubscriptions {
     db: Connections,
-}
-
-/// The server's VAPID key pair: the private key as PKCS#8 DER, base64 (standard alphabet), and
-/// the public key as the 65-byte uncompressed point, base64url without padding (what browsers'
-/// `applicationServerKey` takes).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VapidKeys {
-    pub private_pkcs8_base64: String,
-    pub public_key: String,
 }
 
 impl SqlPushSubscriptions {

@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use reqwest::Url;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use ringline_domain::UserUrlPolicy;
 
 /// Why a user's URL is refused, for people.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -148,6 +149,14 @@ impl UserUrlRules {
             .timeout(timeout)
             .user_agent(concat!("Ringline/", env!("CARGO_PKG_VERSION")))
             .build()
+    }
+}
+
+/// The check when a user gives a URL (the api crate asks it through the domain's port).
+impl UserUrlPolicy for UserUrlRules {
+    fn check(&self, url: &str) -> Result<(), String> {
+        let url = Url::parse(url).map_err(|_| "must be an absolute URL".to_owned())?;
+        UserUrlRules::check(self, &url).map_err(|refusal| refusal.to_string())
     }
 }
 

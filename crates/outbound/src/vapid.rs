@@ -4,7 +4,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use ringline_storage::VapidKeys;
+use ringline_domain::VapidKeys;
 
 /// The server's VAPID identity.
 #[derive(Clone)]
@@ -28,7 +28,7 @@ impl std::fmt::Debug for Vapid {
 pub struct VapidError(String);
 
 impl Vapid {
-    /// A new P-256 key pair, for [`ringline_storage::SqlPushSubscriptions::vapid_keys`] to keep.
+    /// A new P-256 key pair, for the storage to keep (`SqlPushSubscriptions::vapid_keys`).
     ///
     /// # Panics
     /// When the system's random source fails (nothing can be signed then).

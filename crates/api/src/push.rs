@@ -1,15 +1,11 @@
-//! Web Push for browsers: `/api/push/…` stores a browser's push subscription, and
-//! [`WebPushSender`] (a call observer) rings it when a call rings its user, so that a browser
-//! with no tab of the app open still shows the call (the web client's service worker,
-//! `web/sw.js`, shows it).
+//! Web Push for browsers: `/api/push/…` stores a browser's push subscription, which the
+//! outbound crate's `WebPushSender` rings when a call rings its user, so that a browser with no
+//! tab of the app open still shows the call (the web client's service worker, `web/sw.js`,
+//! shows it).
 //!
-//! Layout: this file is the API and the checks on what a browser sends; [`sender`] sends the
-//! messages; [`vapid`] is the server's signing identity. A subscription's endpoint is a URL a
-//! user gave, which the server will POST to: it must pass [`crate::user_urls`] when stored,
-//! and again (as resolved) when a message is sent.
-
-mod sender;
-mod vapid;
+//! This file is the API and the checks on what a browser sends. A subscription's endpoint is a
+//! URL a user gave, which the server will POST to: it must pass the [`UserUrlPolicy`] when
+//! stored, and again (as resolved) when a message is sent.
 
 use std::sync::Arc;
 
@@ -18,16 +14,13 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use poem::Request;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
-use ringline_domain::{Clock, ErrorCode, PushSubscription, PushSubscriptions};
+use ringline_domain::{Clock, ErrorCode, PushSubscription, PushSubscriptions, UserUrlPolicy};
 use web_push_native::p256;
 
-pub use self::sender::{CONCURRENT_PUSHES, PUSH_QUEUE, WebPushObserver, WebPushSender};
-pub use self::vapid::{Vapid, VapidError};
 use crate::ApiTags;
 use crate::auth::Authenticator;
 use crate::error::ApiError;
 use crate::security::{BearerAuth, authenticate};
-use crate::user_urls::UserUrlRules;
 
 /// The longest endpoint stored. Push services' are a few hundred characters.
 const MAX_ENDPOINT_LEN: usize = 2048;
@@ -84,14 +77,12 @@ enum Unsubscribed {
 
 /// Parses a subscription the way a push will need it: an allowed URL, a point on P-256, 16
 /// bytes.
-fn checked(json: &PushSubscriptionJson, rules: &UserUrlRules) -> Result<PushSubscription, ApiError> {
+fn checked(json: &PushSubscriptionJson, policy: &dyn UserUrlPolicy) -> Result<PushSubscription, ApiError> {
     let invalid = |detail: String| ApiError::with_detail(ErrorCode::InvalidPushSubscription, detail);
     if json.endpoint.len() > MAX_ENDPOINT_LEN {
         return Err(invalid(format!("endpoint must be at most {MAX_ENDPOINT_LEN} characters.")));
     }
-    let endpoint =
-        reqwest::Url::parse(&json.endpoint).map_err(|_| invalid("endpoint must be an absolute URL.".to_owned()))?;
-    rules.check(&endpoint).map_err(|refusal| invalid(format!("endpoint {refusal}.")))?;
+    policy.check(&json.endpoint).map_err(|refusal| invalid(format!("endpoint {refusal}.")))?;
     let (p256dh, auth) = (json.keys.p256dh.trim_end_matches('='), json.keys.auth.trim_end_matches('='));
     let key = (p256dh.len() <= MAX_P256DH_LEN).then(|| URL_SAFE_NO_PAD.decode(p256dh).ok()).flatten();
     if !key.is_some_and(|key| key.len() == 65 && p256::PublicKey::from_sec1_bytes(&key).is_ok()) {
@@ -108,7 +99,7 @@ fn checked(json: &PushSubscriptionJson, rules: &UserUrlRules) -> Result<PushSubs
 pub struct PushApi {
     subscriptions: Arc<dyn PushSubscriptions>,
     vapid_public_key: String,
-    rules: UserUrlRules,
+    policy: Arc<dyn UserUrlPolicy>,
     auth: Arc<dyn Authenticator>,
     clock: Arc<dyn Clock>,
 }
@@ -116,12 +107,12 @@ pub struct PushApi {
 impl PushApi {
     pub fn new(
         subscriptions: Arc<dyn PushSubscriptions>,
-        vapid: &Vapid,
-        rules: UserUrlRules,
+        vapid_public_key: String,
+        policy: Arc<dyn UserUrlPolicy>,
         auth: Arc<dyn Authenticator>,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        Self { subscriptions, vapid_public_key: vapid.public_key().to_owned(), rules, auth, clock }
+        Self { subscriptions, vapid_public_key, policy, auth, clock }
     }
 }
 
@@ -152,7 +143,7 @@ impl PushApi {
         body: Json<PushSubscriptionJson>,
     ) -> Result<Subscribed, ApiError> {
         let user = authenticate(self.auth.as_ref(), req, &auth).await?;
-        let subscription = checked(&body.0, &self.rules)?;
+        let subscription = checked(&body.0, self.policy.as_ref())?;
         self.subscriptions
             .subscribe(&user, &subscription, self.clock.now())
             .await

@@ -2,7 +2,7 @@
 //! ringing, through their push services.
 //!
 //! - Messages are encrypted to the subscription's keys (RFC 8291, `aes128gcm`, by the
-//!   `web-push-native` crate) and signed with the server's VAPID key ([`super::Vapid`]).
+//!   `web-push-native` crate) and signed with the server's VAPID key ([`crate::Vapid`]).
 //! - `call.ringing` goes with `TTL` no longer than the ring time left and `Topic: call-<id>`;
 //!   when the call stops ringing (answered on any device, declined, cancelled, missed) a
 //!   second message with the same topic replaces it at the push service if the first was not
@@ -23,7 +23,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use poem_openapi::types::ToJSON;
 use ringline_domain::{
     Call, CallId, CallObserver, CallStatus, ChangeOrigin, Clock, PushSubscription, PushSubscriptions, Timestamp,
     Transition, UserProfile,
@@ -34,9 +33,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use web_push_native::p256;
 
-use super::Vapid;
-use crate::models::CallJson;
+use crate::RenderCall;
 use crate::user_urls::UserUrlRules;
+use crate::vapid::Vapid;
 
 /// How long one request to a push service may take.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,6 +65,7 @@ pub struct WebPushSender {
     client: reqwest::Client,
     clock: Arc<dyn Clock>,
     ring_timeout: Duration,
+    render_call: RenderCall,
     /// The calls whose ring was pushed from here, with the browsers it went to and when it
     /// stops mattering: the end of the ring goes to the same browsers without reading them
     /// again (most calls ring nobody's browser, and then nothing is read at all).
@@ -85,6 +85,7 @@ impl WebPushSender {
         rules: UserUrlRules,
         clock: Arc<dyn Clock>,
         ring_timeout: Duration,
+        render_call: RenderCall,
     ) -> Result<Self, reqwest::Error> {
         let client = rules.client(PUSH_TIMEOUT)?;
         let (queue, jobs) = mpsc::channel(PUSH_QUEUE);
@@ -95,6 +96,7 @@ impl WebPushSender {
             client,
             clock,
             ring_timeout,
+            render_call,
             rung: Mutex::default(),
             queue,
             jobs: Mutex::new(Some(jobs)),
@@ -265,7 +267,7 @@ impl CallObserver for WebPushObserver {
         let deadline = call.started_at().plus(self.0.ring_timeout).as_datetime();
         let message = serde_json::json!({
             "type": "call.ringing",
-            "call": CallJson::new(call, parties).to_json(),
+            "call": (self.0.render_call)(call, parties),
             "expires_at": deadline.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         });
         self.0.enqueue(PushJob::Ring { call: Box::new(call.clone()), message });

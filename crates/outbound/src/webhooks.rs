@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hmac::{Hmac, Mac};
-use poem_openapi::types::ToJSON;
 use ringline_domain::{
     CallObserver, ChangeOrigin, Clock, DeliveryOutcome, Directory, Transition, UserProfile, WebhookDelivery,
     WebhookEventType, WebhookOutbox,
@@ -26,7 +25,7 @@ use sha2::Sha256;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use crate::models::CallJson;
+use crate::RenderCall;
 
 /// Requests in flight at once, over all subscriptions.
 const IN_FLIGHT: usize = 32;
@@ -85,6 +84,7 @@ pub struct WebhookSender {
     client: reqwest::Client,
     settings: WebhookSettings,
     wake: Arc<Notify>,
+    render_call: RenderCall,
 }
 
 /// Wakes the sender when a call changes here: a [`CallObserver`] to add to the
@@ -120,6 +120,7 @@ impl WebhookSender {
         clock: Arc<dyn Clock>,
         settings: WebhookSettings,
         waker: &WebhookWaker,
+        render_call: RenderCall,
     ) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .timeout(settings.timeout)
@@ -128,7 +129,7 @@ impl WebhookSender {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("Ringline-Webhooks/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { outbox, directory, signaling, clock, client, settings, wake: Arc::clone(&waker.0) })
+        Ok(Self { outbox, directory, signaling, clock, client, settings, wake: Arc::clone(&waker.0), render_call })
     }
 
     /// Sends until `stop`: first makes everything pending due at once (after a restart nothing
@@ -253,7 +254,7 @@ impl WebhookSender {
                 Vec::new()
             });
         let mut data = serde_json::Map::new();
-        data.insert("call".into(), CallJson::new(call, &profiles).to_json().unwrap_or_default());
+        data.insert("call".into(), (self.render_call)(call, &profiles));
         if event.kind == WebhookEventType::Ringing {
             let online = match event.receiver_online {
                 Some(online) => online,
