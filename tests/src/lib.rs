@@ -136,18 +136,22 @@ impl TestApp {
         let mut settings = Settings::for_tests(database.url(), TEST_JWT_SECRET);
         configure(&mut settings);
         let application = match hub {
-            Some(hub) => Application::build_joined(settings, storage, hub).await,
+            Some(hub) => {
+                let wiring = ringline_server::Wiring { hub: Some(hub.clone()), ..Default::default() };
+                Application::build_with(settings, storage, wiring).await
+            }
             None => Application::build_on(settings, storage).await,
         };
         let application = application.expect("build the application");
         let application = if sweeps { application } else { application.without_sweeps() };
-        let base = format!("http://{}", application.local_addr());
+        let listener = application.listen().await.expect("bind 127.0.0.1:0");
+        let base = format!("http://{}", listener.local_socket_addr().expect("a socket address"));
         let authenticator = application.authenticator();
         let signaling = application.signaling();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             application
-                .run_until(async {
+                .run(listener, async {
                     // A dropped sender also stops the server.
                     let _ = stopped.await;
                 })

@@ -20,6 +20,7 @@
 mod admin;
 pub mod auth;
 mod calls;
+mod cors;
 mod demo;
 pub mod error;
 mod forwarded;
@@ -30,6 +31,7 @@ mod notifications;
 mod pagination;
 mod push;
 mod security;
+mod serving;
 mod turn;
 mod web;
 mod ws;
@@ -52,11 +54,12 @@ pub use calls::CallsApi;
 pub use demo::DemoApi;
 pub use error::{envelope_json, refusal_response};
 pub use health::HealthApi;
-pub use listener::{AddressCap, AddressPlace, BoundedConnection, ConnectionAcceptor};
+pub use listener::{AddressCap, AddressPlace, BoundedConnection, ConnectionAcceptor, ListenerSettings};
 pub use notifications::NotificationsApi;
 pub use pagination::PAGE_SIZE;
 pub use push::PushApi;
 pub use security::RequestUser;
+pub use serving::serve;
 pub use turn::{IceSettings, TurnApi, turn_credential};
 pub use ws::{READ_BUFFER_BYTES, WRITE_BUFFER_BYTES, websocket_config, websocket_routes};
 
@@ -113,6 +116,8 @@ pub struct ServerParts {
     pub max_per_forwarded_client: usize,
     /// What a Web Push subscription's endpoint may be.
     pub web_push_policy: Arc<dyn ringline_domain::UserUrlPolicy>,
+    /// Origins browsers may call the API from (none: no cross-origin requests).
+    pub cors_allowed_origins: Vec<String>,
 }
 
 type ServerApis = (CallsApi, NotificationsApi, TurnApi, PushApi, AdminApi, HealthApi, DemoApi);
@@ -152,8 +157,9 @@ pub fn server_api(parts: ServerParts) -> OpenApiService<ServerApis, ()> {
 
 /// The standalone server's whole HTTP surface: the web client at `/`, the APIs,
 /// `/api/openapi.json`, the interactive docs at `/api/docs`, the WebSocket endpoints, the error
-/// envelope, the body limit and the request log.
+/// envelope, the body limit, CORS and the request log.
 pub fn server_routes(parts: ServerParts) -> impl Endpoint + use<> {
+    let cors_allowed_origins = parts.cors_allowed_origins.clone();
     let sockets = websocket_routes(parts.calls.signaling.clone(), parts.calls.authenticator.clone());
     let forwarding = forwarded::Forwarding::new(parts.trusted_proxies.clone(), parts.max_per_forwarded_client);
     let index = Arc::new(web::index(parts.demo_login.is_some()));
@@ -205,7 +211,7 @@ pub fn server_routes(parts: ServerParts) -> impl Endpoint + use<> {
                 }
             }),
     );
-    with_allow_header(routes, allowed)
+    cors::with_cors(with_allow_header(routes, allowed), cors_allowed_origins)
 }
 
 /// The call API alone (`/api/calls/…`, `/api/notifications/…`, `/api/turn/ice-servers/` and the

@@ -103,7 +103,45 @@ impl std::fmt::Debug for ConnectionAcceptor {
     }
 }
 
+/// Where the server listens and the bounds of the module documentation, as configured.
+#[derive(Debug, Clone)]
+pub struct ListenerSettings {
+    pub bind: std::net::SocketAddr,
+    pub idle_timeout: Duration,
+    pub header_timeout: Duration,
+    /// Connections kept open at most.
+    pub max_connections: usize,
+    /// Connections one client address may hold; behind a trusted proxy, one forwarded client.
+    pub max_per_address: usize,
+    /// Addresses not counted per address (the server's own machine, the trusted proxies).
+    pub exempt: Vec<std::net::IpAddr>,
+}
+
 impl ConnectionAcceptor {
+    /// Binds `settings.bind` with every bound of `settings`.
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub async fn bind(settings: &ListenerSettings) -> std::io::Result<Self> {
+        use poem::listener::Listener;
+        let inner = poem::listener::TcpListener::bind(settings.bind).into_acceptor().await?;
+        Ok(Self::new(inner)
+            .with_idle_timeout(settings.idle_timeout)
+            .with_header_timeout(settings.header_timeout)
+            .with_max_connections(settings.max_connections)
+            .with_address_cap(AddressCap::new(settings.max_per_address, settings.exempt.iter().copied())))
+    }
+
+    /// Connections one client address may hold (`None`: no cap per address).
+    pub fn max_per_address(&self) -> Option<usize> {
+        self.addresses.as_ref().map(|cap| cap.max())
+    }
+
+    /// The address bound (useful with port 0).
+    pub fn local_socket_addr(&self) -> Option<std::net::SocketAddr> {
+        self.inner.local_addr().first().and_then(|addr| addr.as_socket_addr().copied())
+    }
+
     pub fn new(inner: TcpAcceptor) -> Self {
         Self {
             inner,

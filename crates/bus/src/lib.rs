@@ -104,6 +104,11 @@ impl RedisSettings {
         Self { topology: RedisTopology::Single(url.into()), prefix: "ringline".into(), queue_capacity: 10_000 }
     }
 
+    /// Whether this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.topology, RedisTopology::Cluster(_))
+    }
+
     /// A Redis Cluster reached through any of `nodes`, with sharded pub/sub.
     pub fn cluster(nodes: Vec<String>) -> Self {
         Self { topology: RedisTopology::Cluster(nodes), ..Self::new(String::new()) }
@@ -251,6 +256,28 @@ impl SharedBus {
         let (sender, incoming) = mpsc::unbounded_channel();
         let backplane = RedisBackplane::connect(&settings.topology, sender).await?;
         Ok(Self::new(Arc::new(backplane), incoming, &settings.prefix, settings.queue_capacity, local))
+    }
+
+    /// The bus an instance needs: joined to `hub` when given (several instances in one
+    /// process), else over Redis when `redis` is given, else none (one process).
+    ///
+    /// # Errors
+    /// As [`SharedBus::connect_redis`].
+    pub async fn for_instance(
+        hub: Option<&Arc<MemoryHub>>,
+        redis: Option<&RedisSettings>,
+        local: &Arc<LocalRouter>,
+    ) -> Result<Option<Arc<Self>>, ::redis::RedisError> {
+        Ok(match (hub, redis) {
+            (Some(hub), _) => Some(Self::join(hub, local.clone())),
+            (None, Some(redis)) => {
+                let bus = Self::connect_redis(redis, local.clone()).await?;
+                let (instance, cluster) = (format!("{:016x}", local.instance()), redis.is_cluster());
+                tracing::info!(instance, cluster, "several instances: events cross them over Redis");
+                Some(bus)
+            }
+            (None, None) => None,
+        })
     }
 
     /// Joins `hub`, with the others joined to it (several instances in one process).

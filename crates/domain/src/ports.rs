@@ -494,6 +494,13 @@ pub trait PushSubscriptions: Send + Sync + std::fmt::Debug {
         now: Timestamp,
     ) -> Result<(), RepositoryError>;
 
+    /// The server's VAPID key pair: the stored one, or `generate`d and stored now (the first
+    /// of several instances starting at once wins; every one returns the stored pair).
+    ///
+    /// # Errors
+    /// `Storage` when the store fails.
+    async fn vapid_keys(&self, generate: fn() -> VapidKeys) -> Result<VapidKeys, RepositoryError>;
+
     /// Removes `user`'s subscription at `endpoint`; whether there was one.
     ///
     /// # Errors

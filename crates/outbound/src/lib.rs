@@ -15,7 +15,7 @@ pub mod webhooks;
 
 pub use user_urls::{AllowedHosts, UserUrlRules};
 pub use vapid::{Vapid, VapidError};
-pub use web_push::{CONCURRENT_PUSHES, PUSH_QUEUE, WebPushObserver, WebPushSender};
+pub use web_push::{CONCURRENT_PUSHES, PUSH_QUEUE, WebPushObserver, WebPushSender, WebPushSettings, WebPushSetupError};
 pub use webhooks::{WebhookSender, WebhookSettings, WebhookWaker};
 
 /// Renders a call, with its parties' profiles, as the JSON the events carry: the REST API's

@@ -76,7 +76,49 @@ pub struct WebPushSender {
     dropped_logged: OncePerSecond,
 }
 
+/// Web Push could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum WebPushSetupError {
+    #[error("cannot read or store the VAPID key: {0}")]
+    Keys(#[from] ringline_domain::RepositoryError),
+    #[error(transparent)]
+    Vapid(#[from] crate::VapidError),
+    #[error("cannot build the Web Push HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// What Web Push needs besides its ports.
+#[derive(Debug, Clone)]
+pub struct WebPushSettings {
+    /// Who push services may contact about this server (VAPID `sub`).
+    pub vapid_subject: String,
+    pub rules: UserUrlRules,
+    /// How long a call rings: a ring's push lives no longer.
+    pub ring_timeout: Duration,
+}
+
 impl WebPushSender {
+    /// A sender with the server's VAPID key (the one every instance shares, made on the first
+    /// start and kept in `subscriptions`' store).
+    ///
+    /// # Errors
+    /// When the key cannot be read or made, or the HTTP client cannot be built.
+    pub async fn start(
+        subscriptions: Arc<dyn PushSubscriptions>,
+        settings: WebPushSettings,
+        clock: Arc<dyn Clock>,
+        render_call: RenderCall,
+    ) -> Result<Self, WebPushSetupError> {
+        let keys = subscriptions.vapid_keys(Vapid::generate).await?;
+        let vapid = Vapid::new(&keys, settings.vapid_subject)?;
+        Ok(Self::new(subscriptions, vapid, settings.rules, clock, settings.ring_timeout, render_call)?)
+    }
+
+    /// The server's VAPID identity.
+    pub fn vapid(&self) -> &Vapid {
+        &self.vapid
+    }
+
     /// # Errors
     /// When the HTTP client cannot be built.
     pub fn new(

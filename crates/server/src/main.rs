@@ -103,7 +103,11 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref(), Overrides { bind: cli.bind, database_url: cli.database_url })?;
     telemetry::init(settings.log_format);
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => Application::build(settings).await?.run_until(telemetry::shutdown_signal()).await,
+        Command::Serve => {
+            let application = Application::build(settings).await?;
+            let listener = application.listen().await?;
+            application.run(listener, telemetry::shutdown_signal()).await
+        }
         Command::Demo => {
             anyhow::ensure!(
                 settings.env != ringline_server::settings::Environment::Production,
@@ -119,11 +123,10 @@ async fn main() -> anyhow::Result<()> {
             }
             // Bound before saying where to go: an address in use fails here, with how to pick another.
             let application = Application::build(settings).await?;
-            tracing::info!(
-                url = %format!("http://{}", application.local_addr()),
-                "demo users ready: open the URL in two windows"
-            );
-            application.run_until(telemetry::shutdown_signal()).await
+            let listener = application.listen().await?;
+            let address = listener.local_socket_addr().context("the listener has no socket address")?;
+            tracing::info!(url = %format!("http://{address}"), "demo users ready: open the URL in two windows");
+            application.run(listener, telemetry::shutdown_signal()).await
         }
         Command::Migrate => {
             let storage = open_storage(&settings).await?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use ringline_api::IceSettings;
+use ringline_api::{IceSettings, ListenerSettings};
 use ringline_bus::RedisSettings;
 use ringline_domain::LivenessPolicy;
 use ringline_outbound::WebhookSettings;
@@ -514,6 +514,14 @@ impl Settings {
         })
     }
 
+    /// How the database is opened.
+    pub fn connect(&self) -> ringline_storage::ConnectSettings {
+        ringline_storage::ConnectSettings {
+            sqlite_sync: self.sqlite_sync(),
+            acquire_timeout: Duration::from_secs(self.database_acquire_timeout_secs),
+        }
+    }
+
     pub fn liveness(&self) -> LivenessPolicy {
         LivenessPolicy {
             grace: Duration::from_secs(self.liveness_grace_secs),
@@ -597,6 +605,63 @@ impl Settings {
             web_push_allowed_hosts: defaults::web_push_allowed_hosts(),
             web_push_allow_loopback: false,
             trusted_proxies: Vec::new(),
+        }
+    }
+
+    /// The listener on `bind`, for a connection cap of `cap` ([`Settings::connection_cap`]).
+    pub fn listener(&self, cap: usize) -> ListenerSettings {
+        ListenerSettings {
+            bind: self.bind,
+            idle_timeout: Duration::from_secs(self.http_idle_timeout_secs),
+            header_timeout: Duration::from_secs(self.http_header_timeout_secs),
+            max_connections: cap,
+            max_per_address: self.connection_cap_per_address(cap),
+            exempt: self.max_connections_per_address_exempt.iter().chain(&self.trusted_proxies).copied().collect(),
+        }
+    }
+
+    /// `error` binding `bind`, with what to set instead.
+    pub fn bind_error(&self, error: std::io::Error) -> anyhow::Error {
+        let hint = if error.kind() == std::io::ErrorKind::AddrInUse {
+            " (another program is listening there: choose another address with RINGLINE_BIND=127.0.0.1:8001 \
+             or --bind 127.0.0.1:8001)"
+        } else {
+            " (choose another address with RINGLINE_BIND or --bind)"
+        };
+        anyhow::Error::new(error).context(format!("cannot listen on {}{hint}", self.bind))
+    }
+
+    /// Logs what is risky about these settings but allowed: the development JWT secret, no
+    /// STUN or TURN server, TURN without its secret, Web Push to loopback.
+    pub fn warn_about_risks(&self) {
+        if self.jwt_secret.is_none() {
+            tracing::warn!(
+                "RINGLINE_JWT_SECRET is not set: using the built-in development secret. Anyone can mint tokens \
+                 for this server. Set RINGLINE_JWT_SECRET (the same secret as your Django SIMPLE_JWT signing key)."
+            );
+        }
+        if self.stun_urls.is_empty() && self.turn_urls.is_empty() {
+            tracing::warn!(
+                "no STUN or TURN server is configured (RINGLINE_STUN_URLS, RINGLINE_TURN_URLS): calls between \
+                 devices behind different NATs will fail to connect media"
+            );
+        }
+        if !self.turn_urls.is_empty() && self.turn_secret.is_none() {
+            tracing::warn!(
+                "RINGLINE_TURN_URLS is set but RINGLINE_TURN_SECRET is not: TURN servers are not handed out"
+            );
+        }
+        if self.web_push_allow_loopback {
+            tracing::warn!("RINGLINE_WEB_PUSH_ALLOW_LOOPBACK is on: users can make this server POST to this machine");
+        }
+    }
+
+    /// How Web Push is sent.
+    pub fn web_push(&self) -> ringline_outbound::WebPushSettings {
+        ringline_outbound::WebPushSettings {
+            vapid_subject: self.vapid_subject.clone(),
+            rules: self.web_push_rules(),
+            ring_timeout: self.ring_timeout(),
         }
     }
 

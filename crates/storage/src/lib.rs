@@ -341,6 +341,26 @@ impl Storage {
         Ok(())
     }
 
+    /// Runs [`Storage::checkpoint`] every second until `stop` resolves, so that no request pays
+    /// for a checkpoint's disk flushes. Returns at once on PostgreSQL, which needs none.
+    pub async fn keep_checkpointing(self, stop: impl std::future::Future<Output = ()>) {
+        if self.backend() != DbBackend::Sqlite {
+            return;
+        }
+        let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = &mut stop => return,
+            }
+            if let Err(error) = self.checkpoint().await {
+                tracing::warn!(%error, "SQLite checkpoint failed; retrying in a second");
+            }
+        }
+    }
+
     /// Checks that the database answers (for readiness probes).
     ///
     /// # Errors

@@ -19,28 +19,6 @@ impl SqlPushSubscriptions {
     pub(crate) fn new(db: Connections) -> Self {
         Self { db }
     }
-
-    /// The VAPID key pair every instance uses: the stored one, or `generate()`'s, stored now
-    /// (when several instances start at once, the first stored wins and all use it).
-    ///
-    /// # Errors
-    /// `Storage` when the store fails.
-    pub async fn vapid_keys(&self, generate: impl FnOnce() -> VapidKeys) -> Result<VapidKeys, RepositoryError> {
-        if let Some(keys) = self.stored_vapid_keys().await? {
-            return Ok(keys);
-        }
-        let keys = generate();
-        let db = &self.db.write_pool;
-        db.execute(statement(
-            db.get_database_backend(),
-            "INSERT INTO vapid_keys (id, private_key, public_key) VALUES (1, ?, ?) ON CONFLICT (id) DO NOTHING",
-            vec![keys.private_pkcs8_base64.clone().into(), keys.public_key.clone().into()],
-        ))
-        .await
-        .map_err(storage_failure)?;
-        Ok(self.stored_vapid_keys().await?.unwrap_or(keys))
-    }
-
     async fn stored_vapid_keys(&self) -> Result<Option<VapidKeys>, RepositoryError> {
         let db = &self.db.write_pool;
         let row = db
@@ -63,6 +41,22 @@ impl SqlPushSubscriptions {
 
 #[async_trait]
 impl PushSubscriptions for SqlPushSubscriptions {
+    async fn vapid_keys(&self, generate: fn() -> VapidKeys) -> Result<VapidKeys, RepositoryError> {
+        if let Some(keys) = self.stored_vapid_keys().await? {
+            return Ok(keys);
+        }
+        let keys = generate();
+        let db = &self.db.write_pool;
+        db.execute(statement(
+            db.get_database_backend(),
+            "INSERT INTO vapid_keys (id, private_key, public_key) VALUES (1, ?, ?) ON CONFLICT (id) DO NOTHING",
+            vec![keys.private_pkcs8_base64.clone().into(), keys.public_key.clone().into()],
+        ))
+        .await
+        .map_err(storage_failure)?;
+        Ok(self.stored_vapid_keys().await?.unwrap_or(keys))
+    }
+
     async fn subscribe(
         &self,
         user: &UserId,

@@ -36,6 +36,11 @@ pub struct AddressCap {
 }
 
 impl AddressCap {
+    /// Connections one address may hold.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
     /// At most `max` connections per address, none counted for the `exempt` addresses.
     pub fn new(max: usize, exempt: impl IntoIterator<Item = IpAddr>) -> Self {
         Self {
