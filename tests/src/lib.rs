@@ -1,11 +1,13 @@
 //! Helpers for Ringline's black-box tests: start the real server on 127.0.0.1:0 over a fresh
 //! database, provision users, mint their tokens, and speak HTTP to it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use poem::listener::{Acceptor, Listener, TcpListener};
 use poem::{Endpoint, Server};
 use reqwest::{Method, StatusCode};
+pub use ringline_domain::ManualClock;
 use ringline_domain::{Clock, SystemClock, Timestamp, UserId, UserProfile};
 use ringline_server::{Application, Settings};
 use ringline_storage::testing::{Backend, TestDatabase};
@@ -80,11 +82,34 @@ impl TestApp {
         Self::spawn_on(TestDatabase::new(backend).await, configure).await
     }
 
+    /// Starts a server whose clock moves only when the test says ([`ManualClock::advance`]):
+    /// ring timeouts, liveness and token expiry follow it, so a test drives them instead of
+    /// waiting them out.
+    pub async fn spawn_on_clock(
+        backend: Backend,
+        clock: &Arc<ManualClock>,
+        configure: impl FnOnce(&mut Settings),
+    ) -> Self {
+        let database = TestDatabase::new(backend).await;
+        Self::spawn_on_database_and_clock(database, clock, configure).await
+    }
+
+    /// [`TestApp::spawn_on_clock`] on an existing test database (for restarts).
+    pub async fn spawn_on_database_and_clock(
+        database: TestDatabase,
+        clock: &Arc<ManualClock>,
+        configure: impl FnOnce(&mut Settings),
+    ) -> Self {
+        let storage = ringline_storage::Storage::connect(database.url()).await.expect("connect");
+        let wiring = ringline_server::Wiring { hub: None, clock: clock.clone() };
+        Self::spawn_wired(Arc::new(database), storage, true, wiring, configure).await
+    }
+
     /// Starts a server on an existing test database (for restarts).
     pub async fn spawn_on(database: TestDatabase, configure: impl FnOnce(&mut Settings)) -> Self {
         // A pool of its own: stopping a server closes its pool, and the database outlives it.
         let storage = ringline_storage::Storage::connect(database.url()).await.expect("connect");
-        Self::spawn_on_storage(std::sync::Arc::new(database), storage, true, None, configure).await
+        Self::spawn_on_storage(Arc::new(database), storage, true, None, configure).await
     }
 
     /// Starts `count` instances on one database, joined by an in-memory bus: several
@@ -98,15 +123,36 @@ impl TestApp {
     pub async fn spawn_joined_to(
         backend: Backend,
         count: usize,
-        hub: &std::sync::Arc<ringline_bus::MemoryHub>,
+        hub: &Arc<ringline_bus::MemoryHub>,
         configure: impl Fn(&mut Settings),
     ) -> Vec<Self> {
-        let database = std::sync::Arc::new(TestDatabase::new(backend).await);
+        let wiring = ringline_server::Wiring { hub: Some(hub.clone()), ..Default::default() };
+        Self::spawn_joined_wired(backend, count, wiring, configure).await
+    }
+
+    /// [`TestApp::spawn_joined`], every instance on `clock` (see [`TestApp::spawn_on_clock`]).
+    pub async fn spawn_joined_on_clock(
+        backend: Backend,
+        count: usize,
+        clock: &Arc<ManualClock>,
+        configure: impl Fn(&mut Settings),
+    ) -> Vec<Self> {
+        let wiring = ringline_server::Wiring { hub: Some(ringline_bus::MemoryHub::new()), clock: clock.clone() };
+        Self::spawn_joined_wired(backend, count, wiring, configure).await
+    }
+
+    async fn spawn_joined_wired(
+        backend: Backend,
+        count: usize,
+        wiring: ringline_server::Wiring,
+        configure: impl Fn(&mut Settings),
+    ) -> Vec<Self> {
+        let database = Arc::new(TestDatabase::new(backend).await);
         let mut instances = Vec::with_capacity(count);
         for _ in 0..count {
             let storage = ringline_storage::Storage::connect(database.url()).await.expect("connect");
-            let database = std::sync::Arc::clone(&database);
-            instances.push(Self::spawn_on_storage(database, storage, true, Some(hub), &configure).await);
+            let database = Arc::clone(&database);
+            instances.push(Self::spawn_wired(database, storage, true, wiring.clone(), &configure).await);
         }
         instances
     }
@@ -127,21 +173,26 @@ impl TestApp {
     }
 
     async fn spawn_on_storage(
-        database: std::sync::Arc<TestDatabase>,
+        database: Arc<TestDatabase>,
         storage: ringline_storage::Storage,
         sweeps: bool,
-        hub: Option<&std::sync::Arc<ringline_bus::MemoryHub>>,
+        hub: Option<&Arc<ringline_bus::MemoryHub>>,
+        configure: impl FnOnce(&mut Settings),
+    ) -> Self {
+        let wiring = ringline_server::Wiring { hub: hub.cloned(), ..Default::default() };
+        Self::spawn_wired(database, storage, sweeps, wiring, configure).await
+    }
+
+    async fn spawn_wired(
+        database: Arc<TestDatabase>,
+        storage: ringline_storage::Storage,
+        sweeps: bool,
+        wiring: ringline_server::Wiring,
         configure: impl FnOnce(&mut Settings),
     ) -> Self {
         let mut settings = Settings::for_tests(database.url(), TEST_JWT_SECRET);
         configure(&mut settings);
-        let application = match hub {
-            Some(hub) => {
-                let wiring = ringline_server::Wiring { hub: Some(hub.clone()), ..Default::default() };
-                Application::build_with(settings, storage, wiring).await
-            }
-            None => Application::build_on(settings, storage).await,
-        };
+        let application = Application::build_with(settings, storage, wiring).await;
         let application = application.expect("build the application");
         let application = if sweeps { application } else { application.without_sweeps() };
         let listener = application.listen().await.expect("bind 127.0.0.1:0");

@@ -35,9 +35,9 @@ pub use call::{Call, CallEvent, CallParts, InvalidCall, NewCall, Outcome, Transi
 pub use error_codes::{ErrorCode, Refusal};
 pub use ports::{
     Audience, CallListFilter, CallObserver, CallRepository, ChangeOrigin, Clock, DeviceClaim, Directory,
-    DirectoryError, MAX_PUSH_SUBSCRIPTIONS_PER_USER, NewNotification, Notification, NotificationRepository, Page,
-    PageRequest, PushSubscription, PushSubscriptions, RepositoryError, Signal, SignalRouter, StoreUnavailable,
-    SystemClock, UserProfile, UserUrlPolicy, VapidKeys, is_store_unavailable,
+    DirectoryError, MAX_PUSH_SUBSCRIPTIONS_PER_USER, ManualClock, NewNotification, Notification,
+    NotificationRepository, Page, PageRequest, PushSubscription, PushSubscriptions, RepositoryError, Signal,
+    SignalRouter, StoreUnavailable, SystemClock, UserProfile, UserUrlPolicy, VapidKeys, is_store_unavailable,
 };
 pub use rules::{InitiateDecision, InitiateRefusal, decide_initiate};
 pub use service::{

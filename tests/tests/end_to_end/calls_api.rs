@@ -1,10 +1,11 @@
 //! The call REST API, black-box, on SQLite and PostgreSQL: every endpoint's success and error
 //! paths as the wire contract gives them.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Method;
-use ringline_tests::{DatabaseBackend, TestApp, on_both_databases};
+use ringline_tests::{DatabaseBackend, ManualClock, TestApp, on_both_databases};
 use serde_json::{Value, json};
 
 on_both_databases!(
@@ -367,15 +368,16 @@ async fn ending_and_rejecting_twice_succeed_and_change_nothing(backend: Database
 }
 
 async fn the_duration_is_measured_by_the_server(backend: DatabaseBackend) {
-    let app = TestApp::spawn(backend).await;
+    let clock = Arc::new(ManualClock::new());
+    let app = TestApp::spawn_on_clock(backend, &clock, |_| {}).await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let id = app.ring(&alice, "bob").await;
+    clock.advance(Duration::from_secs(4));
     app.post(&format!("/api/calls/{id}/accept/"), &bob, json!({})).await.expect(200);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    clock.advance(Duration::from_secs(93));
     let ended = app.post(&format!("/api/calls/{id}/end/"), &alice, json!({"duration_seconds": 9999})).await.expect(200);
-    let duration = ended["duration_seconds"].as_u64().expect("a duration");
-    assert!((2..=4).contains(&duration), "measured {duration} s for a ~2 s call; the client's 9999 is ignored");
+    assert_eq!(ended["duration_seconds"], 93, "answer to hang-up, on the server's clock; the client's 9999 is ignored");
     app.stop().await;
 }
 
@@ -397,20 +399,21 @@ async fn the_caller_ending_a_ringing_call_cancels_it(backend: DatabaseBackend) {
 }
 
 async fn the_ring_timeout_turns_an_unanswered_call_to_missed(backend: DatabaseBackend) {
-    let app = TestApp::spawn_with(backend, |settings| settings.ring_timeout_secs = 1).await;
+    let clock = Arc::new(ManualClock::new());
+    let app = TestApp::spawn_on_clock(backend, &clock, |_| {}).await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let id = app.ring(&alice, "bob").await;
-    let mut call = Value::Null;
-    for _ in 0..60 {
-        call = app.get(&format!("/api/calls/{id}/"), &bob).await.expect(200);
-        if call["status"] != "ringing" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    clock.advance(ringline_domain::DEFAULT_RING_TIMEOUT - Duration::from_secs(1));
+    assert_eq!(app.signaling().expire_due(100).await.expect("sweep"), 0, "still within the ring timeout");
+    assert_eq!(app.get(&format!("/api/calls/{id}/"), &bob).await.expect(200)["status"], "ringing");
+    clock.advance(Duration::from_secs(2));
+    // The sweep the ring timer runs, now (the timer's own run may come first).
+    app.signaling().expire_due(100).await.expect("sweep");
+    let call = app.get(&format!("/api/calls/{id}/"), &bob).await.expect(200);
     assert_eq!(call["status"], "missed", "{call}");
     assert_eq!(call["end_reason"], "invite_timeout");
+    assert_eq!(call["ended_at"], call["updated_at"]);
     // Missed frees both lines; accepting now is refused.
     app.post(&format!("/api/calls/{id}/accept/"), &bob, json!({})).await.expect_error(400, "invalid_call_state");
     app.ring(&bob, "alice").await;

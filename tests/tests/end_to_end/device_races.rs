@@ -207,7 +207,9 @@ async fn a_device_that_closes_hands_the_call_over(backend: DatabaseBackend, inst
     assert!(!candidate_reaches_caller(id, 2, &mut laptop, &mut caller).await, "the holder is connected");
 
     drop(phone);
-    // A refusal is repeated from memory for a second before the database is asked again.
+    // A refusal is repeated from memory for a second (the relay's own in-memory window, on the
+    // monotonic clock, not a decision the injected clock drives) before the database is asked
+    // again.
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     assert!(candidate_reaches_caller(id, 3, &mut laptop, &mut caller).await, "the next device takes over");
     assert!(!candidate_reaches_caller(id, 4, &mut tablet, &mut caller).await, "and holds the call");

@@ -60,6 +60,7 @@ async fn connections_over_the_cap_are_answered_503_and_a_freed_place_is_taken_ag
     assert!(body["detail"].as_str().is_some_and(|detail| !detail.is_empty()));
 
     held.truncate(15);
+    // Let the server see the closed connections (real sockets) before the next probe.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let live = fresh().get(format!("{}/healthz", app.base)).send().await.expect("healthz");
     assert_eq!(live.status(), 200, "a freed place is taken");
@@ -101,6 +102,7 @@ async fn a_client_behind_a_trusted_proxy_holds_at_most_its_share() {
     let other = tokio_tungstenite::connect_async(socket_for("198.51.100.8")).await;
     assert!(other.is_ok(), "another client behind the same proxy is not affected");
     held.pop();
+    // Let the server see the closed connection (a real socket) before the next attempt.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(
         tokio_tungstenite::connect_async(socket_for("198.51.100.7")).await.is_ok(),

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use ringline_domain::UserId;
-use ringline_tests::{DatabaseBackend, TestApp, WsClient, on_both_databases};
+use ringline_tests::{DatabaseBackend, ManualClock, TestApp, WsClient, on_both_databases};
 use serde_json::{Value, json};
 
 fn sdp(kind: &str) -> Value {
@@ -94,19 +94,26 @@ async fn a_call_crosses_three_instances_exactly_as_on_one(backend: DatabaseBacke
 /// Every instance runs a ring timer; the call is missed once: one `call.missed`, one
 /// notification.
 async fn the_ring_timeout_fires_once_across_instances(backend: DatabaseBackend) {
-    let (instances, [alice, bob, _]) = joined(backend, 3, |settings| settings.ring_timeout_secs = 1).await;
+    let clock = std::sync::Arc::new(ManualClock::new());
+    let instances = TestApp::spawn_joined_on_clock(backend, 3, &clock, |_| {}).await;
     let [a, b, c] = &instances[..] else { unreachable!() };
+    let (alice, bob) = (a.user("alice").await, a.user("bob").await);
     let mut caller = a.notifications_socket(&alice).await;
     let mut callee = b.notifications_socket(&bob).await;
     let id = c.ring(&alice, "bob").await;
     callee.expect("call.incoming").await;
     callee.expect("notification.created").await;
+    // Every instance's ring timer looks every second, on the shared clock.
+    clock.advance(ringline_domain::DEFAULT_RING_TIMEOUT + Duration::from_secs(1));
     for socket in [&mut caller, &mut callee] {
         assert_eq!(socket.expect("call.missed").await["call_id"], id.to_string());
         assert_eq!(socket.expect("call.end").await["status"], "missed");
     }
     assert_eq!(callee.expect("notification.created").await["payload"]["verb"], "missed_video_call");
-    tokio::time::sleep(Duration::from_millis(1500)).await; // every timer has looked again
+    // Every instance's timer looking again (the same sweep, run here) finds nothing left.
+    for instance in &instances {
+        assert_eq!(instance.signaling().expire_due(100).await.expect("sweep"), 0);
+    }
     caller.expect_silence().await;
     callee.expect_silence().await;
     assert_eq!(a.get("/api/notifications/", &bob).await.expect(200)["count"], 2);
@@ -170,6 +177,7 @@ async fn a_socket_resumes_on_another_instance_without_a_gap(backend: DatabaseBac
     let last_seen = callee.expect("call.incoming").await["event_id"].as_str().expect("an id").to_owned();
     witness.expect("call.incoming").await;
     drop(callee);
+    // B sees the socket close (a real TCP close) before the call ends elsewhere.
     tokio::time::sleep(Duration::from_millis(100)).await;
     a.post(&format!("/api/calls/{id}/end/"), &alice, json!({})).await.expect(200);
     let mut stayed = Vec::new();

@@ -2,26 +2,56 @@
 //! (`connection_lost`, measured up to the last socket), keeps calls up while one party is
 //! connected or comes back within the grace period, survives restarts, and with several
 //! instances ends each call exactly once. `connection.ack` carries the user's open calls.
+//!
+//! Time is driven, not waited for: the servers run on a [`ManualClock`] the test advances, and
+//! the test runs the liveness sweep itself right after, so the moments a call ends at are
+//! exact, however loaded the machine.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ringline_domain::{CallAction, CallService, CallType, InitiateCommand, LivenessPolicy, SystemClock, UserId};
+use ringline_domain::{
+    CallAction, CallService, CallType, Clock, InitiateCommand, LivenessPolicy, ManualClock, SystemClock, UserId,
+};
 use ringline_signaling::Signaling;
 use ringline_storage::testing::TestDatabase;
 use ringline_tests::{DatabaseBackend, TestApp, WsClient, on_both_databases};
 use serde_json::{Value, json};
 
-/// A grace period short enough for tests; the sweep runs every third of it.
-const GRACE_SECS: u64 = 1;
+/// The default grace period: the clock is driven, so nothing is shortened for the tests.
+const GRACE: Duration = Duration::from_secs(30);
 
-async fn app_with_grace(backend: DatabaseBackend, grace: u64) -> TestApp {
-    TestApp::spawn_with(backend, |settings| settings.liveness_grace_secs = grace).await
+/// A little more than the grace period.
+const PAST_GRACE: Duration = Duration::from_secs(31);
+
+async fn app_on(backend: DatabaseBackend, clock: &Arc<ManualClock>) -> TestApp {
+    TestApp::spawn_on_clock(backend, clock, |_| {}).await
 }
 
 fn moment(value: &Value) -> DateTime<Utc> {
     value.as_str().and_then(|text| DateTime::parse_from_rfc3339(text).ok()).expect("a timestamp").with_timezone(&Utc)
+}
+
+fn at(clock: &ManualClock) -> DateTime<Utc> {
+    clock.now().as_datetime()
+}
+
+/// One liveness pass now, as the background sweep would run it at this moment of the clock
+/// (the background one may have run first: count what ended by the call's state, not by this).
+async fn sweep(app: &TestApp) -> usize {
+    app.signaling().sweep_liveness(100).await.expect("sweep")
+}
+
+/// Waits until `user` has no session left on `app` (the server has recorded when the last one
+/// closed): a condition, not a fixed wait.
+async fn until_gone(app: &TestApp, user: &str) {
+    let user = UserId::parse(user).expect("an id");
+    let deadline = tokio::time::Instant::now() + ringline_tests::EVENT_WAIT;
+    while app.signaling().sessions().sessions_of(&user) > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "{user}'s session never left");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Alice calls Bob and Bob accepts over REST; returns the call id.
@@ -33,18 +63,6 @@ async fn active_call(app: &TestApp, alice: &str, bob: &str) -> i64 {
 
 async fn call_json(app: &TestApp, token: &str, id: i64) -> Value {
     app.get(&format!("/api/calls/{id}/"), token).await.expect(200)
-}
-
-/// Polls until the call is no longer active, for at most `within`.
-async fn wait_until_finished(app: &TestApp, token: &str, id: i64, within: Duration) -> Value {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let call = call_json(app, token, id).await;
-        if call["status"] != "active" || tokio::time::Instant::now() > deadline {
-            return call;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Alice and Bob, both connected, in an active call.
@@ -69,28 +87,32 @@ async fn connect(app: &TestApp, token: &str, resume: Option<&str>) -> (WsClient,
 }
 
 async fn a_call_both_parties_left_ends_with_connection_lost_measured_to_the_last_socket(backend: DatabaseBackend) {
-    let app = app_with_grace(backend, GRACE_SECS).await;
+    let clock = Arc::new(ManualClock::new());
+    let app = app_on(backend, &clock).await;
     let InCall { alice, bob, mut alice_socket, mut bob_socket, id } = in_call(&app).await;
-    // Heartbeats must keep a connected call up well past the grace period.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Connected parties keep a call up well past the grace period.
+    clock.advance(GRACE * 2);
+    assert_eq!(sweep(&app).await, 0);
     assert_eq!(call_json(&app, &alice, id).await["status"], "active", "both connected: the call stays up");
 
     alice_socket.close_and_read_reply(1000).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    until_gone(&app, "alice").await;
+    clock.advance(GRACE * 2);
+    assert_eq!(sweep(&app).await, 0);
     assert_eq!(call_json(&app, &alice, id).await["status"], "active", "one party still connected keeps it up");
     bob_socket.close_and_read_reply(1000).await;
-    let last_socket_gone = Utc::now();
+    until_gone(&app, "bob").await;
+    let last_socket_gone = at(&clock);
 
-    let call = wait_until_finished(&app, &alice, id, Duration::from_secs(5)).await;
-    assert_eq!(call["status"], "ended", "{call}");
-    assert_eq!(call["end_reason"], "connection_lost");
-    let ended_at = moment(&call["ended_at"]);
-    let off_by = (ended_at - last_socket_gone).num_milliseconds().abs();
-    assert!(off_by < 400, "ended when the last socket went ({last_socket_gone}), not at the sweep: {ended_at}");
-    let answered_at = moment(&call["answered_at"]);
-    let expected = (ended_at - answered_at).num_seconds();
-    assert_eq!(call["duration_seconds"].as_i64(), Some(expected));
-    assert!(expected >= 3, "the duration covers the whole call: {expected}");
+    clock.advance(GRACE - Duration::from_secs(1));
+    assert_eq!(sweep(&app).await, 0, "not before the grace period is over");
+    clock.advance(Duration::from_secs(2));
+    sweep(&app).await;
+    let call = call_json(&app, &alice, id).await;
+    assert_eq!((call["status"].as_str(), call["end_reason"].as_str()), (Some("ended"), Some("connection_lost")));
+    assert_eq!(moment(&call["ended_at"]), last_socket_gone, "ended when the last socket went, not at the sweep");
+    let whole_call = (last_socket_gone - moment(&call["answered_at"])).num_seconds();
+    assert_eq!((call["duration_seconds"].as_i64(), whole_call), (Some(120), 120));
 
     // Both lines are free at once, and a party coming back is told how the call ended.
     let (mut back, ack) = connect(&app, &alice, None).await;
@@ -106,11 +128,8 @@ async fn a_call_both_parties_left_ends_with_connection_lost_measured_to_the_last
 /// A ringing call needs its caller: a caller who is gone for the grace period frees both lines
 /// (the ring timeout may be longer), while a callee without a socket is normal (an app asleep).
 async fn a_ringing_call_whose_caller_left_is_cancelled(backend: DatabaseBackend) {
-    let app = TestApp::spawn_with(backend, |settings| {
-        settings.liveness_grace_secs = GRACE_SECS;
-        settings.ring_timeout_secs = 60;
-    })
-    .await;
+    let clock = Arc::new(ManualClock::new());
+    let app = TestApp::spawn_on_clock(backend, &clock, |settings| settings.ring_timeout_secs = 600).await;
     let (alice, bob, carol) = (app.user("alice").await, app.user("bob").await, app.user("carol").await);
     let (mut alice_socket, _) = connect(&app, &alice, None).await;
     let (mut bob_socket, _) = connect(&app, &bob, None).await;
@@ -118,40 +137,50 @@ async fn a_ringing_call_whose_caller_left_is_cancelled(backend: DatabaseBackend)
     bob_socket.expect("call.incoming").await;
     bob_socket.expect("notification.created").await;
     alice_socket.close_and_read_reply(1000).await;
-    let caller_gone = Utc::now();
+    until_gone(&app, "alice").await;
+    let caller_gone = at(&clock);
+    clock.advance(PAST_GRACE);
+    sweep(&app).await;
 
     let end = bob_socket.expect("call.end").await;
     assert_eq!((end["status"].as_str(), end["end_reason"].as_str()), (Some("cancelled"), Some("connection_lost")));
     assert_eq!(bob_socket.expect("call.cancelled").await["call_id"], id.to_string());
     let call = call_json(&app, &bob, id).await;
     assert_eq!(call["end_reason"], "connection_lost");
-    let off_by = (moment(&call["ended_at"]) - caller_gone).num_milliseconds().abs();
-    assert!(off_by < 400, "ended when the caller left: {call}");
+    assert_eq!(moment(&call["ended_at"]), caller_gone, "ended when the caller left: {call}");
 
     // A caller who stays keeps ringing a callee who has no socket at all.
     let waiting = app.ring(&bob, "carol").await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    clock.advance(GRACE * 3);
+    assert_eq!(sweep(&app).await, 0);
     assert_eq!(call_json(&app, &carol, waiting).await["status"], "ringing");
     app.stop().await;
 }
 
 async fn a_party_that_comes_back_within_the_grace_period_keeps_the_call(backend: DatabaseBackend) {
-    let app = app_with_grace(backend, 2).await;
+    let clock = Arc::new(ManualClock::new());
+    let app = app_on(backend, &clock).await;
     let InCall { alice, bob, mut alice_socket, mut bob_socket, id } = in_call(&app).await;
 
     alice_socket.close_and_read_reply(1000).await;
     bob_socket.close_and_read_reply(1000).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    until_gone(&app, "alice").await;
+    until_gone(&app, "bob").await;
+    clock.advance(GRACE - Duration::from_secs(2));
     let (_bob_back, ack) = connect(&app, &bob, None).await;
     assert_eq!(ack["open_calls"][0]["id"], id);
     assert_eq!(ack["open_calls"][0]["status"], "active");
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    for _ in 0..3 {
+        clock.advance(PAST_GRACE);
+        assert_eq!(sweep(&app).await, 0);
+    }
     assert_eq!(call_json(&app, &alice, id).await["status"], "active", "Bob came back in time");
     app.stop().await;
 }
 
 async fn a_restart_in_between_changes_nothing(backend: DatabaseBackend) {
-    let app = app_with_grace(backend, 2).await;
+    let clock = Arc::new(ManualClock::new());
+    let app = app_on(backend, &clock).await;
     let InCall { alice, mut alice_socket, mut bob_socket, id, .. } = in_call(&app).await;
     let kept = active_call_between(&app, "carol", "dave").await;
     let (mut carol_socket, _) = connect(&app, &app.token("carol"), None).await;
@@ -159,19 +188,26 @@ async fn a_restart_in_between_changes_nothing(backend: DatabaseBackend) {
 
     alice_socket.close_and_read_reply(1000).await;
     bob_socket.close_and_read_reply(1000).await;
-    let last_socket_gone = Utc::now();
+    until_gone(&app, "alice").await;
+    until_gone(&app, "bob").await;
+    let last_socket_gone = at(&clock);
+    clock.advance(Duration::from_secs(5));
     carol_socket.close_and_read_reply(1000).await;
     dave_socket.close_and_read_reply(1000).await;
+    until_gone(&app, "carol").await;
+    until_gone(&app, "dave").await;
     let database = app.stop_keeping_database().await;
 
-    let app = TestApp::spawn_on(database, |settings| settings.liveness_grace_secs = 2).await;
+    clock.advance(Duration::from_secs(20));
+    let app = TestApp::spawn_on_database_and_clock(database, &clock, |_| {}).await;
     // Carol is back on the new server within the grace period: her call goes on.
     let (_carol_back, ack) = connect(&app, &app.token("carol"), None).await;
     assert_eq!(ack["open_calls"][0]["id"], kept);
-    let call = wait_until_finished(&app, &alice, id, Duration::from_secs(6)).await;
+    clock.advance(Duration::from_secs(20));
+    sweep(&app).await; // alice and bob's call, gone for 45 s; not carol's
+    let call = call_json(&app, &alice, id).await;
     assert_eq!(call["end_reason"], "connection_lost", "{call}");
-    let off_by = (moment(&call["ended_at"]) - last_socket_gone).num_milliseconds().abs();
-    assert!(off_by < 400, "measured to the last socket before the restart: {call}");
+    assert_eq!(moment(&call["ended_at"]), last_socket_gone, "measured to the last socket before the restart");
     assert_eq!(call_json(&app, &app.token("carol"), kept).await["status"], "active");
     app.stop().await;
 }
@@ -277,12 +313,12 @@ async fn media_state_reaches_the_other_party_only(backend: DatabaseBackend) {
 }
 
 /// A signaling hub over `database` with no background tasks: the test runs its sweeps.
-fn hub_over(database: &TestDatabase, liveness: LivenessPolicy) -> Signaling {
+fn hub_over(database: &TestDatabase, liveness: LivenessPolicy, clock: &Arc<ManualClock>) -> Signaling {
     let storage = database.storage();
     let service = CallService::new(
         Arc::new(storage.calls()),
         Arc::new(storage.directory()),
-        Arc::new(SystemClock),
+        clock.clone(),
         Duration::from_secs(45),
     )
     .with_liveness(liveness);
@@ -293,9 +329,9 @@ fn hub_over(database: &TestDatabase, liveness: LivenessPolicy) -> Signaling {
 /// test runs the sweeps itself, both at once.
 async fn two_instances_end_each_abandoned_call_exactly_once(backend: DatabaseBackend) {
     let database = TestDatabase::new(backend).await;
-    // Long enough that setting up 20 calls on a loaded machine stays well inside it.
-    let liveness = LivenessPolicy { grace: Duration::from_secs(3), max_call: Duration::from_secs(3600) };
-    let (first, second) = (hub_over(&database, liveness), hub_over(&database, liveness));
+    let clock = Arc::new(ManualClock::new());
+    let liveness = LivenessPolicy { grace: GRACE, max_call: Duration::from_secs(3600) };
+    let (first, second) = (hub_over(&database, liveness, &clock), hub_over(&database, liveness, &clock));
     const PAIRS: usize = 20;
     for pair in 0..PAIRS {
         let (caller, receiver) = (user(&format!("caller{pair}")), user(&format!("receiver{pair}")));
@@ -306,7 +342,7 @@ async fn two_instances_end_each_abandoned_call_exactly_once(backend: DatabaseBac
         second.act(&receiver, id, CallAction::Accept, None).await.expect("accept");
     }
     assert_eq!(first.sweep_liveness(100).await.expect("sweep"), 0, "within the grace period nothing ends");
-    tokio::time::sleep(Duration::from_millis(3200)).await;
+    clock.advance(PAST_GRACE);
     let (a, b) = tokio::join!(first.sweep_liveness(100), second.sweep_liveness(100));
     assert_eq!(a.expect("sweep") + b.expect("sweep"), PAIRS, "each call ended by exactly one instance");
     let busy = database.storage().calls();
@@ -317,19 +353,22 @@ async fn two_instances_end_each_abandoned_call_exactly_once(backend: DatabaseBac
 /// The last resort: a call nobody hung up ends at the maximum length, whoever is connected.
 async fn a_forgotten_call_ends_at_the_maximum_length(backend: DatabaseBackend) {
     let database = TestDatabase::new(backend).await;
-    let liveness = LivenessPolicy { grace: Duration::from_secs(3600), max_call: Duration::from_secs(1) };
-    let hub = hub_over(&database, liveness);
+    let clock = Arc::new(ManualClock::new());
+    let liveness = LivenessPolicy { grace: Duration::from_secs(3600), max_call: Duration::from_secs(60) };
+    let hub = hub_over(&database, liveness, &clock);
     let (alice, bob) = (user("alice"), user("bob"));
     register(&database, &alice).await;
     register(&database, &bob).await;
     let command = InitiateCommand { receiver: bob.clone(), call_type: CallType::Video, conversation: None };
     let id = hub.initiate(&alice, command).await.expect("ring").call().id();
     hub.act(&bob, id, CallAction::Accept, None).await.expect("accept");
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    clock.advance(Duration::from_secs(59));
+    assert_eq!(hub.sweep_liveness(100).await.expect("sweep"), 0, "not before the maximum length");
+    clock.advance(Duration::from_secs(2));
     assert_eq!(hub.sweep_liveness(100).await.expect("sweep"), 1);
     let call = hub.service().find(id).await.expect("read").expect("stored");
     assert_eq!(call.end_reason(), Some(ringline_domain::EndReason::MaxDuration));
-    assert_eq!(call.duration_seconds(), Some(1));
+    assert_eq!(call.duration_seconds(), Some(60), "ended exactly at the cap");
     database.cleanup().await;
 }
 

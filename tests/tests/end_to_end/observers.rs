@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ringline_domain::{
     Call, CallAction, CallEvent, CallObserver, CallService, ChangeOrigin, Clock, DeviceId, HangupReason,
-    InitiateCommand, Initiated, Outcome, SystemClock, Transition, UserId, UserProfile,
+    InitiateCommand, Initiated, ManualClock, Outcome, SystemClock, Transition, UserId, UserProfile,
 };
 use ringline_storage::testing::TestDatabase;
 use ringline_tests::{DatabaseBackend, TestApp, on_both_databases};
@@ -54,7 +54,12 @@ fn user(id: &str) -> UserId {
     UserId::parse(id).expect("valid")
 }
 
-async fn service_over(database: &TestDatabase, ring_timeout: Duration, observer: Arc<Recording>) -> CallService {
+async fn service_over(
+    database: &TestDatabase,
+    clock: &Arc<ManualClock>,
+    ring_timeout: Duration,
+    observer: Arc<Recording>,
+) -> CallService {
     let storage = database.storage();
     for id in ["ada", "grace"] {
         let profile = UserProfile {
@@ -66,7 +71,7 @@ async fn service_over(database: &TestDatabase, ring_timeout: Duration, observer:
         };
         storage.directory().upsert_user(&profile, SystemClock.now()).await.expect("user");
     }
-    CallService::new(Arc::new(storage.calls()), Arc::new(storage.directory()), Arc::new(SystemClock), ring_timeout)
+    CallService::new(Arc::new(storage.calls()), Arc::new(storage.directory()), clock.clone(), ring_timeout)
         .observed_by(observer)
 }
 
@@ -77,7 +82,8 @@ fn ring_grace() -> InitiateCommand {
 async fn every_stored_change_is_told_once_with_its_origin(backend: DatabaseBackend) {
     let database = TestDatabase::new(backend).await;
     let recording = Arc::new(Recording::default());
-    let service = service_over(&database, Duration::from_millis(200), recording.clone()).await;
+    let clock = Arc::new(ManualClock::new());
+    let service = service_over(&database, &clock, Duration::from_secs(30), recording.clone()).await;
 
     let Initiated::Ringing(call) = service.initiate(&user("ada"), ring_grace()).await.expect("rings") else {
         panic!("no crossing call here");
@@ -104,7 +110,9 @@ async fn every_stored_change_is_told_once_with_its_origin(backend: DatabaseBacke
     let Initiated::Ringing(unanswered) = service.initiate(&user("ada"), ring_grace()).await.expect("rings") else {
         panic!("no crossing call here");
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    clock.advance(Duration::from_secs(29));
+    assert!(service.expire_due(10).await.expect("sweeps").is_empty(), "not before the ring timeout");
+    clock.advance(Duration::from_secs(2));
     assert_eq!(service.expire_due(10).await.expect("expires").len(), 1);
     let told = recording.told();
     assert_eq!(
@@ -121,7 +129,8 @@ async fn every_stored_change_is_told_once_with_its_origin(backend: DatabaseBacke
 async fn racing_accepts_are_told_once(backend: DatabaseBackend) {
     let database = TestDatabase::new(backend).await;
     let recording = Arc::new(Recording::default());
-    let service = service_over(&database, Duration::from_secs(30), recording.clone()).await;
+    let service =
+        service_over(&database, &Arc::new(ManualClock::new()), Duration::from_secs(30), recording.clone()).await;
     for _ in 0..10 {
         let call = service.initiate(&user("ada"), ring_grace()).await.expect("rings").call().id();
         let accepts = (1..=2).map(|serial| {

@@ -2,10 +2,11 @@
 //! document's page scenarios for voice and video, both original clients' sequences, several
 //! devices, refusals, limits, the ring timeout, slow consumers and shutdown.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Method;
-use ringline_tests::{DatabaseBackend, TestApp, UnresponsivePeer, WsClient};
+use ringline_tests::{DatabaseBackend, ManualClock, TestApp, UnresponsivePeer, WsClient};
 use serde_json::{Value, json};
 
 fn offer_sdp() -> Value {
@@ -526,6 +527,8 @@ async fn a_flood_is_rate_limited_without_dropping_the_session() {
     }
     assert!((200..400).contains(&pongs), "the burst and the refill are served: {pongs}");
     assert!((1..=3).contains(&limited), "one rate_limited error a second, not one per frame: {limited}");
+    // The socket's bucket refills in real time (frames are rated as they arrive): a fifth of a
+    // second is room for ten more at 50 a second.
     tokio::time::sleep(Duration::from_millis(200)).await;
     socket.send_json(json!({"type": "ping"})).await;
     socket.expect("pong").await;
@@ -576,13 +579,16 @@ async fn typing_reaches_the_other_chat_participants_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ring_timeout_tells_both_sides_and_notifies_the_callee() {
-    let app = TestApp::spawn_with(DatabaseBackend::Sqlite, |settings| settings.ring_timeout_secs = 1).await;
+    let clock = Arc::new(ManualClock::new());
+    let app = TestApp::spawn_on_clock(DatabaseBackend::Sqlite, &clock, |_| {}).await;
     let (alice, bob) = two_users(&app).await;
     let mut caller = app.notifications_socket(&alice).await;
     let mut callee = app.notifications_socket(&bob).await;
     let id = app.ring(&alice, "bob").await;
     callee.expect("call.incoming").await;
     callee.expect("notification.created").await;
+    // The ring timer itself (it looks every second) notices, on the server's clock.
+    clock.advance(ringline_domain::DEFAULT_RING_TIMEOUT + Duration::from_secs(1));
 
     for socket in [&mut caller, &mut callee] {
         let missed = socket.expect("call.missed").await;
@@ -614,22 +620,22 @@ async fn the_ring_timeout_tells_both_sides_and_notifies_the_callee() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_left_ringing_across_a_restart_are_expired_on_start() {
-    let first = TestApp::spawn_with(DatabaseBackend::Sqlite, |settings| settings.ring_timeout_secs = 2).await;
+    let clock = Arc::new(ManualClock::new());
+    let first = TestApp::spawn_on_clock(DatabaseBackend::Sqlite, &clock, |_| {}).await;
     let (alice, _bob) = two_users(&first).await;
     let id = first.ring(&alice, "bob").await;
     let database = first.stop_keeping_database().await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    clock.advance(ringline_domain::DEFAULT_RING_TIMEOUT + Duration::from_secs(1));
 
-    // Nobody is connected, and the first server is gone: the next one expires the call itself.
-    let second = TestApp::spawn_on(database, |settings| settings.ring_timeout_secs = 2).await;
+    // Nobody is connected, and the first server is gone: the next one expires the call itself,
+    // on its timer's first pass.
+    let second = TestApp::spawn_on_database_and_clock(database, &clock, |_| {}).await;
     let alice = second.token("alice");
+    let deadline = tokio::time::Instant::now() + ringline_tests::EVENT_WAIT;
     let mut status = Value::Null;
-    for _ in 0..30 {
+    while status != "missed" && tokio::time::Instant::now() < deadline {
         status = second.get(&format!("/api/calls/{id}/"), &alice).await.expect(200)["status"].clone();
-        if status == "missed" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(status, "missed");
     let notifications = second.get("/api/notifications/", &second.token("bob")).await.expect(200);
@@ -767,7 +773,10 @@ async fn a_user_with_too_many_sockets_is_refused_the_next_one() {
     app.notifications_socket(&bob).await;
     let mut gone = open.pop().expect("a socket");
     gone.close_and_read_reply(1000).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let alice_id = ringline_domain::UserId::parse("alice").expect("an id");
+    while app.signaling().sessions().sessions_of(&alice_id) > 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await; // the server unregistering the socket
+    }
     still_up(&mut app.notifications_socket(&alice).await).await;
     app.stop().await;
 }

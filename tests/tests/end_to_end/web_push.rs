@@ -155,7 +155,8 @@ async fn a_ring_reaches_the_browser_and_its_end_follows(backend: DatabaseBackend
     let end = &pushed[1];
     assert_eq!(end.message, json!({"type": "call.cancelled", "call_id": id.to_string()}));
     assert_eq!(end.topic, ring.topic, "the same topic replaces an undelivered ring");
-    // Alice's browser is not rung (she has none), and a call alice is rung in is not bob's.
+    // Alice's browser is not rung (she has none), and a call alice is rung in is not bob's:
+    // something not sent can only be seen by waiting a moment for it (real HTTP).
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(service.pushed.lock().expect("lock").len(), 2);
     app.stop().await;
@@ -341,6 +342,8 @@ async fn a_ring_reaches_at_most_five_browsers(backend: DatabaseBackend) {
     }
     let _id = app.ring(&alice, "bob").await;
     service.wait_for(5).await;
+    // A sixth push could only show up later: give the sender's other requests (real HTTP) a
+    // moment.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut paths: Vec<String> =
         service.pushed.lock().expect("lock").iter().map(|pushed| pushed.path.clone()).collect();

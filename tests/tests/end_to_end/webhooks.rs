@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use hmac::{Hmac, Mac};
 use poem::Request;
 use poem::http::StatusCode;
-use ringline_tests::{DatabaseBackend, TestApp, on_both_databases, spawn_http};
+use ringline_tests::{DatabaseBackend, ManualClock, TestApp, on_both_databases, spawn_http};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
@@ -77,9 +77,23 @@ impl Receiver {
 
     /// Waits until `done` holds of what was delivered.
     async fn wait_for(&self, what: &str, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+        self.wait_until(what, Self::delivered, done).await
+    }
+
+    /// Waits until `done` holds of every request received, whatever it was answered.
+    async fn wait_for_requests(&self, what: &str, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+        self.wait_until(what, Self::all, done).await
+    }
+
+    async fn wait_until(
+        &self,
+        what: &str,
+        seen: fn(&Self) -> Vec<Received>,
+        done: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let delivered = self.delivered();
+            let delivered = seen(self);
             if done(&delivered) {
                 return delivered;
             }
@@ -143,27 +157,28 @@ fn kinds_of(events: &[Received], call: i64) -> Vec<String> {
 /// Every kind of call, every event, signed, in order, with the REST call JSON.
 async fn every_change_reaches_the_receiver_signed_and_in_order(backend: DatabaseBackend) {
     let receiver = Receiver::start(ok).await;
-    let configure = with_webhooks(&receiver.url);
-    let app = TestApp::spawn_with(backend, |settings| {
-        configure(settings);
-        settings.ring_timeout_secs = 1;
-    })
-    .await;
+    let clock = Arc::new(ManualClock::new());
+    let app = TestApp::spawn_on_clock(backend, &clock, with_webhooks(&receiver.url)).await;
     let (alice, bob) = people(&app).await;
 
     // Answered and hung up, with the callee online.
-    let socket = app.notifications_socket(&bob).await;
+    let mut socket = app.notifications_socket(&bob).await;
     let answered = app.ring(&alice, "bob").await;
     app.post(&format!("/api/calls/{answered}/accept/"), &bob, json!({})).await.expect(200);
     app.post(&format!("/api/calls/{answered}/end/"), &alice, json!({})).await.expect(200);
-    drop(socket);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    socket.close_and_read_reply(1000).await;
+    let bob_id = ringline_domain::UserId::parse("bob").expect("an id");
+    while app.signaling().devices_online(&bob_id).await > 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await; // the server unregistering the socket
+    }
     // Declined, cancelled and missed, with nobody online.
     let declined = app.ring(&alice, "bob").await;
     app.post(&format!("/api/calls/{declined}/reject/"), &bob, json!({})).await.expect(200);
     let cancelled = app.ring(&alice, "bob").await;
     app.post(&format!("/api/calls/{cancelled}/end/"), &alice, json!({})).await.expect(200);
     let missed = app.ring(&alice, "bob").await;
+    // The ring timer (it looks every second) makes it missed, on the server's clock.
+    clock.advance(ringline_domain::DEFAULT_RING_TIMEOUT + Duration::from_secs(1));
 
     let events = receiver.wait_for("all events", |events| events.len() >= 9).await;
     assert_eq!(kinds_of(&events, answered), ["call.ringing", "call.accepted", "call.ended"]);
@@ -227,6 +242,15 @@ async fn a_receiver_that_was_down_gets_everything_once_it_is_back(backend: Datab
     app.stop().await;
 }
 
+/// Ends a new call and waits for its `call.cancelled`: a pass of the sender after whatever the
+/// test did to the clock, which would also have retried any event that was due.
+async fn one_more_pass(app: &TestApp, receiver: &Receiver, caller: &str) {
+    let later = app.ring(caller, "bob").await;
+    app.post(&format!("/api/calls/{later}/end/"), caller, json!({})).await.expect(200);
+    let cancelled = |events: &[Received]| events.iter().any(|e| e.call_id() == later && e.kind() == "call.cancelled");
+    receiver.wait_for("a later call's events", cancelled).await;
+}
+
 /// 410 Gone stops the retries of that event (and the call's next events go on).
 async fn gone_stops_the_retries_of_an_event(backend: DatabaseBackend) {
     let receiver = Receiver::start(|body| Answer {
@@ -234,13 +258,16 @@ async fn gone_stops_the_retries_of_an_event(backend: DatabaseBackend) {
         delay: Duration::ZERO,
     })
     .await;
-    let app = TestApp::spawn_with(backend, with_webhooks(&receiver.url)).await;
+    let clock = Arc::new(ManualClock::new());
+    let app = TestApp::spawn_on_clock(backend, &clock, with_webhooks(&receiver.url)).await;
     let (alice, _) = people(&app).await;
     let id = app.ring(&alice, "bob").await;
     app.post(&format!("/api/calls/{id}/end/"), &alice, json!({})).await.expect(200);
     receiver.wait_for("the cancel", |events| events.iter().any(|e| e.kind() == "call.cancelled")).await;
-    tokio::time::sleep(Duration::from_secs(3)).await; // longer than the first retry's wait
-    let ringing = receiver.all().iter().filter(|r| r.kind() == "call.ringing").count();
+    // Past every backoff a retry could have waited (and within the receiver's 300 s).
+    clock.advance(Duration::from_secs(120));
+    one_more_pass(&app, &receiver, &alice).await;
+    let ringing = receiver.all().iter().filter(|r| r.call_id() == id && r.kind() == "call.ringing").count();
     assert_eq!(ringing, 1, "410 is final for that event");
     app.stop().await;
 }
@@ -248,23 +275,33 @@ async fn gone_stops_the_retries_of_an_event(backend: DatabaseBackend) {
 /// A ringing event that keeps failing is not retried past the ring deadline; the call's
 /// next event (missed) follows.
 async fn a_ringing_event_is_given_up_at_the_ring_deadline(backend: DatabaseBackend) {
+    // The first call of the fresh database rings a failing receiver; later calls' events go
+    // through.
     let receiver = Receiver::start(|body| Answer {
-        status: if body["type"] == "call.ringing" { 500 } else { 200 },
+        status: if body["type"] == "call.ringing" && body["data"]["call"]["id"] == 1 { 500 } else { 200 },
         delay: Duration::ZERO,
     })
     .await;
-    let configure = with_webhooks(&receiver.url);
-    let app = TestApp::spawn_with(backend, |settings| {
-        configure(settings);
-        settings.ring_timeout_secs = 3;
-    })
-    .await;
+    let clock = Arc::new(ManualClock::new());
+    let app = TestApp::spawn_on_clock(backend, &clock, with_webhooks(&receiver.url)).await;
     let (alice, _) = people(&app).await;
     let id = app.ring(&alice, "bob").await;
+    assert_eq!(id, 1, "the failing receiver expects the first call");
+    let tries =
+        |receiver: &Receiver| receiver.all().iter().filter(|r| r.kind() == "call.ringing" && r.call_id() == id).count();
+    receiver.wait_for_requests("the first try", |events| events.iter().any(|e| e.kind() == "call.ringing")).await;
+    // Its retry (after 2 s of backoff, and up to a fifth more) fails too.
+    clock.advance(Duration::from_secs(3));
+    let retried = |events: &[Received]| events.iter().filter(|e| e.call_id() == 1).count() >= 2;
+    receiver.wait_for_requests("a retry", retried).await;
+    // The ring deadline passes: the timer makes the call missed, and that event follows.
+    clock.advance(ringline_domain::DEFAULT_RING_TIMEOUT);
     receiver.wait_for("the missed event", |events| events.iter().any(|e| e.kind() == "call.missed")).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let tries = receiver.all().iter().filter(|r| r.kind() == "call.ringing" && r.call_id() == id).count();
-    assert!((1..=3).contains(&tries), "tried within the ring timeout only: {tries}");
+    let at_the_deadline = tries(&receiver);
+    clock.advance(Duration::from_secs(120));
+    one_more_pass(&app, &receiver, &alice).await;
+    assert_eq!(tries(&receiver), at_the_deadline, "not tried again past the ring deadline");
+    assert!((2..=3).contains(&at_the_deadline), "tried within the ring timeout only: {at_the_deadline}");
     app.stop().await;
 }
 
@@ -278,22 +315,22 @@ async fn nothing_is_lost_across_a_restart(backend: DatabaseBackend) {
         delay: Duration::ZERO,
     })
     .await;
-    let app = TestApp::spawn_with(backend, with_webhooks(&receiver.url)).await;
+    let clock = Arc::new(ManualClock::new());
+    let app = TestApp::spawn_on_clock(backend, &clock, with_webhooks(&receiver.url)).await;
     let (alice, bob) = people(&app).await;
     let id = app.ring(&alice, "bob").await;
     app.post(&format!("/api/calls/{id}/reject/"), &bob, json!({})).await.expect(200);
-    // Three failed attempts: the next waits 8 s.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while receiver.all().len() < 3 {
-        assert!(Instant::now() < deadline, "the outbox was not retried");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    // Three failed attempts (backoffs of 2 s and 4 s, each up to a fifth more): the next
+    // would wait 8 s more.
+    for (attempts, backoff) in [(1, 3), (2, 5), (3, 0)] {
+        receiver.wait_for_requests("the outbox retried", |events| events.len() >= attempts).await;
+        clock.advance(Duration::from_secs(backoff));
     }
     let database = app.stop_keeping_database().await;
     up.store(true, std::sync::atomic::Ordering::SeqCst);
-    let restarted = Instant::now();
-    let app = TestApp::spawn_on(database, with_webhooks(&receiver.url)).await;
+    // The clock stands still: only a restart that sends at once gets these out.
+    let app = TestApp::spawn_on_database_and_clock(database, &clock, with_webhooks(&receiver.url)).await;
     let events = receiver.wait_for("the events after the restart", |events| events.len() >= 2).await;
-    assert!(restarted.elapsed() < Duration::from_secs(4), "sent at once, not after the backoff");
     assert_eq!(kinds_of(&events, id), ["call.ringing", "call.rejected"]);
     app.stop().await;
 }
@@ -322,6 +359,8 @@ async fn two_instances_deliver_each_event_once() {
         calls.push(id);
     }
     let events = receiver.wait_for("30 events", |events| events.len() >= 30).await;
+    // A second copy could only show up later: give it a moment of real time (the senders'
+    // HTTP requests), as long as their one-second poll.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut seen: HashMap<String, usize> = HashMap::new();
     for event in receiver.all() {
