@@ -98,8 +98,8 @@ fn main() {
     let (app, calls) = server.block_on(async {
         let app = TestApp::spawn_with(DatabaseBackend::Sqlite, |settings| {
             // Measure the relay, not the per-socket limiter.
-            settings.ws_frames_per_sec = 1_000_000;
-            settings.ws_frame_burst = 10_000_000;
+            settings.sockets.ws_frames_per_sec = 1_000_000;
+            settings.sockets.ws_frame_burst = 10_000_000;
         })
         .await;
         let calls = set_up_calls(&app, options.calls).await;

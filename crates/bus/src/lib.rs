@@ -99,9 +99,16 @@ pub struct RedisSettings {
 }
 
 impl RedisSettings {
+    /// The prefix unless configured.
+    pub const DEFAULT_PREFIX: &'static str = "ringline";
+
     /// One Redis server at `url` (`redis://host:port/db`).
     pub fn new(url: impl Into<String>) -> Self {
-        Self { topology: RedisTopology::Single(url.into()), prefix: "ringline".into(), queue_capacity: 10_000 }
+        Self {
+            topology: RedisTopology::Single(url.into()),
+            prefix: Self::DEFAULT_PREFIX.into(),
+            queue_capacity: 10_000,
+        }
     }
 
     /// Whether this is a Redis Cluster.
@@ -284,7 +291,7 @@ impl SharedBus {
     pub fn join(hub: &Arc<MemoryHub>, local: Arc<LocalRouter>) -> Arc<Self> {
         let (sender, incoming) = mpsc::unbounded_channel();
         let backplane = hub.join(sender);
-        Self::new(Arc::new(backplane), incoming, "ringline", 10_000, local)
+        Self::new(Arc::new(backplane), incoming, RedisSettings::DEFAULT_PREFIX, 10_000, local)
     }
 
     /// A bus over any backplane, whose messages arrive on `incoming`; listens to `local`'s

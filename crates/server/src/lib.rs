@@ -121,7 +121,7 @@ impl Application {
         let mut signaling = Signaling::new(service, Arc::new(storage.notifications()), router, local)
             .with_keepalive(settings.keepalive())
             .with_frame_rate(settings.frame_rate())
-            .with_max_sockets_per_user(settings.ws_max_per_user);
+            .with_max_sockets_per_user(settings.sockets.ws_max_per_user);
         if let Some(bus) = &bus {
             signaling = signaling.with_gate(bus.clone()).with_presence(bus.clone());
         }
@@ -130,9 +130,9 @@ impl Application {
         signaling.accounts().reload().await.context("cannot read the removed and inactive users")?;
 
         let (secret, development_secret) = settings.jwt_secret_or_default();
-        let mut authenticator = JwtAuthenticator::new(&secret, settings.jwt_user_claim.clone(), clock.clone())
+        let mut authenticator = JwtAuthenticator::new(&secret, settings.auth.jwt_user_claim.clone(), clock.clone())
             .checking_accounts(signaling.accounts().clone());
-        if settings.register_on_first_use {
+        if settings.auth.register_on_first_use {
             authenticator = authenticator.provisioning_into(storage.directory());
         }
         let authenticator = Arc::new(authenticator);
@@ -188,7 +188,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let address = listener.local_socket_addr();
-        let port = address.map_or(self.settings.bind.port(), |address| address.port());
+        let port = address.map_or(self.settings.http.bind.port(), |address| address.port());
         let app = ringline_api::server_routes(self.parts(listener.max_per_address().unwrap_or(usize::MAX)));
         let Self { settings, storage, clock, signaling, sweeps, bus, webhook_waker, web_push, .. } = self;
         let background =
@@ -243,14 +243,14 @@ impl Application {
         ServerParts {
             calls,
             storage: self.storage.clone(),
-            admin_token: settings.admin_token.clone(),
+            admin_token: settings.auth.admin_token.clone(),
             demo_login: self.development_secret.then(|| self.authenticator.clone()),
             bus: self.bus.as_ref().map(|bus| -> Arc<dyn ringline_signaling::BusStatus> { bus.health() }),
             vapid_public_key: self.web_push.vapid().public_key().to_owned(),
-            trusted_proxies: settings.trusted_proxies.clone(),
+            trusted_proxies: settings.http.trusted_proxies.clone(),
             max_per_forwarded_client,
             web_push_policy: Arc::new(settings.web_push_rules()),
-            cors_allowed_origins: settings.cors_allowed_origins.clone(),
+            cors_allowed_origins: settings.http.cors_allowed_origins.clone(),
         }
     }
 }
@@ -260,7 +260,7 @@ impl Application {
 /// # Errors
 /// When the database cannot be opened or migrated.
 pub async fn open_storage(settings: &Settings) -> anyhow::Result<Storage> {
-    let storage = Storage::connect_with(&settings.database_url, settings.connect()).await;
+    let storage = Storage::connect_with(&settings.database.database_url, settings.connect()).await;
     let storage = storage.context("cannot open the database")?;
     storage.migrate().await.context("cannot migrate the database")?;
     Ok(storage)

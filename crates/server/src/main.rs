@@ -101,7 +101,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load(cli.config.as_deref(), Overrides { bind: cli.bind, database_url: cli.database_url })?;
-    telemetry::init(settings.log_format);
+    telemetry::init(settings.process.log_format);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let application = Application::build(settings).await?;
@@ -110,13 +110,13 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Demo => {
             anyhow::ensure!(
-                settings.env != ringline_server::settings::Environment::Production,
+                settings.process.env != ringline_server::settings::Environment::Production,
                 "`ringline demo` is for trying Ringline locally; it refuses RINGLINE_ENV=production"
             );
             let storage = open_storage(&settings).await?;
             seed_demo(&storage).await?;
             storage.close().await.context("closing the database")?;
-            if settings.jwt_secret.is_some() {
+            if settings.auth.jwt_secret.is_some() {
                 tracing::warn!(
                     "RINGLINE_JWT_SECRET is set: demo sign-in stays off; paste tokens from `ringline token`"
                 );
@@ -136,7 +136,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Token { user, ttl } => {
             let user = UserId::parse(user).context("invalid --user")?;
             let (secret, _) = settings.jwt_secret_or_default();
-            let authenticator = JwtAuthenticator::new(&secret, settings.jwt_user_claim.clone(), Arc::new(SystemClock));
+            let authenticator =
+                JwtAuthenticator::new(&secret, settings.auth.jwt_user_claim.clone(), Arc::new(SystemClock));
             println!("{}", authenticator.mint(&user, Duration::from_secs(ttl)).context("signing the token")?);
             Ok(())
         }

@@ -2,16 +2,16 @@
 //! `RINGLINE_*` environment variables, then command-line flags. Every key is documented in
 //! `docs/configuration.md`. Secrets are `SecretString`: they never appear in logs or `Debug`.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use figment::{Figment, Provider};
 use ringline_api::{IceSettings, ListenerSettings};
 use ringline_bus::RedisSettings;
 use ringline_domain::LivenessPolicy;
-use ringline_outbound::WebhookSettings;
+use ringline_outbound::{AllowedHosts, WebhookSettings};
 use ringline_signaling::{FrameRate, Keepalive};
 use ringline_storage::SqliteSync;
 use secrecy::{ExposeSecret, SecretString};
@@ -36,65 +36,52 @@ pub enum LogFormat {
     Json,
 }
 
-/// Everything `ringline` can be configured with. An unknown key (a typo) is an error, not
-/// silently ignored.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Everything `ringline` can be configured with, one group per component. The keys stay flat
+/// (`RINGLINE_RING_TIMEOUT_SECS`, `ring_timeout_secs` in the file): each group reads its own,
+/// and each default is written once, in its group's `Default`. An unknown key (a typo) is an
+/// error, not silently ignored ([`Settings::load`]).
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct Settings {
-    #[serde(default = "defaults::bind")]
+    #[serde(flatten)]
+    pub http: HttpConfig,
+    #[serde(flatten)]
+    pub database: DatabaseConfig,
+    #[serde(flatten)]
+    pub auth: AuthConfig,
+    #[serde(flatten)]
+    pub calls: CallConfig,
+    #[serde(flatten)]
+    pub sockets: SocketConfig,
+    #[serde(flatten)]
+    pub ice_servers: IceConfig,
+    #[serde(flatten)]
+    pub bus: BusConfig,
+    #[serde(flatten)]
+    pub webhook: WebhookConfig,
+    #[serde(flatten)]
+    pub push: PushConfig,
+    #[serde(flatten)]
+    pub process: ProcessConfig,
+}
+
+/// The listener and what browsers may do: `RINGLINE_BIND`, the connection bounds, proxies, CORS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct HttpConfig {
     pub bind: SocketAddr,
-    #[serde(default = "defaults::database_url")]
-    pub database_url: String,
-    /// How long a request waits for a PostgreSQL connection before it is answered `503
-    /// database_unavailable`: short, so an outage fails requests at once instead of holding
-    /// them.
-    #[serde(default = "defaults::database_acquire_timeout_secs")]
-    pub database_acquire_timeout_secs: u64,
-    /// `None`: `full` when `env` is production, `normal` otherwise ([`Settings::sqlite_sync`]).
-    pub sqlite_synchronous: Option<SqliteSync>,
-    #[serde(default)]
-    pub env: Environment,
-    pub jwt_secret: Option<SecretString>,
-    #[serde(default = "defaults::jwt_user_claim")]
-    pub jwt_user_claim: String,
-    /// A token naming a user the directory never had registers them from its `username`
-    /// claim; `false` refuses such tokens (`user_not_found`), for apps that sync their users.
-    #[serde(default = "defaults::register_on_first_use")]
-    pub register_on_first_use: bool,
-    #[serde(default = "defaults::ring_timeout_secs")]
-    pub ring_timeout_secs: u64,
-    #[serde(default = "defaults::liveness_grace_secs")]
-    pub liveness_grace_secs: u64,
-    #[serde(default = "defaults::max_call_secs")]
-    pub max_call_secs: u64,
-    pub admin_token: Option<SecretString>,
-    #[serde(default, deserialize_with = "comma_list")]
-    pub stun_urls: Vec<String>,
-    #[serde(default, deserialize_with = "comma_list")]
-    pub turn_urls: Vec<String>,
-    pub turn_secret: Option<SecretString>,
-    #[serde(default = "defaults::turn_ttl_secs")]
-    pub turn_ttl_secs: u64,
-    #[serde(default = "defaults::ws_ping_interval_secs")]
-    pub ws_ping_interval_secs: u64,
-    #[serde(default = "defaults::ws_idle_timeout_secs")]
-    pub ws_idle_timeout_secs: u64,
-    #[serde(default = "defaults::ws_frames_per_sec")]
-    pub ws_frames_per_sec: u32,
-    #[serde(default = "defaults::ws_frame_burst")]
-    pub ws_frame_burst: u32,
-    #[serde(default = "defaults::ws_max_per_user")]
-    pub ws_max_per_user: usize,
     /// A connection on which nothing is read or written for this long is closed: a client that
     /// opened one and stalled (or sends its headers byte by byte, slower than this) does not
     /// hold it for ever. Above the WebSocket ping interval, so live sockets never idle.
-    #[serde(default = "defaults::http_idle_timeout_secs")]
     pub http_idle_timeout_secs: u64,
     /// How long a request's headers (a WebSocket upgrade's included) may take to arrive, from
     /// their first byte (from the accept, for a connection's first request), however slowly
     /// they trickle: the idle timeout alone restarts on every byte.
-    #[serde(default = "defaults::http_header_timeout_secs")]
     pub http_header_timeout_secs: u64,
+    /// Connections (HTTP and WebSocket together) kept open at most; one more is answered `503
+    /// too_many_connections` and closed. `None`: the open-files limit (raised to its maximum
+    /// at start) less [`RESERVED_DESCRIPTORS`], so the database, Redis and the log always have
+    /// descriptors left.
+    pub max_connections: Option<usize>,
     /// Connections one client address may hold at once (an IPv6 address: its /64); one more is
     /// answered `429 too_many_connections_from_address`. `None`: a quarter of the connection
     /// cap, so that one address always leaves most places to everyone else.
@@ -102,127 +89,215 @@ pub struct Settings {
     /// Addresses not counted per address (they still count against the overall cap): the
     /// server's own machine by default, where a local proxy or probe connects from. Trusted
     /// proxies are never counted per address: their clients are, by forwarded address.
-    #[serde(default = "defaults::max_connections_per_address_exempt", deserialize_with = "comma_list_of_addresses")]
+    #[serde(deserialize_with = "comma_list_of_addresses")]
     pub max_connections_per_address_exempt: Vec<std::net::IpAddr>,
-    /// Connections (HTTP and WebSocket together) kept open at most; one more is answered `503
-    /// too_many_connections` and closed. `None`: the open-files limit (raised to its maximum
-    /// at start) less [`RESERVED_DESCRIPTORS`], so the database, Redis and the log always have
-    /// descriptors left.
-    pub max_connections: Option<usize>,
-    #[serde(default, deserialize_with = "comma_list")]
+    /// Proxies whose `X-Forwarded-Host`, `X-Forwarded-Proto`, `X-Forwarded-For` and
+    /// `Forwarded` headers are believed (the address the connection comes from); anyone else's
+    /// are removed before routing.
+    #[serde(deserialize_with = "comma_list_of_addresses")]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    #[serde(deserialize_with = "comma_list")]
     pub cors_allowed_origins: Vec<String>,
-    #[serde(default)]
-    pub log_format: LogFormat,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            http_idle_timeout_secs: 75,
+            http_header_timeout_secs: 5,
+            max_connections: None,
+            max_connections_per_address: None,
+            max_connections_per_address_exempt: vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()],
+            trusted_proxies: Vec::new(),
+            cors_allowed_origins: Vec::new(),
+        }
+    }
+}
+
+/// The database: `RINGLINE_DATABASE_URL` and how it is used.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct DatabaseConfig {
+    pub database_url: String,
+    /// How long a request waits for a PostgreSQL connection before it is answered `503
+    /// database_unavailable`: short, so an outage fails requests at once instead of holding
+    /// them.
+    pub database_acquire_timeout_secs: u64,
+    /// `None`: `full` when `env` is production, `normal` otherwise ([`Settings::sqlite_sync`]).
+    pub sqlite_synchronous: Option<SqliteSync>,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            database_url: ringline_storage::DEFAULT_DATABASE_URL.to_owned(),
+            database_acquire_timeout_secs: ringline_storage::ConnectSettings::DEFAULT_ACQUIRE_TIMEOUT.as_secs(),
+            sqlite_synchronous: None,
+        }
+    }
+}
+
+/// Who may call the API: the JWT secret and claim, first-use registration, the admin token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    pub jwt_secret: Option<SecretString>,
+    pub jwt_user_claim: String,
+    /// A token naming a user the directory never had registers them from its `username`
+    /// claim; `false` refuses such tokens (`user_not_found`), for apps that sync their users.
+    pub register_on_first_use: bool,
+    pub admin_token: Option<SecretString>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { jwt_secret: None, jwt_user_claim: "user_id".to_owned(), register_on_first_use: true, admin_token: None }
+    }
+}
+
+/// How long calls ring and live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct CallConfig {
+    pub ring_timeout_secs: u64,
+    pub liveness_grace_secs: u64,
+    pub max_call_secs: u64,
+}
+
+impl Default for CallConfig {
+    fn default() -> Self {
+        Self {
+            ring_timeout_secs: ringline_domain::DEFAULT_RING_TIMEOUT.as_secs(),
+            liveness_grace_secs: LivenessPolicy::default().grace.as_secs(),
+            max_call_secs: LivenessPolicy::default().max_call.as_secs(),
+        }
+    }
+}
+
+/// WebSocket sessions: keepalive, frame rate, sockets per user.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct SocketConfig {
+    pub ws_ping_interval_secs: u64,
+    pub ws_idle_timeout_secs: u64,
+    pub ws_frames_per_sec: u32,
+    pub ws_frame_burst: u32,
+    pub ws_max_per_user: usize,
+}
+
+impl Default for SocketConfig {
+    fn default() -> Self {
+        Self {
+            ws_ping_interval_secs: Keepalive::default().ping_interval.as_secs(),
+            ws_idle_timeout_secs: Keepalive::default().idle_timeout.as_secs(),
+            ws_frames_per_sec: FrameRate::default().per_second as u32,
+            ws_frame_burst: FrameRate::default().burst as u32,
+            ws_max_per_user: ringline_signaling::hub::DEFAULT_MAX_SOCKETS_PER_USER,
+        }
+    }
+}
+
+/// The STUN and TURN servers handed to clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct IceConfig {
+    #[serde(deserialize_with = "comma_list")]
+    pub stun_urls: Vec<String>,
+    #[serde(deserialize_with = "comma_list")]
+    pub turn_urls: Vec<String>,
+    pub turn_secret: Option<SecretString>,
+    pub turn_ttl_secs: u64,
+}
+
+impl Default for IceConfig {
+    fn default() -> Self {
+        Self { stun_urls: Vec::new(), turn_urls: Vec::new(), turn_secret: None, turn_ttl_secs: 24 * 60 * 60 }
+    }
+}
+
+/// Redis, for several instances.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct BusConfig {
     /// Redis for several instances (`redis://127.0.0.1:6379`); `None`: one process, in-memory
     /// routing. With `redis_cluster`, any of the cluster's nodes, comma-separated. It may hold
     /// a password: never logged.
     pub redis_url: Option<SecretString>,
-    #[serde(default = "defaults::redis_prefix")]
     pub redis_prefix: String,
     /// `redis_url` names a Redis Cluster: sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`).
-    #[serde(default)]
     pub redis_cluster: bool,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self { redis_url: None, redis_prefix: RedisSettings::DEFAULT_PREFIX.to_owned(), redis_cluster: false }
+    }
+}
+
+/// Call webhooks (`docs/webhooks.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct WebhookConfig {
     /// Where call events are POSTed (`docs/webhooks.md`); none: no webhooks.
-    #[serde(default, deserialize_with = "comma_list")]
+    #[serde(deserialize_with = "comma_list")]
     pub webhook_urls: Vec<String>,
     /// Signs every webhook request; required with `webhook_urls`.
     pub webhook_secret: Option<SecretString>,
-    #[serde(default = "defaults::webhook_timeout_secs")]
     pub webhook_timeout_secs: u64,
-    #[serde(default = "defaults::webhook_give_up_hours")]
     pub webhook_give_up_hours: u64,
-    #[serde(default = "defaults::webhook_retention_hours")]
     pub webhook_retention_hours: u64,
-    /// Proxies whose `X-Forwarded-Host`, `X-Forwarded-Proto`, `X-Forwarded-For` and
-    /// `Forwarded` headers are believed (the address the connection comes from); anyone else's
-    /// are removed before routing.
-    #[serde(default, deserialize_with = "comma_list_of_addresses")]
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            webhook_urls: Vec::new(),
+            webhook_secret: None,
+            webhook_timeout_secs: 10,
+            webhook_give_up_hours: 24,
+            webhook_retention_hours: 72,
+        }
+    }
+}
+
+/// Web Push: which push services users' endpoints may name, and the VAPID contact.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct PushConfig {
     /// Hosts a Web Push subscription's endpoint may name (each with its subdomains; `*`: any
     /// host with a public address). By default the browsers' push services.
-    #[serde(default = "defaults::web_push_allowed_hosts", deserialize_with = "comma_list")]
+    #[serde(deserialize_with = "comma_list")]
     pub web_push_allowed_hosts: Vec<String>,
     /// Lets Web Push endpoints on loopback through (push-service stand-ins in tests); refused
     /// in production.
-    #[serde(default)]
     pub web_push_allow_loopback: bool,
     /// Who push services may contact about this server's Web Push messages (VAPID `sub`): a
     /// `mailto:` or `https:` URL.
-    #[serde(default = "defaults::vapid_subject")]
     pub vapid_subject: String,
 }
 
-mod defaults {
-    use std::net::SocketAddr;
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            web_push_allowed_hosts: AllowedHosts::BROWSER_PUSH_SERVICES.iter().map(|host| (*host).to_owned()).collect(),
+            web_push_allow_loopback: false,
+            vapid_subject: "mailto:ringline@localhost".to_owned(),
+        }
+    }
+}
 
-    pub fn bind() -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], 8000))
-    }
-    pub fn database_url() -> String {
-        ringline_storage::DEFAULT_DATABASE_URL.to_owned()
-    }
-    pub fn jwt_user_claim() -> String {
-        "user_id".to_owned()
-    }
-    pub fn register_on_first_use() -> bool {
-        true
-    }
-    pub fn ring_timeout_secs() -> u64 {
-        ringline_domain::DEFAULT_RING_TIMEOUT.as_secs()
-    }
-    pub fn liveness_grace_secs() -> u64 {
-        30
-    }
-    pub fn max_call_secs() -> u64 {
-        12 * 60 * 60
-    }
-    pub fn turn_ttl_secs() -> u64 {
-        24 * 60 * 60
-    }
-    pub fn ws_ping_interval_secs() -> u64 {
-        20
-    }
-    pub fn ws_idle_timeout_secs() -> u64 {
-        60
-    }
-    pub fn ws_frames_per_sec() -> u32 {
-        50
-    }
-    pub fn ws_frame_burst() -> u32 {
-        200
-    }
-    pub fn database_acquire_timeout_secs() -> u64 {
-        ringline_storage::ConnectSettings::DEFAULT_ACQUIRE_TIMEOUT.as_secs()
-    }
-    pub fn http_idle_timeout_secs() -> u64 {
-        75
-    }
-    pub fn http_header_timeout_secs() -> u64 {
-        5
-    }
-    pub fn max_connections_per_address_exempt() -> Vec<std::net::IpAddr> {
-        vec![std::net::Ipv4Addr::LOCALHOST.into(), std::net::Ipv6Addr::LOCALHOST.into()]
-    }
-    pub fn ws_max_per_user() -> usize {
-        ringline_signaling::hub::DEFAULT_MAX_SOCKETS_PER_USER
-    }
-    pub fn redis_prefix() -> String {
-        "ringline".to_owned()
-    }
-    pub fn webhook_timeout_secs() -> u64 {
-        10
-    }
-    pub fn webhook_give_up_hours() -> u64 {
-        24
-    }
-    pub fn webhook_retention_hours() -> u64 {
-        72
-    }
-    pub fn web_push_allowed_hosts() -> Vec<String> {
-        ringline_outbound::AllowedHosts::BROWSER_PUSH_SERVICES.iter().map(|host| (*host).to_owned()).collect()
-    }
-    pub fn vapid_subject() -> String {
-        "mailto:ringline@localhost".to_owned()
+/// The process: development or production, and the log format.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ProcessConfig {
+    pub env: Environment,
+    pub log_format: LogFormat,
+}
+
+impl Default for ProcessConfig {
+    fn default() -> Self {
+        Self { env: Environment::Development, log_format: LogFormat::Text }
     }
 }
 
@@ -238,25 +313,69 @@ pub fn webhook_sender(port: u16) -> String {
     format!("{host}:{port}")
 }
 
-/// Names an unknown key as its source spells it (`RINGLINE_X` or the file's `x`), with the
-/// closest known one; any other error as figment reports it.
-fn unknown_or_invalid(error: figment::Error) -> SettingsError {
-    for error in error.clone() {
-        if let figment::error::Kind::UnknownField(field, expected) = &error.kind {
-            let from_environment =
-                error.metadata.as_ref().is_some_and(|metadata| metadata.name.contains("environment"));
-            let spell =
-                |key: &str| if from_environment { format!("RINGLINE_{}", key.to_uppercase()) } else { key.to_owned() };
-            let suggestion = expected
-                .iter()
-                .map(|known| (strsim::jaro_winkler(field, known), *known))
-                .filter(|(score, _)| *score > 0.8)
-                .max_by(|a, b| a.0.total_cmp(&b.0))
-                .map(|(_, known)| spell(known));
-            return SettingsError::Unknown { name: spell(field), suggestion };
+/// Every key the settings read: the fields of each group, as their `Deserialize` names them.
+fn known_keys() -> Vec<&'static str> {
+    [
+        fields_of::<HttpConfig>(),
+        fields_of::<DatabaseConfig>(),
+        fields_of::<AuthConfig>(),
+        fields_of::<CallConfig>(),
+        fields_of::<SocketConfig>(),
+        fields_of::<IceConfig>(),
+        fields_of::<BusConfig>(),
+        fields_of::<WebhookConfig>(),
+        fields_of::<PushConfig>(),
+        fields_of::<ProcessConfig>(),
+    ]
+    .concat()
+}
+
+/// The field names a struct's derived `Deserialize` asks for, read by asking it to deserialize
+/// from a deserializer that only records them. (serde refuses unknown fields only without
+/// `flatten`, which the groups need; so the keys are checked here instead.)
+fn fields_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    struct Recorder<'a>(&'a mut &'static [&'static str]);
+    impl<'de> Deserializer<'de> for Recorder<'_> {
+        type Error = serde::de::value::Error;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(serde::de::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(serde::de::Error::custom("recorded"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option
+            unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
         }
     }
-    SettingsError::Parse(Box::new(error))
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Recorder(&mut fields));
+    fields
+}
+
+/// Refuses a key no group reads, naming it as its source spells it (`RINGLINE_X` or the
+/// file's `x`) with the closest known one.
+fn refuse_unknown_keys(figment: &Figment) -> Result<(), SettingsError> {
+    let known = known_keys();
+    let data = figment.data().map_err(|error| SettingsError::Parse(Box::new(error)))?;
+    let Some(field) = data.values().flat_map(|dict| dict.keys()).find(|key| !known.contains(&key.as_str())) else {
+        return Ok(());
+    };
+    let from_environment = figment.find_metadata(field).is_some_and(|metadata| metadata.name.contains("environment"));
+    let spell = |key: &str| if from_environment { format!("RINGLINE_{}", key.to_uppercase()) } else { key.to_owned() };
+    let suggestion = known
+        .iter()
+        .map(|known| (strsim::jaro_winkler(field, known), *known))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, known)| spell(known));
+    Err(SettingsError::Unknown { name: spell(field), suggestion })
 }
 
 /// IP addresses, as [`comma_list`] reads lists.
@@ -372,7 +491,7 @@ impl Settings {
     /// The connection cap: the configured one, or the open-files limit less
     /// [`RESERVED_DESCRIPTORS`]. `open_files` is that limit (after raising it).
     pub fn connection_cap(&self, open_files: u64) -> usize {
-        self.max_connections.unwrap_or_else(|| {
+        self.http.max_connections.unwrap_or_else(|| {
             usize::try_from(open_files)
                 .unwrap_or(usize::MAX)
                 .saturating_sub(RESERVED_DESCRIPTORS)
@@ -383,7 +502,7 @@ impl Settings {
     /// The cap per client address, for a connection cap of `cap`: the configured one, or a
     /// quarter of `cap`.
     pub fn connection_cap_per_address(&self, cap: usize) -> usize {
-        self.max_connections_per_address.unwrap_or((cap / 4).max(1))
+        self.http.max_connections_per_address.unwrap_or((cap / 4).max(1))
     }
 
     /// Reads defaults, then `file` (if given), then the environment, then `overrides`.
@@ -399,93 +518,95 @@ impl Settings {
         let environment =
             Env::prefixed("RINGLINE_").filter(|key| !key.as_str().to_ascii_lowercase().starts_with("test_"));
         let figment = figment.merge(environment).merge(Serialized::defaults(overrides));
-        let settings: Settings = figment.extract().map_err(unknown_or_invalid)?;
+        refuse_unknown_keys(&figment)?;
+        let settings: Settings = figment.extract().map_err(|error| SettingsError::Parse(Box::new(error)))?;
         settings.validate()?;
         Ok(settings)
     }
 
     fn validate(&self) -> Result<(), SettingsError> {
         for (name, secret) in [
-            ("RINGLINE_JWT_SECRET", &self.jwt_secret),
-            ("RINGLINE_ADMIN_TOKEN", &self.admin_token),
-            ("RINGLINE_TURN_SECRET", &self.turn_secret),
-            ("RINGLINE_WEBHOOK_SECRET", &self.webhook_secret),
+            ("RINGLINE_JWT_SECRET", &self.auth.jwt_secret),
+            ("RINGLINE_ADMIN_TOKEN", &self.auth.admin_token),
+            ("RINGLINE_TURN_SECRET", &self.ice_servers.turn_secret),
+            ("RINGLINE_WEBHOOK_SECRET", &self.webhook.webhook_secret),
         ] {
             if secret.as_ref().is_some_and(|secret| secret.expose_secret().trim().is_empty()) {
                 return Err(SettingsError::EmptySecret(name));
             }
         }
-        if self.env == Environment::Production
-            && self.jwt_secret.as_ref().is_none_or(|secret| secret.expose_secret() == DEVELOPMENT_JWT_SECRET)
+        if self.process.env == Environment::Production
+            && self.auth.jwt_secret.as_ref().is_none_or(|secret| secret.expose_secret() == DEVELOPMENT_JWT_SECRET)
         {
             return Err(SettingsError::MissingProductionSecret);
         }
-        if self.env == Environment::Production
-            && self.jwt_secret.as_ref().is_some_and(|secret| secret.expose_secret().len() < 32)
+        if self.process.env == Environment::Production
+            && self.auth.jwt_secret.as_ref().is_some_and(|secret| secret.expose_secret().len() < 32)
         {
             return Err(SettingsError::ShortProductionSecret);
         }
-        if !(1..=3600).contains(&self.ring_timeout_secs) {
+        if !(1..=3600).contains(&self.calls.ring_timeout_secs) {
             return Err(SettingsError::RingTimeout);
         }
-        if !(1..=3600).contains(&self.liveness_grace_secs) {
+        if !(1..=3600).contains(&self.calls.liveness_grace_secs) {
             return Err(SettingsError::LivenessGrace);
         }
-        if !(60..=7 * 24 * 3600).contains(&self.max_call_secs) {
+        if !(60..=7 * 24 * 3600).contains(&self.calls.max_call_secs) {
             return Err(SettingsError::MaxCall);
         }
-        if !(60..=7 * 24 * 3600).contains(&self.turn_ttl_secs) {
+        if !(60..=7 * 24 * 3600).contains(&self.ice_servers.turn_ttl_secs) {
             return Err(SettingsError::TurnTtl);
         }
-        if !(1..=300).contains(&self.ws_ping_interval_secs)
-            || !(self.ws_ping_interval_secs + 1..=3600).contains(&self.ws_idle_timeout_secs)
+        if !(1..=300).contains(&self.sockets.ws_ping_interval_secs)
+            || !(self.sockets.ws_ping_interval_secs + 1..=3600).contains(&self.sockets.ws_idle_timeout_secs)
         {
             return Err(SettingsError::Keepalive);
         }
-        if !(1..=1_000_000).contains(&self.ws_frames_per_sec)
-            || !(self.ws_frames_per_sec..=10_000_000).contains(&self.ws_frame_burst)
+        if !(1..=1_000_000).contains(&self.sockets.ws_frames_per_sec)
+            || !(self.sockets.ws_frames_per_sec..=10_000_000).contains(&self.sockets.ws_frame_burst)
         {
             return Err(SettingsError::FrameRate);
         }
-        if !(self.ws_ping_interval_secs + 1..=3600).contains(&self.http_idle_timeout_secs) {
+        if !(self.sockets.ws_ping_interval_secs + 1..=3600).contains(&self.http.http_idle_timeout_secs) {
             return Err(SettingsError::HttpIdleTimeout);
         }
-        if !(1..=60).contains(&self.database_acquire_timeout_secs) {
+        if !(1..=60).contains(&self.database.database_acquire_timeout_secs) {
             return Err(SettingsError::AcquireTimeout);
         }
-        if !(1..=10_000).contains(&self.ws_max_per_user) {
+        if !(1..=10_000).contains(&self.sockets.ws_max_per_user) {
             return Err(SettingsError::MaxPerUser);
         }
-        if self.max_connections.is_some_and(|max| !(1..=10_000_000).contains(&max)) {
+        if self.http.max_connections.is_some_and(|max| !(1..=10_000_000).contains(&max)) {
             return Err(SettingsError::MaxConnections);
         }
-        if self.max_connections_per_address.is_some_and(|max| !(1..=10_000_000).contains(&max)) {
+        if self.http.max_connections_per_address.is_some_and(|max| !(1..=10_000_000).contains(&max)) {
             return Err(SettingsError::MaxConnectionsPerAddress);
         }
-        if !(1..=self.http_idle_timeout_secs).contains(&self.http_header_timeout_secs) {
+        if !(1..=self.http.http_idle_timeout_secs).contains(&self.http.http_header_timeout_secs) {
             return Err(SettingsError::HeaderTimeout);
         }
-        if self.jwt_user_claim.trim().is_empty() {
+        if self.auth.jwt_user_claim.trim().is_empty() {
             return Err(SettingsError::UserClaim);
         }
-        if let Some(url) = self.webhook_urls.iter().find(|url| !ringline_outbound::webhooks::is_valid_url(url)) {
+        if let Some(url) = self.webhook.webhook_urls.iter().find(|url| !ringline_outbound::webhooks::is_valid_url(url))
+        {
             return Err(SettingsError::WebhookUrl(url.clone()));
         }
-        if !(self.vapid_subject.starts_with("mailto:") || self.vapid_subject.starts_with("https://")) {
+        if !(self.push.vapid_subject.starts_with("mailto:") || self.push.vapid_subject.starts_with("https://")) {
             return Err(SettingsError::VapidSubject);
         }
-        if self.web_push_allow_loopback && self.env == Environment::Production {
+        if self.push.web_push_allow_loopback && self.process.env == Environment::Production {
             return Err(SettingsError::LoopbackPushInProduction);
         }
-        if self.web_push_allowed_hosts.is_empty() {
+        if self.push.web_push_allowed_hosts.is_empty() {
             return Err(SettingsError::NoPushHosts);
         }
-        if !self.webhook_urls.is_empty() && self.webhook_secret.is_none() {
+        if !self.webhook.webhook_urls.is_empty() && self.webhook.webhook_secret.is_none() {
             return Err(SettingsError::WebhookSecret);
         }
-        if !(1..=60).contains(&self.webhook_timeout_secs)
-            || !(1..=24 * 7).contains(&self.webhook_give_up_hours)
-            || !(1..=24 * 365).contains(&self.webhook_retention_hours)
+        if !(1..=60).contains(&self.webhook.webhook_timeout_secs)
+            || !(1..=24 * 7).contains(&self.webhook.webhook_give_up_hours)
+            || !(1..=24 * 365).contains(&self.webhook.webhook_retention_hours)
         {
             return Err(SettingsError::WebhookLimits);
         }
@@ -494,21 +615,21 @@ impl Settings {
 
     /// The configured JWT secret, or the development default (the caller warns about it).
     pub fn jwt_secret_or_default(&self) -> (SecretString, bool) {
-        match &self.jwt_secret {
+        match &self.auth.jwt_secret {
             Some(secret) => (secret.clone(), false),
             None => (SecretString::from(DEVELOPMENT_JWT_SECRET), true),
         }
     }
 
     pub fn ring_timeout(&self) -> Duration {
-        Duration::from_secs(self.ring_timeout_secs)
+        Duration::from_secs(self.calls.ring_timeout_secs)
     }
 
     /// How SQLite makes commits durable: as configured, or else every commit flushed to disk
     /// in production (it survives a power cut) and written to the log only elsewhere (it
     /// survives a crash of the process, and is several times faster).
     pub fn sqlite_sync(&self) -> SqliteSync {
-        self.sqlite_synchronous.unwrap_or(match self.env {
+        self.database.sqlite_synchronous.unwrap_or(match self.process.env {
             Environment::Production => SqliteSync::Full,
             _ => SqliteSync::Normal,
         })
@@ -518,105 +639,77 @@ impl Settings {
     pub fn connect(&self) -> ringline_storage::ConnectSettings {
         ringline_storage::ConnectSettings {
             sqlite_sync: self.sqlite_sync(),
-            acquire_timeout: Duration::from_secs(self.database_acquire_timeout_secs),
+            acquire_timeout: Duration::from_secs(self.database.database_acquire_timeout_secs),
         }
     }
 
     pub fn liveness(&self) -> LivenessPolicy {
         LivenessPolicy {
-            grace: Duration::from_secs(self.liveness_grace_secs),
-            max_call: Duration::from_secs(self.max_call_secs),
+            grace: Duration::from_secs(self.calls.liveness_grace_secs),
+            max_call: Duration::from_secs(self.calls.max_call_secs),
         }
     }
 
     pub fn keepalive(&self) -> Keepalive {
         Keepalive {
-            ping_interval: Duration::from_secs(self.ws_ping_interval_secs),
-            idle_timeout: Duration::from_secs(self.ws_idle_timeout_secs),
+            ping_interval: Duration::from_secs(self.sockets.ws_ping_interval_secs),
+            idle_timeout: Duration::from_secs(self.sockets.ws_idle_timeout_secs),
         }
     }
 
     pub fn frame_rate(&self) -> FrameRate {
-        FrameRate { per_second: f64::from(self.ws_frames_per_sec), burst: f64::from(self.ws_frame_burst) }
+        FrameRate {
+            per_second: f64::from(self.sockets.ws_frames_per_sec),
+            burst: f64::from(self.sockets.ws_frame_burst),
+        }
     }
 
     /// The bus to the other instances, when `redis_url` is set.
     pub fn redis(&self) -> Option<RedisSettings> {
-        let url = self.redis_url.as_ref()?.expose_secret();
-        let redis = if self.redis_cluster {
+        let url = self.bus.redis_url.as_ref()?.expose_secret();
+        let redis = if self.bus.redis_cluster {
             RedisSettings::cluster(
                 url.split(',').map(str::trim).filter(|node| !node.is_empty()).map(str::to_owned).collect(),
             )
         } else {
             RedisSettings::new(url)
         };
-        Some(RedisSettings { prefix: self.redis_prefix.clone(), ..redis })
+        Some(RedisSettings { prefix: self.bus.redis_prefix.clone(), ..redis })
     }
 
     pub fn ice(&self) -> IceSettings {
         IceSettings {
-            stun_urls: self.stun_urls.clone(),
-            turn_urls: self.turn_urls.clone(),
-            turn_secret: self.turn_secret.clone(),
-            turn_ttl: Duration::from_secs(self.turn_ttl_secs),
+            stun_urls: self.ice_servers.stun_urls.clone(),
+            turn_urls: self.ice_servers.turn_urls.clone(),
+            turn_secret: self.ice_servers.turn_secret.clone(),
+            turn_ttl: Duration::from_secs(self.ice_servers.turn_ttl_secs),
         }
     }
 
     /// Settings for tests and embedding: defaults, with the given database and a random port.
     pub fn for_tests(database_url: &str, jwt_secret: &str) -> Self {
-        Self {
-            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            database_url: database_url.to_owned(),
-            sqlite_synchronous: None,
-            env: Environment::Development,
-            jwt_secret: Some(SecretString::from(jwt_secret)),
-            jwt_user_claim: defaults::jwt_user_claim(),
-            register_on_first_use: defaults::register_on_first_use(),
-            ring_timeout_secs: defaults::ring_timeout_secs(),
-            liveness_grace_secs: defaults::liveness_grace_secs(),
-            max_call_secs: defaults::max_call_secs(),
-            admin_token: None,
-            stun_urls: Vec::new(),
-            turn_urls: Vec::new(),
-            turn_secret: None,
-            turn_ttl_secs: defaults::turn_ttl_secs(),
-            ws_ping_interval_secs: defaults::ws_ping_interval_secs(),
-            ws_idle_timeout_secs: defaults::ws_idle_timeout_secs(),
-            ws_frames_per_sec: defaults::ws_frames_per_sec(),
-            ws_frame_burst: defaults::ws_frame_burst(),
-            ws_max_per_user: defaults::ws_max_per_user(),
-            http_idle_timeout_secs: defaults::http_idle_timeout_secs(),
-            http_header_timeout_secs: defaults::http_header_timeout_secs(),
-            max_connections_per_address: None,
-            max_connections_per_address_exempt: defaults::max_connections_per_address_exempt(),
-            max_connections: None,
-            database_acquire_timeout_secs: defaults::database_acquire_timeout_secs(),
-            cors_allowed_origins: Vec::new(),
-            log_format: LogFormat::Text,
-            redis_url: None,
-            redis_prefix: defaults::redis_prefix(),
-            redis_cluster: false,
-            webhook_urls: Vec::new(),
-            webhook_secret: None,
-            webhook_timeout_secs: defaults::webhook_timeout_secs(),
-            webhook_give_up_hours: defaults::webhook_give_up_hours(),
-            webhook_retention_hours: defaults::webhook_retention_hours(),
-            vapid_subject: defaults::vapid_subject(),
-            web_push_allowed_hosts: defaults::web_push_allowed_hosts(),
-            web_push_allow_loopback: false,
-            trusted_proxies: Vec::new(),
-        }
+        let mut settings = Self::default();
+        settings.http.bind = SocketAddr::from(([127, 0, 0, 1], 0));
+        settings.database.database_url = database_url.to_owned();
+        settings.auth.jwt_secret = Some(SecretString::from(jwt_secret));
+        settings
     }
 
     /// The listener on `bind`, for a connection cap of `cap` ([`Settings::connection_cap`]).
     pub fn listener(&self, cap: usize) -> ListenerSettings {
         ListenerSettings {
-            bind: self.bind,
-            idle_timeout: Duration::from_secs(self.http_idle_timeout_secs),
-            header_timeout: Duration::from_secs(self.http_header_timeout_secs),
+            bind: self.http.bind,
+            idle_timeout: Duration::from_secs(self.http.http_idle_timeout_secs),
+            header_timeout: Duration::from_secs(self.http.http_header_timeout_secs),
             max_connections: cap,
             max_per_address: self.connection_cap_per_address(cap),
-            exempt: self.max_connections_per_address_exempt.iter().chain(&self.trusted_proxies).copied().collect(),
+            exempt: self
+                .http
+                .max_connections_per_address_exempt
+                .iter()
+                .chain(&self.http.trusted_proxies)
+                .copied()
+                .collect(),
         }
     }
 
@@ -628,30 +721,30 @@ impl Settings {
         } else {
             " (choose another address with RINGLINE_BIND or --bind)"
         };
-        anyhow::Error::new(error).context(format!("cannot listen on {}{hint}", self.bind))
+        anyhow::Error::new(error).context(format!("cannot listen on {}{hint}", self.http.bind))
     }
 
     /// Logs what is risky about these settings but allowed: the development JWT secret, no
     /// STUN or TURN server, TURN without its secret, Web Push to loopback.
     pub fn warn_about_risks(&self) {
-        if self.jwt_secret.is_none() {
+        if self.auth.jwt_secret.is_none() {
             tracing::warn!(
                 "RINGLINE_JWT_SECRET is not set: using the built-in development secret. Anyone can mint tokens \
                  for this server. Set RINGLINE_JWT_SECRET (the same secret as your Django SIMPLE_JWT signing key)."
             );
         }
-        if self.stun_urls.is_empty() && self.turn_urls.is_empty() {
+        if self.ice_servers.stun_urls.is_empty() && self.ice_servers.turn_urls.is_empty() {
             tracing::warn!(
                 "no STUN or TURN server is configured (RINGLINE_STUN_URLS, RINGLINE_TURN_URLS): calls between \
                  devices behind different NATs will fail to connect media"
             );
         }
-        if !self.turn_urls.is_empty() && self.turn_secret.is_none() {
+        if !self.ice_servers.turn_urls.is_empty() && self.ice_servers.turn_secret.is_none() {
             tracing::warn!(
                 "RINGLINE_TURN_URLS is set but RINGLINE_TURN_SECRET is not: TURN servers are not handed out"
             );
         }
-        if self.web_push_allow_loopback {
+        if self.push.web_push_allow_loopback {
             tracing::warn!("RINGLINE_WEB_PUSH_ALLOW_LOOPBACK is on: users can make this server POST to this machine");
         }
     }
@@ -659,7 +752,7 @@ impl Settings {
     /// How Web Push is sent.
     pub fn web_push(&self) -> ringline_outbound::WebPushSettings {
         ringline_outbound::WebPushSettings {
-            vapid_subject: self.vapid_subject.clone(),
+            vapid_subject: self.push.vapid_subject.clone(),
             rules: self.web_push_rules(),
             ring_timeout: self.ring_timeout(),
         }
@@ -668,22 +761,22 @@ impl Settings {
     /// What a user's Web Push endpoint may be.
     pub fn web_push_rules(&self) -> ringline_outbound::UserUrlRules {
         ringline_outbound::UserUrlRules {
-            allowed_hosts: ringline_outbound::AllowedHosts::new(&self.web_push_allowed_hosts),
-            allow_loopback: self.web_push_allow_loopback,
+            allowed_hosts: ringline_outbound::AllowedHosts::new(&self.push.web_push_allowed_hosts),
+            allow_loopback: self.push.web_push_allow_loopback,
         }
     }
 
     /// How call webhooks are sent (`None` without `webhook_urls`).
     pub fn webhooks(&self) -> Option<WebhookSettings> {
-        let secret = self.webhook_secret.clone()?;
-        (!self.webhook_urls.is_empty()).then(|| WebhookSettings {
-            urls: self.webhook_urls.clone(),
+        let secret = self.webhook.webhook_secret.clone()?;
+        (!self.webhook.webhook_urls.is_empty()).then(|| WebhookSettings {
+            urls: self.webhook.webhook_urls.clone(),
             secret,
-            timeout: Duration::from_secs(self.webhook_timeout_secs),
-            give_up_after: Duration::from_secs(self.webhook_give_up_hours * 3600),
-            retention: Duration::from_secs(self.webhook_retention_hours * 3600),
+            timeout: Duration::from_secs(self.webhook.webhook_timeout_secs),
+            give_up_after: Duration::from_secs(self.webhook.webhook_give_up_hours * 3600),
+            retention: Duration::from_secs(self.webhook.webhook_retention_hours * 3600),
             ring_timeout: self.ring_timeout(),
-            sender: webhook_sender(self.bind.port()),
+            sender: webhook_sender(self.http.bind.port()),
         })
     }
 }
@@ -692,16 +785,32 @@ impl Settings {
 mod tests {
     use super::*;
 
+    /// Every key a group reads is one `docs/configuration.md` documents, and no group reads
+    /// one another reads too (the keys are flat).
+    #[test]
+    fn every_key_is_documented_and_read_by_one_group() {
+        let documented = include_str!("../../../docs/configuration.md");
+        let keys = known_keys();
+        for key in &keys {
+            assert!(documented.contains(&format!("`RINGLINE_{}`", key.to_uppercase())), "{key} is not documented");
+        }
+        let mut unique = keys.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), keys.len(), "a key read by two groups");
+        assert!(keys.len() >= 40, "the groups' fields were read: {keys:?}");
+    }
+
     #[test]
     fn lists_come_from_comma_separated_text_or_toml_arrays() {
         let from_text: Settings = Figment::new()
             .merge(Serialized::defaults(serde_json::json!({"stun_urls": "stun:a:3478, stun:b:3478,"})))
             .extract()
             .expect("parse");
-        assert_eq!(from_text.stun_urls, vec!["stun:a:3478", "stun:b:3478"]);
+        assert_eq!(from_text.ice_servers.stun_urls, vec!["stun:a:3478", "stun:b:3478"]);
         let from_toml: Settings =
             Figment::new().merge(Toml::string("turn_urls = [\"turn:t:3478\"]")).extract().expect("parse");
-        assert_eq!(from_toml.turn_urls, vec!["turn:t:3478"]);
+        assert_eq!(from_toml.ice_servers.turn_urls, vec!["turn:t:3478"]);
     }
 
     #[test]
@@ -709,9 +818,9 @@ mod tests {
         let mut settings = Settings::for_tests("sqlite::memory:", DEVELOPMENT_JWT_SECRET);
         assert_eq!(settings.connection_cap(1024), 1024 - RESERVED_DESCRIPTORS);
         assert_eq!(settings.connection_cap(100), MIN_DEFAULT_CONNECTIONS, "a floor however low the limit");
-        settings.max_connections = Some(5000);
+        settings.http.max_connections = Some(5000);
         assert_eq!(settings.connection_cap(1024), 5000, "the configured cap is taken as it is");
-        settings.max_connections = Some(0);
+        settings.http.max_connections = Some(0);
         assert!(matches!(settings.validate(), Err(SettingsError::MaxConnections)));
     }
 
@@ -720,24 +829,24 @@ mod tests {
         let mut settings = Settings::for_tests("sqlite::memory:", DEVELOPMENT_JWT_SECRET);
         assert_eq!(settings.connection_cap_per_address(100), 25);
         assert_eq!(settings.connection_cap_per_address(2), 1, "at least one");
-        settings.max_connections_per_address = Some(7);
+        settings.http.max_connections_per_address = Some(7);
         assert_eq!(settings.connection_cap_per_address(100), 7);
         let parsed: Settings = Figment::new()
             .merge(Serialized::defaults(serde_json::json!({"max_connections_per_address_exempt": "10.0.0.5, ::1"})))
             .extract()
             .expect("parse");
         assert_eq!(
-            parsed.max_connections_per_address_exempt,
+            parsed.http.max_connections_per_address_exempt,
             vec!["10.0.0.5".parse::<std::net::IpAddr>().expect("ip"), "::1".parse().expect("ip")]
         );
         let defaults: Settings = Figment::new().extract().expect("parse");
-        assert_eq!(defaults.max_connections_per_address_exempt.len(), 2, "the machine's own addresses");
+        assert_eq!(defaults.http.max_connections_per_address_exempt.len(), 2, "the machine's own addresses");
         let none: Settings = Figment::new()
             .merge(Serialized::defaults(serde_json::json!({"max_connections_per_address_exempt": ""})))
             .extract()
             .expect("parse");
-        assert!(none.max_connections_per_address_exempt.is_empty(), "set empty, every address is counted");
-        settings.http_header_timeout_secs = settings.http_idle_timeout_secs + 1;
+        assert!(none.http.max_connections_per_address_exempt.is_empty(), "set empty, every address is counted");
+        settings.http.http_header_timeout_secs = settings.http.http_idle_timeout_secs + 1;
         assert!(matches!(settings.validate(), Err(SettingsError::HeaderTimeout)));
     }
 
@@ -754,28 +863,28 @@ mod tests {
     #[test]
     fn loopback_push_endpoints_are_refused_in_production() {
         let mut settings = Settings::for_tests("sqlite::memory:", "a real secret of thirty-two bytes");
-        settings.web_push_allow_loopback = true;
+        settings.push.web_push_allow_loopback = true;
         assert!(settings.validate().is_ok(), "for tests");
-        settings.env = Environment::Production;
+        settings.process.env = Environment::Production;
         assert!(matches!(settings.validate(), Err(SettingsError::LoopbackPushInProduction)));
         let parsed: Settings = Figment::new().extract().expect("defaults");
-        assert!(!parsed.web_push_allow_loopback, "off by default");
+        assert!(!parsed.push.web_push_allow_loopback, "off by default");
         assert_eq!(parsed.web_push_rules().allowed_hosts, ringline_outbound::AllowedHosts::browser_push_services());
     }
 
     #[test]
     fn production_refuses_a_missing_or_default_secret() {
         let mut settings = Settings::for_tests("sqlite::memory:", DEVELOPMENT_JWT_SECRET);
-        settings.env = Environment::Production;
+        settings.process.env = Environment::Production;
         assert!(matches!(settings.validate(), Err(SettingsError::MissingProductionSecret)));
-        settings.jwt_secret = None;
+        settings.auth.jwt_secret = None;
         assert!(matches!(settings.validate(), Err(SettingsError::MissingProductionSecret)));
         // HS256 is as strong as its key: simplejwt's warns below 32 bytes, and so do we, by refusing.
-        settings.jwt_secret = Some(SecretString::from("abc"));
+        settings.auth.jwt_secret = Some(SecretString::from("abc"));
         assert!(matches!(settings.validate(), Err(SettingsError::ShortProductionSecret)));
-        settings.jwt_secret = Some(SecretString::from("x".repeat(31)));
+        settings.auth.jwt_secret = Some(SecretString::from("x".repeat(31)));
         assert!(matches!(settings.validate(), Err(SettingsError::ShortProductionSecret)));
-        settings.jwt_secret = Some(SecretString::from("a real secret of thirty-two bytes"));
+        settings.auth.jwt_secret = Some(SecretString::from("a real secret of thirty-two bytes"));
         assert!(settings.validate().is_ok());
     }
 
@@ -783,22 +892,22 @@ mod tests {
     fn sqlite_flushes_every_commit_in_production_unless_told_otherwise() {
         let mut settings = Settings::for_tests("sqlite::memory:", "a real secret");
         assert_eq!(settings.sqlite_sync(), SqliteSync::Normal);
-        settings.env = Environment::Production;
+        settings.process.env = Environment::Production;
         assert_eq!(settings.sqlite_sync(), SqliteSync::Full);
-        settings.sqlite_synchronous = Some(SqliteSync::Normal);
+        settings.database.sqlite_synchronous = Some(SqliteSync::Normal);
         assert_eq!(settings.sqlite_sync(), SqliteSync::Normal, "an explicit choice wins");
         let parsed: Settings = Figment::new()
             .merge(Serialized::defaults(serde_json::json!({"sqlite_synchronous": "full"})))
             .extract()
             .expect("parse");
-        assert_eq!(parsed.sqlite_synchronous, Some(SqliteSync::Full));
+        assert_eq!(parsed.database.sqlite_synchronous, Some(SqliteSync::Full));
     }
 
     #[test]
     fn secrets_never_show_in_debug_output() {
         let mut settings = Settings::for_tests("sqlite::memory:", "s3cr3t-jwt");
-        settings.admin_token = Some(SecretString::from("s3cr3t-admin"));
-        settings.turn_secret = Some(SecretString::from("s3cr3t-turn"));
+        settings.auth.admin_token = Some(SecretString::from("s3cr3t-admin"));
+        settings.ice_servers.turn_secret = Some(SecretString::from("s3cr3t-turn"));
         let debug = format!("{settings:?}");
         assert!(!debug.contains("s3cr3t"), "{debug}");
     }
@@ -808,30 +917,30 @@ mod tests {
         let settings = Settings::for_tests("sqlite::memory:", " ");
         assert!(matches!(settings.validate(), Err(SettingsError::EmptySecret("RINGLINE_JWT_SECRET"))));
         let mut settings = Settings::for_tests("sqlite::memory:", "x");
-        settings.admin_token = Some(SecretString::from(""));
+        settings.auth.admin_token = Some(SecretString::from(""));
         assert!(matches!(settings.validate(), Err(SettingsError::EmptySecret("RINGLINE_ADMIN_TOKEN"))));
     }
 
     #[test]
     fn out_of_range_numbers_are_refused() {
         let mut settings = Settings::for_tests("sqlite::memory:", "x");
-        settings.ring_timeout_secs = 0;
+        settings.calls.ring_timeout_secs = 0;
         assert!(matches!(settings.validate(), Err(SettingsError::RingTimeout)));
 
         let mut settings = Settings::for_tests("sqlite::memory:", "x");
-        settings.ws_idle_timeout_secs = settings.ws_ping_interval_secs;
+        settings.sockets.ws_idle_timeout_secs = settings.sockets.ws_ping_interval_secs;
         assert!(matches!(settings.validate(), Err(SettingsError::Keepalive)), "idle must outlast a ping interval");
-        settings.ws_ping_interval_secs = 0;
+        settings.sockets.ws_ping_interval_secs = 0;
         assert!(matches!(settings.validate(), Err(SettingsError::Keepalive)));
         let mut settings = Settings::for_tests("sqlite::memory:", "x");
-        settings.ws_ping_interval_secs = 5;
-        settings.ws_idle_timeout_secs = 6;
+        settings.sockets.ws_ping_interval_secs = 5;
+        settings.sockets.ws_idle_timeout_secs = 6;
         assert!(settings.validate().is_ok());
 
         let mut settings = Settings::for_tests("sqlite::memory:", "x");
-        settings.ws_frame_burst = settings.ws_frames_per_sec - 1;
+        settings.sockets.ws_frame_burst = settings.sockets.ws_frames_per_sec - 1;
         assert!(matches!(settings.validate(), Err(SettingsError::FrameRate)), "a burst below the rate");
-        settings.ws_frames_per_sec = 0;
+        settings.sockets.ws_frames_per_sec = 0;
         assert!(matches!(settings.validate(), Err(SettingsError::FrameRate)));
     }
 }

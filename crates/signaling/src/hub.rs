@@ -33,7 +33,7 @@ use crate::announce::Announcer;
 use crate::call_cache::CallCache;
 use crate::limits::KeyedLimit;
 use crate::protocol::EventIds;
-use crate::replay::{InMemoryReplay, ReplayStore};
+use crate::replay::{InMemoryReplay, ReplayLimits, ReplayStore};
 use crate::router::{LocalRouter, Presence, SubscriptionGate};
 use crate::settings::{FrameRate, Keepalive};
 use crate::streams::EventStreams;
@@ -98,7 +98,8 @@ impl Signaling {
         router: Arc<dyn SignalRouter>,
         local: Arc<LocalRouter>,
     ) -> Self {
-        let streams = Arc::new(EventStreams::new(Arc::new(InMemoryReplay::default()), router));
+        let replay = InMemoryReplay::on_clock(ReplayLimits::default(), service.clock().clone());
+        let streams = Arc::new(EventStreams::new(Arc::new(replay), router));
         let calls = Arc::new(CallCache::default());
         let announcer = Arc::new(Announcer {
             notifications,

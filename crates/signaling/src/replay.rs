@@ -15,9 +15,9 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ringline_domain::UserId;
+use ringline_domain::{Clock, SystemClock, Timestamp, UserId};
 
 /// How much of a user's stream is kept for resuming sockets: the last `max_events` events,
 /// and none older than `max_age`, whichever is fewer.
@@ -82,7 +82,7 @@ const PRUNE_EVERY: u32 = 4096;
 
 /// One kept event: its position here, when it was kept, the event, and its id when another
 /// instance numbered it.
-type Kept = (u64, Instant, Arc<str>, Option<Box<str>>);
+type Kept = (u64, Timestamp, Arc<str>, Option<Box<str>>);
 
 #[derive(Debug, Default)]
 struct Window {
@@ -96,9 +96,9 @@ impl Window {
     /// Drops the oldest events beyond the count and, when `now` is given, beyond the age limit.
     /// Appends only enforce the count (one comparison): ages are enforced where they matter,
     /// before a replay and when pruning, which keeps the relay path free of clock reads.
-    fn trim(&mut self, limits: ReplayLimits, now: Option<Instant>) {
+    fn trim(&mut self, limits: ReplayLimits, now: Option<Timestamp>) {
         while let Some(&(position, at, ..)) = self.events.front() {
-            let too_old = now.is_some_and(|now| now.duration_since(at) >= limits.max_age);
+            let too_old = now.is_some_and(|now| at.plus(limits.max_age) <= now);
             if self.events.len() <= limits.max_events && !too_old {
                 break;
             }
@@ -118,7 +118,7 @@ struct Shard {
 }
 
 impl Shard {
-    fn prune(&mut self, limits: ReplayLimits, now: Instant) {
+    fn prune(&mut self, limits: ReplayLimits, now: Timestamp) {
         let mut forgotten = self.forgotten_through;
         self.windows.retain(|_, window| {
             window.trim(limits, Some(now));
@@ -136,12 +136,14 @@ impl Shard {
 
 /// The in-process [`ReplayStore`]. Positions are one counter for the process, so each user's
 /// are increasing; ids are `<run>-<position in hex>`, where `<run>` is random per process, so
-/// an id from before a restart is recognised as a gap.
+/// an id from before a restart is recognised as a gap. Ages are measured on the injected
+/// [`Clock`], so a test drives the window's age as it drives the ring timeout.
 #[derive(Debug)]
 pub struct InMemoryReplay {
     run: String,
     next: AtomicU64,
     limits: ReplayLimits,
+    clock: Arc<dyn Clock>,
     hasher: RandomState,
     shards: Vec<Mutex<Shard>>,
 }
@@ -154,11 +156,17 @@ impl Default for InMemoryReplay {
 
 impl InMemoryReplay {
     pub fn new(limits: ReplayLimits) -> Self {
+        Self::on_clock(limits, Arc::new(SystemClock))
+    }
+
+    /// A window whose events age on `clock`.
+    pub fn on_clock(limits: ReplayLimits, clock: Arc<dyn Clock>) -> Self {
         let random = uuid::Uuid::new_v4().simple().to_string();
         Self {
             run: random[..12].to_owned(),
             next: AtomicU64::new(1),
             limits,
+            clock,
             hasher: RandomState::new(),
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
         }
@@ -186,7 +194,7 @@ impl InMemoryReplay {
 
 impl ReplayStore for InMemoryReplay {
     fn append(&self, user: &UserId, encode: &mut dyn FnMut(&str) -> String, deliver: &mut dyn FnMut(Arc<str>)) {
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut shard = self.shard(user);
         let position = self.next.fetch_add(1, Ordering::Relaxed);
         let event: Arc<str> = encode(&self.id(position)).into();
@@ -206,7 +214,7 @@ impl ReplayStore for InMemoryReplay {
     }
 
     fn record(&self, user: &UserId, id: &str, event: Arc<str>, deliver: &mut dyn FnMut(Arc<str>)) {
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut shard = self.shard(user);
         // A position of this process too, so that trimming and resuming treat it like the rest.
         let position = self.next.fetch_add(1, Ordering::Relaxed);
@@ -224,7 +232,7 @@ impl ReplayStore for InMemoryReplay {
     }
 
     fn attach(&self, user: &UserId, resume: Option<&str>, register: &mut dyn FnMut()) -> Attached {
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut shard = self.shard(user);
         register();
         // Every later event of this user is numbered after this, under the same lock.
@@ -264,7 +272,7 @@ impl ReplayStore for InMemoryReplay {
     }
 
     fn prune(&self) {
-        let now = Instant::now();
+        let now = self.clock.now();
         for shard in &self.shards {
             shard.lock().unwrap_or_else(std::sync::PoisonError::into_inner).prune(self.limits, now);
         }
@@ -350,6 +358,19 @@ mod tests {
         assert_eq!(replayed(&store, "bob", "nonsense"), Replay::Gap);
         let future = format!("{}-ffff", store.run);
         assert_eq!(replayed(&store, "bob", &future), Replay::Gap, "a position not reached yet");
+    }
+
+    #[test]
+    fn events_age_on_the_injected_clock() {
+        let clock = Arc::new(ringline_domain::ManualClock::new());
+        let limits = ReplayLimits { max_events: 256, max_age: Duration::from_secs(60) };
+        let store = InMemoryReplay::on_clock(limits, clock.clone());
+        let first = append(&store, "bob", "1");
+        let second = append(&store, "bob", "2");
+        clock.advance(Duration::from_secs(59));
+        assert_eq!(replayed(&store, "bob", &first), Replay::Events(vec![format!("2@{second}").into()]));
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(replayed(&store, "bob", &first), Replay::Gap, "a minute old: out of the window");
     }
 
     #[test]

@@ -24,11 +24,11 @@ fn unix_now() -> i64 {
 
 async fn ice_servers_carry_turn_credentials_in_coturns_scheme(backend: DatabaseBackend) {
     let app = TestApp::spawn_with(backend, |settings| {
-        settings.stun_urls = vec!["stun:stun.example.test:3478".into()];
-        settings.turn_urls =
+        settings.ice_servers.stun_urls = vec!["stun:stun.example.test:3478".into()];
+        settings.ice_servers.turn_urls =
             vec!["turn:turn.example.test:3478?transport=udp".into(), "turns:turn.example.test:5349".into()];
-        settings.turn_secret = Some(SecretString::from("coturn-static-auth-secret"));
-        settings.turn_ttl_secs = 600;
+        settings.ice_servers.turn_secret = Some(SecretString::from("coturn-static-auth-secret"));
+        settings.ice_servers.turn_ttl_secs = 600;
     })
     .await;
     let alice = app.user("alice").await;
@@ -52,7 +52,8 @@ async fn ice_servers_carry_turn_credentials_in_coturns_scheme(backend: DatabaseB
     app.stop().await;
 
     // Without a secret, no TURN entry is handed out; without STUN, none either.
-    let bare = TestApp::spawn_with(backend, |settings| settings.turn_urls = vec!["turn:t:3478".into()]).await;
+    let bare =
+        TestApp::spawn_with(backend, |settings| settings.ice_servers.turn_urls = vec!["turn:t:3478".into()]).await;
     let token = bare.user("alice").await;
     assert_eq!(bare.get("/api/turn/ice-servers/", &token).await.expect(200), json!({"ice_servers": []}));
     bare.stop().await;
@@ -66,7 +67,7 @@ async fn the_admin_api_provisions_users_and_conversations(backend: DatabaseBacke
     disabled.stop().await;
 
     let app =
-        TestApp::spawn_with(backend, |settings| settings.admin_token = Some(SecretString::from("operator-token")))
+        TestApp::spawn_with(backend, |settings| settings.auth.admin_token = Some(SecretString::from("operator-token")))
             .await;
     app.send(Method::GET, "/api/admin/users/alice/", Some("wrong"), None)
         .await
@@ -178,7 +179,7 @@ async fn a_token_with_a_username_makes_its_user_known(backend: DatabaseBackend) 
 /// sockets, their open sockets closed, their call ended, and no registering them again.
 async fn a_removed_or_deactivated_user_is_refused_and_disconnected(backend: DatabaseBackend) {
     let app =
-        TestApp::spawn_with(backend, |settings| settings.admin_token = Some(SecretString::from("operator-token")))
+        TestApp::spawn_with(backend, |settings| settings.auth.admin_token = Some(SecretString::from("operator-token")))
             .await;
     let (alice, bob, carol) = (app.user("alice").await, app.user("bob").await, app.user("carol").await);
     let mut bob_phone = app.notifications_socket(&bob).await;
@@ -253,7 +254,7 @@ async fn a_user_deactivated_outside_ringline_is_refused_within_the_reload_period
 /// For apps that sync their users: a token naming a user the directory never had is refused
 /// (`user_not_found`), whatever its claims; by default it registers them.
 async fn unknown_users_are_refused_when_registration_is_off(backend: DatabaseBackend) {
-    let app = TestApp::spawn_with(backend, |settings| settings.register_on_first_use = false).await;
+    let app = TestApp::spawn_with(backend, |settings| settings.auth.register_on_first_use = false).await;
     let known = app.user("alice").await;
     app.get("/api/calls/", &known).await.expect(200);
     let newcomer = token_with(
@@ -272,7 +273,7 @@ async fn unknown_users_are_refused_when_registration_is_off(backend: DatabaseBac
 }
 
 async fn the_user_claim_is_configurable(backend: DatabaseBackend) {
-    let app = TestApp::spawn_with(backend, |settings| settings.jwt_user_claim = "sub".into()).await;
+    let app = TestApp::spawn_with(backend, |settings| settings.auth.jwt_user_claim = "sub".into()).await;
     app.user("alice").await;
     let by_sub = token_with(json!({"sub": "alice", "token_type": "access", "exp": unix_now() + 60}), TEST_JWT_SECRET);
     app.get("/api/calls/", &by_sub).await.expect(200);
@@ -328,7 +329,7 @@ async fn errors_outside_handlers_use_the_same_envelope() {
 #[tokio::test]
 async fn browsers_may_call_from_configured_origins_only() {
     let app = TestApp::spawn_with(DatabaseBackend::Sqlite, |settings| {
-        settings.cors_allowed_origins = vec!["https://app.example.test".into()];
+        settings.http.cors_allowed_origins = vec!["https://app.example.test".into()];
     })
     .await;
     let preflight = |origin: &'static str| {
@@ -477,7 +478,7 @@ async fn an_early_refusal_keeps_the_connection_alive() {
 #[tokio::test]
 async fn a_removed_participant_loses_the_conversations_chat_sockets() {
     let app = TestApp::spawn_with(DatabaseBackend::Sqlite, |settings| {
-        settings.admin_token = Some("operator-token".into());
+        settings.auth.admin_token = Some("operator-token".into());
     })
     .await;
     let (alice, bob, carol) = (app.user("alice").await, app.user("bob").await, app.user("carol").await);
@@ -502,9 +503,9 @@ async fn a_removed_participant_loses_the_conversations_chat_sockets() {
 async fn a_stalled_connection_is_closed_and_a_live_socket_is_not() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = TestApp::spawn_with(DatabaseBackend::Sqlite, |settings| {
-        settings.ws_ping_interval_secs = 1;
-        settings.ws_idle_timeout_secs = 5;
-        settings.http_idle_timeout_secs = 2;
+        settings.sockets.ws_ping_interval_secs = 1;
+        settings.sockets.ws_idle_timeout_secs = 5;
+        settings.http.http_idle_timeout_secs = 2;
     })
     .await;
     let alice = app.user("alice").await;

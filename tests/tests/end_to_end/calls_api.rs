@@ -506,7 +506,7 @@ async fn forwarded_headers_count_only_from_trusted_proxies() {
     for trusted in [false, true] {
         let app = TestApp::spawn_with(DatabaseBackend::Sqlite, |settings| {
             if trusted {
-                settings.trusted_proxies = vec!["127.0.0.1".parse().expect("an address")];
+                settings.http.trusted_proxies = vec!["127.0.0.1".parse().expect("an address")];
             }
         })
         .await;

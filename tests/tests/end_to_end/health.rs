@@ -42,7 +42,7 @@ fn poem_openapi_service(storage: ringline_storage::Storage) -> impl poem::Endpoi
 /// once left the probes and the API unanswered); a place freed is taken again.
 #[tokio::test]
 async fn connections_over_the_cap_are_answered_503_and_a_freed_place_is_taken_again() {
-    let app = TestApp::spawn_with(DatabaseBackend::Sqlite, |settings| settings.max_connections = Some(20)).await;
+    let app = TestApp::spawn_with(DatabaseBackend::Sqlite, |settings| settings.http.max_connections = Some(20)).await;
     let address = app.base.trim_start_matches("http://").to_owned();
     // Connected and silent, as a slowloris client holds them.
     let mut held = Vec::new();
@@ -75,8 +75,8 @@ async fn connections_over_the_cap_are_answered_503_and_a_freed_place_is_taken_ag
 async fn a_client_behind_a_trusted_proxy_holds_at_most_its_share() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let app = TestApp::spawn_with(DatabaseBackend::Sqlite, |settings| {
-        settings.trusted_proxies = vec!["127.0.0.1".parse().expect("ip")];
-        settings.max_connections_per_address = Some(2);
+        settings.http.trusted_proxies = vec!["127.0.0.1".parse().expect("ip")];
+        settings.http.max_connections_per_address = Some(2);
     })
     .await;
     let token = app.token("alice");

@@ -268,7 +268,7 @@ async fn presence_counts_a_users_sockets_on_every_instance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_participant_loses_its_chat_sockets_on_every_instance() {
     let (instances, [alice, bob, _]) = joined(DatabaseBackend::Sqlite, 3, |settings| {
-        settings.admin_token = Some("operator-token".into());
+        settings.auth.admin_token = Some("operator-token".into());
     })
     .await;
     let [a, b, c] = &instances[..] else { unreachable!() };
@@ -292,7 +292,7 @@ async fn a_removed_participant_loses_its_chat_sockets_on_every_instance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_user_is_disconnected_and_refused_on_every_instance() {
     let (instances, [_alice, bob, _]) = joined(DatabaseBackend::Sqlite, 3, |settings| {
-        settings.admin_token = Some("operator-token".into());
+        settings.auth.admin_token = Some("operator-token".into());
     })
     .await;
     let [a, b, c] = &instances[..] else { unreachable!() };

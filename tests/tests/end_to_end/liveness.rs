@@ -129,7 +129,7 @@ async fn a_call_both_parties_left_ends_with_connection_lost_measured_to_the_last
 /// (the ring timeout may be longer), while a callee without a socket is normal (an app asleep).
 async fn a_ringing_call_whose_caller_left_is_cancelled(backend: DatabaseBackend) {
     let clock = Arc::new(ManualClock::new());
-    let app = TestApp::spawn_on_clock(backend, &clock, |settings| settings.ring_timeout_secs = 600).await;
+    let app = TestApp::spawn_on_clock(backend, &clock, |settings| settings.calls.ring_timeout_secs = 600).await;
     let (alice, bob, carol) = (app.user("alice").await, app.user("bob").await, app.user("carol").await);
     let (mut alice_socket, _) = connect(&app, &alice, None).await;
     let (mut bob_socket, _) = connect(&app, &bob, None).await;

@@ -14,7 +14,7 @@ async fn newest(app: &TestApp, token: &str) -> Value {
 }
 
 async fn a_notification_is_listed_as_soon_as_its_event_arrives(backend: DatabaseBackend) {
-    let app = TestApp::spawn_with(backend, |settings| settings.ring_timeout_secs = 1).await;
+    let app = TestApp::spawn_with(backend, |settings| settings.calls.ring_timeout_secs = 1).await;
     let (alice, bob) = (app.user("alice").await, app.user("bob").await);
     let mut callee = app.notifications_socket(&bob).await;
     // Several rounds: the race this guards against lost about one in six.

@@ -87,8 +87,8 @@ async fn a_socket_that_saw_no_event_resumes_from_its_ack() {
 #[tokio::test]
 async fn a_gap_the_window_cannot_fill_gets_one_resync() {
     let app = TestApp::spawn_with(DatabaseBackend::Sqlite, |settings| {
-        settings.ws_frames_per_sec = 100_000;
-        settings.ws_frame_burst = 100_000;
+        settings.sockets.ws_frames_per_sec = 100_000;
+        settings.sockets.ws_frame_burst = 100_000;
     })
     .await;
     let (alice, bob) = (app.user("alice").await, app.user("bob").await);

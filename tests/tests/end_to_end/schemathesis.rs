@@ -54,7 +54,7 @@ impl Credentials {
 
 async fn run(credentials: Credentials) {
     let app = TestApp::spawn_with(DatabaseBackend::Sqlite, |settings| {
-        settings.admin_token = Some(SecretString::from(ADMIN_TOKEN));
+        settings.auth.admin_token = Some(SecretString::from(ADMIN_TOKEN));
     })
     .await;
     let alice = app.user("alice").await;

@@ -538,8 +538,8 @@ async fn a_flood_is_rate_limited_without_dropping_the_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_frame_rate_is_configurable() {
     let app = TestApp::spawn_with(DatabaseBackend::Sqlite, |settings| {
-        settings.ws_frames_per_sec = 1;
-        settings.ws_frame_burst = 10;
+        settings.sockets.ws_frames_per_sec = 1;
+        settings.sockets.ws_frame_burst = 10;
     })
     .await;
     let (alice, _bob) = two_users(&app).await;
@@ -647,8 +647,8 @@ async fn calls_left_ringing_across_a_restart_are_expired_on_start() {
 async fn a_peer_that_stops_reading_is_dropped_without_delaying_anyone_else() {
     // A high frame rate, so that Bob's queue fills well before a write to him times out.
     let app = TestApp::spawn_with(DatabaseBackend::Sqlite, |settings| {
-        settings.ws_frames_per_sec = 1000;
-        settings.ws_frame_burst = 1000;
+        settings.sockets.ws_frames_per_sec = 1000;
+        settings.sockets.ws_frame_burst = 1000;
     })
     .await;
     let (alice, bob) = two_users(&app).await;
@@ -699,8 +699,8 @@ async fn a_peer_that_stops_reading_is_dropped_without_delaying_anyone_else() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_peer_is_closed_for_idleness_and_one_that_answers_pings_is_not() {
     let app = TestApp::spawn_with(DatabaseBackend::Sqlite, |settings| {
-        settings.ws_ping_interval_secs = 1;
-        settings.ws_idle_timeout_secs = 2;
+        settings.sockets.ws_ping_interval_secs = 1;
+        settings.sockets.ws_idle_timeout_secs = 2;
     })
     .await;
     let (alice, bob) = two_users(&app).await;
@@ -759,7 +759,7 @@ async fn still_up(socket: &mut WsClient) {
 /// place freed is taken again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_with_too_many_sockets_is_refused_the_next_one() {
-    let app = TestApp::spawn_with(DatabaseBackend::Sqlite, |settings| settings.ws_max_per_user = 3).await;
+    let app = TestApp::spawn_with(DatabaseBackend::Sqlite, |settings| settings.sockets.ws_max_per_user = 3).await;
     let (alice, _bob) = two_users(&app).await;
     let mut open = vec![
         app.notifications_socket(&alice).await,

@@ -130,8 +130,8 @@ async fn vapid_key(app: &TestApp) -> String {
 /// under the same topic.
 async fn a_ring_reaches_the_browser_and_its_end_follows(backend: DatabaseBackend) {
     let app = TestApp::spawn_with(backend, |settings| {
-        settings.ring_timeout_secs = 30;
-        settings.web_push_allow_loopback = true;
+        settings.calls.ring_timeout_secs = 30;
+        settings.push.web_push_allow_loopback = true;
     })
     .await;
     let (alice, bob) = (app.user("alice").await, app.user("bob").await);
@@ -164,7 +164,7 @@ async fn a_ring_reaches_the_browser_and_its_end_follows(backend: DatabaseBackend
 
 /// A push service that answers 410 has dropped the subscription: it is removed.
 async fn an_expired_subscription_is_removed(backend: DatabaseBackend) {
-    let app = TestApp::spawn_with(backend, |settings| settings.web_push_allow_loopback = true).await;
+    let app = TestApp::spawn_with(backend, |settings| settings.push.web_push_allow_loopback = true).await;
     let (alice, bob) = (app.user("alice").await, app.user("bob").await);
     let browser = Arc::new(Browser::new());
     let service = PushService::start(vapid_key(&app).await, Arc::clone(&browser)).await;
@@ -284,7 +284,8 @@ async fn a_name_that_resolves_to_loopback_is_never_contacted(backend: DatabaseBa
         !resolved.is_empty() && resolved.iter().all(|address| address.ip().is_loopback()),
         "this test needs the machine's name ({name}) to resolve to loopback: {resolved:?}"
     );
-    let app = TestApp::spawn_with(backend, |settings| settings.web_push_allowed_hosts = vec!["*".to_owned()]).await;
+    let app =
+        TestApp::spawn_with(backend, |settings| settings.push.web_push_allowed_hosts = vec!["*".to_owned()]).await;
     let (alice, bob) = (app.user("alice").await, app.user("bob").await);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("address").port();
@@ -300,7 +301,7 @@ async fn a_name_that_resolves_to_loopback_is_never_contacted(backend: DatabaseBa
 
 /// A push service's redirect is never followed: the server would go wherever it says.
 async fn a_redirect_is_not_followed(backend: DatabaseBackend) {
-    let app = TestApp::spawn_with(backend, |settings| settings.web_push_allow_loopback = true).await;
+    let app = TestApp::spawn_with(backend, |settings| settings.push.web_push_allow_loopback = true).await;
     let (alice, bob) = (app.user("alice").await, app.user("bob").await);
     let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let location = format!("http://{}/internal", target.local_addr().expect("address"));
@@ -332,7 +333,7 @@ async fn a_redirect_is_not_followed(backend: DatabaseBackend) {
 /// One user stored 300 subscriptions and made one call send 600 requests: a user's newest
 /// five browsers are rung, no more.
 async fn a_ring_reaches_at_most_five_browsers(backend: DatabaseBackend) {
-    let app = TestApp::spawn_with(backend, |settings| settings.web_push_allow_loopback = true).await;
+    let app = TestApp::spawn_with(backend, |settings| settings.push.web_push_allow_loopback = true).await;
     let (alice, bob) = (app.user("alice").await, app.user("bob").await);
     let browser = Arc::new(Browser::new());
     let service = PushService::start(vapid_key(&app).await, Arc::clone(&browser)).await;

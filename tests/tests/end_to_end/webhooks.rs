@@ -140,9 +140,9 @@ fn ok(_: &Value) -> Answer {
 fn with_webhooks(url: &str) -> impl Fn(&mut ringline_server::Settings) + Clone + use<> {
     let url = url.to_owned();
     move |settings| {
-        settings.webhook_urls = vec![url.clone()];
-        settings.webhook_secret = Some(SECRET.into());
-        settings.webhook_timeout_secs = 2;
+        settings.webhook.webhook_urls = vec![url.clone()];
+        settings.webhook.webhook_secret = Some(SECRET.into());
+        settings.webhook.webhook_timeout_secs = 2;
     }
 }
 
