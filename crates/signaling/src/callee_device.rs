@@ -41,7 +41,7 @@ impl Signaling {
         }
         match self.calls.reserve_callee_device(route.id(), session.device) {
             Ok(()) => Ok(()),
-            Err(holder) if !self.local.is_connected(&session.user, holder) => {
+            Err(holder) if !self.sessions.local.is_connected(&session.user, holder) => {
                 self.calls.release_callee_device(route.id(), holder);
                 self.calls.reserve_callee_device(route.id(), session.device).map_err(|_| elsewhere())
             }
@@ -60,8 +60,8 @@ impl Signaling {
         match cache.callee_device(id) {
             Some(holder) if holder.device == session.device && holder.confirmed.is_some() => return Ok(()),
             Some(holder) if holder.device == session.device => {}
-            Some(holder) if holder.device.instance() == self.local.instance() => {
-                if self.local.is_connected(&session.user, holder.device) {
+            Some(holder) if holder.device.instance() == self.sessions.local.instance() => {
+                if self.sessions.local.is_connected(&session.user, holder.device) {
                     return Err(elsewhere());
                 }
                 replacing = Some(holder.device);
@@ -131,10 +131,10 @@ impl Signaling {
     /// is taken to be there (two answers would break the caller's call; a refused device can
     /// call back).
     async fn device_gone(&self, user: &UserId, device: DeviceId) -> bool {
-        if device.instance() == self.local.instance() {
-            return !self.local.is_connected(user, device);
+        if device.instance() == self.sessions.local.instance() {
+            return !self.sessions.local.is_connected(user, device);
         }
-        match &self.presence {
+        match &self.sessions.presence {
             Some(presence) => presence.instance_alive(device.instance()).await == Some(false),
             // No bus: another instance id is an earlier run of this process.
             None => true,

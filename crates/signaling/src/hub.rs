@@ -13,9 +13,10 @@
 //! - `call_cache.rs`: the calls this process knows, in memory, for the relay;
 //! - `callee_device.rs`: which of the callee's devices an answered call belongs to (decided in
 //!   the database, so across instances);
-//! - `limits.rs`: token buckets for what reaches one user from others' sockets, and for the
-//!   database reads a user's frames may cause;
-//! - `lifecycle.rs`: sessions joining and leaving, and shutdown;
+//! - `limits.rs`: `RelayLimits`, token buckets for what reaches one user from others' sockets,
+//!   and for the database reads a user's frames may cause;
+//! - `lifecycle.rs`: `Sessions`, this process's sessions: joining and leaving, and shutdown;
+//! - `streams.rs`: `EventStreams`, each user's numbered, kept and routed events;
 //! - `settings.rs`: keepalive and frame-rate settings for new sessions.
 
 use std::collections::HashSet;
@@ -26,31 +27,21 @@ use ringline_domain::{
     HangupReason, InitiateCommand, Initiated, NotificationRepository, Outcome, SignalRouter, UserId, UserProfile,
 };
 use serde_json::value::RawValue;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::announce::Announcer;
 use crate::call_cache::CallCache;
-use crate::limits::KeyedLimit;
-use crate::protocol::EventIds;
+use crate::lifecycle::Sessions;
+use crate::limits::RelayLimits;
 use crate::replay::{InMemoryReplay, ReplayLimits, ReplayStore};
 use crate::router::{LocalRouter, Presence, SubscriptionGate};
 use crate::settings::{FrameRate, Keepalive};
 use crate::streams::EventStreams;
 
-/// Sockets one user may hold open on one instance unless configured: phones, laptops and many
-/// tabs, with each tab's chat socket.
-pub const DEFAULT_MAX_SOCKETS_PER_USER: usize = 32;
+pub use crate::lifecycle::DEFAULT_MAX_SOCKETS_PER_USER;
 
-/// Which way a call's frame goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Direction {
-    FromCaller,
-    FromReceiver,
-}
-
-/// The signaling hub: the calls facade, the relay, and the registry of live sessions. Its
-/// methods are spread over the files the module documentation lists.
+/// The signaling hub: the calls facade over its parts, each a type of its own: the announcer
+/// (what each change sends), the users' event streams, the call cache, the relay's limits, and
+/// the sessions. Its methods are spread over the files the module documentation lists.
 #[derive(Debug)]
 pub struct Signaling {
     /// The service as it was given, before the hub observed it (`with_replay` observes it
@@ -63,26 +54,10 @@ pub struct Signaling {
     pub(crate) streams: Arc<EventStreams>,
     /// The calls this process knows, for the relay (shared with the announcer).
     pub(crate) calls: Arc<CallCache>,
-    pub(crate) local: Arc<LocalRouter>,
-    pub(crate) ids: EventIds,
-    pub(crate) keepalive: Keepalive,
-    pub(crate) frame_rate: FrameRate,
-    /// What one party of a call may relay to the other, from all its devices together: one
-    /// socket's [`FrameRate`] per direction (`limits.rs`).
-    pub(crate) relayed_per_call: KeyedLimit<(CallId, Direction)>,
-    /// Typing indicators in one conversation, from all its members together: one socket's
-    /// [`FrameRate`].
-    pub(crate) typing_per_conversation: KeyedLimit<ringline_domain::ConversationId>,
-    /// Database reads each user's frames may cause (`relay.rs`).
-    pub(crate) database_reads_per_user: KeyedLimit<UserId>,
-    /// Sockets one user may hold open on this instance; the next is refused (4429).
-    pub(crate) max_sockets_per_user: usize,
-    pub(crate) sessions: TaskTracker,
-    pub(crate) shutdown: CancellationToken,
-    /// What a new session waits for before reading its snapshot (a bus's subscription).
-    pub(crate) gate: Option<Arc<dyn SubscriptionGate>>,
-    /// Where a user's devices on other instances are counted, and which instances live (a bus).
-    pub(crate) presence: Option<Arc<dyn Presence>>,
+    /// What the relay lets through (`limits.rs`).
+    pub(crate) limits: RelayLimits,
+    /// This process's sessions (`lifecycle.rs`).
+    pub(crate) sessions: Sessions,
     /// Whether the users tokens name may still use the service.
     pub(crate) accounts: Arc<Accounts>,
 }
@@ -116,18 +91,8 @@ impl Signaling {
             announcer,
             streams,
             calls,
-            local,
-            ids: EventIds::default(),
-            keepalive: Keepalive::default(),
-            frame_rate: FrameRate::default(),
-            relayed_per_call: KeyedLimit::default(),
-            typing_per_conversation: KeyedLimit::default(),
-            database_reads_per_user: KeyedLimit::default(),
-            max_sockets_per_user: DEFAULT_MAX_SOCKETS_PER_USER,
-            sessions: TaskTracker::new(),
-            shutdown: CancellationToken::new(),
-            gate: None,
-            presence: None,
+            limits: RelayLimits::default(),
+            sessions: Sessions::new(local),
         }
     }
 
@@ -141,12 +106,12 @@ impl Signaling {
     /// sessions opened from now on.
     #[must_use]
     pub fn with_keepalive(mut self, keepalive: Keepalive) -> Self {
-        self.keepalive = keepalive;
+        self.sessions.keepalive = keepalive;
         self
     }
 
     pub fn keepalive(&self) -> Keepalive {
-        self.keepalive
+        self.sessions.keepalive
     }
 
     /// Replaces the in-process replay window (the last 256 events or 60 s of each user's
@@ -173,23 +138,20 @@ impl Signaling {
     /// `connection.ack`.
     #[must_use]
     pub fn with_gate(mut self, gate: Arc<dyn SubscriptionGate>) -> Self {
-        self.gate = Some(gate);
+        self.sessions.gate = Some(gate);
         self
     }
 
     /// Counts users' devices on every instance with `presence` (a bus) instead of this one.
     #[must_use]
     pub fn with_presence(mut self, presence: Arc<dyn Presence>) -> Self {
-        self.presence = Some(presence);
+        self.sessions.presence = Some(presence);
         self
     }
 
     /// How many sessions (tabs, phones) `user` has open, on every instance.
     pub async fn devices_online(&self, user: &UserId) -> usize {
-        match &self.presence {
-            Some(presence) => presence.devices(user).await,
-            None => self.local.sessions_of(user),
-        }
+        self.sessions.devices_online(user).await
     }
 
     /// Replaces the default per-session frame rate (50 a second, bursts of 200) for the
@@ -197,12 +159,12 @@ impl Signaling {
     /// party, and a conversation's typing indicators, are limited to one socket's rate.
     #[must_use]
     pub fn with_frame_rate(mut self, frame_rate: FrameRate) -> Self {
-        self.frame_rate = frame_rate;
+        self.limits = RelayLimits::new(frame_rate);
         self
     }
 
     pub fn frame_rate(&self) -> FrameRate {
-        self.frame_rate
+        self.limits.frame_rate()
     }
 
     /// `user` is no longer a participant of `conversation`: their chat sockets on it are
@@ -247,7 +209,7 @@ impl Signaling {
     /// and held 391 MB before there was a limit); the next is closed with 4429.
     #[must_use]
     pub fn with_max_sockets_per_user(mut self, max: usize) -> Self {
-        self.max_sockets_per_user = max.max(1);
+        self.sessions.max_per_user = max.max(1);
         self
     }
 
@@ -271,7 +233,7 @@ impl Signaling {
     }
 
     pub fn sessions(&self) -> &LocalRouter {
-        &self.local
+        &self.sessions.local
     }
 
     /// The profiles of `call`'s parties the directory knows: remembered from when this
@@ -284,7 +246,7 @@ impl Signaling {
     }
 
     pub(crate) fn next_event_id(&self) -> String {
-        self.ids.next()
+        self.sessions.ids.next()
     }
 
     /// One liveness pass: records that the parties of open calls connected here are alive,
@@ -297,7 +259,8 @@ impl Signaling {
     pub async fn sweep_liveness(&self, limit: u32) -> Result<usize, CallServiceError> {
         self.streams.prune();
         let on_lines: HashSet<UserId> = self.service.users_on_lines().await?.into_iter().collect();
-        let here: Vec<UserId> = on_lines.iter().filter(|user| self.local.sessions_of(user) > 0).cloned().collect();
+        let here: Vec<UserId> =
+            on_lines.iter().filter(|user| self.sessions.local.sessions_of(user) > 0).cloned().collect();
         *self.announcer.on_lines.write().unwrap_or_else(std::sync::PoisonError::into_inner) = on_lines;
         self.service.mark_seen(&here).await?;
         // The service tells the announcer of each call it ends.

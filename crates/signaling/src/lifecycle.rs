@@ -5,11 +5,68 @@
 use std::sync::Arc;
 
 use ringline_domain::{Call, CallServiceError, EndReason, UserId};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::hub::Signaling;
+use crate::protocol::EventIds;
 use crate::relay::SessionContext;
 use crate::replay::Attached;
-use crate::router::{SessionKind, SessionSlot};
+use crate::router::{LocalRouter, Presence, SessionKind, SessionSlot, SubscriptionGate};
+use crate::settings::Keepalive;
+
+/// Sockets one user may hold open on one instance unless configured: phones, laptops and many
+/// tabs, with each tab's chat socket.
+pub const DEFAULT_MAX_SOCKETS_PER_USER: usize = 32;
+
+/// This process's sessions: who is connected (the router's registry), what a new session gets
+/// (keepalive, the cap per user, what it waits for), the ids of events outside users' streams,
+/// and shutdown.
+#[derive(Debug)]
+pub(crate) struct Sessions {
+    pub(crate) local: Arc<LocalRouter>,
+    pub(crate) keepalive: Keepalive,
+    /// Sockets one user may hold open on this instance; the next is refused (4429).
+    pub(crate) max_per_user: usize,
+    /// Ids of the events that are not part of a user's stream (pongs, errors, typing).
+    pub(crate) ids: EventIds,
+    /// The running sessions, so that shutdown can wait for them.
+    pub(crate) tasks: TaskTracker,
+    pub(crate) shutdown: CancellationToken,
+    /// What a new session waits for before reading its snapshot (a bus's subscription).
+    pub(crate) gate: Option<Arc<dyn SubscriptionGate>>,
+    /// Where a user's devices on other instances are counted, and which instances live (a bus).
+    pub(crate) presence: Option<Arc<dyn Presence>>,
+}
+
+impl Sessions {
+    pub(crate) fn new(local: Arc<LocalRouter>) -> Self {
+        Self {
+            local,
+            keepalive: Keepalive::default(),
+            max_per_user: DEFAULT_MAX_SOCKETS_PER_USER,
+            ids: EventIds::default(),
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            gate: None,
+            presence: None,
+        }
+    }
+
+    /// How many sessions (tabs, phones) `user` has open, on every instance.
+    pub(crate) async fn devices_online(&self, user: &UserId) -> usize {
+        match &self.presence {
+            Some(presence) => presence.devices(user).await,
+            None => self.local.sessions_of(user),
+        }
+    }
+
+    /// Stops accepting sessions and tells every open one to close.
+    fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+    }
+}
 
 /// How long after a call finished a party that connects without `resume` is still sent its
 /// `call.end`: a client whose socket was down meanwhile (a phone switching networks) may still
@@ -38,14 +95,14 @@ impl Signaling {
     ) -> (Arc<SessionSlot>, tokio::sync::mpsc::Receiver<Arc<str>>, Attached) {
         let mut registered = None;
         let attached = self.streams.attach(user, resume, &mut || {
-            registered = Some(self.local.register(user.clone(), kind));
+            registered = Some(self.sessions.local.register(user.clone(), kind));
         });
-        let (slot, events) = registered.unwrap_or_else(|| self.local.register(user.clone(), kind));
+        let (slot, events) = registered.unwrap_or_else(|| self.sessions.local.register(user.clone(), kind));
         let mut attached = attached;
         // With several instances this window holds what other instances sent only while this
         // one followed the user: a resume from before it started following has a gap.
         if resume.is_some()
-            && let Some(gate) = &self.gate
+            && let Some(gate) = &self.sessions.gate
             && !gate.following(user)
         {
             attached.replay = crate::replay::Replay::Gap;
@@ -58,12 +115,12 @@ impl Signaling {
     /// as their last-seen, so a call both parties left ends measured up to when the last of
     /// them went (not up to the last heartbeat before).
     pub(crate) async fn detach(&self, slot: &SessionSlot, context: &SessionContext) {
-        self.local.unregister(slot);
+        self.sessions.local.unregister(slot);
         self.release_held_calls(context).await;
         let on_line =
             self.announcer.on_lines.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&slot.user);
         if on_line
-            && self.local.sessions_of(&slot.user) == 0
+            && self.sessions.local.sessions_of(&slot.user) == 0
             && let Err(error) = self.service.mark_seen(std::slice::from_ref(&slot.user)).await
         {
             tracing::warn!(%error, "cannot record when a party of a call went away");
@@ -100,13 +157,12 @@ impl Signaling {
 
     /// Asks every session to close (code 1001) and refuses new ones.
     pub fn begin_shutdown(&self) {
-        self.shutdown.cancel();
-        self.sessions.close();
+        self.sessions.begin_shutdown();
     }
 
     /// Waits up to `grace` for the sessions to finish closing; returns whether they all did.
     pub async fn drain(&self, grace: std::time::Duration) -> bool {
         self.begin_shutdown();
-        tokio::time::timeout(grace, self.sessions.wait()).await.is_ok()
+        tokio::time::timeout(grace, self.sessions.tasks.wait()).await.is_ok()
     }
 }

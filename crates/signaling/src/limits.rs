@@ -22,7 +22,60 @@ use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use ringline_domain::{CallId, ConversationId, UserId};
+
 use crate::settings::FrameRate;
+
+/// Database reads that one user's frames may cause on this instance (a frame naming a call
+/// that is neither cached nor known to be missing). A client's frames name its own calls, and
+/// each is read once, so this is far above what any client needs; it stops a client that
+/// names ever new ids from making the server read the database at its full frame rate from
+/// each of its sockets.
+pub(crate) const DATABASE_READS_PER_USER: FrameRate = FrameRate { per_second: 10.0, burst: 20.0 };
+
+/// Which way a call's frame goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Direction {
+    FromCaller,
+    FromReceiver,
+}
+
+/// Everything the relay limits, in one place: each socket's [`FrameRate`], the fan-in limits
+/// (a call party's frames towards the other party, a conversation's typing indicators, each
+/// one socket's rate), and the database reads a user's frames may cause.
+#[derive(Debug, Default)]
+pub(crate) struct RelayLimits {
+    frame_rate: FrameRate,
+    per_call: KeyedLimit<(CallId, Direction)>,
+    typing: KeyedLimit<ConversationId>,
+    database_reads: KeyedLimit<UserId>,
+}
+
+impl RelayLimits {
+    pub(crate) fn new(frame_rate: FrameRate) -> Self {
+        Self { frame_rate, ..Self::default() }
+    }
+
+    /// One socket's rate.
+    pub(crate) fn frame_rate(&self) -> FrameRate {
+        self.frame_rate
+    }
+
+    /// Whether one more frame of call `call` may go `direction`.
+    pub(crate) fn allow_relay(&self, call: CallId, direction: Direction) -> bool {
+        self.per_call.allow((call, direction), self.frame_rate)
+    }
+
+    /// Whether one more typing indicator may go to `conversation`.
+    pub(crate) fn allow_typing(&self, conversation: ConversationId) -> bool {
+        self.typing.allow(conversation, self.frame_rate)
+    }
+
+    /// Whether a frame of `user`'s may make the server read the database once more.
+    pub(crate) fn allow_database_read(&self, user: &UserId) -> bool {
+        self.database_reads.allow(user.clone(), DATABASE_READS_PER_USER)
+    }
+}
 
 /// `rate.burst` frames at once, then `rate.per_second`.
 #[derive(Debug, Clone, Copy)]

@@ -12,10 +12,10 @@ use ringline_domain::{
 
 use crate::call_cache::Route;
 use crate::events;
-use crate::hub::{Direction, Signaling};
+use crate::hub::Signaling;
+use crate::limits::Direction;
 use crate::protocol::{ClientFrame, FrameError, allowed_in};
 use crate::router::SessionKind;
-use crate::settings::FrameRate;
 
 /// The live session a frame came from.
 #[derive(Debug)]
@@ -66,16 +66,9 @@ impl SessionContext {
     }
 }
 
-/// Database reads that one user's frames may cause on this instance (a frame naming a call
-/// that is neither cached nor known to be missing). A client's frames name its own calls, and
-/// each is read once, so this is far above what any client needs; it stops a client that
-/// names ever new ids from making the server read the database at its full frame rate from
-/// each of its sockets.
-pub(crate) const DATABASE_READS_PER_USER: FrameRate = FrameRate { per_second: 10.0, burst: 20.0 };
-
 impl Signaling {
     /// The route of call `id` from memory, or read once from the database for a frame of
-    /// `user`'s (within the user's [`DATABASE_READS_PER_USER`]).
+    /// `user`'s (within the user's `DATABASE_READS_PER_USER`).
     pub(crate) async fn route(&self, id: CallId, user: &UserId) -> Result<Option<Route>, FrameError> {
         if let Some(route) = self.calls.get(id) {
             return Ok(Some(route));
@@ -83,7 +76,7 @@ impl Signaling {
         if self.calls.is_missing(id) {
             return Ok(None);
         }
-        if !self.database_reads_per_user.allow(user.clone(), DATABASE_READS_PER_USER) {
+        if !self.limits.allow_database_read(user) {
             return Err(FrameError::with_detail(
                 ErrorCode::RateLimited,
                 "Too many frames naming calls the server has to look up; this one was dropped. Slow down.",
@@ -113,7 +106,7 @@ impl Signaling {
     pub async fn handle_text(&self, session: &SessionContext, text: &str) -> Option<String> {
         let frame = match ClientFrame::parse(text) {
             Ok(frame) => frame,
-            Err(error) => return Some(crate::protocol::error_event(&self.ids.next(), &error, None)),
+            Err(error) => return Some(crate::protocol::error_event(&self.sessions.ids.next(), &error, None)),
         };
         let call_id = match frame {
             ClientFrame::Offer { call, .. }
@@ -127,7 +120,7 @@ impl Signaling {
             Ok(reply) => reply,
             Err(error) => {
                 tracing::debug!(user = %session.user, kind = frame.kind(), code = error.code.as_str(), "frame refused");
-                Some(crate::protocol::error_event(&self.ids.next(), &error, call_id))
+                Some(crate::protocol::error_event(&self.sessions.ids.next(), &error, call_id))
             }
         }
     }
@@ -138,7 +131,7 @@ impl Signaling {
         frame: ClientFrame<'_>,
     ) -> Result<Option<String>, FrameError> {
         match frame {
-            ClientFrame::Ping => Ok(Some(events::pong(&self.ids.next()))),
+            ClientFrame::Ping => Ok(Some(events::pong(&self.sessions.ids.next()))),
             ClientFrame::TypingStart | ClientFrame::TypingStop => self.typing(session, frame).await,
             ClientFrame::End { call, reason } => {
                 // Boxed, like the accept below: a change to a call awaits the database, and its
@@ -242,7 +235,7 @@ impl Signaling {
     /// from all of its devices together (`limits.rs`).
     fn within_call_fan_in(&self, route: &Route, session: &SessionContext) -> Result<(), FrameError> {
         let direction = if route.caller() == &session.user { Direction::FromCaller } else { Direction::FromReceiver };
-        if self.relayed_per_call.allow((route.id(), direction), self.frame_rate) {
+        if self.limits.allow_relay(route.id(), direction) {
             Ok(())
         } else {
             Err(FrameError::with_detail(
@@ -297,7 +290,7 @@ impl Signaling {
         let SessionKind::Chat(conversation) = session.kind else {
             return Err(FrameError::new(ErrorCode::WrongSocket));
         };
-        if !self.typing_per_conversation.allow(conversation, self.frame_rate) {
+        if !self.limits.allow_typing(conversation) {
             return Err(FrameError::with_detail(
                 ErrorCode::RateLimited,
                 "Too many typing indicators in this conversation; this one was dropped. Slow down.",
@@ -305,7 +298,8 @@ impl Signaling {
         }
         let username = session.username(self).await;
         let kind = if matches!(frame, ClientFrame::TypingStart) { "typing.started" } else { "typing.stopped" };
-        let payload = events::typing(kind, &self.ids.next(), &session.user, username, &conversation.to_string());
+        let payload =
+            events::typing(kind, &self.sessions.ids.next(), &session.user, username, &conversation.to_string());
         self.streams.router().route(Signal {
             audience: Audience::Conversation(conversation),
             except_device: None,

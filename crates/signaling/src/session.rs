@@ -134,11 +134,11 @@ pub async fn run<S, K>(
     S: Stream<Item = Inbound> + Unpin + Send,
     K: Sink<Outbound> + Unpin + Send,
 {
-    let Some(_tracked) = (!signaling.sessions.is_closed()).then(|| signaling.sessions.token()) else {
+    let Some(_tracked) = (!signaling.sessions.tasks.is_closed()).then(|| signaling.sessions.tasks.token()) else {
         close_and_wait(&mut inbound, &mut outbound, close::GOING_AWAY, "server shutting down").await;
         return;
     };
-    if signaling.local.sessions_of(&identity.user) >= signaling.max_sockets_per_user {
+    if signaling.sessions.local.sessions_of(&identity.user) >= signaling.sessions.max_per_user {
         tracing::info!(user = %identity.user, "a socket refused: the user has too many open");
         close_and_wait(&mut inbound, &mut outbound, close::TOO_MANY_SOCKETS, "too many sockets for this user").await;
         return;
@@ -155,7 +155,7 @@ pub async fn run<S, K>(
     // made), so no change falls between this snapshot and the live events.
     let mut attached = attached;
     let mut replayed = Replayed::default();
-    if let Some(gate) = &signaling.gate {
+    if let Some(gate) = &signaling.sessions.gate {
         gate.subscribed(&context.user).await;
         // A resume this instance cannot serve (the session left another instance) is served
         // from the window every instance shares, if it still holds the position.
@@ -217,7 +217,7 @@ pub async fn run<S, K>(
     // tokio's clock, so tests can drive the timers with paused time.
     let mut last_heard = TimerInstant::now();
     let mut rate = RateLimit::new(signaling.frame_rate());
-    let shutdown = signaling.shutdown.clone();
+    let shutdown = signaling.sessions.shutdown.clone();
     let mut kicked = false;
 
     while open {

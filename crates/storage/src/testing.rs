@@ -110,6 +110,18 @@ impl TestDatabase {
         self.storage.connections.write_pool.execute_unprepared(sql).await.expect("the statement runs");
     }
 
+    /// The number `sql` (a query of one integer column, one row) answers on the test database.
+    ///
+    /// # Panics
+    /// When the query fails or answers no number.
+    pub async fn count(&self, sql: &str) -> i64 {
+        use sea_orm::ConnectionTrait;
+        let statement =
+            sea_orm::Statement::from_string(self.storage.connections.write_pool.get_database_backend(), sql);
+        let row = self.storage.connections.write_pool.query_one(statement).await.expect("the query runs");
+        row.and_then(|row| row.try_get_by_index::<i64>(0).ok()).expect("a number")
+    }
+
     /// Closes the connections and removes the database.
     pub async fn cleanup(self) {
         self.storage.close().await.expect("close the test database");
