@@ -338,10 +338,8 @@ fn database_unavailable() -> FrameError {
 pub(crate) fn refusal(error: CallServiceError) -> FrameError {
     let refusal = FrameError::from(&error);
     match refusal.code {
-        ErrorCode::DatabaseUnavailable => {
-            if crate::throttle::database_outage_log_due() {
-                tracing::warn!(error = %error, "a socket action failed: the database is unavailable");
-            }
+        ErrorCode::DatabaseUnavailable if crate::throttle::database_outage_log_due() => {
+            tracing::warn!(error = %error, "a socket action failed: the database is unavailable");
         }
         ErrorCode::InternalError => tracing::error!(error = %error, "a socket action failed"),
         _ => {}
