@@ -112,8 +112,10 @@ impl From<Refusal> for ApiError {
             413 => Self::PayloadTooLarge(body),
             415 => Self::UnsupportedMediaType(body),
             503 => Self::Unavailable(body, RETRY_AFTER_SECS),
-            // The statuses no handler answers with (405, 429) are poem's and the listener's.
-            _ => Self::Internal(body),
+            500..=599 => Self::Internal(body),
+            // The client errors no operation declares (405, 429: routing's and the listener's)
+            // keep the request-error status they always had here.
+            _ => Self::BadRequest(body),
         }
     }
 }

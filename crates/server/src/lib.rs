@@ -6,11 +6,14 @@
 //! the connection bounds; [`Application::run`] serves on that listener until the shutdown
 //! future resolves, then closes the sessions, drains requests and stops the background tasks.
 //!
-//! Modules: [`settings`] (layered configuration), [`telemetry`] (logs, shutdown signal).
+//! Modules: [`settings`] (layered configuration), [`telemetry`] (logs, shutdown signal),
+//! `wiring` ([`Wiring`]), `database` ([`open_storage`]), `descriptors` (the connection cap).
 
+mod database;
 mod descriptors;
 pub mod settings;
 pub mod telemetry;
+mod wiring;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,13 +21,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ringline_api::{CallApiParts, ConnectionAcceptor, JwtAuthenticator, ServerParts};
-use ringline_bus::{MemoryHub, SharedBus};
-use ringline_domain::{CallService, Clock, SignalRouter, SystemClock, WebhookOutbox};
+use ringline_bus::SharedBus;
+use ringline_domain::{CallService, Clock, SignalRouter, WebhookOutbox};
 use ringline_outbound::{WebPushObserver, WebPushSender, WebhookSender, WebhookWaker};
 use ringline_signaling::{Background, LocalRouter, Signaling};
 use ringline_storage::Storage;
 
+pub use database::open_storage;
 pub use settings::Settings;
+pub use wiring::Wiring;
 
 /// How long in-flight requests may run after a shutdown signal before the server stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -45,28 +50,11 @@ pub struct Application {
     /// count the database work of one request).
     sweeps: bool,
     /// The bus to the other instances, when `RINGLINE_REDIS_URL` is set (or the application
-    /// joined a [`MemoryHub`]).
+    /// joined a `MemoryHub`).
     bus: Option<Arc<SharedBus>>,
     /// Wakes the webhook sender, which `run` starts when `RINGLINE_WEBHOOK_URLS` is set.
     webhook_waker: Arc<WebhookWaker>,
     web_push: Arc<WebPushSender>,
-}
-
-/// How an application is wired besides its settings and storage.
-#[derive(Debug, Clone)]
-pub struct Wiring {
-    /// Joined to the other instances in this process by this hub instead of Redis (tests of
-    /// several instances; trying them out).
-    pub hub: Option<Arc<MemoryHub>>,
-    /// Every decision in time (ring timeout, liveness, token expiry, retries) follows this
-    /// clock: the system's, or one a test drives.
-    pub clock: Arc<dyn Clock>,
-}
-
-impl Default for Wiring {
-    fn default() -> Self {
-        Self { hub: None, clock: Arc::new(SystemClock) }
-    }
 }
 
 impl Application {
@@ -253,17 +241,6 @@ impl Application {
             cors_allowed_origins: settings.http.cors_allowed_origins.clone(),
         }
     }
-}
-
-/// Opens the configured database and applies pending migrations.
-///
-/// # Errors
-/// When the database cannot be opened or migrated.
-pub async fn open_storage(settings: &Settings) -> anyhow::Result<Storage> {
-    let storage = Storage::connect_with(&settings.database.database_url, settings.connect()).await;
-    let storage = storage.context("cannot open the database")?;
-    storage.migrate().await.context("cannot migrate the database")?;
-    Ok(storage)
 }
 
 /// The OpenAPI document of the standalone server: the one a server on default settings

@@ -101,6 +101,7 @@ async fn a_connection_stalled_mid_request_does_not_hold_up_sigterm() {
     let mut server = start(&[]).await;
     let mut stalled = tokio::net::TcpStream::connect(server.base.trim_start_matches("http://")).await.expect("connect");
     stalled.write_all(b"GET /healthz HTTP/1.1\r\nHost: ringline\r\nX-Slow: ").await.expect("half a request");
+    // The child process reads the half request from its socket before the signal.
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     terminate(&server);
@@ -130,9 +131,11 @@ async fn a_request_in_progress_at_sigterm_is_still_answered() {
     );
     request.write_all(head.as_bytes()).await.expect("the head");
     request.write_all(first).await.expect("part of the body");
+    // The child process starts on the request (reads its head) before the signal.
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     terminate(&server);
+    // A second of the process's own time with the signal: it must still be waiting.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(server.child.try_wait().expect("wait").is_none(), "it waits for the request in progress");
     request.write_all(rest).await.expect("the rest of the body");
@@ -305,6 +308,7 @@ async fn sdp_candidates_and_tokens_never_reach_the_logs_even_at_trace_level() {
         }
     }
     assert!(saw_offer);
+    // The child process handles (and would log) the broken frame sent after the offer.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let log = stop_and_read_log(child);
@@ -515,6 +519,7 @@ async fn a_slowloris_from_one_address_is_cut_off_and_starves_nobody() {
         let connection = connect_from([127, 0, 0, 2], &address).await.expect("connect");
         attack.spawn(trickle(connection, b"GET /healthz HTTP/1.1\r\nX-Slow: abcdefghij", Duration::from_millis(300)));
     }
+    // The attack's connections reach the child process and take their places first.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // The probes, from the machine itself, and a call from yet another address.
