@@ -82,7 +82,6 @@ impl Application {
     /// # Errors
     /// As [`Application::build`].
     pub async fn build_with(settings: Settings, storage: Storage, wiring: Wiring) -> anyhow::Result<Self> {
-        settings.warn_about_risks();
         let clock = wiring.clock;
         // The outbox's triggers write events only for active subscriptions: none, without URLs.
         let urls = settings.webhooks().map(|webhooks| webhooks.urls).unwrap_or_default();
@@ -175,6 +174,8 @@ impl Application {
         listener: ConnectionAcceptor,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        // Said when serving, not when building: `ringline openapi` builds one too.
+        self.settings.warn_about_risks();
         let address = listener.local_socket_addr();
         let port = address.map_or(self.settings.http.bind.port(), |address| address.port());
         let app = ringline_api::server_routes(self.parts(listener.max_per_address().unwrap_or(usize::MAX)));
