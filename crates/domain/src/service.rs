@@ -414,16 +414,24 @@ impl CallService {
         Ok(self.calls.users_on_lines().await?)
     }
 
-    /// Records that `users` have a live socket now (a heartbeat, or the moment one of them
-    /// disconnected for good).
+    /// Records that `users` have a live socket now (a heartbeat, or a party coming back).
     ///
     /// # Errors
     /// `Repository` when storage fails.
     pub async fn mark_seen(&self, users: &[UserId]) -> Result<(), CallServiceError> {
+        self.mark_seen_at(users, self.clock.now()).await
+    }
+
+    /// Records that `users` were last seen at `at`: the moment a party's last socket went,
+    /// taken when it went (the write may land later, and must not move the moment on).
+    ///
+    /// # Errors
+    /// `Repository` when storage fails.
+    pub async fn mark_seen_at(&self, users: &[UserId], at: Timestamp) -> Result<(), CallServiceError> {
         if users.is_empty() {
             return Ok(());
         }
-        Ok(self.calls.mark_seen(users, self.clock.now()).await?)
+        Ok(self.calls.mark_seen(users, at).await?)
     }
 
     /// Ends up to `limit` active calls whose parties have both been gone for the grace period

@@ -115,13 +115,16 @@ impl Signaling {
     /// as their last-seen, so a call both parties left ends measured up to when the last of
     /// them went (not up to the last heartbeat before).
     pub(crate) async fn detach(&self, slot: &SessionSlot, context: &SessionContext) {
+        // Taken before the session leaves the registry: whoever sees it gone sees this moment
+        // already passed, however long the writes below take.
+        let gone_at = self.service.now();
         self.sessions.local.unregister(slot);
         self.release_held_calls(context).await;
         let on_line =
             self.announcer.on_lines.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&slot.user);
         if on_line
             && self.sessions.local.sessions_of(&slot.user) == 0
-            && let Err(error) = self.service.mark_seen(std::slice::from_ref(&slot.user)).await
+            && let Err(error) = self.service.mark_seen_at(std::slice::from_ref(&slot.user), gone_at).await
         {
             tracing::warn!(%error, "cannot record when a party of a call went away");
         }
