@@ -14,6 +14,9 @@ use ringline_storage::testing::{Backend, TestDatabase};
 use serde_json::Value;
 
 pub use ringline_storage::testing::Backend as DatabaseBackend;
+pub use scrape::Scraped;
+
+mod scrape;
 
 /// The JWT secret every test server is configured with.
 pub const TEST_JWT_SECRET: &str = "test-secret-for-ringline-black-box-tests";
@@ -37,6 +40,8 @@ pub async fn spawn_http(app: impl Endpoint + 'static) -> String {
 #[derive(Debug)]
 pub struct TestApp {
     pub base: String,
+    /// `http://…` of the metrics listener, when the settings asked for one.
+    pub metrics_base: Option<String>,
     pub http: reqwest::Client,
     /// Shared by instances joined in one process ([`TestApp::spawn_joined`]).
     database: std::sync::Arc<TestDatabase>,
@@ -72,6 +77,19 @@ impl Reply {
 }
 
 impl TestApp {
+    /// Reads this instance's `/metrics` (the settings must have asked for a metrics listener).
+    ///
+    /// # Panics
+    /// When there is no metrics listener or it does not answer 200.
+    pub async fn scrape(&self) -> Scraped {
+        let base = self.metrics_base.as_ref().expect("a metrics listener (settings.metrics.metrics_bind)");
+        let response = self.http.get(format!("{base}/metrics")).send().await.expect("scrape");
+        assert_eq!(response.status(), StatusCode::OK);
+        let content_type = response.headers().get("content-type").and_then(|value| value.to_str().ok());
+        assert!(content_type.is_some_and(|kind| kind.starts_with("application/openmetrics-text")), "{content_type:?}");
+        Scraped::parse(&response.text().await.expect("a body"))
+    }
+
     /// Starts a server with default test settings on `backend`.
     pub async fn spawn(backend: Backend) -> Self {
         Self::spawn_with(backend, |_| {}).await
@@ -194,7 +212,9 @@ impl TestApp {
         configure(&mut settings);
         let application = Application::build_with(settings, storage, wiring).await;
         let application = application.expect("build the application");
-        let application = if sweeps { application } else { application.without_sweeps() };
+        let mut application = if sweeps { application } else { application.without_sweeps() };
+        let metrics_address = application.bind_metrics().await.expect("bind the metrics listener");
+        let metrics_base = metrics_address.map(|address| format!("http://{address}"));
         let listener = application.listen().await.expect("bind 127.0.0.1:0");
         let base = format!("http://{}", listener.local_socket_addr().expect("a socket address"));
         let authenticator = application.authenticator();
@@ -210,7 +230,7 @@ impl TestApp {
                 .expect("the server runs");
         });
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
-        Self { base, http, database, signaling, authenticator, stop: Some(stop), task: Some(task) }
+        Self { base, metrics_base, http, database, signaling, authenticator, stop: Some(stop), task: Some(task) }
     }
 
     /// Stops the server gracefully and removes its database (unless other instances joined

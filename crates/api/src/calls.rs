@@ -7,16 +7,17 @@ use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 use ringline_domain::{
-    CallAction, CallId, CallListFilter, CallType, ConversationId, ErrorCode, HangupReason, InitiateCommand, Initiated,
-    UserId,
+    CallAction, CallId, CallListFilter, CallServiceError, CallType, ConversationId, ErrorCode, HangupReason,
+    InitiateCommand, Initiated, UserId,
 };
 use ringline_signaling::Signaling;
 
 use crate::ApiTags;
 use crate::auth::Authenticator;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::models::{CallJson, CallPage, ContactList, InitiateBody, IntegerParam, UserIdFilter, UserJson};
 use crate::pagination;
+use crate::quality::{QualityJson, QualityReportBody};
 use crate::security::{BearerAuth, authenticate};
 
 /// The most contacts `GET /api/users/me/contacts/` lists.
@@ -66,6 +67,21 @@ pub enum InitiateResponse {
     /// returned with status `active` (you are its receiver).
     #[oai(status = 200)]
     AnsweredCrossingCall(Json<CallJson>),
+}
+
+/// What `Retry-After` says on a refused report: the window is a minute; after a few seconds
+/// the oldest report in it may have aged out.
+const QUALITY_RETRY_AFTER_SECS: u32 = 10;
+
+#[derive(Debug, ApiResponse)]
+pub enum QualityAccepted {
+    /// Taken: the call's quality summary with it.
+    #[oai(status = 202)]
+    Accepted(Json<Box<QualityJson>>),
+    /// `too_many_quality_reports`: more than 6 reports from you in the last minute (or 2000
+    /// for the call); try again after the seconds `Retry-After` gives.
+    #[oai(status = 429)]
+    TooMany(Json<ErrorBody>, #[oai(header = "Retry-After")] u32),
 }
 
 #[OpenApi(tag = "ApiTags::Calls")]
@@ -210,6 +226,41 @@ impl CallsApi {
             .await
             .map_err(|error| ApiError::internal(&error))?;
         Ok(Json(ContactList { results: contacts.iter().map(UserJson::from_profile).collect() }))
+    }
+
+    /// Report call quality
+    ///
+    /// A party's client reports what `RTCPeerConnection.getStats()` says about the call's
+    /// media (round trip, jitter, loss, bitrates, the selected candidate pair, setup time, its
+    /// own MOS): every few seconds during the call and once at its end. The server keeps a
+    /// summary per party with the call, scores it (MOS) and tags it; the call's `quality`
+    /// shows them. Only a party (404 otherwise, as for every call), only for an answered call
+    /// (409 `call_not_answered`), until 10 minutes after its end (409
+    /// `quality_report_too_late`), at most 6 reports a minute per party (429
+    /// `too_many_quality_reports`); a field out of range is 400 `invalid_quality_report`.
+    #[oai(path = "/api/calls/:id/quality/", method = "post", operation_id = "calls_quality")]
+    async fn quality(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        id: Path<IntegerParam>,
+        body: Json<QualityReportBody>,
+    ) -> Result<QualityAccepted, ApiError> {
+        let reporter = authenticate(self.auth.as_ref(), req, &auth).await?;
+        let id = parse_call_id(&id.0.0)?;
+        let report = body.0.into_report().map_err(CallServiceError::InvalidReport)?;
+        match self.signaling.report_quality(&reporter, id, &report).await {
+            Ok(call) => {
+                let quality = call.quality().cloned().unwrap_or_default();
+                Ok(QualityAccepted::Accepted(Json(Box::new(QualityJson::new(&quality, call.end_reason())))))
+            }
+            Err(CallServiceError::TooManyReports) => {
+                let code = ErrorCode::TooManyQualityReports;
+                let body = ErrorBody { detail: code.message().to_owned(), code: code.as_str().to_owned() };
+                Ok(QualityAccepted::TooMany(Json(body), QUALITY_RETRY_AFTER_SECS))
+            }
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// One call

@@ -113,8 +113,9 @@ impl From<Refusal> for ApiError {
             415 => Self::UnsupportedMediaType(body),
             503 => Self::Unavailable(body, RETRY_AFTER_SECS),
             500..=599 => Self::Internal(body),
-            // The client errors no operation declares (405, 429: routing's and the listener's)
-            // keep the request-error status they always had here.
+            // The client errors no operation declares (405: routing's; 429: the listener's,
+            // and the operations that declare their own) keep the request-error status they
+            // always had here.
             _ => Self::BadRequest(body),
         }
     }

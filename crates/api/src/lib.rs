@@ -26,10 +26,13 @@ pub mod error;
 mod forwarded;
 mod health;
 mod listener;
+mod metrics;
+#[macro_use]
 pub mod models;
 mod notifications;
 mod pagination;
 mod push;
+mod quality;
 mod security;
 mod serving;
 mod turn;
@@ -55,6 +58,7 @@ pub use demo::DemoApi;
 pub use error::{envelope_json, refusal_response};
 pub use health::HealthApi;
 pub use listener::{AddressCap, AddressPlace, BoundedConnection, ConnectionAcceptor, ListenerSettings};
+pub use metrics::{MetricsListener, metrics_routes};
 pub use notifications::NotificationsApi;
 pub use pagination::PAGE_SIZE;
 pub use push::PushApi;
@@ -160,12 +164,14 @@ pub fn server_api(parts: ServerParts) -> OpenApiService<ServerApis, ()> {
 /// envelope, the body limit, CORS and the request log.
 pub fn server_routes(parts: ServerParts) -> impl Endpoint + use<> {
     let cors_allowed_origins = parts.cors_allowed_origins.clone();
+    let metrics = parts.calls.signaling.metrics().clone();
     let sockets = websocket_routes(parts.calls.signaling.clone(), parts.calls.authenticator.clone());
     let forwarding = forwarded::Forwarding::new(parts.trusted_proxies.clone(), parts.max_per_forwarded_client);
     let index = Arc::new(web::index(parts.demo_login.is_some()));
     let api = server_api(parts);
     let generated = api.spec();
     let spec = published_spec(&generated);
+    let route_names = metrics::RouteNames::from_spec(&generated, published_path);
     // The Swagger page embeds the document verbatim; give it the contract's paths too.
     let docs_html = api.swagger_ui_html().replace(&generated, &spec);
     let spec_endpoint =
@@ -205,13 +211,16 @@ pub fn server_routes(parts: ServerParts) -> impl Endpoint + use<> {
                         return Ok(refused.into_response());
                     }
                     if req.uri().path() == "/" && req.method() == poem::http::Method::GET {
-                        return Ok(index.call(req).await?.into_response());
+                        let mut page = index.call(req).await?.into_response();
+                        page.set_data(poem::PathPattern("/".into()));
+                        return Ok(page);
                     }
                     routes.call(req).await.map(IntoResponse::into_response)
                 }
             }),
     );
-    cors::with_cors(with_allow_header(routes, allowed), cors_allowed_origins)
+    let routes = cors::with_cors(with_allow_header(routes, allowed), cors_allowed_origins);
+    metrics::with_http_metrics(routes, metrics, route_names)
 }
 
 /// The call API alone (`/api/calls/…`, `/api/notifications/…`, `/api/turn/ice-servers/` and the
@@ -303,7 +312,12 @@ pub fn openapi_json(parts: ServerParts) -> String {
     published_spec(&server_api(parts).spec())
 }
 
-/// The document as published: poem-openapi's output with two corrections.
+/// A generated path as the contract spells it: the API's paths end with a slash.
+fn published_path(path: &str) -> String {
+    if path.starts_with("/api/") { format!("{path}/") } else { path.to_owned() }
+}
+
+/// The document as published: poem-openapi's output with three corrections.
 ///
 /// - poem-openapi drops the trailing slash of every operation path, but the wire contract (the
 ///   original Django app's URLs) has one on every `/api/` path. Requests work either way (see
@@ -311,18 +325,24 @@ pub fn openapi_json(parts: ServerParts) -> String {
 /// - A documented or nullable field whose type is a named schema comes out as
 ///   `allOf: [{$ref}, {description, nullable}]`, which mainstream generators cannot read;
 ///   it is folded into the equivalent `{allOf: [{$ref}], description, nullable}`.
+/// - A quality report must name at least one field (`minProperties: 1`), which poem-openapi
+///   has no attribute for.
 fn published_spec(spec: &str) -> String {
     let Ok(mut document) = serde_json::from_str::<serde_json::Value>(spec) else {
         return spec.to_owned();
     };
     if let Some(paths) = document.get_mut("paths").and_then(serde_json::Value::as_object_mut) {
-        let renamed: serde_json::Map<String, serde_json::Value> = std::mem::take(paths)
-            .into_iter()
-            .map(|(path, item)| if path.starts_with("/api/") { (format!("{path}/"), item) } else { (path, item) })
-            .collect();
+        let renamed: serde_json::Map<String, serde_json::Value> =
+            std::mem::take(paths).into_iter().map(|(path, item)| (published_path(&path), item)).collect();
         *paths = renamed;
     }
     fold_all_of_patches(&mut document);
+    // What poem-openapi cannot say with an attribute: a quality report names at least one field.
+    if let Some(schema) =
+        document.pointer_mut("/components/schemas/QualityReportBody").and_then(serde_json::Value::as_object_mut)
+    {
+        schema.insert("minProperties".to_owned(), serde_json::json!(1));
+    }
     serde_json::to_string_pretty(&document).unwrap_or_else(|_| spec.to_owned())
 }
 

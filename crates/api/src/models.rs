@@ -435,6 +435,11 @@ pub struct CallJson {
     pub end_reason: Option<EndReasonJson>,
     pub created_at: UtcTime,
     pub updated_at: UtcTime,
+    /// What the parties' clients reported about the media (`POST /api/calls/{id}/quality/`),
+    /// summarised with the server's MOS and tags; null until a report arrives (and for a call
+    /// that ended for `ice_failed` with no report, only the tag).
+    #[oai(nullable)]
+    pub quality: Option<crate::quality::QualityJson>,
 }
 
 impl CallJson {
@@ -480,6 +485,13 @@ impl CallJson {
             }),
             created_at: UtcTime(call.created_at()),
             updated_at: UtcTime(call.updated_at()),
+            quality: match (call.quality(), call.end_reason()) {
+                (Some(quality), reason) => Some(crate::quality::QualityJson::new(quality, reason)),
+                (None, Some(reason @ ringline_domain::EndReason::IceFailed)) => {
+                    Some(crate::quality::QualityJson::new(&ringline_domain::CallQuality::default(), Some(reason)))
+                }
+                (None, _) => None,
+            },
         }
     }
 }

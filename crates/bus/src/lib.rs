@@ -172,6 +172,8 @@ pub struct BusHealth {
     /// Set by any failure, cleared once the instance has recovered from it (resync sent).
     outage: AtomicBool,
     dropped: AtomicU64,
+    /// Messages the backplane took.
+    published: AtomicU64,
     warnings: OncePerSecond,
 }
 
@@ -193,6 +195,15 @@ impl BusHealth {
     }
 
     /// At most one warning a second, however many messages are dropped.
+    /// Messages the backplane took.
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+
+    fn count_published(&self, messages: usize) {
+        self.published.fetch_add(u64::try_from(messages).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
     fn warn_dropped(&self, why: &str) {
         self.dropped.fetch_add(1, Ordering::Relaxed);
         if self.warnings.due() {

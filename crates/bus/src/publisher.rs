@@ -49,8 +49,11 @@ impl SharedBus {
                             Err(_) => break,
                         }
                     }
+                    let messages = batch.len();
                     let sent = self.backplane.publish(batch).await;
-                    if sent.is_err() {
+                    if sent.is_ok() {
+                        self.health.count_published(messages);
+                    } else {
                         for user in &users {
                             self.health.warn_dropped("the backplane did not take it");
                             self.lose(user.as_ref());

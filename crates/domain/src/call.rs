@@ -23,6 +23,7 @@
 
 use std::time::Duration;
 
+use crate::quality::CallQuality;
 use crate::values::{
     Action, CallId, CallStatus, CallType, ConversationId, DeviceId, EndReason, HangupReason, Timestamp, UserId,
 };
@@ -72,6 +73,7 @@ impl NewCall {
             created_at: self.started_at,
             updated_at: self.started_at,
             callee_device: None,
+            quality: None,
         }
     }
 
@@ -114,6 +116,9 @@ pub struct Call {
     /// The caller's connection takes one answer, so the receiver's other devices may not
     /// signal in the call. `None` until a device holds it, and again once it let go.
     callee_device: Option<DeviceId>,
+    /// What the parties reported about the media, once one did (shared: calls are cloned
+    /// on every change, the summary never changes with them).
+    quality: Option<std::sync::Arc<CallQuality>>,
 }
 
 /// Every field of a call, as a storage layer holds it. [`Call::restore`] checks it.
@@ -133,6 +138,7 @@ pub struct CallParts {
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub callee_device: Option<DeviceId>,
+    pub quality: Option<std::sync::Arc<CallQuality>>,
 }
 
 /// A stored record that no sequence of transitions could have produced.
@@ -259,6 +265,7 @@ impl Call {
             created_at: parts.created_at,
             updated_at: parts.updated_at,
             callee_device: parts.callee_device,
+            quality: parts.quality,
         })
     }
 
@@ -279,6 +286,7 @@ impl Call {
             created_at: self.created_at,
             updated_at: self.updated_at,
             callee_device: self.callee_device,
+            quality: self.quality.clone(),
         }
     }
 
@@ -327,6 +335,29 @@ impl Call {
     /// field).
     pub fn callee_device(&self) -> Option<DeviceId> {
         self.callee_device
+    }
+
+    /// What the parties reported about the media, if anything.
+    pub fn quality(&self) -> Option<&CallQuality> {
+        self.quality.as_deref()
+    }
+
+    /// Which party `user` is, if either.
+    pub fn party(&self, user: &UserId) -> Option<crate::quality::Party> {
+        if user == &self.caller {
+            Some(crate::quality::Party::Caller)
+        } else if user == &self.receiver {
+            Some(crate::quality::Party::Receiver)
+        } else {
+            None
+        }
+    }
+
+    /// This call with `quality` as its parties' reports.
+    #[must_use]
+    pub fn with_quality(mut self, quality: CallQuality) -> Self {
+        self.quality = Some(std::sync::Arc::new(quality));
+        self
     }
 
     /// True when `user` is the caller or the receiver.

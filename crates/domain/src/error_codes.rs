@@ -98,6 +98,20 @@ catalogue! {
     /// Too many frames (sockets only).
     RateLimited => ("rate_limited", 429, "Too many frames; some were dropped. Slow down."),
 
+    // --- call quality reports ---
+    /// A quality report with a field out of its range, an unknown candidate type or nothing in it.
+    InvalidQualityReport => ("invalid_quality_report", 400, "The quality report is not valid."),
+    /// A quality report for a call that was never answered: no media flowed.
+    CallNotAnswered => ("call_not_answered", 409, "The call was never answered; there is no media to report on."),
+    /// A quality report long after the call ended.
+    QualityReportTooLate => (
+        "quality_report_too_late", 409, "The call ended too long ago to take quality reports."
+    ),
+    /// More quality reports than a party may send.
+    TooManyQualityReports => (
+        "too_many_quality_reports", 429, "Too many quality reports for this call; send at most 6 a minute."
+    ),
+
     // --- who is asking ---
     NotAuthenticated => ("not_authenticated", 401, "Authentication credentials were not provided."),
     TokenNotValid => ("token_not_valid", 401, "Given token not valid for any token type"),
@@ -222,6 +236,12 @@ impl From<&CallServiceError> for Refusal {
             CallServiceError::CallNotFound => Self::new(ErrorCode::CallNotFound),
             CallServiceError::Transition(transition) => transition.into(),
             CallServiceError::StillRacing => Self::new(ErrorCode::CallConflict),
+            CallServiceError::InvalidReport(invalid) => {
+                Self::with_detail(ErrorCode::InvalidQualityReport, format!("{invalid}."))
+            }
+            CallServiceError::NotAnswered => Self::new(ErrorCode::CallNotAnswered),
+            CallServiceError::ReportTooLate => Self::new(ErrorCode::QualityReportTooLate),
+            CallServiceError::TooManyReports => Self::new(ErrorCode::TooManyQualityReports),
             other if is_store_unavailable(other) => Self::new(ErrorCode::DatabaseUnavailable),
             CallServiceError::Repository(_) | CallServiceError::Directory(_) => Self::new(ErrorCode::InternalError),
         }

@@ -14,6 +14,8 @@
 //!   service (removed and deactivated users may not), with active users remembered briefly;
 //! - [`service`]: [`CallService`], the use cases (initiate, accept, reject, end, expire, read)
 //!   written once over the ports for every entry point (REST, WebSocket, timer);
+//! - [`quality`]: what the parties' clients report about a call's media, summarised per
+//!   party with a MOS and tags;
 //! - [`error_codes`]: [`ErrorCode`], the catalogue of every error code clients see (with its
 //!   HTTP status and message), and [`Refusal`], the one mapping of the use cases' errors that
 //!   REST and sockets share.
@@ -25,6 +27,7 @@ pub mod accounts;
 pub mod call;
 pub mod error_codes;
 pub mod ports;
+pub mod quality;
 pub mod rules;
 pub mod service;
 pub mod values;
@@ -39,12 +42,14 @@ pub use ports::{
     NotificationRepository, Page, PageRequest, PushSubscription, PushSubscriptions, RepositoryError, Signal,
     SignalRouter, StoreUnavailable, SystemClock, UserProfile, UserUrlPolicy, VapidKeys, is_store_unavailable,
 };
+pub use quality::{CallQuality, InvalidReport, Party, PartyQuality, QualityRefusal, QualityReport};
 pub use rules::{InitiateDecision, InitiateRefusal, decide_initiate};
 pub use service::{
     CallAction, CallService, CallServiceError, DEFAULT_RING_TIMEOUT, InitiateCommand, Initiated, LivenessPolicy,
+    QualityReported,
 };
 pub use values::{
-    Action, CallId, CallStatus, CallType, ConversationId, DeviceId, EndReason, HangupReason, InvalidValue,
-    NotificationVerb, Timestamp, UserId,
+    Action, CallId, CallStatus, CallType, CandidateType, ConversationId, DeviceId, EndReason, HangupReason,
+    InvalidValue, NotificationVerb, QualityTag, Timestamp, TransportProtocol, UserId,
 };
 pub use webhooks::{DeliveryOutcome, WebhookDelivery, WebhookEvent, WebhookEventType, WebhookOutbox};

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 
 use crate::accounts::AccountStatus;
 use crate::call::{Call, NewCall, Transition};
+use crate::quality::CallQuality;
 use crate::values::{CallId, CallStatus, ConversationId, DeviceId, NotificationVerb, Timestamp, UserId};
 
 /// A failure of the call repository that its callers can act on.
@@ -202,6 +203,19 @@ pub trait CallRepository: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// `Storage` when the store fails.
     async fn release_callee_device(&self, id: CallId, device: DeviceId) -> Result<(), RepositoryError>;
+
+    /// Replaces call `id`'s quality summary with `next` if it is still `current` (`None`: no
+    /// summary yet), in one atomic step; returns whether it did. Touches nothing else of the
+    /// call, and no change of the call's status is recorded for it.
+    ///
+    /// # Errors
+    /// `Storage` when the store fails.
+    async fn set_quality(
+        &self,
+        id: CallId,
+        current: Option<&CallQuality>,
+        next: &CallQuality,
+    ) -> Result<bool, RepositoryError>;
 }
 
 /// What [`CallRepository::claim_callee_device`] found.

@@ -15,7 +15,9 @@ use crate::ports::{
     CallListFilter, CallObserver, CallRepository, ChangeOrigin, Clock, DeviceClaim, Directory, DirectoryError, Page,
     PageRequest, RepositoryError, UserProfile,
 };
+use crate::quality::QualityReport;
 use crate::rules::{InitiateDecision, InitiateRefusal, decide_initiate};
+use crate::values::QualityTag;
 use crate::values::{CallId, CallType, ConversationId, DeviceId, HangupReason, Timestamp, UserId};
 
 /// How many times a step is re-read and retried after losing a race. A call changes status at
@@ -95,9 +97,27 @@ pub enum CallServiceError {
     #[error("the call kept changing while it was being updated")]
     StillRacing,
     #[error(transparent)]
+    InvalidReport(#[from] crate::quality::InvalidReport),
+    #[error("the call was never answered")]
+    NotAnswered,
+    #[error("the call ended too long ago to take quality reports")]
+    ReportTooLate,
+    #[error("too many quality reports")]
+    TooManyReports,
+    #[error(transparent)]
     Repository(#[from] RepositoryError),
     #[error(transparent)]
     Directory(#[from] DirectoryError),
+}
+
+/// How many times a quality report is tried against concurrent ones before `StillRacing`.
+pub const QUALITY_ATTEMPTS: usize = 8;
+
+/// A quality report taken: the call with its new summary, and the tags the call earned by it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QualityReported {
+    pub call: Call,
+    pub new_tags: Vec<QualityTag>,
 }
 
 /// How long a call rings before it is `missed`, unless configured otherwise. Below 30 s on
@@ -272,6 +292,47 @@ impl CallService {
     /// `CallNotFound` for a missing call or a non-party; `Repository` when storage fails.
     pub async fn get(&self, viewer: &UserId, id: CallId) -> Result<Call, CallServiceError> {
         self.calls.get(id).await?.filter(|call| call.is_party(viewer)).ok_or(CallServiceError::CallNotFound)
+    }
+
+    /// Adds `reporter`'s quality report to call `id`'s summary and returns the call with it.
+    /// Only a party may report (404 for anyone else, as for every call), only on an answered
+    /// call, until [`crate::quality::REPORT_WINDOW_AFTER_END`] after its end, and at most as
+    /// often as [`CallQuality::record`] allows. Two reports at once are both kept: the summary
+    /// is replaced with a compare-and-set, and the loser adds its report to the winner's and tries again.
+    ///
+    /// # Errors
+    /// `InvalidReport`, `CallNotFound`, `NotAnswered`, `ReportTooLate`, `TooManyReports`;
+    /// `StillRacing` after [`QUALITY_ATTEMPTS`] lost races; `Repository` when storage fails.
+    pub async fn report_quality(
+        &self,
+        reporter: &UserId,
+        id: CallId,
+        report: &QualityReport,
+    ) -> Result<QualityReported, CallServiceError> {
+        report.check()?;
+        // Each lost race means another report was taken; a call takes at most a dozen a
+        // minute, so a few more tries than reports that can arrive at once always do.
+        for _ in 0..QUALITY_ATTEMPTS {
+            let call = self.get(reporter, id).await?;
+            let party = call.party(reporter).ok_or(CallServiceError::CallNotFound)?;
+            if call.answered_at().is_none() {
+                return Err(CallServiceError::NotAnswered);
+            }
+            let now = self.clock.now();
+            if call.ended_at().is_some_and(|ended| ended.plus(crate::quality::REPORT_WINDOW_AFTER_END) < now) {
+                return Err(CallServiceError::ReportTooLate);
+            }
+            let mut quality = call.quality().cloned().unwrap_or_default();
+            quality.record(party, report, now).map_err(|_| CallServiceError::TooManyReports)?;
+            if self.calls.set_quality(id, call.quality(), &quality).await? {
+                // Before any report a call may already have `ice_failure` (from its end).
+                let earlier = call.quality().cloned().unwrap_or_default().tags(call.end_reason());
+                let new_tags =
+                    quality.tags(call.end_reason()).into_iter().filter(|tag| !earlier.contains(tag)).collect();
+                return Ok(QualityReported { call: call.with_quality(quality), new_tags });
+            }
+        }
+        Err(CallServiceError::StillRacing)
     }
 
     /// The call `id`, whoever asks: for internal use (routing signals), never for answering a

@@ -283,6 +283,57 @@ impl From<HangupReason> for EndReason {
     }
 }
 
+/// The type of an ICE candidate (RTCIceCandidateType): a device's own address, one a STUN
+/// server saw (server- or peer-reflexive), or a TURN relay's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CandidateType {
+    Host,
+    Srflx,
+    Prflx,
+    Relay,
+}
+named_enum!(CandidateType, "candidate_type", "must be host, srflx, prflx or relay", {
+    Host => "host",
+    Srflx => "srflx",
+    Prflx => "prflx",
+    Relay => "relay",
+});
+
+/// The transport of the selected ICE candidate pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransportProtocol {
+    Udp,
+    Tcp,
+}
+named_enum!(TransportProtocol, "protocol", "must be udp or tcp", { Udp => "udp", Tcp => "tcp" });
+
+/// What the server concluded about a call's quality from its parties' reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum QualityTag {
+    /// Round trips over 400 ms.
+    HighRtt,
+    /// Jitter over 30 ms.
+    HighJitter,
+    /// More than 3 % of packets lost.
+    HighPacketLoss,
+    /// A MOS under 3.5.
+    LowMos,
+    /// The call ended because its media path failed (`ice_failed`).
+    IceFailure,
+    /// The media went through a TURN relay.
+    Relayed,
+}
+named_enum!(QualityTag, "tag", "is not a quality tag", {
+    HighRtt => "high_rtt",
+    HighJitter => "high_jitter",
+    HighPacketLoss => "high_packet_loss",
+    LowMos => "low_mos",
+    IceFailure => "ice_failure",
+    Relayed => "relayed",
+});
+
 /// What a notification says happened. The wire names are the original app's verbs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NotificationVerb {

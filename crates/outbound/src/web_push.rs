@@ -27,6 +27,8 @@ use ringline_domain::{
     Call, CallId, CallObserver, CallStatus, ChangeOrigin, Clock, PushSubscription, PushSubscriptions, Timestamp,
     Transition, UserProfile,
 };
+use ringline_metrics::Metrics;
+use ringline_metrics::dependencies::PushResult;
 use ringline_signaling::CancellationToken;
 use ringline_signaling::throttle::OncePerSecond;
 use tokio::sync::mpsc;
@@ -74,6 +76,7 @@ pub struct WebPushSender {
     /// Taken by [`WebPushSender::run`].
     jobs: Mutex<Option<mpsc::Receiver<PushJob>>>,
     dropped_logged: OncePerSecond,
+    metrics: Arc<Metrics>,
 }
 
 /// Web Push could not be set up.
@@ -114,6 +117,13 @@ impl WebPushSender {
         Ok(Self::new(subscriptions, vapid, settings.rules, clock, settings.ring_timeout, render_call)?)
     }
 
+    /// Counts the pushes in `metrics` (by default, in metrics nobody reads).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
     /// The server's VAPID identity.
     pub fn vapid(&self) -> &Vapid {
         &self.vapid
@@ -143,6 +153,7 @@ impl WebPushSender {
             queue,
             jobs: Mutex::new(Some(jobs)),
             dropped_logged: OncePerSecond::new(),
+            metrics: Metrics::unread(),
         })
     }
 
@@ -223,6 +234,11 @@ impl WebPushSender {
 
     /// One message to one browser; a subscription its push service no longer knows is deleted.
     async fn send(&self, subscription: &PushSubscription, body: &[u8], ttl: Duration, topic: &str) {
+        let result = self.try_send(subscription, body, ttl, topic).await;
+        self.metrics.dependencies.push(result);
+    }
+
+    async fn try_send(&self, subscription: &PushSubscription, body: &[u8], ttl: Duration, topic: &str) -> PushResult {
         let (Ok(endpoint), Some(key), Some(auth)) = (
             reqwest::Url::parse(&subscription.endpoint),
             URL_SAFE_NO_PAD
@@ -231,20 +247,28 @@ impl WebPushSender {
                 .and_then(|key| p256::PublicKey::from_sec1_bytes(&key).ok()),
             URL_SAFE_NO_PAD.decode(&subscription.auth).ok().filter(|auth| auth.len() == 16),
         ) else {
-            return tracing::warn!("skipping an unusable push subscription");
+            tracing::warn!("skipping an unusable push subscription");
+            return PushResult::Failed;
         };
         // Stored before these rules, or under other settings: the rules of today decide.
         if let Err(refusal) = self.rules.check(&endpoint) {
-            return tracing::warn!(%refusal, "skipping a push subscription whose endpoint is not allowed");
+            tracing::warn!(%refusal, "skipping a push subscription whose endpoint is not allowed");
+            return PushResult::Failed;
         }
         let auth = web_push_native::Auth::clone_from_slice(&auth);
         let encrypted = match web_push_native::encrypt(body.to_vec(), &key, &auth) {
             Ok(encrypted) => encrypted,
-            Err(error) => return tracing::warn!(%error, "cannot encrypt a push message"),
+            Err(error) => {
+                tracing::warn!(%error, "cannot encrypt a push message");
+                return PushResult::Failed;
+            }
         };
         let authorization = match self.vapid.authorization(&endpoint, self.clock.now().unix_micros() / 1_000_000) {
             Ok(authorization) => authorization,
-            Err(error) => return tracing::error!(%error, "cannot sign a push request"),
+            Err(error) => {
+                tracing::error!(%error, "cannot sign a push request");
+                return PushResult::Failed;
+            }
         };
         let host = endpoint.host_str().unwrap_or("?").to_owned();
         let sent = self
@@ -260,16 +284,21 @@ impl WebPushSender {
             .send()
             .await;
         match sent.map(|response| response.status().as_u16()) {
-            Ok(200..=299) => {}
+            Ok(200..=299) => PushResult::Sent,
             Ok(404 | 410) => {
                 tracing::info!(host, "a push subscription has expired; removing it");
                 if let Err(error) = self.subscriptions.forget(&subscription.endpoint).await {
                     tracing::warn!(%error, "cannot remove an expired push subscription");
                 }
+                PushResult::Expired
             }
-            Ok(status) => tracing::warn!(host, status, "a push service refused a message"),
+            Ok(status) => {
+                tracing::warn!(host, status, "a push service refused a message");
+                PushResult::Failed
+            }
             Err(error) => {
-                tracing::warn!(host, error = %error_chain(&error.without_url()), "cannot reach a push service")
+                tracing::warn!(host, error = %error_chain(&error.without_url()), "cannot reach a push service");
+                PushResult::Failed
             }
         }
     }

@@ -19,6 +19,7 @@ use ringline_domain::{
     CallObserver, ChangeOrigin, Clock, DeliveryOutcome, Directory, Transition, UserProfile, WebhookDelivery,
     WebhookEventType, WebhookOutbox,
 };
+use ringline_metrics::dependencies::WebhookResult;
 use ringline_signaling::{CancellationToken, Signaling};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
@@ -213,6 +214,12 @@ impl WebhookSender {
                 outcome
             }
         };
+        self.signaling.metrics().dependencies.webhook(match &outcome {
+            DeliveryOutcome::Delivered { .. } => WebhookResult::Delivered,
+            DeliveryOutcome::RetryAt { .. } => WebhookResult::Retry,
+            DeliveryOutcome::Gone => WebhookResult::Gone,
+            DeliveryOutcome::Expired { .. } | DeliveryOutcome::GaveUp { .. } => WebhookResult::GivenUp,
+        });
         if let Err(error) = self.outbox.finish(delivery.id, &outcome, self.clock.now()).await {
             // The lease runs out and the event is sent again: at least once.
             tracing::warn!(%error, "cannot record a webhook delivery");

@@ -7,10 +7,12 @@
 //! future resolves, then closes the sessions, drains requests and stops the background tasks.
 //!
 //! Modules: [`settings`] (layered configuration), [`telemetry`] (logs, shutdown signal),
-//! `wiring` ([`Wiring`]), `database` ([`open_storage`]), `descriptors` (the connection cap).
+//! `wiring` ([`Wiring`]), `database` ([`open_storage`]), `descriptors` (the connection cap),
+//! [`observability`] (the metrics registry and the gauges read at scrape time).
 
 mod database;
 mod descriptors;
+pub mod observability;
 pub mod settings;
 pub mod telemetry;
 mod wiring;
@@ -20,9 +22,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ringline_api::{CallApiParts, ConnectionAcceptor, JwtAuthenticator, ServerParts};
+use ringline_api::{CallApiParts, ConnectionAcceptor, JwtAuthenticator, MetricsListener, ServerParts};
 use ringline_bus::SharedBus;
 use ringline_domain::{CallService, Clock, SignalRouter, WebhookOutbox};
+use ringline_metrics::{CallFunnel, Metrics};
 use ringline_outbound::{WebPushObserver, WebPushSender, WebhookSender, WebhookWaker};
 use ringline_signaling::{Background, LocalRouter, Signaling};
 use ringline_storage::Storage;
@@ -55,6 +58,9 @@ pub struct Application {
     /// Wakes the webhook sender, which `run` starts when `RINGLINE_WEBHOOK_URLS` is set.
     webhook_waker: Arc<WebhookWaker>,
     web_push: Arc<WebPushSender>,
+    metrics: Arc<Metrics>,
+    /// Bound by [`Application::bind_metrics`] (or by `run`) when `RINGLINE_METRICS_BIND` is set.
+    metrics_listener: Option<MetricsListener>,
 }
 
 impl Application {
@@ -83,19 +89,22 @@ impl Application {
     /// As [`Application::build`].
     pub async fn build_with(settings: Settings, storage: Storage, wiring: Wiring) -> anyhow::Result<Self> {
         let clock = wiring.clock;
+        let metrics = observability::new_metrics();
+        storage.count_in(metrics.clone());
         // The outbox's triggers write events only for active subscriptions: none, without URLs.
         let urls = settings.webhooks().map(|webhooks| webhooks.urls).unwrap_or_default();
         storage.webhooks().set_subscriptions(&urls).await.context("cannot record the webhook subscriptions")?;
         let webhook_waker = WebhookWaker::new();
         let (calls, directory) = (Arc::new(storage.calls()), Arc::new(storage.directory()));
         let mut service = CallService::new(calls, directory, clock.clone(), settings.ring_timeout())
-            .with_liveness(settings.liveness());
+            .with_liveness(settings.liveness())
+            .observed_by(Arc::new(CallFunnel(metrics.clone())));
         if !urls.is_empty() {
             service = service.observed_by(webhook_waker.clone());
         }
         let subscriptions = Arc::new(storage.push_subscriptions());
         let web_push = WebPushSender::start(subscriptions, settings.web_push(), clock.clone(), ringline_api::call_json);
-        let web_push = Arc::new(web_push.await.context("cannot set up Web Push")?);
+        let web_push = Arc::new(web_push.await.context("cannot set up Web Push")?.with_metrics(metrics.clone()));
         service = service.observed_by(Arc::new(WebPushObserver(web_push.clone())));
 
         let local = Arc::new(LocalRouter::new());
@@ -108,7 +117,8 @@ impl Application {
         let mut signaling = Signaling::new(service, Arc::new(storage.notifications()), router, local)
             .with_keepalive(settings.keepalive())
             .with_frame_rate(settings.frame_rate())
-            .with_max_sockets_per_user(settings.sockets.ws_max_per_user);
+            .with_max_sockets_per_user(settings.sockets.ws_max_per_user)
+            .with_metrics(metrics.clone());
         if let Some(bus) = &bus {
             signaling = signaling.with_gate(bus.clone()).with_presence(bus.clone());
         }
@@ -134,6 +144,8 @@ impl Application {
             bus,
             webhook_waker,
             web_push,
+            metrics,
+            metrics_listener: None,
         })
     }
 
@@ -153,6 +165,22 @@ impl Application {
         self.signaling.clone()
     }
 
+    /// Binds the metrics listener (`RINGLINE_METRICS_BIND`), if one is configured, and returns
+    /// its address (useful with port 0). `run` binds it itself when this was not called.
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub async fn bind_metrics(&mut self) -> anyhow::Result<Option<std::net::SocketAddr>> {
+        if self.metrics_listener.is_none()
+            && let Some(address) = self.settings.metrics.metrics_bind
+        {
+            let listener = MetricsListener::bind(address).await;
+            let listener = listener.with_context(|| format!("cannot listen for metrics on {address}"))?;
+            self.metrics_listener = Some(listener);
+        }
+        Ok(self.metrics_listener.as_ref().and_then(MetricsListener::local_socket_addr))
+    }
+
     /// Binds the configured address (`RINGLINE_BIND`), with the connection bounds.
     ///
     /// # Errors
@@ -170,21 +198,32 @@ impl Application {
     /// # Errors
     /// When the server fails to run, or the webhooks' HTTP client cannot be built.
     pub async fn run(
-        self,
+        mut self,
         listener: ConnectionAcceptor,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         // Said when serving, not when building: `ringline openapi` builds one too.
         self.settings.warn_about_risks();
+        self.bind_metrics().await?;
         let address = listener.local_socket_addr();
         let port = address.map_or(self.settings.http.bind.port(), |address| address.port());
         let app = ringline_api::server_routes(self.parts(listener.max_per_address().unwrap_or(usize::MAX)));
         let Self { settings, storage, clock, signaling, sweeps, bus, webhook_waker, web_push, .. } = self;
+        let (metrics, metrics_listener) = (self.metrics, self.metrics_listener);
         let background =
             if sweeps { Background::start(signaling.clone()) } else { Background::without_sweeps(signaling.clone()) };
         if sweeps {
             let storage = storage.clone();
             background.spawn(|stop| storage.keep_checkpointing(stop.cancelled_owned()));
+        }
+        if let Some(listener) = metrics_listener {
+            let gauges = observability::SharedGauges {
+                calls: storage.calls(),
+                webhooks: settings.webhooks().is_some().then(|| storage.webhooks()),
+                bus: bus.as_ref().map(|bus| bus.health()),
+                clock: clock.clone(),
+            };
+            observability::serve_metrics(&background, listener, metrics, gauges);
         }
         if let Some(bus) = bus {
             let signaling = signaling.clone();

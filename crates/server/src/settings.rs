@@ -62,6 +62,8 @@ pub struct Settings {
     pub push: PushConfig,
     #[serde(flatten)]
     pub process: ProcessConfig,
+    #[serde(flatten)]
+    pub metrics: MetricsConfig,
 }
 
 /// The listener and what browsers may do: `RINGLINE_BIND`, the connection bounds, proxies, CORS.
@@ -301,6 +303,15 @@ impl Default for ProcessConfig {
     }
 }
 
+/// Where Prometheus scrapes: `RINGLINE_METRICS_BIND`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct MetricsConfig {
+    /// The address of the metrics listener (`GET /metrics`), e.g. `127.0.0.1:9464`; `None`:
+    /// no metrics listener. Never the API's address: metrics are for the operator only.
+    pub metrics_bind: Option<SocketAddr>,
+}
+
 /// Who sends webhooks from this process: the machine's name (the kernel's, else `$HOSTNAME`)
 /// and the port it serves on, which stay the same when it restarts.
 pub fn webhook_sender(port: u16) -> String {
@@ -326,6 +337,7 @@ fn known_keys() -> Vec<&'static str> {
         fields_of::<WebhookConfig>(),
         fields_of::<PushConfig>(),
         fields_of::<ProcessConfig>(),
+        fields_of::<MetricsConfig>(),
     ]
     .concat()
 }
@@ -459,6 +471,8 @@ pub enum SettingsError {
     WebhookLimits,
     #[error("RINGLINE_HTTP_IDLE_TIMEOUT_SECS must be longer than RINGLINE_WS_PING_INTERVAL_SECS and at most 3600")]
     HttpIdleTimeout,
+    #[error("RINGLINE_METRICS_BIND must not use RINGLINE_BIND's port: metrics are served to the operator only")]
+    MetricsBind,
     #[error("RINGLINE_DATABASE_ACQUIRE_TIMEOUT_SECS must be between 1 and 60")]
     AcquireTimeout,
     #[error("RINGLINE_WS_MAX_PER_USER must be between 1 and 10000")]
@@ -584,6 +598,14 @@ impl Settings {
         }
         if !(1..=self.http.http_idle_timeout_secs).contains(&self.http.http_header_timeout_secs) {
             return Err(SettingsError::HeaderTimeout);
+        }
+        // Port 0 on both picks two free ports; the same port twice would put the operator's
+        // metrics on the public listener.
+        if let Some(metrics) = self.metrics.metrics_bind
+            && metrics.port() != 0
+            && metrics.port() == self.http.bind.port()
+        {
+            return Err(SettingsError::MetricsBind);
         }
         if self.auth.jwt_user_claim.trim().is_empty() {
             return Err(SettingsError::UserClaim);

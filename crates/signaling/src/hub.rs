@@ -24,9 +24,12 @@ use std::sync::{Arc, RwLock};
 
 use ringline_domain::{
     AccountStatus, Accounts, Call, CallAction, CallId, CallService, CallServiceError, ChangeOrigin, DeviceId,
-    HangupReason, InitiateCommand, Initiated, NotificationRepository, Outcome, SignalRouter, UserId, UserProfile,
+    HangupReason, InitiateCommand, Initiated, NotificationRepository, Outcome, QualityReport, QualityReported, Refusal,
+    SignalRouter, UserId, UserProfile,
 };
 use serde_json::value::RawValue;
+
+use ringline_metrics::Metrics;
 
 use crate::announce::Announcer;
 use crate::call_cache::CallCache;
@@ -60,6 +63,8 @@ pub struct Signaling {
     pub(crate) sessions: Sessions,
     /// Whether the users tokens name may still use the service.
     pub(crate) accounts: Arc<Accounts>,
+    /// Where sessions, frames and refusals are counted.
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Signaling {
@@ -93,7 +98,19 @@ impl Signaling {
             calls,
             limits: RelayLimits::default(),
             sessions: Sessions::new(local),
+            metrics: Metrics::unread(),
         }
+    }
+
+    /// Counts sessions, frames and refusals in `metrics` (by default, in metrics nobody reads).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// A hub with the in-process router.
@@ -273,7 +290,29 @@ impl Signaling {
     /// # Errors
     /// As [`CallService::initiate`].
     pub async fn initiate(&self, caller: &UserId, command: InitiateCommand) -> Result<Initiated, CallServiceError> {
-        self.service.initiate(caller, command).await
+        self.service.initiate(caller, command).await.inspect_err(|error| self.count_refusal(error))
+    }
+
+    /// Counts a refused call action by its code.
+    fn count_refusal(&self, error: &CallServiceError) {
+        self.metrics.calls.refused(Refusal::from(error).code);
+    }
+
+    /// `reporter`'s quality report on call `id` (`POST /api/calls/{id}/quality/`): stored with
+    /// the call, counted in the quality metrics (with the tags the call earned by it).
+    ///
+    /// # Errors
+    /// As [`CallService::report_quality`].
+    pub async fn report_quality(
+        &self,
+        reporter: &UserId,
+        id: CallId,
+        report: &QualityReport,
+    ) -> Result<Call, CallServiceError> {
+        let QualityReported { call, new_tags } = self.service.report_quality(reporter, id, report).await?;
+        self.metrics.quality.reported(report, &new_tags);
+        self.calls.remember(&call);
+        Ok(call)
     }
 
     /// `actor` accepts, rejects or ends a call, from `origin` (a socket) or REST (`None`).
@@ -302,7 +341,11 @@ impl Signaling {
     ) -> Result<Outcome, CallServiceError> {
         let known = self.calls.get(id).map(|route| Call::clone(&route));
         let origin = ChangeOrigin { device, answer: answer.map(RawValue::get) };
-        let outcome = self.service.act_on(actor, id, action, known, origin).await?;
+        let outcome = self
+            .service
+            .act_on(actor, id, action, known, origin)
+            .await
+            .inspect_err(|error| self.count_refusal(error))?;
         // A change is cached by the announcer; a repeat refreshes the copy the relay checks.
         self.calls.remember(outcome.call());
         Ok(outcome)

@@ -31,6 +31,9 @@ pub mod close {
     pub const TOO_MANY_SOCKETS: u16 = 4429;
     /// The server is shutting down; reconnect (to another instance).
     pub const GOING_AWAY: u16 = 1001;
+    /// Never sent: what a connection that ended without a Close frame counts as (RFC 6455's
+    /// "abnormal closure").
+    pub const ABNORMAL: u16 = 1006;
     /// A frame over [`super::MAX_CONNECTION_FRAME_BYTES`] (the WebSocket standard's "message too big").
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// A text frame that is not UTF-8 (the standard's "invalid frame payload data").

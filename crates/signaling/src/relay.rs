@@ -106,7 +106,10 @@ impl Signaling {
     pub async fn handle_text(&self, session: &SessionContext, text: &str) -> Option<String> {
         let frame = match ClientFrame::parse(text) {
             Ok(frame) => frame,
-            Err(error) => return Some(crate::protocol::error_event(&self.sessions.ids.next(), &error, None)),
+            Err(error) => {
+                self.metrics.sockets.refused_frame(error.code);
+                return Some(crate::protocol::error_event(&self.sessions.ids.next(), &error, None));
+            }
         };
         let call_id = match frame {
             ClientFrame::Offer { call, .. }
@@ -116,10 +119,15 @@ impl Signaling {
             | ClientFrame::End { call, .. } => Some(call),
             _ => None,
         };
+        let kind = frame.kind();
         match self.handle_frame(session, frame).await {
-            Ok(reply) => reply,
+            Ok(reply) => {
+                self.metrics.sockets.relayed(kind);
+                reply
+            }
             Err(error) => {
-                tracing::debug!(user = %session.user, kind = frame.kind(), code = error.code.as_str(), "frame refused");
+                self.metrics.sockets.refused_frame(error.code);
+                tracing::debug!(user = %session.user, kind, code = error.code.as_str(), "frame refused");
                 Some(crate::protocol::error_event(&self.sessions.ids.next(), &error, call_id))
             }
         }

@@ -14,6 +14,8 @@ use ringline_domain::{Call, ErrorCode, UserId};
 use serde_json::value::RawValue;
 use tokio::time::Instant as TimerInstant;
 
+use ringline_metrics::sockets::{ResumeResult, SocketEndpoint};
+
 use crate::events;
 use crate::hub::Signaling;
 use crate::limits::TokenBucket;
@@ -134,16 +136,21 @@ pub async fn run<S, K>(
     S: Stream<Item = Inbound> + Unpin + Send,
     K: Sink<Outbound> + Unpin + Send,
 {
+    let endpoint = endpoint_of(identity.kind);
+    let sockets = &signaling.metrics.sockets;
     let Some(_tracked) = (!signaling.sessions.tasks.is_closed()).then(|| signaling.sessions.tasks.token()) else {
         close_and_wait(&mut inbound, &mut outbound, close::GOING_AWAY, "server shutting down").await;
+        sockets.closed(endpoint, close::GOING_AWAY);
         return;
     };
     if signaling.sessions.local.sessions_of(&identity.user) >= signaling.sessions.max_per_user {
         tracing::info!(user = %identity.user, "a socket refused: the user has too many open");
         close_and_wait(&mut inbound, &mut outbound, close::TOO_MANY_SOCKETS, "too many sockets for this user").await;
+        sockets.closed(endpoint, close::TOO_MANY_SOCKETS);
         return;
     }
     let (slot, mut events, attached) = signaling.attach(&identity.user, identity.kind, identity.resume.as_deref());
+    sockets.opened(endpoint);
     let context = SessionContext::new(slot.device, identity.user.clone(), identity.kind);
     tracing::info!(user = %context.user, device = %slot.device, kind = ?context.kind, "session opened");
 
@@ -189,6 +196,13 @@ pub async fn run<S, K>(
         open_calls.as_deref(),
     );
     let mut open = write(&mut outbound, &slot, Outbound::Text(ack)).await;
+    if identity.resume.is_some() {
+        sockets.resumed(match &attached.replay {
+            Replay::Nothing => ResumeResult::UpToDate,
+            Replay::Events(_) => ResumeResult::Replayed,
+            Replay::Gap => ResumeResult::Resync,
+        });
+    }
     let catch_up: Vec<String> = match attached.replay {
         Replay::Nothing => Vec::new(),
         Replay::Events(missed) => missed.iter().map(|event| event.to_string()).collect(),
@@ -219,12 +233,17 @@ pub async fn run<S, K>(
     let mut rate = RateLimit::new(signaling.frame_rate());
     let shutdown = signaling.sessions.shutdown.clone();
     let mut kicked = false;
+    // The close code the session ends with, if not a kick (1006: the connection dropped).
+    let mut close_code = close::ABNORMAL;
+    // When the unanswered ping went out: its pong gives the round trip.
+    let mut ping_sent: Option<TimerInstant> = None;
 
     while open {
         tokio::select! {
             biased;
             () = shutdown.cancelled() => {
                 close_and_wait(&mut inbound, &mut outbound, close::GOING_AWAY, "server shutting down").await;
+                close_code = close::GOING_AWAY;
                 break;
             }
             () = slot.kicked() => {
@@ -247,14 +266,23 @@ pub async fn run<S, K>(
                         // a Close of our own now would be refused); a flush sends it.
                         tracing::debug!(user = %context.user, device = %slot.device, code, "peer closed");
                         let _ = tokio::time::timeout(CLOSE_REPLY_TIMEOUT, outbound.flush()).await;
+                        // 1005: a Close frame without a code (RFC 6455 §7.1.5).
+                        close_code = code.unwrap_or(1005);
                         break;
                     }
                     Some(Inbound::Unreadable(code, reason)) => {
                         close_and_wait(&mut inbound, &mut outbound, code, reason).await;
+                        close_code = code;
                         break;
                     }
-                    Some(Inbound::Ping | Inbound::Pong) => {}
+                    Some(Inbound::Pong) => {
+                        if let Some(sent) = ping_sent.take() {
+                            sockets.ping_answered(sent.elapsed());
+                        }
+                    }
+                    Some(Inbound::Ping) => {}
                     Some(Inbound::Binary) => {
+                        sockets.refused_frame(ErrorCode::UnsupportedFrame);
                         let error = FrameError::new(ErrorCode::UnsupportedFrame);
                         open = write(&mut outbound, &slot, Outbound::Text(error_event(&signaling.next_event_id(), &error, None))).await;
                     }
@@ -268,9 +296,12 @@ pub async fn run<S, K>(
             _ = keepalive.tick() => {
                 if last_heard.elapsed() >= idle_timeout {
                     close_and_wait(&mut inbound, &mut outbound, close::IDLE_TIMEOUT, "idle timeout").await;
+                    close_code = close::IDLE_TIMEOUT;
                     break;
                 }
                 open = write(&mut outbound, &slot, Outbound::Ping).await;
+                // A ping still unanswered keeps its moment: the round trip is to the first.
+                ping_sent.get_or_insert_with(TimerInstant::now);
             }
         }
     }
@@ -282,14 +313,27 @@ pub async fn run<S, K>(
     // events), for the peer to read on: a client that only paused learns 4409, not a bare drop.
     let kicked = kicked || slot.kicked().now_or_never().is_some();
     signaling.detach(&slot, &context).await;
+    sockets.left(endpoint);
     if kicked {
         let (code, reason) = why_kicked(&slot);
+        close_code = code;
+        if code == close::SLOW_CONSUMER {
+            sockets.slow_consumer();
+        }
         tokio::select! {
             () = shutdown.cancelled() => {}
             () = close_within(&mut inbound, &mut outbound, code, reason, WRITE_TIMEOUT) => {}
         }
     }
+    sockets.closed(endpoint, close_code);
     tracing::info!(user = %context.user, device = %slot.device, "session closed");
+}
+
+fn endpoint_of(kind: SessionKind) -> SocketEndpoint {
+    match kind {
+        SessionKind::Notifications => SocketEndpoint::Notifications,
+        SessionKind::Chat(_) => SocketEndpoint::Chat,
+    }
 }
 
 /// The close code and reason for a session the router gave up on.
@@ -303,10 +347,12 @@ fn why_kicked(slot: &SessionSlot) -> (u16, &'static str) {
 /// Applies the limits to one text frame, then hands it to the hub.
 async fn receive(signaling: &Signaling, context: &SessionContext, rate: &mut RateLimit, text: &str) -> Option<String> {
     if !rate.allow() {
+        signaling.metrics.sockets.refused_frame(ErrorCode::RateLimited);
         let error = FrameError::new(ErrorCode::RateLimited);
         return rate.should_warn().then(|| error_event(&signaling.next_event_id(), &error, None));
     }
     if text.len() > MAX_FRAME_BYTES {
+        signaling.metrics.sockets.refused_frame(ErrorCode::FrameTooLarge);
         let error = FrameError::with_detail(
             ErrorCode::FrameTooLarge,
             format!("Frames are limited to {MAX_FRAME_BYTES} bytes."),

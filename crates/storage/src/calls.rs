@@ -12,8 +12,8 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use ringline_domain::{
-    Call, CallId, CallListFilter, CallParts, CallRepository, CallStatus, DeviceClaim, DeviceId, NewCall, Page,
-    PageRequest, RepositoryError, Timestamp, Transition, UserId,
+    Call, CallId, CallListFilter, CallParts, CallQuality, CallRepository, CallStatus, DeviceClaim, DeviceId, NewCall,
+    Page, PageRequest, RepositoryError, Timestamp, Transition, UserId,
 };
 use sea_orm::sea_query::{Expr, IntoCondition, Query};
 use sea_orm::{
@@ -86,8 +86,18 @@ fn to_call(row: call::Model) -> Result<Call, RepositoryError> {
             .map(|device| device.parse())
             .transpose()
             .map_err(|e: ringline_domain::InvalidValue| corrupt(e.to_string()))?,
+        quality: row
+            .quality
+            .map(|text| serde_json::from_str::<CallQuality>(&text).map(std::sync::Arc::new))
+            .transpose()
+            .map_err(|e| corrupt(format!("quality: {e}")))?,
     };
     Call::restore(parts).map_err(storage_failure)
+}
+
+/// A quality summary as the `quality` column holds it.
+fn quality_text(quality: &CallQuality) -> Result<String, RepositoryError> {
+    serde_json::to_string(quality).map_err(storage_failure)
 }
 
 fn to_rows(rows: Vec<call::Model>) -> Result<Vec<Call>, RepositoryError> {
@@ -358,6 +368,36 @@ impl CallRepository for SqlCallRepository {
         }
     }
 
+    async fn set_quality(
+        &self,
+        id: CallId,
+        current: Option<&CallQuality>,
+        next: &CallQuality,
+    ) -> Result<bool, RepositoryError> {
+        // The stored text is always this serializer's output, so equal summaries are equal text.
+        let unchanged = match current.map(quality_text).transpose()? {
+            Some(text) => call::Column::Quality.eq(text),
+            None => call::Column::Quality.is_null(),
+        };
+        let next = quality_text(next)?;
+        let updated = self
+            .db
+            .write
+            .write(move |db| {
+                Box::pin(async move {
+                    call::Entity::update_many()
+                        .col_expr(call::Column::Quality, Expr::value(next))
+                        .filter(call::Column::Id.eq(id.get()))
+                        .filter(unchanged)
+                        .exec(db)
+                        .await
+                })
+            })
+            .await
+            .map_err(storage_failure)?;
+        Ok(updated.rows_affected > 0)
+    }
+
     async fn release_callee_device(&self, id: CallId, device: DeviceId) -> Result<(), RepositoryError> {
         self.db
             .write
@@ -399,6 +439,28 @@ fn nobody_seen_since(seen_before: Timestamp, caller_only: bool) -> Condition {
 }
 
 impl SqlCallRepository {
+    /// How many calls ring and how many are active now, in the whole deployment (a metrics
+    /// gauge: one `GROUP BY` over the (status, started_at) index).
+    ///
+    /// # Errors
+    /// `Storage` when the store fails.
+    pub async fn count_open(&self) -> Result<(i64, i64), RepositoryError> {
+        let counts: Vec<(String, i64)> = call::Entity::find()
+            .select_only()
+            .column(call::Column::Status)
+            .column_as(call::Column::Id.count(), "open")
+            .filter(call::Column::Status.is_in(statuses(CallStatus::is_open)))
+            .group_by(call::Column::Status)
+            .into_tuple()
+            .all(&self.db.read)
+            .await
+            .map_err(storage_failure)?;
+        let count_of = |status: CallStatus| {
+            counts.iter().find(|(stored, _)| stored == status.as_str()).map_or(0, |(_, count)| *count)
+        };
+        Ok((count_of(CallStatus::Ringing) + count_of(CallStatus::Initiating), count_of(CallStatus::Active)))
+    }
+
     /// Which of `parties` (in user-id order) holds a line, after claiming both failed.
     async fn busy_party(&self, parties: [&UserId; 2]) -> RepositoryError {
         let held: Result<Vec<String>, _> = busy_line::Entity::find()

@@ -22,6 +22,8 @@ pub mod call {
         pub updated_at: DateTimeUtc,
         /// The receiver's device the answered call belongs to (`DeviceId`'s text form).
         pub callee_device: Option<String>,
+        /// The parties' quality reports, summarised (`CallQuality` as JSON).
+        pub quality: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

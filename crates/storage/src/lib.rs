@@ -49,7 +49,7 @@ pub use notifications::SqlNotifications;
 pub use push::SqlPushSubscriptions;
 pub use ringline_domain::VapidKeys;
 pub use webhooks::SqlWebhookOutbox;
-use writer::Writer;
+use writer::{WriteRoute, Writer};
 
 /// How [`Storage::connect_with`] connects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,7 +256,7 @@ impl Storage {
                 acquire_timeout,
             ));
             let write_pool = Database::connect(Self::options(url, 4, settings)).await?;
-            (read.clone(), write_pool, Writer::Pool(read))
+            (read.clone(), write_pool, Writer::pool(read))
         } else if sqlite_file {
             let options = url.parse::<SqliteConnectOptions>().map_err(invalid_url)?;
             let options = sqlite_tuning(options, sqlite_sync).log_statements(tracing::log::LevelFilter::Debug);
@@ -266,7 +266,7 @@ impl Storage {
         } else {
             // An in-memory SQLite database exists once per pool, so it keeps a single pool.
             let pool = Database::connect(Self::options(url, 1, settings)).await?;
-            (Connection::Pool(pool.clone()), pool.clone(), Writer::Pool(Connection::Pool(pool)))
+            (Connection::Pool(pool.clone()), pool.clone(), Writer::pool(Connection::Pool(pool)))
         };
         Ok(Self { connections: Connections { read, write_pool, write } })
     }
@@ -307,11 +307,16 @@ impl Storage {
             Connection::Sqlite(pool) => pool.count_statements(on_statement_arc.clone()),
             Connection::Writer(own) => own.count_statements(on_statement_arc.clone()),
         }
-        match write {
+        match &mut write.route {
             // The same handle as `read`, counted once.
-            Writer::Pool(pool) => *pool = read.clone(),
-            Writer::Queue { .. } => write.count_statements(on_statement_arc),
+            WriteRoute::Pool(pool) => *pool = read.clone(),
+            WriteRoute::Queue { .. } => write.count_statements(on_statement_arc),
         }
+    }
+
+    /// Times every write (from any repository handed out, before or after) into `metrics`.
+    pub fn count_in(&self, metrics: std::sync::Arc<ringline_metrics::Metrics>) {
+        self.connections.write.count_in(metrics);
     }
 
     /// Applies every pending migration.

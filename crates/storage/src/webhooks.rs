@@ -26,6 +26,29 @@ impl SqlWebhookOutbox {
     pub(crate) fn new(db: Connections) -> Self {
         Self { db }
     }
+
+    /// When the oldest change whose webhook is still to be delivered happened, if one waits
+    /// (a metrics gauge: how far behind the receivers are).
+    ///
+    /// # Errors
+    /// `Storage` when the store fails.
+    pub async fn oldest_pending_since(&self) -> Result<Option<Timestamp>, RepositoryError> {
+        let backend = self.db.read.get_database_backend();
+        let row = self
+            .db
+            .read
+            .query_one(statement(
+                backend,
+                "SELECT e.updated_at FROM webhook_deliveries d JOIN webhook_events e ON e.id = d.event_id
+                 WHERE d.state = 'pending' ORDER BY e.updated_at LIMIT 1",
+                Vec::new(),
+            ))
+            .await
+            .map_err(storage_failure)?;
+        row.map(|row| row.try_get::<DateTime<Utc>>("", "updated_at").map(Timestamp::from))
+            .transpose()
+            .map_err(storage_failure)
+    }
 }
 
 /// A due delivery: pending, not leased, its subscription on, and no older event of the same
@@ -44,10 +67,11 @@ const LEASE: &str = "UPDATE webhook_deliveries SET leased_until = ?, leased_by =
 const CLAIMED: &str = "SELECT d.id AS delivery_id, d.attempts, s.url, e.id AS event_row, e.public_id, e.kind,
             e.call_id, e.conversation_id, e.caller_id, e.receiver_id, e.call_type, e.status, e.started_at,
             e.answered_at, e.ended_at, e.duration_seconds, e.end_reason, e.call_created_at, e.updated_at,
-            e.receiver_online
+            e.receiver_online, c.quality
      FROM webhook_deliveries d
      JOIN webhook_events e ON e.id = d.event_id
      JOIN webhook_subscriptions s ON s.id = d.subscription_id
+     LEFT JOIN calls c ON c.id = e.call_id
      WHERE d.id = ?";
 
 fn micros(timestamp: Timestamp) -> i64 {
@@ -104,6 +128,14 @@ fn to_delivery(row: &QueryResult) -> Result<WebhookDelivery, RepositoryError> {
         updated_at: time("updated_at")?,
         // Not part of a webhook's payload.
         callee_device: None,
+        // The parties' reports as they stand when the event is sent (not a snapshot of the
+        // change: reports arrive during the call and after it).
+        quality: row
+            .try_get::<Option<String>>("", "quality")
+            .map_err(get_err)?
+            .map(|text| serde_json::from_str(&text).map(std::sync::Arc::new))
+            .transpose()
+            .map_err(|e| corrupt(format!("quality: {e}")))?,
     };
     let call = Call::restore(parts).map_err(storage_failure)?;
     Ok(WebhookDelivery {

@@ -17,13 +17,15 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use futures_util::future::BoxFuture;
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sea_orm::sqlx::{self, Connection as _};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, ExecResult, QueryResult, RuntimeErr, Statement};
 use tokio::sync::{Mutex, mpsc, oneshot};
+
+use ringline_metrics::Metrics;
 
 use crate::Connection;
 use crate::driver::{Driver, OnStatement, StatementCounter};
@@ -121,23 +123,41 @@ type Report = Box<dyn FnOnce(Result<(), &DbErr>) + Send>;
 /// told its caller).
 type Settle = Result<Report, DbErr>;
 
-/// Where the repositories' writes go (see the module documentation).
+/// Where the repositories' writes go (see the module documentation), timed into the metrics
+/// once the application gives some ([`Writer::count_in`]; every clone shares them).
 #[derive(Clone)]
-pub(crate) enum Writer {
+pub(crate) struct Writer {
+    pub(crate) route: WriteRoute,
+    metrics: Arc<OnceLock<Arc<Metrics>>>,
+}
+
+/// The pool itself, or the queue to the writing task.
+#[derive(Clone)]
+pub(crate) enum WriteRoute {
     Pool(Connection),
     Queue { queue: mpsc::Sender<Job>, counter: StatementCounter },
 }
 
 impl fmt::Debug for Writer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Pool(_) => "Writer::Pool",
-            Self::Queue { .. } => "Writer::Queue",
+        f.write_str(match self.route {
+            WriteRoute::Pool(_) => "Writer::Pool",
+            WriteRoute::Queue { .. } => "Writer::Queue",
         })
     }
 }
 
 impl Writer {
+    /// Writes straight to `pool`.
+    pub(crate) fn pool(pool: Connection) -> Self {
+        Self { route: WriteRoute::Pool(pool), metrics: Arc::default() }
+    }
+
+    /// Times every write from now on into `metrics` (the first metrics given stay).
+    pub(crate) fn count_in(&self, metrics: Arc<Metrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
     /// Group commit on a connection of its own to the SQLite file `options` names, run by a
     /// task spawned now.
     ///
@@ -148,14 +168,14 @@ impl Writer {
         let connection = OwnConnection::open(&options, counter.clone()).await?;
         let (queue, jobs) = mpsc::channel(QUEUE_CAPACITY);
         tokio::spawn(run_jobs(connection, options, jobs));
-        Ok(Self::Queue { queue, counter })
+        Ok(Self { route: WriteRoute::Queue { queue, counter }, metrics: Arc::default() })
     }
 
     /// Runs the writes queued so far, then closes the writing connection (so that SQLite folds
     /// its log into the file, as it does when the last connection closes). Writes sent after
     /// this fail with "the database writer has stopped".
     pub(crate) async fn close(&self) {
-        if let Self::Queue { queue, .. } = self {
+        if let WriteRoute::Queue { queue, .. } = &self.route {
             let (done, closed) = oneshot::channel();
             if queue.send(Job::Close(done)).await.is_ok() {
                 let _ = closed.await;
@@ -165,7 +185,7 @@ impl Writer {
 
     /// Calls `on_statement` for every statement this writer runs from now on.
     pub(crate) fn count_statements(&self, on_statement: OnStatement) {
-        if let Self::Queue { counter, .. } = self {
+        if let WriteRoute::Queue { counter, .. } = &self.route {
             counter.set(on_statement);
         }
     }
@@ -182,7 +202,12 @@ impl Writer {
         T: Send + 'static,
         F: for<'c> FnOnce(&'c Connection) -> BoxFuture<'c, Result<T, DbErr>> + Send + 'static,
     {
-        self.submit(work, false).await
+        let started = std::time::Instant::now();
+        let written = self.submit(work, false).await;
+        if let Some(metrics) = self.metrics.get() {
+            metrics.dependencies.wrote(started.elapsed(), written.is_err());
+        }
+        written
     }
 
     /// Runs `work` on the writing connection outside any transaction (for a checkpoint).
@@ -202,9 +227,9 @@ impl Writer {
         T: Send + 'static,
         F: for<'c> FnOnce(&'c Connection) -> BoxFuture<'c, Result<T, DbErr>> + Send + 'static,
     {
-        let queue = match self {
-            Self::Pool(db) => return work(db).await,
-            Self::Queue { queue, .. } => queue,
+        let queue = match &self.route {
+            WriteRoute::Pool(db) => return work(db).await,
+            WriteRoute::Queue { queue, .. } => queue,
         };
         let (done, result) = oneshot::channel();
         let run: RunJob = Box::new(move |connection| {

@@ -71,6 +71,7 @@ async fn call_json_has_the_contract_fields_and_no_private_ones(backend: Database
             "end_reason",
             "ended_at",
             "id",
+            "quality",
             "receiver",
             "started_at",
             "status",
@@ -78,6 +79,7 @@ async fn call_json_has_the_contract_fields_and_no_private_ones(backend: Database
         ]
     );
     assert_eq!(call["call_type"], "voice");
+    assert_eq!(call["quality"], Value::Null, "null until a party reports (issue 26's addition)");
     assert_eq!(call["conversation"], Value::Null);
     for party in ["caller", "receiver"] {
         let mut keys: Vec<&str> = call[party].as_object().expect("object").keys().map(String::as_str).collect();

@@ -79,6 +79,14 @@ impl CallRepository for CountingReads {
     async fn release_callee_device(&self, id: CallId, device: DeviceId) -> Result<(), RepositoryError> {
         self.inner.release_callee_device(id, device).await
     }
+    async fn set_quality(
+        &self,
+        id: CallId,
+        current: Option<&ringline_domain::CallQuality>,
+        next: &ringline_domain::CallQuality,
+    ) -> Result<bool, RepositoryError> {
+        self.inner.set_quality(id, current, next).await
+    }
 }
 
 /// A hub on `storage` whose call reads are counted.

@@ -354,7 +354,37 @@ async fn nothing_is_lost_across_a_restart(backend: DatabaseBackend) {
     app.stop().await;
 }
 
+/// `call.ended` carries what the parties reported about the call's media, with the server's
+/// MOS and tags (as the REST record shows them), and the delivery attempts are counted.
+async fn the_ended_event_carries_the_reported_quality(backend: DatabaseBackend) {
+    let receiver = Receiver::start(ok).await;
+    let app = TestApp::spawn_with(backend, |settings| {
+        with_webhooks(&receiver.url)(settings);
+        settings.metrics.metrics_bind = Some("127.0.0.1:0".parse().expect("an address"));
+    })
+    .await;
+    let (alice, bob) = people(&app).await;
+    let id = app.ring(&alice, "bob").await;
+    app.post(&format!("/api/calls/{id}/accept/"), &bob, json!({})).await.expect(200);
+    let report = json!({"rtt_ms": 420, "jitter_ms": 12, "local_candidate_type": "relay", "protocol": "udp"});
+    app.post(&format!("/api/calls/{id}/quality/"), &alice, report).await.expect(202);
+    app.post(&format!("/api/calls/{id}/end/"), &bob, json!({})).await.expect(200);
+    let events = receiver.wait_for("call.ended", |events| events.iter().any(|e| e.kind() == "call.ended")).await;
+    let ended = events.iter().find(|e| e.kind() == "call.ended").expect("call.ended");
+    let quality = &ended.body["data"]["call"]["quality"];
+    assert_eq!(quality["caller"]["rtt_ms"].as_f64(), Some(420.0));
+    assert_eq!(quality["tags"], json!(["high_rtt", "relayed"]));
+    let record = app.get(&format!("/api/calls/{id}/"), &alice).await.expect(200);
+    assert_eq!(*quality, record["quality"]);
+    settled_outbox(&app).await;
+    let scrape = app.scrape().await;
+    assert_eq!(scrape.value("ringline_webhook_deliveries_total", &[("result", "delivered")]), 3.0);
+    assert_eq!(scrape.value("ringline_webhook_oldest_pending_age_seconds", &[]), 0.0, "nothing waits");
+    app.stop().await;
+}
+
 on_both_databases!(
+    the_ended_event_carries_the_reported_quality,
     every_change_reaches_the_receiver_signed_and_in_order,
     a_receiver_that_was_down_gets_everything_once_it_is_back,
     gone_stops_the_retries_of_an_event,
