@@ -75,6 +75,10 @@ test("a video call: ring, accept, media both ways, hang up, history", async () =
   await shot(ada, "outgoing");
   await shot(grace, "incoming");
 
+  // Each side reports the call's quality from getStats() soon after the media connects.
+  const isReport = (response) => response.url().includes("/quality/") && response.request().method() === "POST";
+  const adaReport = ada.waitForResponse(isReport, { timeout: 20000 });
+  const graceReport = grace.waitForResponse(isReport, { timeout: 20000 });
   await grace.locator("#accept").click();
   await Promise.all([waitConnected(ada), waitConnected(grace)]);
   await ada.locator("#in-call").waitFor();
@@ -87,6 +91,24 @@ test("a video call: ring, accept, media both ways, hang up, history", async () =
   assert.ok(later[0] > before[0], `Ada receives media (${before[0]} → ${later[0]} bytes)`);
   assert.ok(later[1] > before[1], `Grace receives media (${before[1]} → ${later[1]} bytes)`);
   assert.match(await ada.locator("#call-state").textContent(), /Connected/);
+  for (const [who, reported] of [["Ada", adaReport], ["Grace", graceReport]]) {
+    const response = await reported;
+    assert.equal(response.status(), 202, `${who}'s report is taken`);
+    const report = response.request().postDataJSON();
+    assert.equal(typeof report.rtt_ms, "number", `${who} reports a round trip: ${JSON.stringify(report)}`);
+    assert.ok(["host", "srflx", "prflx", "relay"].includes(report.local_candidate_type), JSON.stringify(report));
+    assert.equal(report.protocol, "udp");
+    assert.equal(typeof report.setup_ms, "number", "the first report says how long the media took");
+  }
+  // The call record shows both parties' summaries.
+  const record = await ada.evaluate(async () => {
+    const { state } = window.ringline;
+    const response = await fetch(`/api/calls/${state.call.id}/`, { headers: { Authorization: `Bearer ${state.token}` } });
+    return response.json();
+  });
+  assert.ok(record.quality.caller.reports >= 1 && record.quality.receiver.reports >= 1, JSON.stringify(record.quality));
+  assert.equal(typeof record.quality.mos, "number");
+  assert.ok(await ada.locator("#poor-connection").isHidden(), "a loopback call is not a poor one");
   await grace.waitForFunction(() => document.getElementById("call-timer").textContent !== "00:00");
   await shot(grace, "in-call");
 

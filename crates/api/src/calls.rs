@@ -54,8 +54,11 @@ impl CallsApi {
     }
 }
 
+/// The call a request names; recorded as the request's `call_id` for its logs.
 fn parse_call_id(raw: &str) -> Result<CallId, ApiError> {
-    raw.parse().map_err(|_| ApiError::new(ErrorCode::CallNotFound))
+    let id: CallId = raw.parse().map_err(|_| ApiError::new(ErrorCode::CallNotFound))?;
+    tracing::Span::current().record("call_id", id.get());
+    Ok(id)
 }
 
 #[derive(Debug, ApiResponse)]

@@ -384,14 +384,41 @@ pub fn http_conventions(endpoint: impl Endpoint + 'static) -> impl Endpoint + 's
             let path = req.uri().path().to_owned();
             let user = RequestUser::default();
             req.extensions_mut().insert(user.clone());
-            let response = endpoint.call(req).await?;
+            let request_id = request_id_of(&req);
+            // Everything logged while the request is handled carries its id (and the call's,
+            // once a handler knows it: `call_id`); a WebSocket session keeps its upgrade's.
+            let span = tracing::info_span!("request", %request_id, call_id = tracing::field::Empty);
+            let mut response = tracing::Instrument::instrument(endpoint.call(req), span.clone()).await?;
+            if let Ok(value) = poem::http::HeaderValue::from_str(&request_id) {
+                response.headers_mut().insert(REQUEST_ID, value);
+            }
             let status = response.status().as_u16();
             // To a tenth of a millisecond: the digits beyond are noise, and make lines long.
             let latency_ms = (started.elapsed().as_secs_f64() * 10_000.0).round() / 10.0;
             let user = user.get().map_or("-", |user| user.as_str());
-            tracing::info!(target: "ringline::http", %method, %path, status, latency_ms, %user, "request");
+            span.in_scope(|| {
+                tracing::info!(target: "ringline::http", %method, %path, status, latency_ms, %user, "request");
+            });
             Ok(response)
         })
+}
+
+/// The header a request's id travels in, both ways.
+const REQUEST_ID: &str = "x-request-id";
+
+/// The request's id: the one a proxy or client sent in `X-Request-Id` when it is a plain token
+/// (1 to 64 letters, digits, `-`, `_`, `.`: nothing that could forge a log line), else a new one.
+fn request_id_of(req: &Request) -> String {
+    let given = req.headers().get(REQUEST_ID).and_then(|value| value.to_str().ok());
+    match given {
+        Some(id)
+            if (1..=64).contains(&id.len())
+                && id.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.')) =>
+        {
+            id.to_owned()
+        }
+        _ => uuid::Uuid::new_v4().simple().to_string(),
+    }
 }
 
 /// Refuses bodies over [`MAX_BODY_BYTES`] with 413, whether announced by `Content-Length` or

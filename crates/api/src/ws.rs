@@ -111,6 +111,8 @@ async fn upgrade(
     let admitted = admit(&req, &signaling, auth.as_ref(), socket).await;
     // A client behind a trusted proxy holds its place for as long as the session lives.
     let client_place = req.extensions().get::<crate::forwarded::ClientPlace>().cloned();
+    // The session runs detached from the request: it keeps the request's span (its id).
+    let span = tracing::Span::current();
     let upgraded = websocket.config(websocket_config()).on_upgrade(move |stream| async move {
         let _client_place = client_place;
         let (sink, stream) = stream.split();
@@ -138,7 +140,8 @@ async fn upgrade(
             Err((code, reason)) => session::close_and_wait(&mut inbound, &mut sink, code, reason).await,
             Ok(identity) => {
                 let presenter = RestCallShape { signaling: Arc::clone(&signaling) };
-                session::run(signaling, identity, &presenter, inbound, sink).await;
+                tracing::Instrument::instrument(session::run(signaling, identity, &presenter, inbound, sink), span)
+                    .await;
             }
         }
     });

@@ -38,7 +38,19 @@ const state = {
   timer: null,
   ringer: null,
   peerDrop: null, // {timers} while the other person's connection is down
+  quality: null, // {callId, pc, sampler, last, samples, reported, lastSent} during a connected call
 };
+
+// Call quality (docs/api.md, "Call quality"): getStats() is read every 2 s; a report goes to
+// the server soon after the media connects, every 12 s after (5 a minute, under the server's
+// 6, leaving room for the final one) and once at the hangup. A quiet hint shows while 3 of
+// the last 5 samples are poor, by Twilio's thresholds.
+const QUALITY_SAMPLE_MS = 2000;
+const QUALITY_REPORT_MS = 12000;
+const POOR_RTT_MS = 400;
+const POOR_JITTER_MS = 30;
+const POOR_LOSS = 0.03;
+const POOR_MOS = 3.5;
 
 // How long to wait after the other person's connection dropped before restarting ICE (the
 // caller does it), and before giving up on the call.
@@ -608,6 +620,7 @@ function dispatch(event) {
       if (!isCurrent(event)) return;
       if (state.call.role === "caller" && state.call.status === "ringing") {
         state.call.status = "connecting";
+        state.call.acceptedAt ??= Date.now();
         render();
       }
       if (event.answer) state.call.answered = true;
@@ -626,6 +639,7 @@ function dispatch(event) {
       break;
     case "call.accepted":
       if (!isCurrent(event)) return;
+      state.call.acceptedAt ??= Date.now();
       // Accepted without an SDP answer (over REST, from a tab that missed our offer): that tab
       // offers a connection of its own, and ours yields to it (acceptOffer).
       if (state.call.role === "caller" && !state.call.answered) state.call.awaitingOffer = true;
@@ -736,6 +750,8 @@ async function createPeer() {
     if (pc.connectionState === "connected") {
       const first = !call.everConnected;
       call.everConnected = true;
+      if (first) call.setupMs = Date.now() - (call.acceptedAt ?? Date.now());
+      startQuality(pc);
       call.status = "connected";
       clearPeerDrop();
       if (call.freshPeer) notify("");
@@ -776,6 +792,129 @@ function peerDropped(pc) {
     }
   }, PEER_GIVE_UP_MS);
   state.peerDrop = { timers: [restart, giveUp] };
+}
+
+/// A MOS from 1 to 4.5 (the server's simplified E-model, docs/api.md).
+function mos(rttMs, jitterMs, loss) {
+  const delay = rttMs / 2 + jitterMs * 2;
+  const delayEffect = delay > 160 ? (delay - 120) / 10 : delay / 40;
+  const r = Math.min(100, Math.max(0, 100 - delayEffect - loss * 100 * 2.5));
+  return Math.min(4.5, Math.max(1, 1 + 0.035 * r + 0.000007 * r * (r - 60) * (100 - r)));
+}
+
+/// One reading of `pc`'s statistics, the loss and bitrates over the interval since `previous`.
+async function readQuality(pc, previous) {
+  const stats = await pc.getStats();
+  let pair = null;
+  let inbound = null;
+  const byId = new Map();
+  stats.forEach((entry) => {
+    byId.set(entry.id, entry);
+    // Audio decides: it is what a call cannot do without.
+    if (entry.type === "inbound-rtp" && (entry.kind === "audio" || !inbound)) inbound = entry;
+  });
+  stats.forEach((entry) => {
+    if (entry.type === "transport" && entry.selectedCandidatePairId) pair = byId.get(entry.selectedCandidatePairId);
+  });
+  if (!pair) stats.forEach((entry) => {
+    if (entry.type === "candidate-pair" && entry.nominated && entry.state === "succeeded") pair = entry;
+  });
+  if (!pair) return null;
+  const local = byId.get(pair.localCandidateId);
+  const remote = byId.get(pair.remoteCandidateId);
+  const now = performance.now();
+  const counts = {
+    at: now,
+    lost: inbound?.packetsLost ?? 0,
+    received: inbound?.packetsReceived ?? 0,
+    bytesIn: pair.bytesReceived ?? 0,
+    bytesOut: pair.bytesSent ?? 0,
+  };
+  const report = {};
+  if (typeof pair.currentRoundTripTime === "number") report.rtt_ms = Math.round(pair.currentRoundTripTime * 1000 * 10) / 10;
+  if (typeof inbound?.jitter === "number") report.jitter_ms = Math.round(inbound.jitter * 1000 * 10) / 10;
+  if (previous) {
+    const lost = Math.max(0, counts.lost - previous.lost);
+    const received = Math.max(0, counts.received - previous.received);
+    if (lost + received > 0) report.packet_loss = Math.round((lost / (lost + received)) * 10000) / 10000;
+    const seconds = (now - previous.at) / 1000;
+    if (seconds > 0) {
+      report.bitrate_in_kbps = Math.round(((counts.bytesIn - previous.bytesIn) * 8) / seconds / 100) / 10;
+      report.bitrate_out_kbps = Math.round(((counts.bytesOut - previous.bytesOut) * 8) / seconds / 100) / 10;
+    }
+  }
+  const types = ["host", "srflx", "prflx", "relay"];
+  if (types.includes(local?.candidateType)) report.local_candidate_type = local.candidateType;
+  if (types.includes(remote?.candidateType)) report.remote_candidate_type = remote.candidateType;
+  if (local?.protocol === "udp" || local?.protocol === "tcp") report.protocol = local.protocol;
+  return { report, counts };
+}
+
+function isPoor(report) {
+  const rtt = report.rtt_ms ?? 0;
+  const jitter = report.jitter_ms ?? 0;
+  const loss = report.packet_loss ?? 0;
+  return rtt > POOR_RTT_MS || jitter > POOR_JITTER_MS || loss > POOR_LOSS || mos(rtt, jitter, loss) < POOR_MOS;
+}
+
+/// Starts sampling `pc` for the current call (again after an ICE restart or a new connection).
+function startQuality(pc) {
+  const call = state.call;
+  if (state.quality?.pc === pc) return;
+  const carried = state.quality?.callId === call.id ? state.quality : null;
+  clearInterval(carried?.sampler);
+  const quality = {
+    callId: call.id,
+    pc,
+    last: null,
+    samples: carried?.samples ?? [],
+    reported: carried?.reported ?? false,
+    lastSent: carried?.lastSent ?? 0,
+    lastReport: carried?.lastReport ?? null,
+  };
+  state.quality = quality;
+  quality.sampler = setInterval(() => sampleQuality(quality), QUALITY_SAMPLE_MS);
+}
+
+async function sampleQuality(quality) {
+  if (state.quality !== quality || quality.pc.connectionState === "closed") return;
+  let reading;
+  try {
+    reading = await readQuality(quality.pc, quality.last?.counts);
+  } catch {
+    return;
+  }
+  if (!reading || state.quality !== quality) return;
+  quality.last = reading;
+  quality.lastReport = reading.report;
+  quality.samples = [...quality.samples, isPoor(reading.report)].slice(-5);
+  $("poor-connection").hidden = quality.samples.filter(Boolean).length < 3;
+  const due = !quality.reported ? reading.report.rtt_ms !== undefined : Date.now() - quality.lastSent >= QUALITY_REPORT_MS;
+  if (due) sendQuality(quality, reading.report);
+}
+
+function sendQuality(quality, report) {
+  const body = { ...report };
+  if (!quality.reported && state.call?.id === quality.callId && state.call.setupMs !== undefined) {
+    body.setup_ms = Math.min(600000, Math.max(0, state.call.setupMs));
+  }
+  if (Object.keys(body).length === 0) return;
+  quality.sent = report;
+  quality.reported = true;
+  quality.lastSent = Date.now();
+  // Fire and forget: a lost report costs nothing but a sample.
+  api(`/api/calls/${quality.callId}/quality/`, { method: "POST", body }).catch(() => {});
+}
+
+/// The call is over here: the last reading goes out as the final report.
+function stopQuality() {
+  const quality = state.quality;
+  if (!quality) return;
+  clearInterval(quality.sampler);
+  state.quality = null;
+  $("poor-connection").hidden = true;
+  // A reading newer than the last report goes out; the same numbers twice would skew the means.
+  if (quality.lastReport && quality.lastReport !== quality.sent) sendQuality(quality, quality.lastReport);
 }
 
 function clearPeerDrop() {
@@ -922,6 +1061,7 @@ async function answerCall() {
   if (!call) return;
   stopRinging();
   call.status = "connecting";
+  call.acceptedAt = Date.now();
   saveCall({ joined: true, offer: undefined });
   render();
   try {
@@ -1000,6 +1140,7 @@ function stopMedia() {
 function hangUpLocally() {
   stopRinging();
   clearPeerDrop();
+  stopQuality();
   sessionStorage.removeItem("ringline.call");
   clearInterval(state.timer);
   state.timer = null;

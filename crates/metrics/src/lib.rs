@@ -85,13 +85,147 @@ pub trait ScrapeGauges: Send + Sync + std::fmt::Debug {
     async fn refresh(&self, metrics: &Metrics);
 }
 
+/// The name of every family a scrape may show (the text format's names: counters end in
+/// `_total`), for documents and tests to check their names against. A unit test keeps it equal
+/// to what the registry holds.
+pub const FAMILIES: &[&str] = &[
+    "ringline_build_info",
+    "ringline_bus_dropped_total",
+    "ringline_bus_published_total",
+    "ringline_bus_up",
+    "ringline_call_answer_seconds",
+    "ringline_call_duration_seconds",
+    "ringline_call_jitter_seconds",
+    "ringline_call_mos",
+    "ringline_call_packet_loss_ratio",
+    "ringline_call_quality_reports_total",
+    "ringline_call_quality_tags_total",
+    "ringline_call_refusals_total",
+    "ringline_call_rtt_seconds",
+    "ringline_calls_finished_total",
+    "ringline_calls_open",
+    "ringline_calls_started_total",
+    "ringline_database_write_errors_total",
+    "ringline_database_write_seconds",
+    "ringline_http_request_duration_seconds",
+    "ringline_http_requests_total",
+    "ringline_process_cpu_seconds",
+    "ringline_process_open_fds",
+    "ringline_process_resident_memory_bytes",
+    "ringline_pushes_total",
+    "ringline_relayed_frames_total",
+    "ringline_socket_closes_total",
+    "ringline_socket_connects_total",
+    "ringline_socket_ping_rtt_seconds",
+    "ringline_socket_refused_frames_total",
+    "ringline_socket_resumes_total",
+    "ringline_socket_slow_consumers_total",
+    "ringline_sockets_open",
+    "ringline_uptime_seconds",
+    "ringline_webhook_deliveries_total",
+    "ringline_webhook_oldest_pending_age_seconds",
+];
+
 /// Bucket bounds in seconds from 1 ms to 10 s: request and statement latencies.
 pub(crate) const LATENCY_BUCKETS: [f64; 14] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0];
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    use ringline_domain::{
+        CallId, CallType, ErrorCode, NewCall, Outcome, QualityReport, QualityTag, Timestamp, UserId,
+    };
+
     use super::*;
+    use crate::dependencies::{PushResult, WebhookResult};
+    use crate::sockets::ResumeResult;
+
+    /// Metrics with a sample in every family (an empty family shows nothing in a scrape).
+    fn touched() -> Metrics {
+        let metrics = Metrics::new(&BuildInfo::default());
+        metrics.calls.started(CallType::Voice);
+        let at = Timestamp::from_unix_micros(1_700_000_000_000_000).expect("a moment");
+        let (ada, grace) = (UserId::parse("ada").expect("an id"), UserId::parse("grace").expect("an id"));
+        let call = NewCall::ring(ada.clone(), grace, CallType::Voice, None, at).expect("a call");
+        let call = call.into_call(CallId::new(1).expect("an id"));
+        let Ok(Outcome::Changed(cancelled)) = call.end(&ada, at) else { panic!("the caller cancels") };
+        metrics.calls.finished(&cancelled.call);
+        metrics.calls.lasted(5);
+        metrics.calls.refused(ErrorCode::UserBusy);
+        metrics.calls.set_open(1, 1);
+        let sockets = &metrics.sockets;
+        sockets.opened(SocketEndpoint::Chat);
+        sockets.closed(SocketEndpoint::Chat, 1000);
+        sockets.resumed(ResumeResult::Replayed);
+        sockets.ping_answered(Duration::from_millis(3));
+        sockets.relayed("call.offer");
+        sockets.refused_frame(ErrorCode::UnknownType);
+        sockets.slow_consumer();
+        metrics.http.answered("GET", "/healthz", 200, Duration::from_millis(1));
+        let dependencies = &metrics.dependencies;
+        dependencies.wrote(Duration::from_millis(1), true);
+        dependencies.set_bus(true, 1, 1);
+        dependencies.webhook(WebhookResult::Delivered);
+        dependencies.set_webhook_oldest_pending(Duration::from_secs(1));
+        dependencies.push(PushResult::Sent);
+        let report = QualityReport {
+            rtt_ms: Some(20.0),
+            jitter_ms: Some(2.0),
+            packet_loss: Some(0.0),
+            ..QualityReport::default()
+        };
+        metrics.quality.reported(&report, &[QualityTag::Relayed]);
+        metrics
+    }
+
+    /// The families a rendering shows, by their sample names' stems and `# TYPE` lines.
+    fn families_in(text: &str) -> BTreeSet<String> {
+        let mut families = BTreeSet::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("# TYPE ") else { continue };
+            let mut parts = rest.split_whitespace();
+            let (Some(name), Some(kind)) = (parts.next(), parts.next()) else { continue };
+            families.insert(match kind {
+                "counter" => format!("{name}_total"),
+                "info" => format!("{name}_info"),
+                _ => name.to_owned(),
+            });
+        }
+        families
+    }
+
+    #[test]
+    fn the_list_of_families_is_the_registry() {
+        let listed: BTreeSet<String> = FAMILIES.iter().map(|name| (*name).to_owned()).collect();
+        assert_eq!(families_in(&touched().render()), listed);
+    }
+
+    /// Every metric the operator's documents name exists: the tables and alerts of
+    /// operations.md and the Grafana dashboard.
+    #[test]
+    fn the_documents_name_only_metrics_that_exist() {
+        let documents = [
+            ("operations.md", include_str!("../../../docs/operations.md")),
+            ("grafana-dashboard.json", include_str!("../../../docs/grafana-dashboard.json")),
+        ];
+        for (document, text) in documents {
+            let mut named: Vec<&str> = text
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|word| word.starts_with("ringline_") && word.len() > "ringline_".len())
+                .collect();
+            named.sort_unstable();
+            named.dedup();
+            assert!(named.len() > 20, "{document} names the metrics: {named:?}");
+            for name in named {
+                let family = ["_bucket", "_count", "_sum"].iter().find_map(|suffix| name.strip_suffix(suffix));
+                let known = FAMILIES.contains(&name) || family.is_some_and(|family| FAMILIES.contains(&family));
+                assert!(known, "{document} names {name}, which is no metric");
+            }
+        }
+    }
 
     #[test]
     fn every_name_starts_with_the_prefix_and_ends_with_the_eof_marker() {

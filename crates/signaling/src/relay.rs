@@ -127,7 +127,8 @@ impl Signaling {
             }
             Err(error) => {
                 self.metrics.sockets.refused_frame(error.code);
-                tracing::debug!(user = %session.user, kind, code = error.code.as_str(), "frame refused");
+                let call = call_id.map(CallId::get);
+                tracing::debug!(user = %session.user, kind, code = error.code.as_str(), call_id = call, "frame refused");
                 Some(crate::protocol::error_event(&self.sessions.ids.next(), &error, call_id))
             }
         }

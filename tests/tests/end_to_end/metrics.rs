@@ -200,3 +200,29 @@ async fn a_scrape_with_a_thousand_sockets_open_answers_at_once() {
     drop(sockets);
     app.stop().await;
 }
+
+/// Every response carries its request's id (`X-Request-Id`), the one a proxy sent when it is a
+/// plain token, else a fresh one; never text that could forge a log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_carries_its_request_id() {
+    let app = TestApp::spawn(DatabaseBackend::Sqlite).await;
+    let id_of = |response: &reqwest::Response| {
+        response.headers().get("x-request-id").and_then(|value| value.to_str().ok()).map(str::to_owned)
+    };
+    let health = format!("{}/healthz", app.base);
+    let given = app.http.get(&health).header("x-request-id", "edge-7f3a.2").send().await.expect("a response");
+    assert_eq!(id_of(&given).as_deref(), Some("edge-7f3a.2"));
+    let first = id_of(&app.http.get(&health).send().await.expect("a response")).expect("an id");
+    let second = id_of(&app.http.get(&health).send().await.expect("a response")).expect("an id");
+    assert_ne!(first, second, "a fresh id each time");
+    for hostile in ["a b", &"z".repeat(65), "id\"=forged", "x\ty"] {
+        let response = app.http.get(&health).header("x-request-id", hostile).send().await.expect("a response");
+        let id = id_of(&response).expect("an id");
+        assert_ne!(id, hostile);
+        assert!(id.bytes().all(|byte| byte.is_ascii_alphanumeric()), "{id}");
+    }
+    let refused = app.http.get(format!("{}/api/calls/", app.base)).send().await.expect("a response");
+    assert_eq!(refused.status().as_u16(), 401);
+    assert!(id_of(&refused).is_some(), "errors carry it too");
+    app.stop().await;
+}
