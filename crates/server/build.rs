@@ -14,7 +14,11 @@ fn main() {
         let output = Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).output().ok()?;
         output.status.success().then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
     });
-    if let Some(commit) = commit.filter(|commit| commit.chars().all(|c| c.is_ascii_alphanumeric())) {
+    let commit = commit.filter(|commit| commit.chars().all(|c| c.is_ascii_alphanumeric()));
+    if let Some(commit) = &commit {
         println!("cargo:rustc-env=BUILD_SOURCE_COMMIT={commit}");
     }
+    // What `ringline --version` prints after the name.
+    let version = std::env::var("CARGO_PKG_VERSION").unwrap_or_default();
+    println!("cargo:rustc-env=BUILD_VERSION_LINE={version} ({})", commit.as_deref().unwrap_or("unknown commit"));
 }

@@ -5,6 +5,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use std::sync::Arc;
 
 use ringline_domain::ErrorCode;
+use ringline_metrics::BuildInfo;
 use ringline_signaling::BusStatus;
 use ringline_storage::Storage;
 
@@ -20,6 +21,12 @@ pub struct HealthStatus {
     /// meanwhile, and its sockets are told to resync when Redis is back).
     #[oai(skip_serializing_if_is_none)]
     pub bus: Option<String>,
+    /// `/readyz`: this build's version.
+    #[oai(skip_serializing_if_is_none)]
+    pub version: Option<String>,
+    /// `/readyz`: the source commit of this build (`unknown` outside a git checkout).
+    #[oai(skip_serializing_if_is_none)]
+    pub commit: Option<String>,
 }
 
 #[derive(Debug, ApiResponse)]
@@ -36,11 +43,12 @@ pub enum ReadyResponse {
 pub struct HealthApi {
     storage: Storage,
     bus: Option<Arc<dyn BusStatus>>,
+    build: BuildInfo,
 }
 
 impl HealthApi {
-    pub fn new(storage: Storage, bus: Option<Arc<dyn BusStatus>>) -> Self {
-        Self { storage, bus }
+    pub fn new(storage: Storage, bus: Option<Arc<dyn BusStatus>>, build: BuildInfo) -> Self {
+        Self { storage, bus, build }
     }
 }
 
@@ -49,7 +57,7 @@ impl HealthApi {
     /// Liveness: the process is up
     #[oai(path = "/healthz", method = "get", operation_id = "healthz")]
     async fn healthz(&self) -> Json<HealthStatus> {
-        Json(HealthStatus { status: "ok".into(), bus: None })
+        Json(HealthStatus { status: "ok".into(), bus: None, version: None, commit: None })
     }
 
     /// Readiness: the database answers
@@ -60,7 +68,12 @@ impl HealthApi {
                 // Redis down does not make this instance unready: it still serves its own
                 // sockets, and every instance shares the outage (the log says it loudly).
                 let bus = self.bus.as_ref().map(|bus| if bus.connected() { "ok" } else { "unavailable" }.to_owned());
-                ReadyResponse::Ready(Json(HealthStatus { status: "ready".into(), bus }))
+                ReadyResponse::Ready(Json(HealthStatus {
+                    status: "ready".into(),
+                    bus,
+                    version: Some(self.build.version.to_owned()),
+                    commit: Some(self.build.commit.to_owned()),
+                }))
             }
             Err(error) => {
                 // The cause goes to the log only: a probe response is readable by anyone.

@@ -140,6 +140,7 @@ where
 
 /// The OpenAPI service of the standalone server.
 pub fn server_api(parts: ServerParts) -> OpenApiService<ServerApis, ()> {
+    let build = parts.calls.signaling.metrics().build;
     let CallApiParts { signaling, authenticator, ice, clock } = parts.calls;
     let apis = (
         CallsApi::new(signaling.clone(), authenticator.clone()),
@@ -153,7 +154,7 @@ pub fn server_api(parts: ServerParts) -> OpenApiService<ServerApis, ()> {
             clock.clone(),
         ),
         AdminApi::new(parts.storage.directory(), parts.admin_token, clock, signaling),
-        HealthApi::new(parts.storage.clone(), parts.bus.clone()),
+        HealthApi::new(parts.storage.clone(), parts.bus.clone(), build),
         DemoApi::new(parts.demo_login.map(|authenticator| (parts.storage.directory(), authenticator))),
     );
     describe(OpenApiService::new(apis, "Ringline", env!("CARGO_PKG_VERSION")))

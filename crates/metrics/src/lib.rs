@@ -45,6 +45,8 @@ pub struct Metrics {
     pub dependencies: DependencyMetrics,
     pub quality: QualityMetrics,
     pub process: ProcessMetrics,
+    /// Which build counts (also in `/readyz`).
+    pub build: BuildInfo,
 }
 
 impl Metrics {
@@ -57,7 +59,7 @@ impl Metrics {
         let dependencies = DependencyMetrics::register(&mut registry);
         let quality = QualityMetrics::register(&mut registry);
         let process = ProcessMetrics::register(&mut registry, build);
-        Self { registry, calls, sockets, http, dependencies, quality, process }
+        Self { registry, calls, sockets, http, dependencies, quality, process, build: *build }
     }
 
     /// Metrics that nobody reads: what a component gets when its embedder gave it none.

@@ -10,6 +10,7 @@
 //! `wiring` ([`Wiring`]), `database` ([`open_storage`]), `descriptors` (the connection cap),
 //! [`observability`] (the metrics registry and the gauges read at scrape time).
 
+pub mod config_check;
 mod database;
 mod descriptors;
 pub mod observability;

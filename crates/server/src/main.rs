@@ -12,11 +12,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ringline_api::JwtAuthenticator;
 use ringline_domain::{Clock, ConversationId, Directory, SystemClock, UserId, UserProfile};
+use ringline_server::config_check::{self, ConfigCheck};
 use ringline_server::settings::{Overrides, Settings};
 use ringline_server::{Application, open_storage, telemetry};
 
 #[derive(Debug, Parser)]
-#[command(name = "ringline", version, about = "Ringline: a backend for one-to-one voice and video calls")]
+#[command(name = "ringline", version = env!("BUILD_VERSION_LINE"), about = "Ringline: a backend for one-to-one voice and video calls")]
 struct Cli {
     /// A TOML settings file; `RINGLINE_*` environment variables override it.
     #[arg(long, global = true)]
@@ -62,6 +63,15 @@ enum Command {
     },
     /// Print the OpenAPI document (JSON).
     Openapi,
+    /// Read the settings as `serve` would, print them (secrets redacted) and every problem;
+    /// exit 1 if the server would not start.
+    CheckConfig {
+        /// Print only the problems.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Print a settings file (TOML) of every setting, commented, with its default.
+    ConfigTemplate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,7 +110,21 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let settings = Settings::load(cli.config.as_deref(), Overrides { bind: cli.bind, database_url: cli.database_url })?;
+    let overrides = Overrides { bind: cli.bind, database_url: cli.database_url.clone() };
+    // These two judge or describe settings, so they run before (and whatever) the settings are.
+    match &cli.command {
+        Some(Command::CheckConfig { quiet }) => {
+            let check = ConfigCheck::run(cli.config.as_deref(), overrides);
+            print!("{}", check.render(*quiet));
+            std::process::exit(if check.passed() { 0 } else { 1 });
+        }
+        Some(Command::ConfigTemplate) => {
+            print!("{}", config_check::template());
+            return Ok(());
+        }
+        _ => {}
+    }
+    let settings = Settings::load(cli.config.as_deref(), overrides)?;
     telemetry::init(settings.process.log_format);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
@@ -175,6 +199,8 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", ringline_server::openapi_document().await?);
             Ok(())
         }
+        // Answered above, before the settings were read.
+        Command::CheckConfig { .. } | Command::ConfigTemplate => Ok(()),
     }
 }
 

@@ -40,7 +40,7 @@ pub enum LogFormat {
 /// (`RINGLINE_RING_TIMEOUT_SECS`, `ring_timeout_secs` in the file): each group reads its own,
 /// and each default is written once, in its group's `Default`. An unknown key (a typo) is an
 /// error, not silently ignored ([`Settings::load`]).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct Settings {
     #[serde(flatten)]
     pub http: HttpConfig,
@@ -67,7 +67,7 @@ pub struct Settings {
 }
 
 /// The listener and what browsers may do: `RINGLINE_BIND`, the connection bounds, proxies, CORS.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct HttpConfig {
     pub bind: SocketAddr,
@@ -118,9 +118,10 @@ impl Default for HttpConfig {
 }
 
 /// The database: `RINGLINE_DATABASE_URL` and how it is used.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct DatabaseConfig {
+    #[serde(serialize_with = "without_password")]
     pub database_url: String,
     /// How long a request waits for a PostgreSQL connection before it is answered `503
     /// database_unavailable`: short, so an outage fails requests at once instead of holding
@@ -141,14 +142,16 @@ impl Default for DatabaseConfig {
 }
 
 /// Who may call the API: the JWT secret and claim, first-use registration, the admin token.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct AuthConfig {
+    #[serde(serialize_with = "redacted")]
     pub jwt_secret: Option<SecretString>,
     pub jwt_user_claim: String,
     /// A token naming a user the directory never had registers them from its `username`
     /// claim; `false` refuses such tokens (`user_not_found`), for apps that sync their users.
     pub register_on_first_use: bool,
+    #[serde(serialize_with = "redacted")]
     pub admin_token: Option<SecretString>,
 }
 
@@ -159,7 +162,7 @@ impl Default for AuthConfig {
 }
 
 /// How long calls ring and live.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct CallConfig {
     pub ring_timeout_secs: u64,
@@ -178,7 +181,7 @@ impl Default for CallConfig {
 }
 
 /// WebSocket sessions: keepalive, frame rate, sockets per user.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct SocketConfig {
     pub ws_ping_interval_secs: u64,
@@ -201,13 +204,14 @@ impl Default for SocketConfig {
 }
 
 /// The STUN and TURN servers handed to clients.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct IceConfig {
     #[serde(deserialize_with = "comma_list")]
     pub stun_urls: Vec<String>,
     #[serde(deserialize_with = "comma_list")]
     pub turn_urls: Vec<String>,
+    #[serde(serialize_with = "redacted")]
     pub turn_secret: Option<SecretString>,
     pub turn_ttl_secs: u64,
 }
@@ -219,12 +223,13 @@ impl Default for IceConfig {
 }
 
 /// Redis, for several instances.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct BusConfig {
     /// Redis for several instances (`redis://127.0.0.1:6379`); `None`: one process, in-memory
     /// routing. With `redis_cluster`, any of the cluster's nodes, comma-separated. It may hold
     /// a password: never logged.
+    #[serde(serialize_with = "redacted")]
     pub redis_url: Option<SecretString>,
     pub redis_prefix: String,
     /// `redis_url` names a Redis Cluster: sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`).
@@ -238,13 +243,14 @@ impl Default for BusConfig {
 }
 
 /// Call webhooks (`docs/webhooks.md`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct WebhookConfig {
     /// Where call events are POSTed (`docs/webhooks.md`); none: no webhooks.
     #[serde(deserialize_with = "comma_list")]
     pub webhook_urls: Vec<String>,
     /// Signs every webhook request; required with `webhook_urls`.
+    #[serde(serialize_with = "redacted")]
     pub webhook_secret: Option<SecretString>,
     pub webhook_timeout_secs: u64,
     pub webhook_give_up_hours: u64,
@@ -264,7 +270,7 @@ impl Default for WebhookConfig {
 }
 
 /// Web Push: which push services users' endpoints may name, and the VAPID contact.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct PushConfig {
     /// Hosts a Web Push subscription's endpoint may name (each with its subdomains; `*`: any
@@ -290,7 +296,7 @@ impl Default for PushConfig {
 }
 
 /// The process: development or production, and the log format.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct ProcessConfig {
     pub env: Environment,
@@ -304,7 +310,7 @@ impl Default for ProcessConfig {
 }
 
 /// Where Prometheus scrapes: `RINGLINE_METRICS_BIND`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default)]
 pub struct MetricsConfig {
     /// The address of the metrics listener (`GET /metrics`), e.g. `127.0.0.1:9464`; `None`:
@@ -371,23 +377,54 @@ fn fields_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
     fields
 }
 
-/// Refuses a key no group reads, naming it as its source spells it (`RINGLINE_X` or the
-/// file's `x`) with the closest known one.
-fn refuse_unknown_keys(figment: &Figment) -> Result<(), SettingsError> {
+/// Every key no group reads, each named as its source spells it (`RINGLINE_X` or the file's
+/// `x`) with the closest known one.
+fn unknown_keys(figment: &Figment) -> Vec<SettingsError> {
     let known = known_keys();
-    let data = figment.data().map_err(|error| SettingsError::Parse(Box::new(error)))?;
-    let Some(field) = data.values().flat_map(|dict| dict.keys()).find(|key| !known.contains(&key.as_str())) else {
-        return Ok(());
+    let data = match figment.data() {
+        Ok(data) => data,
+        Err(error) => return vec![SettingsError::Parse(Box::new(error))],
     };
-    let from_environment = figment.find_metadata(field).is_some_and(|metadata| metadata.name.contains("environment"));
-    let spell = |key: &str| if from_environment { format!("RINGLINE_{}", key.to_uppercase()) } else { key.to_owned() };
-    let suggestion = known
-        .iter()
-        .map(|known| (strsim::jaro_winkler(field, known), *known))
-        .filter(|(score, _)| *score > 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, known)| spell(known));
-    Err(SettingsError::Unknown { name: spell(field), suggestion })
+    let mut unknown: Vec<&String> =
+        data.values().flat_map(|dict| dict.keys()).filter(|key| !known.contains(&key.as_str())).collect();
+    unknown.sort();
+    unknown.dedup();
+    unknown
+        .into_iter()
+        .map(|field| {
+            let from_environment =
+                figment.find_metadata(field).is_some_and(|metadata| metadata.name.contains("environment"));
+            let spell =
+                |key: &str| if from_environment { format!("RINGLINE_{}", key.to_uppercase()) } else { key.to_owned() };
+            let suggestion = known
+                .iter()
+                .map(|known| (strsim::jaro_winkler(field, known), *known))
+                .filter(|(score, _)| *score > 0.8)
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .map(|(_, known)| spell(known));
+            SettingsError::Unknown { name: spell(field), suggestion }
+        })
+        .collect()
+}
+
+/// A secret as the effective configuration shows it: whether it is set, never its value.
+fn redacted<S: serde::Serializer>(secret: &Option<SecretString>, serializer: S) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(_) => serializer.serialize_some("<redacted>"),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// A database URL as the effective configuration shows it: its password replaced.
+fn without_password<S: serde::Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    let shown = match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("redacted"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    };
+    serializer.serialize_str(&shown)
 }
 
 /// IP addresses, as [`comma_list`] reads lists.
@@ -524,6 +561,18 @@ impl Settings {
     /// # Errors
     /// [`SettingsError`] naming the first bad setting.
     pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Self, SettingsError> {
+        let (settings, mut problems) = Self::check(file, overrides);
+        match settings {
+            Some(settings) if problems.is_empty() => Ok(settings),
+            _ => Err(problems.remove(0)),
+        }
+    }
+
+    /// Reads as [`Settings::load`] does and finds every problem rather than the first: each
+    /// unknown key, a value that does not parse, each value the server refuses. The settings
+    /// when they could be read at all (an unknown key does not keep the others from being
+    /// read); the server starts only when the list is empty.
+    pub fn check(file: Option<&Path>, overrides: Overrides) -> (Option<Self>, Vec<SettingsError>) {
         let mut figment = Figment::new();
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
@@ -532,13 +581,29 @@ impl Settings {
         let environment =
             Env::prefixed("RINGLINE_").filter(|key| !key.as_str().to_ascii_lowercase().starts_with("test_"));
         let figment = figment.merge(environment).merge(Serialized::defaults(overrides));
-        refuse_unknown_keys(&figment)?;
-        let settings: Settings = figment.extract().map_err(|error| SettingsError::Parse(Box::new(error)))?;
-        settings.validate()?;
-        Ok(settings)
+        let mut problems = unknown_keys(&figment);
+        match figment.extract::<Self>() {
+            Ok(settings) => {
+                problems.extend(settings.problems());
+                (Some(settings), problems)
+            }
+            Err(error) => {
+                problems.push(SettingsError::Parse(Box::new(error)));
+                (None, problems)
+            }
+        }
     }
 
+    /// The first of [`Settings::problems`], if any.
+    #[cfg(test)]
     fn validate(&self) -> Result<(), SettingsError> {
+        self.problems().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Every value the server refuses to start with (none: it starts), in the order the
+    /// settings are documented.
+    pub fn problems(&self) -> Vec<SettingsError> {
+        let mut problems = Vec::new();
         for (name, secret) in [
             ("RINGLINE_JWT_SECRET", &self.auth.jwt_secret),
             ("RINGLINE_ADMIN_TOKEN", &self.auth.admin_token),
@@ -546,58 +611,60 @@ impl Settings {
             ("RINGLINE_WEBHOOK_SECRET", &self.webhook.webhook_secret),
         ] {
             if secret.as_ref().is_some_and(|secret| secret.expose_secret().trim().is_empty()) {
-                return Err(SettingsError::EmptySecret(name));
+                problems.push(SettingsError::EmptySecret(name));
             }
         }
         if self.process.env == Environment::Production
             && self.auth.jwt_secret.as_ref().is_none_or(|secret| secret.expose_secret() == DEVELOPMENT_JWT_SECRET)
         {
-            return Err(SettingsError::MissingProductionSecret);
+            problems.push(SettingsError::MissingProductionSecret);
         }
         if self.process.env == Environment::Production
-            && self.auth.jwt_secret.as_ref().is_some_and(|secret| secret.expose_secret().len() < 32)
+            && self.auth.jwt_secret.as_ref().is_some_and(|secret| {
+                secret.expose_secret().len() < 32 && secret.expose_secret() != DEVELOPMENT_JWT_SECRET
+            })
         {
-            return Err(SettingsError::ShortProductionSecret);
+            problems.push(SettingsError::ShortProductionSecret);
         }
         if !(1..=3600).contains(&self.calls.ring_timeout_secs) {
-            return Err(SettingsError::RingTimeout);
+            problems.push(SettingsError::RingTimeout);
         }
         if !(1..=3600).contains(&self.calls.liveness_grace_secs) {
-            return Err(SettingsError::LivenessGrace);
+            problems.push(SettingsError::LivenessGrace);
         }
         if !(60..=7 * 24 * 3600).contains(&self.calls.max_call_secs) {
-            return Err(SettingsError::MaxCall);
+            problems.push(SettingsError::MaxCall);
         }
         if !(60..=7 * 24 * 3600).contains(&self.ice_servers.turn_ttl_secs) {
-            return Err(SettingsError::TurnTtl);
+            problems.push(SettingsError::TurnTtl);
         }
         if !(1..=300).contains(&self.sockets.ws_ping_interval_secs)
             || !(self.sockets.ws_ping_interval_secs + 1..=3600).contains(&self.sockets.ws_idle_timeout_secs)
         {
-            return Err(SettingsError::Keepalive);
+            problems.push(SettingsError::Keepalive);
         }
         if !(1..=1_000_000).contains(&self.sockets.ws_frames_per_sec)
             || !(self.sockets.ws_frames_per_sec..=10_000_000).contains(&self.sockets.ws_frame_burst)
         {
-            return Err(SettingsError::FrameRate);
+            problems.push(SettingsError::FrameRate);
         }
         if !(self.sockets.ws_ping_interval_secs + 1..=3600).contains(&self.http.http_idle_timeout_secs) {
-            return Err(SettingsError::HttpIdleTimeout);
+            problems.push(SettingsError::HttpIdleTimeout);
         }
         if !(1..=60).contains(&self.database.database_acquire_timeout_secs) {
-            return Err(SettingsError::AcquireTimeout);
+            problems.push(SettingsError::AcquireTimeout);
         }
         if !(1..=10_000).contains(&self.sockets.ws_max_per_user) {
-            return Err(SettingsError::MaxPerUser);
+            problems.push(SettingsError::MaxPerUser);
         }
         if self.http.max_connections.is_some_and(|max| !(1..=10_000_000).contains(&max)) {
-            return Err(SettingsError::MaxConnections);
+            problems.push(SettingsError::MaxConnections);
         }
         if self.http.max_connections_per_address.is_some_and(|max| !(1..=10_000_000).contains(&max)) {
-            return Err(SettingsError::MaxConnectionsPerAddress);
+            problems.push(SettingsError::MaxConnectionsPerAddress);
         }
         if !(1..=self.http.http_idle_timeout_secs).contains(&self.http.http_header_timeout_secs) {
-            return Err(SettingsError::HeaderTimeout);
+            problems.push(SettingsError::HeaderTimeout);
         }
         // Port 0 on both picks two free ports; the same port twice would put the operator's
         // metrics on the public listener.
@@ -605,34 +672,33 @@ impl Settings {
             && metrics.port() != 0
             && metrics.port() == self.http.bind.port()
         {
-            return Err(SettingsError::MetricsBind);
+            problems.push(SettingsError::MetricsBind);
         }
         if self.auth.jwt_user_claim.trim().is_empty() {
-            return Err(SettingsError::UserClaim);
+            problems.push(SettingsError::UserClaim);
         }
-        if let Some(url) = self.webhook.webhook_urls.iter().find(|url| !ringline_outbound::webhooks::is_valid_url(url))
-        {
-            return Err(SettingsError::WebhookUrl(url.clone()));
+        for url in self.webhook.webhook_urls.iter().filter(|url| !ringline_outbound::webhooks::is_valid_url(url)) {
+            problems.push(SettingsError::WebhookUrl(url.clone()));
         }
         if !(self.push.vapid_subject.starts_with("mailto:") || self.push.vapid_subject.starts_with("https://")) {
-            return Err(SettingsError::VapidSubject);
+            problems.push(SettingsError::VapidSubject);
         }
         if self.push.web_push_allow_loopback && self.process.env == Environment::Production {
-            return Err(SettingsError::LoopbackPushInProduction);
+            problems.push(SettingsError::LoopbackPushInProduction);
         }
         if self.push.web_push_allowed_hosts.is_empty() {
-            return Err(SettingsError::NoPushHosts);
+            problems.push(SettingsError::NoPushHosts);
         }
         if !self.webhook.webhook_urls.is_empty() && self.webhook.webhook_secret.is_none() {
-            return Err(SettingsError::WebhookSecret);
+            problems.push(SettingsError::WebhookSecret);
         }
         if !(1..=60).contains(&self.webhook.webhook_timeout_secs)
             || !(1..=24 * 7).contains(&self.webhook.webhook_give_up_hours)
             || !(1..=24 * 365).contains(&self.webhook.webhook_retention_hours)
         {
-            return Err(SettingsError::WebhookLimits);
+            problems.push(SettingsError::WebhookLimits);
         }
-        Ok(())
+        problems
     }
 
     /// The configured JWT secret, or the development default (the caller warns about it).
@@ -749,26 +815,55 @@ impl Settings {
     /// Logs what is risky about these settings but allowed: the development JWT secret, no
     /// STUN or TURN server, TURN without its secret, Web Push to loopback.
     pub fn warn_about_risks(&self) {
+        for risk in self.risks() {
+            tracing::warn!("{risk}");
+        }
+    }
+
+    /// What the server starts with but an operator should know: the same list
+    /// `ringline check-config` prints as warnings.
+    pub fn risks(&self) -> Vec<String> {
+        let mut risks = Vec::new();
         if self.auth.jwt_secret.is_none() {
-            tracing::warn!(
+            risks.push(
                 "RINGLINE_JWT_SECRET is not set: using the built-in development secret. Anyone can mint tokens \
                  for this server. Set RINGLINE_JWT_SECRET (the same secret as your Django SIMPLE_JWT signing key)."
+                    .to_owned(),
             );
         }
         if self.ice_servers.stun_urls.is_empty() && self.ice_servers.turn_urls.is_empty() {
-            tracing::warn!(
+            risks.push(
                 "no STUN or TURN server is configured (RINGLINE_STUN_URLS, RINGLINE_TURN_URLS): calls between \
                  devices behind different NATs will fail to connect media"
+                    .to_owned(),
             );
         }
         if !self.ice_servers.turn_urls.is_empty() && self.ice_servers.turn_secret.is_none() {
-            tracing::warn!(
-                "RINGLINE_TURN_URLS is set but RINGLINE_TURN_SECRET is not: TURN servers are not handed out"
+            risks.push(
+                "RINGLINE_TURN_URLS is set but RINGLINE_TURN_SECRET is not: TURN servers are not handed out".to_owned(),
             );
         }
         if self.push.web_push_allow_loopback {
-            tracing::warn!("RINGLINE_WEB_PUSH_ALLOW_LOOPBACK is on: users can make this server POST to this machine");
+            risks.push(
+                "RINGLINE_WEB_PUSH_ALLOW_LOOPBACK is on: users can make this server POST to this machine".to_owned(),
+            );
         }
+        if self.process.env == Environment::Production {
+            for url in self.webhook.webhook_urls.iter().filter(|url| url.starts_with("http://")) {
+                let host = url::Url::parse(url).ok().and_then(|url| url.host_str().map(str::to_owned));
+                risks.push(format!(
+                    "a webhook URL is plain http ({}): call events and their signatures cross the network unencrypted",
+                    host.as_deref().unwrap_or("?")
+                ));
+            }
+            if self.metrics.metrics_bind.is_some_and(|address| !address.ip().is_loopback()) {
+                risks.push(
+                    "RINGLINE_METRICS_BIND listens beyond this machine: make sure only Prometheus can reach it"
+                        .to_owned(),
+                );
+            }
+        }
+        risks
     }
 
     /// How Web Push is sent.

@@ -91,7 +91,7 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://ringline.db?mode=rwc";
 ///   too, at the cost of a disk flush per commit (several per call).
 ///
 /// PostgreSQL, the production database, is unaffected.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SqliteSync {
     #[default]

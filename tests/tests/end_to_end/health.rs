@@ -31,10 +31,14 @@ async fn readiness_fails_when_the_database_goes_away() {
 }
 
 fn poem_openapi_service(storage: ringline_storage::Storage) -> impl poem::Endpoint {
-    ringline_api::http_conventions(
-        poem::Route::new()
-            .nest("/", poem_openapi::OpenApiService::new(ringline_api::HealthApi::new(storage, None), "health", "1")),
-    )
+    ringline_api::http_conventions(poem::Route::new().nest(
+        "/",
+        poem_openapi::OpenApiService::new(
+            ringline_api::HealthApi::new(storage, None, Default::default()),
+            "health",
+            "1",
+        ),
+    ))
 }
 
 /// Connections over the cap are answered `503 too_many_connections` at once, with

@@ -220,6 +220,22 @@ impl Instance {
         (reply.status().as_u16(), reply.json().await.expect("json"))
     }
 
+    /// Drains the instance as a deploy stops it (SIGTERM) and waits for it to exit 0, within
+    /// `bound`; returns how long it took.
+    async fn drain(mut self, bound: Duration) -> Duration {
+        let started = Instant::now();
+        let signalled = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        assert!(signalled.expect("kill").success());
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                assert!(status.success(), "exit status after SIGTERM: {status}");
+                return started.elapsed();
+            }
+            assert!(started.elapsed() < bound, "the instance did not drain within {bound:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn get(&self, path: &str, token: &str) -> Value {
         let reply = reqwest::Client::new().get(format!("{}{path}", self.base)).bearer_auth(token).send().await;
         reply.expect("request").json().await.expect("json")
@@ -266,6 +282,18 @@ impl Socket {
                 if event["type"] == kind {
                     return event;
                 }
+            }
+        }
+    }
+
+    /// Reads up to the server's Close frame; its code (`None`: the connection just ended).
+    async fn closed_with(&mut self) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.next()).await.ok()?? {
+                Ok(Message::Close(frame)) => return frame.map(|frame| u16::from(frame.code)),
+                Ok(_) => {}
+                Err(_) => return None,
             }
         }
     }
@@ -738,4 +766,60 @@ async fn a_call_crosses_instances_over_a_redis_cluster() {
     assert!(cluster.calls_of("spublish") > 0, "sharded pub/sub carries the events");
     assert_eq!(cluster.calls_of("publish"), 0, "nothing is published to every node");
     deployment.finish((a, b, c)).await;
+}
+
+/// A rolling restart, as docs/operations.md describes it: each instance in turn is drained
+/// (SIGTERM) while a call is up. Its sockets are closed with 1001, reconnect to another
+/// instance with their position, and find the call still active; the media signaling flows on;
+/// the call ends with the hang-up, never as lost, and each instance exits in time.
+#[tokio::test]
+async fn a_call_survives_a_rolling_restart_of_every_instance() {
+    let deployment = Deployment::new(&["alice", "bob"]).await;
+    let tokens = &deployment.tokens;
+    let (alice, bob) = (&tokens[0], &tokens[1]);
+    let a = deployment.instance(&[]).await;
+    let b = deployment.instance(&[]).await;
+    let mut caller = a.socket("/ws/notifications/", alice).await;
+    let mut callee = b.socket("/ws/notifications/", bob).await;
+    let call = a.post("/api/calls/initiate/", alice, json!({"receiver_id": "bob"})).await;
+    let id = call["id"].as_i64().expect("an id");
+    let mut callee_seen = callee.expect("call.incoming").await["event_id"].as_str().expect("an id").to_owned();
+    callee.send(json!({"type": "call.answer", "call_id": id, "answer": sdp("answer")})).await;
+    caller.find("call.answer").await;
+
+    // B goes first: the callee is told to go, and moves to A.
+    let (drained, close) = tokio::join!(b.drain(Duration::from_secs(15)), callee.closed_with());
+    assert_eq!(close, Some(1001), "told to reconnect elsewhere");
+    let mut callee = a.connect(&format!("/ws/notifications/?token={bob}&resume={callee_seen}")).await;
+    let ack = callee.expect("connection.ack").await;
+    assert_eq!(
+        (ack["open_calls"][0]["id"].as_i64(), ack["open_calls"][0]["status"].as_str()),
+        (Some(id), Some("active"))
+    );
+    callee.send(json!({"type": "call.ice-candidate", "call_id": id, "candidate": candidate(1)})).await;
+    let caller_seen = caller.find("call.ice-candidate").await["event_id"].as_str().expect("an id").to_owned();
+    caller.send(json!({"type": "call.ice-candidate", "call_id": id, "candidate": candidate(2)})).await;
+    callee_seen = callee.find("call.ice-candidate").await["event_id"].as_str().expect("an id").to_owned();
+
+    // A new B, then A goes: both parties move to it.
+    let b = deployment.instance(&[]).await;
+    let (drained_a, closes) = tokio::join!(a.drain(Duration::from_secs(15)), async {
+        (caller.closed_with().await, callee.closed_with().await)
+    });
+    assert_eq!(closes, (Some(1001), Some(1001)));
+    let mut caller = b.connect(&format!("/ws/notifications/?token={alice}&resume={caller_seen}")).await;
+    let mut callee = b.connect(&format!("/ws/notifications/?token={bob}&resume={callee_seen}")).await;
+    for socket in [&mut caller, &mut callee] {
+        let ack = socket.expect("connection.ack").await;
+        assert_eq!(ack["open_calls"][0]["status"], "active", "{ack}");
+    }
+    caller.send(json!({"type": "call.ice-candidate", "call_id": id, "candidate": candidate(3)})).await;
+    assert_eq!(callee.find("call.ice-candidate").await["candidate"], candidate(3));
+    callee.send(json!({"type": "call.ice-candidate", "call_id": id, "candidate": candidate(4)})).await;
+    assert_eq!(caller.find("call.ice-candidate").await["candidate"], candidate(4));
+
+    let ended = b.post(&format!("/api/calls/{id}/end/"), alice, json!({})).await;
+    assert_eq!((ended["status"].as_str(), ended["end_reason"].as_str()), (Some("ended"), Some("user_hangup")));
+    assert!(drained < Duration::from_secs(10) && drained_a < Duration::from_secs(10), "{drained:?} {drained_a:?}");
+    deployment.finish(b).await;
 }

@@ -4,4 +4,5 @@
 mod binary;
 mod common;
 mod database_outage;
+mod deploy;
 mod instances;
