@@ -58,16 +58,19 @@ fn effective(settings: &Settings) -> String {
     let values = serde_json::to_value(settings).unwrap_or_default();
     let mut text = String::new();
     for key in documented_keys() {
-        match values.get(key.file) {
-            Some(value) if !value.is_null() => {
-                let _ = writeln!(text, "{} = {}", key.file, toml_value(value));
-            }
-            _ => {
+        match setting_line(&values, key.file) {
+            Some(line) => text.push_str(&line),
+            None => {
                 let _ = writeln!(text, "# {} is not set", key.file);
             }
         }
     }
     text
+}
+
+/// `key = value` (a line of a settings file) when `values` sets `key`.
+fn setting_line(values: &serde_json::Value, key: &str) -> Option<String> {
+    values.get(key).filter(|value| !value.is_null()).map(|value| format!("{key} = {}\n", toml_value(value)))
 }
 
 /// A JSON value as TOML writes it (an inline value).
@@ -120,14 +123,8 @@ pub fn template() -> String {
             let _ = writeln!(text, "# {line}");
         }
         let _ = writeln!(text, "# Environment: {}. Default: {}", key.environment, plain(key.default));
-        match defaults.get(key.file) {
-            Some(value) if !value.is_null() => {
-                let _ = writeln!(text, "#{} = {}", key.file, toml_value(value));
-            }
-            _ => {
-                let _ = writeln!(text, "#{} =", key.file);
-            }
-        }
+        let line = setting_line(&defaults, key.file).unwrap_or_else(|| format!("{} =\n", key.file));
+        let _ = write!(text, "#{line}");
     }
     text
 }

@@ -61,22 +61,13 @@ async fn start_with(args: &[&str], settings: &[(&str, &str)]) -> Running {
 
 /// Sends SIGTERM to the server.
 fn terminate(server: &Running) {
-    let killed = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().expect("kill");
-    assert!(killed.success());
+    crate::common::terminate(&server.child);
 }
 
 /// Waits up to `within` for the server to exit, asserts it exited 0, and returns how long it
 /// took.
 async fn exited_cleanly(server: &mut Running, within: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = server.child.try_wait().expect("wait") {
-            assert!(status.success(), "exit status after SIGTERM: {status}");
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < within, "ringline did not stop within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::common::exited_cleanly(&mut server.child, within).await
 }
 
 #[tokio::test]

@@ -223,17 +223,8 @@ impl Instance {
     /// Drains the instance as a deploy stops it (SIGTERM) and waits for it to exit 0, within
     /// `bound`; returns how long it took.
     async fn drain(mut self, bound: Duration) -> Duration {
-        let started = Instant::now();
-        let signalled = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        assert!(signalled.expect("kill").success());
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                assert!(status.success(), "exit status after SIGTERM: {status}");
-                return started.elapsed();
-            }
-            assert!(started.elapsed() < bound, "the instance did not drain within {bound:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        crate::common::terminate(&self.child);
+        crate::common::exited_cleanly(&mut self.child, bound).await
     }
 
     async fn get(&self, path: &str, token: &str) -> Value {

@@ -74,3 +74,22 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// Sends SIGTERM to `child`, as a deploy stops a server.
+pub fn terminate(child: &Child) {
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(killed.success());
+}
+
+/// Waits up to `within` for `child` to exit, asserts it exited 0, and returns how long it took.
+pub async fn exited_cleanly(child: &mut Child, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(status.success(), "exit status after SIGTERM: {status}");
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < within, "ringline did not stop within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
