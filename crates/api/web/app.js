@@ -871,6 +871,7 @@ function startQuality(pc) {
     reported: carried?.reported ?? false,
     lastSent: carried?.lastSent ?? 0,
     lastReport: carried?.lastReport ?? null,
+    sent: carried?.sent ?? null,
   };
   state.quality = quality;
   quality.sampler = setInterval(() => sampleQuality(quality), QUALITY_SAMPLE_MS);

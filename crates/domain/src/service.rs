@@ -323,10 +323,10 @@ impl CallService {
                 return Err(CallServiceError::ReportTooLate);
             }
             let mut quality = call.quality().cloned().unwrap_or_default();
+            // Before any report a call may already have `ice_failure` (from its end).
+            let earlier = quality.tags(call.end_reason());
             quality.record(party, report, now).map_err(|_| CallServiceError::TooManyReports)?;
             if self.calls.set_quality(id, call.quality(), &quality).await? {
-                // Before any report a call may already have `ice_failure` (from its end).
-                let earlier = call.quality().cloned().unwrap_or_default().tags(call.end_reason());
                 let new_tags =
                     quality.tags(call.end_reason()).into_iter().filter(|tag| !earlier.contains(tag)).collect();
                 return Ok(QualityReported { call: call.with_quality(quality), new_tags });
