@@ -450,15 +450,16 @@ pub trait NotificationRepository: Send + Sync + std::fmt::Debug {
     /// `Storage` when the store fails.
     async fn create(&self, notification: NewNotification) -> Result<Notification, RepositoryError>;
 
-    /// The notification that `call`'s change to its current status stored for `recipient`
-    /// with `verb` (see [`CallRepository`]), if any.
+    /// The notification that `call`'s change to its current status (`call` as it is after the
+    /// change) stored for `recipient` with `verb` (see [`CallRepository`]), if any. The
+    /// notification is made of the call, so a store reads only what the call cannot tell.
     ///
     /// # Errors
     /// `Storage` when the store fails.
     async fn caused_by(
         &self,
         recipient: &UserId,
-        call: CallId,
+        call: &Call,
         verb: NotificationVerb,
     ) -> Result<Option<Notification>, RepositoryError>;
 

@@ -374,6 +374,11 @@ impl NotificationVerb {
         }
     }
 
+    /// Whether it tells of a missed call (stored when the call was missed, not when it rang).
+    pub const fn is_missed(self) -> bool {
+        matches!(self, Self::MissedVoiceCall | Self::MissedVideoCall)
+    }
+
     pub const fn call_type(self) -> CallType {
         match self {
             Self::IncomingVoiceCall | Self::MissedVoiceCall => CallType::Voice,

@@ -87,7 +87,7 @@ impl Announcer {
     /// writes it with the change) as `notification.created`. A storage failure is logged; the
     /// live event has already been sent, and the notification is in the list all the same.
     pub(crate) async fn notify_receiver(&self, call: &Call, verb: NotificationVerb) {
-        let stored = match self.notifications.caused_by(call.receiver(), call.id(), verb).await {
+        let stored = match self.notifications.caused_by(call.receiver(), call, verb).await {
             Ok(Some(stored)) => stored,
             // A repository that stores none (an embedding application's own) has nothing to send.
             Ok(None) => return,

@@ -427,7 +427,6 @@ impl Storage {
     }
 }
 
-/// Wraps a database failure as the domain's opaque storage error.
 /// A statement written with `?` placeholders, numbered (`$1`, `$2`, …) for PostgreSQL: raw SQL
 /// for the outbox and push tables, whose queries sea-query would only make longer.
 fn statement(backend: DbBackend, sql: &str, values: Vec<sea_orm::Value>) -> Statement {
@@ -448,6 +447,7 @@ fn statement(backend: DbBackend, sql: &str, values: Vec<sea_orm::Value>) -> Stat
     Statement::from_sql_and_values(backend, numbered, values)
 }
 
+/// Wraps a database failure as the domain's opaque storage error.
 fn storage_failure(error: impl std::error::Error + Send + Sync + 'static) -> ringline_domain::RepositoryError {
     ringline_domain::RepositoryError::Storage(classified(error))
 }

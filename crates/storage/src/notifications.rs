@@ -4,15 +4,15 @@
 
 use async_trait::async_trait;
 use ringline_domain::{
-    CallId, ConversationId, NewNotification, Notification, NotificationRepository, NotificationVerb, Page, PageRequest,
+    Call, CallId, ConversationId, NewNotification, Notification, NotificationRepository, NotificationVerb, Page, PageRequest,
     RepositoryError, Timestamp, UserId,
 };
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set};
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set};
 use serde_json::json;
 
 use crate::entity::notification;
-use crate::{Connections, storage_failure};
+use crate::{Connections, statement, storage_failure};
 
 /// The notification repository over a sea-orm connection.
 #[derive(Debug, Clone)]
@@ -75,20 +75,37 @@ impl NotificationRepository for SqlNotifications {
     async fn caused_by(
         &self,
         recipient: &UserId,
-        call: CallId,
+        call: &Call,
         verb: NotificationVerb,
     ) -> Result<Option<Notification>, RepositoryError> {
-        // The call's insert or update wrote it (m20261207_000010_notifications_follow_calls);
-        // the newest, should a store hold several (an operator's repair).
-        let row = notification::Entity::find()
-            .filter(notification::Column::ObjectId.eq(call.get()))
-            .filter(notification::Column::RecipientId.eq(recipient.as_str()))
-            .filter(notification::Column::Verb.eq(verb.as_str()))
-            .order_by_desc(notification::Column::Id)
-            .one(&self.db.read)
+        // The call's insert or update wrote it (m20261207_000010_notifications_follow_calls),
+        // from the call's own columns: only its id and whether it was read since are not the
+        // call's. A fixed statement (prepared once per connection) that decodes two columns,
+        // because every ringing call pays for it. The newest, should a store hold several (an
+        // operator's repair).
+        let row = self
+            .db
+            .read
+            .query_one(statement(
+                self.db.read.get_database_backend(),
+                "SELECT id, unread FROM notifications WHERE object_id = ? AND recipient_id = ? AND verb = ?
+                 ORDER BY id DESC LIMIT 1",
+                vec![call.id().get().into(), recipient.as_str().into(), verb.as_str().into()],
+            ))
             .await
             .map_err(storage_failure)?;
-        row.map(to_notification).transpose()
+        let Some(row) = row else { return Ok(None) };
+        let created_at = if verb.is_missed() { call.updated_at() } else { call.created_at() };
+        Ok(Some(Notification {
+            id: row.try_get_by_index(0).map_err(storage_failure)?,
+            recipient: recipient.clone(),
+            actor: Some(call.caller().clone()),
+            verb,
+            call: call.id(),
+            conversation: call.conversation(),
+            unread: row.try_get_by_index(1).map_err(storage_failure)?,
+            created_at,
+        }))
     }
 
     async fn list(&self, recipient: &UserId, page: PageRequest) -> Result<Page<Notification>, RepositoryError> {

@@ -466,7 +466,7 @@ async fn a_calls_notifications_are_stored_by_the_change_itself(storage: Storage)
     let everything = PageRequest { page: 1, per_page: 10 };
     let ringing = ring(&calls, "alice", "bob", 0).await;
     let incoming = notifications
-        .caused_by(&user("bob"), ringing.id(), NotificationVerb::IncomingVideoCall)
+        .caused_by(&user("bob"), &ringing, NotificationVerb::IncomingVideoCall)
         .await
         .expect("read")
         .expect("stored with the call");
@@ -485,7 +485,7 @@ async fn a_calls_notifications_are_stored_by_the_change_itself(storage: Storage)
     assert_eq!(page.items[0].verb, NotificationVerb::MissedVideoCall);
     assert_eq!((page.items[0].call, page.items[0].created_at), (ringing.id(), at(60)));
     assert_eq!(
-        notifications.caused_by(&user("bob"), ringing.id(), NotificationVerb::MissedVideoCall).await.expect("read"),
+        notifications.caused_by(&user("bob"), &missed.call, NotificationVerb::MissedVideoCall).await.expect("read"),
         Some(page.items[0].clone())
     );
 
