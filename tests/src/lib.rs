@@ -209,6 +209,10 @@ impl TestApp {
         configure: impl FnOnce(&mut Settings),
     ) -> Self {
         let mut settings = Settings::for_tests(database.url(), TEST_JWT_SECRET);
+        // Tests call the same people many times a second; the rate caps are tested where they
+        // are the subject (`call_policy.rs`), which sets them.
+        settings.call_policy.calls_per_minute = 0;
+        settings.call_policy.unanswered_calls_per_callee = 0;
         configure(&mut settings);
         let application = Application::build_with(settings, storage, wiring).await;
         let application = application.expect("build the application");

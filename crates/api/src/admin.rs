@@ -62,6 +62,21 @@ pub struct ParticipantsBody {
     pub user_ids: Vec<FlexibleId>,
 }
 
+/// Body of `PUT /api/admin/users/{id}/call-blocks/`.
+#[derive(Debug, Object)]
+pub struct CallBlocksBody {
+    /// Exactly the users the user blocks (all must be known users; none: unblock everyone).
+    #[oai(validator(max_items = 10000))]
+    pub user_ids: Vec<FlexibleId>,
+}
+
+/// Whom a user blocks, as stored.
+#[derive(Debug, Object)]
+pub struct CallBlocksJson {
+    pub user_id: String,
+    pub user_ids: Vec<String>,
+}
+
 #[derive(Debug, Object)]
 pub struct ConversationJson {
     pub id: i64,
@@ -201,6 +216,47 @@ impl AdminApi {
         let profile = profile.ok_or_else(|| ApiError::new(ErrorCode::UserNotFound))?;
         let status = self.directory.account_status(&id).await.map_err(|error| ApiError::internal(&error))?;
         Ok(Json(AdminUserJson { user: UserJson::from_profile(&profile), is_active: status == AccountStatus::Active }))
+    }
+
+    /// Replace whom a user blocks
+    ///
+    /// For a host application that keeps its own block list (the original app's
+    /// `BlockedUsers`): `user_ids` becomes exactly the users `id` blocks, in one step. A call
+    /// from a newly blocked user that is ringing `id` ends as declined. 404 `user_not_found`
+    /// for an unknown `id`; 409 `unknown_user` for an unknown listed user; 400
+    /// `cannot_block_self`.
+    #[oai(path = "/api/admin/users/:id/call-blocks/", method = "put", operation_id = "admin_put_call_blocks")]
+    async fn put_call_blocks(
+        &self,
+        auth: AdminToken,
+        id: Path<UserIdParam>,
+        body: Json<CallBlocksBody>,
+    ) -> Result<Json<CallBlocksJson>, ApiError> {
+        self.check(&auth)?;
+        let user = user_id(&id.0.0)?;
+        let mut blocked = user_ids(body.0.user_ids)?;
+        blocked.sort();
+        blocked.dedup();
+        if blocked.contains(&user) {
+            return Err(ApiError::new(ErrorCode::CannotBlockSelf));
+        }
+        let store = self.signaling.service().policy().map(|policy| policy.store().clone());
+        let store = store.ok_or_else(|| ApiError::new(ErrorCode::NotFound))?;
+        let everyone: Vec<UserId> = std::iter::once(user.clone()).chain(blocked.iter().cloned()).collect();
+        let known = self.directory.users(&everyone).await.map_err(|error| ApiError::internal(&error))?;
+        let is_known = |id: &UserId| known.iter().any(|profile| &profile.id == id);
+        if !is_known(&user) {
+            return Err(ApiError::new(ErrorCode::UserNotFound));
+        }
+        if let Some(unknown) = blocked.iter().find(|id| !is_known(id)) {
+            return Err(write_error(DirectoryWriteError::UnknownUser(unknown.clone())));
+        }
+        store.replace_blocks(&user, &blocked, self.clock.now()).await.map_err(|error| ApiError::internal(&error))?;
+        self.signaling.decline_calls_from(&user, &blocked).await?;
+        Ok(Json(CallBlocksJson {
+            user_id: user.to_string(),
+            user_ids: blocked.into_iter().map(String::from).collect(),
+        }))
     }
 
     /// Where a user is connected

@@ -8,7 +8,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 use ringline_domain::{
     CallAction, CallId, CallListFilter, CallServiceError, CallType, ConversationId, ErrorCode, HangupReason,
-    InitiateCommand, Initiated, UserId,
+    InitiateCommand, Initiated, PolicyRefusal, Refusal, UserId,
 };
 use ringline_signaling::Signaling;
 
@@ -70,6 +70,11 @@ pub enum InitiateResponse {
     /// returned with status `active` (you are its receiver).
     #[oai(status = 200)]
     AnsweredCrossingCall(Json<CallJson>),
+    /// `rate_limited`: you started too many calls in the last minute, or this user left too
+    /// many of your calls unanswered in the last ten; nothing was created. Try again after the
+    /// seconds `Retry-After` gives.
+    #[oai(status = 429)]
+    RateLimited(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
 }
 
 /// What `Retry-After` says on a refused report: the window is a minute; after a few seconds
@@ -91,9 +96,13 @@ pub enum QualityAccepted {
 impl CallsApi {
     /// Start a call
     ///
-    /// Rings `receiver_id`. Refused when calling yourself (400 `self_call`), when you are
-    /// already on a call (409 `caller_busy`), or when the receiver is (409 `user_busy`). If the
-    /// receiver is already calling you, their call is answered instead (200).
+    /// Rings `receiver_id`. Refused when calling yourself (400 `self_call`), when the receiver
+    /// does not take your calls (403 `call_not_allowed`: a block either way, their privacy
+    /// setting or the host application's policy, indistinguishably), when you call too often
+    /// (429 `rate_limited`), when you are already on a call (409 `caller_busy`), or when the
+    /// receiver is (409 `user_busy`). A receiver in do-not-disturb is not rung, and you cannot
+    /// tell: the call rings for you and ends as missed. If the receiver is already calling you,
+    /// their call is answered instead (200).
     #[oai(path = "/api/calls/initiate/", method = "post", operation_id = "calls_initiate")]
     async fn initiate(
         &self,
@@ -119,7 +128,20 @@ impl CallsApi {
         };
         // An id that cannot exist is, to the caller, a receiver that does not exist.
         let receiver = UserId::parse(receiver).map_err(|_| ApiError::new(ErrorCode::ReceiverNotFound))?;
-        let initiated = self.signaling.initiate(&caller, InitiateCommand { receiver, call_type, conversation }).await?;
+        let command = InitiateCommand { receiver, call_type, conversation };
+        let initiated = match self.signaling.initiate(&caller, command).await {
+            Ok(initiated) => initiated,
+            Err(error @ CallServiceError::Policy(refusal)) => {
+                // The reason only: who called whom is not the log's business.
+                tracing::info!(reason = refusal.reason(), "call refused by the call policy");
+                if let PolicyRefusal::RateLimited { retry_after, .. } = refusal {
+                    let body = crate::error::body_of(&Refusal::from(&error));
+                    return Ok(InitiateResponse::RateLimited(body, retry_after.as_secs()));
+                }
+                return Err(error.into());
+            }
+            Err(error) => return Err(error.into()),
+        };
         let json = Json(self.to_json(initiated.call()).await?);
         Ok(match initiated {
             Initiated::Ringing(_) => InitiateResponse::Created(json),

@@ -99,6 +99,11 @@ fn log_outage(cause: &dyn std::fmt::Display) {
     }
 }
 
+/// The envelope of `refusal`, for an operation that declares a status of its own (a 429).
+pub(crate) fn body_of(refusal: &Refusal) -> Json<ErrorBody> {
+    Json(ErrorBody { detail: refusal.detail.clone().into_owned(), code: refusal.code.as_str().to_owned() })
+}
+
 impl From<Refusal> for ApiError {
     fn from(refusal: Refusal) -> Self {
         let status = refusal.code.http_status();

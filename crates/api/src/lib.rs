@@ -2,6 +2,7 @@
 //!
 //! - [`CallsApi`] (`/api/calls/…`) and [`TurnApi`] (`/api/turn/ice-servers/`): the call
 //!   lifecycle and ICE configuration, wire-compatible with the original app's clients;
+//! - [`CallPolicyApi`] (`/api/call-settings/`, `/api/call-blocks/`): who may ring a user;
 //! - [`AdminApi`] (`/api/admin/…`): the standalone server's users and conversations;
 //! - [`NotificationsApi`] (`/api/notifications/…`): notifications about calls;
 //! - [`HealthApi`] (`/healthz`, `/readyz`);
@@ -29,6 +30,7 @@ mod listener;
 mod metrics;
 #[macro_use]
 pub mod models;
+mod call_policy;
 mod notifications;
 mod pagination;
 mod push;
@@ -53,6 +55,7 @@ use secrecy::SecretString;
 
 pub use admin::AdminApi;
 pub use auth::{AuthError, Authenticator, JwtAuthenticator, bearer_token};
+pub use call_policy::CallPolicyApi;
 pub use calls::CallsApi;
 pub use demo::DemoApi;
 pub use error::{envelope_json, refusal_response};
@@ -91,6 +94,8 @@ pub enum ApiTags {
     Demo,
     /// Web Push subscriptions of browsers.
     Push,
+    /// Who may ring you: call privacy, do-not-disturb, blocks.
+    CallPolicy,
 }
 
 /// What the call API needs, whoever hosts it.
@@ -124,7 +129,7 @@ pub struct ServerParts {
     pub cors_allowed_origins: Vec<String>,
 }
 
-type ServerApis = (CallsApi, NotificationsApi, TurnApi, PushApi, AdminApi, HealthApi, DemoApi);
+type ServerApis = (CallsApi, CallPolicyApi, NotificationsApi, TurnApi, PushApi, AdminApi, HealthApi, DemoApi);
 
 fn describe<T>(service: OpenApiService<T, ()>) -> OpenApiService<T, ()>
 where
@@ -144,6 +149,7 @@ pub fn server_api(parts: ServerParts) -> OpenApiService<ServerApis, ()> {
     let CallApiParts { signaling, authenticator, ice, clock } = parts.calls;
     let apis = (
         CallsApi::new(signaling.clone(), authenticator.clone()),
+        CallPolicyApi::new(signaling.clone(), authenticator.clone(), clock.clone()),
         NotificationsApi::new(signaling.clone(), authenticator.clone()),
         TurnApi::new(ice, authenticator.clone(), clock.clone()),
         PushApi::new(
@@ -232,6 +238,7 @@ pub fn call_routes(parts: CallApiParts) -> impl Endpoint + use<> {
     let sockets = websocket_routes(signaling.clone(), authenticator.clone());
     let apis = (
         CallsApi::new(signaling.clone(), authenticator.clone()),
+        CallPolicyApi::new(signaling.clone(), authenticator.clone(), clock.clone()),
         NotificationsApi::new(signaling, authenticator.clone()),
         TurnApi::new(ice, authenticator, clock),
     );

@@ -36,6 +36,7 @@ pub struct NewCall {
     call_type: CallType,
     conversation: Option<ConversationId>,
     started_at: Timestamp,
+    silenced: bool,
 }
 
 impl NewCall {
@@ -53,7 +54,15 @@ impl NewCall {
         if caller == receiver {
             return Err(TransitionError::SelfCall);
         }
-        Ok(Self { caller, receiver, call_type, conversation, started_at: now })
+        Ok(Self { caller, receiver, call_type, conversation, started_at: now, silenced: false })
+    }
+
+    /// The same call, ringing none of the receiver's devices (do-not-disturb): it rings for the
+    /// caller only and ends as missed at the ring timeout.
+    #[must_use]
+    pub fn silenced(mut self) -> Self {
+        self.silenced = true;
+        self
     }
 
     /// The stored call, once the repository has given it an id. Its creation is the `Rang` event.
@@ -74,6 +83,7 @@ impl NewCall {
             updated_at: self.started_at,
             callee_device: None,
             quality: None,
+            silenced: self.silenced,
         }
     }
 
@@ -91,6 +101,9 @@ impl NewCall {
     }
     pub fn started_at(&self) -> Timestamp {
         self.started_at
+    }
+    pub fn is_silenced(&self) -> bool {
+        self.silenced
     }
 }
 
@@ -119,6 +132,8 @@ pub struct Call {
     /// What the parties reported about the media, once one did (shared: calls are cloned
     /// on every change, the summary never changes with them).
     quality: Option<std::sync::Arc<CallQuality>>,
+    /// Placed while the receiver was in do-not-disturb: none of their devices was rung.
+    silenced: bool,
 }
 
 /// Every field of a call, as a storage layer holds it. [`Call::restore`] checks it.
@@ -139,6 +154,7 @@ pub struct CallParts {
     pub updated_at: Timestamp,
     pub callee_device: Option<DeviceId>,
     pub quality: Option<std::sync::Arc<CallQuality>>,
+    pub silenced: bool,
 }
 
 /// A stored record that no sequence of transitions could have produced.
@@ -266,6 +282,7 @@ impl Call {
             updated_at: parts.updated_at,
             callee_device: parts.callee_device,
             quality: parts.quality,
+            silenced: parts.silenced,
         })
     }
 
@@ -287,6 +304,7 @@ impl Call {
             updated_at: self.updated_at,
             callee_device: self.callee_device,
             quality: self.quality.clone(),
+            silenced: self.silenced,
         }
     }
 
@@ -330,6 +348,11 @@ impl Call {
     }
     pub fn updated_at(&self) -> Timestamp {
         self.updated_at
+    }
+    /// Whether the call was placed while the receiver was in do-not-disturb, so that none of
+    /// their devices rang.
+    pub fn is_silenced(&self) -> bool {
+        self.silenced
     }
     /// The receiver's device the answered call belongs to, as far as this copy knows (see the
     /// field).

@@ -11,6 +11,7 @@
 use std::borrow::Cow;
 
 use crate::call::TransitionError;
+use crate::policy::{PolicyRefusal, RateCap};
 use crate::ports::is_store_unavailable;
 use crate::rules::InitiateRefusal;
 use crate::service::CallServiceError;
@@ -85,6 +86,9 @@ catalogue! {
     ReceiverNotFound => ("receiver_not_found", 404, "Receiver not found."),
     ConversationNotFound => ("conversation_not_found", 404, "Conversation not found."),
     UserBusy => ("user_busy", 409, "The user is busy on another call."),
+    /// A block (either way), the callee's privacy or the host application's policy: one code
+    /// and one message for every reason, so the caller cannot tell which.
+    CallNotAllowed => ("call_not_allowed", 403, "You cannot call this user."),
     CallerBusy => ("caller_busy", 409, "You are already in a call."),
 
     // --- acting on a call ---
@@ -95,7 +99,7 @@ catalogue! {
     CallConflict => ("call_conflict", 409, "The call changed while it was being updated; try again."),
     /// The call was answered on another of the callee's devices (sockets only).
     AnsweredElsewhere => ("answered_elsewhere", 409, "The call was answered on another of your devices."),
-    /// Too many frames (sockets only).
+    /// Too many frames on a socket, or too many calls started (REST, with `Retry-After`).
     RateLimited => ("rate_limited", 429, "Too many frames; some were dropped. Slow down."),
 
     // --- call quality reports ---
@@ -127,6 +131,9 @@ catalogue! {
     InvalidUserId => ("invalid_user_id", 400, "user_id is not a valid user id."),
     InvalidUsername => ("invalid_username", 400, "username must be 1 to 150 characters."),
     InvalidPushSubscription => ("invalid_push_subscription", 400, "The push subscription is not valid."),
+    /// A call setting with a value it cannot take, or a change that names none.
+    InvalidCallSettings => ("invalid_call_settings", 400, "The call settings are not valid."),
+    CannotBlockSelf => ("cannot_block_self", 400, "You cannot block yourself."),
     /// A user the request names does not exist (admin and demo endpoints).
     UserNotFound => ("user_not_found", 404, "User not found."),
     NotificationNotFound => ("notification_not_found", 404, "Not found."),
@@ -233,6 +240,17 @@ impl From<&CallServiceError> for Refusal {
             CallServiceError::Refused(InitiateRefusal::SelfCall) => Self::new(ErrorCode::SelfCall),
             CallServiceError::Refused(InitiateRefusal::CallerBusy) => Self::new(ErrorCode::CallerBusy),
             CallServiceError::Refused(InitiateRefusal::ReceiverBusy) => Self::new(ErrorCode::UserBusy),
+            CallServiceError::Policy(PolicyRefusal::NotAllowed(_)) => Self::new(ErrorCode::CallNotAllowed),
+            CallServiceError::Policy(PolicyRefusal::RateLimited { cap, retry_after }) => {
+                let what = match cap {
+                    RateCap::CallsPerMinute => "You are starting calls too often",
+                    RateCap::UnansweredPerCallee => "This user has not answered your recent calls",
+                };
+                Self::with_detail(
+                    ErrorCode::RateLimited,
+                    format!("{what}; try again in {} seconds.", retry_after.as_secs()),
+                )
+            }
             CallServiceError::CallNotFound => Self::new(ErrorCode::CallNotFound),
             CallServiceError::Transition(transition) => transition.into(),
             CallServiceError::StillRacing => Self::new(ErrorCode::CallConflict),

@@ -7,6 +7,8 @@
 //!   of the call, the acting user and `now`, returning the changed call plus the event it
 //!   causes, or a [`TransitionError`] value;
 //! - [`rules`]: who may start a call right now (self-calls, busy lines, glare);
+//! - [`policy`]: who may ring whom at all (blocks, call privacy, do-not-disturb, rate caps,
+//!   the host application's hook), decided from one read of the store;
 //! - [`ports`]: the traits that the outer crates implement (call repository, notification
 //!   repository, directory of users and conversations, signal router, clock, and the
 //!   observers the service tells of every call change);
@@ -26,6 +28,7 @@
 pub mod accounts;
 pub mod call;
 pub mod error_codes;
+pub mod policy;
 pub mod ports;
 pub mod quality;
 pub mod rules;
@@ -36,6 +39,11 @@ pub mod webhooks;
 pub use accounts::{AccountStatus, Accounts};
 pub use call::{Call, CallEvent, CallParts, InvalidCall, NewCall, Outcome, Transition, TransitionError};
 pub use error_codes::{ErrorCode, Refusal};
+pub use policy::{
+    Admission, BlockedUser, CALL_RATE_WINDOW, CallPolicy, CallPolicyHook, CallPolicyStore, CallSettings,
+    CallSettingsChange, HookUnavailable, NotAllowedReason, PolicyError, PolicyFacts, PolicyQuestion, PolicyRefusal,
+    RateCap, RateCaps, RecentCalls, UNANSWERED_WINDOW,
+};
 pub use ports::{
     Audience, CallListFilter, CallObserver, CallRepository, ChangeOrigin, Clock, DeviceClaim, Directory,
     DirectoryError, MAX_PUSH_SUBSCRIPTIONS_PER_USER, ManualClock, NewNotification, Notification,
@@ -50,6 +58,6 @@ pub use service::{
 };
 pub use values::{
     Action, CallId, CallStatus, CallType, CandidateType, ConversationId, DeviceId, EndReason, HangupReason,
-    InvalidValue, NotificationVerb, QualityTag, Timestamp, TransportProtocol, UserId,
+    InvalidValue, NotificationVerb, QualityTag, Timestamp, TransportProtocol, UserId, WhoCanCall,
 };
 pub use webhooks::{DeliveryOutcome, WebhookDelivery, WebhookEvent, WebhookEventType, WebhookOutbox};

@@ -508,6 +508,10 @@ pub trait CallObserver: Send + Sync + std::fmt::Debug {
     /// `transition` was stored. `parties` when the service read them for this change (an
     /// accepted crossing call), so the observer need not read them again.
     async fn changed(&self, transition: &Transition, origin: ChangeOrigin<'_>, parties: Option<&[UserProfile]>);
+
+    /// A call attempt was refused by the policy before anything was stored (nothing else is
+    /// told of it). Only the reason: no user.
+    async fn refused(&self, _refusal: crate::policy::PolicyRefusal) {}
 }
 
 /// A browser's Web Push subscription (`PushSubscription.toJSON()`): where its push service

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::call::{Call, NewCall, Outcome, Transition, TransitionError};
+use crate::policy::{Admission, CallPolicy, PolicyError, PolicyQuestion, PolicyRefusal};
 use crate::ports::{
     CallListFilter, CallObserver, CallRepository, ChangeOrigin, Clock, DeviceClaim, Directory, DirectoryError, Page,
     PageRequest, RepositoryError, UserProfile,
@@ -88,6 +89,9 @@ pub enum CallServiceError {
     ReceiverNotInConversation,
     #[error(transparent)]
     Refused(#[from] InitiateRefusal),
+    /// The callee's blocks, privacy, the policy hook or a rate cap (see [`crate::policy`]).
+    #[error(transparent)]
+    Policy(#[from] PolicyRefusal),
     /// No such call, or the actor is not one of its parties (the two are indistinguishable on
     /// purpose: nobody learns that a call they are not in exists).
     #[error("call not found")]
@@ -135,6 +139,7 @@ pub struct CallService {
     clock: Arc<dyn Clock>,
     ring_timeout: Duration,
     liveness: LivenessPolicy,
+    policy: Option<CallPolicy>,
     observers: Vec<Arc<dyn CallObserver>>,
 }
 
@@ -145,7 +150,15 @@ impl CallService {
         clock: Arc<dyn Clock>,
         ring_timeout: Duration,
     ) -> Self {
-        Self { calls, directory, clock, ring_timeout, liveness: LivenessPolicy::default(), observers: Vec::new() }
+        Self {
+            calls,
+            directory,
+            clock,
+            ring_timeout,
+            liveness: LivenessPolicy::default(),
+            policy: None,
+            observers: Vec::new(),
+        }
     }
 
     /// Adds `observer`: it is told of every change stored from now on, after the observers
@@ -161,6 +174,18 @@ impl CallService {
     pub fn with_liveness(mut self, liveness: LivenessPolicy) -> Self {
         self.liveness = liveness;
         self
+    }
+
+    /// Consults `policy` before every call it creates (without one, everyone may ring
+    /// everyone, as often as they like).
+    #[must_use]
+    pub fn with_policy(mut self, policy: CallPolicy) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    pub fn policy(&self) -> Option<&CallPolicy> {
+        self.policy.as_ref()
     }
 
     pub fn liveness(&self) -> LivenessPolicy {
@@ -189,6 +214,12 @@ impl CallService {
         }
     }
 
+    async fn tell_refused(&self, refusal: PolicyRefusal) {
+        for observer in &self.observers {
+            observer.refused(refusal).await;
+        }
+    }
+
     async fn tell_changed(&self, transition: &Transition, origin: ChangeOrigin<'_>, parties: Option<&[UserProfile]>) {
         for observer in &self.observers {
             observer.changed(transition, origin, parties).await;
@@ -199,8 +230,9 @@ impl CallService {
     ///
     /// # Errors
     /// `Refused(SelfCall)` first, then `ReceiverNotFound`, `ConversationNotFound`,
-    /// `NotInConversation` (the caller), `ReceiverNotInConversation`, `Refused(CallerBusy |
-    /// ReceiverBusy)`; `Repository`/`Directory` when a port fails.
+    /// `NotInConversation` (the caller), `ReceiverNotInConversation`, `Policy` (blocks, privacy,
+    /// the hook, rate caps), `Refused(CallerBusy | ReceiverBusy)`; `Repository`/`Directory`
+    /// when a port fails.
     pub async fn initiate(&self, caller: &UserId, command: InitiateCommand) -> Result<Initiated, CallServiceError> {
         Ok(self.initiate_with_parties(caller, command).await?.0)
     }
@@ -237,18 +269,23 @@ impl CallService {
             }
         }
 
+        let admission = self.admit(caller, &command).await?;
+
         // Optimistic: most calls find both lines free, and claiming them is the check that
         // counts anyway (it is atomic across instances). Only a busy line costs reading the
         // open calls, to tell busy from glare.
         let mut last_busy = InitiateRefusal::ReceiverBusy;
         for _ in 0..ATTEMPTS {
-            let new_call = NewCall::ring(
+            let mut new_call = NewCall::ring(
                 caller.clone(),
                 command.receiver.clone(),
                 command.call_type,
                 command.conversation,
                 self.clock.now(),
             )?;
+            if admission == Admission::Silently {
+                new_call = new_call.silenced();
+            }
             match self.calls.create(new_call).await {
                 Ok(call) => {
                     self.tell_ringing(&call, &parties).await;
@@ -284,6 +321,26 @@ impl CallService {
             }
         }
         Err(last_busy.into())
+    }
+
+    /// What the policy says of `caller` ringing `command.receiver` now (without a policy:
+    /// ring). A refusal is told to the observers (metrics) before it is returned.
+    async fn admit(&self, caller: &UserId, command: &InitiateCommand) -> Result<Admission, CallServiceError> {
+        let Some(policy) = &self.policy else { return Ok(Admission::Ring) };
+        let question = PolicyQuestion {
+            caller: caller.clone(),
+            callee: command.receiver.clone(),
+            call_type: command.call_type,
+            conversation: command.conversation,
+        };
+        match policy.admit(&question, self.clock.now()).await {
+            Ok(admission) => Ok(admission),
+            Err(PolicyError::Refused(refusal)) => {
+                self.tell_refused(refusal).await;
+                Err(refusal.into())
+            }
+            Err(PolicyError::Repository(error)) => Err(error.into()),
+        }
     }
 
     /// The call `id`, if `viewer` is one of its parties.

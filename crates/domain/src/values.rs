@@ -17,7 +17,7 @@ pub struct InvalidValue {
 }
 
 impl InvalidValue {
-    const fn new(field: &'static str, rule: &'static str) -> Self {
+    pub(crate) const fn new(field: &'static str, rule: &'static str) -> Self {
         Self { field, rule }
     }
 }
@@ -145,23 +145,24 @@ macro_rules! named_enum {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(self.as_str())
             }
         }
 
-        impl FromStr for $name {
-            type Err = InvalidValue;
+        impl ::std::str::FromStr for $name {
+            type Err = $crate::values::InvalidValue;
             fn from_str(raw: &str) -> Result<Self, Self::Err> {
                 match raw {
                     $($text => Ok($name::$variant),)+
-                    _ => Err(InvalidValue::new($field, $rule)),
+                    _ => Err($crate::values::InvalidValue::new($field, $rule)),
                 }
             }
         }
     };
 }
+pub(crate) use named_enum;
 
 /// Voice or video. Voice is the default when a client names none, as in the original app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -332,6 +333,22 @@ named_enum!(QualityTag, "tag", "is not a quality tag", {
     LowMos => "low_mos",
     IceFailure => "ice_failure",
     Relayed => "relayed",
+});
+
+/// Who may ring a user (their call privacy). `Conversations` admits users who share a
+/// conversation with them in the directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhoCanCall {
+    #[default]
+    Everyone,
+    Conversations,
+    Nobody,
+}
+named_enum!(WhoCanCall, "who_can_call", "must be 'everyone', 'conversations' or 'nobody'", {
+    Everyone => "everyone",
+    Conversations => "conversations",
+    Nobody => "nobody",
 });
 
 /// What a notification says happened. The wire names are the original app's verbs.

@@ -14,8 +14,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use ringline_domain::{
-    Call, CallEvent, CallObserver, CallStatus, CallType, ChangeOrigin, EndReason, ErrorCode, QualityTag, Transition,
-    UserProfile,
+    Call, CallEvent, CallObserver, CallStatus, CallType, ChangeOrigin, EndReason, ErrorCode, PolicyRefusal, QualityTag,
+    Transition, UserProfile,
 };
 
 use crate::Metrics;
@@ -45,6 +45,11 @@ struct StatusLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabels {
     code: &'static str,
 }
@@ -58,6 +63,8 @@ pub struct CallMetrics {
     answer_seconds: Histogram,
     duration_seconds: Histogram,
     refusals: Family<CodeLabels, Counter>,
+    policy_refusals: Family<ReasonLabels, Counter>,
+    silenced: Counter,
 }
 
 impl CallMetrics {
@@ -69,6 +76,8 @@ impl CallMetrics {
             answer_seconds: Histogram::new(ANSWER_BUCKETS),
             duration_seconds: Histogram::new(DURATION_BUCKETS),
             refusals: Family::default(),
+            policy_refusals: Family::default(),
+            silenced: Counter::default(),
         };
         registry.register("calls_started", "Calls placed (rung), by call type", metrics.started.clone());
         registry.register(
@@ -97,6 +106,17 @@ impl CallMetrics {
             "call_refusals",
             "Call actions (initiate, accept, reject, end) refused, by error code (busy, glare, not found, ...)",
             metrics.refusals.clone(),
+        );
+        registry.register(
+            "call_policy_refusals",
+            "Call attempts the call policy refused before anything was stored, by reason (blocked, privacy, hook, \
+             hook_unavailable, calls_per_minute, unanswered_per_callee)",
+            metrics.policy_refusals.clone(),
+        );
+        registry.register(
+            "calls_silenced",
+            "Calls placed while the callee was in do-not-disturb: none of the callee's devices rang",
+            metrics.silenced.clone(),
         );
         // Zero rather than absent before the first call: alerts on rates need the series.
         for call_type in CallType::ALL {
@@ -135,6 +155,16 @@ impl CallMetrics {
         self.duration_seconds.observe(f64::from(seconds));
     }
 
+    /// The call policy refused an attempt for `reason` (a [`PolicyRefusal::reason`]).
+    pub fn policy_refused(&self, refusal: PolicyRefusal) {
+        self.policy_refusals.get_or_create(&ReasonLabels { reason: refusal.reason() }).inc();
+    }
+
+    /// A call was placed while its callee was in do-not-disturb.
+    pub fn rang_silently(&self) {
+        self.silenced.inc();
+    }
+
     /// A call action was refused with `code`.
     pub fn refused(&self, code: ErrorCode) {
         self.refusals.get_or_create(&CodeLabels { code: code.as_str() }).inc();
@@ -155,6 +185,13 @@ pub struct CallFunnel(pub Arc<Metrics>);
 impl CallObserver for CallFunnel {
     async fn ringing(&self, call: &Call, _parties: &[UserProfile]) {
         self.0.calls.started(call.call_type());
+        if call.is_silenced() {
+            self.0.calls.rang_silently();
+        }
+    }
+
+    async fn refused(&self, refusal: PolicyRefusal) {
+        self.0.calls.policy_refused(refusal);
     }
 
     async fn changed(&self, transition: &Transition, _origin: ChangeOrigin<'_>, _parties: Option<&[UserProfile]>) {

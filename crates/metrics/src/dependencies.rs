@@ -39,6 +39,15 @@ pub enum PushResult {
     Failed,
 }
 
+/// How a question to the call policy hook ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyHookResult {
+    Allowed,
+    Refused,
+    /// No usable answer in time (timeout, connection, status, body).
+    Failed,
+}
+
 /// The dependencies' families.
 #[derive(Debug)]
 pub struct DependencyMetrics {
@@ -50,6 +59,8 @@ pub struct DependencyMetrics {
     webhooks: Family<ResultLabels, Counter>,
     webhook_oldest_pending: Gauge<f64, std::sync::atomic::AtomicU64>,
     pushes: Family<ResultLabels, Counter>,
+    policy_hook: Family<ResultLabels, Counter>,
+    policy_hook_seconds: Histogram,
     /// Two scrapes at once must not both add the same difference to a mirrored counter.
     mirroring: std::sync::Mutex<()>,
 }
@@ -65,6 +76,8 @@ impl DependencyMetrics {
             webhooks: Family::default(),
             webhook_oldest_pending: Gauge::default(),
             pushes: Family::default(),
+            policy_hook: Family::default(),
+            policy_hook_seconds: Histogram::new(LATENCY_BUCKETS),
             mirroring: std::sync::Mutex::new(()),
         };
         registry.register_with_unit(
@@ -93,6 +106,17 @@ impl DependencyMetrics {
             metrics.webhook_oldest_pending.clone(),
         );
         registry.register("pushes", "Web Push messages, by result (sent, expired, failed)", metrics.pushes.clone());
+        registry.register(
+            "call_policy_hook_requests",
+            "Questions to the call policy hook (RINGLINE_CALL_POLICY_URL), by result (allowed, refused, failed)",
+            metrics.policy_hook.clone(),
+        );
+        registry.register_with_unit(
+            "call_policy_hook_duration",
+            "Time the call policy hook took to answer (or to fail)",
+            Unit::Seconds,
+            metrics.policy_hook_seconds.clone(),
+        );
         metrics
     }
 
@@ -134,5 +158,16 @@ impl DependencyMetrics {
             PushResult::Failed => "failed",
         };
         self.pushes.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// The call policy hook answered (or failed) after `elapsed`.
+    pub fn policy_hook(&self, result: PolicyHookResult, elapsed: std::time::Duration) {
+        let result = match result {
+            PolicyHookResult::Allowed => "allowed",
+            PolicyHookResult::Refused => "refused",
+            PolicyHookResult::Failed => "failed",
+        };
+        self.policy_hook.get_or_create(&ResultLabels { result }).inc();
+        self.policy_hook_seconds.observe(elapsed.as_secs_f64());
     }
 }

@@ -99,6 +99,9 @@ pub const FAMILIES: &[&str] = &[
     "ringline_call_duration_seconds",
     "ringline_call_jitter_seconds",
     "ringline_call_mos",
+    "ringline_call_policy_hook_duration_seconds",
+    "ringline_call_policy_hook_requests_total",
+    "ringline_call_policy_refusals_total",
     "ringline_call_packet_loss_ratio",
     "ringline_call_quality_reports_total",
     "ringline_call_quality_tags_total",
@@ -106,6 +109,7 @@ pub const FAMILIES: &[&str] = &[
     "ringline_call_rtt_seconds",
     "ringline_calls_finished_total",
     "ringline_calls_open",
+    "ringline_calls_silenced_total",
     "ringline_calls_started_total",
     "ringline_database_write_errors_total",
     "ringline_database_write_seconds",
@@ -138,11 +142,12 @@ mod tests {
     use std::time::Duration;
 
     use ringline_domain::{
-        CallId, CallType, ErrorCode, NewCall, Outcome, QualityReport, QualityTag, Timestamp, UserId,
+        CallId, CallType, ErrorCode, NewCall, NotAllowedReason, Outcome, PolicyRefusal, QualityReport, QualityTag,
+        Timestamp, UserId,
     };
 
     use super::*;
-    use crate::dependencies::{PushResult, WebhookResult};
+    use crate::dependencies::{PolicyHookResult, PushResult, WebhookResult};
     use crate::sockets::ResumeResult;
 
     /// Metrics with a sample in every family (an empty family shows nothing in a scrape).
@@ -157,6 +162,8 @@ mod tests {
         metrics.calls.finished(&cancelled.call);
         metrics.calls.lasted(5);
         metrics.calls.refused(ErrorCode::UserBusy);
+        metrics.calls.policy_refused(PolicyRefusal::NotAllowed(NotAllowedReason::Blocked));
+        metrics.calls.rang_silently();
         metrics.calls.set_open(1, 1);
         let sockets = &metrics.sockets;
         sockets.opened(SocketEndpoint::Chat);
@@ -173,6 +180,7 @@ mod tests {
         dependencies.webhook(WebhookResult::Delivered);
         dependencies.set_webhook_oldest_pending(Duration::from_secs(1));
         dependencies.push(PushResult::Sent);
+        dependencies.policy_hook(PolicyHookResult::Allowed, Duration::from_millis(3));
         let report = QualityReport {
             rtt_ms: Some(20.0),
             jitter_ms: Some(2.0),

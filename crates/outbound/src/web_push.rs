@@ -335,6 +335,9 @@ pub struct WebPushObserver(pub Arc<WebPushSender>);
 #[async_trait]
 impl CallObserver for WebPushObserver {
     async fn ringing(&self, call: &Call, parties: &[UserProfile]) {
+        if call.is_silenced() {
+            return; // Do-not-disturb: the receiver's browsers do not ring either.
+        }
         let deadline = call.started_at().plus(self.0.ring_timeout).as_datetime();
         let message = serde_json::json!({
             "type": "call.ringing",
@@ -345,8 +348,8 @@ impl CallObserver for WebPushObserver {
     }
 
     async fn changed(&self, transition: &Transition, _origin: ChangeOrigin<'_>, _parties: Option<&[UserProfile]>) {
-        if transition.from != CallStatus::Ringing {
-            return;
+        if transition.from != CallStatus::Ringing || transition.call.is_silenced() {
+            return; // Nothing rang, so nothing is to stop.
         }
         // It stopped ringing: the same topic replaces a ring not yet delivered, and the
         // service worker takes a shown one down.

@@ -25,9 +25,9 @@ use std::time::Duration;
 use anyhow::Context;
 use ringline_api::{CallApiParts, ConnectionAcceptor, JwtAuthenticator, MetricsListener, ServerParts};
 use ringline_bus::SharedBus;
-use ringline_domain::{CallService, Clock, SignalRouter, WebhookOutbox};
+use ringline_domain::{CallPolicy, CallService, Clock, SignalRouter, WebhookOutbox};
 use ringline_metrics::{CallFunnel, Metrics};
-use ringline_outbound::{WebPushObserver, WebPushSender, WebhookSender, WebhookWaker};
+use ringline_outbound::{HttpPolicyHook, WebPushObserver, WebPushSender, WebhookSender, WebhookWaker};
 use ringline_signaling::{Background, LocalRouter, Signaling};
 use ringline_storage::Storage;
 
@@ -97,8 +97,15 @@ impl Application {
         storage.webhooks().set_subscriptions(&urls).await.context("cannot record the webhook subscriptions")?;
         let webhook_waker = WebhookWaker::new();
         let (calls, directory) = (Arc::new(storage.calls()), Arc::new(storage.directory()));
+        let mut policy = CallPolicy::new(Arc::new(storage.call_policy()), settings.rate_caps());
+        if let Some((hook, fails_open)) = settings.call_policy_hook() {
+            let hook = HttpPolicyHook::new(hook, clock.clone(), metrics.clone())
+                .context("cannot set up the call policy hook")?;
+            policy = policy.with_hook(Arc::new(hook), fails_open);
+        }
         let mut service = CallService::new(calls, directory, clock.clone(), settings.ring_timeout())
             .with_liveness(settings.liveness())
+            .with_policy(policy)
             .observed_by(Arc::new(CallFunnel(metrics.clone())));
         if !urls.is_empty() {
             service = service.observed_by(webhook_waker.clone());

@@ -10,7 +10,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::{Figment, Provider};
 use ringline_api::{IceSettings, ListenerSettings};
 use ringline_bus::RedisSettings;
-use ringline_domain::LivenessPolicy;
+use ringline_domain::{LivenessPolicy, RateCaps};
 use ringline_outbound::{AllowedHosts, WebhookSettings};
 use ringline_signaling::{FrameRate, Keepalive};
 use ringline_storage::SqliteSync;
@@ -50,6 +50,8 @@ pub struct Settings {
     pub auth: AuthConfig,
     #[serde(flatten)]
     pub calls: CallConfig,
+    #[serde(flatten)]
+    pub call_policy: CallPolicyConfig,
     #[serde(flatten)]
     pub sockets: SocketConfig,
     #[serde(flatten)]
@@ -176,6 +178,39 @@ impl Default for CallConfig {
             ring_timeout_secs: ringline_domain::DEFAULT_RING_TIMEOUT.as_secs(),
             liveness_grace_secs: LivenessPolicy::default().grace.as_secs(),
             max_call_secs: LivenessPolicy::default().max_call.as_secs(),
+        }
+    }
+}
+
+/// Who may ring whom beyond users' own settings (`docs/configuration.md`, "Call policy"):
+/// the rate caps and the host application's policy hook.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct CallPolicyConfig {
+    /// Calls one user may start within a minute, to anyone (0: no cap).
+    pub calls_per_minute: u32,
+    /// Unanswered calls (missed, cancelled, declined) from one caller to one callee within ten
+    /// minutes after which the caller must wait (0: no cap).
+    pub unanswered_calls_per_callee: u32,
+    /// Asked before every call that users' settings allow, with a signed POST; none: not asked.
+    pub call_policy_url: Option<String>,
+    pub call_policy_timeout_ms: u64,
+    /// Whether a call is placed when the hook does not answer in time or fails. On by default:
+    /// users' blocks and privacy are enforced by Ringline itself, so an outage of the host
+    /// application's hook then costs only its extra rules, not every call; turn it off when
+    /// the hook enforces something calls must never bypass.
+    pub call_policy_fail_open: bool,
+}
+
+impl Default for CallPolicyConfig {
+    fn default() -> Self {
+        let caps = RateCaps::default();
+        Self {
+            calls_per_minute: caps.calls_per_minute,
+            unanswered_calls_per_callee: caps.unanswered_per_callee,
+            call_policy_url: None,
+            call_policy_timeout_ms: 1000,
+            call_policy_fail_open: true,
         }
     }
 }
@@ -337,6 +372,7 @@ fn known_keys() -> Vec<&'static str> {
         fields_of::<DatabaseConfig>(),
         fields_of::<AuthConfig>(),
         fields_of::<CallConfig>(),
+        fields_of::<CallPolicyConfig>(),
         fields_of::<SocketConfig>(),
         fields_of::<IceConfig>(),
         fields_of::<BusConfig>(),
@@ -506,6 +542,14 @@ pub enum SettingsError {
          RINGLINE_WEBHOOK_RETENTION_HOURS 1–8760"
     )]
     WebhookLimits,
+    #[error("RINGLINE_CALL_POLICY_URL is {0:?}, which is not an http:// or https:// URL")]
+    CallPolicyUrl(String),
+    #[error(
+        "RINGLINE_CALL_POLICY_URL is set: RINGLINE_WEBHOOK_SECRET must be set too (the hook's requests are signed)"
+    )]
+    CallPolicySecret,
+    #[error("RINGLINE_CALL_POLICY_TIMEOUT_MS must be between 50 and 10000")]
+    CallPolicyTimeout,
     #[error("RINGLINE_HTTP_IDLE_TIMEOUT_SECS must be longer than RINGLINE_WS_PING_INTERVAL_SECS and at most 3600")]
     HttpIdleTimeout,
     #[error("RINGLINE_METRICS_BIND must not use RINGLINE_BIND's port: metrics are served to the operator only")]
@@ -698,6 +742,17 @@ impl Settings {
         {
             problems.push(SettingsError::WebhookLimits);
         }
+        if let Some(url) = &self.call_policy.call_policy_url {
+            if !ringline_outbound::webhooks::is_valid_url(url) {
+                problems.push(SettingsError::CallPolicyUrl(url.clone()));
+            }
+            if self.webhook.webhook_secret.is_none() {
+                problems.push(SettingsError::CallPolicySecret);
+            }
+        }
+        if !(50..=10_000).contains(&self.call_policy.call_policy_timeout_ms) {
+            problems.push(SettingsError::CallPolicyTimeout);
+        }
         problems
     }
 
@@ -856,6 +911,11 @@ impl Settings {
                     host.as_deref().unwrap_or("?")
                 ));
             }
+            if self.call_policy.call_policy_url.as_deref().is_some_and(|url| url.starts_with("http://")) {
+                risks.push(
+                    "RINGLINE_CALL_POLICY_URL is plain http: who calls whom crosses the network unencrypted".to_owned(),
+                );
+            }
             if self.metrics.metrics_bind.is_some_and(|address| !address.ip().is_loopback()) {
                 risks.push(
                     "RINGLINE_METRICS_BIND listens beyond this machine: make sure only Prometheus can reach it"
@@ -881,6 +941,23 @@ impl Settings {
             allowed_hosts: ringline_outbound::AllowedHosts::new(&self.push.web_push_allowed_hosts),
             allow_loopback: self.push.web_push_allow_loopback,
         }
+    }
+
+    /// The rate caps of the call policy.
+    pub fn rate_caps(&self) -> RateCaps {
+        RateCaps {
+            calls_per_minute: self.call_policy.calls_per_minute,
+            unanswered_per_callee: self.call_policy.unanswered_calls_per_callee,
+        }
+    }
+
+    /// How the call policy hook is asked (`None` without `call_policy_url`), and whether a
+    /// call is placed when it has no answer.
+    pub fn call_policy_hook(&self) -> Option<(ringline_outbound::PolicyHookSettings, bool)> {
+        let url = self.call_policy.call_policy_url.clone()?;
+        let secret = self.webhook.webhook_secret.clone()?;
+        let timeout = Duration::from_millis(self.call_policy.call_policy_timeout_ms);
+        Some((ringline_outbound::PolicyHookSettings { url, secret, timeout }, self.call_policy.call_policy_fail_open))
     }
 
     /// How call webhooks are sent (`None` without `webhook_urls`).

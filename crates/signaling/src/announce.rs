@@ -42,7 +42,11 @@ impl CallObserver for Announcer {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .extend([call.caller().clone(), call.receiver().clone()]);
-        self.ring(call).await;
+        // Do-not-disturb: none of the receiver's devices rings (the caller hears it ring as
+        // for any call, and learns nothing more than from an unanswered one).
+        if !call.is_silenced() {
+            self.ring(call).await;
+        }
     }
 
     async fn changed(&self, transition: &Transition, origin: ChangeOrigin<'_>, parties: Option<&[UserProfile]>) {

@@ -351,6 +351,27 @@ impl Signaling {
         Ok(outcome)
     }
 
+    /// `receiver` now blocks `blocked`: a call from one of them that is ringing `receiver` ends
+    /// as declined by `receiver`, announced as any decline. Returns whether one did.
+    ///
+    /// # Errors
+    /// As [`CallService::act`], but a call that stopped ringing meanwhile is no error.
+    pub async fn decline_calls_from(&self, receiver: &UserId, blocked: &[UserId]) -> Result<bool, CallServiceError> {
+        // A user is in at most one open call, and it is their newest.
+        let Some(call) = self.service.newest_call_of(receiver).await? else { return Ok(false) };
+        let ringing_from_blocked = call.status() == ringline_domain::CallStatus::Ringing
+            && call.receiver() == receiver
+            && blocked.contains(call.caller());
+        if !ringing_from_blocked {
+            return Ok(false);
+        }
+        match self.act(receiver, call.id(), CallAction::Reject, None).await {
+            Ok(outcome) => Ok(matches!(outcome, Outcome::Changed(_))),
+            Err(CallServiceError::Transition(_)) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Expires calls past the ring timeout (the service tells the announcer of each). Returns
     /// how many.
     ///

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use ringline_domain::{Call, CallServiceError, EndReason, UserId};
+use ringline_domain::{Call, CallServiceError, CallStatus, EndReason, UserId};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -141,7 +141,10 @@ impl Signaling {
         let Some(newest) = self.service.newest_call_of(user).await? else {
             return Ok(CallsOnConnect::default());
         };
-        if newest.status().is_open() {
+        // A call placed while the user was in do-not-disturb rings none of their devices, this
+        // one included: it is not theirs to see until it is missed.
+        let silenced_for_user = newest.is_silenced() && newest.receiver() == user;
+        if newest.status().is_open() && !(silenced_for_user && newest.status() == CallStatus::Ringing) {
             self.announcer.on_lines.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(user.clone());
             if let Err(error) = self.service.mark_seen(std::slice::from_ref(user)).await {
                 tracing::warn!(%error, "cannot record that a party of a call is back");

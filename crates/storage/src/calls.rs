@@ -91,6 +91,7 @@ fn to_call(row: call::Model) -> Result<Call, RepositoryError> {
             .map(|text| serde_json::from_str::<CallQuality>(&text).map(std::sync::Arc::new))
             .transpose()
             .map_err(|e| corrupt(format!("quality: {e}")))?,
+        silenced: row.silenced,
     };
     Call::restore(parts).map_err(storage_failure)
 }
@@ -131,6 +132,7 @@ impl CallRepository for SqlCallRepository {
             ended_at: Set(None),
             duration_seconds: Set(None),
             end_reason: Set(None),
+            silenced: Set(new_call.is_silenced()),
             created_at: Set(started_at),
             updated_at: Set(started_at),
             ..Default::default()

@@ -24,6 +24,8 @@ pub mod call {
         pub callee_device: Option<String>,
         /// The parties' quality reports, summarised (`CallQuality` as JSON).
         pub quality: Option<String>,
+        /// Placed while the receiver was in do-not-disturb: none of their devices rang.
+        pub silenced: bool,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

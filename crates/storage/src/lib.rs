@@ -23,6 +23,7 @@ mod driver;
 mod entity;
 pub mod migration;
 mod notifications;
+mod policy;
 mod push;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -46,6 +47,7 @@ pub use calls::SqlCallRepository;
 use direct_pool::DirectPool;
 pub use directory::{DirectoryWriteError, SqlDirectory};
 pub use notifications::SqlNotifications;
+pub use policy::SqlCallPolicy;
 pub use push::SqlPushSubscriptions;
 pub use ringline_domain::VapidKeys;
 pub use webhooks::SqlWebhookOutbox;
@@ -398,6 +400,10 @@ impl Storage {
 
     pub fn notifications(&self) -> SqlNotifications {
         SqlNotifications::new(self.connections.clone())
+    }
+
+    pub fn call_policy(&self) -> SqlCallPolicy {
+        SqlCallPolicy::new(self.connections.clone())
     }
 
     pub fn push_subscriptions(&self) -> SqlPushSubscriptions {

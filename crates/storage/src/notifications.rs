@@ -4,11 +4,14 @@
 
 use async_trait::async_trait;
 use ringline_domain::{
-    Call, CallId, ConversationId, NewNotification, Notification, NotificationRepository, NotificationVerb, Page, PageRequest,
-    RepositoryError, Timestamp, UserId,
+    Call, CallId, ConversationId, NewNotification, Notification, NotificationRepository, NotificationVerb, Page,
+    PageRequest, RepositoryError, Timestamp, UserId,
 };
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    Set,
+};
 use serde_json::json;
 
 use crate::entity::notification;

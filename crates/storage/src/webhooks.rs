@@ -136,6 +136,9 @@ fn to_delivery(row: &QueryResult) -> Result<WebhookDelivery, RepositoryError> {
             .map(|text| serde_json::from_str(&text).map(std::sync::Arc::new))
             .transpose()
             .map_err(|e| corrupt(format!("quality: {e}")))?,
+        // Not part of a webhook's payload either (the host application learns of
+        // do-not-disturb from its own users' settings).
+        silenced: false,
     };
     let call = Call::restore(parts).map_err(storage_failure)?;
     Ok(WebhookDelivery {

@@ -44,9 +44,10 @@ async fn a_call_cycle_stays_within_its_statement_budget(backend: DatabaseBackend
 
     let id = app.ring(&alice, "bob").await;
     until(&mut bob_socket, "notification.created").await;
-    // Both parties' profiles in one read, the call row (whose insert claims both lines through
-    // the database's trigger: no transaction), the incoming-call notification, and the
-    // callee's browsers to ring with Web Push (none here).
+    // Both parties' profiles in one read, what the call policy decides from (blocks either
+    // way, the callee's settings, the caller's recent calls: one read), the call row (whose insert
+    // claims both lines through the database's trigger: no transaction), the incoming-call
+    // notification, and the callee's browsers to ring with Web Push (none here).
     let initiate = settled(&counter).await;
     app.post(&format!("/api/calls/{id}/accept/"), &bob, json!({})).await.expect(200);
     until(&mut alice_socket, "call.answer").await;
@@ -57,7 +58,7 @@ async fn a_call_cycle_stays_within_its_statement_budget(backend: DatabaseBackend
     // The compare-and-set UPDATE, which frees both lines through the trigger: no transaction.
     let end = settled(&counter).await;
 
-    assert_eq!((initiate, accept, end), (4, 1, 1), "statements for initiate, accept, end");
+    assert_eq!((initiate, accept, end), (5, 1, 1), "statements for initiate, accept, end");
     app.stop().await;
 }
 
