@@ -218,6 +218,45 @@ test("nobody answers: both see a missed call after the ring timeout", async () =
   await alan.context().close();
 });
 
+test("do not disturb: nothing rings, the missed call shows, and its caller can be blocked", async () => {
+  const katherine = await personTab("katherine");
+  const grace = await personTab("grace");
+  await katherine.locator("#call-settings summary").click();
+  await katherine.locator("#do-not-disturb").check();
+  await notice(katherine, /Do not disturb is on/);
+  // Whether the incoming-call screen ever shows, however briefly.
+  await katherine.evaluate(() => {
+    window.rang = false;
+    const incoming = document.getElementById("incoming");
+    new MutationObserver(() => {
+      if (!incoming.hidden) window.rang = true;
+    }).observe(incoming, { attributes: true });
+  });
+  await grace.locator('#contacts li[data-user="katherine"] .call-voice').click();
+  // To the caller it rang as any call nobody answers.
+  await notice(grace, /did not answer/);
+  const missed = katherine.locator('#history li[data-status="missed"].missed').first();
+  await missed.waitFor();
+  assert.match(await missed.textContent(), /Missed voice call/);
+  assert.equal(await katherine.evaluate(() => window.rang), false, "nothing rang");
+  await shot(katherine, "do-not-disturb-missed");
+
+  await missed.locator(".block").click();
+  await notice(katherine, /Grace Hopper is blocked/);
+  await katherine.locator('#blocked li[data-user="grace"]').waitFor();
+  await grace.locator('#contacts li[data-user="katherine"] .call-voice').click();
+  await notice(grace, /does not take calls from you/);
+  await shot(katherine, "call-settings");
+
+  // As it was, for the tests after this one.
+  await katherine.locator('#blocked li[data-user="grace"] button').click();
+  await katherine.locator('#blocked li[data-user="grace"]').waitFor({ state: "detached" });
+  await katherine.locator("#do-not-disturb").uncheck();
+  await notice(katherine, /Call settings saved/);
+  await katherine.context().close();
+  await grace.context().close();
+});
+
 test("open in two tabs: both ring, answering in one stops the other", async () => {
   const grace = await personTab("grace");
   const katherineContext = await browser.newContext({ viewport: { width: 1000, height: 700 } });

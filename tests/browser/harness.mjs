@@ -44,11 +44,15 @@ export async function waitForServer(url) {
 export async function startRingline({ workdir, port, ringTimeoutSecs, env: extra = {} }) {
   const env = {
     ...process.env,
-    ...extra,
     RINGLINE_DATABASE_URL: `sqlite://${join(workdir, "ringline.db")}?mode=rwc`,
     RINGLINE_BIND: `127.0.0.1:${port}`,
     RINGLINE_RING_TIMEOUT_SECS: String(ringTimeoutSecs),
+    // The same people call each other, unanswered, many times a minute here; the rate caps
+    // have tests of their own (tests/tests/end_to_end/call_policy.rs).
+    RINGLINE_CALLS_PER_MINUTE: "0",
+    RINGLINE_UNANSWERED_CALLS_PER_CALLEE: "0",
     RUST_LOG: "warn",
+    ...extra,
   };
   // The server refuses settings it does not know: the tests' own variables stay here.
   delete env.RINGLINE_BIN;

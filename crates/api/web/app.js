@@ -264,6 +264,7 @@ async function start() {
   connect();
   await loadContacts();
   await loadHistory();
+  await loadCallSettings();
 }
 
 // ---------------------------------------------------------------- contacts and history
@@ -379,6 +380,16 @@ async function loadHistory() {
         back.setAttribute("aria-label", `Call ${nameOf(other)} back (${call.call_type === "video" ? "video" : "voice"})`);
         back.addEventListener("click", () => startCall(other.id, call.call_type === "video" ? "video" : "voice"));
         item.append(text, when, back);
+        // A call someone placed to you that you missed or declined: the place to stop them.
+        if (call.receiver.id === state.me.id && ["missed", "rejected", "cancelled"].includes(call.status)) {
+          const block = document.createElement("button");
+          block.type = "button";
+          block.className = "block link";
+          block.textContent = "Block";
+          block.setAttribute("aria-label", `Block ${nameOf(other)}`);
+          block.addEventListener("click", () => blockUser(other));
+          item.append(block);
+        }
         return item;
       }),
     );
@@ -390,6 +401,69 @@ async function loadHistory() {
     renderContacts();
   } catch (error) {
     if (error.status === 401) signOut();
+  }
+}
+
+// ---------------------------------------------------------------- call settings and blocks
+
+async function loadCallSettings() {
+  try {
+    const { data } = await api("/api/call-settings/");
+    $("who-can-call").value = data.who_can_call;
+    const until = data.do_not_disturb_until && new Date(data.do_not_disturb_until);
+    $("do-not-disturb").checked = until ? until > new Date() : data.do_not_disturb;
+    await loadBlocked();
+  } catch {
+    // A server without call settings: the panel stays as it is.
+  }
+}
+
+async function saveCallSettings(change) {
+  try {
+    await api("/api/call-settings/", { method: "PATCH", body: change });
+    notify(change.do_not_disturb === true ? "Do not disturb is on: nothing will ring." : "Call settings saved.");
+  } catch (error) {
+    notify(`Could not save your call settings: ${error.message}`, { error: true });
+    await loadCallSettings();
+  }
+}
+
+async function loadBlocked() {
+  const { data } = await api("/api/call-blocks/");
+  const list = $("blocked");
+  list.replaceChildren(
+    ...data.results.map(({ user }) => {
+      const item = document.createElement("li");
+      item.dataset.user = user.id;
+      const name = document.createElement("span");
+      name.textContent = nameOf(user);
+      const unblock = document.createElement("button");
+      unblock.type = "button";
+      unblock.className = "link";
+      unblock.textContent = "Unblock";
+      unblock.setAttribute("aria-label", `Unblock ${nameOf(user)}`);
+      unblock.addEventListener("click", async () => {
+        await api(`/api/call-blocks/${encodeURIComponent(user.id)}/`, { method: "DELETE" }).catch(() => {});
+        await loadBlocked();
+      });
+      item.append(name, unblock);
+      return item;
+    }),
+  );
+  if (data.results.length === 0) {
+    const empty = document.createElement("li");
+    empty.textContent = "Nobody.";
+    list.replaceChildren(empty);
+  }
+}
+
+async function blockUser(user) {
+  try {
+    await api("/api/call-blocks/", { method: "POST", body: { user_id: user.id } });
+    notify(`${nameOf(user)} is blocked: their calls will not reach you.`);
+    await loadBlocked();
+  } catch (error) {
+    notify(`Could not block ${nameOf(user)}: ${error.message}`, { error: true });
   }
 }
 
@@ -1008,6 +1082,7 @@ async function startCall(peerId, type) {
       caller_busy: "You are already in a call.",
       receiver_not_found: `There is no user "${peerId}".`,
       self_call: "You cannot call yourself.",
+      call_not_allowed: `${peerName} does not take calls from you.`,
     };
     return giveUp(messages[error.code] || error.message);
   }
@@ -1263,6 +1338,10 @@ $("dial").addEventListener("submit", (event) => {
   event.preventDefault();
   startCall($("dial-id").value.trim(), event.submitter?.value === "voice" ? "voice" : "video");
 });
+$("who-can-call").addEventListener("change", (event) => saveCallSettings({ who_can_call: event.currentTarget.value }));
+$("do-not-disturb").addEventListener("change", (event) =>
+  saveCallSettings({ do_not_disturb: event.currentTarget.checked, do_not_disturb_until: null }),
+);
 $("accept").addEventListener("click", () => answerCall());
 $("decline").addEventListener("click", declineCall);
 $("cancel").addEventListener("click", hangUp);
