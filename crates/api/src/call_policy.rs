@@ -58,6 +58,10 @@ pub struct CallSettingsJson {
     /// off after it.
     #[oai(nullable)]
     pub do_not_disturb_until: Option<UtcTime>,
+    /// Your calls connect only through a TURN relay: the other party never learns your IP
+    /// address (`GET /api/turn/ice-servers/` then says `ice_transport_policy: relay`). Calls
+    /// may take a moment longer to connect, and need the server's TURN relay.
+    pub relay_only: bool,
 }
 
 impl From<CallSettings> for CallSettingsJson {
@@ -66,6 +70,7 @@ impl From<CallSettings> for CallSettingsJson {
             who_can_call: settings.who_can_call.into(),
             do_not_disturb: settings.do_not_disturb,
             do_not_disturb_until: settings.do_not_disturb_until.map(UtcTime),
+            relay_only: settings.relay_only,
         }
     }
 }
@@ -97,6 +102,7 @@ pub struct CallSettingsPatch {
     /// `null` clears it.
     #[oai(nullable)]
     pub do_not_disturb_until: MaybeUndefined<DateTimeField>,
+    pub relay_only: MaybeUndefined<bool>,
 }
 
 /// A field that may be left out but not set to `null` (only `do_not_disturb_until` clears).
@@ -194,6 +200,7 @@ fn change_of(body: CallSettingsPatch) -> Result<CallSettingsChange, ApiError> {
         .transpose()
         .map_err(|_| invalid(WHO))?;
     let do_not_disturb = not_null(body.do_not_disturb, "do_not_disturb must be true or false.")?;
+    let relay_only = not_null(body.relay_only, "relay_only must be true or false.")?;
     let do_not_disturb_until = match body.do_not_disturb_until {
         MaybeUndefined::Undefined => None,
         MaybeUndefined::Null => Some(None),
@@ -203,7 +210,7 @@ fn change_of(body: CallSettingsPatch) -> Result<CallSettingsChange, ApiError> {
             Some(Some(Timestamp::from(moment.with_timezone(&chrono::Utc))))
         }
     };
-    Ok(CallSettingsChange { who_can_call, do_not_disturb, do_not_disturb_until })
+    Ok(CallSettingsChange { who_can_call, do_not_disturb, do_not_disturb_until, relay_only })
 }
 
 #[OpenApi(tag = "ApiTags::CallPolicy")]

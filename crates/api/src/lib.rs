@@ -151,7 +151,7 @@ pub fn server_api(parts: ServerParts) -> OpenApiService<ServerApis, ()> {
         CallsApi::new(signaling.clone(), authenticator.clone()),
         CallPolicyApi::new(signaling.clone(), authenticator.clone(), clock.clone()),
         NotificationsApi::new(signaling.clone(), authenticator.clone()),
-        TurnApi::new(ice, authenticator.clone(), clock.clone()),
+        TurnApi::new(ice, signaling.clone(), authenticator.clone(), clock.clone()),
         PushApi::new(
             Arc::new(parts.storage.push_subscriptions()),
             parts.vapid_public_key,
@@ -239,8 +239,8 @@ pub fn call_routes(parts: CallApiParts) -> impl Endpoint + use<> {
     let apis = (
         CallsApi::new(signaling.clone(), authenticator.clone()),
         CallPolicyApi::new(signaling.clone(), authenticator.clone(), clock.clone()),
-        NotificationsApi::new(signaling, authenticator.clone()),
-        TurnApi::new(ice, authenticator, clock),
+        NotificationsApi::new(signaling.clone(), authenticator.clone()),
+        TurnApi::new(ice, signaling, authenticator, clock),
     );
     let api = describe(OpenApiService::new(apis, "Ringline calls", env!("CARGO_PKG_VERSION")));
     let allowed =

@@ -528,8 +528,24 @@ pub struct IceServerJson {
     pub credential: Option<String>,
 }
 
+/// Which candidates a client's `RTCPeerConnection` may use (`iceTransportPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum IceTransportPolicyJson {
+    /// Any: direct, through NAT, or relayed.
+    All,
+    /// Relayed only: the other party sees the TURN server's address, never yours.
+    Relay,
+}
+
 /// Body of `GET /api/turn/ice-servers/`.
 #[derive(Debug, Object)]
 pub struct IceServersJson {
     pub ice_servers: Vec<IceServerJson>,
+    /// Pass it to `RTCPeerConnection` as `iceTransportPolicy`. `relay` when you (or the
+    /// server) chose relay-only calls: use only relay candidates, and send no others.
+    pub ice_transport_policy: IceTransportPolicyJson,
+    /// When the TURN credentials stop being accepted; ask again before (`null` without TURN).
+    #[oai(nullable)]
+    pub expires_at: Option<UtcTime>,
 }

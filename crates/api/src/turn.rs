@@ -11,13 +11,14 @@ use hmac::{Hmac, Mac};
 use poem::Request;
 use poem_openapi::OpenApi;
 use poem_openapi::payload::Json;
-use ringline_domain::{Clock, UserId};
+use ringline_domain::{Clock, Timestamp, UserId};
+use ringline_signaling::Signaling;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::ApiTags;
 use crate::auth::Authenticator;
 use crate::error::ApiError;
-use crate::models::{IceServerJson, IceServersJson};
+use crate::models::{IceServerJson, IceServersJson, IceTransportPolicyJson, UtcTime};
 use crate::security::{BearerAuth, authenticate};
 
 /// Which ICE servers to hand out.
@@ -32,6 +33,9 @@ pub struct IceSettings {
     pub turn_secret: Option<SecretString>,
     /// How long issued TURN credentials stay valid.
     pub turn_ttl: Duration,
+    /// Every user's calls connect only through the relay (`RINGLINE_ICE_RELAY_ONLY`); each
+    /// user may also choose it for themselves (`relay_only` in their call settings).
+    pub relay_only: bool,
 }
 
 /// The TURN REST credential for `user`, valid until `expires_at` (Unix seconds).
@@ -48,13 +52,30 @@ pub fn turn_credential(secret: &SecretString, user: &UserId, expires_at: i64) ->
 #[derive(Debug)]
 pub struct TurnApi {
     settings: IceSettings,
+    signaling: Arc<Signaling>,
     auth: Arc<dyn Authenticator>,
     clock: Arc<dyn Clock>,
 }
 
 impl TurnApi {
-    pub fn new(settings: IceSettings, auth: Arc<dyn Authenticator>, clock: Arc<dyn Clock>) -> Self {
-        Self { settings, auth, clock }
+    pub fn new(
+        settings: IceSettings,
+        signaling: Arc<Signaling>,
+        auth: Arc<dyn Authenticator>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self { settings, signaling, auth, clock }
+    }
+
+    /// Whether `user`'s calls must go through the relay: the server says so for everyone, or
+    /// the user chose it.
+    async fn relay_only(&self, user: &UserId) -> Result<bool, ApiError> {
+        if self.settings.relay_only {
+            return Ok(true);
+        }
+        let Some(policy) = self.signaling.service().policy() else { return Ok(false) };
+        let settings = policy.store().settings(user).await.map_err(|error| ApiError::internal(&error))?;
+        Ok(settings.relay_only)
     }
 }
 
@@ -63,16 +84,23 @@ impl TurnApi {
     /// ICE servers for WebRTC
     ///
     /// STUN servers, and TURN servers with credentials that expire after the configured TTL
-    /// (coturn `use-auth-secret`). Pass the list to `RTCPeerConnection` as `iceServers`.
+    /// (coturn `use-auth-secret`; `expires_at` says when). Pass the list to `RTCPeerConnection`
+    /// as `iceServers`, and `ice_transport_policy` as `iceTransportPolicy`: `relay` when the
+    /// user (call settings' `relay_only`) or the server chose relay-only calls.
     #[oai(path = "/api/turn/ice-servers/", method = "get", operation_id = "turn_ice_servers")]
     async fn ice_servers(&self, req: &Request, auth: BearerAuth) -> Result<Json<IceServersJson>, ApiError> {
         let user = authenticate(self.auth.as_ref(), req, &auth).await?;
+        let relay_only = self.relay_only(&user).await?;
         let mut ice_servers = Vec::new();
+        let mut expires = None;
         if !self.settings.stun_urls.is_empty() {
             ice_servers.push(IceServerJson { urls: self.settings.stun_urls.clone(), username: None, credential: None });
         }
         if let (false, Some(secret)) = (self.settings.turn_urls.is_empty(), &self.settings.turn_secret) {
-            let expires_at = self.clock.now().plus(self.settings.turn_ttl).unix_micros() / 1_000_000;
+            let expiry = self.clock.now().plus(self.settings.turn_ttl);
+            // The credential names whole seconds; the moment given is that second.
+            let expires_at = expiry.unix_micros() / 1_000_000;
+            expires = Timestamp::from_unix_micros(expires_at * 1_000_000);
             let (username, credential) = turn_credential(secret, &user, expires_at);
             ice_servers.push(IceServerJson {
                 urls: self.settings.turn_urls.clone(),
@@ -80,6 +108,7 @@ impl TurnApi {
                 credential: Some(credential),
             });
         }
-        Ok(Json(IceServersJson { ice_servers }))
+        let ice_transport_policy = if relay_only { IceTransportPolicyJson::Relay } else { IceTransportPolicyJson::All };
+        Ok(Json(IceServersJson { ice_servers, ice_transport_policy, expires_at: expires.map(UtcTime) }))
     }
 }

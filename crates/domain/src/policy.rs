@@ -35,6 +35,9 @@ pub struct CallSettings {
     pub who_can_call: WhoCanCall,
     pub do_not_disturb: bool,
     pub do_not_disturb_until: Option<Timestamp>,
+    /// The user's calls connect only through a TURN relay, so that the other party never
+    /// learns the user's IP address from a candidate.
+    pub relay_only: bool,
 }
 
 impl CallSettings {
@@ -52,6 +55,7 @@ impl CallSettings {
             who_can_call: change.who_can_call.unwrap_or(self.who_can_call),
             do_not_disturb: change.do_not_disturb.unwrap_or(self.do_not_disturb),
             do_not_disturb_until: change.do_not_disturb_until.unwrap_or(self.do_not_disturb_until),
+            relay_only: change.relay_only.unwrap_or(self.relay_only),
         }
     }
 }
@@ -63,6 +67,7 @@ pub struct CallSettingsChange {
     pub who_can_call: Option<WhoCanCall>,
     pub do_not_disturb: Option<bool>,
     pub do_not_disturb_until: Option<Option<Timestamp>>,
+    pub relay_only: Option<bool>,
 }
 
 /// Calls within a window: how many, and when the oldest of them counts from (the moment it
@@ -444,12 +449,15 @@ mod tests {
 
     #[test]
     fn a_change_keeps_the_fields_it_does_not_name() {
-        let settings =
-            CallSettings { who_can_call: WhoCanCall::Nobody, do_not_disturb: true, do_not_disturb_until: Some(at(5)) };
+        let settings = CallSettings {
+            who_can_call: WhoCanCall::Nobody,
+            do_not_disturb: true,
+            do_not_disturb_until: Some(at(5)),
+            relay_only: true,
+        };
         let change = CallSettingsChange { do_not_disturb_until: Some(None), ..CallSettingsChange::default() };
-        assert_eq!(
-            settings.changed_by(&change),
-            CallSettings { who_can_call: WhoCanCall::Nobody, do_not_disturb: true, do_not_disturb_until: None }
-        );
+        assert_eq!(settings.changed_by(&change), CallSettings { do_not_disturb_until: None, ..settings });
+        let change = CallSettingsChange { relay_only: Some(false), ..CallSettingsChange::default() };
+        assert_eq!(settings.changed_by(&change), CallSettings { relay_only: false, ..settings });
     }
 }

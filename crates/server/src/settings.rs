@@ -249,11 +249,20 @@ pub struct IceConfig {
     #[serde(serialize_with = "redacted")]
     pub turn_secret: Option<SecretString>,
     pub turn_ttl_secs: u64,
+    /// Every user's calls connect only through the TURN relay (as if each had chosen
+    /// `relay_only`): no client's IP address reaches the other party.
+    pub ice_relay_only: bool,
 }
 
 impl Default for IceConfig {
     fn default() -> Self {
-        Self { stun_urls: Vec::new(), turn_urls: Vec::new(), turn_secret: None, turn_ttl_secs: 24 * 60 * 60 }
+        Self {
+            stun_urls: Vec::new(),
+            turn_urls: Vec::new(),
+            turn_secret: None,
+            turn_ttl_secs: 24 * 60 * 60,
+            ice_relay_only: false,
+        }
     }
 }
 
@@ -826,6 +835,7 @@ impl Settings {
             turn_urls: self.ice_servers.turn_urls.clone(),
             turn_secret: self.ice_servers.turn_secret.clone(),
             turn_ttl: Duration::from_secs(self.ice_servers.turn_ttl_secs),
+            relay_only: self.ice_servers.ice_relay_only,
         }
     }
 
@@ -896,6 +906,15 @@ impl Settings {
         if !self.ice_servers.turn_urls.is_empty() && self.ice_servers.turn_secret.is_none() {
             risks.push(
                 "RINGLINE_TURN_URLS is set but RINGLINE_TURN_SECRET is not: TURN servers are not handed out".to_owned(),
+            );
+        }
+        if self.ice_servers.ice_relay_only
+            && (self.ice_servers.turn_urls.is_empty() || self.ice_servers.turn_secret.is_none())
+        {
+            risks.push(
+                "RINGLINE_ICE_RELAY_ONLY is on but no TURN server is handed out (RINGLINE_TURN_URLS and \
+                 RINGLINE_TURN_SECRET): no call can connect media"
+                    .to_owned(),
             );
         }
         if self.push.web_push_allow_loopback {

@@ -35,6 +35,7 @@ const FACTS: &str = "SELECT
     (SELECT who_can_call FROM call_settings WHERE user_id = ?) AS who_can_call,
     (SELECT do_not_disturb FROM call_settings WHERE user_id = ?) AS do_not_disturb,
     (SELECT do_not_disturb_until FROM call_settings WHERE user_id = ?) AS do_not_disturb_until,
+    (SELECT relay_only FROM call_settings WHERE user_id = ?) AS relay_only,
     EXISTS (SELECT 1 FROM conversation_participants mine
             JOIN conversation_participants theirs ON theirs.conversation_id = mine.conversation_id
             WHERE mine.user_id = ? AND theirs.user_id = ?) AS share_conversation,
@@ -62,6 +63,7 @@ fn settings_of(row: &QueryResult) -> Result<CallSettings, RepositoryError> {
         who_can_call: who_can_call(get(row, "who_can_call")?)?,
         do_not_disturb: get::<Option<bool>>(row, "do_not_disturb")?.unwrap_or(false),
         do_not_disturb_until: get::<Option<DateTime<Utc>>>(row, "do_not_disturb_until")?.map(Timestamp::from),
+        relay_only: get::<Option<bool>>(row, "relay_only")?.unwrap_or(false),
     })
 }
 
@@ -78,7 +80,7 @@ impl CallPolicyStore for SqlCallPolicy {
         let (since, unanswered) = (Value::from(calls_since.as_datetime()), Value::from(unanswered_since.as_datetime()));
         let statuses = UNANSWERED.map(|status| Value::from(status.as_str()));
         let mut values = vec![them.clone(), me.clone(), me.clone(), them.clone()];
-        values.extend([them.clone(), them.clone(), them.clone(), me.clone(), them.clone()]);
+        values.extend([them.clone(), them.clone(), them.clone(), them.clone(), me.clone(), them.clone()]);
         values.extend([me.clone(), since.clone(), me.clone(), since]);
         for _ in 0..2 {
             values.extend([me.clone(), them.clone(), unanswered.clone()]);
@@ -114,7 +116,8 @@ impl CallPolicyStore for SqlCallPolicy {
             .read
             .query_one(statement(
                 backend,
-                "SELECT who_can_call, do_not_disturb, do_not_disturb_until FROM call_settings WHERE user_id = ?",
+                "SELECT who_can_call, do_not_disturb, do_not_disturb_until, relay_only FROM call_settings
+                 WHERE user_id = ?",
                 vec![user.as_str().into()],
             ))
             .await
@@ -141,12 +144,16 @@ impl CallPolicyStore for SqlCallPolicy {
         if change.do_not_disturb_until.is_some() {
             updates.push("do_not_disturb_until = excluded.do_not_disturb_until");
         }
+        if change.relay_only.is_some() {
+            updates.push("relay_only = excluded.relay_only");
+        }
         updates.push("updated_at = excluded.updated_at");
         let sql = format!(
-            "INSERT INTO call_settings (user_id, who_can_call, do_not_disturb, do_not_disturb_until, updated_at)
-             VALUES (?, ?, ?, ?, ?)
+            "INSERT INTO call_settings
+               (user_id, who_can_call, do_not_disturb, do_not_disturb_until, relay_only, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?)
              ON CONFLICT (user_id) DO UPDATE SET {}
-             RETURNING who_can_call, do_not_disturb, do_not_disturb_until",
+             RETURNING who_can_call, do_not_disturb, do_not_disturb_until, relay_only",
             updates.join(", ")
         );
         let values: Vec<Value> = vec![
@@ -154,6 +161,7 @@ impl CallPolicyStore for SqlCallPolicy {
             first.who_can_call.as_str().into(),
             first.do_not_disturb.into(),
             Value::ChronoDateTimeUtc(first.do_not_disturb_until.map(|until| Box::new(until.as_datetime()))),
+            first.relay_only.into(),
             at.as_datetime().into(),
         ];
         let row = self

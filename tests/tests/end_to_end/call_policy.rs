@@ -30,6 +30,17 @@ async fn refused(app: &TestApp, token: &str, receiver: &str) -> Value {
     initiate(app, token, receiver).await.expect_error(403, "call_not_allowed")
 }
 
+/// A `429 rate_limited` refusal: its `Retry-After` and its body.
+async fn refused_for_rate(app: &TestApp, token: &str, receiver: &str) -> (String, Value) {
+    let request = app.http.post(format!("{}/api/calls/initiate/", app.base)).bearer_auth(token);
+    let reply = request.json(&json!({"receiver_id": receiver})).send().await.expect("an answer");
+    assert_eq!(reply.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after = reply.headers()["retry-after"].to_str().expect("ASCII").to_owned();
+    let body: Value = reply.json().await.expect("JSON");
+    assert_eq!(body["code"], "rate_limited", "{body}");
+    (retry_after, body)
+}
+
 /// Nothing was stored for anyone: no call in either party's history, no notification.
 async fn nothing_stored(app: &TestApp, tokens: &[&str]) {
     for token in tokens {
@@ -87,7 +98,10 @@ async fn settings_take_each_value_and_refuse_bad_ones(backend: DatabaseBackend) 
     let app = TestApp::spawn(backend).await;
     let alice = app.user("alice").await;
     let defaults = app.get("/api/call-settings/", &alice).await.expect(200);
-    assert_eq!(defaults, json!({"who_can_call": "everyone", "do_not_disturb": false, "do_not_disturb_until": null}));
+    assert_eq!(
+        defaults,
+        json!({"who_can_call": "everyone", "do_not_disturb": false, "do_not_disturb_until": null, "relay_only": false})
+    );
     for who in ["conversations", "nobody", "everyone"] {
         let settings = patch(&app, &alice, json!({"who_can_call": who})).await.expect(200);
         assert_eq!(settings["who_can_call"], who);
@@ -98,7 +112,10 @@ async fn settings_take_each_value_and_refuse_bad_ones(backend: DatabaseBackend) 
     let settings = patch(&app, &alice, json!({"do_not_disturb": true})).await.expect(200);
     assert_eq!(settings["do_not_disturb_until"], "2031-01-02T02:04:05.000000Z");
     let settings = patch(&app, &alice, json!({"do_not_disturb_until": null})).await.expect(200);
-    assert_eq!(settings, json!({"who_can_call": "everyone", "do_not_disturb": true, "do_not_disturb_until": null}));
+    assert_eq!(
+        settings,
+        json!({"who_can_call": "everyone", "do_not_disturb": true, "do_not_disturb_until": null, "relay_only": false})
+    );
     assert_eq!(app.get("/api/call-settings/", &alice).await.expect(200), settings);
 
     for bad in [
@@ -107,6 +124,7 @@ async fn settings_take_each_value_and_refuse_bad_ones(backend: DatabaseBackend) 
         json!({"do_not_disturb_until": "tomorrow"}),
         json!({"who_can_call": null}),
         json!({"do_not_disturb": null}),
+        json!({"relay_only": null}),
     ] {
         patch(&app, &alice, bad).await.expect_error(400, "invalid_call_settings");
     }
@@ -186,15 +204,10 @@ async fn rate_caps_refuse_at_their_exact_edges(backend: DatabaseBackend) {
         clock.advance(Duration::from_secs(10));
     }
     // 30 s after the first: it leaves the minute in 30 s.
-    let reply = app.http.post(format!("{}/api/calls/initiate/", app.base)).bearer_auth(&alice);
-    let reply = reply.json(&json!({"receiver_id": "b4"})).send().await.expect("answer");
-    assert_eq!(reply.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(reply.headers()["retry-after"], "30");
-    let body: Value = reply.json().await.expect("json");
-    assert_eq!(body["code"], "rate_limited");
+    assert_eq!(refused_for_rate(&app, &alice, "b4").await.0, "30");
     assert_eq!(app.get("/api/calls/", &alice).await.expect(200)["count"], 3, "nothing was created");
     clock.advance(Duration::from_secs(29));
-    initiate(&app, &alice, "b4").await.expect_error(429, "rate_limited");
+    assert_eq!(refused_for_rate(&app, &alice, "b4").await.0, "1");
     clock.advance(Duration::from_secs(1));
     app.ring(&alice, "b4").await;
     app.stop().await;
@@ -218,15 +231,19 @@ async fn unanswered_calls_cap_one_caller_towards_one_callee(backend: DatabaseBac
     let cancelled = app.ring(&alice, "bob").await;
     app.post(&format!("/api/calls/{cancelled}/end/"), &alice, json!({})).await.expect(200);
 
-    let body = initiate(&app, &alice, "bob").await.expect_error(429, "rate_limited");
+    // 29 s after the first call started: it leaves the ten minutes in 571 s.
+    let (retry_after, body) = refused_for_rate(&app, &alice, "bob").await;
+    assert_eq!(retry_after, "571");
     assert!(body["detail"].as_str().is_some_and(|detail| detail.contains("not answered")), "{body}");
     // Others are still reachable, and bob may still call alice.
     let to_carol = app.ring(&alice, "carol").await;
     app.post(&format!("/api/calls/{to_carol}/end/"), &alice, json!({})).await.expect(200);
     let back = app.ring(&bob, "alice").await;
     app.post(&format!("/api/calls/{back}/end/"), &bob, json!({})).await.expect(200);
-    // Ten minutes after the first (missed) call, one place frees up.
-    clock.advance(Duration::from_secs(10 * 60 - 29));
+    // Ten minutes after the first (missed) call started, one place frees up; not a second before.
+    clock.advance(Duration::from_secs(10 * 60 - 29 - 1));
+    assert_eq!(refused_for_rate(&app, &alice, "bob").await.0, "1");
+    clock.advance(Duration::from_secs(1));
     app.ring(&alice, "bob").await;
     app.stop().await;
 }

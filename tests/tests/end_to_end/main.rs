@@ -21,5 +21,6 @@ mod resume;
 mod schemathesis;
 mod signaling;
 mod statement_budget;
+mod turn;
 mod web_push;
 mod webhooks;

@@ -18,6 +18,7 @@ mod m20261207_000009_account_status;
 mod m20261207_000010_notifications_follow_calls;
 mod m20261207_000011_call_quality;
 mod m20261207_000012_call_policy;
+mod m20261207_000013_relay_only;
 
 /// Every migration of the Ringline schema, oldest first.
 #[derive(Debug)]
@@ -39,6 +40,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000010_notifications_follow_calls::Migration),
             Box::new(m20261207_000011_call_quality::Migration),
             Box::new(m20261207_000012_call_policy::Migration),
+            Box::new(m20261207_000013_relay_only::Migration),
         ]
     }
 }
