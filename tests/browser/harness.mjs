@@ -72,10 +72,12 @@ export async function stopRingline(server) {
   await exited;
 }
 
-/** Headless Chromium that grants fake camera and microphone without asking. */
-export function launchChromium() {
+/** Headless Chromium that grants fake camera and microphone without asking; `executablePath`
+ * runs another command in its place (a wrapper that starts it in a network namespace), and
+ * `extraArgs` are added to its command line. */
+export function launchChromium({ executablePath = chromiumPath, extraArgs = [] } = {}) {
   return chromium.launch({
-    executablePath: chromiumPath,
+    executablePath,
     args: [
       "--no-sandbox",
       "--disable-gpu",
@@ -91,6 +93,7 @@ export function launchChromium() {
       // Network Access checks, which block a page that Playwright's routing fulfilled (it has no
       // address space of its own) from opening sockets to 127.0.0.1.
       "--disable-features=WebRtcHideLocalIpsWithMdns,LocalNetworkAccessChecks",
+      ...extraArgs,
     ],
   });
 }

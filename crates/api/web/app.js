@@ -412,6 +412,7 @@ async function loadCallSettings() {
     $("who-can-call").value = data.who_can_call;
     const until = data.do_not_disturb_until && new Date(data.do_not_disturb_until);
     $("do-not-disturb").checked = until ? until > new Date() : data.do_not_disturb;
+    $("relay-only").checked = Boolean(data.relay_only);
     await loadBlocked();
   } catch {
     // A server without call settings: the panel stays as it is.
@@ -798,17 +799,25 @@ async function getMedia(type) {
 
 async function createPeer() {
   let iceServers = [];
+  let iceTransportPolicy = "all";
   try {
-    iceServers = (await api("/api/turn/ice-servers/")).data.ice_servers;
+    const { data } = await api("/api/turn/ice-servers/");
+    iceServers = data.ice_servers;
+    // Relay-only (the user's choice or the server's): our address never reaches the other side.
+    if (data.ice_transport_policy === "relay") iceTransportPolicy = "relay";
   } catch {
     // Without ICE servers, host candidates still connect on a local network.
   }
   // The call may have ended while we fetched the ICE servers; its media is gone with it.
   if (!state.localStream) throw new Error("the call has ended");
-  const pc = new RTCPeerConnection({ iceServers });
+  const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy });
   state.pc = pc;
+  // What this side gathered, to say where a call that never connects broke.
+  const gathered = new Set();
+  const relayOffered = iceServers.some((server) => server.username);
   for (const track of state.localStream.getTracks()) pc.addTrack(track, state.localStream);
   pc.addEventListener("icecandidate", (event) => {
+    if (event.candidate?.type) gathered.add(event.candidate.type);
     // Candidates keep trickling after a decline or hang-up; the server would refuse them.
     const live = state.call && state.pc === pc && state.call.status !== "ended";
     if (event.candidate && live) send({ type: "call.ice-candidate", call_id: state.call.id, candidate: event.candidate.toJSON() });
@@ -835,12 +844,23 @@ async function createPeer() {
     } else if (pc.connectionState === "disconnected" || pc.connectionState === "failed") {
       if (call.everConnected) peerDropped(pc);
       else if (pc.connectionState === "failed") {
-        // Never connected at all: the network between the two is the likely cause.
-        failCall("The connection failed: the two of you could not reach each other (a TURN server may be needed).", "ice_failed");
+        failCall(whyNoConnection(gathered, relayOffered, iceTransportPolicy), "ice_failed");
       }
     }
   });
   return pc;
+}
+
+/// Where a call that never connected broke, in a sentence: no relay could be had (the TURN
+/// server unreachable, or its credentials refused), or every path between the two failed.
+function whyNoConnection(gathered, relayOffered, policy) {
+  if ((relayOffered || policy === "relay") && !gathered.has("relay")) {
+    return "The call could not connect: the relay server could not be reached or refused us, so there was no way through.";
+  }
+  if (!relayOffered) {
+    return "The call could not connect: the two of you could not reach each other directly, and no relay server is set up.";
+  }
+  return "The call could not connect: no path between the two of you worked, not even through the relay.";
 }
 
 /// The other person's connection dropped mid-call (their network, a closed tab, a reload).
@@ -1342,6 +1362,7 @@ $("who-can-call").addEventListener("change", (event) => saveCallSettings({ who_c
 $("do-not-disturb").addEventListener("change", (event) =>
   saveCallSettings({ do_not_disturb: event.currentTarget.checked, do_not_disturb_until: null }),
 );
+$("relay-only").addEventListener("change", (event) => saveCallSettings({ relay_only: event.currentTarget.checked }));
 $("accept").addEventListener("click", () => answerCall());
 $("decline").addEventListener("click", declineCall);
 $("cancel").addEventListener("click", hangUp);
