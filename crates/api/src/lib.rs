@@ -67,7 +67,7 @@ pub use pagination::PAGE_SIZE;
 pub use push::PushApi;
 pub use security::RequestUser;
 pub use serving::serve;
-pub use turn::{IceSettings, TurnApi, turn_credential};
+pub use turn::{IceSettings, TurnApi, TurnServer, turn_credential};
 pub use ws::{READ_BUFFER_BYTES, WRITE_BUFFER_BYTES, websocket_config, websocket_routes};
 
 /// `call` as the API shows it (the `CallJson` of `GET /api/calls/{id}/`), with `parties`'

@@ -36,6 +36,15 @@ pub struct IceSettings {
     /// Every user's calls connect only through the relay (`RINGLINE_ICE_RELAY_ONLY`); each
     /// user may also choose it for themselves (`relay_only` in their call settings).
     pub relay_only: bool,
+    /// More TURN servers, each with its own secret, handed out after `turn_urls`.
+    pub turn_servers: Vec<TurnServer>,
+}
+
+/// A TURN server (or a cluster sharing one secret): its URLs and coturn's `static-auth-secret`.
+#[derive(Debug, Clone)]
+pub struct TurnServer {
+    pub urls: Vec<String>,
+    pub secret: SecretString,
 }
 
 /// The TURN REST credential for `user`, valid until `expires_at` (Unix seconds).
@@ -96,14 +105,17 @@ impl TurnApi {
         if !self.settings.stun_urls.is_empty() {
             ice_servers.push(IceServerJson { urls: self.settings.stun_urls.clone(), username: None, credential: None });
         }
-        if let (false, Some(secret)) = (self.settings.turn_urls.is_empty(), &self.settings.turn_secret) {
-            let expiry = self.clock.now().plus(self.settings.turn_ttl);
-            // The credential names whole seconds; the moment given is that second.
-            let expires_at = expiry.unix_micros() / 1_000_000;
+        let first = self.settings.turn_secret.iter().filter(|_| !self.settings.turn_urls.is_empty());
+        let servers = first
+            .map(|secret| (&self.settings.turn_urls, secret))
+            .chain(self.settings.turn_servers.iter().map(|server| (&server.urls, &server.secret)));
+        // The credential names whole seconds; the moment given is that second.
+        let expires_at = self.clock.now().plus(self.settings.turn_ttl).unix_micros() / 1_000_000;
+        for (urls, secret) in servers {
             expires = Timestamp::from_unix_micros(expires_at * 1_000_000);
             let (username, credential) = turn_credential(secret, &user, expires_at);
             ice_servers.push(IceServerJson {
-                urls: self.settings.turn_urls.clone(),
+                urls: urls.clone(),
                 username: Some(username),
                 credential: Some(credential),
             });

@@ -249,6 +249,9 @@ pub struct IceConfig {
     #[serde(serialize_with = "redacted")]
     pub turn_secret: Option<SecretString>,
     pub turn_ttl_secs: u64,
+    /// More TURN servers, each with the secret it checks credentials with (a server or a
+    /// cluster of them that shares one `static-auth-secret`); handed out after `turn_urls`.
+    pub turn_servers: Vec<TurnServerConfig>,
     /// Every user's calls connect only through the TURN relay (as if each had chosen
     /// `relay_only`): no client's IP address reaches the other party.
     pub ice_relay_only: bool,
@@ -261,9 +264,20 @@ impl Default for IceConfig {
             turn_urls: Vec::new(),
             turn_secret: None,
             turn_ttl_secs: 24 * 60 * 60,
+            turn_servers: Vec::new(),
             ice_relay_only: false,
         }
     }
+}
+
+/// One TURN server of `turn_servers` (or a cluster sharing one secret): its URLs, and coturn's
+/// `static-auth-secret` for them.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct TurnServerConfig {
+    #[serde(deserialize_with = "comma_list")]
+    pub urls: Vec<String>,
+    #[serde(serialize_with = "redacted_always")]
+    pub secret: SecretString,
 }
 
 /// Redis, for several instances.
@@ -460,6 +474,10 @@ fn redacted<S: serde::Serializer>(secret: &Option<SecretString>, serializer: S) 
     }
 }
 
+fn redacted_always<S: serde::Serializer>(_: &SecretString, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str("<redacted>")
+}
+
 /// A database URL as the effective configuration shows it: its password replaced.
 fn without_password<S: serde::Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
     let shown = match url::Url::parse(url) {
@@ -528,6 +546,8 @@ pub enum SettingsError {
     MaxCall,
     #[error("RINGLINE_TURN_TTL_SECS must be between 60 and 604800 (a week)")]
     TurnTtl,
+    #[error("each of RINGLINE_TURN_SERVERS needs at least one URL and a secret that is not empty")]
+    TurnServers,
     #[error(
         "RINGLINE_WS_PING_INTERVAL_SECS must be between 1 and 300, and RINGLINE_WS_IDLE_TIMEOUT_SECS longer than it \
          and at most 3600"
@@ -691,6 +711,14 @@ impl Settings {
         if !(60..=7 * 24 * 3600).contains(&self.ice_servers.turn_ttl_secs) {
             problems.push(SettingsError::TurnTtl);
         }
+        if self
+            .ice_servers
+            .turn_servers
+            .iter()
+            .any(|server| server.urls.is_empty() || server.secret.expose_secret().trim().is_empty())
+        {
+            problems.push(SettingsError::TurnServers);
+        }
         if !(1..=300).contains(&self.sockets.ws_ping_interval_secs)
             || !(self.sockets.ws_ping_interval_secs + 1..=3600).contains(&self.sockets.ws_idle_timeout_secs)
         {
@@ -836,6 +864,12 @@ impl Settings {
             turn_secret: self.ice_servers.turn_secret.clone(),
             turn_ttl: Duration::from_secs(self.ice_servers.turn_ttl_secs),
             relay_only: self.ice_servers.ice_relay_only,
+            turn_servers: self
+                .ice_servers
+                .turn_servers
+                .iter()
+                .map(|server| ringline_api::TurnServer { urls: server.urls.clone(), secret: server.secret.clone() })
+                .collect(),
         }
     }
 
@@ -896,7 +930,10 @@ impl Settings {
                     .to_owned(),
             );
         }
-        if self.ice_servers.stun_urls.is_empty() && self.ice_servers.turn_urls.is_empty() {
+        if self.ice_servers.stun_urls.is_empty()
+            && self.ice_servers.turn_urls.is_empty()
+            && self.ice_servers.turn_servers.is_empty()
+        {
             risks.push(
                 "no STUN or TURN server is configured (RINGLINE_STUN_URLS, RINGLINE_TURN_URLS): calls between \
                  devices behind different NATs will fail to connect media"

@@ -163,6 +163,45 @@ async fn the_handed_out_credentials_relay_on_a_real_coturn(backend: DatabaseBack
     app.stop().await;
 }
 
+/// Several TURN servers, each checking credentials with its own secret: each entry carries the
+/// credential its own secret signs, so each is accepted where it is meant for and nowhere else.
+async fn each_turn_server_gets_a_credential_its_own_secret_signs(backend: DatabaseBackend) {
+    let coturn = Coturn::start();
+    let ours = vec![
+        format!("turn:127.0.0.1:{}?transport=udp", coturn.port),
+        format!("turn:127.0.0.1:{}?transport=tcp", coturn.port),
+    ];
+    let configured = ours.clone();
+    let app = TestApp::spawn_with(backend, move |settings| {
+        // Another cluster, with another secret, listed first.
+        settings.ice_servers.turn_urls = vec!["turns:turn.other.test:443?transport=tcp".to_owned()];
+        settings.ice_servers.turn_secret = Some("the-other-clusters-secret".to_owned().into());
+        settings.ice_servers.turn_servers = vec![ringline_server::settings::TurnServerConfig {
+            urls: configured.clone(),
+            secret: TURN_SECRET.to_owned().into(),
+        }];
+    })
+    .await;
+    let alice = app.user("alice").await;
+    let body = app.get("/api/turn/ice-servers/", &alice).await.expect(200);
+    let turn: Vec<&Value> =
+        body["ice_servers"].as_array().expect("a list").iter().filter(|s| s["username"].is_string()).collect();
+    assert_eq!(turn.len(), 2, "{body}");
+    assert_eq!(turn[0]["urls"], json!(["turns:turn.other.test:443?transport=tcp"]));
+    assert_eq!(turn[1]["urls"], json!(ours));
+    let credentials = |server: &Value| {
+        (
+            server["username"].as_str().expect("username").to_owned(),
+            server["credential"].as_str().expect("credential").to_owned(),
+        )
+    };
+    let (username, credential) = credentials(turn[1]);
+    assert!(coturn.relays(&username, &credential, false), "our coturn takes the credential our secret signs");
+    let (username, credential) = credentials(turn[0]);
+    assert!(!coturn.relays(&username, &credential, false), "and not the other cluster's");
+    app.stop().await;
+}
+
 async fn an_expired_credential_is_refused_by_coturn(backend: DatabaseBackend) {
     let coturn = Coturn::start();
     // A server whose clock is two minutes behind hands out one-minute credentials that
@@ -203,6 +242,7 @@ async fn relay_only_reaches_the_client_from_the_user_or_the_server(backend: Data
 
 ringline_tests::on_both_databases!(
     the_handed_out_credentials_relay_on_a_real_coturn,
+    each_turn_server_gets_a_credential_its_own_secret_signs,
     an_expired_credential_is_refused_by_coturn,
     relay_only_reaches_the_client_from_the_user_or_the_server,
 );
