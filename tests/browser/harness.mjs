@@ -5,6 +5,7 @@
 // /usr/bin/chromium).
 
 import { spawn } from "node:child_process";
+import { writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { join, resolve } from "node:path";
 import { chromium } from "playwright-core";
@@ -138,4 +139,51 @@ export async function notice(page, pattern, timeout = 15_000) {
     const shown = await page.locator("#notice").textContent().catch(() => "(page gone)");
     throw new Error(`the notice never matched ${pattern}; it says ${JSON.stringify(shown)}`, { cause: error });
   }
+}
+
+/**
+ * Writes a `turnserver` configuration of a test's own into `workdir` and returns its path:
+ * coturn's REST-secret mode (`use-auth-secret`, the scheme Ringline mints credentials in),
+ * no TLS, listening on `listeningIp:port`, relaying from `relayIp` over ports `relayPorts`.
+ * Relaying between two relays on the server's own addresses is allowed: in the tests both
+ * browsers' relays are there.
+ */
+export function writeCoturnConfig({ workdir, secret, listeningIp, relayIp, port, relayPorts: [minPort, maxPort] }) {
+  const lines = [
+    `listening-ip=${listeningIp}`,
+    `relay-ip=${relayIp}`,
+    `listening-port=${port}`,
+    `min-port=${minPort}`,
+    `max-port=${maxPort}`,
+    "use-auth-secret",
+    `static-auth-secret=${secret}`,
+    "realm=ringline.test",
+    "fingerprint",
+    "no-tls",
+    "no-dtls",
+    "no-cli",
+    "no-multicast-peers",
+    "allow-loopback-peers",
+    `userdb=${join(workdir, "turndb")}`,
+    `pidfile=${join(workdir, "turnserver.pid")}`,
+    "log-file=stdout",
+    "simple-log",
+  ];
+  const path = join(workdir, "turnserver.conf");
+  writeFileSync(path, `${lines.join("\n")}\n`);
+  return path;
+}
+
+/** The candidate types (local, remote) of the pair `page`'s peer connection selected. */
+export function selectedPair(page) {
+  return page.evaluate(async () => {
+    const stats = await window.ringline.state.pc.getStats();
+    const byId = new Map();
+    stats.forEach((report) => byId.set(report.id, report));
+    let pair = null;
+    stats.forEach((report) => {
+      if (report.type === "transport" && report.selectedCandidatePairId) pair = byId.get(report.selectedCandidatePairId);
+    });
+    return pair && [byId.get(pair.localCandidateId)?.candidateType, byId.get(pair.remoteCandidateId)?.candidateType];
+  });
 }

@@ -14,7 +14,16 @@ import { spawn, spawnSync } from "node:child_process";
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { binary, chromiumPath, inboundBytes, launchChromium, signedInTab, waitConnected } from "./harness.mjs";
+import {
+  binary,
+  chromiumPath,
+  inboundBytes,
+  launchChromium,
+  selectedPair,
+  signedInTab,
+  waitConnected,
+  writeCoturnConfig,
+} from "./harness.mjs";
 
 const TURN_SECRET = "coturn-secret-for-the-two-networks-test";
 const HUB = "10.201.0.1";
@@ -102,29 +111,15 @@ before(async () => {
   workdir = mkdtempSync(join(tmpdir(), "ringline-browser-netns-"));
   removeNetworks();
   makeNetworks();
-  const config = [
-    `listening-ip=${HUB}`,
-    `relay-ip=${RELAY}`,
-    // Relay to relay stays on the hub's own addresses.
-    "allow-loopback-peers",
-    `listening-port=${TURN_PORT}`,
-    "min-port=49160",
-    "max-port=49200",
-    "use-auth-secret",
-    `static-auth-secret=${TURN_SECRET}`,
-    "realm=ringline.test",
-    "fingerprint",
-    "no-tls",
-    "no-dtls",
-    "no-cli",
-    "no-multicast-peers",
-    `userdb=${join(workdir, "turndb")}`,
-    `pidfile=${join(workdir, "turnserver.pid")}`,
-    "log-file=stdout",
-    "simple-log",
-  ].join("\n");
-  writeFileSync(join(workdir, "turnserver.conf"), `${config}\n`);
-  inNamespace(ns.hub, "turnserver", ["-c", join(workdir, "turnserver.conf")]);
+  const config = writeCoturnConfig({
+    workdir,
+    secret: TURN_SECRET,
+    listeningIp: HUB,
+    relayIp: RELAY,
+    port: TURN_PORT,
+    relayPorts: [49160, 49200],
+  });
+  inNamespace(ns.hub, "turnserver", ["-c", config]);
   const env = {
     ...process.env,
     RINGLINE_DATABASE_URL: `sqlite://${join(workdir, "ringline.db")}?mode=rwc`,
@@ -146,20 +141,6 @@ after(async () => {
   removeNetworks();
   rmSync(workdir, { recursive: true, force: true });
 });
-
-/** The candidate types of the pair `page`'s connection selected. */
-function selectedPair(page) {
-  return page.evaluate(async () => {
-    const stats = await window.ringline.state.pc.getStats();
-    const byId = new Map();
-    stats.forEach((report) => byId.set(report.id, report));
-    let pair = null;
-    stats.forEach((report) => {
-      if (report.type === "transport" && report.selectedCandidatePairId) pair = byId.get(report.selectedCandidatePairId);
-    });
-    return pair && [byId.get(pair.localCandidateId)?.candidateType, byId.get(pair.remoteCandidateId)?.candidateType];
-  });
-}
 
 test("two networks with no route between them talk through coturn's relay", async () => {
   const base = `http://${HUB}:${PORT}`;
