@@ -287,10 +287,10 @@ impl CallPolicyApi {
         if blocked.id == user {
             return Err(ApiError::new(ErrorCode::CannotBlockSelf));
         }
-        let now = self.clock.now();
-        store.block(&user, &blocked.id, now).await.map_err(|error| ApiError::internal(&error))?;
+        let since =
+            store.block(&user, &blocked.id, self.clock.now()).await.map_err(|error| ApiError::internal(&error))?;
         self.signaling.decline_calls_from(&user, std::slice::from_ref(&blocked.id)).await?;
-        Ok(Blocked::Created(Json(CallBlockJson { user: UserJson::from_profile(&blocked), blocked_at: UtcTime(now) })))
+        Ok(Blocked::Created(Json(CallBlockJson { user: UserJson::from_profile(&blocked), blocked_at: UtcTime(since) })))
     }
 
     /// Unblock a user

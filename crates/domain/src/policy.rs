@@ -281,12 +281,12 @@ pub trait CallPolicyStore: Send + Sync + std::fmt::Debug {
     /// `Storage` when the store fails.
     async fn blocks(&self, user: &UserId, page: PageRequest) -> Result<Page<BlockedUser>, RepositoryError>;
 
-    /// `blocker` blocks `blocked` (already blocking is no error, and keeps the first moment).
-    /// Both must exist.
+    /// `blocker` blocks `blocked` (already blocking is no error, and keeps the first moment),
+    /// and returns since when. Both must exist.
     ///
     /// # Errors
     /// `Storage` when the store fails.
-    async fn block(&self, blocker: &UserId, blocked: &UserId, at: Timestamp) -> Result<(), RepositoryError>;
+    async fn block(&self, blocker: &UserId, blocked: &UserId, at: Timestamp) -> Result<Timestamp, RepositoryError>;
 
     /// `blocker` no longer blocks `blocked`; whether they did.
     ///

@@ -224,20 +224,24 @@ impl CallPolicyStore for SqlCallPolicy {
         Ok(Page { items, total: u64::try_from(total).unwrap_or(0) })
     }
 
-    async fn block(&self, blocker: &UserId, blocked: &UserId, at: Timestamp) -> Result<(), RepositoryError> {
+    async fn block(&self, blocker: &UserId, blocked: &UserId, at: Timestamp) -> Result<Timestamp, RepositoryError> {
         let values: Vec<Value> = vec![blocker.as_str().into(), blocked.as_str().into(), at.as_datetime().into()];
-        self.db
+        let row = self
+            .db
             .write
             .write(move |db| {
                 Box::pin(async move {
+                    // The no-op update makes a repeat return the row it found: the first moment.
                     let sql = "INSERT INTO call_blocks (blocker_id, blocked_id, created_at) VALUES (?, ?, ?)
-                               ON CONFLICT (blocker_id, blocked_id) DO NOTHING";
-                    db.execute(statement(db.get_database_backend(), sql, values)).await?;
-                    Ok(())
+                               ON CONFLICT (blocker_id, blocked_id) DO UPDATE SET created_at = call_blocks.created_at
+                               RETURNING created_at";
+                    db.query_one(statement(db.get_database_backend(), sql, values)).await
                 })
             })
             .await
-            .map_err(storage_failure)
+            .map_err(storage_failure)?
+            .ok_or_else(|| storage_failure(DbErr::RecordNotFound("the block".to_owned())))?;
+        Ok(get::<DateTime<Utc>>(&row, "created_at")?.into())
     }
 
     async fn unblock(&self, blocker: &UserId, blocked: &UserId) -> Result<bool, RepositoryError> {

@@ -57,8 +57,9 @@ async fn blocks_refuse_calls_both_ways_and_look_like_privacy(backend: DatabaseBa
 
     let blocked = app.post("/api/call-blocks/", &alice, json!({"user_id": "bob"})).await.expect(201);
     assert_eq!(blocked["user"]["id"], "bob");
-    // Blocking twice is no error.
-    app.post("/api/call-blocks/", &alice, json!({"user_id": "bob"})).await.expect(201);
+    // Blocking twice is no error, and keeps the first moment.
+    let again = app.post("/api/call-blocks/", &alice, json!({"user_id": "bob"})).await.expect(201);
+    assert_eq!(again["blocked_at"], blocked["blocked_at"]);
     let by_block = refused(&app, &bob, "alice").await;
     refused(&app, &alice, "bob").await;
     alice_socket.expect_silence().await;
