@@ -240,9 +240,25 @@ async fn relay_only_reaches_the_client_from_the_user_or_the_server(backend: Data
     app.stop().await;
 }
 
-ringline_tests::on_both_databases!(
-    the_handed_out_credentials_relay_on_a_real_coturn,
-    each_turn_server_gets_a_credential_its_own_secret_signs,
-    an_expired_credential_is_refused_by_coturn,
-    relay_only_reaches_the_client_from_the_user_or_the_server,
-);
+// What coturn accepts does not depend on Ringline's database (each coturn run takes seconds):
+// those tests run once, on SQLite. Relay-only is a stored setting: both databases.
+mod sqlite_only {
+    use ringline_tests::DatabaseBackend::Sqlite;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_handed_out_credentials_relay_on_a_real_coturn() {
+        super::the_handed_out_credentials_relay_on_a_real_coturn(Sqlite).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_turn_server_gets_a_credential_its_own_secret_signs() {
+        super::each_turn_server_gets_a_credential_its_own_secret_signs(Sqlite).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_expired_credential_is_refused_by_coturn() {
+        super::an_expired_credential_is_refused_by_coturn(Sqlite).await;
+    }
+}
+
+ringline_tests::on_both_databases!(relay_only_reaches_the_client_from_the_user_or_the_server);
