@@ -7,8 +7,9 @@
 //! - [`NotificationsApi`] (`/api/notifications/…`): notifications about calls;
 //! - [`HealthApi`] (`/healthz`, `/readyz`);
 //! - [`websocket_routes`] (`/ws/notifications/`, `/ws/chat/<id>/`): signaling sessions;
-//! - [`PushApi`] (`/api/push/…`): browsers' Web Push subscriptions (the outbound crate sends
-//!   the pushes, and the webhooks);
+//! - [`PushApi`] (`/api/push/…`): browsers' Web Push subscriptions, and [`DeviceTokensApi`]
+//!   (`/api/device-tokens/`): the tokens phones registered with Expo, FCM or APNs (the outbound
+//!   crate sends the pushes, and the webhooks);
 //! - [`call_json`]: a call as the API shows it, for whoever sends calls elsewhere.
 //!
 //! [`server_routes`] assembles all of them for the `ringline` binary; [`call_routes`] mounts
@@ -23,6 +24,7 @@ pub mod auth;
 mod calls;
 mod cors;
 mod demo;
+mod device_tokens;
 pub mod error;
 mod forwarded;
 mod health;
@@ -58,6 +60,7 @@ pub use auth::{AuthError, Authenticator, JwtAuthenticator, bearer_token};
 pub use call_policy::CallPolicyApi;
 pub use calls::CallsApi;
 pub use demo::DemoApi;
+pub use device_tokens::DeviceTokensApi;
 pub use error::{envelope_json, refusal_response};
 pub use health::HealthApi;
 pub use listener::{AddressCap, AddressPlace, BoundedConnection, ConnectionAcceptor, ListenerSettings};
@@ -92,7 +95,8 @@ pub enum ApiTags {
     Health,
     /// Sign-in for trying Ringline locally; only with the development JWT secret.
     Demo,
-    /// Web Push subscriptions of browsers.
+    /// Push: browsers' Web Push subscriptions, and the device tokens phones and browsers
+    /// registered with Expo, FCM or APNs.
     Push,
     /// Who may ring you: call privacy, do-not-disturb, blocks.
     CallPolicy,
@@ -129,7 +133,8 @@ pub struct ServerParts {
     pub cors_allowed_origins: Vec<String>,
 }
 
-type ServerApis = (CallsApi, CallPolicyApi, NotificationsApi, TurnApi, PushApi, AdminApi, HealthApi, DemoApi);
+type ServerApis =
+    (CallsApi, CallPolicyApi, NotificationsApi, TurnApi, PushApi, DeviceTokensApi, AdminApi, HealthApi, DemoApi);
 
 fn describe<T>(service: OpenApiService<T, ()>) -> OpenApiService<T, ()>
 where
@@ -156,9 +161,10 @@ pub fn server_api(parts: ServerParts) -> OpenApiService<ServerApis, ()> {
             Arc::new(parts.storage.push_subscriptions()),
             parts.vapid_public_key,
             parts.web_push_policy,
-            authenticator,
+            authenticator.clone(),
             clock.clone(),
         ),
+        DeviceTokensApi::new(Arc::new(parts.storage.mobile_push()), authenticator, clock.clone()),
         AdminApi::new(parts.storage.directory(), parts.admin_token, clock, signaling),
         HealthApi::new(parts.storage.clone(), parts.bus.clone(), build),
         DemoApi::new(parts.demo_login.map(|authenticator| (parts.storage.directory(), authenticator))),

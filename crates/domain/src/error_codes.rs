@@ -134,6 +134,8 @@ catalogue! {
     /// A call setting with a value it cannot take, or a change that names none.
     InvalidCallSettings => ("invalid_call_settings", 400, "The call settings are not valid."),
     CannotBlockSelf => ("cannot_block_self", 400, "You cannot block yourself."),
+    /// A device token, platform or provider that cannot be registered.
+    InvalidDeviceToken => ("invalid_device_token", 400, "The device token is not valid."),
     /// A user the request names does not exist (admin and demo endpoints).
     UserNotFound => ("user_not_found", 404, "User not found."),
     NotificationNotFound => ("notification_not_found", 404, "Not found."),
@@ -141,6 +143,8 @@ catalogue! {
         "push_subscription_not_found", 404, "You have no push subscription at this endpoint."
     ),
     ParticipantNotFound => ("participant_not_found", 404, "Not a participant."),
+    /// No device token of yours has this id (another user's is not yours to see).
+    DeviceTokenNotFound => ("device_token_not_found", 404, "Not found."),
     DemoDisabled => (
         "demo_disabled", 404, "Demo sign-in is off: it exists only with the development JWT secret."
     ),

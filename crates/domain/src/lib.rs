@@ -16,6 +16,8 @@
 //!   service (removed and deactivated users may not), with active users remembered briefly;
 //! - [`service`]: [`CallService`], the use cases (initiate, accept, reject, end, expire, read)
 //!   written once over the ports for every entry point (REST, WebSocket, timer);
+//! - [`mobile_push`]: device tokens and the pushes that ring a phone whose app is closed
+//!   (Expo, FCM, APNs VoIP), with their retry rules;
 //! - [`quality`]: what the parties' clients report about a call's media, summarised per
 //!   party with a MOS and tags;
 //! - [`error_codes`]: [`ErrorCode`], the catalogue of every error code clients see (with its
@@ -28,6 +30,7 @@
 pub mod accounts;
 pub mod call;
 pub mod error_codes;
+pub mod mobile_push;
 pub mod policy;
 pub mod ports;
 pub mod quality;
@@ -39,6 +42,10 @@ pub mod webhooks;
 pub use accounts::{AccountStatus, Accounts};
 pub use call::{Call, CallEvent, CallParts, InvalidCall, NewCall, Outcome, Transition, TransitionError};
 pub use error_codes::{ErrorCode, Refusal};
+pub use mobile_push::{
+    DevicePlatform, DeviceRegistration, DeviceToken, DeviceTokens, InvalidDeviceToken, MAX_DEVICE_TOKENS_PER_USER,
+    MobilePush, MobilePushKind, MobilePushOutbox, MobilePushOutcome, PushProvider, PushRefusal,
+};
 pub use policy::{
     Admission, BlockedUser, CALL_RATE_WINDOW, CallPolicy, CallPolicyHook, CallPolicyStore, CallSettings,
     CallSettingsChange, HookUnavailable, NotAllowedReason, PolicyError, PolicyFacts, PolicyQuestion, PolicyRefusal,

@@ -39,6 +39,27 @@ pub enum PushResult {
     Failed,
 }
 
+/// How an attempt to send a mobile push (Expo, FCM, APNs) ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MobilePushResult {
+    /// The push service accepted it.
+    Sent,
+    /// It failed and will be tried again.
+    Retry,
+    /// The service said the token is gone; the token was deleted.
+    TokenGone,
+    /// Not sent: it no longer mattered (the call stopped ringing, its moment passed).
+    Dropped,
+    /// Given up: refused for good (the message, or Ringline's credentials), or out of time.
+    Failed,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MobilePushLabels {
+    provider: &'static str,
+    result: &'static str,
+}
+
 /// How a question to the call policy hook ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PolicyHookResult {
@@ -59,6 +80,7 @@ pub struct DependencyMetrics {
     webhooks: Family<ResultLabels, Counter>,
     webhook_oldest_pending: Gauge<f64, std::sync::atomic::AtomicU64>,
     pushes: Family<ResultLabels, Counter>,
+    mobile_pushes: Family<MobilePushLabels, Counter>,
     policy_hook: Family<ResultLabels, Counter>,
     policy_hook_seconds: Histogram,
     /// Two scrapes at once must not both add the same difference to a mirrored counter.
@@ -76,6 +98,7 @@ impl DependencyMetrics {
             webhooks: Family::default(),
             webhook_oldest_pending: Gauge::default(),
             pushes: Family::default(),
+            mobile_pushes: Family::default(),
             policy_hook: Family::default(),
             policy_hook_seconds: Histogram::new(LATENCY_BUCKETS),
             mirroring: std::sync::Mutex::new(()),
@@ -106,6 +129,12 @@ impl DependencyMetrics {
             metrics.webhook_oldest_pending.clone(),
         );
         registry.register("pushes", "Web Push messages, by result (sent, expired, failed)", metrics.pushes.clone());
+        registry.register(
+            "mobile_pushes",
+            "Mobile push attempts, by provider (expo, fcm, apns_voip) and result (sent, retry, token_gone, dropped, \
+             failed)",
+            metrics.mobile_pushes.clone(),
+        );
         registry.register(
             "call_policy_hook_requests",
             "Questions to the call policy hook (RINGLINE_CALL_POLICY_URL), by result (allowed, refused, failed)",
@@ -158,6 +187,18 @@ impl DependencyMetrics {
             PushResult::Failed => "failed",
         };
         self.pushes.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// An attempt to push through `provider` (the domain's `PushProvider::as_str`) ended.
+    pub fn mobile_push(&self, provider: &'static str, result: MobilePushResult) {
+        let result = match result {
+            MobilePushResult::Sent => "sent",
+            MobilePushResult::Retry => "retry",
+            MobilePushResult::TokenGone => "token_gone",
+            MobilePushResult::Dropped => "dropped",
+            MobilePushResult::Failed => "failed",
+        };
+        self.mobile_pushes.get_or_create(&MobilePushLabels { provider, result }).inc();
     }
 
     /// The call policy hook answered (or failed) after `elapsed`.

@@ -312,7 +312,7 @@ impl WebPushSender {
 }
 
 /// An error with its causes (reqwest's own text hides why a connection failed).
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(error) = cause {

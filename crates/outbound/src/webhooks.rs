@@ -3,7 +3,7 @@
 //! signed, to its subscription's URL, and records the outcome. `docs/webhooks.md` is the
 //! receiver's side of it.
 //!
-//! - Sent at once: the sender is a call observer too, woken by every change made here; changes
+//! - Sent at once: the sender is woken by every change made here ([`crate::OutboxWaker`]); changes
 //!   made on other instances are found within a second (it also looks every second).
 //! - Bounded: at most [`IN_FLIGHT`] requests at a time, each within the configured timeout, in
 //!   the background: a slow or dead receiver delays only its own events, never a call.
@@ -13,12 +13,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use hmac::{Hmac, Mac};
-use ringline_domain::{
-    CallObserver, ChangeOrigin, Clock, DeliveryOutcome, Directory, Transition, UserProfile, WebhookDelivery,
-    WebhookEventType, WebhookOutbox,
-};
+use ringline_domain::{Clock, DeliveryOutcome, Directory, WebhookDelivery, WebhookEventType, WebhookOutbox};
 use ringline_metrics::dependencies::WebhookResult;
 use ringline_signaling::{CancellationToken, Signaling};
 use secrecy::{ExposeSecret, SecretString};
@@ -88,29 +84,6 @@ pub struct WebhookSender {
     render_call: RenderCall,
 }
 
-/// Wakes the sender when a call changes here: a [`CallObserver`] to add to the
-/// `CallService` (`observed_by`) before the sender exists, since the sender needs the
-/// signaling hub built on that service.
-#[derive(Debug, Default)]
-pub struct WebhookWaker(Arc<Notify>);
-
-impl WebhookWaker {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
-    }
-}
-
-#[async_trait]
-impl CallObserver for WebhookWaker {
-    async fn ringing(&self, _call: &ringline_domain::Call, _parties: &[UserProfile]) {
-        self.0.notify_one();
-    }
-
-    async fn changed(&self, _transition: &Transition, _origin: ChangeOrigin<'_>, _parties: Option<&[UserProfile]>) {
-        self.0.notify_one();
-    }
-}
-
 impl WebhookSender {
     /// # Errors
     /// When the HTTP client cannot be built (no TLS roots).
@@ -120,7 +93,7 @@ impl WebhookSender {
         signaling: Arc<Signaling>,
         clock: Arc<dyn Clock>,
         settings: WebhookSettings,
-        waker: &WebhookWaker,
+        waker: &crate::OutboxWaker,
         render_call: RenderCall,
     ) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
@@ -130,7 +103,7 @@ impl WebhookSender {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("Ringline-Webhooks/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { outbox, directory, signaling, clock, client, settings, wake: Arc::clone(&waker.0), render_call })
+        Ok(Self { outbox, directory, signaling, clock, client, settings, wake: waker.notify(), render_call })
     }
 
     /// Sends until `stop`: first makes everything pending due at once (after a restart nothing

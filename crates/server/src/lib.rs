@@ -14,6 +14,7 @@ pub mod config_check;
 mod database;
 mod descriptors;
 pub mod observability;
+pub mod push_services;
 pub mod settings;
 pub mod telemetry;
 mod wiring;
@@ -25,9 +26,12 @@ use std::time::Duration;
 use anyhow::Context;
 use ringline_api::{CallApiParts, ConnectionAcceptor, JwtAuthenticator, MetricsListener, ServerParts};
 use ringline_bus::SharedBus;
-use ringline_domain::{CallPolicy, CallService, Clock, SignalRouter, WebhookOutbox};
+use ringline_domain::{CallPolicy, CallService, Clock, MobilePushOutbox, SignalRouter, WebhookOutbox};
 use ringline_metrics::{CallFunnel, Metrics};
-use ringline_outbound::{HttpPolicyHook, WebPushObserver, WebPushSender, WebhookSender, WebhookWaker};
+use ringline_outbound::mobile_push::PushService;
+use ringline_outbound::{
+    HttpPolicyHook, MobilePushSender, MobilePushSettings, OutboxWaker, WebPushObserver, WebPushSender, WebhookSender,
+};
 use ringline_signaling::{Background, LocalRouter, Signaling};
 use ringline_storage::Storage;
 
@@ -57,7 +61,10 @@ pub struct Application {
     /// joined a `MemoryHub`).
     bus: Option<Arc<SharedBus>>,
     /// Wakes the webhook sender, which `run` starts when `RINGLINE_WEBHOOK_URLS` is set.
-    webhook_waker: Arc<WebhookWaker>,
+    webhook_waker: Arc<OutboxWaker>,
+    /// The mobile push services that could be set up, and what wakes their sender.
+    push_services: Vec<Arc<dyn PushService>>,
+    push_waker: Arc<OutboxWaker>,
     web_push: Arc<WebPushSender>,
     metrics: Arc<Metrics>,
     /// Bound by [`Application::bind_metrics`] (or by `run`) when `RINGLINE_METRICS_BIND` is set.
@@ -95,7 +102,16 @@ impl Application {
         // The outbox's triggers write events only for active subscriptions: none, without URLs.
         let urls = settings.webhooks().map(|webhooks| webhooks.urls).unwrap_or_default();
         storage.webhooks().set_subscriptions(&urls).await.context("cannot record the webhook subscriptions")?;
-        let webhook_waker = WebhookWaker::new();
+        let webhook_waker = OutboxWaker::new();
+        // The same for mobile pushes: stored only for the services that could be set up.
+        let push = push_services::PushServices::from_settings(&settings.mobile_push, &clock);
+        for problem in &push.problems {
+            tracing::error!("{problem}");
+        }
+        let providers: Vec<_> = push.services.iter().map(|service| service.provider()).collect();
+        let outbox = storage.mobile_push();
+        outbox.set_providers(&providers).await.context("cannot record the mobile push services")?;
+        let push_waker = OutboxWaker::new();
         let (calls, directory) = (Arc::new(storage.calls()), Arc::new(storage.directory()));
         let mut policy = CallPolicy::new(Arc::new(storage.call_policy()), settings.rate_caps());
         if let Some((hook, fails_open)) = settings.call_policy_hook() {
@@ -109,6 +125,9 @@ impl Application {
             .observed_by(Arc::new(CallFunnel(metrics.clone())));
         if !urls.is_empty() {
             service = service.observed_by(webhook_waker.clone());
+        }
+        if !push.services.is_empty() {
+            service = service.observed_by(push_waker.clone());
         }
         let subscriptions = Arc::new(storage.push_subscriptions());
         let web_push = WebPushSender::start(subscriptions, settings.web_push(), clock.clone(), ringline_api::call_json);
@@ -151,6 +170,8 @@ impl Application {
             sweeps: true,
             bus,
             webhook_waker,
+            push_services: push.services,
+            push_waker,
             web_push,
             metrics,
             metrics_listener: None,
@@ -216,7 +237,19 @@ impl Application {
         let address = listener.local_socket_addr();
         let port = address.map_or(self.settings.http.bind.port(), |address| address.port());
         let app = ringline_api::server_routes(self.parts(listener.max_per_address().unwrap_or(usize::MAX)));
-        let Self { settings, storage, clock, signaling, sweeps, bus, webhook_waker, web_push, .. } = self;
+        let Self {
+            settings,
+            storage,
+            clock,
+            signaling,
+            sweeps,
+            bus,
+            webhook_waker,
+            push_services,
+            push_waker,
+            web_push,
+            ..
+        } = self;
         let (metrics, metrics_listener) = (self.metrics, self.metrics_listener);
         let background =
             if sweeps { Background::start(signaling.clone()) } else { Background::without_sweeps(signaling.clone()) };
@@ -231,7 +264,7 @@ impl Application {
                 bus: bus.as_ref().map(|bus| bus.health()),
                 clock: clock.clone(),
             };
-            observability::serve_metrics(&background, listener, metrics, gauges);
+            observability::serve_metrics(&background, listener, metrics.clone(), gauges);
         }
         if let Some(bus) = bus {
             let signaling = signaling.clone();
@@ -243,9 +276,31 @@ impl Application {
             webhook_settings.sender = settings::webhook_sender(port);
             let (outbox, directory) = (Arc::new(storage.webhooks()), Arc::new(storage.directory()));
             let (signaling, render) = (signaling.clone(), ringline_api::call_json);
-            let sender =
-                WebhookSender::new(outbox, directory, signaling, clock, webhook_settings, &webhook_waker, render)
-                    .context("cannot build the webhooks' HTTP client")?;
+            let sender = WebhookSender::new(
+                outbox,
+                directory,
+                signaling,
+                clock.clone(),
+                webhook_settings,
+                &webhook_waker,
+                render,
+            )
+            .context("cannot build the webhooks' HTTP client")?;
+            background.spawn(|stop| Arc::new(sender).run(stop));
+        }
+        if !push_services.is_empty() {
+            let push_settings =
+                MobilePushSettings { ring_timeout: settings.ring_timeout(), sender: settings::webhook_sender(port) };
+            let sender = MobilePushSender::new(
+                Arc::new(storage.mobile_push()),
+                Arc::new(storage.directory()),
+                Arc::new(storage.notifications()),
+                push_services,
+                clock.clone(),
+                push_settings,
+                &push_waker,
+                metrics.clone(),
+            );
             background.spawn(|stop| Arc::new(sender).run(stop));
         }
         background.spawn(|stop| web_push.run(stop));

@@ -63,6 +63,8 @@ pub struct Settings {
     #[serde(flatten)]
     pub push: PushConfig,
     #[serde(flatten)]
+    pub mobile_push: MobilePushConfig,
+    #[serde(flatten)]
     pub process: ProcessConfig,
     #[serde(flatten)]
     pub metrics: MetricsConfig,
@@ -353,6 +355,53 @@ impl Default for PushConfig {
     }
 }
 
+/// Mobile push through Expo, FCM and APNs (`docs/push.md`). Each service is on when its
+/// credentials are set (Expo: when `expo_push` is); the URLs are for stand-ins in tests.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct MobilePushConfig {
+    pub expo_push: bool,
+    #[serde(serialize_with = "redacted")]
+    pub expo_access_token: Option<SecretString>,
+    pub expo_push_url: String,
+    /// A service account's JSON key, a path to a file holding it, or base64 of it.
+    #[serde(serialize_with = "redacted")]
+    pub fcm_credentials: Option<SecretString>,
+    pub fcm_url: String,
+    /// The `.p8` key file of token authentication; with the key id, team id and topic.
+    pub apns_key_file: Option<String>,
+    pub apns_key_id: Option<String>,
+    pub apns_team_id: Option<String>,
+    /// The iOS app's bundle id (VoIP pushes go to `<topic>.voip`).
+    pub apns_topic: Option<String>,
+    /// Apple's development endpoint (apps built for development get sandbox tokens).
+    pub apns_sandbox: bool,
+    /// Overrides the endpoint (a stand-in in tests).
+    pub apns_url: Option<String>,
+    /// PEM certificates the push clients trust besides the public roots (a TLS-inspecting
+    /// egress proxy, or a stand-in in tests).
+    pub push_ca_file: Option<String>,
+}
+
+impl Default for MobilePushConfig {
+    fn default() -> Self {
+        Self {
+            expo_push: false,
+            expo_access_token: None,
+            expo_push_url: ringline_outbound::mobile_push::expo::EXPO_PUSH_URL.to_owned(),
+            fcm_credentials: None,
+            fcm_url: ringline_outbound::mobile_push::fcm::FCM_URL.to_owned(),
+            apns_key_file: None,
+            apns_key_id: None,
+            apns_team_id: None,
+            apns_topic: None,
+            apns_sandbox: false,
+            apns_url: None,
+            push_ca_file: None,
+        }
+    }
+}
+
 /// The process: development or production, and the log format.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
@@ -401,6 +450,7 @@ fn known_keys() -> Vec<&'static str> {
         fields_of::<BusConfig>(),
         fields_of::<WebhookConfig>(),
         fields_of::<PushConfig>(),
+        fields_of::<MobilePushConfig>(),
         fields_of::<ProcessConfig>(),
         fields_of::<MetricsConfig>(),
     ]
@@ -602,6 +652,13 @@ pub enum SettingsError {
     LoopbackPushInProduction,
     #[error("RINGLINE_WEB_PUSH_ALLOWED_HOSTS must name at least one host (or *)")]
     NoPushHosts,
+    #[error(
+        "RINGLINE_APNS_KEY_FILE, RINGLINE_APNS_KEY_ID, RINGLINE_APNS_TEAM_ID and RINGLINE_APNS_TOPIC go together: \
+         set all four (or none)"
+    )]
+    ApnsIncomplete,
+    #[error("{0} is {1:?}, which is not an http:// or https:// URL")]
+    PushUrl(&'static str, String),
 }
 
 /// Descriptors the default connection cap leaves for everything but connections: the database
@@ -682,6 +739,8 @@ impl Settings {
             ("RINGLINE_ADMIN_TOKEN", &self.auth.admin_token),
             ("RINGLINE_TURN_SECRET", &self.ice_servers.turn_secret),
             ("RINGLINE_WEBHOOK_SECRET", &self.webhook.webhook_secret),
+            ("RINGLINE_EXPO_ACCESS_TOKEN", &self.mobile_push.expo_access_token),
+            ("RINGLINE_FCM_CREDENTIALS", &self.mobile_push.fcm_credentials),
         ] {
             if secret.as_ref().is_some_and(|secret| secret.expose_secret().trim().is_empty()) {
                 problems.push(SettingsError::EmptySecret(name));
@@ -789,6 +848,21 @@ impl Settings {
         }
         if !(50..=10_000).contains(&self.call_policy.call_policy_timeout_ms) {
             problems.push(SettingsError::CallPolicyTimeout);
+        }
+        let push = &self.mobile_push;
+        let apns = [&push.apns_key_file, &push.apns_key_id, &push.apns_team_id, &push.apns_topic];
+        let apns_set = apns.iter().filter(|value| value.as_deref().is_some_and(|v| !v.trim().is_empty())).count();
+        if apns_set != 0 && apns_set != apns.len() {
+            problems.push(SettingsError::ApnsIncomplete);
+        }
+        for (name, url) in [
+            ("RINGLINE_EXPO_PUSH_URL", Some(&push.expo_push_url)),
+            ("RINGLINE_FCM_URL", Some(&push.fcm_url)),
+            ("RINGLINE_APNS_URL", push.apns_url.as_ref()),
+        ] {
+            if let Some(url) = url.filter(|url| !ringline_outbound::webhooks::is_valid_url(url)) {
+                problems.push(SettingsError::PushUrl(name, url.clone()));
+            }
         }
         problems
     }

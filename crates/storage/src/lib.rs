@@ -7,6 +7,8 @@
 //!   two devices or two server instances race on one call exactly one wins;
 //! - [`SqlDirectory`] holds users and conversations for the standalone server;
 //! - [`SqlNotifications`] stores notifications about calls (incoming, missed);
+//! - [`SqlMobilePush`] keeps device tokens and reads the mobile pushes' outbox (written by
+//!   triggers, as the webhooks' is);
 //! - [`SqlWebhookOutbox`] reads the call webhooks' outbox (written by triggers, in the same
 //!   statement as each call change) and records their deliveries.
 //!
@@ -22,6 +24,7 @@ mod directory;
 mod driver;
 mod entity;
 pub mod migration;
+mod mobile_push;
 mod notifications;
 mod policy;
 mod push;
@@ -46,6 +49,7 @@ use sea_orm_migration::MigratorTrait;
 pub use calls::SqlCallRepository;
 use direct_pool::DirectPool;
 pub use directory::{DirectoryWriteError, SqlDirectory};
+pub use mobile_push::SqlMobilePush;
 pub use notifications::SqlNotifications;
 pub use policy::SqlCallPolicy;
 pub use push::SqlPushSubscriptions;
@@ -408,6 +412,10 @@ impl Storage {
 
     pub fn push_subscriptions(&self) -> SqlPushSubscriptions {
         SqlPushSubscriptions::new(self.connections.clone())
+    }
+
+    pub fn mobile_push(&self) -> SqlMobilePush {
+        SqlMobilePush::new(self.connections.clone())
     }
 
     pub fn webhooks(&self) -> SqlWebhookOutbox {

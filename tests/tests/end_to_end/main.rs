@@ -11,6 +11,7 @@ mod health;
 mod joined_instances;
 mod liveness;
 mod metrics;
+mod mobile_push;
 mod notifications;
 mod observers;
 mod old_clients;

@@ -19,6 +19,7 @@ mod m20261207_000010_notifications_follow_calls;
 mod m20261207_000011_call_quality;
 mod m20261207_000012_call_policy;
 mod m20261207_000013_relay_only;
+mod m20261207_000014_mobile_push;
 
 /// Every migration of the Ringline schema, oldest first.
 #[derive(Debug)]
@@ -41,6 +42,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000011_call_quality::Migration),
             Box::new(m20261207_000012_call_policy::Migration),
             Box::new(m20261207_000013_relay_only::Migration),
+            Box::new(m20261207_000014_mobile_push::Migration),
         ]
     }
 }
