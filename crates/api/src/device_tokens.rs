@@ -84,7 +84,10 @@ impl From<PushProvider> for ProviderJson {
 /// A device token to register.
 #[derive(Debug, Object)]
 pub struct DeviceTokenBody {
-    /// The token the push service gave the app (at most 512 printable characters).
+    /// The token the push service gave the app: 1 to 512 printable ASCII characters, no
+    /// spaces. An `expo` token is `ExponentPushToken[…]` (or `ExpoPushToken[…]`), an
+    /// `apns_voip` token hexadecimal on `ios`.
+    #[oai(validator(min_length = 1, max_length = 512, pattern = r"^[!-~]+$"))]
     pub token: String,
     pub platform: PlatformJson,
     /// The service it belongs to. When absent: Expo for an `ExponentPushToken[…]`, else APNs
@@ -189,9 +192,8 @@ impl DeviceTokensApi {
     ) -> Result<Registered, ApiError> {
         let user = authenticate(self.auth.as_ref(), req, &auth).await?;
         let body = body.0;
-        let registration =
-            DeviceRegistration::new(body.token.trim().to_owned(), body.platform.into(), body.provider.map(Into::into))
-                .map_err(|invalid| ApiError::with_detail(ErrorCode::InvalidDeviceToken, invalid.to_string()))?;
+        let registration = DeviceRegistration::new(body.token, body.platform.into(), body.provider.map(Into::into))
+            .map_err(|invalid| ApiError::with_detail(ErrorCode::InvalidDeviceToken, invalid.to_string()))?;
         let stored = self.tokens.register(&user, &registration, self.clock.now()).await;
         let stored = stored.map_err(|error| ApiError::internal(&error))?;
         Ok(Registered::Created(Json(DeviceTokenJson::from(&stored))))

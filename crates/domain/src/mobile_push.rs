@@ -158,7 +158,7 @@ impl DeviceRegistration {
             PushProvider::Expo if !is_expo_token(&token) => return Err(InvalidDeviceToken::NotExpo),
             PushProvider::ApnsVoip
                 if platform != DevicePlatform::Ios
-                    || token.len() % 2 != 0
+                    || !token.len().is_multiple_of(2)
                     || token.len() > 200
                     || !token.bytes().all(|byte| byte.is_ascii_hexdigit()) =>
             {
@@ -432,6 +432,73 @@ mod tests {
         assert_eq!(apns.provider, PushProvider::ApnsVoip);
         let fcm = register("ios-fcm:token", DevicePlatform::Ios, Some(PushProvider::Fcm)).expect("named");
         assert_eq!(fcm.provider, PushProvider::Fcm);
+    }
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_unix_micros(1_700_000_000_000_000 + seconds * 1_000_000).expect("in range")
+    }
+
+    fn push(kind: MobilePushKind, call: Call, receiver: &str) -> MobilePush {
+        let token = DeviceToken {
+            id: 1,
+            user: UserId::parse(receiver).expect("id"),
+            token: "ExponentPushToken[x]".into(),
+            platform: DevicePlatform::Android,
+            provider: PushProvider::Expo,
+            created_at: at(0),
+            last_seen_at: at(0),
+        };
+        MobilePush { id: 1, kind, token, call, attempts: 0 }
+    }
+
+    fn ringing() -> Call {
+        let (alice, bob) = (UserId::parse("alice").expect("id"), UserId::parse("bob").expect("id"));
+        crate::NewCall::ring(alice, bob, crate::CallType::Voice, None, at(0))
+            .expect("two parties")
+            .into_call(crate::CallId::new(7).expect("id"))
+    }
+
+    fn changed(outcome: crate::Outcome) -> Call {
+        match outcome {
+            crate::Outcome::Changed(transition) => transition.call,
+            crate::Outcome::AlreadyDone(call) => call,
+        }
+    }
+
+    const RING: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn a_ring_matters_while_its_call_rings_and_only_to_its_receiver() {
+        let ring = push(MobilePushKind::Ring, ringing(), "bob");
+        assert_eq!(ring.deadline(RING), at(30));
+        assert_eq!(ring.stale(at(29), RING), None);
+        assert!(ring.stale(at(30), RING).is_some(), "past the ring deadline");
+        let declined = changed(ringing().reject(&UserId::parse("bob").expect("id"), at(5)).expect("reject"));
+        assert!(push(MobilePushKind::Ring, declined.clone(), "bob").stale(at(6), RING).is_some());
+        assert_eq!(push(MobilePushKind::StopRinging, declined.clone(), "bob").stale(at(6), RING), None);
+        assert!(push(MobilePushKind::StopRinging, declined, "carol").stale(at(6), RING).is_some(), "moved");
+        let missed = changed(ringing().expire(at(30), RING).expect("missed"));
+        assert_eq!(push(MobilePushKind::StopRinging, missed, "bob").deadline(RING), at(30 + 3600));
+    }
+
+    #[test]
+    fn failures_are_retried_while_they_matter() {
+        let ring = push(MobilePushKind::Ring, ringing(), "bob");
+        let transient = |retry_after| PushRefusal::Transient { status: Some(429), retry_after, error: "busy".into() };
+        // The backoff (2 s), or the service's Retry-After when longer.
+        assert_eq!(
+            after_failure(&ring, transient(None), at(1), RING, 0.0),
+            MobilePushOutcome::RetryAt { at: at(3), status: Some(429), error: "busy".into() }
+        );
+        let asked = after_failure(&ring, transient(Some(Duration::from_secs(10))), at(1), RING, 0.0);
+        assert!(matches!(asked, MobilePushOutcome::RetryAt { at: when, .. } if when == at(11)));
+        // No retry that would come after the ring ended.
+        let late = after_failure(&ring, transient(Some(Duration::from_secs(40))), at(1), RING, 0.0);
+        assert!(matches!(late, MobilePushOutcome::Failed { .. }), "{late:?}");
+        let gone = after_failure(&ring, PushRefusal::TokenGone { reason: "Unregistered".into() }, at(1), RING, 0.0);
+        assert_eq!(gone.state(), "token_gone");
+        let refused = PushRefusal::Permanent { status: Some(400), error: "bad".into() };
+        assert_eq!(after_failure(&ring, refused, at(1), RING, 0.0).state(), "failed");
     }
 
     #[test]

@@ -99,10 +99,10 @@ pub const FAMILIES: &[&str] = &[
     "ringline_call_duration_seconds",
     "ringline_call_jitter_seconds",
     "ringline_call_mos",
+    "ringline_call_packet_loss_ratio",
     "ringline_call_policy_hook_duration_seconds",
     "ringline_call_policy_hook_requests_total",
     "ringline_call_policy_refusals_total",
-    "ringline_call_packet_loss_ratio",
     "ringline_call_quality_reports_total",
     "ringline_call_quality_tags_total",
     "ringline_call_refusals_total",
@@ -115,6 +115,7 @@ pub const FAMILIES: &[&str] = &[
     "ringline_database_write_seconds",
     "ringline_http_request_duration_seconds",
     "ringline_http_requests_total",
+    "ringline_mobile_pushes_total",
     "ringline_process_cpu_seconds",
     "ringline_process_open_fds",
     "ringline_process_resident_memory_bytes",
@@ -180,6 +181,7 @@ mod tests {
         dependencies.webhook(WebhookResult::Delivered);
         dependencies.set_webhook_oldest_pending(Duration::from_secs(1));
         dependencies.push(PushResult::Sent);
+        dependencies.mobile_push("expo", crate::dependencies::MobilePushResult::Sent);
         dependencies.policy_hook(PolicyHookResult::Allowed, Duration::from_millis(3));
         let report = QualityReport {
             rtt_ms: Some(20.0),

@@ -4,5 +4,6 @@
 #[macro_use]
 mod common;
 mod contract;
+mod mobile_push_outbox;
 mod races;
 mod webhook_outbox;
