@@ -11,6 +11,7 @@
 //! domain's ports (`UserUrlPolicy`, `PushSubscriptions`), and the server wires the two.
 
 pub mod mobile_push;
+mod outbox;
 pub mod policy_hook;
 pub mod user_urls;
 mod vapid;

@@ -20,7 +20,6 @@ use ringline_signaling::{CancellationToken, Signaling};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 use tokio::sync::Notify;
-use tokio::task::JoinSet;
 
 use crate::RenderCall;
 
@@ -30,10 +29,6 @@ const IN_FLIGHT: usize = 32;
 /// How long a claimed delivery is reserved for the instance that claimed it: longer than a
 /// request may take, so that no other instance sends it meanwhile.
 const LEASE_MARGIN: Duration = Duration::from_secs(20);
-
-/// How often the outbox is looked at without being woken, and pruned.
-const POLL: Duration = Duration::from_secs(1);
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// Where events go and how hard to try.
 #[derive(Debug, Clone)]
@@ -52,6 +47,26 @@ pub struct WebhookSettings {
     /// Who this sender is, the same across its restarts (the server uses host and port): the
     /// deliveries it was sending when it stopped are released when it starts again.
     pub sender: String,
+}
+
+#[async_trait::async_trait]
+impl crate::outbox::OutboxWork for WebhookSender {
+    type Item = WebhookDelivery;
+    const NAME: &'static str = "webhook";
+
+    async fn claim(&self, room: u32) -> Result<Vec<WebhookDelivery>, ringline_domain::RepositoryError> {
+        let now = self.clock.now();
+        let lease_until = now.plus(self.settings.timeout + LEASE_MARGIN);
+        self.outbox.claim_due(&self.settings.sender, now, lease_until, room).await
+    }
+
+    async fn deliver(self: Arc<Self>, delivery: WebhookDelivery) {
+        self.send_one(delivery).await;
+    }
+
+    async fn prune(&self) -> Result<u64, ringline_domain::RepositoryError> {
+        self.outbox.prune(self.clock.now().minus(self.settings.retention)).await
+    }
 }
 
 /// Whether `url` can receive webhooks: an absolute `http://` or `https://` URL with a host.
@@ -121,45 +136,12 @@ impl WebhookSender {
             Ok(waiting) => tracing::info!(waiting, "sending webhook events that were waiting for a retry"),
             Err(error) => tracing::warn!(%error, "cannot reschedule pending webhook events"),
         }
-        let mut in_flight = JoinSet::new();
-        let mut last_prune = tokio::time::Instant::now();
-        loop {
-            let room = IN_FLIGHT.saturating_sub(in_flight.len());
-            if room > 0 {
-                let now = self.clock.now();
-                let lease_until = now.plus(self.settings.timeout + LEASE_MARGIN);
-                let limit = u32::try_from(room).unwrap_or(u32::MAX);
-                match self.outbox.claim_due(&self.settings.sender, now, lease_until, limit).await {
-                    Ok(due) => {
-                        let claimed = due.len();
-                        for delivery in due {
-                            in_flight.spawn(Arc::clone(&self).deliver(delivery));
-                        }
-                        if claimed == room {
-                            continue; // More may be due.
-                        }
-                    }
-                    Err(error) => tracing::warn!(%error, "cannot read the webhook outbox"),
-                }
-            }
-            if last_prune.elapsed() >= PRUNE_EVERY {
-                last_prune = tokio::time::Instant::now();
-                let before = self.clock.now().minus(self.settings.retention);
-                if let Err(error) = self.outbox.prune(before).await {
-                    tracing::warn!(%error, "cannot prune the webhook outbox");
-                }
-            }
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = self.wake.notified() => {}
-                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-                () = tokio::time::sleep(POLL) => {}
-            }
-        }
+        let wake = Arc::clone(&self.wake);
+        crate::outbox::drain(self, &wake, IN_FLIGHT, stop).await;
     }
 
     /// One attempt: sends the event and records what happened.
-    async fn deliver(self: Arc<Self>, delivery: WebhookDelivery) {
+    async fn send_one(self: Arc<Self>, delivery: WebhookDelivery) {
         let outcome = match self.attempt(&delivery).await {
             Ok(status) => DeliveryOutcome::Delivered { status },
             Err((status, error)) => {

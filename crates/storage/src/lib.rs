@@ -223,6 +223,25 @@ pub(crate) struct Connections {
     pub(crate) write: Writer,
 }
 
+impl Connections {
+    /// Runs one writing statement (`?` placeholders) through the writer; how many rows it
+    /// changed.
+    pub(crate) async fn write_one(
+        &self,
+        sql: &'static str,
+        values: Vec<sea_orm::Value>,
+    ) -> Result<u64, ringline_domain::RepositoryError> {
+        self.write
+            .write(move |db| {
+                Box::pin(async move {
+                    Ok(db.execute(statement(db.get_database_backend(), sql, values)).await?.rows_affected())
+                })
+            })
+            .await
+            .map_err(storage_failure)
+    }
+}
+
 impl Storage {
     /// Connects to `url`. For SQLite, switches the file to WAL mode so that readers never wait
     /// for the writer.

@@ -340,37 +340,13 @@ impl MobilePushOutbox for SqlMobilePush {
     }
 
     async fn release_leases(&self, sender: &str) -> Result<u64, RepositoryError> {
-        let sender = sender.to_owned();
-        self.db
-            .write
-            .write(move |db| {
-                Box::pin(async move {
-                    let sql = "UPDATE mobile_pushes SET leased_until = 0, leased_by = NULL
-                               WHERE leased_by = ? AND state = 'pending'";
-                    Ok(db
-                        .execute(statement(db.get_database_backend(), sql, vec![sender.into()]))
-                        .await?
-                        .rows_affected())
-                })
-            })
-            .await
-            .map_err(storage_failure)
+        let sql =
+            "UPDATE mobile_pushes SET leased_until = 0, leased_by = NULL WHERE leased_by = ? AND state = 'pending'";
+        self.db.write_one(sql, vec![sender.into()]).await
     }
 
     async fn prune(&self, before: Timestamp) -> Result<u64, RepositoryError> {
-        let before = before.unix_micros();
-        self.db
-            .write
-            .write(move |db| {
-                Box::pin(async move {
-                    let sql = "DELETE FROM mobile_pushes WHERE state <> 'pending' AND finished_at < ?";
-                    Ok(db
-                        .execute(statement(db.get_database_backend(), sql, vec![before.into()]))
-                        .await?
-                        .rows_affected())
-                })
-            })
-            .await
-            .map_err(storage_failure)
+        let sql = "DELETE FROM mobile_pushes WHERE state <> 'pending' AND finished_at < ?";
+        self.db.write_one(sql, vec![before.unix_micros().into()]).await
     }
 }

@@ -96,32 +96,12 @@ impl PushSubscriptions for SqlPushSubscriptions {
     }
 
     async fn unsubscribe(&self, user: &UserId, endpoint: &str) -> Result<bool, RepositoryError> {
-        let values: Vec<Value> = vec![user.as_str().into(), endpoint.into()];
-        self.db
-            .write
-            .write(move |db| {
-                Box::pin(async move {
-                    let sql = "DELETE FROM push_subscriptions WHERE user_id = ? AND endpoint = ?";
-                    Ok(db.execute(statement(db.get_database_backend(), sql, values)).await?.rows_affected() > 0)
-                })
-            })
-            .await
-            .map_err(storage_failure)
+        let sql = "DELETE FROM push_subscriptions WHERE user_id = ? AND endpoint = ?";
+        Ok(self.db.write_one(sql, vec![user.as_str().into(), endpoint.into()]).await? > 0)
     }
 
     async fn forget(&self, endpoint: &str) -> Result<(), RepositoryError> {
-        let values: Vec<Value> = vec![endpoint.into()];
-        self.db
-            .write
-            .write(move |db| {
-                Box::pin(async move {
-                    let sql = "DELETE FROM push_subscriptions WHERE endpoint = ?";
-                    db.execute(statement(db.get_database_backend(), sql, values)).await?;
-                    Ok(())
-                })
-            })
-            .await
-            .map_err(storage_failure)
+        self.db.write_one("DELETE FROM push_subscriptions WHERE endpoint = ?", vec![endpoint.into()]).await.map(drop)
     }
 
     async fn of_user(&self, user: &UserId) -> Result<Vec<PushSubscription>, RepositoryError> {

@@ -255,18 +255,8 @@ impl WebhookOutbox for SqlWebhookOutbox {
     }
 
     async fn set_receiver_online(&self, event_row: i64, online: bool) -> Result<(), RepositoryError> {
-        self.db
-            .write
-            .write(move |db| {
-                Box::pin(async move {
-                    let sql = "UPDATE webhook_events SET receiver_online = ? WHERE id = ? AND receiver_online IS NULL";
-                    db.execute(statement(db.get_database_backend(), sql, vec![online.into(), event_row.into()]))
-                        .await?;
-                    Ok(())
-                })
-            })
-            .await
-            .map_err(storage_failure)
+        let sql = "UPDATE webhook_events SET receiver_online = ? WHERE id = ? AND receiver_online IS NULL";
+        self.db.write_one(sql, vec![online.into(), event_row.into()]).await.map(drop)
     }
 
     async fn finish(&self, delivery: i64, outcome: &DeliveryOutcome, now: Timestamp) -> Result<(), RepositoryError> {
@@ -306,61 +296,21 @@ impl WebhookOutbox for SqlWebhookOutbox {
     }
 
     async fn release_leases(&self, sender: &str) -> Result<u64, RepositoryError> {
-        let sender = sender.to_owned();
-        self.db
-            .write
-            .write(move |db| {
-                Box::pin(async move {
-                    let sql = "UPDATE webhook_deliveries SET leased_until = 0, leased_by = NULL
-                               WHERE leased_by = ? AND state = 'pending'";
-                    Ok(db
-                        .execute(statement(db.get_database_backend(), sql, vec![sender.into()]))
-                        .await?
-                        .rows_affected())
-                })
-            })
-            .await
-            .map_err(storage_failure)
+        let sql = "UPDATE webhook_deliveries SET leased_until = 0, leased_by = NULL
+                   WHERE leased_by = ? AND state = 'pending'";
+        self.db.write_one(sql, vec![sender.into()]).await
     }
 
     async fn due_now(&self, now: Timestamp) -> Result<u64, RepositoryError> {
-        let now = micros(now);
-        self.db
-            .write
-            .write(move |db| {
-                Box::pin(async move {
-                    let sql = "UPDATE webhook_deliveries SET next_attempt_at = 0
-                               WHERE state = 'pending' AND next_attempt_at > ?";
-                    Ok(db.execute(statement(db.get_database_backend(), sql, vec![now.into()])).await?.rows_affected())
-                })
-            })
-            .await
-            .map_err(storage_failure)
+        let sql = "UPDATE webhook_deliveries SET next_attempt_at = 0 WHERE state = 'pending' AND next_attempt_at > ?";
+        self.db.write_one(sql, vec![micros(now).into()]).await
     }
 
     async fn prune(&self, before: Timestamp) -> Result<u64, RepositoryError> {
-        let before = micros(before);
-        self.db
-            .write
-            .write(move |db| {
-                Box::pin(async move {
-                    let backend = db.get_database_backend();
-                    let finished = "SELECT event_id FROM webhook_deliveries GROUP BY event_id
-                                    HAVING SUM(CASE WHEN state = 'pending' THEN 1 ELSE 0 END) = 0
-                                       AND MAX(finished_at) < ?";
-                    // Their deliveries go with them (`ON DELETE CASCADE`).
-                    let deleted = db
-                        .execute(statement(
-                            backend,
-                            &format!("DELETE FROM webhook_events WHERE id IN ({finished})"),
-                            vec![before.into()],
-                        ))
-                        .await?
-                        .rows_affected();
-                    Ok(deleted)
-                })
-            })
-            .await
-            .map_err(storage_failure)
+        // Their deliveries go with them (`ON DELETE CASCADE`).
+        let sql = "DELETE FROM webhook_events WHERE id IN (
+                     SELECT event_id FROM webhook_deliveries GROUP BY event_id
+                     HAVING SUM(CASE WHEN state = 'pending' THEN 1 ELSE 0 END) = 0 AND MAX(finished_at) < ?)";
+        self.db.write_one(sql, vec![micros(before).into()]).await
     }
 }

@@ -324,6 +324,15 @@ impl Services {
         }
     }
 
+    /// Waits until a stand-in was asked anything, whatever it answered.
+    async fn wait_for_an_attempt(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.all().is_empty() {
+            assert!(Instant::now() < deadline, "no push was ever tried");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// What was delivered for `call` to `token`.
     fn to(&self, token: &str, call: i64) -> Vec<Pushed> {
         self.delivered().into_iter().filter(|push| push.token == token && push.call_id() == call.to_string()).collect()
@@ -712,11 +721,7 @@ async fn a_ring_is_not_retried_once_its_call_stopped_ringing(backend: DatabaseBa
     // Answered 429 with `Retry-After: 1` first: the retry comes after the caller gave up.
     register(&app, &bob, "ExponentPushToken[busy-phone]", "android").await;
     let call = ring(&app, &alice, "bob", "voice").await;
-    let wait = Instant::now() + Duration::from_secs(10);
-    while services.all().is_empty() {
-        assert!(Instant::now() < wait, "never tried");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    services.wait_for_an_attempt().await;
     app.post(&format!("/api/calls/{call}/end/"), &alice, json!({})).await.expect(200);
     let delivered = services.wait_for("the end of the ring", |d| !d.is_empty()).await;
     assert_eq!(delivered[0].kind(), "call.cancelled");
@@ -736,11 +741,7 @@ async fn a_restart_while_ringing_loses_no_push(backend: DatabaseBackend) {
     // is stored and still to be sent.
     register(&app, &bob, "ExponentPushToken[busy-phone]", "ios").await;
     let call = ring(&app, &alice, "bob", "voice").await;
-    let wait = Instant::now() + Duration::from_secs(10);
-    while services.all().is_empty() {
-        assert!(Instant::now() < wait, "never tried");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    services.wait_for_an_attempt().await;
     // Long enough for the attempt to be recorded (its lease released), not for the retry.
     tokio::time::sleep(Duration::from_millis(400)).await;
     let database = app.stop_keeping_database().await;

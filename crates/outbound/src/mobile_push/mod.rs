@@ -32,7 +32,6 @@ use ringline_signaling::CancellationToken;
 use ringline_signaling::events::{NotificationPayload, PublicUser};
 use serde_json::{Map, Value, json};
 use tokio::sync::Notify;
-use tokio::task::JoinSet;
 
 use crate::OutboxWaker;
 
@@ -46,10 +45,7 @@ const LEASE: Duration = Duration::from_secs(30);
 /// How long one request to a push service may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How often the outbox is looked at without being woken, and pruned; how long finished
-/// pushes are kept (for an operator who wonders what happened to one).
-const POLL: Duration = Duration::from_secs(1);
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// How long finished pushes are kept (for an operator who wonders what happened to one).
 const RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// One push service.
@@ -190,45 +186,12 @@ impl MobilePushSender {
             Ok(released) => tracing::info!(released, "sending again the mobile pushes in flight at the last stop"),
             Err(error) => tracing::warn!(%error, "cannot release this sender's mobile push leases"),
         }
-        let mut in_flight = JoinSet::new();
-        let mut last_prune = tokio::time::Instant::now();
-        loop {
-            let room = IN_FLIGHT.saturating_sub(in_flight.len());
-            if room > 0 {
-                let now = self.clock.now();
-                let limit = u32::try_from(room).unwrap_or(u32::MAX);
-                let claimed =
-                    self.outbox.claim_due(&self.settings.sender, &self.providers, now, now.plus(LEASE), limit);
-                match claimed.await {
-                    Ok(due) => {
-                        let claimed = due.len();
-                        for push in due {
-                            in_flight.spawn(Arc::clone(&self).deliver(push));
-                        }
-                        if claimed == room {
-                            continue; // More may be due.
-                        }
-                    }
-                    Err(error) => tracing::warn!(%error, "cannot read the mobile push outbox"),
-                }
-            }
-            if last_prune.elapsed() >= PRUNE_EVERY {
-                last_prune = tokio::time::Instant::now();
-                if let Err(error) = self.outbox.prune(self.clock.now().minus(RETENTION)).await {
-                    tracing::warn!(%error, "cannot prune the mobile push outbox");
-                }
-            }
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = self.wake.notified() => {}
-                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-                () = tokio::time::sleep(POLL) => {}
-            }
-        }
+        let wake = Arc::clone(&self.wake);
+        crate::outbox::drain(self, &wake, IN_FLIGHT, stop).await;
     }
 
     /// One attempt: sends the push if it still matters, and records what happened.
-    async fn deliver(self: Arc<Self>, push: MobilePush) {
+    async fn send_one(self: Arc<Self>, push: MobilePush) {
         let provider = push.token.provider;
         let now = self.clock.now();
         let outcome = if let Some(reason) = self.stale(&push, now) {
@@ -354,6 +317,25 @@ impl MobilePushSender {
             data.insert("notification".into(), notification);
         }
         PushContent { kind: push.kind, alert: Some(alert), data, time_to_live, expires_at, collapse_id }
+    }
+}
+
+#[async_trait]
+impl crate::outbox::OutboxWork for MobilePushSender {
+    type Item = MobilePush;
+    const NAME: &'static str = "mobile push";
+
+    async fn claim(&self, room: u32) -> Result<Vec<MobilePush>, ringline_domain::RepositoryError> {
+        let now = self.clock.now();
+        self.outbox.claim_due(&self.settings.sender, &self.providers, now, now.plus(LEASE), room).await
+    }
+
+    async fn deliver(self: Arc<Self>, push: MobilePush) {
+        self.send_one(push).await;
+    }
+
+    async fn prune(&self) -> Result<u64, ringline_domain::RepositoryError> {
+        self.outbox.prune(self.clock.now().minus(RETENTION)).await
     }
 }
 
