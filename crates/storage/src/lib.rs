@@ -224,6 +224,36 @@ pub(crate) struct Connections {
 }
 
 impl Connections {
+    /// Leases each of `due` to `sender` until `lease_until` with `lease` (`UPDATE … SET
+    /// leased_until = ?, leased_by = ? WHERE id = ? AND state = 'pending' AND leased_until <= ?`,
+    /// a compare-and-set: of several instances claiming one row, one gets it); the ids leased.
+    pub(crate) async fn lease(
+        &self,
+        lease: &'static str,
+        due: Vec<i64>,
+        sender: &str,
+        lease_until: i64,
+        now: i64,
+    ) -> Result<Vec<i64>, ringline_domain::RepositoryError> {
+        let sender = sender.to_owned();
+        self.write
+            .write(move |db| {
+                Box::pin(async move {
+                    let backend = db.get_database_backend();
+                    let mut leased = Vec::with_capacity(due.len());
+                    for id in due {
+                        let values = vec![lease_until.into(), sender.clone().into(), id.into(), now.into()];
+                        if db.execute(statement(backend, lease, values)).await?.rows_affected() == 1 {
+                            leased.push(id);
+                        }
+                    }
+                    Ok(leased)
+                })
+            })
+            .await
+            .map_err(storage_failure)
+    }
+
     /// Runs one writing statement (`?` placeholders) through the writer; how many rows it
     /// changed.
     pub(crate) async fn write_one(

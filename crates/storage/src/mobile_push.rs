@@ -222,7 +222,7 @@ impl MobilePushOutbox for SqlMobilePush {
         if providers.is_empty() {
             return Ok(Vec::new());
         }
-        let (now, lease_until, sender) = (now.unix_micros(), lease_until.unix_micros(), sender.to_owned());
+        let (now, lease_until) = (now.unix_micros(), lease_until.unix_micros());
         // Looked for on a reading connection: most seconds nothing is due, and then the writer
         // (on SQLite, the only one) is not involved at all. The lease below re-checks each.
         let backend = self.db.read.get_database_backend();
@@ -240,24 +240,7 @@ impl MobilePushOutbox for SqlMobilePush {
         if due.is_empty() {
             return Ok(Vec::new());
         }
-        let claimed: Vec<i64> = self
-            .db
-            .write
-            .write(move |db| {
-                Box::pin(async move {
-                    let backend = db.get_database_backend();
-                    let mut claimed = Vec::with_capacity(due.len());
-                    for id in due {
-                        let values = vec![lease_until.into(), sender.clone().into(), id.into(), now.into()];
-                        if db.execute(statement(backend, LEASE, values)).await?.rows_affected() == 1 {
-                            claimed.push(id);
-                        }
-                    }
-                    Ok(claimed)
-                })
-            })
-            .await
-            .map_err(storage_failure)?;
+        let claimed = self.db.lease(LEASE, due, sender, lease_until, now).await?;
         let calls = SqlCallRepository::new(self.db.clone());
         let mut pushes = Vec::with_capacity(claimed.len());
         let sql = format!(

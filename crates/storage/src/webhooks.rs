@@ -201,7 +201,7 @@ impl WebhookOutbox for SqlWebhookOutbox {
         lease_until: Timestamp,
         limit: u32,
     ) -> Result<Vec<WebhookDelivery>, RepositoryError> {
-        let (now, lease_until, sender) = (micros(now), micros(lease_until), sender.to_owned());
+        let (now, lease_until) = (micros(now), micros(lease_until));
         // Looked for on a reading connection: most seconds nothing is due, and then the writer
         // (on SQLite, the only one) is not involved at all. The lease below re-checks each.
         let backend = self.db.read.get_database_backend();
@@ -218,30 +218,7 @@ impl WebhookOutbox for SqlWebhookOutbox {
         if due.is_empty() {
             return Ok(Vec::new());
         }
-        let claimed: Vec<i64> = self
-            .db
-            .write
-            .write(move |db| {
-                Box::pin(async move {
-                    let backend = db.get_database_backend();
-                    let mut claimed = Vec::with_capacity(due.len());
-                    for id in due {
-                        let leased = db
-                            .execute(statement(
-                                backend,
-                                LEASE,
-                                vec![lease_until.into(), sender.clone().into(), id.into(), now.into()],
-                            ))
-                            .await?;
-                        if leased.rows_affected() == 1 {
-                            claimed.push(id);
-                        }
-                    }
-                    Ok(claimed)
-                })
-            })
-            .await
-            .map_err(storage_failure)?;
+        let claimed = self.db.lease(LEASE, due, sender, lease_until, now).await?;
         let backend = self.db.read.get_database_backend();
         let mut deliveries = Vec::with_capacity(claimed.len());
         for id in claimed {
