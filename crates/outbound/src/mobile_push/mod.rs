@@ -316,7 +316,30 @@ impl MobilePushSender {
             }
             data.insert("notification".into(), notification);
         }
+        fit(&mut data);
         PushContent { kind: push.kind, alert: Some(alert), data, time_to_live, expires_at, collapse_id }
+    }
+}
+
+/// The most bytes of JSON a push's fields may take: FCM and Expo refuse a message whose data
+/// is over 4 KiB (APNs over 5 KiB), and a refused ring never rings.
+const MAX_DATA_BYTES: usize = 3 * 1024;
+
+/// Makes `data` fit [`MAX_DATA_BYTES`]: profile pictures go first (a URL may be long), then
+/// the original app's notification object (its fields are in `data` anyway).
+fn fit(data: &mut Map<String, Value>) {
+    let size = |data: &Map<String, Value>| serde_json::to_string(data).map_or(usize::MAX, |text| text.len());
+    if size(data) <= MAX_DATA_BYTES {
+        return;
+    }
+    if let Some(Value::Object(caller)) = data.get_mut("caller") {
+        caller.remove("profile_image_url");
+    }
+    if let Some(Value::Object(actor)) = data.get_mut("notification").and_then(|n| n.get_mut("actor")) {
+        actor.remove("profile_image_url");
+    }
+    if size(data) > MAX_DATA_BYTES {
+        data.remove("notification");
     }
 }
 
@@ -460,6 +483,20 @@ mod tests {
             collapse_id: "call-7".into(),
         };
         assert_eq!(Value::Object(content.string_data()), json!({"call_id": "7", "caller": "{\"id\":\"u1\"}"}));
+    }
+
+    #[test]
+    fn a_long_profile_never_makes_a_ring_too_big_to_send() {
+        let picture = format!("https://cdn.example.org/{}", "p".repeat(2000));
+        let person = json!({"id": "u1", "username": "ada", "profile_image_url": picture});
+        let mut data = Map::new();
+        data.insert("call_id".into(), "7".into());
+        data.insert("caller".into(), person.clone());
+        data.insert("notification".into(), json!({"id": 1, "actor": person}));
+        fit(&mut data);
+        assert!(serde_json::to_string(&data).expect("JSON").len() <= MAX_DATA_BYTES);
+        assert_eq!(data["caller"], json!({"id": "u1", "username": "ada"}));
+        assert_eq!(data["notification"]["actor"]["username"], "ada", "kept when it fits without pictures");
     }
 
     #[test]
