@@ -8,7 +8,8 @@
 //!
 //! Modules: [`settings`] (layered configuration), [`telemetry`] (logs, shutdown signal),
 //! `wiring` ([`Wiring`]), `database` ([`open_storage`]), `descriptors` (the connection cap),
-//! [`observability`] (the metrics registry and the gauges read at scrape time).
+//! [`observability`] (the metrics registry and the gauges read at scrape time),
+//! [`push_services`] (the mobile push services the settings turn on).
 
 pub mod config_check;
 mod database;
@@ -273,7 +274,7 @@ impl Application {
         if let Some(mut webhook_settings) = settings.webhooks() {
             // Who sends, the same across restarts: the deliveries it had in flight when it
             // stopped are released when it starts again.
-            webhook_settings.sender = settings::webhook_sender(port);
+            webhook_settings.sender = settings::outbox_sender(port);
             let (outbox, directory) = (Arc::new(storage.webhooks()), Arc::new(storage.directory()));
             let (signaling, render) = (signaling.clone(), ringline_api::call_json);
             let sender = WebhookSender::new(
@@ -290,7 +291,7 @@ impl Application {
         }
         if !push_services.is_empty() {
             let push_settings =
-                MobilePushSettings { ring_timeout: settings.ring_timeout(), sender: settings::webhook_sender(port) };
+                MobilePushSettings { ring_timeout: settings.ring_timeout(), sender: settings::outbox_sender(port) };
             let sender = MobilePushSender::new(
                 Arc::new(storage.mobile_push()),
                 Arc::new(storage.directory()),

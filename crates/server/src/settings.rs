@@ -425,9 +425,10 @@ pub struct MetricsConfig {
     pub metrics_bind: Option<SocketAddr>,
 }
 
-/// Who sends webhooks from this process: the machine's name (the kernel's, else `$HOSTNAME`)
-/// and the port it serves on, which stay the same when it restarts.
-pub fn webhook_sender(port: u16) -> String {
+/// Who sends from the outboxes (webhooks, mobile pushes) in this process: the machine's name
+/// (the kernel's, else `$HOSTNAME`) and the port it serves on, which stay the same when it
+/// restarts, so that it releases the leases it held when it stopped.
+pub fn outbox_sender(port: u16) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_owned())
         .ok()
@@ -1100,7 +1101,7 @@ impl Settings {
             give_up_after: Duration::from_secs(self.webhook.webhook_give_up_hours * 3600),
             retention: Duration::from_secs(self.webhook.webhook_retention_hours * 3600),
             ring_timeout: self.ring_timeout(),
-            sender: webhook_sender(self.http.bind.port()),
+            sender: outbox_sender(self.http.bind.port()),
         })
     }
 }
