@@ -48,8 +48,8 @@ pub use mobile_push::{
 };
 pub use policy::{
     Admission, BlockedUser, CALL_RATE_WINDOW, CallPolicy, CallPolicyHook, CallPolicyStore, CallSettings,
-    CallSettingsChange, HookUnavailable, NotAllowedReason, PolicyError, PolicyFacts, PolicyQuestion, PolicyRefusal,
-    RateCap, RateCaps, RecentCalls, UNANSWERED_WINDOW,
+    CallSettingsChange, CountedCalls, HookUnavailable, NotAllowedReason, PolicyError, PolicyFacts, PolicyQuestion,
+    PolicyRefusal, RateCap, RateCaps, RecentCalls, UNANSWERED_WINDOW,
 };
 pub use ports::{
     Audience, CallListFilter, CallObserver, CallRepository, ChangeOrigin, Clock, DeviceClaim, Directory,

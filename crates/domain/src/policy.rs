@@ -78,6 +78,15 @@ pub struct RecentCalls {
     pub oldest: Option<Timestamp>,
 }
 
+/// Which calls the store counts for one rate cap: those after `since`, the most recent `limit`
+/// of them at most (more never changes the answer). A `limit` of zero (the cap is off) counts
+/// nothing, and the store reads nothing for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CountedCalls {
+    pub since: Timestamp,
+    pub limit: u32,
+}
+
 /// What the store knows about a call attempt from `caller` to `callee`, read at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PolicyFacts {
@@ -86,10 +95,11 @@ pub struct PolicyFacts {
     pub callee_settings: CallSettings,
     /// The two share a conversation in the directory.
     pub share_conversation: bool,
-    /// The caller's calls started within [`CALL_RATE_WINDOW`].
+    /// The caller's calls started within [`CALL_RATE_WINDOW`] (up to the cap; `oldest` is the
+    /// oldest of those counted).
     pub caller_recent: RecentCalls,
     /// The caller's calls to the callee that were missed, cancelled or declined within
-    /// [`UNANSWERED_WINDOW`] (counted from when each ended).
+    /// [`UNANSWERED_WINDOW`] (up to the cap, as `caller_recent`).
     pub unanswered_to_callee: RecentCalls,
 }
 
@@ -243,9 +253,10 @@ pub struct BlockedUser {
 /// Where call settings and blocks live.
 #[async_trait]
 pub trait CallPolicyStore: Send + Sync + std::fmt::Debug {
-    /// Everything [`decide`] needs about a call from `caller` to `callee`, in one read: calls
-    /// started after `calls_since` count for the per-minute cap, unanswered calls that ended
-    /// after `unanswered_since` for the per-callee one.
+    /// Everything [`decide`] needs about a call from `caller` to `callee`, in one read:
+    /// `caller_recent` says which of the caller's calls count for the per-minute cap,
+    /// `unanswered` which of their unanswered calls to the callee count for the per-callee one
+    /// (the most recent ones first, up to each cap; nothing when a cap is off).
     ///
     /// # Errors
     /// `Storage` when the store fails.
@@ -253,8 +264,8 @@ pub trait CallPolicyStore: Send + Sync + std::fmt::Debug {
         &self,
         caller: &UserId,
         callee: &UserId,
-        calls_since: Timestamp,
-        unanswered_since: Timestamp,
+        caller_recent: CountedCalls,
+        unanswered: CountedCalls,
     ) -> Result<PolicyFacts, RepositoryError>;
 
     /// `user`'s settings (the defaults if they never changed any).
@@ -347,10 +358,10 @@ impl CallPolicy {
     /// # Errors
     /// `Refused` with the reason; `Repository` when the store fails (nothing is decided).
     pub async fn admit(&self, question: &PolicyQuestion, now: Timestamp) -> Result<Admission, PolicyError> {
-        let facts = self
-            .store
-            .facts(&question.caller, &question.callee, now.minus(CALL_RATE_WINDOW), now.minus(UNANSWERED_WINDOW))
-            .await?;
+        // A cap that is off costs no read: its count is limited to zero.
+        let caller_recent = CountedCalls { since: now.minus(CALL_RATE_WINDOW), limit: self.caps.calls_per_minute };
+        let unanswered = CountedCalls { since: now.minus(UNANSWERED_WINDOW), limit: self.caps.unanswered_per_callee };
+        let facts = self.store.facts(&question.caller, &question.callee, caller_recent, unanswered).await?;
         let admission = decide(&facts, self.caps, now)?;
         let Some(hook) = &self.hook else { return Ok(admission) };
         match hook.allows(question).await {

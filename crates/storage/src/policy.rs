@@ -4,8 +4,8 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use ringline_domain::{
-    BlockedUser, CallPolicyStore, CallSettings, CallSettingsChange, CallStatus, Page, PageRequest, PolicyFacts,
-    RecentCalls, RepositoryError, Timestamp, UserId, UserProfile, WhoCanCall,
+    BlockedUser, CallPolicyStore, CallSettings, CallSettingsChange, CallStatus, CountedCalls, Page, PageRequest,
+    PolicyFacts, RecentCalls, RepositoryError, Timestamp, UserId, UserProfile, WhoCanCall,
 };
 use sea_orm::{ConnectionTrait, DbErr, QueryResult, TransactionTrait, Value};
 
@@ -28,8 +28,15 @@ const UNANSWERED: [CallStatus; 3] = [CallStatus::Missed, CallStatus::Cancelled, 
 
 /// Everything the policy needs, in one statement: each part a scalar subquery on an index
 /// (`call_blocks`' primary key and its reverse index, `call_settings`' key, the participants'
-/// user index, `calls (caller_id, started_at)`).
-const FACTS: &str = "SELECT
+/// user index, `calls (caller_id, started_at)`). The two counts read the most recent calls
+/// only up to their cap (`LIMIT`), and nothing when it is zero (the cap is off): a caller's
+/// history never makes a call attempt slower.
+const FACTS: &str = "WITH
+    recent AS (SELECT started_at FROM calls WHERE caller_id = ? AND started_at > ?
+               ORDER BY started_at DESC LIMIT ?),
+    unanswered AS (SELECT started_at FROM calls WHERE caller_id = ? AND receiver_id = ? AND started_at > ?
+                   AND status IN (?, ?, ?) ORDER BY started_at DESC LIMIT ?)
+SELECT
     EXISTS (SELECT 1 FROM call_blocks
             WHERE (blocker_id = ? AND blocked_id = ?) OR (blocker_id = ? AND blocked_id = ?)) AS blocked,
     (SELECT who_can_call FROM call_settings WHERE user_id = ?) AS who_can_call,
@@ -39,12 +46,10 @@ const FACTS: &str = "SELECT
     EXISTS (SELECT 1 FROM conversation_participants mine
             JOIN conversation_participants theirs ON theirs.conversation_id = mine.conversation_id
             WHERE mine.user_id = ? AND theirs.user_id = ?) AS share_conversation,
-    (SELECT count(*) FROM calls WHERE caller_id = ? AND started_at > ?) AS recent_count,
-    (SELECT min(started_at) FROM calls WHERE caller_id = ? AND started_at > ?) AS recent_oldest,
-    (SELECT count(*) FROM calls WHERE caller_id = ? AND receiver_id = ? AND started_at > ?
-       AND status IN (?, ?, ?)) AS unanswered_count,
-    (SELECT min(started_at) FROM calls WHERE caller_id = ? AND receiver_id = ? AND started_at > ?
-       AND status IN (?, ?, ?)) AS unanswered_oldest";
+    (SELECT count(*) FROM recent) AS recent_count,
+    (SELECT min(started_at) FROM recent) AS recent_oldest,
+    (SELECT count(*) FROM unanswered) AS unanswered_count,
+    (SELECT min(started_at) FROM unanswered) AS unanswered_oldest";
 
 fn get<T: sea_orm::TryGetable>(row: &QueryResult, column: &str) -> Result<T, RepositoryError> {
     row.try_get("", column).map_err(storage_failure)
@@ -73,19 +78,17 @@ impl CallPolicyStore for SqlCallPolicy {
         &self,
         caller: &UserId,
         callee: &UserId,
-        calls_since: Timestamp,
-        unanswered_since: Timestamp,
+        caller_recent: CountedCalls,
+        unanswered: CountedCalls,
     ) -> Result<PolicyFacts, RepositoryError> {
         let (me, them) = (Value::from(caller.as_str()), Value::from(callee.as_str()));
-        let (since, unanswered) = (Value::from(calls_since.as_datetime()), Value::from(unanswered_since.as_datetime()));
-        let statuses = UNANSWERED.map(|status| Value::from(status.as_str()));
-        let mut values = vec![them.clone(), me.clone(), me.clone(), them.clone()];
-        values.extend([them.clone(), them.clone(), them.clone(), them.clone(), me.clone(), them.clone()]);
-        values.extend([me.clone(), since.clone(), me.clone(), since]);
-        for _ in 0..2 {
-            values.extend([me.clone(), them.clone(), unanswered.clone()]);
-            values.extend(statuses.iter().cloned());
-        }
+        let limit = |counted: CountedCalls| Value::from(i64::from(counted.limit));
+        let mut values = vec![me.clone(), caller_recent.since.as_datetime().into(), limit(caller_recent)];
+        values.extend([me.clone(), them.clone(), unanswered.since.as_datetime().into()]);
+        values.extend(UNANSWERED.map(|status| Value::from(status.as_str())));
+        values.push(limit(unanswered));
+        values.extend([them.clone(), me.clone(), me.clone(), them.clone()]);
+        values.extend([them.clone(), them.clone(), them.clone(), them.clone(), me, them]);
         let backend = self.db.read.get_database_backend();
         let row = self
             .db

@@ -2,9 +2,10 @@
 
 use crate::common::{RING_TIMEOUT, at, call_id, new_call, ring, transition, user};
 use ringline_domain::{
-    Call, CallListFilter, CallRepository, CallStatus, ConversationId, DeviceClaim, DeviceId, Directory, EndReason,
-    MAX_PUSH_SUBSCRIPTIONS_PER_USER, NewNotification, NotificationRepository, NotificationVerb, Page, PageRequest,
-    PushSubscription, PushSubscriptions, RepositoryError, UserId, UserProfile,
+    Call, CallListFilter, CallPolicyStore, CallRepository, CallStatus, ConversationId, CountedCalls, DeviceClaim,
+    DeviceId, Directory, EndReason, MAX_PUSH_SUBSCRIPTIONS_PER_USER, NewNotification, NotificationRepository,
+    NotificationVerb, Page, PageRequest, PushSubscription, PushSubscriptions, RecentCalls, RepositoryError, UserId,
+    UserProfile,
 };
 use ringline_storage::{DirectoryWriteError, Storage};
 use sea_orm::prelude::*;
@@ -30,6 +31,7 @@ on_both_databases!(
     an_answered_call_belongs_to_one_device_until_it_lets_go,
     a_user_keeps_only_their_newest_push_subscriptions,
     removed_and_deactivated_users_are_told_apart_from_unknown_ones,
+    the_policy_counts_recent_calls_only_up_to_each_cap,
 );
 
 async fn migrations_are_idempotent(storage: Storage) {
@@ -187,6 +189,33 @@ async fn short_call(storage: &Storage, caller: &str, receiver: &str, started: i6
     let cancelled = transition(call.end(&user(caller), at(started)).expect("cancel"));
     repo.apply(&cancelled).await.expect("cancel");
     cancelled.call
+}
+
+/// A cap's count reads the most recent calls up to the cap and no further (a caller's long
+/// history costs nothing), its `oldest` is the oldest of those counted (when it leaves the
+/// window, a place frees up), and a cap that is off counts nothing.
+async fn the_policy_counts_recent_calls_only_up_to_each_cap(storage: Storage) {
+    for started in [0, 10, 20, 30, 40] {
+        short_call(&storage, "alice", "bob", started).await; // cancelled: unanswered too
+    }
+    short_call(&storage, "alice", "carol", 50).await;
+    let policy = storage.call_policy();
+    let counted = |limit| CountedCalls { since: at(-1), limit };
+    let facts = |recent, unanswered| {
+        let policy = policy.clone();
+        async move { policy.facts(&user("alice"), &user("bob"), counted(recent), counted(unanswered)).await.expect("facts") }
+    };
+
+    let capped = facts(3, 2).await;
+    assert_eq!(capped.caller_recent, RecentCalls { count: 3, oldest: Some(at(30)) });
+    assert_eq!(capped.unanswered_to_callee, RecentCalls { count: 2, oldest: Some(at(30)) });
+
+    let off = facts(0, 0).await;
+    assert_eq!((off.caller_recent, off.unanswered_to_callee), (RecentCalls::default(), RecentCalls::default()));
+
+    let beyond = facts(100, 100).await;
+    assert_eq!(beyond.caller_recent, RecentCalls { count: 6, oldest: Some(at(0)) });
+    assert_eq!(beyond.unanswered_to_callee, RecentCalls { count: 5, oldest: Some(at(0)) });
 }
 
 /// Page `page` (10 a page) of everything `who` took part in.
