@@ -2,7 +2,7 @@
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, fmt};
@@ -18,19 +18,20 @@ const NEVER_LOGGED: &[&str] = &["tungstenite", "tokio_tungstenite"];
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // A filter of its own, after the user's: no directive in RUST_LOG can let these through.
-    let redact = filter_fn(|metadata| {
-        let target = metadata.target();
-        !NEVER_LOGGED
-            .iter()
-            .any(|name| target == *name || target.strip_prefix(name).is_some_and(|rest| rest.starts_with("::")))
+    let redact = NEVER_LOGGED.iter().fold(Targets::new().with_default(LevelFilter::TRACE), |targets, name| {
+        targets.with_target(*name, LevelFilter::OFF)
     });
+    // Both filters decide per call site, once, and together they report the most verbose level
+    // anything may log at (`info` by default). So a `debug!` or a `log::trace!` of a
+    // dependency that runs per frame costs one comparison, not a lookup per call.
+    let filter = filter.and(redact);
     let ansi = std::io::stderr().is_terminal();
     let layer = match format {
         LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).boxed(),
         LogFormat::Text => fmt::layer().with_ansi(ansi).with_writer(std::io::stderr).boxed(),
     };
     // A second init (tests starting several servers) keeps the first subscriber.
-    let _ = tracing_subscriber::registry().with(layer.with_filter(filter).with_filter(redact)).try_init();
+    let _ = tracing_subscriber::registry().with(layer.with_filter(filter)).try_init();
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM (what service managers and Kubernetes send).
