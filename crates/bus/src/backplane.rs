@@ -46,6 +46,19 @@ pub struct KeptEvent {
     pub event: Arc<str>,
 }
 
+/// One change to what instances share. A batch of them is one round trip to Redis, however
+/// many sessions arrived at once.
+#[derive(Debug)]
+pub enum Write {
+    /// A message to publish (a stream event is kept in its user's window first).
+    Publish(Outgoing),
+    /// Adds `member` to the set `key`, or removes it.
+    Member { key: String, member: u64, present: bool },
+    /// Sets `field` of the hash `key` to `count` (removes it when `count` is 0); the hash
+    /// expires `ttl` after its last change.
+    Count { key: String, field: u64, count: usize, ttl: Duration },
+}
+
 /// What a backplane hands the bus: messages of the channels this instance subscribed to, and
 /// notice that its connection was lost (messages may have been missed meanwhile).
 #[derive(Debug)]
@@ -60,21 +73,16 @@ pub enum Incoming {
 /// it returns (the bus then tells sessions to resync).
 #[async_trait]
 pub trait Backplane: Send + Sync + std::fmt::Debug + 'static {
-    /// Publishes `batch` in order (one round trip where the backplane can).
-    async fn publish(&self, batch: Vec<Outgoing>) -> Result<(), BackplaneError>;
+    /// Applies `batch` in order (one round trip where the backplane can).
+    async fn write(&self, batch: Vec<Write>) -> Result<(), BackplaneError>;
 
-    async fn subscribe(&self, channel: &str) -> Result<(), BackplaneError>;
+    /// Subscribes to every channel of `channels` (one round trip where the backplane can).
+    async fn subscribe(&self, channels: &[String]) -> Result<(), BackplaneError>;
 
-    async fn unsubscribe(&self, channel: &str) -> Result<(), BackplaneError>;
+    async fn unsubscribe(&self, channels: &[String]) -> Result<(), BackplaneError>;
 
-    /// Adds `member` to the set `key`, or removes it.
-    async fn set_member(&self, key: &str, member: u64, present: bool) -> Result<(), BackplaneError>;
-
-    async fn members(&self, key: &str) -> Result<Vec<u64>, BackplaneError>;
-
-    /// Sets `field` of the hash `key` to `count` (removes it when `count` is 0); the hash
-    /// expires `ttl` after its last change.
-    async fn set_count(&self, key: &str, field: u64, count: usize, ttl: Duration) -> Result<(), BackplaneError>;
+    /// The members of each set of `keys`, in their order.
+    async fn members(&self, keys: &[String]) -> Result<Vec<Vec<u64>>, BackplaneError>;
 
     async fn counts(&self, key: &str) -> Result<HashMap<u64, usize>, BackplaneError>;
 

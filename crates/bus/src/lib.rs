@@ -33,10 +33,11 @@
 //!
 //! The files beside this one, one job each: `backplane.rs` (what a backplane does),
 //! `redis_backplane.rs` and `memory_backplane.rs` (the two there are), `publisher.rs` (the task that writes, in
-//! order: batched messages, subscriptions, presence), `receiver.rs` (what other instances
-//! publish, delivered here), `subscriptions.rs` (which channels, in step with the sessions,
-//! and what a new session waits for), `window.rs` (the shared replay window), `presence.rs`
-//! (devices on every instance), `upkeep.rs` (the liveness key, lingering, recovery).
+//! order: batched messages, batched subscriptions and presence), `wire.rs` (the text of a
+//! message), `receiver.rs` (what other instances publish, delivered here), `subscriptions.rs`
+//! (which channels, in step with the sessions, and what a new session waits for), `window.rs`
+//! (the shared replay window), `presence.rs` (devices on every instance), `upkeep.rs` (the
+//! liveness key, lingering, recovery).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,7 +45,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ringline_domain::{AccountStatus, Audience, Call, ConversationId, Signal, SignalRouter, UserId};
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -62,11 +62,13 @@ mod redis_backplane;
 mod subscriptions;
 mod upkeep;
 mod window;
+mod wire;
 
-pub use backplane::{Backplane, BackplaneError, Incoming, KeptEvent, Outgoing};
+pub use backplane::{Backplane, BackplaneError, Incoming, KeptEvent, Outgoing, Write};
 pub use memory_backplane::{MemoryBackplane, MemoryHub};
 pub use redis_backplane::{RedisBackplane, RedisTopology};
 use subscriptions::{Listener, Subscriptions};
+use wire::Wire;
 
 /// How long an instance's liveness key lives, and how often it is refreshed: how soon the
 /// others notice that an instance died (its sockets are forgotten, and a call one of its
@@ -120,27 +122,6 @@ impl RedisSettings {
     pub fn cluster(nodes: Vec<String>) -> Self {
         Self { topology: RedisTopology::Cluster(nodes), ..Self::new(String::new()) }
     }
-}
-
-/// One message on a user's or conversation's channel.
-#[derive(Debug, Serialize, Deserialize)]
-struct Wire<'a> {
-    /// The publishing instance (it ignores its own messages: it delivered them already).
-    from: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    except_device: Option<(u64, u64)>,
-    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
-    except_user: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
-    payload: Option<std::borrow::Cow<'a, str>>,
-    /// A presence change instead of an event: `from` holds (or no longer holds) a
-    /// notification socket of the channel's user.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    notification_sockets: Option<bool>,
-    /// On a conversation's channel instead of an event: this user was removed from the
-    /// conversation, and their chat sockets on it are to be closed.
-    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
-    removed_user: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// What the publishing task does, in order.
@@ -350,14 +331,7 @@ impl SharedBus {
     }
 
     /// Queues a message; returns `false` when it was dropped (the queue is full).
-    fn publish(&self, channel: String, wire: &Wire<'_>, kept: Option<KeptEvent>, user: Option<&UserId>) -> bool {
-        let message = match serde_json::to_string(wire) {
-            Ok(message) => message,
-            Err(error) => {
-                tracing::error!(%error, "cannot encode a cross-instance message");
-                return false;
-            }
-        };
+    fn publish(&self, channel: String, message: String, kept: Option<KeptEvent>, user: Option<&UserId>) -> bool {
         if self.jobs.try_send(Job::Publish(Outgoing { channel, message, kept }, user.cloned())).is_err() {
             self.health.warn_dropped("the publishing queue is full");
             return false;
@@ -417,36 +391,29 @@ impl SignalRouter for SharedBus {
             }
             Audience::Conversation(conversation) => (conversation_channel(&self.prefix, *conversation), None),
         };
-        let wire = Wire {
+        let message = Wire::Event {
             from: self.local.instance(),
-            except_device: signal.except_device.map(|device| (device.instance(), device.serial())),
-            except_user: signal.except_user.as_ref().map(|user| user.as_str().into()),
-            payload: Some(signal.payload.as_ref().into()),
-            notification_sockets: None,
-            removed_user: None,
-        };
+            except_device: signal.except_device,
+            except_user: signal.except_user.as_ref().map(UserId::as_str),
+            stream_id: kept.as_ref().map(|kept| kept.id.as_str()),
+            payload: &signal.payload,
+        }
+        .encode();
         let stream_user = match &signal.audience {
             Audience::User(user) if kept.is_some() => Some(user),
             _ => None,
         };
-        if !self.publish(channel, &wire, kept, stream_user) {
+        if !self.publish(channel, message, kept, stream_user) {
             self.lose(stream_user);
         }
         self.local.route(signal);
     }
 
     fn participant_removed(&self, conversation: ConversationId, user: &UserId) {
-        let wire = Wire {
-            from: self.local.instance(),
-            except_device: None,
-            except_user: None,
-            payload: None,
-            notification_sockets: None,
-            removed_user: Some(user.as_str().into()),
-        };
+        let message = Wire::Removed { from: self.local.instance(), user: user.as_str() }.encode();
         // Only instances with a chat socket on the conversation subscribe to its channel, and
         // those are the ones with something to close.
-        self.publish(conversation_channel(&self.prefix, conversation), &wire, None, None);
+        self.publish(conversation_channel(&self.prefix, conversation), message, None, None);
         self.local.participant_removed(conversation, user);
     }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use super::backplane::{Backplane, BackplaneError, Incoming, Outgoing, WINDOW_AGE, WINDOW_EVENTS};
+use super::backplane::{Backplane, BackplaneError, Incoming, Outgoing, WINDOW_AGE, WINDOW_EVENTS, Write};
 
 /// What every instance joined to one hub shares.
 #[derive(Debug, Default)]
@@ -33,6 +33,24 @@ struct State {
     counts: HashMap<String, (HashMap<u64, usize>, Instant)>,
     expiring: HashMap<String, Instant>,
     windows: HashMap<String, VecDeque<(Instant, String, Arc<str>)>>,
+}
+
+impl State {
+    fn publish(&mut self, outgoing: Outgoing, now: Instant) {
+        if let Some(kept) = outgoing.kept {
+            let window = self.windows.entry(kept.key).or_default();
+            window.push_back((now, kept.id, kept.event));
+            while window.len() > WINDOW_EVENTS {
+                window.pop_front();
+            }
+        }
+        for member in self.subscribers.get(&outgoing.channel).into_iter().flatten() {
+            if let Some(sender) = self.members.get(member) {
+                let _ = sender
+                    .send(Incoming::Message { channel: outgoing.channel.clone(), message: outgoing.message.clone() });
+            }
+        }
+    }
 }
 
 impl MemoryHub {
@@ -90,68 +108,58 @@ impl Drop for MemoryBackplane {
 
 #[async_trait]
 impl Backplane for MemoryBackplane {
-    async fn publish(&self, batch: Vec<Outgoing>) -> Result<(), BackplaneError> {
+    async fn write(&self, batch: Vec<Write>) -> Result<(), BackplaneError> {
         let mut state = self.hub.reachable()?;
         let now = Instant::now();
-        for outgoing in batch {
-            if let Some(kept) = outgoing.kept {
-                let window = state.windows.entry(kept.key).or_default();
-                window.push_back((now, kept.id, kept.event));
-                while window.len() > WINDOW_EVENTS {
-                    window.pop_front();
+        for write in batch {
+            match write {
+                Write::Publish(outgoing) => state.publish(outgoing, now),
+                Write::Member { key, member, present } => {
+                    let set = state.sets.entry(key).or_default();
+                    if present {
+                        set.insert(member);
+                    } else {
+                        set.remove(&member);
+                    }
+                }
+                Write::Count { key, field, count, ttl } => {
+                    let (counts, expires) = state.counts.entry(key).or_insert_with(|| (HashMap::new(), now));
+                    if count == 0 {
+                        counts.remove(&field);
+                    } else {
+                        counts.insert(field, count);
+                        *expires = now + ttl;
+                    }
                 }
             }
-            let State { members, subscribers, .. } = &*state;
-            for member in subscribers.get(&outgoing.channel).into_iter().flatten() {
-                if let Some(sender) = members.get(member) {
-                    let _ = sender.send(Incoming::Message {
-                        channel: outgoing.channel.clone(),
-                        message: outgoing.message.clone(),
-                    });
-                }
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, channels: &[String]) -> Result<(), BackplaneError> {
+        let mut state = self.hub.reachable()?;
+        for channel in channels {
+            state.subscribers.entry(channel.clone()).or_default().insert(self.member);
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, channels: &[String]) -> Result<(), BackplaneError> {
+        let mut state = self.hub.reachable()?;
+        for channel in channels {
+            if let Some(subscribers) = state.subscribers.get_mut(channel) {
+                subscribers.remove(&self.member);
             }
         }
         Ok(())
     }
 
-    async fn subscribe(&self, channel: &str) -> Result<(), BackplaneError> {
-        self.hub.reachable()?.subscribers.entry(channel.to_owned()).or_default().insert(self.member);
-        Ok(())
-    }
-
-    async fn unsubscribe(&self, channel: &str) -> Result<(), BackplaneError> {
-        let mut state = self.hub.reachable()?;
-        if let Some(subscribers) = state.subscribers.get_mut(channel) {
-            subscribers.remove(&self.member);
-        }
-        Ok(())
-    }
-
-    async fn set_member(&self, key: &str, member: u64, present: bool) -> Result<(), BackplaneError> {
-        let mut state = self.hub.reachable()?;
-        let set = state.sets.entry(key.to_owned()).or_default();
-        if present {
-            set.insert(member);
-        } else {
-            set.remove(&member);
-        }
-        Ok(())
-    }
-
-    async fn members(&self, key: &str) -> Result<Vec<u64>, BackplaneError> {
-        Ok(self.hub.reachable()?.sets.get(key).map(|set| set.iter().copied().collect()).unwrap_or_default())
-    }
-
-    async fn set_count(&self, key: &str, field: u64, count: usize, ttl: Duration) -> Result<(), BackplaneError> {
-        let mut state = self.hub.reachable()?;
-        let (counts, expires) = state.counts.entry(key.to_owned()).or_insert_with(|| (HashMap::new(), Instant::now()));
-        if count == 0 {
-            counts.remove(&field);
-        } else {
-            counts.insert(field, count);
-            *expires = Instant::now() + ttl;
-        }
-        Ok(())
+    async fn members(&self, keys: &[String]) -> Result<Vec<Vec<u64>>, BackplaneError> {
+        let state = self.hub.reachable()?;
+        Ok(keys
+            .iter()
+            .map(|key| state.sets.get(key).map(|set| set.iter().copied().collect()).unwrap_or_default())
+            .collect())
     }
 
     async fn counts(&self, key: &str) -> Result<HashMap<u64, usize>, BackplaneError> {

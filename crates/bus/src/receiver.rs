@@ -2,14 +2,13 @@
 
 use std::sync::Arc;
 
-use ringline_domain::{Audience, ConversationId, DeviceId, Signal, SignalRouter, UserId};
+use ringline_domain::{Audience, ConversationId, Signal, SignalRouter, UserId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::backplane::{BackplaneError, Incoming};
 use super::{SharedBus, Wire};
 use ringline_signaling::Signaling;
-use ringline_signaling::events;
 
 impl SharedBus {
     /// Delivers what other instances publish.
@@ -57,19 +56,19 @@ impl SharedBus {
             }
             return;
         }
-        let Ok(wire) = serde_json::from_str::<Wire<'_>>(message) else {
+        let Some(wire) = Wire::decode(message) else {
             tracing::warn!("ignoring an unreadable cross-instance message");
             return;
         };
-        if wire.from == self.local.instance() {
+        if wire.from() == self.local.instance() {
             return; // Delivered here when it was published.
         }
         // `u:{user}` and `c:{conversation}`: the braces are hash tags (see `redis_backplane.rs`).
         let tagged = |kind: &str| rest.strip_prefix(kind).and_then(|tag| tag.strip_prefix('{')?.strip_suffix('}'));
         let audience = if let Some(user) = tagged("u:") {
             let Ok(user) = UserId::parse(user) else { return };
-            if let Some(present) = wire.notification_sockets {
-                self.local.set_elsewhere(&user, wire.from, present);
+            if let Wire::Presence { from, present } = wire {
+                self.local.set_elsewhere(&user, from, present);
                 return;
             }
             Audience::User(user)
@@ -78,8 +77,8 @@ impl SharedBus {
             else {
                 return;
             };
-            if let Some(removed) = wire.removed_user {
-                if let Ok(removed) = UserId::parse(removed.as_ref()) {
+            if let Wire::Removed { user, .. } = wire {
+                if let Ok(removed) = UserId::parse(user) {
                     self.local.participant_removed(conversation, &removed);
                 }
                 return;
@@ -88,16 +87,15 @@ impl SharedBus {
         } else {
             return;
         };
-        let Some(payload) = wire.payload else { return };
-        let except_device = wire.except_device.map(|(instance, serial)| DeviceId::new(instance, serial));
-        let except_user = wire.except_user.and_then(|user| UserId::parse(user.as_ref()).ok());
-        let payload: Arc<str> = Arc::from(payload.as_ref());
+        let Wire::Event { except_device, except_user, stream_id, payload, .. } = wire else { return };
+        let except_user = except_user.and_then(|user| UserId::parse(user).ok());
+        let payload: Arc<str> = Arc::from(payload);
         // A user's event is kept in this instance's window too, so a session here that
         // resumes gets it, in the order it was delivered here.
         if let Audience::User(user) = &audience
-            && let Some(id) = events::stream_id(&payload)
+            && let Some(id) = stream_id
         {
-            signaling.streams().record(user, &id, Arc::clone(&payload), &mut |payload| {
+            signaling.streams().record(user, id, Arc::clone(&payload), &mut |payload| {
                 self.local.route(Signal {
                     audience: audience.clone(),
                     except_device,

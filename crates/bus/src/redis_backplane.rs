@@ -18,7 +18,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{FromRedisValue, IntoConnectionInfo, Pipeline, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
-use super::backplane::{Backplane, BackplaneError, Incoming, KeptEvent, Outgoing, WINDOW_AGE, WINDOW_EVENTS};
+use super::backplane::{Backplane, BackplaneError, Incoming, KeptEvent, Outgoing, WINDOW_AGE, WINDOW_EVENTS, Write};
 
 /// How long a command may wait for Redis before it fails (and the outage shows).
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -59,12 +59,13 @@ fn forward(incoming: mpsc::UnboundedSender<Incoming>) -> impl Fn(PushInfo) -> Re
     move |push: PushInfo| {
         let forwarded = match push.kind {
             PushKind::Message | PushKind::SMessage => {
-                let [Value::BulkString(channel), Value::BulkString(message), ..] = push.data.as_slice() else {
+                // Taken, not copied: a message's bytes become its text in place.
+                let mut data = push.data.into_iter();
+                let (Some(Value::BulkString(channel)), Some(Value::BulkString(message))) = (data.next(), data.next())
+                else {
                     return Ok(());
                 };
-                let (Ok(channel), Ok(message)) =
-                    (String::from_utf8(channel.clone()), String::from_utf8(message.clone()))
-                else {
+                let (Ok(channel), Ok(message)) = (String::from_utf8(channel), String::from_utf8(message)) else {
                     return Ok(());
                 };
                 Incoming::Message { channel, message }
@@ -126,23 +127,55 @@ impl RedisBackplane {
         }
     }
 
-    fn add(&self, pipeline: &mut Pipeline, outgoing: Outgoing) {
-        if let Some(KeptEvent { key, id, event }) = outgoing.kept {
-            pipeline
-                .cmd("XADD")
-                .arg(&key)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(WINDOW_EVENTS)
-                .arg("*")
-                .arg("i")
-                .arg(id)
-                .arg("e")
-                .arg(event.as_ref())
-                .ignore();
-            pipeline.pexpire(key, millis(WINDOW_AGE)).ignore();
+    fn add(&self, pipeline: &mut Pipeline, write: Write) {
+        match write {
+            Write::Publish(Outgoing { channel, message, kept }) => {
+                if let Some(KeptEvent { key, id, event }) = kept {
+                    pipeline
+                        .cmd("XADD")
+                        .arg(&key)
+                        .arg("MAXLEN")
+                        .arg("~")
+                        .arg(WINDOW_EVENTS)
+                        .arg("*")
+                        .arg("i")
+                        .arg(id)
+                        .arg("e")
+                        .arg(event.as_ref())
+                        .ignore();
+                    pipeline.pexpire(key, millis(WINDOW_AGE)).ignore();
+                }
+                pipeline.cmd(self.publish_command()).arg(channel).arg(message).ignore();
+            }
+            Write::Member { key, member, present } => {
+                if present {
+                    pipeline.sadd(key, member).ignore();
+                } else {
+                    pipeline.srem(key, member).ignore();
+                }
+            }
+            Write::Count { key, field, count, ttl } => {
+                if count == 0 {
+                    pipeline.hdel(key, field).ignore();
+                } else {
+                    pipeline.hset(&key, field, count).ignore();
+                    pipeline.pexpire(key, millis(ttl)).ignore();
+                }
+            }
         }
-        pipeline.cmd(self.publish_command()).arg(outgoing.channel).arg(outgoing.message).ignore();
+    }
+}
+
+/// The part of a key or channel that decides its cluster slot: its hash tag (`{42}` of
+/// `ringline:u:{42}`), so that a user's channel, window and sets go in one pipeline.
+fn slot_tag(key: &str) -> &str {
+    key.split_once('{').and_then(|(_, rest)| rest.split_once('}')).map_or(key, |(tag, _)| tag)
+}
+
+fn write_key(write: &Write) -> &str {
+    match write {
+        Write::Publish(outgoing) => &outgoing.channel,
+        Write::Member { key, .. } | Write::Count { key, .. } => key,
     }
 }
 
@@ -152,73 +185,77 @@ fn millis(duration: Duration) -> i64 {
 
 #[async_trait]
 impl Backplane for RedisBackplane {
-    async fn publish(&self, batch: Vec<Outgoing>) -> Result<(), BackplaneError> {
+    async fn write(&self, batch: Vec<Write>) -> Result<(), BackplaneError> {
         match &self.connection {
             Connection::Single(_) => {
                 let mut pipeline = redis::pipe();
-                for outgoing in batch {
-                    self.add(&mut pipeline, outgoing);
+                for write in batch {
+                    self.add(&mut pipeline, write);
                 }
                 self.query(&pipeline).await
             }
             Connection::Cluster(_) => {
-                // A pipeline must stay on one slot: one per channel (a channel and its
-                // window share a hash tag), in the order of first appearance, all at once.
+                // A pipeline must stay on one slot: one per hash tag, in the order of first
+                // appearance, all at once.
                 let mut order: Vec<String> = Vec::new();
                 let mut pipelines: HashMap<String, Pipeline> = HashMap::new();
-                for outgoing in batch {
-                    let pipeline = pipelines.entry(outgoing.channel.clone()).or_insert_with(|| {
-                        order.push(outgoing.channel.clone());
+                for write in batch {
+                    let tag = slot_tag(write_key(&write)).to_owned();
+                    let pipeline = pipelines.entry(tag.clone()).or_insert_with(|| {
+                        order.push(tag);
                         redis::pipe()
                     });
-                    self.add(pipeline, outgoing);
+                    self.add(pipeline, write);
                 }
-                let pipelines: Vec<Pipeline> = order.iter().filter_map(|channel| pipelines.remove(channel)).collect();
+                let pipelines: Vec<Pipeline> = order.iter().filter_map(|tag| pipelines.remove(tag)).collect();
                 try_join_all(pipelines.iter().map(|pipeline| self.query::<()>(pipeline))).await.map(|_| ())
             }
         }
     }
 
-    async fn subscribe(&self, channel: &str) -> Result<(), BackplaneError> {
+    async fn subscribe(&self, channels: &[String]) -> Result<(), BackplaneError> {
         match &self.connection {
-            Connection::Single(manager) => manager.clone().subscribe(channel).await?,
-            Connection::Cluster(cluster) => cluster.clone().ssubscribe(channel).await?,
+            Connection::Single(manager) => manager.clone().subscribe(channels).await?,
+            // One command per channel: SSUBSCRIBE takes channels of one slot only.
+            Connection::Cluster(cluster) => {
+                try_join_all(channels.iter().map(|channel| async move { cluster.clone().ssubscribe(channel).await }))
+                    .await?;
+            }
         }
         Ok(())
     }
 
-    async fn unsubscribe(&self, channel: &str) -> Result<(), BackplaneError> {
+    async fn unsubscribe(&self, channels: &[String]) -> Result<(), BackplaneError> {
         match &self.connection {
-            Connection::Single(manager) => manager.clone().unsubscribe(channel).await?,
-            Connection::Cluster(cluster) => cluster.clone().sunsubscribe(channel).await?,
+            Connection::Single(manager) => manager.clone().unsubscribe(channels).await?,
+            Connection::Cluster(cluster) => {
+                try_join_all(channels.iter().map(|channel| async move { cluster.clone().sunsubscribe(channel).await }))
+                    .await?;
+            }
         }
         Ok(())
     }
 
-    async fn set_member(&self, key: &str, member: u64, present: bool) -> Result<(), BackplaneError> {
-        let mut pipeline = redis::pipe();
-        if present {
-            pipeline.sadd(key, member).ignore();
-        } else {
-            pipeline.srem(key, member).ignore();
+    async fn members(&self, keys: &[String]) -> Result<Vec<Vec<u64>>, BackplaneError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
         }
-        self.query(&pipeline).await
-    }
-
-    async fn members(&self, key: &str) -> Result<Vec<u64>, BackplaneError> {
-        let (members,): (Vec<u64>,) = self.query(redis::pipe().smembers(key)).await?;
-        Ok(members)
-    }
-
-    async fn set_count(&self, key: &str, field: u64, count: usize, ttl: Duration) -> Result<(), BackplaneError> {
-        let mut pipeline = redis::pipe();
-        if count == 0 {
-            pipeline.hdel(key, field).ignore();
-        } else {
-            pipeline.hset(key, field, count).ignore();
-            pipeline.pexpire(key, millis(ttl)).ignore();
+        match &self.connection {
+            Connection::Single(_) => {
+                let mut pipeline = redis::pipe();
+                for key in keys {
+                    pipeline.smembers(key);
+                }
+                self.query(&pipeline).await
+            }
+            Connection::Cluster(_) => {
+                try_join_all(keys.iter().map(|key| async move {
+                    let (members,): (Vec<u64>,) = self.query(redis::pipe().smembers(key)).await?;
+                    Ok::<_, BackplaneError>(members)
+                }))
+                .await
+            }
         }
-        self.query(&pipeline).await
     }
 
     async fn counts(&self, key: &str) -> Result<HashMap<u64, usize>, BackplaneError> {
