@@ -7,7 +7,8 @@
 //! - APNs: HTTP/2 over TLS (a certificate of the test's own CA), the ES256 provider token
 //!   verified against the test's `.p8` key, the VoIP headers and topic.
 //!
-//! Keys and certificates are made for each test with the `openssl` command.
+//! Keys and certificates are made with the `openssl` command, once per test binary (the
+//! tests differ in what they push, not in their keys).
 //!
 //! Cases: a ring and each of the four endings on every service; tokens the services reject
 //! deleted; retries after 429 and 500; a restart while ringing; blocked and do-not-disturb
@@ -15,11 +16,13 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use poem::http::uri::Scheme;
 use poem::http::{StatusCode, Version};
-use poem::listener::{Acceptor, Listener, RustlsCertificate, RustlsConfig, TcpListener};
+use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+use poem::web::{LocalAddr, RemoteAddr};
 use poem::{Request, Response, Route, Server};
 use reqwest::Method;
 use ringline_tests::{DatabaseBackend, TestApp, on_both_databases, spawn_http};
@@ -133,12 +136,25 @@ fn read(dir: &Path, file: &str) -> String {
     std::fs::read_to_string(dir.join(file)).expect("a file openssl wrote")
 }
 
-impl Services {
-    async fn start() -> Self {
+/// The keys and certificates every test uses: the service account's RSA key, the APNs .p8
+/// key, and a CA with a certificate for 127.0.0.1 (an end-entity certificate: rustls takes no
+/// CA as a server's own).
+struct Keys {
+    fcm_private: String,
+    fcm_public: String,
+    apns_private: String,
+    apns_public: String,
+    ca_certificate: String,
+    tls_key: String,
+    tls_certificate: String,
+}
+
+/// [`Keys`], made once per test binary (an RSA key takes a while).
+fn keys() -> &'static Keys {
+    static KEYS: OnceLock<Keys> = OnceLock::new();
+    KEYS.get_or_init(|| {
         let dir = tempdir::Dir::new();
         let path = dir.0.clone();
-        // The service account's RSA key, the APNs .p8 key, and a CA with a certificate for
-        // 127.0.0.1 (an end-entity certificate: rustls takes no CA as a server's own).
         openssl(&path, &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "fcm.pem"]);
         openssl(&path, &["pkey", "-in", "fcm.pem", "-pubout", "-out", "fcm.pub"]);
         openssl(&path, &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "apns.p8"]);
@@ -205,7 +221,69 @@ impl Services {
                 "tls.ext",
             ],
         );
-        std::fs::write(path.join("AuthKey.p8"), read(&path, "apns.p8")).expect("write");
+        Keys {
+            fcm_private: read(&path, "fcm.pem"),
+            fcm_public: read(&path, "fcm.pub"),
+            apns_private: read(&path, "apns.p8"),
+            apns_public: read(&path, "apns.pub"),
+            ca_certificate: read(&path, "ca.crt"),
+            tls_key: read(&path, "tls.key"),
+            tls_certificate: read(&path, "tls.crt"),
+        }
+    })
+}
+
+/// TLS on a TCP acceptor for the APNs stand-in, offering HTTP/2 by ALPN as Apple does.
+struct TlsAcceptor {
+    tcp: TcpAcceptor,
+    tls: tokio_rustls::TlsAcceptor,
+}
+
+impl TlsAcceptor {
+    async fn bind(keys: &Keys) -> Self {
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certificates = CertificateDer::pem_slice_iter(keys.tls_certificate.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("the stand-in's certificate");
+        let key = PrivateKeyDer::from_pem_slice(keys.tls_key.as_bytes()).expect("the stand-in's key");
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(certificates, key)
+            .expect("a TLS configuration");
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let tcp = TcpListener::bind("127.0.0.1:0").into_acceptor().await.expect("bind");
+        Self { tcp, tls: tokio_rustls::TlsAcceptor::from(Arc::new(config)) }
+    }
+}
+
+impl Acceptor for TlsAcceptor {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+    fn local_addr(&self) -> Vec<LocalAddr> {
+        self.tcp.local_addr()
+    }
+
+    async fn accept(&mut self) -> std::io::Result<(Self::Io, LocalAddr, RemoteAddr, Scheme)> {
+        loop {
+            let (stream, local, remote, _) = self.tcp.accept().await?;
+            // One handshake at a time is plenty for one sender; a failed one is skipped.
+            if let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(5), self.tls.accept(stream)).await {
+                return Ok((tls, local, remote, Scheme::HTTPS));
+            }
+        }
+    }
+}
+
+impl Services {
+    async fn start() -> Self {
+        let keys = keys();
+        let dir = tempdir::Dir::new();
+        std::fs::write(dir.0.join("AuthKey.p8"), &keys.apns_private).expect("write");
+        std::fs::write(dir.0.join("ca.crt"), &keys.ca_certificate).expect("write");
 
         let pushed: Arc<Mutex<Vec<Pushed>>> = Arc::default();
         let issued: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -220,7 +298,7 @@ impl Services {
         };
         let expo_base = spawn_http(Route::new().at("/--/api/v2/push/send", expo)).await;
 
-        let fcm_public = read(&path, "fcm.pub");
+        let fcm_public = keys.fcm_public.clone();
         let fcm_base_cell: Arc<Mutex<String>> = Arc::default();
         let token_endpoint = {
             let (issued, public, base) = (issued.clone(), fcm_public.clone(), fcm_base_cell.clone());
@@ -244,7 +322,7 @@ impl Services {
         .await;
         *fcm_base_cell.lock().expect("lock") = fcm_base.clone();
 
-        let apns_public = read(&path, "apns.pub");
+        let apns_public = keys.apns_public.clone();
         let apns_endpoint = {
             let (pushed, attempts) = (pushed.clone(), attempts.clone());
             poem::endpoint::make(move |request: Request| {
@@ -252,9 +330,7 @@ impl Services {
                 async move { apns(request, &pushed, &attempts, &public).await }
             })
         };
-        let tls = RustlsConfig::new()
-            .fallback(RustlsCertificate::new().key(read(&path, "tls.key")).cert(read(&path, "tls.crt")));
-        let acceptor = TcpListener::bind("127.0.0.1:0").rustls(tls).into_acceptor().await.expect("bind");
+        let acceptor = TlsAcceptor::bind(keys).await;
         let address = acceptor.local_addr()[0].as_socket_addr().copied().expect("an address");
         tokio::spawn(Server::new_with_acceptor(acceptor).run(Route::new().at("/3/device/:token", apns_endpoint)));
 
@@ -262,7 +338,7 @@ impl Services {
             "type": "service_account",
             "project_id": PROJECT,
             "private_key_id": "key-1",
-            "private_key": read(&path, "fcm.pem"),
+            "private_key": keys.fcm_private,
             "client_email": CLIENT_EMAIL,
             "token_uri": format!("{fcm_base}/token"),
         });
