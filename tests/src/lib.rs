@@ -190,6 +190,28 @@ impl TestApp {
         (Self::spawn_on_storage(std::sync::Arc::new(database), storage, false, None, |_| {}).await, counter)
     }
 
+    /// [`TestApp::spawn_counting_statements`] for `count` instances joined in memory on one
+    /// database, all counting into the one counter.
+    pub async fn spawn_joined_counting_statements(
+        backend: Backend,
+        count: usize,
+    ) -> (Vec<Self>, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let database = Arc::new(TestDatabase::new(backend).await);
+        let counter = Arc::new(AtomicUsize::new(0));
+        let hub = ringline_bus::MemoryHub::new();
+        let mut instances = Vec::with_capacity(count);
+        for _ in 0..count {
+            let mut storage = ringline_storage::Storage::connect(database.url()).await.expect("connect");
+            let counted = Arc::clone(&counter);
+            storage.on_statement(move || {
+                counted.fetch_add(1, Ordering::Relaxed);
+            });
+            instances.push(Self::spawn_on_storage(Arc::clone(&database), storage, false, Some(&hub), |_| {}).await);
+        }
+        (instances, counter)
+    }
+
     async fn spawn_on_storage(
         database: Arc<TestDatabase>,
         storage: ringline_storage::Storage,

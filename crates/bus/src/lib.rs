@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | `{prefix}:u:{<user>}` | the user's events; which instances hold their notification sockets | instances with a session of the user |
 //! | `{prefix}:c:{<conversation>}` | typing indicators | instances with a chat socket on the conversation |
-//! | `{prefix}:calls` | "call N reached stage S", so cached copies follow | every instance |
+//! | `{prefix}:calls` | "call N reached stage S", with the call as it is now (`call_copy.rs`), so cached copies follow | every instance |
 //! | `{prefix}:accounts` | "`<status> <user>`": a user removed, deactivated or restored; every instance updates what it knows, and closes a refused user's sockets | every instance |
 //!
 //! (The braces are Redis Cluster hash tags: a user's channel and keys live on one shard.)
@@ -44,7 +44,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use ringline_domain::{AccountStatus, Audience, Call, ConversationId, Signal, SignalRouter, UserId};
+use ringline_domain::{AccountStatus, Audience, Call, ConversationId, Signal, SignalRouter, UserId, UserProfile};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -54,6 +54,7 @@ use ringline_signaling::router::LocalRouter;
 use ringline_signaling::throttle::OncePerSecond;
 
 pub mod backplane;
+mod call_copy;
 mod memory_backplane;
 mod presence;
 mod publisher;
@@ -426,8 +427,8 @@ impl SignalRouter for SharedBus {
         self.local.account_changed(user, status);
     }
 
-    fn call_changed(&self, call: &Call) {
-        let message = format!("{} {}", call.id().get(), call.status().stage());
+    fn call_changed(&self, call: &Call, parties: Option<&[UserProfile]>) {
+        let message = call_copy::encode(call, parties);
         let channel = format!("{}:calls", self.prefix);
         if self.jobs.try_send(Job::Publish(Outgoing { channel, message, kept: None }, None)).is_err() {
             self.health.warn_dropped("the publishing queue is full");

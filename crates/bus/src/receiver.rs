@@ -7,6 +7,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::backplane::{BackplaneError, Incoming};
+use super::call_copy::{self, CallNews};
 use super::{SharedBus, Wire};
 use ringline_signaling::Signaling;
 
@@ -48,11 +49,18 @@ impl SharedBus {
             return;
         }
         if rest == "calls" {
-            if let Some((id, stage)) = message.split_once(' ')
-                && let (Ok(id), Ok(stage)) = (id.parse::<i64>(), stage.parse::<u8>())
-                && let Ok(id) = ringline_domain::CallId::new(id)
-            {
-                signaling.call_changed_elsewhere(id, stage);
+            match call_copy::decode(message) {
+                // Kept where a party has sessions: their next request or frame reads nothing.
+                Some(CallNews::Copied { call, parties })
+                    if self.local.sessions_of(call.caller()) + self.local.sessions_of(call.receiver()) > 0 =>
+                {
+                    signaling.call_copied_elsewhere(&call, parties);
+                }
+                Some(CallNews::Copied { call, .. }) => {
+                    signaling.call_changed_elsewhere(call.id(), call.status().stage())
+                }
+                Some(CallNews::Reached { id, stage }) => signaling.call_changed_elsewhere(id, stage),
+                None => {}
             }
             return;
         }

@@ -386,8 +386,10 @@ pub trait SignalRouter: Send + Sync + std::fmt::Debug {
     fn route(&self, signal: Signal);
 
     /// Tells the other instances that `call` changed, so that copies of it they keep (the
-    /// relay's cache) follow. A single process has nobody to tell.
-    fn call_changed(&self, _call: &Call) {}
+    /// relay's cache) follow; with its `parties`' profiles when known, so that an instance
+    /// holding a party's sessions can keep the new copy rather than read it again. A single
+    /// process has nobody to tell.
+    fn call_changed(&self, _call: &Call, _parties: Option<&[UserProfile]>) {}
 
     /// `user` is no longer a participant of `conversation`: the sessions that joined it as
     /// `user` (chat sockets), on every instance, are closed. A router without such sessions

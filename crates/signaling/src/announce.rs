@@ -37,7 +37,7 @@ impl CallObserver for Announcer {
     async fn ringing(&self, call: &Call, parties: &[UserProfile]) {
         self.cache.remember_with(call, Some(parties.into()));
         // Other instances may have remembered this id as missing (a client probing ids).
-        self.streams.router().call_changed(call);
+        self.streams.router().call_changed(call, Some(parties));
         self.on_lines
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -51,7 +51,8 @@ impl CallObserver for Announcer {
 
     async fn changed(&self, transition: &Transition, origin: ChangeOrigin<'_>, parties: Option<&[UserProfile]>) {
         self.cache.remember_with(&transition.call, parties.map(Into::into));
-        self.streams.router().call_changed(&transition.call);
+        let known = parties.map_or_else(|| self.cache.parties(transition.call.id()), |parties| Some(parties.into()));
+        self.streams.router().call_changed(&transition.call, known.as_deref());
         // The answer was valid JSON when the frame was parsed; it is passed on as it came.
         let answer = origin.answer.and_then(|answer| serde_json::from_str::<&RawValue>(answer).ok());
         self.announce(&transition.call, &transition.event, origin.device, answer).await;

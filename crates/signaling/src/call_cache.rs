@@ -112,8 +112,30 @@ impl CallCache {
     pub(crate) fn remember_with(&self, call: &Call, parties: Option<Arc<[UserProfile]>>) -> Route {
         self.found(call.id());
         let mut map = self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Self::keep(&mut map, call, parties, |cached, call| cached.status().stage() > call.status().stage())
+    }
+
+    /// A copy another instance sent after changing the call: kept only if it is newer than the
+    /// cached one (a later stage, or the same stage changed later), since copies from two
+    /// instances may arrive in either order.
+    pub(crate) fn remember_copy(&self, call: &Call, parties: Option<Arc<[UserProfile]>>) {
+        self.found(call.id());
+        let mut map = self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Self::keep(&mut map, call, parties, |cached, call| {
+            (cached.status().stage(), cached.updated_at()) >= (call.status().stage(), call.updated_at())
+        });
+    }
+
+    /// Keeps `call` unless `newer_cached(cached, call)` says the cached copy wins (its parties
+    /// are then only filled in if missing); returns the copy kept.
+    fn keep(
+        map: &mut HashMap<CallId, Cached>,
+        call: &Call,
+        parties: Option<Arc<[UserProfile]>>,
+        newer_cached: impl Fn(&Call, &Call) -> bool,
+    ) -> Route {
         if let Some(cached) = map.get_mut(&call.id()) {
-            if cached.route.status().stage() > call.status().stage() {
+            if newer_cached(&cached.route, call) {
                 if cached.parties.is_none() {
                     cached.parties = parties;
                 }
@@ -227,6 +249,29 @@ mod tests {
         cache.remember(&active);
         let kept = cache.remember(&ringing);
         assert_eq!(kept.status(), CallStatus::Active, "the stale copy is ignored and the newer one returned");
+        assert_eq!(cache.get(ringing.id()).map(|route| route.status()), Some(CallStatus::Active));
+    }
+
+    #[test]
+    fn a_copy_from_another_instance_is_kept_only_when_newer() {
+        let cache = CallCache::default();
+        let ringing = ringing();
+        let active = accepted(&ringing);
+        let ada = UserProfile {
+            id: user("ada"),
+            username: "ada".into(),
+            first_name: String::new(),
+            last_name: String::new(),
+            profile_image_url: None,
+        };
+        cache.remember_copy(&ringing, Some(Arc::from(vec![ada])));
+        assert_eq!(cache.get(ringing.id()).map(|route| route.status()), Some(CallStatus::Ringing));
+        assert!(cache.parties(ringing.id()).is_some(), "the profiles came with it");
+        cache.remember_copy(&active, None);
+        assert_eq!(cache.get(ringing.id()).map(|route| route.status()), Some(CallStatus::Active));
+        assert!(cache.parties(ringing.id()).is_some(), "kept when a copy has none");
+        // Copies from two instances may arrive in either order: the older one is ignored.
+        cache.remember_copy(&ringing, None);
         assert_eq!(cache.get(ringing.id()).map(|route| route.status()), Some(CallStatus::Active));
     }
 

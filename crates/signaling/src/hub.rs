@@ -241,6 +241,14 @@ impl Signaling {
         self.calls.forget_older(id, stage);
     }
 
+    /// Another instance changed `call` and sent it as it is now (with its `parties`' profiles
+    /// when it knew them): kept unless the copy here is as new, so that the next request or
+    /// frame about it here reads nothing. For instances holding a party's sessions; the
+    /// others only need [`Signaling::call_changed_elsewhere`].
+    pub fn call_copied_elsewhere(&self, call: &Call, parties: Option<Arc<[UserProfile]>>) {
+        self.calls.remember_copy(call, parties);
+    }
+
     pub fn service(&self) -> &CallService {
         &self.service
     }

@@ -81,4 +81,35 @@ async fn a_socket_connect_reads_the_database_once(backend: DatabaseBackend) {
     app.stop().await;
 }
 
-on_both_databases!(a_call_cycle_stays_within_its_statement_budget, a_socket_connect_reads_the_database_once);
+/// The same cycle with the parties on two instances: the instance that did not start the call
+/// keeps the copy the other sends over the bus (with the parties' profiles), so neither reads
+/// the call or the profiles back before acting on it.
+async fn a_call_across_instances_reads_no_more_than_one_on_one_instance(backend: DatabaseBackend) {
+    let (instances, counter) = TestApp::spawn_joined_counting_statements(backend, 2).await;
+    let (one, two) = (&instances[0], &instances[1]);
+    let (alice, bob) = (one.user("alice").await, one.user("bob").await);
+    let mut alice_socket = one.notifications_socket(&alice).await;
+    let mut bob_socket = two.notifications_socket(&bob).await;
+    settled(&counter).await;
+
+    let id = one.ring(&alice, "bob").await;
+    until(&mut bob_socket, "notification.created").await;
+    let initiate = settled(&counter).await;
+    two.post(&format!("/api/calls/{id}/accept/"), &bob, json!({})).await.expect(200);
+    until(&mut alice_socket, "call.answer").await;
+    let accept = settled(&counter).await;
+    one.post(&format!("/api/calls/{id}/end/"), &alice, json!({"duration_seconds": 3})).await.expect(200);
+    until(&mut bob_socket, "call.end").await;
+    let end = settled(&counter).await;
+
+    assert_eq!((initiate, accept, end), (5, 1, 1), "statements for initiate, accept, end");
+    for instance in instances {
+        instance.stop().await;
+    }
+}
+
+on_both_databases!(
+    a_call_cycle_stays_within_its_statement_budget,
+    a_socket_connect_reads_the_database_once,
+    a_call_across_instances_reads_no_more_than_one_on_one_instance
+);
