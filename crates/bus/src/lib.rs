@@ -34,7 +34,8 @@
 //! The files beside this one, one job each: `backplane.rs` (what a backplane does),
 //! `redis_backplane.rs` and `memory_backplane.rs` (the two there are), `publisher.rs` (the task that writes, in
 //! order: batched messages, batched subscriptions and presence), `wire.rs` (the text of a
-//! message), `receiver.rs` (what other instances publish, delivered here), `subscriptions.rs`
+//! message), `call_copy.rs` (a call as the `calls` channel carries it), `receiver.rs` (what
+//! other instances publish, delivered here), `subscriptions.rs`
 //! (which channels, in step with the sessions, and what a new session waits for), `window.rs`
 //! (the shared replay window), `presence.rs` (devices on every instance), `upkeep.rs` (the
 //! liveness key, lingering, recovery).

@@ -35,31 +35,48 @@ async fn until(socket: &mut ringline_tests::WsClient, kind: &str) {
     panic!("no {kind} event");
 }
 
-async fn a_call_cycle_stays_within_its_statement_budget(backend: DatabaseBackend) {
-    let (app, counter) = TestApp::spawn_counting_statements(backend).await;
-    let (alice, bob) = (app.user("alice").await, app.user("bob").await);
-    let mut alice_socket = app.notifications_socket(&alice).await;
-    let mut bob_socket = app.notifications_socket(&bob).await;
-    settled(&counter).await;
+/// Statements of one call cycle: alice on `caller_side` rings bob on `callee_side`, bob
+/// accepts there, alice hangs up; counted step by step (initiate, accept, end).
+async fn cycle(caller_side: &TestApp, callee_side: &TestApp, counter: &AtomicUsize) -> (usize, usize, usize) {
+    let (alice, bob) = (caller_side.user("alice").await, caller_side.user("bob").await);
+    let mut alice_socket = caller_side.notifications_socket(&alice).await;
+    let mut bob_socket = callee_side.notifications_socket(&bob).await;
+    settled(counter).await;
 
-    let id = app.ring(&alice, "bob").await;
+    let id = caller_side.ring(&alice, "bob").await;
     until(&mut bob_socket, "notification.created").await;
     // Both parties' profiles in one read, what the call policy decides from (blocks either
     // way, the callee's settings, the caller's recent calls: one read), the call row (whose insert
     // claims both lines through the database's trigger: no transaction), the incoming-call
     // notification, and the callee's browsers to ring with Web Push (none here).
-    let initiate = settled(&counter).await;
-    app.post(&format!("/api/calls/{id}/accept/"), &bob, json!({})).await.expect(200);
+    let initiate = settled(counter).await;
+    callee_side.post(&format!("/api/calls/{id}/accept/"), &bob, json!({})).await.expect(200);
     until(&mut alice_socket, "call.answer").await;
     // One compare-and-set UPDATE, no transaction; the call and profiles come from memory.
-    let accept = settled(&counter).await;
-    app.post(&format!("/api/calls/{id}/end/"), &alice, json!({"duration_seconds": 3})).await.expect(200);
+    let accept = settled(counter).await;
+    caller_side.post(&format!("/api/calls/{id}/end/"), &alice, json!({"duration_seconds": 3})).await.expect(200);
     until(&mut bob_socket, "call.end").await;
     // The compare-and-set UPDATE, which frees both lines through the trigger: no transaction.
-    let end = settled(&counter).await;
+    let end = settled(counter).await;
+    (initiate, accept, end)
+}
 
-    assert_eq!((initiate, accept, end), (5, 1, 1), "statements for initiate, accept, end");
+async fn a_call_cycle_stays_within_its_statement_budget(backend: DatabaseBackend) {
+    let (app, counter) = TestApp::spawn_counting_statements(backend).await;
+    assert_eq!(cycle(&app, &app, &counter).await, (5, 1, 1), "statements for initiate, accept, end");
     app.stop().await;
+}
+
+/// The same cycle with the parties on two instances: the instance that did not start the call
+/// keeps the copy the other sends over the bus (with the parties' profiles), so neither reads
+/// the call or the profiles back before acting on it.
+async fn a_call_across_instances_reads_no_more_than_one_on_one_instance(backend: DatabaseBackend) {
+    let (instances, counter) = TestApp::spawn_joined_counting_statements(backend, 2).await;
+    let statements = cycle(&instances[0], &instances[1], &counter).await;
+    assert_eq!(statements, (5, 1, 1), "statements for initiate, accept, end");
+    for instance in instances {
+        instance.stop().await;
+    }
 }
 
 async fn a_socket_connect_reads_the_database_once(backend: DatabaseBackend) {
@@ -79,33 +96,6 @@ async fn a_socket_connect_reads_the_database_once(backend: DatabaseBackend) {
     assert_eq!(ack["open_calls"][0]["id"], id);
     assert_eq!(settled(&counter).await, 2, "a connect during a call");
     app.stop().await;
-}
-
-/// The same cycle with the parties on two instances: the instance that did not start the call
-/// keeps the copy the other sends over the bus (with the parties' profiles), so neither reads
-/// the call or the profiles back before acting on it.
-async fn a_call_across_instances_reads_no_more_than_one_on_one_instance(backend: DatabaseBackend) {
-    let (instances, counter) = TestApp::spawn_joined_counting_statements(backend, 2).await;
-    let (one, two) = (&instances[0], &instances[1]);
-    let (alice, bob) = (one.user("alice").await, one.user("bob").await);
-    let mut alice_socket = one.notifications_socket(&alice).await;
-    let mut bob_socket = two.notifications_socket(&bob).await;
-    settled(&counter).await;
-
-    let id = one.ring(&alice, "bob").await;
-    until(&mut bob_socket, "notification.created").await;
-    let initiate = settled(&counter).await;
-    two.post(&format!("/api/calls/{id}/accept/"), &bob, json!({})).await.expect(200);
-    until(&mut alice_socket, "call.answer").await;
-    let accept = settled(&counter).await;
-    one.post(&format!("/api/calls/{id}/end/"), &alice, json!({"duration_seconds": 3})).await.expect(200);
-    until(&mut bob_socket, "call.end").await;
-    let end = settled(&counter).await;
-
-    assert_eq!((initiate, accept, end), (5, 1, 1), "statements for initiate, accept, end");
-    for instance in instances {
-        instance.stop().await;
-    }
 }
 
 on_both_databases!(
