@@ -4,9 +4,11 @@
 //! frame. Read back through [`Call::restore`], so a copy breaks no invariant of the state
 //! machine; the database still decides every change (each write is a compare-and-set).
 //!
-//! The message is `<id> <stage>`, then, when the call can be copied, a space and the copy as
-//! JSON. A call with a quality report is not copied (reports come after the end, and nothing
-//! reads a finished call on the hot path): instances holding an older copy drop it.
+//! The message is `<id> <stage>`, then, when the call can be copied, its caller and receiver and
+//! the copy as JSON, all separated by spaces: an instance with no session of either party reads
+//! the ids and skips the JSON. A call with a quality report is not copied (reports come after
+//! the end, and nothing reads a finished call on the hot path): instances holding an older copy
+//! drop it.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -93,21 +95,32 @@ pub(crate) fn encode(call: &Call, parties: Option<&[UserProfile]>) -> String {
             .collect(),
     };
     match serde_json::to_string(&copy) {
-        Ok(json) => format!("{head} {json}"),
+        Ok(json) => format!("{head} {} {} {json}", call.caller(), call.receiver()),
         Err(_) => head,
     }
 }
 
-/// Reads a `calls` channel message; `None` when it is not one. A copy that does not read back
-/// into a valid call counts as no copy.
-pub(crate) fn decode(message: &str) -> Option<CallNews> {
-    let (id, rest) = message.split_once(' ')?;
-    let (stage, copy) = rest.split_once(' ').map_or((rest, None), |(stage, copy)| (stage, Some(copy)));
-    let id = CallId::new(id.parse().ok()?).ok()?;
-    let stage: u8 = stage.parse().ok()?;
+/// Reads a `calls` channel message; `None` when it is not one. The copy is read only when
+/// `wanted(caller, receiver)` says this instance keeps it; a copy that does not read back into a
+/// valid call of those parties counts as no copy.
+pub(crate) fn decode(message: &str, wanted: impl Fn(&UserId, &UserId) -> bool) -> Option<CallNews> {
+    let mut parts = message.splitn(5, ' ');
+    let id = CallId::new(parts.next()?.parse().ok()?).ok()?;
+    let stage: u8 = parts.next()?.parse().ok()?;
     let reached = CallNews::Reached { id, stage };
-    let Some(copy) = copy else { return Some(reached) };
-    Some(restore(id, copy).map_or(reached, |(call, parties)| CallNews::Copied { call, parties }))
+    let (Some(caller), Some(receiver), Some(json)) = (parts.next(), parts.next(), parts.next()) else {
+        return Some(reached);
+    };
+    let (Ok(caller), Ok(receiver)) = (UserId::parse(caller), UserId::parse(receiver)) else { return Some(reached) };
+    if !wanted(&caller, &receiver) {
+        return Some(reached);
+    }
+    match restore(id, json) {
+        Some((call, parties)) if call.caller() == &caller && call.receiver() == &receiver => {
+            Some(CallNews::Copied { call, parties })
+        }
+        _ => Some(reached),
+    }
 }
 
 fn restore(id: CallId, json: &str) -> Option<(Call, Option<Arc<[UserProfile]>>)> {
@@ -199,18 +212,26 @@ mod tests {
             })
             .collect();
         for call in [ringing, active, ended] {
-            let news = decode(&encode(&call, Some(&parties)));
+            let news = decode(&encode(&call, Some(&parties)), |_, _| true);
             assert_eq!(news, Some(CallNews::Copied { call: call.clone(), parties: Some(Arc::from(parties.clone())) }));
-            let without = decode(&encode(&call, None));
-            assert_eq!(without, Some(CallNews::Copied { call, parties: None }));
+            let without = decode(&encode(&call, None), |_, _| true);
+            assert_eq!(without, Some(CallNews::Copied { call: call.clone(), parties: None }));
+            // An instance with no session of either party reads only the stage.
+            let elsewhere = decode(&encode(&call, Some(&parties)), |caller, receiver| {
+                assert_eq!((caller, receiver), (call.caller(), call.receiver()));
+                false
+            });
+            let stage = call.status().stage();
+            assert_eq!(elsewhere, Some(CallNews::Reached { id: call.id(), stage }));
         }
     }
 
     #[test]
     fn what_is_not_a_valid_copy_still_says_the_stage() {
         let id = CallId::new(42).expect("an id");
+        let decode = |message: &str| decode(message, |_, _| true);
         assert_eq!(decode("42 3"), Some(CallNews::Reached { id, stage: 3 }));
-        assert_eq!(decode("42 3 {\"not\":\"a call\"}"), Some(CallNews::Reached { id, stage: 3 }));
+        assert_eq!(decode("42 3 ada grace {\"not\":\"a call\"}"), Some(CallNews::Reached { id, stage: 3 }));
         assert_eq!(decode("nonsense"), None);
         assert_eq!(decode("x 3"), None);
     }

@@ -49,16 +49,12 @@ impl SharedBus {
             return;
         }
         if rest == "calls" {
-            match call_copy::decode(message) {
-                // Kept where a party has sessions: their next request or frame reads nothing.
-                Some(CallNews::Copied { call, parties })
-                    if self.local.sessions_of(call.caller()) + self.local.sessions_of(call.receiver()) > 0 =>
-                {
-                    signaling.call_copied_elsewhere(&call, parties);
-                }
-                Some(CallNews::Copied { call, .. }) => {
-                    signaling.call_changed_elsewhere(call.id(), call.status().stage())
-                }
+            // Kept where a party has sessions: their next request or frame reads nothing.
+            let has_party = |caller: &UserId, receiver: &UserId| {
+                self.local.sessions_of(caller) + self.local.sessions_of(receiver) > 0
+            };
+            match call_copy::decode(message, has_party) {
+                Some(CallNews::Copied { call, parties }) => signaling.call_copied_elsewhere(&call, parties),
                 Some(CallNews::Reached { id, stage }) => signaling.call_changed_elsewhere(id, stage),
                 None => {}
             }
