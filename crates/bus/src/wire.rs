@@ -11,6 +11,8 @@
 //! `<from>` is the publishing instance, in hex; an excepted device is `<instance hex>.<serial>`.
 //! No field may hold a space or a newline: user ids and stream ids never do.
 
+use std::fmt::Write as _;
+
 use ringline_domain::DeviceId;
 
 /// One message on a user's or a conversation's channel.
@@ -47,10 +49,14 @@ impl<'a> Wire<'a> {
     pub(crate) fn encode(&self) -> String {
         match self {
             Self::Event { from, except_device, except_user, stream_id, payload } => {
-                let device = except_device
-                    .map_or_else(|| NONE.to_owned(), |device| format!("{:x}.{}", device.instance(), device.serial()));
-                let mut message =
-                    format!("E {from:x} {device} {} {}\n", except_user.unwrap_or(NONE), stream_id.unwrap_or(NONE));
+                // Sized once: the payload (kilobytes for an SDP offer) is copied once.
+                let mut message = String::with_capacity(payload.len() + 128);
+                let _ = write!(message, "E {from:x} ");
+                let _ = match except_device {
+                    Some(device) => write!(message, "{:x}.{}", device.instance(), device.serial()),
+                    None => write!(message, "{NONE}"),
+                };
+                let _ = writeln!(message, " {} {}", except_user.unwrap_or(NONE), stream_id.unwrap_or(NONE));
                 message.push_str(payload);
                 message
             }
