@@ -49,12 +49,11 @@ impl SharedBus {
             return;
         }
         if rest == "calls" {
-            // Copies are not kept for now (the stage is all that is used): keeping them where
-            // a party has sessions let a callee's second device take over a call another device
-            // had just claimed (`device_races.rs`, taken over with three instances, about one
-            // run in two). Until that is understood, the next request or frame here reads the
-            // call, as before copies.
-            match call_copy::decode(message, |_, _| false) {
+            // Kept where a party has sessions: their next request or frame reads nothing.
+            let has_party = |caller: &UserId, receiver: &UserId| {
+                self.local.sessions_of(caller) + self.local.sessions_of(receiver) > 0
+            };
+            match call_copy::decode(message, has_party) {
                 Some(CallNews::Copied { call, parties }) => signaling.call_copied_elsewhere(&call, parties),
                 Some(CallNews::Reached { id, stage }) => signaling.call_changed_elsewhere(id, stage),
                 None => {}

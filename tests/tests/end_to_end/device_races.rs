@@ -239,6 +239,12 @@ async fn a_call_held_on_a_stopped_instance_is_taken_over(backend: DatabaseBacken
         .act_on(&bob_id, call, ringline_domain::CallAction::Accept, None, origin)
         .await
         .expect("accepted on the instance that then stopped");
+    // A device acts on what it was told: each waits for the accept before it signals. (Sent at
+    // once, a candidate may reach an instance before the accept's copy does; that instance
+    // still has the call ringing and relays it, as it does for any callee device then.)
+    for device in &mut devices {
+        device.expect("call.accepted").await;
+    }
     let device = devices.last_mut().expect("five");
     assert!(candidate_reaches_caller(id, 1, device, &mut caller).await, "the holder's instance is gone");
     assert!(!candidate_reaches_caller(id, 2, &mut devices[0], &mut caller).await, "and the new holder holds it");
