@@ -7,8 +7,8 @@ use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 use ringline_domain::{
-    CallAction, CallId, CallListFilter, CallServiceError, CallType, ConversationId, ErrorCode, HangupReason,
-    InitiateCommand, Initiated, PolicyRefusal, Refusal, UserId,
+    CallAction, CallId, CallListFilter, CallMoment, CallServiceError, CallType, ConversationId, ErrorCode,
+    HangupReason, InitiateCommand, Initiated, PolicyRefusal, Refusal, UserId,
 };
 use ringline_signaling::Signaling;
 
@@ -160,6 +160,29 @@ impl CallsApi {
         id: Path<IntegerParam>,
     ) -> Result<Json<CallJson>, ApiError> {
         self.act(req, auth, &id.0.0, CallAction::Accept).await
+    }
+
+    /// Say the call rings on this device
+    ///
+    /// For a callee's device that shows an incoming call without a socket (a phone woken by a
+    /// push): the same as the socket's `call.ringing`. The first report is the call's `rang_at`
+    /// and the caller's devices get `call.ringing`, once per call; later reports change
+    /// nothing. Only the receiver, only while the call rings.
+    #[oai(path = "/api/calls/:id/ringing/", method = "post", operation_id = "calls_ringing")]
+    async fn ringing(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        id: Path<IntegerParam>,
+    ) -> Result<Json<CallJson>, ApiError> {
+        let user = authenticate(self.auth.as_ref(), req, &auth).await?;
+        let id = parse_call_id(&id.0.0)?;
+        let service = self.signaling.service();
+        let call = match service.record_moment(&user, id, CallMoment::Rang, None).await? {
+            Some(call) => call,
+            None => service.get(&user, id).await?,
+        };
+        Ok(Json(self.to_json(&call).await?))
     }
 
     /// Decline a ringing call

@@ -440,6 +440,15 @@ pub struct CallJson {
     /// that ended for `ice_failed` with no report, only the tag).
     #[oai(nullable)]
     pub quality: Option<crate::quality::QualityJson>,
+    /// When the first of the receiver's devices showed the call ringing (`call.ringing`, or
+    /// `POST /api/calls/{id}/ringing/`); null if none said so (older clients never do).
+    #[oai(nullable)]
+    pub rang_at: Option<UtcTime>,
+    /// When video first flowed in the call, by a party's `call.media-state`: a voice call
+    /// turned video keeps its `call_type` and has this ("voice call, video from 1:20"); null
+    /// if no video was reported.
+    #[oai(nullable)]
+    pub video_at: Option<UtcTime>,
 }
 
 impl CallJson {
@@ -492,6 +501,8 @@ impl CallJson {
                 }
                 (None, _) => None,
             },
+            rang_at: call.rang_at().map(UtcTime),
+            video_at: call.video_at().map(UtcTime),
         }
     }
 }

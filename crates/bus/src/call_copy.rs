@@ -34,6 +34,10 @@ struct CallCopy<'a> {
     updated_at: i64,
     callee_device: Option<(u64, u64)>,
     silenced: bool,
+    #[serde(default)]
+    rang_at: Option<i64>,
+    #[serde(default)]
+    video_at: Option<i64>,
     #[serde(default, borrow)]
     parties: Vec<Party<'a>>,
 }
@@ -58,7 +62,7 @@ pub(crate) enum CallNews {
     /// The call reached `stage`; no copy came with it.
     Reached { id: CallId, stage: u8 },
     /// The call as it is now, and its parties' profiles when the sender knew them.
-    Copied { call: Call, parties: Option<Arc<[UserProfile]>> },
+    Copied { call: Box<Call>, parties: Option<Arc<[UserProfile]>> },
 }
 
 /// The `calls` channel's message for `call`, with `parties` when known.
@@ -82,6 +86,8 @@ pub(crate) fn encode(call: &Call, parties: Option<&[UserProfile]>) -> String {
         updated_at: call.updated_at().unix_micros(),
         callee_device: call.callee_device().map(|device| (device.instance(), device.serial())),
         silenced: call.is_silenced(),
+        rang_at: call.rang_at().map(Timestamp::unix_micros),
+        video_at: call.video_at().map(Timestamp::unix_micros),
         parties: parties
             .unwrap_or_default()
             .iter()
@@ -117,7 +123,7 @@ pub(crate) fn decode(message: &str, wanted: impl Fn(&UserId, &UserId) -> bool) -
     }
     match restore(id, json) {
         Some((call, parties)) if call.caller() == &caller && call.receiver() == &receiver => {
-            Some(CallNews::Copied { call, parties })
+            Some(CallNews::Copied { call: Box::new(call), parties })
         }
         _ => Some(reached),
     }
@@ -156,6 +162,8 @@ fn restore(id: CallId, json: &str) -> Option<(Call, Option<Arc<[UserProfile]>>)>
         callee_device: copy.callee_device.map(|(instance, serial)| DeviceId::new(instance, serial)),
         quality: None,
         silenced: copy.silenced,
+        rang_at: optional_time(copy.rang_at)?,
+        video_at: optional_time(copy.video_at)?,
     })
     .ok()?;
     let mut parties = Vec::with_capacity(copy.parties.len());
@@ -213,9 +221,9 @@ mod tests {
             .collect();
         for call in [ringing, active, ended] {
             let news = decode(&encode(&call, Some(&parties)), |_, _| true);
-            assert_eq!(news, Some(CallNews::Copied { call: call.clone(), parties: Some(Arc::from(parties.clone())) }));
+            assert_eq!(news, Some(CallNews::Copied { call: Box::new(call.clone()), parties: Some(Arc::from(parties.clone())) }));
             let without = decode(&encode(&call, None), |_, _| true);
-            assert_eq!(without, Some(CallNews::Copied { call: call.clone(), parties: None }));
+            assert_eq!(without, Some(CallNews::Copied { call: Box::new(call.clone()), parties: None }));
             // An instance with no session of either party reads only the stage.
             let elsewhere = decode(&encode(&call, Some(&parties)), |caller, receiver| {
                 assert_eq!((caller, receiver), (call.caller(), call.receiver()));

@@ -84,6 +84,8 @@ impl NewCall {
             callee_device: None,
             quality: None,
             silenced: self.silenced,
+            rang_at: None,
+            video_at: None,
         }
     }
 
@@ -134,6 +136,11 @@ pub struct Call {
     quality: Option<std::sync::Arc<CallQuality>>,
     /// Placed while the receiver was in do-not-disturb: none of their devices was rung.
     silenced: bool,
+    /// When the first of the receiver's devices said it shows the call ([`Call::ring_receipt`]).
+    rang_at: Option<Timestamp>,
+    /// When video first flowed, by a party's report ([`Call::video_seen`]): a voice call
+    /// keeps its `call_type` and shows "video from" this moment.
+    video_at: Option<Timestamp>,
 }
 
 /// Every field of a call, as a storage layer holds it. [`Call::restore`] checks it.
@@ -155,6 +162,8 @@ pub struct CallParts {
     pub callee_device: Option<DeviceId>,
     pub quality: Option<std::sync::Arc<CallQuality>>,
     pub silenced: bool,
+    pub rang_at: Option<Timestamp>,
+    pub video_at: Option<Timestamp>,
 }
 
 /// A stored record that no sequence of transitions could have produced.
@@ -163,6 +172,16 @@ pub struct CallParts {
 pub struct InvalidCall {
     pub id: CallId,
     pub rule: &'static str,
+}
+
+/// A moment in a call that is recorded once, without changing its status: reported by a
+/// party's device, kept on the call, never moved once set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CallMoment {
+    /// The first of the receiver's devices shows the call (`rang_at`).
+    Rang,
+    /// Video first flowed (`video_at`).
+    VideoStarted,
 }
 
 /// What a transition causes, for the signaling layer to tell the parties.
@@ -266,6 +285,12 @@ impl Call {
         if parts.callee_device.is_some() && !answered {
             return broken("only an answered call belongs to one of the receiver's devices");
         }
+        if parts.rang_at.is_some_and(|rang| rang < parts.started_at) {
+            return broken("the call rang before it started");
+        }
+        if parts.video_at.is_some_and(|video| parts.answered_at.is_none_or(|answered| video < answered)) {
+            return broken("video flowed before the call was answered");
+        }
         Ok(Self {
             id: parts.id,
             conversation: parts.conversation,
@@ -283,6 +308,8 @@ impl Call {
             callee_device: parts.callee_device,
             quality: parts.quality,
             silenced: parts.silenced,
+            rang_at: parts.rang_at,
+            video_at: parts.video_at,
         })
     }
 
@@ -305,6 +332,8 @@ impl Call {
             callee_device: self.callee_device,
             quality: self.quality.clone(),
             silenced: self.silenced,
+            rang_at: self.rang_at,
+            video_at: self.video_at,
         }
     }
 
@@ -353,6 +382,14 @@ impl Call {
     /// their devices rang.
     pub fn is_silenced(&self) -> bool {
         self.silenced
+    }
+    /// When the first of the receiver's devices said it shows the call ringing.
+    pub fn rang_at(&self) -> Option<Timestamp> {
+        self.rang_at
+    }
+    /// When video first flowed in the call, by a party's report.
+    pub fn video_at(&self) -> Option<Timestamp> {
+        self.video_at
     }
     /// The receiver's device the answered call belongs to, as far as this copy knows (see the
     /// field).
@@ -554,6 +591,65 @@ impl Call {
             return Err(TransitionError::NotYetDue);
         }
         Ok(self.finish_unanswered(CallStatus::Missed, EndReason::InviteTimeout, now, CallEvent::Missed))
+    }
+
+    /// One of the receiver's devices shows the ringing call: the first such report is the
+    /// call's `rang_at` (the caller's devices hear of it once). `None` when the call has rung
+    /// already: later reports, from the receiver's other devices, change nothing. Records a
+    /// moment, not a change of status.
+    ///
+    /// # Errors
+    /// `NotAParty`, `ReceiverOnly(ConfirmRinging)` for the caller, `InvalidState` unless ringing.
+    pub fn ring_receipt(&self, actor: &UserId, now: Timestamp) -> Result<Option<Self>, TransitionError> {
+        self.require_receiver(actor, Action::ConfirmRinging)?;
+        if self.status != CallStatus::Ringing {
+            return Err(TransitionError::InvalidState { action: Action::ConfirmRinging, status: self.status });
+        }
+        if self.rang_at.is_some() {
+            return Ok(None);
+        }
+        let mut next = self.clone();
+        next.rang_at = Some(now.max(self.started_at));
+        Ok(Some(next))
+    }
+
+    /// A party reports that its video (camera) is on in the answered call: the first such
+    /// report is the call's `video_at`. `None` once video has flowed. Records a moment, not a
+    /// change of status; `call_type` stays what the call was placed as.
+    ///
+    /// # Errors
+    /// `NotAParty`; `InvalidState` unless active.
+    pub fn video_seen(&self, actor: &UserId, now: Timestamp) -> Result<Option<Self>, TransitionError> {
+        if !self.is_party(actor) {
+            return Err(TransitionError::NotAParty);
+        }
+        if self.status != CallStatus::Active {
+            return Err(TransitionError::InvalidState { action: Action::ReportVideo, status: self.status });
+        }
+        if self.video_at.is_some() {
+            return Ok(None);
+        }
+        let mut next = self.clone();
+        next.video_at = Some(now.max(self.answered_at.unwrap_or(self.started_at)));
+        Ok(Some(next))
+    }
+
+    /// This call with `moment` recorded as `at` (a copy kept in memory, once the store took it).
+    #[must_use]
+    pub fn with_moment(mut self, moment: CallMoment, at: Timestamp) -> Self {
+        match moment {
+            CallMoment::Rang => self.rang_at = self.rang_at.or(Some(at)),
+            CallMoment::VideoStarted => self.video_at = self.video_at.or(Some(at)),
+        }
+        self
+    }
+
+    /// When `moment` happened in this call, if it has.
+    pub fn moment(&self, moment: CallMoment) -> Option<Timestamp> {
+        match moment {
+            CallMoment::Rang => self.rang_at,
+            CallMoment::VideoStarted => self.video_at,
+        }
     }
 
     fn require_receiver(&self, actor: &UserId, action: Action) -> Result<(), TransitionError> {

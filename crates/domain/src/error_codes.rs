@@ -216,7 +216,8 @@ impl From<&TransitionError> for Refusal {
                 let verb = match action {
                     Action::Accept => "accept",
                     Action::Reject => "reject",
-                    Action::End | Action::Expire | Action::Abandon => "end",
+                    Action::ConfirmRinging => "report ringing for",
+                    Action::End | Action::Expire | Action::Abandon | Action::ReportVideo => "end",
                 };
                 Self::with_detail(
                     ErrorCode::ReceiverOnly,

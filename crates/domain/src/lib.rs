@@ -40,7 +40,7 @@ pub mod values;
 pub mod webhooks;
 
 pub use accounts::{AccountStatus, Accounts};
-pub use call::{Call, CallEvent, CallParts, InvalidCall, NewCall, Outcome, Transition, TransitionError};
+pub use call::{Call, CallEvent, CallMoment, CallParts, InvalidCall, NewCall, Outcome, Transition, TransitionError};
 pub use error_codes::{ErrorCode, Refusal};
 pub use mobile_push::{
     DevicePlatform, DeviceRegistration, DeviceToken, DeviceTokens, InvalidDeviceToken, MAX_DEVICE_TOKENS_PER_USER,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::accounts::AccountStatus;
-use crate::call::{Call, NewCall, Transition};
+use crate::call::{Call, CallMoment, NewCall, Transition};
 use crate::quality::CallQuality;
 use crate::values::{CallId, CallStatus, ConversationId, DeviceId, NotificationVerb, Timestamp, UserId};
 
@@ -216,6 +216,15 @@ pub trait CallRepository: Send + Sync + std::fmt::Debug {
         current: Option<&CallQuality>,
         next: &CallQuality,
     ) -> Result<bool, RepositoryError>;
+
+    /// Records `moment` of call `id` as `at` if it has not happened yet and the call is still
+    /// in the status the moment belongs to (`Rang`: ringing; `VideoStarted`: active), in one
+    /// atomic step; returns whether it did (of several devices or instances reporting at
+    /// once, exactly one). Touches nothing else of the call.
+    ///
+    /// # Errors
+    /// `Storage` when the store fails.
+    async fn record_moment(&self, id: CallId, moment: CallMoment, at: Timestamp) -> Result<bool, RepositoryError>;
 }
 
 /// What [`CallRepository::claim_callee_device`] found.
@@ -514,6 +523,9 @@ pub trait CallObserver: Send + Sync + std::fmt::Debug {
     /// A call attempt was refused by the policy before anything was stored (nothing else is
     /// told of it). Only the reason: no user.
     async fn refused(&self, _refusal: crate::policy::PolicyRefusal) {}
+
+    /// `moment` was recorded on `call` (it is in `call`), the first time it happened.
+    async fn moment(&self, _call: &Call, _moment: CallMoment) {}
 }
 
 /// A browser's Web Push subscription (`PushSubscription.toJSON()`): where its push service

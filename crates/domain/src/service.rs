@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::call::{Call, NewCall, Outcome, Transition, TransitionError};
+use crate::call::{Call, CallMoment, NewCall, Outcome, Transition, TransitionError};
 use crate::policy::{Admission, CallPolicy, PolicyError, PolicyQuestion, PolicyRefusal};
 use crate::ports::{
     CallListFilter, CallObserver, CallRepository, ChangeOrigin, Clock, DeviceClaim, Directory, DirectoryError, Page,
@@ -390,6 +390,48 @@ impl CallService {
             }
         }
         Err(CallServiceError::StillRacing)
+    }
+
+    /// `actor` reports `moment` of call `id` (a callee device shows it ringing; a party's video
+    /// is on), deciding first on `known`, the call as the caller last saw it, if given. The
+    /// first report is recorded and told to the observers, once per call however many devices
+    /// or instances report it; returns the call with it then, `None` for every later report
+    /// (or one that lost a race with a change of status, which decides nothing).
+    ///
+    /// # Errors
+    /// `CallNotFound` (missing, or `actor` is not a party); `Transition(ReceiverOnly)` when the
+    /// caller reports ringing; `Transition(InvalidState)` when the call is not ringing (`Rang`)
+    /// or not active (`VideoStarted`); `Repository` when storage fails.
+    pub async fn record_moment(
+        &self,
+        actor: &UserId,
+        id: CallId,
+        moment: CallMoment,
+        known: Option<Call>,
+    ) -> Result<Option<Call>, CallServiceError> {
+        let call = match known {
+            Some(call) if call.is_party(actor) => call,
+            Some(_) => return Err(CallServiceError::CallNotFound),
+            None => self.get(actor, id).await?,
+        };
+        let now = self.clock.now();
+        let next = match moment {
+            CallMoment::Rang => call.ring_receipt(actor, now),
+            CallMoment::VideoStarted => call.video_seen(actor, now),
+        }
+        .map_err(|error| match error {
+            TransitionError::NotAParty => CallServiceError::CallNotFound,
+            error => CallServiceError::Transition(error),
+        })?;
+        let Some(next) = next else { return Ok(None) };
+        let at = next.moment(moment).unwrap_or(now);
+        if !self.calls.record_moment(id, moment, at).await? {
+            return Ok(None);
+        }
+        for observer in &self.observers {
+            observer.moment(&next, moment).await;
+        }
+        Ok(Some(next))
     }
 
     /// The call `id`, whoever asks: for internal use (routing signals), never for answering a

@@ -462,6 +462,10 @@ pub enum Action {
     Expire,
     /// The server ends a call whose parties both went away, or that ran too long.
     Abandon,
+    /// The receiver's device says it shows the ringing call (`call.ringing`).
+    ConfirmRinging,
+    /// A party says its video is on (`call.media-state`).
+    ReportVideo,
 }
 impl Action {
     pub const fn as_str(self) -> &'static str {
@@ -471,6 +475,8 @@ impl Action {
             Self::End => "end",
             Self::Expire => "expire",
             Self::Abandon => "abandon",
+            Self::ConfirmRinging => "confirm_ringing",
+            Self::ReportVideo => "report_video",
         }
     }
 }

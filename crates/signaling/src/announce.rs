@@ -11,8 +11,8 @@ use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use ringline_domain::{
-    Call, CallEvent, CallObserver, ChangeOrigin, DeviceId, Directory, NotificationRepository, NotificationVerb,
-    Transition, UserId, UserProfile,
+    Call, CallEvent, CallMoment, CallObserver, ChangeOrigin, DeviceId, Directory, NotificationRepository,
+    NotificationVerb, Transition, UserId, UserProfile,
 };
 use serde_json::value::RawValue;
 
@@ -56,6 +56,14 @@ impl CallObserver for Announcer {
         // The answer was valid JSON when the frame was parsed; it is passed on as it came.
         let answer = origin.answer.and_then(|answer| serde_json::from_str::<&RawValue>(answer).ok());
         self.announce(&transition.call, &transition.event, origin.device, answer).await;
+    }
+
+    async fn moment(&self, call: &Call, moment: CallMoment) {
+        self.cache.remember(call);
+        if moment == CallMoment::Rang {
+            // Once per call (the first of the receiver's devices), to every device of the caller.
+            self.streams.send(call.caller(), None, |id| events::ringing(id, call));
+        }
     }
 }
 

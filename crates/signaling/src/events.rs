@@ -299,7 +299,9 @@ pub fn resync(event_id: &str, resume_from: &str) -> String {
 
 /// `call.media-state`: whether the sender's microphone and camera are on, for the other party
 /// to show.
-pub fn media_state(event_id: &str, call: &Call, sender: &UserId, audio: bool, video: bool) -> String {
+/// `call.media-state` from `sender`: microphone, camera, and whether what its video shows is
+/// a shared screen.
+pub fn media_state(event_id: &str, call: &Call, sender: &UserId, media: crate::protocol::MediaState) -> String {
     #[derive(Serialize)]
     struct MediaState<'a> {
         #[serde(flatten)]
@@ -307,14 +309,32 @@ pub fn media_state(event_id: &str, call: &Call, sender: &UserId, audio: bool, vi
         user_id: &'a str,
         audio: bool,
         video: bool,
+        screen: bool,
         sender_id: &'a str,
     }
     encode(&MediaState {
         head: head("call.media-state", event_id, call),
         user_id: sender.as_str(),
-        audio,
-        video,
+        audio: media.audio,
+        video: media.video,
+        screen: media.screen,
         sender_id: sender.as_str(),
+    })
+}
+
+/// `call.ringing`, to the caller: one of the receiver's devices shows the call (`rang_at`).
+pub fn ringing(event_id: &str, call: &Call) -> String {
+    #[derive(Serialize)]
+    struct Ringing<'a> {
+        #[serde(flatten)]
+        head: CallHead<'a>,
+        receiver_id: &'a str,
+        rang_at: Option<ringline_domain::Timestamp>,
+    }
+    encode(&Ringing {
+        head: head("call.ringing", event_id, call),
+        receiver_id: call.receiver().as_str(),
+        rang_at: call.rang_at(),
     })
 }
 

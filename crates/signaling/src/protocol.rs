@@ -95,6 +95,7 @@ struct RawFrame<'a> {
     reason: Option<Cow<'a, str>>,
     audio: Option<bool>,
     video: Option<bool>,
+    screen: Option<bool>,
 }
 
 /// A frame from a client. Fields the server decides (who is speaking, the call's parties, its
@@ -119,14 +120,28 @@ pub enum ClientFrame<'a> {
         call: CallId,
         reason: HangupReason,
     },
-    /// The sender's microphone (`audio`) and camera (`video`) are on or off.
+    /// The sender's microphone, camera and screen share are on or off.
     MediaState {
         call: CallId,
-        audio: bool,
-        video: bool,
+        media: MediaState,
+    },
+    /// One of the receiver's devices shows the ringing call.
+    Ringing {
+        call: CallId,
     },
     TypingStart,
     TypingStop,
+}
+
+/// What a `call.media-state` says of the sender's media.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediaState {
+    /// The microphone is on.
+    pub audio: bool,
+    /// Video is on: the camera, or a shared screen.
+    pub video: bool,
+    /// The video is a shared screen (absent from older clients: `false`).
+    pub screen: bool,
 }
 
 /// Why a frame was refused; sent back as `{"type": "error", "code", "detail"}`. A refusal from
@@ -168,9 +183,13 @@ impl<'a> ClientFrame<'a> {
             },
             "call.media-state" => Self::MediaState {
                 call: call()?,
-                audio: raw.audio.ok_or_else(|| missing("audio"))?,
-                video: raw.video.ok_or_else(|| missing("video"))?,
+                media: MediaState {
+                    audio: raw.audio.ok_or_else(|| missing("audio"))?,
+                    video: raw.video.ok_or_else(|| missing("video"))?,
+                    screen: raw.screen.unwrap_or(false),
+                },
             },
+            "call.ringing" => Self::Ringing { call: call()? },
             "typing.start" => Self::TypingStart,
             "typing.stop" => Self::TypingStop,
             _ => return Err(FrameError::new(ErrorCode::UnknownType)),
@@ -186,6 +205,7 @@ impl<'a> ClientFrame<'a> {
             Self::IceCandidate { .. } => "call.ice-candidate",
             Self::End { .. } => "call.end",
             Self::MediaState { .. } => "call.media-state",
+            Self::Ringing { .. } => "call.ringing",
             Self::TypingStart => "typing.start",
             Self::TypingStop => "typing.stop",
         }
@@ -273,6 +293,8 @@ pub fn allowed_in(status: CallStatus, frame: &ClientFrame<'_>, sender_is_caller:
             _ => false,
         },
         ClientFrame::IceCandidate { .. } | ClientFrame::MediaState { .. } => status.is_open(),
+        // Only while the call rings (the relay refuses the caller with `receiver_only` first).
+        ClientFrame::Ringing { .. } => !sender_is_caller && status.is_unanswered(),
         ClientFrame::End { .. } | ClientFrame::Ping | ClientFrame::TypingStart | ClientFrame::TypingStop => true,
     }
 }
@@ -323,6 +345,27 @@ mod tests {
         assert_eq!(code(r#"{"type":"call.end","call_id":1,"reason":"bored"}"#), Some("invalid_reason"));
         assert_eq!(code(r#"{"type":"call.media-state","call_id":1,"audio":true}"#), Some("missing_field"));
         assert_eq!(code(r#"{"type":"call.media-state","call_id":1,"audio":1,"video":true}"#), Some("malformed_frame"));
+    }
+
+    #[test]
+    fn ringing_names_a_call_and_media_state_may_say_screen() {
+        assert!(matches!(
+            ClientFrame::parse(r#"{"type":"call.ringing","call_id":"5"}"#),
+            Ok(ClientFrame::Ringing { call }) if call.get() == 5
+        ));
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"call.ringing"}"#).err().map(|e| e.code),
+            Some(ErrorCode::MissingField)
+        );
+        let media = |text| match ClientFrame::parse(text) {
+            Ok(ClientFrame::MediaState { media, .. }) => Some(media),
+            _ => None,
+        };
+        let older = media(r#"{"type":"call.media-state","call_id":1,"audio":true,"video":true}"#);
+        assert_eq!(older, Some(MediaState { audio: true, video: true, screen: false }), "older clients say no screen");
+        let sharing = media(r#"{"type":"call.media-state","call_id":1,"audio":false,"video":true,"screen":true}"#);
+        assert_eq!(sharing, Some(MediaState { audio: false, video: true, screen: true }));
+        assert!(media(r#"{"type":"call.media-state","call_id":1,"audio":true,"video":true,"screen":"yes"}"#).is_none());
     }
 
     #[test]

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use ringline_domain::{
-    Audience, Call, CallAction, CallId, CallServiceError, CallStatus, ConversationId, DeviceId, ErrorCode, Outcome,
-    Signal, TransitionError, UserId,
+    Audience, Call, CallAction, CallId, CallMoment, CallServiceError, CallStatus, ConversationId, DeviceId, ErrorCode,
+    Outcome, Signal, TransitionError, UserId,
 };
 
 use crate::call_cache::Route;
@@ -116,6 +116,7 @@ impl Signaling {
             | ClientFrame::Answer { call, .. }
             | ClientFrame::IceCandidate { call, .. }
             | ClientFrame::MediaState { call, .. }
+            | ClientFrame::Ringing { call }
             | ClientFrame::End { call, .. } => Some(call),
             _ => None,
         };
@@ -169,13 +170,29 @@ impl Signaling {
                 });
                 Ok(None)
             }
-            ClientFrame::MediaState { call, audio, video } => {
+            ClientFrame::MediaState { call, media } => {
                 let route = self.party_route(session, call, &frame).await?;
                 self.callee_device_only(&route, session).await?;
                 self.within_call_fan_in(&route, session)?;
-                self.to_other_party(&route, &session.user, |id| {
-                    events::media_state(id, &route, &session.user, audio, video)
-                });
+                self.to_other_party(&route, &session.user, |id| events::media_state(id, &route, &session.user, media));
+                if media.video && !media.screen && route.status() == CallStatus::Active && route.video_at().is_none() {
+                    self.record_moment(session, route, CallMoment::VideoStarted).await;
+                }
+                Ok(None)
+            }
+            ClientFrame::Ringing { call } => {
+                let not_found =
+                    || FrameError::with_detail(ErrorCode::CallNotFound, "No such call, or not one of yours.");
+                let route = self.route(call, &session.user).await?.ok_or_else(not_found)?;
+                if route.caller() == &session.user {
+                    return Err(FrameError::from(&TransitionError::ReceiverOnly(
+                        ringline_domain::Action::ConfirmRinging,
+                    )));
+                }
+                let route = self.party_route(session, call, &frame).await?;
+                if route.rang_at().is_none() {
+                    self.record_moment(session, route, CallMoment::Rang).await;
+                }
                 Ok(None)
             }
             ClientFrame::Answer { call, answer } => {
@@ -237,6 +254,29 @@ impl Signaling {
                 }
                 Ok(None)
             }
+        }
+    }
+
+    /// Records `moment` of the call (`route`, as this process knows it) from `session`'s
+    /// report. The database keeps the first report only, so of all devices and instances one
+    /// is told to the observers (the caller's `call.ringing`). This process's copy learns the
+    /// moment either way, so that the same call's next reports here cost nothing; a failure
+    /// is logged (a lost moment costs a label in the history, not the call).
+    async fn record_moment(&self, session: &SessionContext, route: Route, moment: CallMoment) {
+        let known = Call::clone(&route);
+        match self.service.record_moment(&session.user, route.id(), moment, Some(known)).await {
+            Ok(Some(call)) => {
+                self.calls.remember(&call);
+            }
+            Ok(None) => {
+                self.calls.remember(&Call::clone(&route).with_moment(moment, self.service.now()));
+            }
+            Err(error) if ringline_domain::is_store_unavailable(&error) => {
+                if crate::throttle::database_outage_log_due() {
+                    tracing::warn!(%error, "cannot record a call's moment: the database is unavailable");
+                }
+            }
+            Err(error) => tracing::warn!(%error, call = %route.id(), "cannot record a call's moment"),
         }
     }
 

@@ -12,8 +12,8 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use ringline_domain::{
-    Call, CallId, CallListFilter, CallParts, CallQuality, CallRepository, CallStatus, DeviceClaim, DeviceId, NewCall,
-    Page, PageRequest, RepositoryError, Timestamp, Transition, UserId,
+    Call, CallId, CallListFilter, CallMoment, CallParts, CallQuality, CallRepository, CallStatus, DeviceClaim,
+    DeviceId, NewCall, Page, PageRequest, RepositoryError, Timestamp, Transition, UserId,
 };
 use sea_orm::sea_query::{Expr, IntoCondition, Query};
 use sea_orm::{
@@ -92,6 +92,8 @@ fn to_call(row: call::Model) -> Result<Call, RepositoryError> {
             .transpose()
             .map_err(|e| corrupt(format!("quality: {e}")))?,
         silenced: row.silenced,
+        rang_at: row.rang_at.map(Timestamp::from),
+        video_at: row.video_at.map(Timestamp::from),
     };
     Call::restore(parts).map_err(storage_failure)
 }
@@ -391,6 +393,31 @@ impl CallRepository for SqlCallRepository {
                         .col_expr(call::Column::Quality, Expr::value(next))
                         .filter(call::Column::Id.eq(id.get()))
                         .filter(unchanged)
+                        .exec(db)
+                        .await
+                })
+            })
+            .await
+            .map_err(storage_failure)?;
+        Ok(updated.rows_affected > 0)
+    }
+
+    async fn record_moment(&self, id: CallId, moment: CallMoment, at: Timestamp) -> Result<bool, RepositoryError> {
+        let (column, status) = match moment {
+            CallMoment::Rang => (call::Column::RangAt, CallStatus::Ringing),
+            CallMoment::VideoStarted => (call::Column::VideoAt, CallStatus::Active),
+        };
+        let at = datetime(at);
+        let updated = self
+            .db
+            .write
+            .write(move |db| {
+                Box::pin(async move {
+                    call::Entity::update_many()
+                        .col_expr(column, Expr::value(at))
+                        .filter(call::Column::Id.eq(id.get()))
+                        .filter(call::Column::Status.eq(status.as_str()))
+                        .filter(column.is_null())
                         .exec(db)
                         .await
                 })

@@ -26,6 +26,10 @@ pub mod call {
         pub quality: Option<String>,
         /// Placed while the receiver was in do-not-disturb: none of their devices rang.
         pub silenced: bool,
+        /// When the first of the receiver's devices showed the call (`call.ringing`).
+        pub rang_at: Option<DateTimeUtc>,
+        /// When video first flowed, by a party's report.
+        pub video_at: Option<DateTimeUtc>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

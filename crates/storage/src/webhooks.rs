@@ -139,6 +139,9 @@ fn to_delivery(row: &QueryResult) -> Result<WebhookDelivery, RepositoryError> {
         // Not part of a webhook's payload either (the host application learns of
         // do-not-disturb from its own users' settings).
         silenced: false,
+        // Nor the moments (they do not change the status, and no event is sent for them).
+        rang_at: None,
+        video_at: None,
     };
     let call = Call::restore(parts).map_err(storage_failure)?;
     Ok(WebhookDelivery {

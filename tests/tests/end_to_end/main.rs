@@ -2,6 +2,7 @@
 //! the whole stack instead of one per file.
 
 mod api_surface;
+mod call_moments;
 mod call_policy;
 mod calls_api;
 mod device_races;

@@ -87,6 +87,14 @@ impl CallRepository for CountingReads {
     ) -> Result<bool, RepositoryError> {
         self.inner.set_quality(id, current, next).await
     }
+    async fn record_moment(
+        &self,
+        id: CallId,
+        moment: ringline_domain::CallMoment,
+        at: ringline_domain::Timestamp,
+    ) -> Result<bool, RepositoryError> {
+        self.inner.record_moment(id, moment, at).await
+    }
 }
 
 /// A hub on `storage` whose call reads are counted.

@@ -20,6 +20,7 @@ mod m20261207_000011_call_quality;
 mod m20261207_000012_call_policy;
 mod m20261207_000013_relay_only;
 mod m20261207_000014_mobile_push;
+mod m20261208_000015_call_moments;
 
 /// Every migration of the Ringline schema, oldest first.
 #[derive(Debug)]
@@ -43,6 +44,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000012_call_policy::Migration),
             Box::new(m20261207_000013_relay_only::Migration),
             Box::new(m20261207_000014_mobile_push::Migration),
+            Box::new(m20261208_000015_call_moments::Migration),
         ]
     }
 }
