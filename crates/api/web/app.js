@@ -129,9 +129,12 @@ async function disableBackgroundRinging(me) {
 async function openedToAnswer() {
   const params = new URLSearchParams(location.search);
   const callId = params.get("answer");
-  if (!callId) return false;
+  const callBack = params.get("call");
+  if (!callId && !callBack) return false;
   history.replaceState(null, "", "/");
-  state.answerOnOpen = callId;
+  if (callId) state.answerOnOpen = callId;
+  // Opened from a missed call's "Call back": the call is placed once the socket is up.
+  if (callBack) state.callOnOpen = { peer: callBack, type: params.get("type") === "video" ? "video" : "voice" };
   if (state.token && state.me) return false;
   const session = await readSession(params.get("user") || "").catch(() => null);
   if (!session) return false;
@@ -581,6 +584,11 @@ function acknowledged(ack) {
     if (resumed) state.replayedUntil = ack.resume_from;
     reconcile(ack.open_calls);
   }
+  if (state.callOnOpen && !state.call) {
+    const { peer, type } = state.callOnOpen;
+    state.callOnOpen = null;
+    startCall(peer, type);
+  }
 }
 
 /// Brings this tab in line with the server's view of our calls: on page load (restore the
@@ -634,6 +642,7 @@ function reconcile(openCalls) {
     state.pendingOffer = String(saved?.id) === call.id ? saved.offer || null : null;
     startRinging();
     render();
+    sayRinging(call);
   } else if (mine) {
     if (open.answered_at) call.answeredAt = Date.parse(open.answered_at);
     restoreCall(call);
@@ -680,6 +689,13 @@ function dispatch(event) {
       startRinging();
       render();
       $("accept").focus();
+      sayRinging(state.call);
+      break;
+    case "call.ringing":
+      // One of the callee's devices shows our call: it really rings.
+      if (!isCurrent(event) || state.call.role !== "caller") return;
+      state.call.rang = true;
+      render();
       break;
     case "call.offer":
       if (!isCurrent(event)) return;
@@ -709,7 +725,7 @@ function dispatch(event) {
       break;
     case "call.media-state":
       if (!isCurrent(event)) return;
-      state.call.peerMedia = { audio: event.audio !== false, video: event.video !== false };
+      state.call.peerMedia = { audio: event.audio !== false, video: event.video !== false, screen: event.screen === true };
       render();
       break;
     case "call.accepted":
@@ -823,9 +839,17 @@ async function createPeer() {
     if (event.candidate && live) send({ type: "call.ice-candidate", call_id: state.call.id, candidate: event.candidate.toJSON() });
   });
   pc.addEventListener("track", (event) => {
-    const [stream] = event.streams;
-    $("remote-video").srcObject = stream;
-    $("remote-audio").srcObject = stream;
+    // One stream for everything the other side sends: a video added mid-call (a voice call
+    // turned video, a shared screen) may come without a stream of its own.
+    const stream = state.remoteStream && state.remotePc === pc ? state.remoteStream : new MediaStream();
+    state.remoteStream = stream;
+    state.remotePc = pc;
+    if (!stream.getTracks().includes(event.track)) stream.addTrack(event.track);
+    event.track.addEventListener("unmute", () => render());
+    for (const element of [$("remote-video"), $("remote-audio")]) {
+      if (element.srcObject !== stream) element.srcObject = stream;
+    }
+    render();
   });
   pc.addEventListener("connectionstatechange", () => {
     if (!state.call || state.pc !== pc) return;
@@ -1031,6 +1055,12 @@ async function acceptOffer(offer) {
   call.awaitingOffer = false;
   try {
     if (!fresh && pc.signalingState === "stable") return await renegotiate(offer);
+    // Both offered a change at once (say, both turned their camera on): ours is rolled back,
+    // theirs answered, and ours offered again after.
+    if (!fresh && pc.signalingState === "have-local-offer") {
+      call.offerAgain = true;
+      return await renegotiate(offer);
+    }
     pc.close();
     state.pc = null;
     state.pendingCandidates = [];
@@ -1051,8 +1081,10 @@ async function acceptOffer(offer) {
 function sendMediaState() {
   const call = state.call;
   if (!call || !state.localStream) return;
-  const on = (kind) => state.localStream.getTracks().some((track) => track.kind === kind && track.enabled);
-  send({ type: "call.media-state", call_id: call.id, audio: on("audio"), video: call.type === "video" && on("video") });
+  const on = (kind) =>
+    state.localStream.getTracks().some((track) => track.kind === kind && track.enabled && track.readyState === "live");
+  const screen = Boolean(call.screen);
+  send({ type: "call.media-state", call_id: call.id, audio: on("audio"), video: screen || on("video"), screen });
 }
 
 async function flushCandidates() {
@@ -1063,10 +1095,124 @@ async function flushCandidates() {
 }
 
 async function renegotiate(offer) {
+  const call = state.call;
   await state.pc.setRemoteDescription(offer);
   const answer = await state.pc.createAnswer();
   await state.pc.setLocalDescription(answer);
-  send({ type: "call.answer", call_id: state.call.id, answer: { type: answer.type, sdp: answer.sdp } });
+  send({ type: "call.answer", call_id: call.id, answer: { type: answer.type, sdp: answer.sdp } });
+  if (call.offerAgain) {
+    call.offerAgain = false;
+    await offerChange();
+  }
+}
+
+/// Offers a change of our media (a camera or a screen added) on the connection we have: the
+/// other side answers it through the same path as an ICE restart.
+async function offerChange() {
+  const call = state.call;
+  const pc = state.pc;
+  if (!call || !pc || pc.signalingState !== "stable") {
+    if (call) call.offerAgain = true; // after the exchange under way
+    return;
+  }
+  const offer = await pc.createOffer();
+  await pc.setLocalDescription(offer);
+  send({ type: "call.offer", call_id: call.id, call_type: call.type, offer: { type: offer.type, sdp: offer.sdp } });
+}
+
+/// Sends `track` (a camera or a screen) as our video: on the video line the other side opened
+/// if there is one we do not send on yet, else on a new one; either way offered again.
+async function sendVideo(track) {
+  const pc = state.pc;
+  const idle = pc
+    .getTransceivers()
+    .find((transceiver) => transceiver.receiver.track?.kind === "video" && !transceiver.sender.track && !transceiver.stopped);
+  if (idle) {
+    await idle.sender.replaceTrack(track);
+    idle.sender.setStreams?.(state.localStream);
+    idle.direction = "sendrecv";
+  } else {
+    pc.addTrack(track, state.localStream);
+  }
+  await offerChange();
+}
+
+/// The video we send now: a shared screen, or the camera's track; `null` for none.
+const videoSender = () => state.pc?.getSenders().find((sender) => sender.track?.kind === "video") || null;
+
+/// The camera button: on and off in a call that has a camera; in one that has none yet (a
+/// voice call), turns it on, and the call is a video call from now on for both sides.
+async function toggleCamera(button) {
+  const call = state.call;
+  if (!call) return;
+  if (state.localStream?.getVideoTracks().length) {
+    toggleTracks("video", button, ["Camera off", "Camera on"]);
+    return;
+  }
+  if (!state.pc) return;
+  let camera;
+  try {
+    [camera] = (await navigator.mediaDevices.getUserMedia({ video: true })).getVideoTracks();
+  } catch (error) {
+    return notify(`Could not turn the camera on: ${error.message}`, { error: true });
+  }
+  if (state.call !== call || !state.localStream) return camera.stop();
+  state.localStream.addTrack(camera);
+  if (call.screen) {
+    call.cameraTrack = camera; // shown again when the screen share stops
+  } else {
+    await sendVideo(camera);
+  }
+  showLocal();
+  render();
+  sendMediaState();
+}
+
+/// The screen button: shares a screen (or a window, or a tab) in place of our camera, or as
+/// our video in a voice call; again stops it and brings the camera back.
+async function toggleScreen() {
+  const call = state.call;
+  if (!call || !state.pc) return;
+  if (call.screen) return stopScreen();
+  let screen;
+  try {
+    [screen] = (await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false })).getVideoTracks();
+  } catch (error) {
+    if (error.name !== "NotAllowedError") notify(`Could not share the screen: ${error.message}`, { error: true });
+    return;
+  }
+  if (state.call !== call || !state.pc) return screen.stop();
+  call.screen = screen;
+  // Stopped from the browser's own "Stop sharing" bar too.
+  screen.addEventListener("ended", () => {
+    if (state.call === call && call.screen === screen) stopScreen();
+  });
+  const sender = videoSender();
+  if (sender) {
+    call.cameraTrack = sender.track;
+    await sender.replaceTrack(screen);
+  } else {
+    call.cameraTrack = null;
+    await sendVideo(screen);
+  }
+  $("local-video").srcObject = new MediaStream([screen]);
+  render();
+  sendMediaState();
+}
+
+function stopScreen() {
+  const call = state.call;
+  const screen = call?.screen;
+  if (!screen) return;
+  call.screen = null;
+  screen.stop();
+  const sender = state.pc?.getSenders().find((candidate) => candidate.track === screen);
+  // Back to the camera, or to sending no video (the line stays for the next share).
+  sender?.replaceTrack(call.cameraTrack || null).catch(() => {});
+  call.cameraTrack = null;
+  showLocal();
+  render();
+  sendMediaState();
 }
 
 function showLocal() {
@@ -1242,6 +1388,8 @@ function hangUpLocally() {
   state.timer = null;
   state.pc?.close();
   state.pc = null;
+  state.call?.screen?.stop();
+  state.remoteStream = null;
   stopMedia();
   state.call = null;
   state.pendingOffer = null;
@@ -1299,6 +1447,11 @@ function startRinging() {
   }
 }
 
+/// Tells the caller that this device shows their call (the server passes it on once per call).
+function sayRinging(call) {
+  send({ type: "call.ringing", call_id: call.id });
+}
+
 function stopRinging() {
   if (!state.ringer) return;
   clearInterval(state.ringer.interval);
@@ -1328,21 +1481,32 @@ function render() {
   $("incoming-title").textContent = `Incoming ${kind} call`;
   $("incoming-from").textContent = `${call.peerName} is calling you`;
   $("incoming-avatar").textContent = initials(call.peerName);
-  $("outgoing-title").textContent = `Calling ${call.peerName}…`;
+  // "Ringing…" once one of their devices says it shows the call; "Calling…" until then.
+  $("outgoing-title").textContent = `${call.rang ? "Ringing" : "Calling"} ${call.peerName}…`;
+  $("outgoing-state").textContent = call.rang ? "Ringing…" : "Calling…";
   $("outgoing-avatar").textContent = initials(call.peerName);
   $("call-peer").textContent = call.peerName;
   $("call-avatar").textContent = initials(call.peerName);
-  $("in-call").classList.toggle("voice", kind === "voice");
-  $("camera").hidden = kind === "voice";
+  const media = call.peerMedia || { audio: true, video: kind === "video", screen: false };
+  const sendingVideo = Boolean(call.screen) || Boolean(state.localStream?.getVideoTracks().length);
+  // A voice call shows video once either side turns a camera on or shares a screen.
+  const withVideo = kind === "video" || sendingVideo || media.video;
+  $("in-call").classList.toggle("voice", !withVideo);
+  $("camera").textContent = state.localStream?.getVideoTracks().length
+    ? $("camera").getAttribute("aria-pressed") === "true" ? "Camera on" : "Camera off"
+    : "Turn camera on";
+  $("screen").textContent = call.screen ? "Stop sharing" : "Share screen";
+  $("screen").setAttribute("aria-pressed", String(Boolean(call.screen)));
+  $("screen").hidden = !navigator.mediaDevices?.getDisplayMedia;
   $("call-state").textContent =
     call.status === "connected" ? "Connected" : call.status === "peer-dropped" ? `${call.peerName}'s connection dropped. Reconnecting…` : "Connecting…";
   $("in-call").classList.toggle("peer-dropped", call.status === "peer-dropped");
   if (!call.answeredAt) $("call-timer").textContent = "00:00";
-  const media = call.peerMedia || { audio: true, video: true };
-  const cameraOff = kind === "video" && !media.video;
-  const off = [!media.audio && "muted", cameraOff && "camera off"].filter(Boolean);
+  const cameraOff = withVideo && !media.video;
+  const off = [!media.audio && "muted", cameraOff && "camera off", media.screen && "sharing their screen"].filter(Boolean);
   $("peer-media").textContent = off.length ? `${call.peerName}: ${off.join(", ")}` : "";
   $("peer-media").hidden = off.length === 0;
+  $("in-call").classList.toggle("peer-screen", Boolean(media.screen));
   $("in-call").classList.toggle("peer-camera-off", cameraOff);
 }
 
@@ -1368,7 +1532,8 @@ $("decline").addEventListener("click", declineCall);
 $("cancel").addEventListener("click", hangUp);
 $("hang-up").addEventListener("click", hangUp);
 $("mute").addEventListener("click", (event) => toggleTracks("audio", event.currentTarget, ["Mute", "Unmute"]));
-$("camera").addEventListener("click", (event) => toggleTracks("video", event.currentTarget, ["Camera off", "Camera on"]));
+$("camera").addEventListener("click", (event) => toggleCamera(event.currentTarget));
+$("screen").addEventListener("click", toggleScreen);
 document.addEventListener("keydown", (event) => {
   if (event.key === "Escape" && state.call?.role === "callee" && state.call.status === "ringing") declineCall();
 });

@@ -221,7 +221,10 @@ mod tests {
             .collect();
         for call in [ringing, active, ended] {
             let news = decode(&encode(&call, Some(&parties)), |_, _| true);
-            assert_eq!(news, Some(CallNews::Copied { call: Box::new(call.clone()), parties: Some(Arc::from(parties.clone())) }));
+            assert_eq!(
+                news,
+                Some(CallNews::Copied { call: Box::new(call.clone()), parties: Some(Arc::from(parties.clone())) })
+            );
             let without = decode(&encode(&call, None), |_, _| true);
             assert_eq!(without, Some(CallNews::Copied { call: Box::new(call.clone()), parties: None }));
             // An instance with no session of either party reads only the stage.
