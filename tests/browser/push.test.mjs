@@ -214,3 +214,59 @@ test("Answer from the notification opens the app in the call, with media both wa
   await ada.context().close();
   await grace.context.close();
 });
+
+test('a missed call replaces the ring with "Missed call" and "Call back", which opens the app calling back', async () => {
+  const grace = await graceWithNoTabOpen();
+  const { ada, call } = await adaCallsGrace();
+  await grace.push({ type: "call.ringing", call, expires_at: new Date(Date.now() + 60_000).toISOString() });
+  await grace.waitForNotifications(1);
+
+  // Ada gives up: the end of the ring says who called, as the server sends it (tests/tests/end_to_end/web_push.rs).
+  await ada.locator("#cancel").click();
+  await ada.locator("#outgoing").waitFor({ state: "hidden" });
+  await grace.push({
+    type: "call.cancelled",
+    call_id: String(call.id),
+    missed: true,
+    call_type: "video",
+    caller: call.caller,
+    receiver_id: "grace",
+  });
+  const deadline = Date.now() + 10_000;
+  let shown = [];
+  while (!(shown.length === 1 && shown[0].tag === `missed-${call.id}`)) {
+    assert.ok(Date.now() < deadline, `the missed call is shown instead of the ring: ${JSON.stringify(shown)}`);
+    await new Promise((r) => setTimeout(r, 50));
+    shown = await grace.worker.evaluate(async () =>
+      (await self.registration.getNotifications()).map((n) => ({ title: n.title, body: n.body, tag: n.tag, actions: n.actions.map((a) => a.action) })),
+    );
+  }
+  assert.equal(shown[0].title, "Missed video call");
+  assert.match(shown[0].body, /Ada Lovelace called you/);
+  assert.deepEqual(shown[0].actions, ["call-back"]);
+
+  const opened = await grace.worker.evaluate(async () => {
+    const [notification] = await self.registration.getNotifications();
+    const url = new Promise((resolve) => {
+      self.clients.openWindow = (target) => {
+        resolve(target);
+        return Promise.resolve(null);
+      };
+    });
+    self.dispatchEvent(new NotificationEvent("notificationclick", { notification, action: "call-back" }));
+    return url;
+  });
+  assert.equal(opened, "/?call=ada&type=video&user=grace");
+  const tab = await grace.context.newPage();
+  await tab.goto(`${base}${opened}`);
+  // Grace's page calls Ada back: Ada's tab rings, she answers, and they talk.
+  await tab.locator("#outgoing").waitFor({ timeout: 15_000 });
+  await ada.locator("#incoming").waitFor();
+  assert.match(await ada.locator("#incoming-title").textContent(), /Incoming video call/);
+  await ada.locator("#accept").click();
+  await Promise.all([waitConnected(ada), waitConnected(tab)]);
+  assert.equal(await tab.evaluate(() => new URL(location.href).search), "", "the call-back link is not kept");
+  await ada.locator("#hang-up").click();
+  await ada.context().close();
+  await grace.context.close();
+});

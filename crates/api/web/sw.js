@@ -7,6 +7,11 @@
 // takes it down. Answer opens (or focuses) the app on `/?answer=<call id>&user=<user id>`,
 // which signs in with the session the page left in IndexedDB and answers; Decline rejects the
 // call over REST with that session, without opening anything.
+//
+// A call the user missed (nobody answered, or the caller gave up) comes as its end with
+// `"missed": true`, `caller`, `call_type` and `receiver_id`: the ring is replaced by "Missed
+// call" with a "Call back" action, which opens the app on `/?call=<caller id>&type=<call
+// type>&user=<user id>`, and the app places the call.
 
 const DB = "ringline";
 const SESSIONS = "sessions";
@@ -66,6 +71,20 @@ async function ring(call, expiresAt) {
   await closeRing(call.id);
 }
 
+/// Replaces the ring of a call the user missed with a notification that stays, to call back.
+async function showMissed(message) {
+  await closeRing(message.call_id);
+  if (await aTabIsVisible()) return; // the page says so itself, and its history has Call back
+  const caller = message.caller || {};
+  const kind = message.call_type === "video" ? "video" : "voice";
+  await self.registration.showNotification(`Missed ${kind} call`, {
+    body: `${nameOf(caller)} called you`,
+    tag: `missed-${message.call_id}`,
+    data: { callBack: String(caller.id), callType: kind, user: String(message.receiver_id) },
+    actions: [{ action: "call-back", title: "Call back" }],
+  });
+}
+
 self.addEventListener("install", () => self.skipWaiting());
 self.addEventListener("activate", (event) => event.waitUntil(self.clients.claim()));
 
@@ -79,14 +98,22 @@ self.addEventListener("push", (event) => {
   if (!message?.type) return;
   if (message.type === "call.ringing" && message.call) {
     event.waitUntil(ring(message.call, message.expires_at));
+  } else if (message.missed && message.caller?.id && message.call_id) {
+    event.waitUntil(showMissed(message));
   } else if (message.call_id) {
     event.waitUntil(closeRing(message.call_id));
   }
 });
 
 self.addEventListener("notificationclick", (event) => {
-  const { callId, user } = event.notification.data || {};
+  const { callId, user, callBack, callType } = event.notification.data || {};
   event.notification.close();
+  if (callBack) {
+    // "Call back", or a click on the missed call itself: the app, calling them.
+    const url = `/?call=${encodeURIComponent(callBack)}&type=${encodeURIComponent(callType)}&user=${encodeURIComponent(user)}`;
+    event.waitUntil(self.clients.openWindow(url));
+    return;
+  }
   if (!callId) return;
   if (event.action === "decline") {
     event.waitUntil(

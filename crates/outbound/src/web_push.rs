@@ -52,10 +52,20 @@ pub const CONCURRENT_PUSHES: usize = 16;
 /// One thing to push.
 #[derive(Debug)]
 enum PushJob {
-    /// Ring every browser of `call`'s receiver.
-    Ring { call: Box<Call>, message: serde_json::Value },
+    /// Ring every browser of `call`'s receiver. `caller` is what a missed call's message says
+    /// of who called (from the rendered call), kept with the browsers the ring went to.
+    Ring { call: Box<Call>, message: serde_json::Value, caller: serde_json::Value },
     /// Tell the browsers a ring went to that it stopped.
     StopRinging { call_id: CallId, subscriptions: Vec<PushSubscription>, message: serde_json::Value },
+}
+
+/// A ring pushed from here: the browsers it went to, the caller as the messages name them,
+/// and when it stops mattering.
+#[derive(Debug)]
+struct Rung {
+    subscriptions: Vec<PushSubscription>,
+    caller: serde_json::Value,
+    until: Timestamp,
 }
 
 /// Sends Web Push messages when calls ring (see the module documentation).
@@ -71,7 +81,7 @@ pub struct WebPushSender {
     /// The calls whose ring was pushed from here, with the browsers it went to and when it
     /// stops mattering: the end of the ring goes to the same browsers without reading them
     /// again (most calls ring nobody's browser, and then nothing is read at all).
-    rung: Mutex<HashMap<CallId, (Vec<PushSubscription>, Timestamp)>>,
+    rung: Mutex<HashMap<CallId, Rung>>,
     queue: mpsc::Sender<PushJob>,
     /// Taken by [`WebPushSender::run`].
     jobs: Mutex<Option<mpsc::Receiver<PushJob>>>,
@@ -192,7 +202,7 @@ impl WebPushSender {
 
     async fn push(&self, job: PushJob) {
         match job {
-            PushJob::Ring { call, message } => self.ring(&call, &message).await,
+            PushJob::Ring { call, message, caller } => self.ring(&call, &message, caller).await,
             PushJob::StopRinging { call_id, subscriptions, message } => {
                 let (body, topic) = (message.to_string(), topic(call_id));
                 for subscription in subscriptions {
@@ -203,7 +213,7 @@ impl WebPushSender {
     }
 
     /// Rings every browser of `call`'s receiver, and remembers which.
-    async fn ring(&self, call: &Call, message: &serde_json::Value) {
+    async fn ring(&self, call: &Call, message: &serde_json::Value, caller: serde_json::Value) {
         let subscriptions = match self.subscriptions.of_user(call.receiver()).await {
             Ok(subscriptions) => subscriptions,
             Err(error) => return tracing::warn!(%error, "cannot read push subscriptions"),
@@ -214,8 +224,9 @@ impl WebPushSender {
         let now = self.clock.now();
         {
             let mut rung = self.rung.lock().unwrap_or_else(PoisonError::into_inner);
-            rung.retain(|_, (_, until)| *until > now);
-            rung.insert(call.id(), (subscriptions.clone(), call.started_at().plus(self.ring_timeout)));
+            rung.retain(|_, rung| rung.until > now);
+            let until = call.started_at().plus(self.ring_timeout);
+            rung.insert(call.id(), Rung { subscriptions: subscriptions.clone(), caller, until });
         }
         let (body, ttl, topic) = (message.to_string(), self.ring_time_left(call), topic(call.id()));
         for subscription in subscriptions {
@@ -223,13 +234,24 @@ impl WebPushSender {
         }
     }
 
-    /// Queues telling the browsers `call` rang (from here) that it stopped ringing.
-    fn stop_ringing(&self, call: &Call, message: serde_json::Value) {
-        let Some((subscriptions, _)) = self.rung.lock().unwrap_or_else(PoisonError::into_inner).remove(&call.id())
-        else {
+    /// Queues telling the browsers `call` rang (from here) that it stopped ringing (`kind`).
+    /// A call the receiver missed (nobody answered, or the caller gave up) says who called and
+    /// how, so that the browser shows "Missed call" with a "Call back" action, also when the
+    /// ring itself was never delivered (the same topic replaced it at the push service).
+    fn stop_ringing(&self, call: &Call, kind: &str) {
+        let Some(rung) = self.rung.lock().unwrap_or_else(PoisonError::into_inner).remove(&call.id()) else {
             return;
         };
-        self.enqueue(PushJob::StopRinging { call_id: call.id(), subscriptions, message });
+        let mut message = serde_json::json!({"type": kind, "call_id": call.id().get().to_string()});
+        if matches!(call.status(), CallStatus::Missed | CallStatus::Cancelled)
+            && let Some(object) = message.as_object_mut()
+        {
+            object.insert("missed".into(), true.into());
+            object.insert("call_type".into(), call.call_type().as_str().into());
+            object.insert("caller".into(), rung.caller);
+            object.insert("receiver_id".into(), call.receiver().as_str().into());
+        }
+        self.enqueue(PushJob::StopRinging { call_id: call.id(), subscriptions: rung.subscriptions, message });
     }
 
     /// One message to one browser; a subscription its push service no longer knows is deleted.
@@ -339,12 +361,14 @@ impl CallObserver for WebPushObserver {
             return; // Do-not-disturb: the receiver's browsers do not ring either.
         }
         let deadline = call.started_at().plus(self.0.ring_timeout).as_datetime();
+        let rendered = (self.0.render_call)(call, parties);
+        let caller = rendered.get("caller").cloned().unwrap_or_default();
         let message = serde_json::json!({
             "type": "call.ringing",
-            "call": (self.0.render_call)(call, parties),
+            "call": rendered,
             "expires_at": deadline.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         });
-        self.0.enqueue(PushJob::Ring { call: Box::new(call.clone()), message });
+        self.0.enqueue(PushJob::Ring { call: Box::new(call.clone()), message, caller });
     }
 
     async fn changed(&self, transition: &Transition, _origin: ChangeOrigin<'_>, _parties: Option<&[UserProfile]>) {
@@ -361,7 +385,6 @@ impl CallObserver for WebPushObserver {
             CallStatus::Missed => "call.missed",
             _ => "call.ended",
         };
-        let message = serde_json::json!({"type": kind, "call_id": call.id().get().to_string()});
-        self.0.stop_ringing(call, message);
+        self.0.stop_ringing(call, kind);
     }
 }

@@ -692,6 +692,16 @@ async fn a_ring_reaches_every_service_and_each_ending_dismisses_it(backend: Data
     let missed_push = services.to(EXPO_ANDROID, missed).into_iter().find(|p| p.kind() == "call.missed").expect("one");
     assert_eq!(missed_push.body["title"], "📞 Missed Call", "a missed call is seen");
     assert_eq!(missed_push.body["data"]["notification"]["verb"], "missed_voice_call");
+    // With "Call back": the app's notification category, and the action in the data.
+    assert_eq!(missed_push.body["categoryId"], "missed_call");
+    assert_eq!(missed_push.body["data"]["category"], "missed_call");
+    assert_eq!(missed_push.body["data"]["actions"], json!([{"id": "call_back", "title": "Call back"}]));
+    assert_eq!(missed_push.body["data"]["caller"]["id"], "alice", "who to call back");
+    let fcm_missed = services.to(FCM_ANDROID, missed).into_iter().find(|p| p.kind() == "call.missed").expect("one");
+    assert_eq!(fcm_missed.body["message"]["android"]["notification"]["click_action"], "CALL_BACK");
+    assert_eq!(fcm_missed.body["message"]["data"]["category"], "missed_call");
+    let ring_push = services.to(EXPO_ANDROID, missed).into_iter().find(|p| p.kind() == "call.ringing").expect("one");
+    assert!(ring_push.body.get("categoryId").is_none() && ring_push.body["data"].get("actions").is_none());
     // The browser gets the missed call (its service worker shows it), never the other endings.
     let web = services.wait_for("the missed call in the browser", |d| {
         d.iter().any(|p| p.token == FCM_WEB && p.call_id() == missed.to_string())

@@ -153,12 +153,53 @@ async fn a_ring_reaches_the_browser_and_its_end_follows(backend: DatabaseBackend
     app.post(&format!("/api/calls/{id}/end/"), &alice, json!({})).await.expect(200);
     let pushed = service.wait_for(2).await;
     let end = &pushed[1];
-    assert_eq!(end.message, json!({"type": "call.cancelled", "call_id": id.to_string()}));
+    // Cancelled by the caller: a missed call to the receiver, with who to call back.
+    assert_eq!(
+        end.message,
+        json!({
+            "type": "call.cancelled", "call_id": id.to_string(), "missed": true, "call_type": "video",
+            "caller": ring.message["call"]["caller"], "receiver_id": "bob",
+        })
+    );
     assert_eq!(end.topic, ring.topic, "the same topic replaces an undelivered ring");
     // Alice's browser is not rung (she has none), and a call alice is rung in is not bob's:
     // something not sent can only be seen by waiting a moment for it (real HTTP).
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(service.pushed.lock().expect("lock").len(), 2);
+    app.stop().await;
+}
+
+/// A call nobody answered is pushed as missed, saying who called and how (the service worker
+/// shows it with "Call back"); an answered one only takes the ring down.
+async fn a_missed_call_says_who_to_call_back(backend: DatabaseBackend) {
+    let app = TestApp::spawn_with(backend, |settings| {
+        settings.calls.ring_timeout_secs = 1;
+        settings.push.web_push_allow_loopback = true;
+    })
+    .await;
+    let (alice, bob) = (app.user("alice").await, app.user("bob").await);
+    let browser = Arc::new(Browser::new());
+    let service = PushService::start(vapid_key(&app).await, Arc::clone(&browser)).await;
+    let subscription = browser.subscription(&format!("{}/push/bob-laptop", service.base));
+    app.post("/api/push/subscriptions/", &bob, subscription).await.expect(201);
+
+    let body = json!({"receiver_id": "bob", "call_type": "voice"});
+    let missed = app.post("/api/calls/initiate/", &alice, body.clone()).await.expect(201)["id"].as_i64().expect("id");
+    let pushed = service.wait_for(2).await;
+    let end = &pushed[1].message;
+    assert_eq!(end["type"], "call.missed");
+    assert_eq!(end["call_id"], missed.to_string());
+    assert_eq!((end["missed"].clone(), end["call_type"].clone()), (json!(true), json!("voice")));
+    assert_eq!(end["caller"]["id"], "alice");
+    assert_eq!(end["caller"]["username"], "alice");
+    assert_eq!(end["receiver_id"], "bob");
+
+    let answered = app.post("/api/calls/initiate/", &alice, body).await.expect(201)["id"].as_i64().expect("id");
+    service.wait_for(3).await;
+    app.post(&format!("/api/calls/{answered}/accept/"), &bob, json!({})).await.expect(200);
+    let pushed = service.wait_for(4).await;
+    assert_eq!(pushed[3].message, json!({"type": "call.accepted", "call_id": answered.to_string()}));
+    app.post(&format!("/api/calls/{answered}/end/"), &bob, json!({})).await.expect(200);
     app.stop().await;
 }
 
@@ -354,6 +395,7 @@ async fn a_ring_reaches_at_most_five_browsers(backend: DatabaseBackend) {
 }
 
 on_both_databases!(
+    a_missed_call_says_who_to_call_back,
     a_ring_reaches_the_browser_and_its_end_follows,
     an_expired_subscription_is_removed,
     subscriptions_are_checked_and_the_key_is_kept,

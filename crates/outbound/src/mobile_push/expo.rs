@@ -63,6 +63,10 @@ impl Expo {
                 if push.token.platform == DevicePlatform::Android {
                     object.insert("channelId".into(), ANDROID_CHANNEL.into());
                 }
+                // A missed call shows the app's "Call back" button (its notification category).
+                if push.call.status() == ringline_domain::CallStatus::Missed {
+                    object.insert("categoryId".into(), super::MISSED_CALL_CATEGORY.into());
+                }
             }
             // A data message: iOS wakes the app for it only when asked to.
             None => {

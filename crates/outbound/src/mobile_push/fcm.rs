@@ -169,6 +169,12 @@ impl Fcm {
             && let Some(alert) = &content.alert
         {
             object.insert("notification".into(), json!({"title": alert.title, "body": alert.body}));
+            // Tapping the missed call opens the app's activity for this action: call back.
+            if push.token.platform == DevicePlatform::Android
+                && let Some(android) = object.get_mut("android").and_then(Value::as_object_mut)
+            {
+                android.insert("notification".into(), json!({"click_action": "CALL_BACK"}));
+            }
         }
         json!({ "message": message })
     }

@@ -294,6 +294,12 @@ impl MobilePushSender {
             }
         };
         data.insert("caller".into(), caller.map(|profile| json!(PublicUser::from(profile))).unwrap_or(Value::Null));
+        if missed {
+            // "Call back": the app registers the category with this action (docs/push.md) and
+            // places a call of `call_type` to `caller.id` when it is chosen.
+            data.insert("category".into(), MISSED_CALL_CATEGORY.into());
+            data.insert("actions".into(), json!([{"id": CALL_BACK_ACTION, "title": "Call back"}]));
+        }
         data.insert("expires_at".into(), expires_at.as_datetime().to_rfc3339().into());
         // The original app's push carried its stored notification (`NotificationSerializer`) and
         // where to open it; its clients read `notification.title`/`body` when the message
@@ -320,6 +326,13 @@ impl MobilePushSender {
         PushContent { kind: push.kind, alert: Some(alert), data, time_to_live, expires_at, collapse_id }
     }
 }
+
+/// The notification category of a missed call, whose action is [`CALL_BACK_ACTION`]: Expo's
+/// `categoryId`, FCM's Android `click_action`, and `category` in every push's data.
+pub const MISSED_CALL_CATEGORY: &str = "missed_call";
+
+/// The missed call's action: call the caller back.
+pub const CALL_BACK_ACTION: &str = "call_back";
 
 /// The most bytes of JSON a push's fields may take: FCM and Expo refuse a message whose data
 /// is over 4 KiB (APNs over 5 KiB), and a refused ring never rings.
