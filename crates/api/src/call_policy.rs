@@ -62,6 +62,10 @@ pub struct CallSettingsJson {
     /// address (`GET /api/turn/ice-servers/` then says `ice_transport_policy: relay`). Calls
     /// may take a moment longer to connect, and need the server's TURN relay.
     pub relay_only: bool,
+    /// Call waiting: while you are in an active call, a second call rings you (`call.incoming`
+    /// with `"waiting": true`) instead of the caller getting `409 user_busy`; answering it
+    /// ends the first call (`end_reason: switched_call`). Off by default.
+    pub call_waiting: bool,
 }
 
 impl From<CallSettings> for CallSettingsJson {
@@ -71,6 +75,7 @@ impl From<CallSettings> for CallSettingsJson {
             do_not_disturb: settings.do_not_disturb,
             do_not_disturb_until: settings.do_not_disturb_until.map(UtcTime),
             relay_only: settings.relay_only,
+            call_waiting: settings.call_waiting,
         }
     }
 }
@@ -103,6 +108,7 @@ pub struct CallSettingsPatch {
     #[oai(nullable)]
     pub do_not_disturb_until: MaybeUndefined<DateTimeField>,
     pub relay_only: MaybeUndefined<bool>,
+    pub call_waiting: MaybeUndefined<bool>,
 }
 
 /// A field that may be left out but not set to `null` (only `do_not_disturb_until` clears).
@@ -201,6 +207,7 @@ fn change_of(body: CallSettingsPatch) -> Result<CallSettingsChange, ApiError> {
         .map_err(|_| invalid(WHO))?;
     let do_not_disturb = not_null(body.do_not_disturb, "do_not_disturb must be true or false.")?;
     let relay_only = not_null(body.relay_only, "relay_only must be true or false.")?;
+    let call_waiting = not_null(body.call_waiting, "call_waiting must be true or false.")?;
     let do_not_disturb_until = match body.do_not_disturb_until {
         MaybeUndefined::Undefined => None,
         MaybeUndefined::Null => Some(None),
@@ -210,7 +217,7 @@ fn change_of(body: CallSettingsPatch) -> Result<CallSettingsChange, ApiError> {
             Some(Some(Timestamp::from(moment.with_timezone(&chrono::Utc))))
         }
     };
-    Ok(CallSettingsChange { who_can_call, do_not_disturb, do_not_disturb_until, relay_only })
+    Ok(CallSettingsChange { who_can_call, do_not_disturb, do_not_disturb_until, relay_only, call_waiting })
 }
 
 #[OpenApi(tag = "ApiTags::CallPolicy")]

@@ -408,6 +408,8 @@ pub enum EndReasonJson {
     ConnectionLost,
     /// The call reached the server's maximum call length.
     MaxDuration,
+    /// A party answered a waiting call (call waiting), which ended this one.
+    SwitchedCall,
 }
 
 /// A call record.
@@ -449,6 +451,8 @@ pub struct CallJson {
     /// if no video was reported.
     #[oai(nullable)]
     pub video_at: Option<UtcTime>,
+    /// The call rang its receiver while they were in another, active call (call waiting).
+    pub waiting: bool,
 }
 
 impl CallJson {
@@ -491,6 +495,7 @@ impl CallJson {
                 ringline_domain::EndReason::UserMediaFailed => EndReasonJson::UserMediaFailed,
                 ringline_domain::EndReason::ConnectionLost => EndReasonJson::ConnectionLost,
                 ringline_domain::EndReason::MaxDuration => EndReasonJson::MaxDuration,
+                ringline_domain::EndReason::SwitchedCall => EndReasonJson::SwitchedCall,
             }),
             created_at: UtcTime(call.created_at()),
             updated_at: UtcTime(call.updated_at()),
@@ -503,6 +508,7 @@ impl CallJson {
             },
             rang_at: call.rang_at().map(UtcTime),
             video_at: call.video_at().map(UtcTime),
+            waiting: call.is_waiting(),
         }
     }
 }

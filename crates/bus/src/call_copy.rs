@@ -38,6 +38,8 @@ struct CallCopy<'a> {
     rang_at: Option<i64>,
     #[serde(default)]
     video_at: Option<i64>,
+    #[serde(default)]
+    waiting: bool,
     #[serde(default, borrow)]
     parties: Vec<Party<'a>>,
 }
@@ -88,6 +90,7 @@ pub(crate) fn encode(call: &Call, parties: Option<&[UserProfile]>) -> String {
         silenced: call.is_silenced(),
         rang_at: call.rang_at().map(Timestamp::unix_micros),
         video_at: call.video_at().map(Timestamp::unix_micros),
+        waiting: call.is_waiting(),
         parties: parties
             .unwrap_or_default()
             .iter()
@@ -164,6 +167,7 @@ fn restore(id: CallId, json: &str) -> Option<(Call, Option<Arc<[UserProfile]>>)>
         silenced: copy.silenced,
         rang_at: optional_time(copy.rang_at)?,
         video_at: optional_time(copy.video_at)?,
+        waiting: copy.waiting,
     })
     .ok()?;
     let mut parties = Vec::with_capacity(copy.parties.len());

@@ -37,6 +37,7 @@ pub struct NewCall {
     conversation: Option<ConversationId>,
     started_at: Timestamp,
     silenced: bool,
+    waiting: bool,
 }
 
 impl NewCall {
@@ -54,7 +55,16 @@ impl NewCall {
         if caller == receiver {
             return Err(TransitionError::SelfCall);
         }
-        Ok(Self { caller, receiver, call_type, conversation, started_at: now, silenced: false })
+        Ok(Self { caller, receiver, call_type, conversation, started_at: now, silenced: false, waiting: false })
+    }
+
+    /// The same call, ringing a receiver who is in an active call (call waiting): it does not
+    /// take their line, which their active call holds, but their one waiting place; taking it
+    /// ends the active call ([`Call::switched_away`]).
+    #[must_use]
+    pub fn waiting(mut self) -> Self {
+        self.waiting = true;
+        self
     }
 
     /// The same call, ringing none of the receiver's devices (do-not-disturb): it rings for the
@@ -86,6 +96,7 @@ impl NewCall {
             silenced: self.silenced,
             rang_at: None,
             video_at: None,
+            waiting: self.waiting,
         }
     }
 
@@ -106,6 +117,9 @@ impl NewCall {
     }
     pub fn is_silenced(&self) -> bool {
         self.silenced
+    }
+    pub fn is_waiting(&self) -> bool {
+        self.waiting
     }
 }
 
@@ -141,6 +155,9 @@ pub struct Call {
     /// When video first flowed, by a party's report ([`Call::video_seen`]): a voice call
     /// keeps its `call_type` and shows "video from" this moment.
     video_at: Option<Timestamp>,
+    /// Rung while the receiver was in an active call (call waiting): accepting it ends that
+    /// call first.
+    waiting: bool,
 }
 
 /// Every field of a call, as a storage layer holds it. [`Call::restore`] checks it.
@@ -164,6 +181,7 @@ pub struct CallParts {
     pub silenced: bool,
     pub rang_at: Option<Timestamp>,
     pub video_at: Option<Timestamp>,
+    pub waiting: bool,
 }
 
 /// A stored record that no sequence of transitions could have produced.
@@ -310,6 +328,7 @@ impl Call {
             silenced: parts.silenced,
             rang_at: parts.rang_at,
             video_at: parts.video_at,
+            waiting: parts.waiting,
         })
     }
 
@@ -334,6 +353,7 @@ impl Call {
             silenced: self.silenced,
             rang_at: self.rang_at,
             video_at: self.video_at,
+            waiting: self.waiting,
         }
     }
 
@@ -382,6 +402,10 @@ impl Call {
     /// their devices rang.
     pub fn is_silenced(&self) -> bool {
         self.silenced
+    }
+    /// Whether the call rang while its receiver was in an active call (call waiting).
+    pub fn is_waiting(&self) -> bool {
+        self.waiting
     }
     /// When the first of the receiver's devices said it shows the call ringing.
     pub fn rang_at(&self) -> Option<Timestamp> {
@@ -531,6 +555,21 @@ impl Call {
             )),
             _ => Ok(Outcome::AlreadyDone(self.clone())),
         }
+    }
+
+    /// `actor`, a party of this active call, took a waiting call: this one ends, its duration
+    /// measured here, with `end_reason: switched_call`.
+    ///
+    /// # Errors
+    /// `NotAParty`; `InvalidState` unless active.
+    pub fn switched_away(&self, actor: &UserId, now: Timestamp) -> Result<Outcome, TransitionError> {
+        if !self.is_party(actor) {
+            return Err(TransitionError::NotAParty);
+        }
+        if self.status != CallStatus::Active {
+            return Err(TransitionError::InvalidState { action: Action::End, status: self.status });
+        }
+        Ok(self.finish_answered(self.not_before_last_change(now), EndReason::SwitchedCall, Some(actor.clone())))
     }
 
     /// The server ends a call nobody is left in, once `grace` has passed since `last_seen`

@@ -38,6 +38,9 @@ pub struct CallSettings {
     /// The user's calls connect only through a TURN relay, so that the other party never
     /// learns the user's IP address from a candidate.
     pub relay_only: bool,
+    /// While the user is in an active call, a second call rings them as a waiting call
+    /// instead of being refused as busy; taking it ends the first.
+    pub call_waiting: bool,
 }
 
 impl CallSettings {
@@ -56,6 +59,7 @@ impl CallSettings {
             do_not_disturb: change.do_not_disturb.unwrap_or(self.do_not_disturb),
             do_not_disturb_until: change.do_not_disturb_until.unwrap_or(self.do_not_disturb_until),
             relay_only: change.relay_only.unwrap_or(self.relay_only),
+            call_waiting: change.call_waiting.unwrap_or(self.call_waiting),
         }
     }
 }
@@ -68,6 +72,7 @@ pub struct CallSettingsChange {
     pub do_not_disturb: Option<bool>,
     pub do_not_disturb_until: Option<Option<Timestamp>>,
     pub relay_only: Option<bool>,
+    pub call_waiting: Option<bool>,
 }
 
 /// Calls within a window: how many, and when the oldest of them counts from (the moment it
@@ -127,6 +132,9 @@ pub enum Admission {
     /// The callee is in do-not-disturb: the call is created and rings for the caller only,
     /// and ends as missed at the ring timeout.
     Silently,
+    /// The callee's devices ring, and a callee in an active call is rung for a waiting call
+    /// instead of being busy (they turned call waiting on).
+    RingOrWait,
 }
 
 /// Why the caller may not reach the callee. The caller is told the same for every reason;
@@ -205,7 +213,13 @@ pub fn decide(facts: &PolicyFacts, caps: RateCaps, now: Timestamp) -> Result<Adm
             return Err(PolicyRefusal::RateLimited { cap, retry_after: retry_after(recent.oldest, window, now) });
         }
     }
-    Ok(if facts.callee_settings.is_quiet_at(now) { Admission::Silently } else { Admission::Ring })
+    Ok(if facts.callee_settings.is_quiet_at(now) {
+        Admission::Silently
+    } else if facts.callee_settings.call_waiting {
+        Admission::RingOrWait
+    } else {
+        Admission::Ring
+    })
 }
 
 /// Whole seconds until the oldest counted call leaves its window (at least one: a client that
@@ -465,10 +479,24 @@ mod tests {
             do_not_disturb: true,
             do_not_disturb_until: Some(at(5)),
             relay_only: true,
+            call_waiting: false,
         };
         let change = CallSettingsChange { do_not_disturb_until: Some(None), ..CallSettingsChange::default() };
         assert_eq!(settings.changed_by(&change), CallSettings { do_not_disturb_until: None, ..settings });
         let change = CallSettingsChange { relay_only: Some(false), ..CallSettingsChange::default() };
         assert_eq!(settings.changed_by(&change), CallSettings { relay_only: false, ..settings });
+        let change = CallSettingsChange { call_waiting: Some(true), ..CallSettingsChange::default() };
+        assert_eq!(settings.changed_by(&change), CallSettings { call_waiting: true, ..settings });
+    }
+
+    #[test]
+    fn call_waiting_rings_unless_do_not_disturb_silences() {
+        let waiting = |quiet| PolicyFacts {
+            callee_settings: CallSettings { call_waiting: true, do_not_disturb: quiet, ..CallSettings::default() },
+            ..PolicyFacts::default()
+        };
+        assert_eq!(decide(&waiting(false), RateCaps::default(), at(0)), Ok(Admission::RingOrWait));
+        assert_eq!(decide(&waiting(true), RateCaps::default(), at(0)), Ok(Admission::Silently));
+        assert_eq!(decide(&PolicyFacts::default(), RateCaps::default(), at(0)), Ok(Admission::Ring));
     }
 }

@@ -96,6 +96,28 @@ pub trait CallRepository: Send + Sync + std::fmt::Debug {
     /// `Storage` when the store fails.
     async fn create(&self, call: NewCall) -> Result<Call, RepositoryError>;
 
+    /// Stores `call` (made with [`NewCall::waiting`]) as a waiting call if its receiver's line
+    /// is held by an *active* call, in one atomic step: the caller's line and the receiver's
+    /// one waiting place are claimed with it. `None` when the receiver's line is no longer
+    /// held by an active call (it ended meanwhile, or a call only rings there): nothing is
+    /// stored, and the caller rings as usual. When the receiver's active call ends before a
+    /// waiting call does, the waiting call takes the receiver's line (as if rung normally).
+    ///
+    /// # Errors
+    /// `LineBusy` naming the caller if they are on a line, or the receiver if a call already
+    /// waits for them; `Storage` when the store fails.
+    async fn create_waiting(&self, call: NewCall) -> Result<Option<Call>, RepositoryError>;
+
+    /// Call waiting: applies `ended` (the receiver's active call, ending as switched) and
+    /// `accepted` (the waiting call, answered) in one transaction, each a compare-and-set as
+    /// [`CallRepository::apply`]. `ended` may find its call already over (its other party hung
+    /// up meanwhile): then only `accepted` is applied, and `false` returned. If `accepted`
+    /// loses, nothing is applied.
+    ///
+    /// # Errors
+    /// `Conflict`/`NotFound` for `accepted`, as [`CallRepository::apply`]; `Storage`.
+    async fn switch(&self, ended: &Transition, accepted: &Transition) -> Result<bool, RepositoryError>;
+
     /// The call with this id, if any.
     ///
     /// # Errors

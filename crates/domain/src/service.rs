@@ -19,7 +19,7 @@ use crate::ports::{
 use crate::quality::QualityReport;
 use crate::rules::{InitiateDecision, InitiateRefusal, decide_initiate};
 use crate::values::QualityTag;
-use crate::values::{CallId, CallType, ConversationId, DeviceId, HangupReason, Timestamp, UserId};
+use crate::values::{CallId, CallStatus, CallType, ConversationId, DeviceId, HangupReason, Timestamp, UserId};
 
 /// How many times a step is re-read and retried after losing a race. A call changes status at
 /// most twice (ringing → active → ended), so three attempts always see a settled state.
@@ -286,6 +286,7 @@ impl CallService {
             if admission == Admission::Silently {
                 new_call = new_call.silenced();
             }
+            let waiting = (admission == Admission::RingOrWait).then(|| new_call.clone().waiting());
             match self.calls.create(new_call).await {
                 Ok(call) => {
                     self.tell_ringing(&call, &parties).await;
@@ -299,6 +300,28 @@ impl CallService {
             }
             let caller_open = self.calls.open_calls_of(caller).await?;
             let receiver_open = self.calls.open_calls_of(&command.receiver).await?;
+            // Call waiting: a receiver who turned it on and talks in an active call (with
+            // someone else, and with no call ringing them) is rung for this one as well.
+            if let Some(waiting) = waiting
+                && caller_open.is_empty()
+                && receiver_open.iter().any(|call| call.status() == CallStatus::Active)
+                && !receiver_open.iter().any(|call| call.status().is_unanswered())
+            {
+                match self.calls.create_waiting(waiting).await {
+                    Ok(Some(call)) => {
+                        self.tell_ringing(&call, &parties).await;
+                        return Ok((Initiated::Ringing(call), parties));
+                    }
+                    // The active call ended meanwhile: ring as usual.
+                    Ok(None) => continue,
+                    Err(RepositoryError::LineBusy { user }) => {
+                        let refusal =
+                            if &user == caller { InitiateRefusal::CallerBusy } else { InitiateRefusal::ReceiverBusy };
+                        return Err(refusal.into());
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            }
             match decide_initiate(caller, &command.receiver, &caller_open, &receiver_open)? {
                 // The line was freed meanwhile: try to claim it again.
                 InitiateDecision::Ring => {}
@@ -636,6 +659,38 @@ impl CallService {
         Ok(ended)
     }
 
+    /// Stores `transition`. Accepting a waiting call ends the receiver's active call in the
+    /// same transaction (`switched_call`), unless it ended meanwhile; that ending is returned,
+    /// to be told before the accept.
+    async fn apply(&self, transition: &Transition) -> Result<Option<Transition>, RepositoryError> {
+        let call = &transition.call;
+        if !(call.is_waiting() && call.status() == CallStatus::Active && transition.from.is_unanswered()) {
+            return self.calls.apply(transition).await.map(|()| None);
+        }
+        let receiver = call.receiver();
+        let other = self
+            .calls
+            .open_calls_of(receiver)
+            .await?
+            .into_iter()
+            .find(|open| open.id() != call.id() && open.status() == CallStatus::Active);
+        let Some(Outcome::Changed(ended)) =
+            other.and_then(|other| other.switched_away(receiver, transition.call.answered_at()?).ok())
+        else {
+            // Its active call is over already: the waiting call took the line.
+            return self.calls.apply(transition).await.map(|()| None);
+        };
+        Ok(self.calls.switch(&ended, transition).await?.then_some(ended))
+    }
+
+    /// Tells the observers of a stored change, after the call it switched away from, if any.
+    async fn tell_switched(&self, switched: Option<Transition>, transition: &Transition, origin: ChangeOrigin<'_>) {
+        if let Some(ended) = switched {
+            self.tell_changed(&ended, ChangeOrigin::default(), None).await;
+        }
+        self.tell_changed(transition, origin, None).await;
+    }
+
     /// Loads call `id` (or starts from `known`), computes a transition with `decide`, and
     /// applies it; on a lost race, re-reads and decides again. A decision other than a change
     /// is only trusted on a call read from the store: a stale copy could refuse wrongly. A
@@ -650,9 +705,9 @@ impl CallService {
         if let Some(call) = known.filter(|call| call.id() == id)
             && let Ok(Outcome::Changed(transition)) = decide(&call, self.clock.now())
         {
-            match self.calls.apply(&transition).await {
-                Ok(()) => {
-                    self.tell_changed(&transition, origin, None).await;
+            match self.apply(&transition).await {
+                Ok(switched) => {
+                    self.tell_switched(switched, &transition, origin).await;
                     return Ok(Outcome::Changed(transition));
                 }
                 Err(RepositoryError::Conflict { .. } | RepositoryError::NotFound) => {}
@@ -663,9 +718,9 @@ impl CallService {
             let call = self.calls.get(id).await?.ok_or(CallServiceError::CallNotFound)?;
             match decide(&call, self.clock.now())? {
                 Outcome::AlreadyDone(call) => return Ok(Outcome::AlreadyDone(call)),
-                Outcome::Changed(transition) => match self.calls.apply(&transition).await {
-                    Ok(()) => {
-                        self.tell_changed(&transition, origin, None).await;
+                Outcome::Changed(transition) => match self.apply(&transition).await {
+                    Ok(switched) => {
+                        self.tell_switched(switched, &transition, origin).await;
                         return Ok(Outcome::Changed(transition));
                     }
                     Err(RepositoryError::Conflict { .. }) => {}

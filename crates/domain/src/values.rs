@@ -247,6 +247,8 @@ pub enum EndReason {
     ConnectionLost,
     /// The call reached the configured maximum length. Decided by the server.
     MaxDuration,
+    /// A party took a waiting call (call waiting), which ended this one.
+    SwitchedCall,
 }
 named_enum!(EndReason, "end_reason", "is not an end reason", {
     UserHangup => "user_hangup",
@@ -257,6 +259,7 @@ named_enum!(EndReason, "end_reason", "is not an end reason", {
     UserMediaFailed => "user_media_failed",
     ConnectionLost => "connection_lost",
     MaxDuration => "max_duration",
+    SwitchedCall => "switched_call",
 });
 
 /// Why a party hangs up an answered call: the end reasons a client may report. The others

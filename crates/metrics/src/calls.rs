@@ -14,8 +14,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use ringline_domain::{
-    Call, CallEvent, CallObserver, CallStatus, CallType, ChangeOrigin, EndReason, ErrorCode, PolicyRefusal, QualityTag,
-    Transition, UserProfile,
+    Call, CallEvent, CallMoment, CallObserver, CallStatus, CallType, ChangeOrigin, EndReason, ErrorCode, PolicyRefusal,
+    QualityTag, Transition, UserProfile,
 };
 
 use crate::Metrics;
@@ -50,6 +50,11 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MomentLabels {
+    moment: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabels {
     code: &'static str,
 }
@@ -65,6 +70,8 @@ pub struct CallMetrics {
     refusals: Family<CodeLabels, Counter>,
     policy_refusals: Family<ReasonLabels, Counter>,
     silenced: Counter,
+    waiting: Counter,
+    moments: Family<MomentLabels, Counter>,
 }
 
 impl CallMetrics {
@@ -78,6 +85,8 @@ impl CallMetrics {
             refusals: Family::default(),
             policy_refusals: Family::default(),
             silenced: Counter::default(),
+            waiting: Counter::default(),
+            moments: Family::default(),
         };
         registry.register("calls_started", "Calls placed (rung), by call type", metrics.started.clone());
         registry.register(
@@ -118,6 +127,21 @@ impl CallMetrics {
             "Calls placed while the callee was in do-not-disturb: none of the callee's devices rang",
             metrics.silenced.clone(),
         );
+        registry.register(
+            "calls_waiting",
+            "Calls that rang a callee who was in an active call and had call waiting on (answering one ends the first \
+             call with end_reason switched_call, counted in calls_finished)",
+            metrics.waiting.clone(),
+        );
+        registry.register(
+            "call_moments",
+            "Moments recorded once per call, by moment: rang (a callee's device said it shows the call), video (a \
+             party first turned its camera on)",
+            metrics.moments.clone(),
+        );
+        for moment in [CallMoment::Rang, CallMoment::VideoStarted] {
+            let _ = metrics.moments.get_or_create_owned(&MomentLabels { moment: moment_name(moment) });
+        }
         // Zero rather than absent before the first call: alerts on rates need the series.
         for call_type in CallType::ALL {
             let _ = metrics.started.get_or_create_owned(&CallTypeLabels { call_type: call_type.as_str() });
@@ -165,6 +189,16 @@ impl CallMetrics {
         self.silenced.inc();
     }
 
+    /// A call rang as a waiting call.
+    pub fn rang_waiting(&self) {
+        self.waiting.inc();
+    }
+
+    /// `moment` was recorded on a call (once per call).
+    pub fn moment(&self, moment: CallMoment) {
+        self.moments.get_or_create(&MomentLabels { moment: moment_name(moment) }).inc();
+    }
+
     /// A call action was refused with `code`.
     pub fn refused(&self, code: ErrorCode) {
         self.refusals.get_or_create(&CodeLabels { code: code.as_str() }).inc();
@@ -174,6 +208,14 @@ impl CallMetrics {
     pub fn set_open(&self, ringing: i64, active: i64) {
         self.open.get_or_create(&StatusLabels { status: CallStatus::Ringing.as_str() }).set(ringing);
         self.open.get_or_create(&StatusLabels { status: CallStatus::Active.as_str() }).set(active);
+    }
+}
+
+/// The `moment` label of [`CallMoment`]s.
+fn moment_name(moment: CallMoment) -> &'static str {
+    match moment {
+        CallMoment::Rang => "rang",
+        CallMoment::VideoStarted => "video",
     }
 }
 
@@ -188,6 +230,13 @@ impl CallObserver for CallFunnel {
         if call.is_silenced() {
             self.0.calls.rang_silently();
         }
+        if call.is_waiting() {
+            self.0.calls.rang_waiting();
+        }
+    }
+
+    async fn moment(&self, _call: &Call, moment: CallMoment) {
+        self.0.calls.moment(moment);
     }
 
     async fn refused(&self, refusal: PolicyRefusal) {

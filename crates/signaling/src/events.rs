@@ -35,6 +35,9 @@ pub fn incoming(event_id: &str, call: &Call, caller_username: &str) -> String {
         caller_username: &'a str,
         call_type: &'static str,
         sender_id: &'a str,
+        /// Only on a waiting call (the receiver is in another call): older clients never see it.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        waiting: bool,
     }
     encode(&Incoming {
         head: head("call.incoming", event_id, call),
@@ -42,6 +45,7 @@ pub fn incoming(event_id: &str, call: &Call, caller_username: &str) -> String {
         caller_username,
         call_type: call.call_type().as_str(),
         sender_id: call.caller().as_str(),
+        waiting: call.is_waiting(),
     })
 }
 

@@ -18,11 +18,11 @@ use ringline_domain::{
 use sea_orm::sea_query::{Expr, IntoCondition, Query};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set, SqlErr,
+    QuerySelect, Set, SqlErr, TransactionTrait,
 };
 
 use crate::entity::{busy_line, call};
-use crate::{Connections, storage_failure};
+use crate::{Connections, statement, storage_failure};
 
 /// The call repository over a sea-orm connection.
 #[derive(Debug, Clone)]
@@ -94,6 +94,7 @@ fn to_call(row: call::Model) -> Result<Call, RepositoryError> {
         silenced: row.silenced,
         rang_at: row.rang_at.map(Timestamp::from),
         video_at: row.video_at.map(Timestamp::from),
+        waiting: row.waiting,
     };
     Call::restore(parts).map_err(storage_failure)
 }
@@ -116,29 +117,35 @@ fn duration_column(seconds: Option<u32>) -> Option<i32> {
     seconds.map(|s| i32::try_from(s).unwrap_or(i32::MAX))
 }
 
+/// The row of a call about to ring.
+fn new_row(new_call: &NewCall) -> call::ActiveModel {
+    let started_at = datetime(new_call.started_at());
+    call::ActiveModel {
+        conversation_id: Set(new_call.conversation().map(i64::from)),
+        caller_id: Set(new_call.caller().as_str().to_owned()),
+        receiver_id: Set(new_call.receiver().as_str().to_owned()),
+        call_type: Set(new_call.call_type().as_str().to_owned()),
+        status: Set(CallStatus::Ringing.as_str().to_owned()),
+        started_at: Set(started_at),
+        answered_at: Set(None),
+        ended_at: Set(None),
+        duration_seconds: Set(None),
+        end_reason: Set(None),
+        silenced: Set(new_call.is_silenced()),
+        waiting: Set(new_call.is_waiting()),
+        created_at: Set(started_at),
+        updated_at: Set(started_at),
+        ..Default::default()
+    }
+}
+
 #[async_trait]
 impl CallRepository for SqlCallRepository {
     async fn create(&self, new_call: NewCall) -> Result<Call, RepositoryError> {
-        let started_at = datetime(new_call.started_at());
+        let row = new_row(&new_call);
         // One statement: the database's trigger claims both parties' lines inside it
         // (migration `m20261203_000005_lines_follow_calls`), so a busy line fails the insert
         // and nothing is stored.
-        let row = call::ActiveModel {
-            conversation_id: Set(new_call.conversation().map(i64::from)),
-            caller_id: Set(new_call.caller().as_str().to_owned()),
-            receiver_id: Set(new_call.receiver().as_str().to_owned()),
-            call_type: Set(new_call.call_type().as_str().to_owned()),
-            status: Set(CallStatus::Ringing.as_str().to_owned()),
-            started_at: Set(started_at),
-            answered_at: Set(None),
-            ended_at: Set(None),
-            duration_seconds: Set(None),
-            end_reason: Set(None),
-            silenced: Set(new_call.is_silenced()),
-            created_at: Set(started_at),
-            updated_at: Set(started_at),
-            ..Default::default()
-        };
         let inserted = self
             .db
             .write
@@ -161,6 +168,70 @@ impl CallRepository for SqlCallRepository {
         };
         let id = CallId::new(row.id).map_err(storage_failure)?;
         Ok(new_call.into_call(id))
+    }
+
+    async fn create_waiting(&self, new_call: NewCall) -> Result<Option<Call>, RepositoryError> {
+        let receiver = new_call.receiver().as_str().to_owned();
+        let backend = self.db.write_pool.get_database_backend();
+        let transaction = self.db.write_pool.begin().await.map_err(storage_failure)?;
+        // A write first: it locks the receiver's line row (PostgreSQL), so that their active
+        // call cannot end between the check and the insert (its trigger, which hands a waiting
+        // call the line, then runs after this commits and sees it); on SQLite it takes the
+        // write lock at once.
+        let locked = transaction
+            .execute(statement(
+                backend,
+                "UPDATE busy_lines SET call_id = call_id WHERE user_id = ?",
+                vec![receiver.clone().into()],
+            ))
+            .await
+            .map_err(storage_failure)?;
+        let held_by = if locked.rows_affected() == 0 {
+            None
+        } else {
+            transaction
+                .query_one(statement(
+                    backend,
+                    "SELECT c.status FROM busy_lines b JOIN calls c ON c.id = b.call_id WHERE b.user_id = ?",
+                    vec![receiver.into()],
+                ))
+                .await
+                .map_err(storage_failure)?
+                .map(|row| row.try_get::<String>("", "status"))
+                .transpose()
+                .map_err(storage_failure)?
+        };
+        if held_by.as_deref() != Some(CallStatus::Active.as_str()) {
+            transaction.rollback().await.map_err(storage_failure)?;
+            return Ok(None);
+        }
+        match new_row(&new_call).insert(&transaction).await {
+            Ok(row) => {
+                transaction.commit().await.map_err(storage_failure)?;
+                let id = CallId::new(row.id).map_err(storage_failure)?;
+                Ok(Some(new_call.into_call(id)))
+            }
+            Err(error) if matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                transaction.rollback().await.map_err(storage_failure)?;
+                // The caller is on a line, or a call already waits for the receiver.
+                Err(self.busy_party([new_call.caller(), new_call.receiver()]).await)
+            }
+            Err(error) => Err(storage_failure(error)),
+        }
+    }
+
+    async fn switch(&self, ended: &Transition, accepted: &Transition) -> Result<bool, RepositoryError> {
+        let transaction = self.db.write_pool.begin().await.map_err(storage_failure)?;
+        // The ending first: its trigger frees the receiver's line and hands it to the waiting
+        // call, which the accept then finds on it.
+        let switched = update_if_unchanged(&transaction, ended, None).await.map_err(storage_failure)? > 0;
+        if update_if_unchanged(&transaction, accepted, None).await.map_err(storage_failure)? == 0 {
+            transaction.rollback().await.map_err(storage_failure)?;
+            let current = self.get(accepted.call.id()).await?.ok_or(RepositoryError::NotFound)?;
+            return Err(RepositoryError::Conflict { current: current.status() });
+        }
+        transaction.commit().await.map_err(storage_failure)?;
+        Ok(switched)
     }
 
     async fn get(&self, id: CallId) -> Result<Option<Call>, RepositoryError> {

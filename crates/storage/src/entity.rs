@@ -30,6 +30,8 @@ pub mod call {
         pub rang_at: Option<DateTimeUtc>,
         /// When video first flowed, by a party's report.
         pub video_at: Option<DateTimeUtc>,
+        /// Rung while the receiver was in an active call (call waiting).
+        pub waiting: bool,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

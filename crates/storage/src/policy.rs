@@ -43,6 +43,7 @@ SELECT
     (SELECT do_not_disturb FROM call_settings WHERE user_id = ?) AS do_not_disturb,
     (SELECT do_not_disturb_until FROM call_settings WHERE user_id = ?) AS do_not_disturb_until,
     (SELECT relay_only FROM call_settings WHERE user_id = ?) AS relay_only,
+    (SELECT call_waiting FROM call_settings WHERE user_id = ?) AS call_waiting,
     EXISTS (SELECT 1 FROM conversation_participants mine
             JOIN conversation_participants theirs ON theirs.conversation_id = mine.conversation_id
             WHERE mine.user_id = ? AND theirs.user_id = ?) AS share_conversation,
@@ -69,6 +70,7 @@ fn settings_of(row: &QueryResult) -> Result<CallSettings, RepositoryError> {
         do_not_disturb: get::<Option<bool>>(row, "do_not_disturb")?.unwrap_or(false),
         do_not_disturb_until: get::<Option<DateTime<Utc>>>(row, "do_not_disturb_until")?.map(Timestamp::from),
         relay_only: get::<Option<bool>>(row, "relay_only")?.unwrap_or(false),
+        call_waiting: get::<Option<bool>>(row, "call_waiting")?.unwrap_or(false),
     })
 }
 
@@ -88,7 +90,7 @@ impl CallPolicyStore for SqlCallPolicy {
         values.extend(UNANSWERED.map(|status| Value::from(status.as_str())));
         values.push(limit(unanswered));
         values.extend([them.clone(), me.clone(), me.clone(), them.clone()]);
-        values.extend([them.clone(), them.clone(), them.clone(), them.clone(), me, them]);
+        values.extend([them.clone(), them.clone(), them.clone(), them.clone(), them.clone(), me, them]);
         let backend = self.db.read.get_database_backend();
         let row = self
             .db
@@ -119,7 +121,7 @@ impl CallPolicyStore for SqlCallPolicy {
             .read
             .query_one(statement(
                 backend,
-                "SELECT who_can_call, do_not_disturb, do_not_disturb_until, relay_only FROM call_settings
+                "SELECT who_can_call, do_not_disturb, do_not_disturb_until, relay_only, call_waiting FROM call_settings
                  WHERE user_id = ?",
                 vec![user.as_str().into()],
             ))
@@ -150,13 +152,16 @@ impl CallPolicyStore for SqlCallPolicy {
         if change.relay_only.is_some() {
             updates.push("relay_only = excluded.relay_only");
         }
+        if change.call_waiting.is_some() {
+            updates.push("call_waiting = excluded.call_waiting");
+        }
         updates.push("updated_at = excluded.updated_at");
         let sql = format!(
             "INSERT INTO call_settings
-               (user_id, who_can_call, do_not_disturb, do_not_disturb_until, relay_only, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?)
+               (user_id, who_can_call, do_not_disturb, do_not_disturb_until, relay_only, call_waiting, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (user_id) DO UPDATE SET {}
-             RETURNING who_can_call, do_not_disturb, do_not_disturb_until, relay_only",
+             RETURNING who_can_call, do_not_disturb, do_not_disturb_until, relay_only, call_waiting",
             updates.join(", ")
         );
         let values: Vec<Value> = vec![
@@ -165,6 +170,7 @@ impl CallPolicyStore for SqlCallPolicy {
             first.do_not_disturb.into(),
             Value::ChronoDateTimeUtc(first.do_not_disturb_until.map(|until| Box::new(until.as_datetime()))),
             first.relay_only.into(),
+            first.call_waiting.into(),
             at.as_datetime().into(),
         ];
         let row = self

@@ -142,6 +142,7 @@ fn to_delivery(row: &QueryResult) -> Result<WebhookDelivery, RepositoryError> {
         // Nor the moments (they do not change the status, and no event is sent for them).
         rang_at: None,
         video_at: None,
+        waiting: false,
     };
     let call = Call::restore(parts).map_err(storage_failure)?;
     Ok(WebhookDelivery {

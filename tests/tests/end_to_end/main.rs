@@ -4,6 +4,7 @@
 mod api_surface;
 mod call_moments;
 mod call_policy;
+mod call_waiting;
 mod calls_api;
 mod device_races;
 mod embedding;

@@ -87,6 +87,16 @@ impl CallRepository for CountingReads {
     ) -> Result<bool, RepositoryError> {
         self.inner.set_quality(id, current, next).await
     }
+    async fn create_waiting(&self, call: ringline_domain::NewCall) -> Result<Option<Call>, RepositoryError> {
+        self.inner.create_waiting(call).await
+    }
+    async fn switch(
+        &self,
+        ended: &ringline_domain::Transition,
+        accepted: &ringline_domain::Transition,
+    ) -> Result<bool, RepositoryError> {
+        self.inner.switch(ended, accepted).await
+    }
     async fn record_moment(
         &self,
         id: CallId,

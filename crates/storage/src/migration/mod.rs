@@ -21,6 +21,7 @@ mod m20261207_000012_call_policy;
 mod m20261207_000013_relay_only;
 mod m20261207_000014_mobile_push;
 mod m20261208_000015_call_moments;
+mod m20261208_000016_call_waiting;
 
 /// Every migration of the Ringline schema, oldest first.
 #[derive(Debug)]
@@ -45,6 +46,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000013_relay_only::Migration),
             Box::new(m20261207_000014_mobile_push::Migration),
             Box::new(m20261208_000015_call_moments::Migration),
+            Box::new(m20261208_000016_call_waiting::Migration),
         ]
     }
 }
