@@ -155,3 +155,45 @@ test("a screen shared from a voice call, without a camera, is seen and labelled 
   await hangUp(ada, alan);
   await Promise.all([ada.context().close(), alan.context().close()]);
 });
+
+test("call waiting: a second call rings over the first, and answering it switches the call", async () => {
+  const grace = await personTab("grace");
+  const alan = await personTab("alan");
+  const ada = await personTab("ada");
+  await grace.locator("#call-settings summary").click();
+  await grace.locator("#call-waiting").check();
+  await grace.waitForFunction(() => /Call waiting is on/.test(document.getElementById("notice").textContent));
+
+  await alan.locator('#contacts li[data-user="grace"] .call-voice').click();
+  await grace.locator("#incoming").waitFor();
+  await grace.locator("#accept").click();
+  await Promise.all([waitConnected(alan), waitConnected(grace)]);
+
+  // Ada calls Grace, who is busy: it rings for her over the call (and Ada hears it ring).
+  await ada.locator('#contacts li[data-user="grace"] .call-video').click();
+  await grace.locator("#waiting").waitFor();
+  assert.match(await grace.locator("#waiting-title").textContent(), /Ada Lovelace is calling \(video\)/);
+  await ada.waitForFunction(() => document.getElementById("outgoing-state").textContent === "Ringing…");
+  assert.equal(await grace.evaluate(() => window.ringline.state.pc.connectionState), "connected", "the first call goes on");
+  const first = await grace.evaluate(() => window.ringline.state.call.id);
+
+  await grace.locator("#waiting-accept").click();
+  await Promise.all([waitConnected(ada), waitConnected(grace)]);
+  await alan.locator("#in-call").waitFor({ state: "hidden" });
+  await alan.waitForFunction(() => /Grace Hopper took another call/.test(document.getElementById("notice").textContent));
+  assert.ok(await grace.locator("#waiting").isHidden());
+  // Media flows in the new call both ways.
+  const before = [await inbound(ada, "audio"), await inbound(grace, "audio")];
+  await ada.waitForTimeout(1500);
+  const later = [await inbound(ada, "audio"), await inbound(grace, "audio")];
+  assert.ok(later[0] > before[0] && later[1] > before[1], `media both ways: ${before} → ${later}`);
+  const switched = await grace.evaluate(async (id) => {
+    const { state } = window.ringline;
+    const response = await fetch(`/api/calls/${id}/`, { headers: { Authorization: `Bearer ${state.token}` } });
+    return response.json();
+  }, first);
+  assert.equal(switched.status, "ended");
+  assert.equal(switched.end_reason, "switched_call");
+  await hangUp(ada, grace);
+  await Promise.all([grace.context().close(), alan.context().close(), ada.context().close()]);
+});

@@ -416,6 +416,7 @@ async function loadCallSettings() {
     const until = data.do_not_disturb_until && new Date(data.do_not_disturb_until);
     $("do-not-disturb").checked = until ? until > new Date() : data.do_not_disturb;
     $("relay-only").checked = Boolean(data.relay_only);
+    $("call-waiting").checked = Boolean(data.call_waiting);
     await loadBlocked();
   } catch {
     // A server without call settings: the panel stays as it is.
@@ -425,7 +426,12 @@ async function loadCallSettings() {
 async function saveCallSettings(change) {
   try {
     await api("/api/call-settings/", { method: "PATCH", body: change });
-    notify(change.do_not_disturb === true ? "Do not disturb is on: nothing will ring." : "Call settings saved.");
+    const saved = {
+      do_not_disturb: "Do not disturb is on: nothing will ring.",
+      call_waiting: "Call waiting is on: a second call rings while you are in one.",
+    };
+    const said = Object.keys(change).find((key) => change[key] === true && saved[key]);
+    notify(said ? saved[said] : "Call settings saved.");
   } catch (error) {
     notify(`Could not save your call settings: ${error.message}`, { error: true });
     await loadCallSettings();
@@ -672,9 +678,17 @@ async function restoreCall(call) {
 }
 
 function dispatch(event) {
+  // The waiting call stopped ringing (its caller gave up, it was declined or answered
+  // elsewhere, or it was missed): its banner goes.
+  if (isWaiting(event) && ["call.cancelled", "call.missed", "call.rejected", "call.accepted", "call.end"].includes(event.type)) {
+    state.waiting = null;
+    renderWaiting();
+    return;
+  }
   switch (event.type) {
     case "call.incoming":
-      if (state.call) return; // the server refuses a second call anyway
+      // A second call while we are in one: only with call waiting, and shown beside it.
+      if (state.call) return event.waiting && state.call.status !== "ringing" ? callWaiting(event) : undefined;
       state.call = {
         id: event.call_id,
         role: "callee",
@@ -698,6 +712,10 @@ function dispatch(event) {
       render();
       break;
     case "call.offer":
+      if (isWaiting(event)) {
+        state.waiting.offer = event.offer;
+        return;
+      }
       if (!isCurrent(event)) return;
       if (state.pc && state.pc.signalingState !== "closed" && state.call.status !== "ringing") {
         acceptOffer(event.offer);
@@ -767,13 +785,16 @@ function dispatch(event) {
       // call this tab is in.
       if (event.end_reason === "answered_elsewhere" && state.call.status !== "ringing") return;
       stopRinging();
-      if (event.status === "ended") {
+      if (event.end_reason === "switched_call") {
+        endLocally(`${state.call.peerName} took another call · ${formatDuration(event.duration_seconds ?? 0)}`);
+      } else if (event.status === "ended") {
         endLocally(`Call ended · ${formatDuration(event.duration_seconds ?? 0)}`);
       } else if (state.call?.status !== "ended") {
         endLocally(event.status === "missed" ? "No answer." : "Call ended.");
       }
       break;
     case "call.ice-candidate":
+      if (isWaiting(event) && event.candidate) return state.waiting.candidates.push(event.candidate);
       if (!isCurrent(event) || !event.candidate) return;
       if (state.pc?.remoteDescription) {
         state.pc.addIceCandidate(event.candidate).catch((error) => console.warn("[ringline] candidate", error));
@@ -1397,6 +1418,17 @@ function hangUpLocally() {
   for (const video of [$("remote-video"), $("local-video"), $("remote-audio")]) video.srcObject = null;
   $("mute").setAttribute("aria-pressed", "false");
   $("camera").setAttribute("aria-pressed", "false");
+  // A call waiting when ours ended rings on as an ordinary incoming call.
+  const waiting = state.waiting;
+  state.waiting = null;
+  renderWaiting();
+  if (waiting) {
+    state.call = { id: waiting.id, role: "callee", peerId: waiting.peerId, peerName: waiting.peerName, type: waiting.type, status: "ringing" };
+    state.pendingOffer = waiting.offer;
+    state.pendingCandidates = waiting.candidates;
+    saveCall({ joined: false });
+    startRinging();
+  }
   render();
 }
 
@@ -1445,6 +1477,57 @@ function startRinging() {
   } catch {
     state.ringer = null; // no audio: the dialog still shows
   }
+}
+
+const isWaiting = (event) => state.waiting && String(event.call_id) === String(state.waiting.id);
+
+/// A second call rings while we are in one (call waiting): shown over the call, with Answer
+/// (which ends the call we are in) and Decline; its offer and candidates are kept for it.
+function callWaiting(event) {
+  if (state.waiting) return;
+  state.waiting = {
+    id: String(event.call_id),
+    peerId: event.caller_id,
+    peerName: state.contacts.get(event.caller_id)?.name || event.caller_username || event.caller_id,
+    type: event.call_type,
+    offer: null,
+    candidates: [],
+  };
+  renderWaiting();
+  sayRinging(state.waiting);
+}
+
+function renderWaiting() {
+  const waiting = state.waiting;
+  $("waiting").hidden = !waiting;
+  if (waiting) $("waiting-title").textContent = `${waiting.peerName} is calling (${waiting.type === "video" ? "video" : "voice"})`;
+}
+
+/// Answers the waiting call: the server ends the call we are in (`switched_call`) when it takes
+/// this answer, so this tab leaves it without hanging up.
+function answerWaiting() {
+  const waiting = state.waiting;
+  if (!waiting) return;
+  state.waiting = null;
+  renderWaiting();
+  if (state.call) {
+    state.call.status = "ended";
+    hangUpLocally();
+  }
+  state.call = { id: waiting.id, role: "callee", peerId: waiting.peerId, peerName: waiting.peerName, type: waiting.type, status: "ringing" };
+  state.pendingOffer = waiting.offer;
+  state.pendingCandidates = waiting.candidates;
+  saveCall({ joined: false });
+  answerCall();
+}
+
+async function declineWaiting() {
+  const waiting = state.waiting;
+  if (!waiting) return;
+  state.waiting = null;
+  renderWaiting();
+  await api(`/api/calls/${waiting.id}/reject/`, { method: "POST", body: {} }).catch(() => {});
+  loadHistory();
 }
 
 /// Tells the caller that this device shows their call (the server passes it on once per call).
@@ -1527,6 +1610,9 @@ $("do-not-disturb").addEventListener("change", (event) =>
   saveCallSettings({ do_not_disturb: event.currentTarget.checked, do_not_disturb_until: null }),
 );
 $("relay-only").addEventListener("change", (event) => saveCallSettings({ relay_only: event.currentTarget.checked }));
+$("call-waiting").addEventListener("change", (event) => saveCallSettings({ call_waiting: event.currentTarget.checked }));
+$("waiting-accept").addEventListener("click", answerWaiting);
+$("waiting-decline").addEventListener("click", declineWaiting);
 $("accept").addEventListener("click", () => answerCall());
 $("decline").addEventListener("click", declineCall);
 $("cancel").addEventListener("click", hangUp);
