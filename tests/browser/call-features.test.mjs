@@ -31,25 +31,30 @@ after(async () => {
 
 const personTab = (user, context) => signedInTab(browser, base, user, context);
 
-/** Bytes of `kind` media ("audio" or "video") the page's peer connection has received. */
-function inbound(page, kind) {
-  return page.evaluate(async (kind) => {
-    const stats = await window.ringline.state.pc.getStats();
-    let bytes = 0;
-    stats.forEach((report) => {
-      if (report.type === "inbound-rtp" && report.kind === kind) bytes += report.bytesReceived || 0;
-    });
-    return bytes;
-  }, kind);
+/** Bytes (or, with `field`, another counter such as `framesDecoded`) of `kind` media ("audio"
+ * or "video") the page's peer connection has received. */
+function inbound(page, kind, field = "bytesReceived") {
+  return page.evaluate(
+    async ([kind, field]) => {
+      const stats = await window.ringline.state.pc.getStats();
+      let total = 0;
+      stats.forEach((report) => {
+        if (report.type === "inbound-rtp" && report.kind === kind) total += report[field] || 0;
+      });
+      return total;
+    },
+    [kind, field],
+  );
 }
 
-/** Waits until `page` receives more and more video: decoded frames reach its remote video. */
+/** Asserts that `page` receives more and more video: decoded frames grow, and reach its
+ * remote video element. */
 async function receivesVideo(page, who) {
-  const first = await inbound(page, "video");
-  await page.waitForTimeout(1500);
-  const later = await inbound(page, "video");
-  assert.ok(later > first, `${who} receives video (${first} → ${later} bytes)`);
   await page.waitForFunction(() => document.getElementById("remote-video").videoWidth > 0, null, { timeout: 10_000 });
+  const first = await inbound(page, "video", "framesDecoded");
+  await page.waitForTimeout(1500);
+  const later = await inbound(page, "video", "framesDecoded");
+  assert.ok(later > first, `${who} decodes more and more video frames (${first} → ${later})`);
 }
 
 /** The call record `page`'s user is in, as the API has it. */
@@ -130,6 +135,8 @@ test("a voice call turned video by one side, then by the other, and back", async
   assert.equal(await alan.evaluate(() => window.ringline.state.localStream.getVideoTracks()[0].enabled), false);
   await katherine.waitForFunction(() => /camera off/.test(document.getElementById("peer-media").textContent));
   await hangUp(alan, katherine);
+  // The history says what the call became.
+  await alan.waitForFunction(() => /Outgoing voice call · .* · video from \d\d:\d\d/.test(document.getElementById("history").textContent));
   await Promise.all([alan.context().close(), katherine.context().close()]);
 });
 

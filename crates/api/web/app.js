@@ -333,9 +333,16 @@ function describeCall(call) {
   let what;
   let missed = false;
   switch (call.status) {
-    case "ended":
+    case "ended": {
       what = `${outgoing ? "Outgoing" : "Incoming"} ${type} call · ${formatDuration(duration ?? 0)}`;
+      // A voice call someone turned video: "voice call, video from 1:20".
+      if (type === "voice" && call.video_at && call.answered_at) {
+        const seconds = Math.max(0, Math.floor((Date.parse(call.video_at) - Date.parse(call.answered_at)) / 1000));
+        what += ` · video from ${formatDuration(seconds)}`;
+      }
+      if (call.end_reason === "switched_call") what += " · switched to another call";
       break;
+    }
     case "missed":
       missed = !outgoing;
       what = outgoing ? `No answer (${type})` : `Missed ${type} call`;
