@@ -106,7 +106,22 @@ async function graceWithNoTabOpen() {
       await new Promise((r) => setTimeout(r, 50));
     }
   };
-  return { context, worker, push, waitForNotifications };
+  // Chromium lets clients.openWindow() run only for a click a person made; a dispatched click
+  // on the shown notification records the URL the worker opens, and the test opens it as the
+  // browser would.
+  const click = (action) =>
+    worker.evaluate(async (action) => {
+      const [notification] = await self.registration.getNotifications();
+      const url = new Promise((resolve) => {
+        self.clients.openWindow = (target) => {
+          resolve(target);
+          return Promise.resolve(null);
+        };
+      });
+      self.dispatchEvent(new NotificationEvent("notificationclick", { notification, action }));
+      return url;
+    }, action);
+  return { context, worker, push, notifications, waitForNotifications, click };
 }
 
 /** Ada calls Grace from her tab; returns Ada's tab and the call as REST shows it. */
@@ -185,19 +200,7 @@ test("Answer from the notification opens the app in the call, with media both wa
   const { ada, call } = await adaCallsGrace();
   await grace.push({ type: "call.ringing", call, expires_at: new Date(Date.now() + 60_000).toISOString() });
   await grace.waitForNotifications(1);
-  // Chromium lets clients.openWindow() run only for a click a person made; a dispatched click
-  // records the URL the worker opens, and the test opens it as the browser would.
-  const opened = await grace.worker.evaluate(async () => {
-    const [notification] = await self.registration.getNotifications();
-    const url = new Promise((resolve) => {
-      self.clients.openWindow = (target) => {
-        resolve(target);
-        return Promise.resolve(null);
-      };
-    });
-    self.dispatchEvent(new NotificationEvent("notificationclick", { notification, action: "answer" }));
-    return url;
-  });
+  const opened = await grace.click("answer");
   assert.equal(opened, `/?answer=${call.id}&user=grace`);
   const tab = await grace.context.newPage();
   await tab.goto(`${base}${opened}`);
@@ -237,25 +240,13 @@ test('a missed call replaces the ring with "Missed call" and "Call back", which 
   while (!(shown.length === 1 && shown[0].tag === `missed-${call.id}`)) {
     assert.ok(Date.now() < deadline, `the missed call is shown instead of the ring: ${JSON.stringify(shown)}`);
     await new Promise((r) => setTimeout(r, 50));
-    shown = await grace.worker.evaluate(async () =>
-      (await self.registration.getNotifications()).map((n) => ({ title: n.title, body: n.body, tag: n.tag, actions: n.actions.map((a) => a.action) })),
-    );
+    shown = await grace.notifications();
   }
   assert.equal(shown[0].title, "Missed video call");
   assert.match(shown[0].body, /Ada Lovelace called you/);
   assert.deepEqual(shown[0].actions, ["call-back"]);
 
-  const opened = await grace.worker.evaluate(async () => {
-    const [notification] = await self.registration.getNotifications();
-    const url = new Promise((resolve) => {
-      self.clients.openWindow = (target) => {
-        resolve(target);
-        return Promise.resolve(null);
-      };
-    });
-    self.dispatchEvent(new NotificationEvent("notificationclick", { notification, action: "call-back" }));
-    return url;
-  });
+  const opened = await grace.click("call-back");
   assert.equal(opened, "/?call=ada&type=video&user=grace");
   const tab = await grace.context.newPage();
   await tab.goto(`${base}${opened}`);

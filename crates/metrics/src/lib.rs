@@ -98,6 +98,7 @@ pub const FAMILIES: &[&str] = &[
     "ringline_call_answer_seconds",
     "ringline_call_duration_seconds",
     "ringline_call_jitter_seconds",
+    "ringline_call_moments_total",
     "ringline_call_mos",
     "ringline_call_packet_loss_ratio",
     "ringline_call_policy_hook_duration_seconds",
@@ -111,6 +112,7 @@ pub const FAMILIES: &[&str] = &[
     "ringline_calls_open",
     "ringline_calls_silenced_total",
     "ringline_calls_started_total",
+    "ringline_calls_waiting_total",
     "ringline_database_write_errors_total",
     "ringline_database_write_seconds",
     "ringline_http_request_duration_seconds",
@@ -165,6 +167,7 @@ mod tests {
         metrics.calls.refused(ErrorCode::UserBusy);
         metrics.calls.policy_refused(PolicyRefusal::NotAllowed(NotAllowedReason::Blocked));
         metrics.calls.rang_silently();
+        metrics.calls.rang_waiting();
         metrics.calls.set_open(1, 1);
         let sockets = &metrics.sockets;
         sockets.opened(SocketEndpoint::Chat);

@@ -454,23 +454,7 @@ impl CallRepository for SqlCallRepository {
             Some(text) => call::Column::Quality.eq(text),
             None => call::Column::Quality.is_null(),
         };
-        let next = quality_text(next)?;
-        let updated = self
-            .db
-            .write
-            .write(move |db| {
-                Box::pin(async move {
-                    call::Entity::update_many()
-                        .col_expr(call::Column::Quality, Expr::value(next))
-                        .filter(call::Column::Id.eq(id.get()))
-                        .filter(unchanged)
-                        .exec(db)
-                        .await
-                })
-            })
-            .await
-            .map_err(storage_failure)?;
-        Ok(updated.rows_affected > 0)
+        self.set_column_if(id, call::Column::Quality, quality_text(next)?.into(), unchanged.into_condition()).await
     }
 
     async fn record_moment(&self, id: CallId, moment: CallMoment, at: Timestamp) -> Result<bool, RepositoryError> {
@@ -478,24 +462,8 @@ impl CallRepository for SqlCallRepository {
             CallMoment::Rang => (call::Column::RangAt, CallStatus::Ringing),
             CallMoment::VideoStarted => (call::Column::VideoAt, CallStatus::Active),
         };
-        let at = datetime(at);
-        let updated = self
-            .db
-            .write
-            .write(move |db| {
-                Box::pin(async move {
-                    call::Entity::update_many()
-                        .col_expr(column, Expr::value(at))
-                        .filter(call::Column::Id.eq(id.get()))
-                        .filter(call::Column::Status.eq(status.as_str()))
-                        .filter(column.is_null())
-                        .exec(db)
-                        .await
-                })
-            })
-            .await
-            .map_err(storage_failure)?;
-        Ok(updated.rows_affected > 0)
+        let unset_in_status = Condition::all().add(call::Column::Status.eq(status.as_str())).add(column.is_null());
+        self.set_column_if(id, column, datetime(at).into(), unset_in_status).await
     }
 
     async fn release_callee_device(&self, id: CallId, device: DeviceId) -> Result<(), RepositoryError> {
@@ -562,6 +530,33 @@ impl SqlCallRepository {
     }
 
     /// Which of `parties` (in user-id order) holds a line, after claiming both failed.
+    /// `UPDATE calls SET <column> = <value> WHERE id = <id> AND <only_if>`, for what is recorded
+    /// on a call without changing its status; whether the row changed.
+    async fn set_column_if(
+        &self,
+        id: CallId,
+        column: call::Column,
+        value: sea_orm::Value,
+        only_if: Condition,
+    ) -> Result<bool, RepositoryError> {
+        let updated = self
+            .db
+            .write
+            .write(move |db| {
+                Box::pin(async move {
+                    call::Entity::update_many()
+                        .col_expr(column, Expr::value(value))
+                        .filter(call::Column::Id.eq(id.get()))
+                        .filter(only_if)
+                        .exec(db)
+                        .await
+                })
+            })
+            .await
+            .map_err(storage_failure)?;
+        Ok(updated.rows_affected > 0)
+    }
+
     async fn busy_party(&self, parties: [&UserId; 2]) -> RepositoryError {
         let held: Result<Vec<String>, _> = busy_line::Entity::find()
             .select_only()

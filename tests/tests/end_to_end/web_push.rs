@@ -126,11 +126,14 @@ async fn vapid_key(app: &TestApp) -> String {
     key
 }
 
-/// A ring reaches the callee's browser, encrypted and signed, and the end of the ring follows
-/// under the same topic.
-async fn a_ring_reaches_the_browser_and_its_end_follows(backend: DatabaseBackend) {
+/// A server ringing for `ring_timeout_secs`, alice and bob, and a push service where bob's
+/// browser is subscribed (`/push/bob-laptop`).
+async fn bob_with_a_browser(
+    backend: DatabaseBackend,
+    ring_timeout_secs: u64,
+) -> (TestApp, String, String, PushService) {
     let app = TestApp::spawn_with(backend, |settings| {
-        settings.calls.ring_timeout_secs = 30;
+        settings.calls.ring_timeout_secs = ring_timeout_secs;
         settings.push.web_push_allow_loopback = true;
     })
     .await;
@@ -139,6 +142,13 @@ async fn a_ring_reaches_the_browser_and_its_end_follows(backend: DatabaseBackend
     let service = PushService::start(vapid_key(&app).await, Arc::clone(&browser)).await;
     let subscription = browser.subscription(&format!("{}/push/bob-laptop", service.base));
     app.post("/api/push/subscriptions/", &bob, subscription).await.expect(201);
+    (app, alice, bob, service)
+}
+
+/// A ring reaches the callee's browser, encrypted and signed, and the end of the ring follows
+/// under the same topic.
+async fn a_ring_reaches_the_browser_and_its_end_follows(backend: DatabaseBackend) {
+    let (app, alice, _bob, service) = bob_with_a_browser(backend, 30).await;
 
     let id = app.ring(&alice, "bob").await;
     let pushed = service.wait_for(1).await;
@@ -172,16 +182,7 @@ async fn a_ring_reaches_the_browser_and_its_end_follows(backend: DatabaseBackend
 /// A call nobody answered is pushed as missed, saying who called and how (the service worker
 /// shows it with "Call back"); an answered one only takes the ring down.
 async fn a_missed_call_says_who_to_call_back(backend: DatabaseBackend) {
-    let app = TestApp::spawn_with(backend, |settings| {
-        settings.calls.ring_timeout_secs = 1;
-        settings.push.web_push_allow_loopback = true;
-    })
-    .await;
-    let (alice, bob) = (app.user("alice").await, app.user("bob").await);
-    let browser = Arc::new(Browser::new());
-    let service = PushService::start(vapid_key(&app).await, Arc::clone(&browser)).await;
-    let subscription = browser.subscription(&format!("{}/push/bob-laptop", service.base));
-    app.post("/api/push/subscriptions/", &bob, subscription).await.expect(201);
+    let (app, alice, bob, service) = bob_with_a_browser(backend, 1).await;
 
     let body = json!({"receiver_id": "bob", "call_type": "voice"});
     let missed = app.post("/api/calls/initiate/", &alice, body.clone()).await.expect(201)["id"].as_i64().expect("id");
