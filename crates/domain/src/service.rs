@@ -331,8 +331,12 @@ impl CallService {
                         continue;
                     };
                     if let Outcome::Changed(transition) = crossing.accept(caller, self.clock.now())? {
-                        match self.calls.apply(&transition).await {
-                            Ok(()) => {
+                        // Through `apply`: the crossing call may be one waiting for the caller.
+                        match self.apply(&transition).await {
+                            Ok(switched) => {
+                                if let Some(ended) = switched {
+                                    self.tell_changed(&ended, ChangeOrigin::default(), None).await;
+                                }
                                 self.tell_changed(&transition, ChangeOrigin::default(), Some(&parties)).await;
                                 return Ok((Initiated::AnsweredCrossingCall(transition), parties));
                             }

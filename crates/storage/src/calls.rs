@@ -639,6 +639,11 @@ async fn update_if_unchanged<C: ConnectionTrait>(
     if let Some(guard) = guard {
         compare_and_set = compare_and_set.add(guard);
     }
+    // An accept decided on a copy that did not know the call waits (call waiting) would leave
+    // its receiver in two active calls: it loses, and the caller re-reads and switches.
+    if transition.from.is_unanswered() && next.status() == CallStatus::Active && !next.is_waiting() {
+        compare_and_set = compare_and_set.add(call::Column::Waiting.eq(false));
+    }
     let updated = call::Entity::update_many()
         .col_expr(call::Column::Status, Expr::value(next.status().as_str()))
         .col_expr(call::Column::AnsweredAt, Expr::value(next.answered_at().map(datetime)))

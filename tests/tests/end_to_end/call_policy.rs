@@ -101,7 +101,7 @@ async fn settings_take_each_value_and_refuse_bad_ones(backend: DatabaseBackend) 
     let defaults = app.get("/api/call-settings/", &alice).await.expect(200);
     assert_eq!(
         defaults,
-        json!({"who_can_call": "everyone", "do_not_disturb": false, "do_not_disturb_until": null, "relay_only": false})
+        json!({"who_can_call": "everyone", "do_not_disturb": false, "do_not_disturb_until": null, "relay_only": false, "call_waiting": false})
     );
     for who in ["conversations", "nobody", "everyone"] {
         let settings = patch(&app, &alice, json!({"who_can_call": who})).await.expect(200);
@@ -115,7 +115,7 @@ async fn settings_take_each_value_and_refuse_bad_ones(backend: DatabaseBackend) 
     let settings = patch(&app, &alice, json!({"do_not_disturb_until": null})).await.expect(200);
     assert_eq!(
         settings,
-        json!({"who_can_call": "everyone", "do_not_disturb": true, "do_not_disturb_until": null, "relay_only": false})
+        json!({"who_can_call": "everyone", "do_not_disturb": true, "do_not_disturb_until": null, "relay_only": false, "call_waiting": false})
     );
     assert_eq!(app.get("/api/call-settings/", &alice).await.expect(200), settings);
 
@@ -126,6 +126,7 @@ async fn settings_take_each_value_and_refuse_bad_ones(backend: DatabaseBackend) 
         json!({"who_can_call": null}),
         json!({"do_not_disturb": null}),
         json!({"relay_only": null}),
+        json!({"call_waiting": null}),
     ] {
         patch(&app, &alice, bad).await.expect_error(400, "invalid_call_settings");
     }

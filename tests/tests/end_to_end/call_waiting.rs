@@ -214,6 +214,19 @@ async fn without_call_waiting_a_user_in_a_call_is_busy(backend: DatabaseBackend)
     app.stop().await;
 }
 
+/// Bob calls back the caller who waits for him (glare): that answers the waiting call, which
+/// switches as an answer does; he is never in two active calls.
+async fn calling_the_waiting_caller_answers_the_waiting_call(backend: DatabaseBackend) {
+    let app = TestApp::spawn(backend).await;
+    let (alice, bob, carol, _dave, first) = bob_in_a_call(&app).await;
+    let second = id_of(&ring(&app, &carol, "bob").await.expect(201));
+    let answered = ring(&app, &bob, "carol").await.expect(200);
+    assert_eq!((id_of(&answered), answered["status"].clone()), (second, json!("active")));
+    assert_eq!(call(&app, &alice, first).await["end_reason"], "switched_call");
+    assert_eq!(active_calls(&app, &bob).await, vec![second]);
+    app.stop().await;
+}
+
 /// Waiting calls, the switches they cause and the moments recorded are counted.
 async fn waiting_calls_switches_and_moments_are_counted(backend: DatabaseBackend) {
     let app = TestApp::spawn_with(backend, |settings| {
@@ -239,6 +252,7 @@ async fn waiting_calls_switches_and_moments_are_counted(backend: DatabaseBackend
 }
 
 on_both_databases!(
+    calling_the_waiting_caller_answers_the_waiting_call,
     waiting_calls_switches_and_moments_are_counted,
     a_second_call_rings_a_user_in_a_call_who_turned_call_waiting_on,
     a_waiting_call_declined_leaves_the_first_call_as_it_was,

@@ -72,11 +72,19 @@ async fn call_json_has_the_contract_fields_and_no_private_ones(backend: Database
             "ended_at",
             "id",
             "quality",
+            "rang_at",
             "receiver",
             "started_at",
             "status",
-            "updated_at"
+            "updated_at",
+            "video_at",
+            "waiting"
         ]
+    );
+    // Issue 32's additions, which the original clients ignore (they read the fields they know).
+    assert_eq!(
+        (call["rang_at"].clone(), call["video_at"].clone(), call["waiting"].clone()),
+        (Value::Null, Value::Null, json!(false))
     );
     assert_eq!(call["call_type"], "voice");
     assert_eq!(call["quality"], Value::Null, "null until a party reports (issue 26's addition)");
