@@ -673,16 +673,6 @@ impl Call {
         Ok(Some(next))
     }
 
-    /// This call with `moment` recorded as `at` (a copy kept in memory, once the store took it).
-    #[must_use]
-    pub fn with_moment(mut self, moment: CallMoment, at: Timestamp) -> Self {
-        match moment {
-            CallMoment::Rang => self.rang_at = self.rang_at.or(Some(at)),
-            CallMoment::VideoStarted => self.video_at = self.video_at.or(Some(at)),
-        }
-        self
-    }
-
     /// When `moment` happened in this call, if it has.
     pub fn moment(&self, moment: CallMoment) -> Option<Timestamp> {
         match moment {

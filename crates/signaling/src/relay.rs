@@ -260,8 +260,9 @@ impl Signaling {
     /// Records `moment` of the call (`route`, as this process knows it) from `session`'s
     /// report. The database keeps the first report only, so of all devices and instances one
     /// is told to the observers (the caller's `call.ringing`). This process's copy learns the
-    /// moment either way, so that the same call's next reports here cost nothing; a failure
-    /// is logged (a lost moment costs a label in the history, not the call).
+    /// stored moment either way (a report that lost reads the call back once), so that the same
+    /// call's next reports here cost nothing; a failure is logged (a lost moment costs a label
+    /// in the history, not the call).
     async fn record_moment(&self, session: &SessionContext, route: Route, moment: CallMoment) {
         let known = Call::clone(&route);
         match self.service.record_moment(&session.user, route.id(), moment, Some(known)).await {
@@ -269,7 +270,9 @@ impl Signaling {
                 self.calls.remember(&call);
             }
             Ok(None) => {
-                self.calls.remember(&Call::clone(&route).with_moment(moment, self.service.now()));
+                if let Ok(Some(stored)) = self.service.find(route.id()).await {
+                    self.calls.remember(&stored);
+                }
             }
             Err(error) if ringline_domain::is_store_unavailable(&error) => {
                 if crate::throttle::database_outage_log_due() {

@@ -151,6 +151,7 @@ async fn a_woken_phone_says_it_rings_over_rest(backend: DatabaseBackend) {
     caller.expect_silence().await;
 
     app.post(&path, &alice, json!({})).await.expect_error(403, "receiver_only");
+    app.send(reqwest::Method::POST, &path, None, Some(json!({}))).await.expect_error(401, "not_authenticated");
     app.post(&path, &carol, json!({})).await.expect_error(404, "call_not_found");
     app.post("/api/calls/999999/ringing/", &bob, json!({})).await.expect_error(404, "call_not_found");
     app.post(&format!("/api/calls/{id}/end/"), &alice, json!({})).await.expect(200);

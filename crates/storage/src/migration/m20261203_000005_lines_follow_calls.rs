@@ -17,7 +17,7 @@ use sea_orm_migration::sea_orm::DbBackend;
 pub struct Migration;
 
 /// The statuses of an open call (`CallStatus::is_open`).
-const OPEN: &str = "('initiating', 'ringing', 'active')";
+pub(super) const OPEN: &str = "('initiating', 'ringing', 'active')";
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {

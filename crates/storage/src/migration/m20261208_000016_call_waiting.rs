@@ -19,8 +19,9 @@ use sea_orm_migration::sea_orm::DbBackend;
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
-/// The statuses of an open call (`CallStatus::is_open`), as in the first lines migration.
-const OPEN: &str = "('initiating', 'ringing', 'active')";
+/// The statuses of an open call, as the first lines migration has them (its test checks them
+/// against the domain's).
+use super::m20261203_000005_lines_follow_calls::OPEN;
 
 /// A finished call's waiting places go, and its parties' waiting calls take their lines.
 const FREE_AND_PROMOTE: &str = "
@@ -202,20 +203,4 @@ enum WaitingLines {
     Table,
     UserId,
     CallId,
-}
-
-#[cfg(test)]
-mod tests {
-    use ringline_domain::CallStatus;
-
-    /// As in the first lines migration: the triggers' open statuses are the domain's.
-    #[test]
-    fn the_triggers_open_statuses_are_the_domains() {
-        let open: Vec<String> = CallStatus::ALL
-            .iter()
-            .filter(|status| status.is_open())
-            .map(|status| format!("'{}'", status.as_str()))
-            .collect();
-        assert_eq!(super::OPEN, format!("({})", open.join(", ")));
-    }
 }
